@@ -1,0 +1,180 @@
+"""The Adapter value: a typed config plus a mapping of tensor key -> tensor, read lazily.
+
+Tensor keys are exactly the keys of PEFT's ``adapter_model.safetensors``
+(``base_model.model.<module>.lora_A.weight``, ``prompt_embeddings``, ...), so a
+PEFT file maps onto an Adapter with nothing renamed.  ``adapter.modules`` groups
+them into per-module views (built by the adapter's kind); ``adapter.info(key)``
+gives dtype and shape from the file header without reading data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import NotFoundError
+from .io.safetensors_file import DTYPE_NAMES, Header, read_tensor
+from .kinds.base import AdapterConfig, Kind
+
+FORMAT_VERSION = "1.0"  # the adapterkit format version this library writes
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """dtype (safetensors name) and shape of a tensor, known without reading it."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        from .io.safetensors_file import DTYPES
+
+        return self.numel * DTYPES[self.dtype].itemsize
+
+
+class TensorStore(Mapping[str, torch.Tensor]):
+    """Read-only mapping key -> tensor.  ``meta(key)`` never reads tensor data."""
+
+    def meta(self, key: str) -> TensorMeta:
+        raise NotImplementedError
+
+
+class MemoryStore(TensorStore):
+    """Tensors held in memory (what ``load`` returns and what operations build)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self._tensors = dict(tensors)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._tensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def meta(self, key: str) -> TensorMeta:
+        t = self._tensors[key]
+        return TensorMeta(DTYPE_NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape))
+
+
+class LazyStore(TensorStore):
+    """Tensors of a safetensors file, each read from disk when asked for (not cached)."""
+
+    def __init__(self, header: Header) -> None:
+        self.header = header
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.header.tensors:
+            raise KeyError(key)
+        return read_tensor(self.header, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.header.tensors)
+
+    def __len__(self) -> int:
+        return len(self.header.tensors)
+
+    def meta(self, key: str) -> TensorMeta:
+        info = self.header.tensors[key]
+        return TensorMeta(info.dtype, info.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class Adapter:
+    """An adapter: ``config`` (one frozen dataclass per kind) and ``tensors`` (key -> tensor).
+
+    Attributes:
+        config: the kind's config dataclass (``LoraConfig``, ``IA3Config``, ...).
+        tensors: a :class:`TensorStore`; lazy when the adapter came from ``open_adapter``.
+        source: the weights file it was read from, if any (never overwritten by ``save``).
+        format_version: the adapterkit format version of the source, None for the PEFT profile.
+    """
+
+    config: AdapterConfig
+    tensors: TensorStore
+    source: Path | None = None
+    format_version: str | None = None
+
+    @classmethod
+    def from_tensors(cls, config: AdapterConfig, tensors: Mapping[str, torch.Tensor]) -> Adapter:
+        return cls(config, MemoryStore(tensors))
+
+    @property
+    def kind(self) -> Kind:
+        from .kinds import kind_of
+
+        return kind_of(self.config.peft_type)
+
+    @property
+    def peft_type(self) -> str:
+        return self.config.peft_type
+
+    def meta(self, key: str) -> TensorMeta:
+        return self.tensors.meta(key)
+
+    @property
+    def modules(self) -> dict[str, Any]:
+        """Per-module views, keyed by module path (the key minus prefix and part)."""
+        return self.kind.modules(self)
+
+    def module(self, name: str) -> Any:
+        """The view of one module.  Raises NotFoundError (``key-not-found``) naming close matches."""
+        modules = self.modules
+        if name not in modules:
+            close = [m for m in modules if m.endswith(name)][:3]
+            raise NotFoundError(
+                "no such module in the adapter", code="key-not-found", path=self.source, key=name,
+                expected=f"one of {close}" if close else f"one of {len(modules)} modules", actual=name,
+            )
+        return modules[name]
+
+    def delta_weight(self, module: str, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """ΔW of ``module`` as PEFT's ``get_delta_weight`` computes it.
+
+        Computed in fp32 (fp64 for fp64 storage) on ``device``; returned in ``dtype``
+        (default: the stored dtype, as PEFT does).  Raises UnsupportedError for kinds
+        whose effect depends on the base weights (IA3, prompt learning).
+        """
+        self.module(module)
+        return self.kind.delta(self, module, device=device, dtype=dtype)
+
+    def parameter_count(self) -> int:
+        return sum(self.meta(k).numel for k in self.tensors)
+
+    def nbytes(self) -> int:
+        return sum(self.meta(k).nbytes for k in self.tensors)
+
+    def materialize(self) -> Adapter:
+        """The same adapter with every tensor read into memory."""
+        return Adapter(self.config, MemoryStore({k: self.tensors[k] for k in self.tensors}), None, self.format_version)
+
+    def __eq__(self, other: object) -> bool:
+        """Same config and bit-identical tensors (dtype, shape, bytes); the source is not compared."""
+        if not isinstance(other, Adapter):
+            return NotImplemented
+        if self.config != other.config or set(self.tensors) != set(other.tensors):
+            return False
+        for key in self.tensors:
+            a, b = self.tensors[key], other.tensors[key]
+            if a.dtype != b.dtype or a.shape != b.shape:
+                return False
+            if not torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)):
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Adapter({self.peft_type}, {len(self.tensors)} tensors, source={self.source})"

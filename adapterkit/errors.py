@@ -1,0 +1,170 @@
+"""One exception hierarchy for everything a user can get wrong.
+
+Every failure a user can cause is an :class:`AdapterkitError` carrying a stable
+``code`` (listed in :data:`CODES` and in the spec), the file, the tensor key or
+config field, and what was expected versus what was found.  Validation collects
+:class:`Problem` records instead of raising, so that all problems of a file can
+be reported at once; ``Problem.to_error()`` turns one into the matching
+exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# code -> (exception class name, one-line meaning).  The spec lists the same table.
+CODES: dict[str, tuple[str, str]] = {
+    "file-not-found": ("NotFoundError", "the path does not exist"),
+    "not-an-adapter": ("NotFoundError", "no adapter config/weights at the path"),
+    "ambiguous-adapter": ("NotFoundError", "several adapters under the path; name one"),
+    "truncated-file": ("FormatError", "the file ends before the data its header describes"),
+    "header-invalid": ("FormatError", "the safetensors header is not valid JSON of the right shape"),
+    "offset-out-of-range": ("FormatError", "tensor data offsets overlap, leave holes or exceed the data"),
+    "metadata-invalid": ("FormatError", "the safetensors __metadata__ breaks the spec"),
+    "dtype-unsupported": ("TensorError", "a tensor dtype that adapters may not use"),
+    "config-missing": ("ConfigError", "no adapter config found"),
+    "config-invalid": ("ConfigError", "the adapter config is malformed or violates the spec"),
+    "peft-type-unsupported": ("ConfigError", "peft_type names a method adapterkit does not support"),
+    "version-unsupported": ("VersionError", "the adapterkit format major version is unknown"),
+    "weights-missing": ("NotFoundError", "no adapter weights file found"),
+    "shape-mismatch": ("TensorError", "a tensor's shape disagrees with the config or its partner"),
+    "missing-partner": ("TensorError", "a tensor whose required partner tensor is absent"),
+    "tensor-missing": ("TensorError", "a tensor the config requires is absent"),
+    "non-finite": ("TensorError", "a tensor holds NaN or Inf"),
+    "unexpected-key": ("TensorError", "a tensor key the adapter kind does not define"),
+    "bin-invalid": ("FormatError", "a .bin file that is not a readable torch checkpoint of tensors"),
+    "unsafe-pickle": ("UnsafeFileError", "a pickled .bin file that would run code or is not plain tensors"),
+    "overwrite-input": ("WriteError", "the output would overwrite an input"),
+    "write-failed": ("WriteError", "the output could not be written"),
+    "not-supported": ("UnsupportedError", "the operation is not defined for this adapter or module"),
+    "key-not-found": ("NotFoundError", "no such module or tensor in the adapter"),
+    # warnings only (validate reports them; they never raise)
+    "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
+    "empty-adapter": ("", "the adapter has no adapter tensors"),
+}
+
+
+class AdapterkitError(Exception):
+    """Base of every error adapterkit raises for bad input.
+
+    Attributes:
+        code: stable machine-readable code (a key of :data:`CODES`).
+        path: the file or directory concerned, if any.
+        key: the tensor key or config field concerned, if any.
+        expected / actual: what the spec requires and what was found.
+    """
+
+    default_code = "adapterkit-error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        path: str | Path | None = None,
+        key: str | None = None,
+        expected: Any = None,
+        actual: Any = None,
+    ) -> None:
+        self.message = message
+        self.code = code or self.default_code
+        self.path = str(path) if path is not None else None
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = ": ".join(str(p) for p in (self.path, self.key) if p)
+        text = f"{where}: {self.message}" if where else self.message
+        if self.expected is not None or self.actual is not None:
+            text += f" (expected {self.expected}, got {self.actual})"
+        return f"{text} [{self.code}]"
+
+    def with_path(self, path: str | Path) -> AdapterkitError:
+        """Fill in the file if the raiser did not know it; returns self."""
+        if self.path is None:
+            self.path = str(path)
+            self.args = (self.__str__(),)
+        return self
+
+
+class NotFoundError(AdapterkitError):
+    default_code = "file-not-found"
+
+
+class FormatError(AdapterkitError):
+    default_code = "header-invalid"
+
+
+class ConfigError(AdapterkitError):
+    default_code = "config-invalid"
+
+
+class VersionError(AdapterkitError):
+    default_code = "version-unsupported"
+
+
+class TensorError(AdapterkitError):
+    default_code = "shape-mismatch"
+
+
+class UnsafeFileError(AdapterkitError):
+    default_code = "unsafe-pickle"
+
+
+class WriteError(AdapterkitError):
+    default_code = "write-failed"
+
+
+class UnsupportedError(AdapterkitError):
+    default_code = "not-supported"
+
+
+_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        NotFoundError,
+        FormatError,
+        ConfigError,
+        VersionError,
+        TensorError,
+        UnsafeFileError,
+        WriteError,
+        UnsupportedError,
+    )
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of validation: an error (the file breaks a MUST) or a warning."""
+
+    code: str
+    message: str
+    severity: str = "error"  # "error" | "warning"
+    path: str | None = None
+    key: str | None = None
+    expected: Any = None
+    actual: Any = None
+
+    def to_error(self) -> AdapterkitError:
+        cls = _CLASSES.get(CODES.get(self.code, ("",))[0], AdapterkitError)
+        return cls(
+            self.message,
+            code=self.code,
+            path=self.path,
+            key=self.key,
+            expected=self.expected,
+            actual=self.actual,
+        )
+
+    def __str__(self) -> str:
+        return f"{self.severity}: {self.to_error()}"
+
+
+def error_for(code: str, message: str, **context: Any) -> AdapterkitError:
+    """Build the exception class that :data:`CODES` assigns to ``code``."""
+    return Problem(code, message, **context).to_error()

@@ -1,0 +1,1 @@
+"""Reading and writing adapter files: safetensors, PEFT directories, .bin, atomic writes."""

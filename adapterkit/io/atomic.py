@@ -1,0 +1,53 @@
+"""Atomic writes: data goes to a temporary file beside the target, then is renamed over it.
+
+A reader never sees a half-written file, and a crash leaves at worst a stray
+temporary file (named ``.<name>.tmp-*``), never a damaged target.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import WriteError
+
+
+def write_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` atomically (temp file in the same directory + rename).
+
+    Raises:
+        WriteError: the directory cannot be created or the file cannot be written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot create output: {exc.strerror}", path=path) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc
+        raise
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when both paths name the same existing file (or the same path)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()

@@ -1,0 +1,184 @@
+"""The parts every adapter kind has: a frozen config dataclass and a :class:`Kind` record.
+
+A config dataclass declares each field PEFT defines and adapterkit interprets,
+with its JSON Schema fragment (``schema_field``); everything else PEFT writes
+(``peft_version``, ``auto_mapping``, dropout, init options, ...) is kept
+verbatim in ``extra`` so that a PEFT config survives a round trip unchanged.
+The same field declarations generate the JSON Schemas under ``spec/v1/schema``.
+
+A :class:`Kind` bundles the functions that differ per method (key grammar,
+module views, structural checks, delta weights, statistics).  Nothing outside
+``adapterkit.kinds`` branches on the kind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import ConfigError, Problem, UnsupportedError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..adapter import Adapter
+
+# JSON Schema fragments used by the config fields.
+STR = {"type": "string"}
+OPT_STR = {"type": ["string", "null"]}
+BOOL = {"type": "boolean"}
+POS_INT = {"type": "integer", "minimum": 1}
+NUMBER = {"type": "number"}
+STR_LIST = {"type": "array", "items": {"type": "string"}}
+TARGETS = {"anyOf": [{"type": "null"}, STR, STR_LIST]}
+PATTERN = {"type": "object", "additionalProperties": POS_INT}
+NUM_PATTERN = {"type": "object", "additionalProperties": NUMBER}
+OPT_STR_LIST = {"anyOf": [{"type": "null"}, STR_LIST]}
+OPT_INT_LIST = {"anyOf": [{"type": "null"}, {"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]}
+OPT_STR_OR_LIST = {"anyOf": [{"type": "null"}, STR, STR_LIST]}
+
+
+def schema_field(default: Any, schema: dict, *, required: bool = False, doc: str = "") -> Any:
+    """A dataclass field carrying its JSON Schema fragment and whether the spec REQUIRES it."""
+    factory = (lambda: dict(default)) if isinstance(default, dict) else None
+    meta = {"schema": schema, "required": required, "doc": doc}
+    if factory:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def schema_errors(value: Any, schema: dict) -> list[str]:
+    """Check ``value`` against the small JSON Schema subset the config fields use."""
+    if "anyOf" in schema:
+        return [] if any(not schema_errors(value, s) for s in schema["anyOf"]) else [f"does not match {schema}"]
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+        if not any(_JSON_TYPES[t](value) for t in types):
+            return [f"must be {' or '.join(types)}, got {type(value).__name__} {value!r}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"must be one of {schema['enum']}, got {value!r}"]
+    if "minimum" in schema and isinstance(value, (int, float)) and value < schema["minimum"]:
+        return [f"must be >= {schema['minimum']}, got {value!r}"]
+    if "exclusiveMinimum" in schema and isinstance(value, (int, float)) and value <= schema["exclusiveMinimum"]:
+        return [f"must be > {schema['exclusiveMinimum']}, got {value!r}"]
+    if isinstance(value, list) and "items" in schema:
+        return [f"[{i}] {e}" for i, v in enumerate(value) for e in schema_errors(v, schema["items"])]
+    if isinstance(value, dict) and "additionalProperties" in schema:
+        return [f"[{k!r}] {e}" for k, v in value.items() for e in schema_errors(v, schema["additionalProperties"])]
+    return []
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Fields shared by every kind.  Subclasses set ``peft_type`` and add their fields."""
+
+    peft_type: ClassVar[str] = ""
+    base_model_name_or_path: str | None = schema_field(None, OPT_STR, doc="base model id or path")
+    task_type: str | None = schema_field(None, OPT_STR, doc="PEFT task type, e.g. CAUSAL_LM")
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=True)
+
+    @classmethod
+    def typed_fields(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if f.name != "extra"]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, path: Any = None) -> AdapterConfig:
+        """Build a config from PEFT's ``adapter_config.json`` dict, checking every typed field.
+
+        Raises:
+            ConfigError: code ``config-invalid`` naming the field, expected and actual value.
+        """
+        data = dict(data)
+        peft_type = data.pop("peft_type", cls.peft_type)
+        if peft_type != cls.peft_type:
+            raise ConfigError("wrong peft_type", path=path, key="peft_type", expected=cls.peft_type, actual=peft_type)
+        values: dict[str, Any] = {}
+        for f in cls.typed_fields():
+            if f.name not in data:
+                if f.metadata.get("required"):
+                    raise ConfigError("required field is missing", path=path, key=f.name, expected=f.metadata["schema"])
+                continue
+            value = data.pop(f.name)
+            problems = schema_errors(value, f.metadata["schema"])
+            if problems:
+                raise ConfigError(problems[0], path=path, key=f.name)
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+        config = cls(**values, extra=data)
+        config.check(path=path)
+        return config
+
+    def check(self, *, path: Any = None) -> None:
+        """Cross-field rules of the kind; subclasses extend.  Raises ConfigError."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The PEFT ``adapter_config.json`` dict (lists for tuples, ``peft_type`` included)."""
+        out = dict(self.extra)
+        for f in self.typed_fields():
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        out["peft_type"] = self.peft_type
+        return dict(sorted(out.items()))
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The JSON Schema (draft 2020-12) of this kind's config, generated from the fields."""
+        props: dict[str, Any] = {"peft_type": {"const": cls.peft_type}}
+        for f in cls.typed_fields():
+            props[f.name] = {**f.metadata["schema"], "description": f.metadata["doc"]}
+            if f.default is not dataclasses.MISSING:
+                props[f.name]["default"] = f.default
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"https://adapterkit.dev/spec/v1/schema/{cls.peft_type.lower()}.json",
+            "title": f"adapterkit v1 {cls.peft_type} adapter config",
+            "type": "object",
+            "required": ["peft_type"] + [f.name for f in cls.typed_fields() if f.metadata.get("required")],
+            "properties": props,
+            "additionalProperties": True,
+        }
+
+
+@dataclass(frozen=True)
+class Kind:
+    """The per-kind functions.  Each ``kinds/<kind>.py`` builds one and registers it.
+
+    parse_key(key) -> (module, part) | None: the kind's tensor key grammar; None
+        for keys that are whole-module tensors (``modules_to_save``, saved embeddings).
+    modules(adapter) -> {module: view}: per-module views, built from the header only.
+    check(adapter) -> [Problem]: every structural rule of the spec (shapes vs config,
+        partners, flags), without reading tensor data.
+    delta_weight(adapter, module, device, dtype) -> Tensor, if the kind has one.
+    stats(adapter, module, device) -> {name: float}: per-module figures for ``info``.
+    """
+
+    peft_type: str
+    config: type[AdapterConfig]
+    parse_key: Callable[[str], tuple[str, str] | None]
+    modules: Callable[[Adapter], dict[str, Any]]
+    check: Callable[[Adapter], list[Problem]]
+    stats: Callable[[Adapter, str, Any], dict[str, float]]
+    delta_weight: Callable[..., torch.Tensor] | None = None
+    full_tensor_prefix: str = "base_model.model."
+
+    def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
+        if self.delta_weight is None:
+            raise UnsupportedError(
+                f"{self.peft_type} adapters have no delta weight independent of the base weights",
+                key=module, path=adapter.source,
+            )
+        return self.delta_weight(adapter, module, device=device, dtype=dtype)

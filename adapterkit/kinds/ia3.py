@@ -1,0 +1,117 @@
+"""IA3: one learned scaling vector ``ia3_l`` per module.
+
+Shapes: (out, 1) scales the output of an ordinary module; (1, in) scales the
+input of a feedforward module (``feedforward_modules``, PEFT's plain-``endswith``
+rule for lists); (1, C, 1, 1) / (1, C, 1, 1, 1) for Conv2d / Conv3d.  The effect
+is W' = W·diag(l) or diag(l)·W, so there is no delta weight without the base
+weight; ``stats`` reports ‖l − 1‖, the distance from the identity.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import ConfigError, Problem
+from .base import BOOL, OPT_STR_LIST, TARGETS, AdapterConfig, Kind, schema_field
+from .patterns import matches_feedforward, matches_modules_to_save
+
+if TYPE_CHECKING:
+    from ..adapter import Adapter, TensorStore
+
+PREFIX = "base_model.model."
+_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>ia3_l)$")
+
+
+@dataclass(frozen=True)
+class IA3Config(AdapterConfig):
+    """PEFT's ``IA3Config`` fields that determine the tensors and their meaning."""
+
+    peft_type = "IA3"
+    target_modules: Any = schema_field(None, TARGETS, doc="regex (string) or names/suffixes (list)")
+    exclude_modules: Any = schema_field(None, TARGETS, doc="modules never adapted")
+    feedforward_modules: Any = schema_field(None, TARGETS, doc="modules whose input is scaled; subset of targets")
+    fan_in_fan_out: bool = schema_field(False, BOOL, doc="base weight stored (in, out)")
+    modules_to_save: Any = schema_field(None, OPT_STR_LIST, doc="modules stored whole")
+
+    def check(self, *, path: Any = None) -> None:
+        ff, targets = self.feedforward_modules, self.target_modules
+        if isinstance(ff, tuple) and isinstance(targets, tuple) and not set(ff) <= set(targets):
+            raise ConfigError(
+                "feedforward_modules must be a subset of target_modules", path=path,
+                key="feedforward_modules", expected=f"subset of {list(targets)}", actual=list(ff),
+            )
+
+    def is_feedforward(self, module: str) -> bool:
+        return matches_feedforward(self.feedforward_modules, module)
+
+
+@dataclass(frozen=True)
+class IA3Module:
+    """One adapted module: its ``ia3_l`` key and whether it scales the input (feedforward)."""
+
+    name: str
+    key: str
+    is_feedforward: bool
+    store: TensorStore
+
+    @property
+    def ia3_l(self) -> torch.Tensor:
+        return self.store[self.key]
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    m = _KEY.match(key)
+    return (m["module"], m["part"]) if m else None
+
+
+def modules(adapter: Adapter) -> dict[str, IA3Module]:
+    cfg: IA3Config = adapter.config  # type: ignore[assignment]
+    out = {}
+    for key in sorted(adapter.tensors):
+        parsed = parse_key(key)
+        if parsed:
+            out[parsed[0]] = IA3Module(parsed[0], key, cfg.is_feedforward(parsed[0]), adapter.tensors)
+    return out
+
+
+def check(adapter: Adapter) -> list[Problem]:
+    cfg: IA3Config = adapter.config  # type: ignore[assignment]
+    problems: list[Problem] = []
+    views = modules(adapter)
+    for name, view in views.items():
+        shape = adapter.meta(view.key).shape
+        if len(shape) == 2:
+            ok = shape[0] == 1 if view.is_feedforward else shape[1] == 1
+            want = "(1, in) for a feedforward module" if view.is_feedforward else "(out, 1)"
+        elif len(shape) in (4, 5):
+            ok = shape[0] == 1 and all(d == 1 for d in shape[2:])
+            want = f"(1, C{', 1' * (len(shape) - 2)})"
+        else:
+            ok, want = False, "2-D, 4-D or 5-D"
+        if not ok:
+            problems.append(Problem(
+                "shape-mismatch", f"ia3_l for `{name}` has the wrong shape", key=view.key, expected=want, actual=shape,
+            ))
+    for key in adapter.tensors:
+        if parse_key(key) is None and not matches_modules_to_save(cfg.modules_to_save, key, PREFIX):
+            problems.append(Problem(
+                "unexpected-key", "tensor is neither ia3_l nor part of modules_to_save", "warning", key=key,
+                expected=f"{PREFIX}<module>.ia3_l",
+            ))
+    if not views:
+        problems.append(Problem("empty-adapter", "the adapter has no ia3_l tensors", "warning"))
+    return problems
+
+
+def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]:
+    view: IA3Module = adapter.module(module)
+    vec = view.ia3_l.to(device=device, dtype=torch.float64)
+    return {"size": vec.numel(), "scale_distance": math.sqrt(float(((vec - 1) ** 2).sum()))}
+
+
+KIND = Kind(peft_type="IA3", config=IA3Config, parse_key=parse_key, modules=modules, check=check, stats=stats)

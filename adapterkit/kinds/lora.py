@@ -1,0 +1,298 @@
+"""LoRA (and its DoRA, rsLoRA, lora_bias variants): config, key grammar, checks, ΔW.
+
+Shapes (r is the module's rank after ``rank_pattern``):
+  Linear / Conv1D   lora_A.weight (r, in)          lora_B.weight (out, r)   lora_B.bias (out,)
+  Embedding         lora_embedding_A (r, vocab)    lora_embedding_B (dim, r)
+  ConvNd            lora_A.weight (r, in, *k)      lora_B.weight (out, r, 1, ...)
+  DoRA              lora_magnitude_vector (out,), or (1, out, 1, ...) for ConvNd
+ΔW = B·A·scaling (transposed for ``fan_in_fan_out`` and embeddings), with
+scaling = alpha / r, or alpha / sqrt(r) under ``use_rslora``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, Problem
+from .base import (
+    BOOL,
+    NUM_PATTERN,
+    NUMBER,
+    OPT_INT_LIST,
+    OPT_STR_LIST,
+    OPT_STR_OR_LIST,
+    PATTERN,
+    POS_INT,
+    TARGETS,
+    AdapterConfig,
+    Kind,
+    schema_field,
+)
+from .patterns import matches_modules_to_save, matches_target, pattern_key, pattern_value
+
+if TYPE_CHECKING:
+    from ..adapter import Adapter, TensorStore
+
+PREFIX = "base_model.model."
+PARTS = ("lora_A.weight", "lora_B.weight", "lora_B.bias", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>" + "|".join(re.escape(p) for p in PARTS) + r")$")
+
+
+@dataclass(frozen=True)
+class LoraConfig(AdapterConfig):
+    """PEFT's ``LoraConfig`` fields that determine the tensors and their meaning."""
+
+    peft_type = "LORA"
+    r: int = schema_field(8, POS_INT, doc="default rank")
+    lora_alpha: float = schema_field(8, NUMBER, doc="default alpha; scaling = alpha / r")
+    target_modules: Any = schema_field(None, TARGETS, doc="regex (string) or names/suffixes (list)")
+    exclude_modules: Any = schema_field(None, TARGETS, doc="modules never adapted, same rule as target_modules")
+    rank_pattern: dict = schema_field({}, PATTERN, doc="module regex -> rank; first match in order wins")
+    alpha_pattern: dict = schema_field({}, NUM_PATTERN, doc="module regex -> alpha; first match in order wins")
+    use_rslora: bool = schema_field(False, BOOL, doc="scaling = alpha / sqrt(r)")
+    use_dora: bool = schema_field(False, BOOL, doc="DoRA: modules carry lora_magnitude_vector")
+    fan_in_fan_out: bool = schema_field(False, BOOL, doc="base weight stored (in, out), as transformers' Conv1D")
+    lora_bias: bool = schema_field(False, BOOL, doc="modules carry lora_B.bias")
+    bias: str = schema_field("none", {"enum": ["none", "all", "lora_only"]}, doc="which biases were trained")
+    modules_to_save: Any = schema_field(None, OPT_STR_LIST, doc="modules stored whole")
+    layers_to_transform: Any = schema_field(None, OPT_INT_LIST, doc="layer indices adapted")
+    layers_pattern: Any = schema_field(None, OPT_STR_OR_LIST, doc="name of the layer list")
+
+    def check(self, *, path: Any = None) -> None:
+        for name in ("rank_pattern", "alpha_pattern"):
+            for key in getattr(self, name):
+                try:
+                    re.compile(key)
+                except re.error as exc:
+                    raise ConfigError(f"pattern key is not a valid regex ({exc})", path=path, key=f"{name}[{key!r}]") from exc
+
+    def rank_for(self, module: str) -> tuple[int, str | None]:
+        """(rank, matching rank_pattern key) for ``module``, PEFT's rule."""
+        return pattern_value(self.rank_pattern, module, self.r)
+
+    def alpha_for(self, module: str) -> tuple[float, str | None]:
+        return pattern_value(self.alpha_pattern, module, self.lora_alpha)
+
+    def scaling_for(self, module: str) -> float:
+        """PEFT's scaling: alpha / r, or alpha / sqrt(r) with ``use_rslora``."""
+        r, _ = self.rank_for(module)
+        alpha, _ = self.alpha_for(module)
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One adapted module: its keys, rank, scaling and layer type.  Tensors are read on access."""
+
+    name: str
+    layer_type: str  # "linear" | "embedding" | "conv1d" | "conv2d" | "conv3d"
+    rank: int
+    alpha: float
+    scaling: float
+    fan_in_fan_out: bool
+    keys: dict[str, str]  # part ("lora_A", "lora_B", "bias", "magnitude") -> tensor key
+    store: TensorStore
+
+    @property
+    def lora_A(self) -> torch.Tensor:
+        return self.store[self.keys["lora_A"]]
+
+    @property
+    def lora_B(self) -> torch.Tensor:
+        return self.store[self.keys["lora_B"]]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.store[self.keys["bias"]] if "bias" in self.keys else None
+
+    @property
+    def magnitude(self) -> torch.Tensor | None:
+        return self.store[self.keys["magnitude"]] if "magnitude" in self.keys else None
+
+
+_ROLE = {
+    "lora_A.weight": "lora_A",
+    "lora_embedding_A": "lora_A",
+    "lora_B.weight": "lora_B",
+    "lora_embedding_B": "lora_B",
+    "lora_B.bias": "bias",
+    "lora_magnitude_vector": "magnitude",
+}
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    m = _KEY.match(key)
+    return (m["module"], m["part"]) if m else None
+
+
+def _grouped(adapter: Adapter) -> dict[str, dict[str, str]]:
+    groups: dict[str, dict[str, str]] = {}
+    for key in adapter.tensors:
+        parsed = parse_key(key)
+        if parsed:
+            groups.setdefault(parsed[0], {})[parsed[1]] = key
+    return groups
+
+
+def _layer_type(adapter: Adapter, parts: dict[str, str]) -> str:
+    if "lora_embedding_A" in parts or "lora_embedding_B" in parts:
+        return "embedding"
+    key = parts.get("lora_A.weight") or parts.get("lora_B.weight")
+    ndim = len(adapter.meta(key).shape) if key else 2
+    return {3: "conv1d", 4: "conv2d", 5: "conv3d"}.get(ndim, "linear")
+
+
+def modules(adapter: Adapter) -> dict[str, LoraModule]:
+    cfg: LoraConfig = adapter.config  # type: ignore[assignment]
+    out = {}
+    for name, parts in sorted(_grouped(adapter).items()):
+        layer_type = _layer_type(adapter, parts)
+        out[name] = LoraModule(
+            name=name,
+            layer_type=layer_type,
+            rank=cfg.rank_for(name)[0],
+            alpha=cfg.alpha_for(name)[0],
+            scaling=cfg.scaling_for(name),
+            fan_in_fan_out=cfg.fan_in_fan_out and layer_type == "linear",
+            keys={_ROLE[p]: k for p, k in parts.items()},
+            store=adapter.tensors,
+        )
+    return out
+
+
+def check(adapter: Adapter) -> list[Problem]:
+    cfg: LoraConfig = adapter.config  # type: ignore[assignment]
+    problems: list[Problem] = []
+
+    def add(code: str, message: str, key: str, expected: Any = None, actual: Any = None, severity: str = "error"):
+        problems.append(Problem(code, message, severity, None, key, expected, actual))
+
+    groups = _grouped(adapter)
+    for name, parts in sorted(groups.items()):
+        embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
+        a_part, b_part = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
+        if embedding and ({"lora_A.weight", "lora_B.weight", "lora_B.bias"} & parts.keys()):
+            add("unexpected-key", f"module `{name}` mixes embedding and linear LoRA tensors", parts.get("lora_A.weight") or parts["lora_B.weight" if "lora_B.weight" in parts else "lora_B.bias"])
+            continue
+        missing = [p for p in (a_part, b_part) if p not in parts]
+        if missing:
+            present = parts.get(a_part) or parts.get(b_part) or next(iter(parts.values()))
+            add("missing-partner", f"module `{name}` has no {missing[0]}", present, expected=PREFIX + name + "." + missing[0], actual="absent")
+            continue
+        a_key, b_key = parts[a_part], parts[b_part]
+        a, b = adapter.meta(a_key).shape, adapter.meta(b_key).shape
+        r, r_key = cfg.rank_for(name)
+        why = f" (rank_pattern matched {r_key!r})" if r_key is not None else ""
+        if embedding or len(a) == 2:
+            if len(a) != 2 or len(b) != 2:
+                add("shape-mismatch", f"{'embedding' if embedding else 'linear'} LoRA factors must be 2-D", b_key if len(a) == 2 else a_key, expected="2-D", actual=f"{a} and {b}")
+                continue
+        elif len(a) not in (3, 4, 5) or len(b) != len(a) or any(d != 1 for d in b[2:]):
+            add("shape-mismatch", f"conv LoRA for `{name}`: lora_B must be (out, r{', 1' * (len(a) - 2)}) beside lora_A {a}", b_key, expected=f"{len(a)}-D (out, r, 1, ...)", actual=b)
+            continue
+        if a[0] != r:
+            add("shape-mismatch", f"{a_part} for `{name}` has shape {a} but config r={r}{why}", a_key, expected=f"({r}, ...)", actual=a)
+        if b[1] != r:
+            add("shape-mismatch", f"{b_part} for `{name}` has shape {b} but config r={r}{why}", b_key, expected=f"(..., {r}, ...)", actual=b)
+        out = b[0]
+        if "lora_B.bias" in parts:
+            key = parts["lora_B.bias"]
+            if not cfg.lora_bias:
+                add("unexpected-key", "lora_B.bias present but config lora_bias=false", key, expected="lora_bias=true", actual="lora_bias=false")
+            elif adapter.meta(key).shape != (out,):
+                add("shape-mismatch", f"lora_B.bias for `{name}` must be (out,) beside lora_B {b}", key, expected=(out,), actual=adapter.meta(key).shape)
+        elif cfg.lora_bias and not embedding:
+            add("missing-partner", f"config lora_bias=true but module `{name}` has no lora_B.bias", b_key, expected=PREFIX + name + ".lora_B.bias", actual="absent")
+        if "lora_magnitude_vector" in parts:
+            key = parts["lora_magnitude_vector"]
+            want = (out,) if embedding or len(a) == 2 else (1, out) + (1,) * (len(a) - 2)
+            if not cfg.use_dora:
+                add("unexpected-key", "lora_magnitude_vector present but config use_dora=false", key, expected="use_dora=true", actual="use_dora=false")
+            elif adapter.meta(key).shape != want:
+                add("shape-mismatch", f"DoRA magnitude for `{name}` has the wrong shape", key, expected=want, actual=adapter.meta(key).shape)
+        elif cfg.use_dora:
+            add("missing-partner", f"config use_dora=true but module `{name}` has no lora_magnitude_vector", b_key, expected=PREFIX + name + ".lora_magnitude_vector", actual="absent")
+
+    names = list(groups)
+    for field_name in ("rank_pattern", "alpha_pattern"):
+        for pkey in getattr(cfg, field_name):
+            if not any(pattern_key([pkey], n) == pkey for n in names):
+                add("pattern-unmatched", f"{field_name} key {pkey!r} matches no module of the adapter", f"{field_name}[{pkey!r}]", severity="warning")
+    for key in adapter.tensors:
+        if parse_key(key) is None and not _whole_module_ok(cfg, key):
+            add("unexpected-key", "tensor is neither a LoRA tensor nor part of modules_to_save", key, expected=f"{PREFIX}<module>.{{{','.join(PARTS)}}}", actual=key, severity="warning")
+    if not groups:
+        add("empty-adapter", "the adapter has no LoRA tensors", None, severity="warning")
+    return problems
+
+
+def _whole_module_ok(cfg: LoraConfig, key: str) -> bool:
+    """modules_to_save tensors, and base layers PEFT saves when embeddings are targeted."""
+    if matches_modules_to_save(cfg.modules_to_save, key, PREFIX):
+        return True
+    for suffix in (".base_layer.weight", ".weight"):
+        if key.startswith(PREFIX) and key.endswith(suffix):
+            if matches_target(cfg.target_modules, key[len(PREFIX): -len(suffix)]):
+                return True
+    return False
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def delta_weight(adapter: Adapter, module: str, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """ΔW of one module, with PEFT's operations in PEFT's order (bit-identical in fp32).
+
+    Shapes: (out, in) for linear ((in, out) with fan_in_fan_out), (vocab, dim) for
+    embeddings, (out, in, *k) for convolutions (groups=1).
+    """
+    view: LoraModule = adapter.module(module)
+    a_raw, b_raw = view.lora_A, view.lora_B
+    store_dtype = b_raw.dtype if view.layer_type == "linear" else a_raw.dtype
+    ct = _compute_dtype(b_raw if view.layer_type == "linear" else a_raw)
+    A = a_raw.to(device=device, dtype=ct)
+    B = b_raw.to(device=device, dtype=ct)
+    if view.layer_type == "linear":
+        out = B @ A
+        if view.fan_in_fan_out:
+            out = out.T
+        out = out * view.scaling
+    elif view.layer_type == "embedding":
+        out = (B @ A).T * view.scaling
+    elif view.layer_type == "conv2d" and A.shape[2:4] == (1, 1):
+        out = (B.squeeze(3).squeeze(2) @ A.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(3) * view.scaling
+    else:
+        conv = {"conv1d": F.conv1d, "conv2d": F.conv2d, "conv3d": F.conv3d}[view.layer_type]
+        out = conv(A.transpose(0, 1), B).transpose(0, 1) * view.scaling
+    return out.to(dtype or store_dtype)
+
+
+def factor_norm(A: torch.Tensor, B: torch.Tensor) -> float:
+    """‖B·A‖_F from the factors only: sqrt(trace((BᵀB)(AAᵀ))), an r×r product in fp64."""
+    A = A.reshape(A.shape[0], -1).double()
+    B = B.reshape(B.shape[0], -1).double()
+    return math.sqrt(max(float(((B.T @ B) * (A @ A.T)).sum()), 0.0))
+
+
+def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]:
+    view: LoraModule = adapter.module(module)
+    A, B = view.lora_A.to(device), view.lora_B.to(device)
+    return {"rank": view.rank, "scaling": view.scaling, "delta_norm": abs(view.scaling) * factor_norm(A, B)}
+
+
+KIND = Kind(
+    peft_type="LORA",
+    config=LoraConfig,
+    parse_key=parse_key,
+    modules=modules,
+    check=check,
+    stats=stats,
+    delta_weight=delta_weight,
+)

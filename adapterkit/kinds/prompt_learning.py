@@ -1,0 +1,89 @@
+"""What prompt tuning, P-tuning and prefix tuning share: one ``prompt_embeddings`` tensor.
+
+The file holds the virtual-token embeddings *as the model consumes them* (for
+P-tuning and projected prefix tuning, the encoder's output, not its weights),
+with no ``base_model.model.`` prefix.  Each kind's module gives the expected
+shape as a function of its config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import Problem
+from .base import OPT_STR_LIST, POS_INT, AdapterConfig, Kind, schema_field
+
+if TYPE_CHECKING:
+    from ..adapter import Adapter, TensorStore
+
+KEY = "prompt_embeddings"
+OPT_POS_INT = {"anyOf": [{"type": "null"}, POS_INT]}
+
+
+@dataclass(frozen=True)
+class PromptLearningConfig(AdapterConfig):
+    """Fields common to the prompt-learning kinds (PEFT's ``PromptLearningConfig``)."""
+
+    num_virtual_tokens: int = schema_field(None, POS_INT, required=True, doc="number of virtual tokens")
+    token_dim: int = schema_field(None, POS_INT, required=True, doc="hidden size of the base model's embeddings")
+    num_transformer_submodules: int = schema_field(1, POS_INT, doc="1 for decoder-only, 2 for encoder-decoder")
+    num_attention_heads: Any = schema_field(None, OPT_POS_INT, doc="attention heads of the base model")
+    num_layers: Any = schema_field(None, OPT_POS_INT, doc="transformer layers of the base model")
+    modules_to_save: Any = schema_field(None, OPT_STR_LIST, doc="modules stored whole")
+
+    def embedding_shape(self) -> tuple[int, ...]:
+        """(num_virtual_tokens · num_transformer_submodules, token_dim); prefix tuning overrides."""
+        return (self.num_virtual_tokens * self.num_transformer_submodules, self.token_dim)
+
+
+@dataclass(frozen=True)
+class PromptModule:
+    """The single "module" of a prompt-learning adapter: the virtual-token embeddings."""
+
+    name: str
+    key: str
+    shape: tuple[int, ...]
+    store: TensorStore
+
+    @property
+    def prompt_embeddings(self) -> torch.Tensor:
+        return self.store[self.key]
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    return (KEY, KEY) if key == KEY else None
+
+
+def modules(adapter: Adapter) -> dict[str, PromptModule]:
+    if KEY not in adapter.tensors:
+        return {}
+    return {KEY: PromptModule(KEY, KEY, adapter.meta(KEY).shape, adapter.tensors)}
+
+
+def check(adapter: Adapter) -> list[Problem]:
+    cfg: PromptLearningConfig = adapter.config  # type: ignore[assignment]
+    problems = []
+    want = cfg.embedding_shape()
+    if KEY not in adapter.tensors:
+        problems.append(Problem("tensor-missing", f"{cfg.peft_type} adapters hold `{KEY}`", key=KEY, expected=want, actual="absent"))
+    elif adapter.meta(KEY).shape != want:
+        problems.append(Problem(
+            "shape-mismatch", f"{KEY} shape disagrees with the config", key=KEY, expected=want, actual=adapter.meta(KEY).shape,
+        ))
+    for key in adapter.tensors:
+        if key != KEY:
+            problems.append(Problem("unexpected-key", f"{cfg.peft_type} adapters hold only `{KEY}`", "warning", key=key))
+    return problems
+
+
+def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]:
+    emb = adapter.module(module).prompt_embeddings.to(device=device, dtype=torch.float64)
+    return {"virtual_tokens": emb.shape[0], "norm": float(emb.norm())}
+
+
+def make_kind(config: type[PromptLearningConfig]) -> Kind:
+    """The Kind record for a prompt-learning config class."""
+    return Kind(peft_type=config.peft_type, config=config, parse_key=parse_key, modules=modules, check=check, stats=stats)

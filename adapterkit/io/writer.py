@@ -54,7 +54,8 @@ def save(adapter: Adapter, path: str | Path, *, form: str = "dir") -> Path:
     try:
         tensors = {k: adapter.tensors[k] for k in adapter.tensors}
     except AdapterkitError as exc:
-        raise exc.with_path(source or path)
+        exc.with_path(source or path)
+        raise
     metadata = {"format": "pt", VERSION_KEY: FORMAT_VERSION}
     try:
         if form == "dir":
@@ -64,5 +65,6 @@ def save(adapter: Adapter, path: str | Path, *, form: str = "dir") -> Path:
             metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))
             write_atomic(path, encode(tensors, metadata))
     except AdapterkitError as exc:
-        raise exc.with_path(path)
+        exc.with_path(path)
+        raise
     return path

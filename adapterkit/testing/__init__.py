@@ -1,0 +1,1 @@
+"""Public testing helpers: hypothesis strategies that generate valid adapters of every kind."""

@@ -42,6 +42,7 @@ CODES: dict[str, tuple[str, str]] = {
     "key-not-found": ("NotFoundError", "no such module or tensor in the adapter"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
+    "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
     "empty-adapter": ("", "the adapter has no adapter tensors"),
 }
 

@@ -123,3 +123,13 @@ def test_console_script_runs(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "adapterkit.cli", "validate", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "valid" in proc.stdout
+
+
+def test_validate_warns_when_peft_sorted_save_changes_pattern_winner(tmp_path):
+    path = _lora(tmp_path)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    cfg["rank_pattern"] = {"v_proj": 1, "layers.0.v_proj": 3}  # first match wins: v_proj -> 1 (file is valid)
+    (path / "adapter_config.json").write_text(json.dumps(cfg))  # not sorted: as another tool might write it
+    res = run("validate", path)
+    assert res.exit_code == 0
+    assert "[pattern-order]" in res.output and "'layers.0.v_proj' wins" in res.output

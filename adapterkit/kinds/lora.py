@@ -224,6 +224,11 @@ def check(adapter: Adapter) -> list[Problem]:
         for pkey in getattr(cfg, field_name):
             if not any(pattern_key([pkey], n) == pkey for n in names):
                 add("pattern-unmatched", f"{field_name} key {pkey!r} matches no module of the adapter", f"{field_name}[{pkey!r}]", severity="warning")
+        pattern = getattr(cfg, field_name)
+        for name in names:
+            winner, after_save = pattern_key(pattern, name), pattern_key(sorted(pattern), name)
+            if winner != after_save and pattern[winner] != pattern[after_save]:
+                add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT saves configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
     for key in adapter.tensors:
         if parse_key(key) is None and not _whole_module_ok(cfg, key):
             add("unexpected-key", "tensor is neither a LoRA tensor nor part of modules_to_save", key, expected=f"{PREFIX}<module>.{{{','.join(PARTS)}}}", actual=key, severity="warning")

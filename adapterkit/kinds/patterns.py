@@ -33,16 +33,21 @@ def pattern_value(pattern: Mapping[str, Any], module: str, default: Any) -> tupl
     return (pattern[key], key) if key is not None else (default, None)
 
 
+def _fullmatch(regex: str, module: str) -> bool:
+    """``re.fullmatch`` that treats an invalid regex as matching nothing."""
+    try:
+        return re.fullmatch(regex, module) is not None
+    except re.error:
+        return False
+
+
 def matches_target(targets: str | Sequence[str] | None, module: str) -> bool:
     """PEFT's ``target_modules`` rule: a string is a full regex match; a list matches the
     whole name or a dot-separated suffix."""
     if targets is None:
         return False
     if isinstance(targets, str):
-        try:
-            return re.fullmatch(targets, module) is not None
-        except re.error:
-            return False
+        return _fullmatch(targets, module)
     return any(module == t or module.endswith("." + t) for t in targets)
 
 
@@ -52,10 +57,7 @@ def matches_feedforward(feedforward: str | Sequence[str] | None, module: str) ->
     if feedforward is None:
         return False
     if isinstance(feedforward, str):
-        try:
-            return re.fullmatch(feedforward, module) is not None
-        except re.error:
-            return False
+        return _fullmatch(feedforward, module)
     return any(module.endswith(t) for t in feedforward)
 
 

@@ -7,11 +7,15 @@ A pickle that would import or call anything beyond plain tensors is refused with
 from __future__ import annotations
 
 import pickle
+import pickletools
+import re
 from pathlib import Path
 
 import torch
 
 from ..errors import FormatError, NotFoundError, UnsafeFileError
+
+_PICKLE_OPCODES = {op.code for op in pickletools.opcodes}
 
 
 def read_bin(path: str | Path) -> dict[str, torch.Tensor]:
@@ -27,6 +31,12 @@ def read_bin(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError as exc:
+        bad_op = re.search(r"Unsupported operand (\d+)", str(exc))
+        if bad_op and chr(int(bad_op[1])) not in _PICKLE_OPCODES:  # not a pickle at all, e.g. a text file
+            raise FormatError(
+                "not a readable torch checkpoint (neither a zip archive nor a pickle)", code="bin-invalid", path=path,
+                expected="torch.save output", actual=f"byte {int(bad_op[1]):#04x} where a pickle opcode belongs",
+            ) from exc
         first = str(exc).strip().splitlines()
         detail = next((line for line in first if "Unsupported" in line or "global" in line.lower()), first[0] if first else "")
         raise UnsafeFileError(
@@ -42,5 +52,10 @@ def read_bin(path: str | Path) -> dict[str, torch.Tensor]:
             raise FormatError(
                 "state dict entries must be str -> Tensor", code="bin-invalid", path=path, key=str(key),
                 expected="Tensor", actual=type(value).__name__,
+            )
+        if value.layout != torch.strided or value.device.type != "cpu":
+            raise FormatError(
+                "state dict tensors must be dense CPU tensors", code="bin-invalid", path=path, key=key,
+                expected="dense (strided) tensor", actual=f"{value.layout} on {value.device}",
             )
     return {k: v.contiguous() for k, v in obj.items()}

@@ -20,7 +20,7 @@ from ..adapter import Adapter, LazyStore, MemoryStore
 from ..errors import ConfigError, FormatError, NotFoundError, VersionError
 from ..kinds import config_from_dict
 from .bin_file import read_bin
-from .safetensors_file import read_header
+from .safetensors_file import read_all, read_header
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -61,7 +61,7 @@ def _read_config_file(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError("no adapter config", code="config-missing", path=path) from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, over-long ints, deep nesting
         raise ConfigError(f"adapter config is not valid JSON ({exc})", path=path) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read adapter config: {exc.strerror}", path=path) from exc
@@ -132,7 +132,7 @@ def open_adapter(path: str | Path, *, adapter_name: str | None = None, strict: b
                 raise FormatError("single-file adapters must carry adapterkit.version", code="metadata-invalid", path=path, key=f"__metadata__.{VERSION_KEY}", expected="MAJOR.MINOR", actual="absent")
             try:
                 data = json.loads(header.metadata[CONFIG_KEY])
-            except json.JSONDecodeError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise ConfigError(f"embedded config is not valid JSON ({exc})", path=path, key=f"__metadata__.{CONFIG_KEY}") from exc
             adapter = Adapter(config_from_dict(data, path=path), LazyStore(header), path, version)
         else:
@@ -162,7 +162,8 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
     from ..validate import raise_first_error, value_problems
 
     adapter = open_adapter(path, adapter_name=adapter_name)
-    tensors = {k: adapter.tensors[k] for k in adapter.tensors}
+    store = adapter.tensors
+    tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
     if device is not None:
         tensors = {k: v.to(device) for k, v in tensors.items()}
     loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version)

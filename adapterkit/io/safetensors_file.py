@@ -123,11 +123,13 @@ def _bad(path: Path, message: str, key: str | None = None, **kw) -> FormatError:
 def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Header:
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, over-long ints, deep nesting
         raise _bad(path, f"header is not valid UTF-8 JSON ({exc})") from exc
     if not isinstance(obj, dict):
         raise _bad(path, "header must be a JSON object", expected="object", actual=type(obj).__name__)
-    metadata = obj.pop("__metadata__", None) or {}
+    metadata = obj.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
@@ -137,10 +139,15 @@ def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Hea
         if not isinstance(entry, dict):
             raise _bad(path, "tensor entry must be an object", key)
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise _bad(path, "unknown dtype", key, expected="one of " + ", ".join(DTYPES), actual=dtype)
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise _bad(path, "shape must be a list of non-negative integers", key, actual=shape)
+        count = 1
+        for d in shape:  # torch cannot address (or stride) more than 2**63 - 1 elements
+            count *= max(d, 1)
+            if count >= 2**63:
+                raise _bad(path, "shape is too large to address", key, expected="element count < 2**63", actual=shape)
         if (
             not isinstance(offsets, list)
             or len(offsets) != 2
@@ -156,7 +163,8 @@ def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Hea
             )
         infos[key] = TensorInfo(key, dtype, tuple(shape), begin, end)
     cursor = 0
-    for info in sorted(infos.values(), key=lambda i: (i.begin, i.end)):
+    ordered = sorted(infos.values(), key=lambda i: (i.begin, i.end))
+    for info in ordered:
         if info.begin != cursor:
             raise _bad(
                 path, "tensor data must be contiguous (no holes or overlaps)", info.key,
@@ -164,8 +172,9 @@ def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Hea
             )
         cursor = info.end
     if cursor > data_len:
+        cut = next(i for i in ordered if i.end > data_len)
         raise _bad(
-            path, "file ends before the tensor data", code="truncated-file",
+            path, "file ends before the tensor data", cut.key, code="truncated-file",
             expected=f"{cursor} data bytes", actual=f"{data_len} data bytes",
         )
     if cursor < data_len:
@@ -192,10 +201,33 @@ def read_tensor(header: Header, key: str) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=info.torch_dtype).reshape(info.shape)
 
 
-def tensor_bytes(tensor: torch.Tensor) -> bytes:
-    """Little-endian raw bytes of a tensor, as safetensors stores them."""
+def read_all(header: Header) -> dict[str, torch.Tensor]:
+    """Read every tensor with one read of the data region; the tensors share that buffer."""
+    size = max((i.end for i in header.tensors.values()), default=0)
+    try:
+        with open(header.path, "rb") as f:
+            f.seek(header.data_start)
+            buf = bytearray(size)
+            got = f.readinto(buf)
+    except OSError as exc:
+        raise FormatError(f"cannot read tensors: {exc.strerror}", path=header.path) from exc
+    if got != size:
+        raise FormatError("file changed while reading", code="truncated-file", path=header.path)
+    out = {}
+    for key, info in header.tensors.items():
+        if info.nbytes == 0:
+            out[key] = torch.empty(info.shape, dtype=info.torch_dtype)
+        else:
+            flat = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=info.begin)
+            out[key] = flat.view(info.torch_dtype).reshape(info.shape)
+    return out
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """Little-endian raw bytes of a tensor, as safetensors stores them (a view, not a copy,
+    when the tensor is already a contiguous CPU tensor)."""
     t = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy().tobytes()
+    return memoryview(t.view(torch.uint8).numpy())
 
 
 def _layout(tensors: Mapping[str, torch.Tensor]) -> list[str]:

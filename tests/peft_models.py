@@ -159,6 +159,8 @@ CASES: list[Case] = [
     Case("lora_embedding", embnet, _lora(r=3, lora_alpha=6, target_modules=["emb", "out"]), emb_input),
     Case("lora_conv", convnet, _lora(r=2, lora_alpha=5, target_modules=["c1", "c2", "p2", "c3", "p3"]), conv_input),
     Case("lora_bias", lambda: llama(bias=True), _lora(r=4, lora_alpha=8, target_modules=LLAMA_ATTN, lora_bias=True, task_type="CAUSAL_LM"), token_input),
+    Case("lora_train_bias_all", lambda: llama(bias=True), _lora(r=2, lora_alpha=4, target_modules=["q_proj"], bias="all", task_type="CAUSAL_LM"), token_input),
+    Case("lora_train_bias_lora_only", lambda: llama(bias=True), _lora(r=2, lora_alpha=4, target_modules=["q_proj"], bias="lora_only", task_type="CAUSAL_LM"), token_input),
     Case("lora_dora", llama, _lora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], use_dora=True, task_type="CAUSAL_LM"), token_input),
     Case("lora_dora_conv_emb", convnet, _lora(r=2, lora_alpha=4, target_modules=["c2", "p2", "head"], use_dora=True), conv_input),
     Case("lora_dora_emb", embnet, _lora(r=3, lora_alpha=6, target_modules=["emb"], use_dora=True), emb_input),

@@ -95,7 +95,21 @@ def _from_weights(weights: Path, config_data: Any, config_path: Path) -> Adapter
     header = read_header(weights)
     version = format_version(header.metadata, weights)
     config = config_from_dict(config_data, path=config_path)
+    embedded = header.metadata.get(CONFIG_KEY)
+    if embedded is not None and _json_or_none(embedded) != config_data:
+        raise FormatError(
+            "weights carry an adapterkit.config that differs from adapter_config.json; one file, two configs",
+            code="metadata-invalid", path=weights, key=f"__metadata__.{CONFIG_KEY}",
+            expected=f"absent or equal to {config_path.name}", actual="a different config",
+        )
     return Adapter(config, LazyStore(header), weights, version)
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def open_adapter(path: str | Path, *, adapter_name: str | None = None, strict: bool = True) -> Adapter:

@@ -140,8 +140,12 @@ class AdapterConfig:
         props: dict[str, Any] = {"peft_type": {"const": cls.peft_type}}
         for f in cls.typed_fields():
             props[f.name] = {**f.metadata["schema"], "description": f.metadata["doc"]}
+            if f.metadata.get("required"):
+                continue
             if f.default is not dataclasses.MISSING:
                 props[f.name]["default"] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                props[f.name]["default"] = f.default_factory()
         return {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://adapterkit.dev/spec/v1/schema/{cls.peft_type.lower()}.json",

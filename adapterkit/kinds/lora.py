@@ -238,9 +238,16 @@ def check(adapter: Adapter) -> list[Problem]:
 
 
 def _whole_module_ok(cfg: LoraConfig, key: str) -> bool:
-    """modules_to_save tensors, and base layers PEFT saves when embeddings are targeted."""
+    """modules_to_save tensors, base layers PEFT saves when embeddings are targeted, and the
+    biases PEFT saves under ``bias="all"`` (any) or ``bias="lora_only"`` (of adapted modules)."""
     if matches_modules_to_save(cfg.modules_to_save, key, PREFIX):
         return True
+    if key.startswith(PREFIX) and key.endswith(".bias"):
+        if cfg.bias == "all":
+            return True
+        if cfg.bias == "lora_only":
+            module = key[len(PREFIX): -len(".bias")].removesuffix(".base_layer")
+            return matches_target(cfg.target_modules, module)
     for suffix in (".base_layer.weight", ".weight"):
         if key.startswith(PREFIX) and key.endswith(suffix):
             if matches_target(cfg.target_modules, key[len(PREFIX): -len(suffix)]):

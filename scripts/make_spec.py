@@ -563,6 +563,10 @@ def invalid_vectors() -> list[dict[str, Any]]:
         path=".")
     add("not_an_adapter", "not-an-adapter", "a directory with neither adapter_config.json nor adapter weights",
         {"README.md": b"# not an adapter\n"}, path=".")
+    add("dir_embedded_config_differs", "metadata-invalid",
+        "directory form whose weights carry an adapterkit.config (r=4) that differs from adapter_config.json (r=2)",
+        {"adapter_config.json": peft_config_text(base),
+         "adapter_model.safetensors": st_bytes(good_t, file_meta({**base, "r": 4}))}, path=".")
     add("weights_missing", "weights-missing", "a directory with adapter_config.json but no weights file",
         {"adapter_config.json": peft_config_text(base)}, path=".")
     add("lora_shape_vs_r", "shape-mismatch", "config r=4 but lora_A is (2, 6) and lora_B (4, 2)",

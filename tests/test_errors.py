@@ -1059,3 +1059,27 @@ def test_fuzz_reader_short_run(tmp_path):
     assert {"ok", "header-invalid", "truncated-file", "offset-out-of-range", "config-invalid"} <= codes, result.outcomes
     assert result.outcomes["load:non-finite"] > 0, result.outcomes
     assert all(c in CODES or c == "ok" for c in codes)
+
+
+def test_new_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    real = safetensors_file.tensor_bytes
+    calls = []
+
+    def failing(t):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(t)
+
+    monkeypatch.setattr(safetensors_file, "tensor_bytes", failing)
+    target = tmp_path / "new"
+    with pytest.raises(AdapterkitError) as info:
+        ak.save(ak.Adapter.from_tensors(cfg(), tensors()), target)
+    assert info.value.code == "write-failed"
+    assert Path(info.value.path) == target / "adapter_model.safetensors"
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(safetensors_file, "tensor_bytes", real)
+    ak.save(ak.Adapter.from_tensors(cfg(), tensors()), target)
+    assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert oct(target.stat().st_mode & 0o777) == "0o755"

@@ -7,6 +7,9 @@ atomic per file, and refuse to overwrite the file an adapter was read from.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..adapter import FORMAT_VERSION, Adapter
@@ -21,6 +24,34 @@ FORMS = ("dir", "file")
 def config_json(adapter: Adapter) -> str:
     """``adapter_config.json`` text exactly as PEFT writes it (indent 2, sorted keys)."""
     return json.dumps(adapter.config.to_dict(), indent=2, sort_keys=True)
+
+
+def _write_dir(path: Path, tensors: dict, metadata: dict, config: bytes) -> None:
+    """A new directory appears whole (built beside it, then renamed); in an existing one each
+    file is replaced atomically, weights first."""
+    if path.exists():
+        write_atomic(path / WEIGHTS_NAME, encode(tensors, metadata))
+        write_atomic(path / CONFIG_NAME, [config])
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as exc:
+        raise WriteError(f"cannot create output: {exc.strerror}", path=path) from exc
+    try:
+        for name, chunks in ((WEIGHTS_NAME, encode(tensors, metadata)), (CONFIG_NAME, [config])):
+            try:
+                write_atomic(staging / name, chunks)
+            except AdapterkitError as exc:  # name the real target, not the staging folder
+                exc.path = str(path / name)
+                exc.args = (str(exc),)
+                raise
+        os.chmod(staging, 0o755)
+        os.rename(staging, path)
+    except OSError as exc:
+        raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def save(adapter: Adapter, path: str | Path, *, form: str = "dir") -> Path:
@@ -59,8 +90,7 @@ def save(adapter: Adapter, path: str | Path, *, form: str = "dir") -> Path:
     metadata = {"format": "pt", VERSION_KEY: FORMAT_VERSION}
     try:
         if form == "dir":
-            write_atomic(path / WEIGHTS_NAME, encode(tensors, metadata))
-            write_atomic(path / CONFIG_NAME, [config_json(adapter).encode("utf-8")])
+            _write_dir(path, tensors, metadata, config_json(adapter).encode("utf-8"))
         else:
             metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))
             write_atomic(path, encode(tensors, metadata))

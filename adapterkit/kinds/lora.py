@@ -286,6 +286,15 @@ def delta_weight(adapter: Adapter, module: str, *, device: Any = None, dtype: to
     return out.to(dtype or store_dtype)
 
 
+def delta_bias(adapter: Adapter, module: str, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
+    """What the module's ``lora_B.bias`` adds to the base bias: bias · scaling (None without one)."""
+    view: LoraModule = adapter.module(module)
+    bias = view.bias
+    if bias is None:
+        return None
+    return (bias.to(device=device, dtype=_compute_dtype(bias)) * view.scaling).to(dtype or bias.dtype)
+
+
 def factor_norm(A: torch.Tensor, B: torch.Tensor) -> float:
     """‖B·A‖_F from the factors only: sqrt(trace((BᵀB)(AAᵀ))), an r×r product in fp64."""
     A = A.reshape(A.shape[0], -1).double()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import NotFoundError
-from .io.safetensors_file import DTYPE_NAMES, Header, read_tensor
+from .io.safetensors_file import DTYPE_NAMES, DTYPES, Header, read_tensor
 from .kinds.base import AdapterConfig, Kind
 
 FORMAT_VERSION = "1.0"  # the adapterkit format version this library writes
@@ -37,8 +37,6 @@ class TensorMeta:
 
     @property
     def nbytes(self) -> int:
-        from .io.safetensors_file import DTYPES
-
         return self.numel * DTYPES[self.dtype].itemsize
 
 
@@ -155,10 +153,6 @@ class Adapter:
 
     def nbytes(self) -> int:
         return sum(self.meta(k).nbytes for k in self.tensors)
-
-    def materialize(self) -> Adapter:
-        """The same adapter with every tensor read into memory."""
-        return Adapter(self.config, MemoryStore({k: self.tensors[k] for k in self.tensors}), None, self.format_version)
 
     def __eq__(self, other: object) -> bool:
         """Same config and bit-identical tensors (dtype, shape, bytes); the source is not compared."""

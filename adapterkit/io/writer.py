@@ -15,7 +15,7 @@ from pathlib import Path
 from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
 from .atomic import same_file, write_atomic
-from .reader import BIN_NAME, CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
+from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .safetensors_file import encode
 
 FORMS = ("dir", "file")
@@ -80,7 +80,7 @@ def save(adapter: Adapter, path: str | Path, *, form: str = "dir") -> Path:
     else:
         if path.is_dir():
             raise WriteError("file form needs a file path", path=path, expected="*.safetensors", actual="directory")
-        if source is not None and (same_file(path, source) or (source.name == BIN_NAME and same_file(path, source))):
+        if source is not None and same_file(path, source):
             raise WriteError("refusing to overwrite the input", code="overwrite-input", path=path, expected="a different file", actual=str(source))
     try:
         tensors = {k: adapter.tensors[k] for k in adapter.tensors}

@@ -177,7 +177,6 @@ class Kind:
     check: Callable[[Adapter], list[Problem]]
     stats: Callable[[Adapter, str, Any], dict[str, float]]
     delta_weight: Callable[..., torch.Tensor] | None = None
-    full_tensor_prefix: str = "base_model.model."
 
     def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
         if self.delta_weight is None:

@@ -178,7 +178,8 @@ def check(adapter: Adapter) -> list[Problem]:
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
         a_part, b_part = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
         if embedding and ({"lora_A.weight", "lora_B.weight", "lora_B.bias"} & parts.keys()):
-            add("unexpected-key", f"module `{name}` mixes embedding and linear LoRA tensors", parts.get("lora_A.weight") or parts["lora_B.weight" if "lora_B.weight" in parts else "lora_B.bias"])
+            stray = next(k for p, k in parts.items() if p in ("lora_A.weight", "lora_B.weight", "lora_B.bias"))
+            add("unexpected-key", f"module `{name}` mixes embedding and linear LoRA tensors", stray)
             continue
         missing = [p for p in (a_part, b_part) if p not in parts]
         if missing:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import adapterkit
@@ -97,3 +97,34 @@ def test_delta_weight_is_scaled_product(adapter):
         alpha, _ = adapter.config.alpha_for(name)
         want = alpha / r**0.5 if adapter.config.use_rslora else alpha / r
         assert view.scaling == want
+
+
+FEATURES = {
+    "embedding": lambda a: any(v.layer_type == "embedding" for v in a.modules.values()),
+    "conv1d": lambda a: any(v.layer_type == "conv1d" for v in a.modules.values()),
+    "conv2d": lambda a: any(v.layer_type == "conv2d" for v in a.modules.values()),
+    "conv3d": lambda a: any(v.layer_type == "conv3d" for v in a.modules.values()),
+    "fan_in_fan_out": lambda a: a.config.fan_in_fan_out,
+    "dora": lambda a: a.config.use_dora,
+    "bias": lambda a: a.config.lora_bias,
+    "rslora": lambda a: a.config.use_rslora,
+    "pattern": lambda a: bool(a.config.rank_pattern) and bool(a.config.alpha_pattern),
+    "modules_to_save": lambda a: bool(a.config.modules_to_save),
+    "bf16": lambda a: any(a.meta(k).dtype == "BF16" for k in a.tensors),
+}
+
+
+def test_strategies_reach_every_kind_and_lora_feature():
+    """The strategies are not silently narrow: a bounded run covers all five kinds and every LoRA feature."""
+    kinds, features = set(), set()
+
+    @settings(max_examples=300, phases=[Phase.generate], derandomize=True, database=None)
+    @given(aks.adapters())
+    def collect(adapter):
+        kinds.add(adapter.peft_type)
+        if adapter.peft_type == "LORA":
+            features.update(f for f, check in FEATURES.items() if check(adapter))
+
+    collect()
+    assert kinds == {"LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"}
+    assert features == set(FEATURES)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -122,10 +124,10 @@ class Adapter:
     def meta(self, key: str) -> TensorMeta:
         return self.tensors.meta(key)
 
-    @property
-    def modules(self) -> dict[str, Any]:
-        """Per-module views, keyed by module path (the key minus prefix and part)."""
-        return self.kind.modules(self)
+    @cached_property
+    def modules(self) -> Mapping[str, Any]:
+        """Per-module views, keyed by module path (the key minus prefix and part); built once."""
+        return MappingProxyType(self.kind.modules(self))
 
     def module(self, name: str) -> Any:
         """The view of one module.  Raises NotFoundError (``key-not-found``) naming close matches."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .devices import resolve_device
 from .errors import NotFoundError
 from .io.safetensors_file import DTYPE_NAMES, DTYPES, Header, read_tensor
 from .kinds.base import AdapterConfig, Kind
@@ -148,7 +149,7 @@ class Adapter:
         whose effect depends on the base weights (IA3, prompt learning).
         """
         self.module(module)
-        return self.kind.delta(self, module, device=device, dtype=dtype)
+        return self.kind.delta(self, module, device=resolve_device(device), dtype=dtype)
 
     def parameter_count(self) -> int:
         return sum(self.meta(k).numel for k in self.tensors)

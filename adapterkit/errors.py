@@ -39,6 +39,7 @@ CODES: dict[str, tuple[str, str]] = {
     "overwrite-input": ("WriteError", "the output would overwrite an input"),
     "write-failed": ("WriteError", "the output could not be written"),
     "not-supported": ("UnsupportedError", "the operation is not defined for this adapter or module"),
+    "device-unavailable": ("UnsupportedError", "the requested torch device does not exist or is not available"),
     "key-not-found": ("NotFoundError", "no such module or tensor in the adapter"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 from .adapter import Adapter
+from .devices import resolve_device
 from .progress import progress
 
 
@@ -19,6 +20,7 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True) -
     dtypes = Counter(adapter.meta(k).dtype for k in adapter.tensors)
     modules = adapter.modules
     stats: dict[str, dict[str, float]] = {}
+    device = resolve_device(device)
     if per_module:
         for name in progress(modules, desc="modules", total=len(modules)):
             stats[name] = adapter.kind.stats(adapter, name, device)

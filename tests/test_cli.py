@@ -133,3 +133,17 @@ def test_validate_warns_when_peft_sorted_save_changes_pattern_winner(tmp_path):
     res = run("validate", path)
     assert res.exit_code == 0
     assert "[pattern-order]" in res.output and "'layers.0.v_proj' wins" in res.output
+
+
+def test_unavailable_device_is_a_clear_error(tmp_path):
+    path = _lora(tmp_path)
+    res = run("info", path, "--device", "bogus")
+    assert res.exit_code == 2 and "[device-unavailable]" in res.output and "bogus" in res.output
+    adapter = adapterkit.load(path)
+    for device in ("bogus", "cuda:7" if not torch.cuda.is_available() else "bogus:0"):
+        with pytest.raises(adapterkit.AdapterkitError) as info:
+            adapter.delta_weight("model.layers.0.q_proj", device=device)
+        assert info.value.code == "device-unavailable" and info.value.key == "device"
+        with pytest.raises(adapterkit.AdapterkitError):
+            adapterkit.load(path, device=device)
+    assert adapter.delta_weight("model.layers.0.q_proj", device="cpu").device.type == "cpu"

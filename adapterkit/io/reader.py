@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..adapter import Adapter, LazyStore, MemoryStore
+from ..devices import resolve_device
 from ..errors import ConfigError, FormatError, NotFoundError, VersionError
 from ..kinds import config_from_dict
 from .bin_file import read_bin
@@ -178,6 +179,7 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
     adapter = open_adapter(path, adapter_name=adapter_name)
     store = adapter.tensors
     tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
+    device = resolve_device(device)
     if device is not None:
         tensors = {k: v.to(device) for k, v in tensors.items()}
     loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version)

@@ -76,7 +76,10 @@ def _adapter_dir(path: Path, adapter_name: str | None) -> Path:
         return sub
     if (path / CONFIG_NAME).is_file():
         return path
-    subs = sorted(p for p in path.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+    try:
+        subs = sorted(p for p in path.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+    except OSError as exc:
+        raise NotFoundError(f"cannot list directory: {exc.strerror}", code="not-an-adapter", path=path) from exc
     if len(subs) == 1:
         return subs[0]
     if subs:

@@ -57,15 +57,23 @@ def format_version(metadata: dict[str, str], path: Path) -> str | None:
     return version
 
 
+def _parse_json(text: str | bytes, *, path: Path, key: str | None = None) -> Any:
+    """JSON of a config.  Raises ConfigError (``config-invalid``) for bad UTF-8, bad JSON,
+    over-long integers or excessive nesting."""
+    try:
+        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"adapter config is not valid UTF-8 JSON ({exc})", path=path, key=key) from exc
+
+
 def _read_config_file(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError("no adapter config", code="config-missing", path=path) from exc
-    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, over-long ints, deep nesting
-        raise ConfigError(f"adapter config is not valid JSON ({exc})", path=path) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read adapter config: {exc.strerror}", path=path) from exc
+    return _parse_json(raw, path=path)
 
 
 def _adapter_dir(path: Path, adapter_name: str | None) -> Path:
@@ -100,7 +108,7 @@ def _from_weights(weights: Path, config_data: Any, config_path: Path) -> Adapter
     version = format_version(header.metadata, weights)
     config = config_from_dict(config_data, path=config_path)
     embedded = header.metadata.get(CONFIG_KEY)
-    if embedded is not None and _json_or_none(embedded) != config_data:
+    if embedded is not None and not _same_json(embedded, config_data):
         raise FormatError(
             "weights carry an adapterkit.config that differs from adapter_config.json; one file, two configs",
             code="metadata-invalid", path=weights, key=f"__metadata__.{CONFIG_KEY}",
@@ -109,11 +117,11 @@ def _from_weights(weights: Path, config_data: Any, config_path: Path) -> Adapter
     return Adapter(config, LazyStore(header), weights, version)
 
 
-def _json_or_none(text: str) -> Any:
+def _same_json(text: str, data: Any) -> bool:
     try:
-        return json.loads(text)
+        return json.loads(text) == data
     except (ValueError, RecursionError):
-        return None
+        return False
 
 
 def open_adapter(path: str | Path, *, adapter_name: str | None = None, strict: bool = True) -> Adapter:
@@ -148,10 +156,7 @@ def open_adapter(path: str | Path, *, adapter_name: str | None = None, strict: b
             version = format_version(header.metadata, path)
             if version is None:
                 raise FormatError("single-file adapters must carry adapterkit.version", code="metadata-invalid", path=path, key=f"__metadata__.{VERSION_KEY}", expected="MAJOR.MINOR", actual="absent")
-            try:
-                data = json.loads(header.metadata[CONFIG_KEY])
-            except (ValueError, RecursionError) as exc:
-                raise ConfigError(f"embedded config is not valid JSON ({exc})", path=path, key=f"__metadata__.{CONFIG_KEY}") from exc
+            data = _parse_json(header.metadata[CONFIG_KEY], path=path, key=f"__metadata__.{CONFIG_KEY}")
             adapter = Adapter(config_from_dict(data, path=path), LazyStore(header), path, version)
         else:
             config_path = path.parent / CONFIG_NAME

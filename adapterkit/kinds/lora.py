@@ -222,12 +222,13 @@ def check(adapter: Adapter) -> list[Problem]:
 
     names = list(groups)
     for field_name in ("rank_pattern", "alpha_pattern"):
-        for pkey in getattr(cfg, field_name):
+        pattern = getattr(cfg, field_name)
+        for pkey in pattern:
             if not any(pattern_key([pkey], n) == pkey for n in names):
                 add("pattern-unmatched", f"{field_name} key {pkey!r} matches no module of the adapter", f"{field_name}[{pkey!r}]", severity="warning")
-        pattern = getattr(cfg, field_name)
+        saved_order = sorted(pattern)
         for name in names:
-            winner, after_save = pattern_key(pattern, name), pattern_key(sorted(pattern), name)
+            winner, after_save = pattern_key(pattern, name), pattern_key(saved_order, name)
             if winner != after_save and pattern[winner] != pattern[after_save]:
                 add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT saves configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
     for key in adapter.tensors:

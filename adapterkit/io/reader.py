@@ -63,7 +63,7 @@ def _parse_json(text: str | bytes, *, path: Path, key: str | None = None) -> Any
     try:
         return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
     except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"adapter config is not valid UTF-8 JSON ({exc})", path=path, key=key) from exc
+        raise ConfigError(f"adapter config is not valid JSON ({exc})", path=path, key=key) from exc
 
 
 def _read_config_file(path: Path) -> Any:

@@ -1,29 +1,53 @@
-"""adapterkit: a versioned format, strict I/O and offline surgery for PEFT adapters."""
+"""adapterkit: a versioned format, strict I/O and offline surgery for PEFT adapters.
 
-from .adapter import FORMAT_VERSION, Adapter, LazyStore, MemoryStore, TensorStore
+The public names are imported on first use (PEP 562), so that ``import adapterkit``
+and the command line's ``--help``/``--version`` do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import AdapterkitError, Problem
-from .io.reader import load, open_adapter
-from .io.writer import save
-from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
-from .validate import validate
+from .validate import validate  # eager: the submodule's name would otherwise shadow the function
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FORMAT_VERSION",
-    "Adapter",
-    "AdapterkitError",
-    "IA3Config",
-    "LazyStore",
-    "LoraConfig",
-    "MemoryStore",
-    "PTuningConfig",
-    "PrefixTuningConfig",
-    "Problem",
-    "PromptTuningConfig",
-    "TensorStore",
-    "load",
-    "open_adapter",
-    "save",
-    "validate",
-]
+# public name -> the submodule that defines it
+_LAZY = {
+    "FORMAT_VERSION": "adapter",
+    "Adapter": "adapter",
+    "LazyStore": "adapter",
+    "MemoryStore": "adapter",
+    "TensorStore": "adapter",
+    "load": "io.reader",
+    "open_adapter": "io.reader",
+    "save": "io.writer",
+    "IA3Config": "kinds",
+    "LoraConfig": "kinds",
+    "PrefixTuningConfig": "kinds",
+    "PromptTuningConfig": "kinds",
+    "PTuningConfig": "kinds",
+}
+
+__all__ = ["AdapterkitError", "Problem", "__version__", "validate", *sorted(_LAZY)]
+
+if TYPE_CHECKING:
+    from .adapter import FORMAT_VERSION, Adapter, LazyStore, MemoryStore, TensorStore
+    from .io.reader import load, open_adapter
+    from .io.writer import save
+    from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

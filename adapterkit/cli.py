@@ -1,27 +1,34 @@
 """The ``adapterkit`` command: a thin click layer over the library.
 
-Errors print one line (``adapterkit: error: ...``) and exit 2; ``--debug`` shows
-the traceback instead.  ``validate`` exits 0 when valid, 1 when invalid, 2 on a
-usage error.
+Conventions every command follows:
+  * errors print one line, ``adapterkit: error: <file>: <key>: <what> [code]``, and exit 2
+    (``--debug`` prints the traceback first, and still exits 2);
+  * checks exit 0 when they pass and 1 when they fail;
+  * an output that exists is refused unless ``--overwrite``, which replaces it whole;
+    the form follows the name (``*.safetensors`` is one file, anything else a directory);
+  * ``--help``, ``--version`` and usage errors never import torch (the library is
+    imported inside the commands).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import traceback
 from functools import wraps
 from pathlib import Path
+from typing import Any
 
 import click
 
 from . import __version__
-from .errors import AdapterkitError
-from .info import describe, render
-from .io.reader import open_adapter
-from .io.writer import FORMS, save
-from .validate import validate as run_validate
+from .errors import AdapterkitError, NotFoundError
 
 USAGE_CODES = {"file-not-found", "not-an-adapter", "ambiguous-adapter"}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -29,91 +36,174 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
 def handles_errors(func):
     """Turn AdapterkitError (and bad local state such as OSError) into one line and exit 2."""
 
     @wraps(func)
     def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return func(*args, **kwargs)
-        except AdapterkitError as exc:
-            if debug:
-                raise
-            _fail(str(exc))
-        except (OSError, MemoryError) as exc:
-            if debug:
-                raise
-            _fail(f"{type(exc).__name__}: {exc}")
+        except (AdapterkitError, OSError, MemoryError) as exc:
+            if _debug():
+                traceback.print_exc()
+            _fail(str(exc) if isinstance(exc, AdapterkitError) else f"{type(exc).__name__}: {exc}")
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def _require(path: Path) -> None:
+    """A missing input is reported before the library (and torch) is imported."""
+    if not path.exists() and not path.is_symlink():
+        raise NotFoundError("no such file or directory", path=path)
+
+
+class Group(click.Group):
+    """The command group; usage errors become one line with the ``usage`` code, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx else "adapterkit"
+            _fail(f"{exc.format_message()} (see '{where} --help') [usage]")
+        except click.ClickException as exc:
+            _fail(f"{exc.format_message()} [usage]")
+        except click.Abort:
+            _fail("interrupted [interrupted]", 130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Print the traceback of an error before its one-line message.")
 @click.version_option(__version__, prog_name="adapterkit")
 def main(debug: bool) -> None:
-    """Inspect, validate and convert parameter-efficient fine-tuning adapters."""
+    """Inspect, validate and convert parameter-efficient fine-tuning adapters
+    (LoRA, IA3, prompt tuning, prefix tuning, P-tuning) in PEFT's layout or adapterkit's single file.
+
+    \b
+    Examples:
+      adapterkit info my-lora
+      adapterkit validate my-lora --json
+      adapterkit convert my-lora my-lora.safetensors
+
+    Exit status: 0 success, 1 a check failed, 2 error (one line: ... [code]).
+    """
 
 
-adapter_name_option = click.option("--adapter-name", default=None, help="PEFT subfolder of a non-default adapter.")
+adapter_name_option = click.option(
+    "--adapter-name", default=None, metavar="NAME", help="PEFT subfolder of a non-default adapter (e.g. multi/NAME).",
+)
 
 
-@main.command()
+@main.command(short_help="Summarise an adapter: kind, format, variants, ranks, sizes, ‖ΔW‖.")
 @click.argument("path", type=click.Path(path_type=Path))
 @adapter_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--no-modules", is_flag=True, help="Skip per-module statistics (no tensor data is read).")
+@click.option("--no-modules", is_flag=True, help="Skip per-module statistics and value checks (no tensor data is read).")
 @click.option("--device", default=None, help="torch device for per-module statistics, e.g. cuda.")
 @handles_errors
 def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, device: str | None) -> None:
-    """Summarise the adapter at PATH: kind, format, targets, ranks, sizes, per-module ‖ΔW‖."""
+    """Summarise the adapter at PATH: kind, format (adapterkit version or PEFT profile), base model,
+    variants (DoRA, rsLoRA, lora_bias, fan_in_fan_out), targets, rank histogram, parameters and
+    bytes (adapter tensors and modules_to_save apart), other adapters in the same folder, and
+    per-module ‖ΔW‖ computed from the factors.  Problems found on the way (NaN/Inf, warnings)
+    are listed; exit 1 when one is an error.
+
+    \b
+    Examples:
+      adapterkit info my-lora
+      adapterkit info multi --adapter-name second --json
+      adapterkit info big-lora --no-modules
+    """
+    _require(path)
+    from .info import describe, render
+    from .io.reader import open_adapter
+
     adapter = open_adapter(path, adapter_name=adapter_name)
-    summary = describe(adapter, device=device, per_module=not no_modules)
+    summary = describe(adapter, device=device, per_module=not no_modules, path=path)
     click.echo(json.dumps(summary, indent=2) if as_json else render(summary))
+    sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)
 
 
-@main.command()
+def _problem_json(p: Any) -> dict[str, Any]:
+    return {
+        "severity": p.severity, "code": p.code, "message": p.message, "path": p.path, "key": p.key,
+        "expected": None if p.expected is None else str(p.expected),
+        "actual": None if p.actual is None else str(p.actual),
+    }
+
+
+@main.command(short_help="Check every rule of the spec; report all problems at once.")
 @click.argument("path", type=click.Path(path_type=Path))
 @adapter_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 @handles_errors
 def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
-    """Check every rule of the spec; report all problems. Exit 0 valid, 1 invalid, 2 usage error."""
+    """Check the adapter at PATH against every rule of the spec (config, shapes, partners,
+    dtypes, NaN/Inf) and report every problem at once.  Exit 0 valid, 1 invalid, 2 usage error.
+
+    \b
+    Examples:
+      adapterkit validate my-lora
+      adapterkit validate adapter.safetensors --json
+    """
+    _require(path)
+    from .validate import validate as run_validate
+
     problems = run_validate(path, adapter_name=adapter_name)
     errors = [p for p in problems if p.severity == "error"]
     if len(errors) == 1 and errors[0].code in USAGE_CODES:
         _fail(str(errors[0].to_error()))
     if as_json:
-        click.echo(json.dumps({
-            "path": str(path),
-            "valid": not errors,
-            "problems": [
-                {"severity": p.severity, "code": p.code, "message": p.message, "path": p.path, "key": p.key,
-                 "expected": None if p.expected is None else str(p.expected),
-                 "actual": None if p.actual is None else str(p.actual)}
-                for p in problems
-            ],
-        }, indent=2))
+        click.echo(json.dumps({"path": str(path), "valid": not errors, "problems": [_problem_json(p) for p in problems]}, indent=2))
     else:
         for p in problems:
             click.echo(str(p))
-        click.echo(f"{path}: {'valid' if not errors else 'INVALID'} ({len(errors)} errors, {len(problems) - len(errors)} warnings)")
+        verdict = "valid" if not errors else "INVALID"
+        click.echo(f"{path}: {verdict} ({_plural(len(errors), 'error')}, {_plural(len(problems) - len(errors), 'warning')})")
     sys.exit(1 if errors else 0)
 
 
-@main.command()
+@main.command(short_help="Rewrite an adapter as a PEFT directory or one .safetensors file.")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @adapter_name_option
-@click.option("--form", type=click.Choice(FORMS), default="dir", show_default=True,
-              help="dir: PEFT's directory layout; file: one .safetensors with the config inside.")
+@click.option("--form", type=click.Choice(["dir", "file"]), default=None,
+              help="dir: PEFT's directory layout; file: one .safetensors with the config inside. "
+                   "Default: from OUT's name (*.safetensors = file).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists (no file from before remains).")
 @handles_errors
-def convert(src: Path, out: Path, adapter_name: str | None, form: str) -> None:
-    """Rewrite the adapter at SRC to OUT (PEFT in -> PEFT-loadable out)."""
-    adapter = open_adapter(src, adapter_name=adapter_name)
-    written = save(adapter, out, form=form)
-    click.echo(f"wrote {written} ({adapter.peft_type}, {len(adapter.tensors)} tensors, form={form})")
+def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, overwrite: bool) -> None:
+    """Rewrite the adapter at SRC to OUT, checked as strictly as `load` (an adapter that
+    `validate` rejects is not written).  A PEFT directory in gives a PEFT-loadable directory or
+    one .safetensors file out; SRC is never modified.
+
+    \b
+    Examples:
+      adapterkit convert my-lora my-lora.safetensors      # one file, config inside
+      adapterkit convert my-lora.safetensors my-lora-peft  # PEFT's directory layout
+      adapterkit convert multi out --adapter-name second --overwrite
+    """
+    from .io.writer import infer_form
+
+    named = infer_form(out)
+    if form is not None and form != named:
+        raise click.UsageError(
+            f"--form {form} contradicts the output name {out.name!r} (*.safetensors names one file; "
+            f"anything else a directory); rename OUT or drop --form",
+            ctx=click.get_current_context(),
+        )
+    _require(src)
+    from .io.reader import load
+    from .io.writer import save
+
+    adapter = load(src, adapter_name=adapter_name)
+    written = save(adapter, out, form=named, overwrite=overwrite)
+    click.echo(f"wrote {written} ({adapter.peft_type}, {_plural(len(adapter.tensors), 'tensor')}, form={named})")
 
 
 if __name__ == "__main__":

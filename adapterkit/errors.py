@@ -38,6 +38,8 @@ CODES: dict[str, tuple[str, str]] = {
     "unsafe-pickle": ("UnsafeFileError", "a pickled .bin file that would run code or is not plain tensors"),
     "overwrite-input": ("WriteError", "the output would overwrite an input"),
     "write-failed": ("WriteError", "the output could not be written"),
+    "output-exists": ("WriteError", "the output exists; overwrite (--overwrite) replaces it whole"),
+    "form-mismatch": ("WriteError", "the output's name and form disagree (.safetensors names one file)"),
     "not-supported": ("UnsupportedError", "the operation is not defined for this adapter or module"),
     "device-unavailable": ("UnsupportedError", "the requested torch device does not exist or is not available"),
     "key-not-found": ("NotFoundError", "no such module or tensor in the adapter"),

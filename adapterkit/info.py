@@ -1,36 +1,63 @@
-"""A summary of an adapter for people and for ``--json``: kind, format, targets, ranks, sizes.
+"""A summary of an adapter for people and for ``--json``: kind, format, variants, targets,
+ranks, sizes, whole-module tensors, other adapters beside it, and problems found.
 
 Per-module figures come from the kind's ``stats`` (for LoRA: rank, scaling and
-‖ΔW‖_F computed from the factors, never from a dense ΔW).
+‖ΔW‖_F computed from the factors, never from a dense ΔW).  When the tensors are
+read for them, their values are checked too (NaN/Inf), so a broken adapter is
+never summarised as if it were fine.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from .adapter import Adapter
 from .devices import resolve_device
 from .progress import progress
+from .validate import structural_problems, value_problems
+
+PEFT_PREFIX = "base_model.model."
 
 
-def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True) -> dict[str, Any]:
-    """A JSON-ready dict describing ``adapter`` (reads tensors only for per-module stats)."""
+def _whole_modules(adapter: Adapter) -> dict[str, Any]:
+    """Tensors stored whole (``modules_to_save``, trained biases, saved embeddings): keys the
+    kind's grammar does not parse, grouped by module."""
+    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None]
+    modules = sorted({k.removeprefix(PEFT_PREFIX).rsplit(".", 1)[0] for k in keys})
+    return {
+        "modules": modules,
+        "tensors": len(keys),
+        "parameters": sum(adapter.meta(k).numel for k in keys),
+        "bytes": sum(adapter.meta(k).nbytes for k in keys),
+    }
+
+
+def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, path: str | Path | None = None) -> dict[str, Any]:
+    """A JSON-ready dict describing ``adapter``.  Reads tensor data only with ``per_module``
+    (then also checking values); ``path`` is what the user named, to list other adapters there."""
+    from .io.reader import other_adapters
+
     config = adapter.config.to_dict()
     dtypes = Counter(adapter.meta(k).dtype for k in adapter.tensors)
     modules = adapter.modules
     stats: dict[str, dict[str, float]] = {}
     device = resolve_device(device)
+    problems = [p for p in structural_problems(adapter) if p.severity == "warning"]
     if per_module:
+        problems += value_problems(adapter)
         for name in progress(modules, desc="modules", total=len(modules)):
             stats[name] = adapter.kind.stats(adapter, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)
+    whole = _whole_modules(adapter)
     return {
         "path": str(adapter.source) if adapter.source else None,
         "kind": adapter.peft_type,
         "format": f"adapterkit {adapter.format_version}" if adapter.format_version else "PEFT profile",
         "base_model": config.get("base_model_name_or_path"),
         "task_type": config.get("task_type"),
+        "features": adapter.config.features(),
         "target_modules": config.get("target_modules"),
         "modules": len(modules),
         "rank_histogram": {str(r): n for r, n in sorted(ranks.items())},
@@ -38,31 +65,65 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True) -
         "bytes": adapter.nbytes(),
         "dtypes": dict(sorted(dtypes.items())),
         "tensors": len(adapter.tensors),
+        "saved_whole": whole,
+        "other_adapters": other_adapters(path if path is not None else adapter.source, adapter) if adapter.source else [],
+        "values_checked": per_module,
+        "problems": [
+            {"severity": p.severity, "code": p.code, "message": str(p.to_error()), "key": p.key} for p in problems
+        ],
         "per_module": stats,
     }
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
 def render(summary: dict[str, Any]) -> str:
     """Human-readable text for :func:`describe`'s dict."""
+    features = dict(summary["features"])
+    variants = features.pop("variants", None)
     lines = [
         f"path:            {summary['path']}",
         f"kind:            {summary['kind']}",
         f"format:          {summary['format']}",
-        f"base model:      {summary['base_model']}",
-        f"target modules:  {summary['target_modules']}",
-        f"modules:         {summary['modules']}",
+        f"base model:      {summary['base_model'] or '(not recorded)'}",
     ]
+    if summary["task_type"]:
+        lines.append(f"task type:       {summary['task_type']}")
+    if variants is not None:
+        lines.append(f"variants:        {', '.join(variants) if variants else 'plain LoRA'}")
+    if features:
+        lines.append("settings:        " + ", ".join(f"{k}={_fmt(v)}" for k, v in features.items()))
+    if summary["target_modules"] is not None:
+        lines.append(f"target modules:  {summary['target_modules']}")
+    lines.append(f"modules:         {summary['modules']:,}")
     if summary["rank_histogram"]:
         lines.append("ranks:           " + ", ".join(f"r={r}: {n}" for r, n in summary["rank_histogram"].items()))
+    whole = summary["saved_whole"]
     lines += [
+        f"tensors:         {summary['tensors']:,} ({', '.join(f'{d} x{n}' for d, n in summary['dtypes'].items())})",
         f"parameters:      {summary['parameters']:,}",
-        "dtypes:          " + ", ".join(f"{d} x{n}" for d, n in summary["dtypes"].items()),
         f"bytes:           {summary['bytes']:,}",
     ]
+    if whole["tensors"]:
+        lines.append(
+            f"saved whole:     {_plural(whole['tensors'], 'tensor')}, {_plural(whole['parameters'], 'parameter')}, "
+            f"{whole['bytes']:,} bytes ({', '.join(whole['modules'])}); included above"
+        )
+    if summary["other_adapters"]:
+        names = ", ".join("the top-level adapter" if n == "." else n for n in summary["other_adapters"])
+        lines.append(f"also here:       {names} (open a subfolder's with --adapter-name NAME)")
+    if not summary["values_checked"]:
+        lines.append("values:          not read (--no-modules): NaN/Inf not checked")
+    for p in summary["problems"]:
+        lines.append(f"{p['severity']}: {p['message']}")
     if summary["per_module"]:
         lines.append("per module:")
         width = max(len(n) for n in summary["per_module"])

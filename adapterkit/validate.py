@@ -8,11 +8,14 @@ returns every problem at once instead of stopping at the first.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .adapter import Adapter
 from .errors import AdapterkitError, Problem
+
+if TYPE_CHECKING:  # torch is imported where tensors are read, so that importing adapterkit stays cheap
+    import torch
+
+    from .adapter import Adapter
 
 ALLOWED_DTYPES = ("F64", "F32", "F16", "BF16")
 
@@ -31,11 +34,15 @@ def structural_problems(adapter: Adapter) -> list[Problem]:
 
 def _all_finite(t: torch.Tensor) -> bool:
     """NaN and Inf both survive abs().amax(), which is ~5x faster than isfinite().all() on CPU half."""
+    import torch
+
     return t.numel() == 0 or bool(torch.isfinite(t.abs().amax()))
 
 
 def value_problems(adapter: Adapter) -> list[Problem]:
     """NaN/Inf in any tensor (reads every tensor once)."""
+    import torch
+
     problems = []
     for key in adapter.tensors:
         t = adapter.tensors[key]
@@ -57,11 +64,12 @@ def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Probl
     """All problems of the adapter at ``path``: errors (MUST violations) and warnings."""
     from .io.reader import open_adapter
 
+    config_problems: list[Problem] = []
     try:
-        adapter = open_adapter(path, adapter_name=adapter_name, strict=False)
+        adapter = open_adapter(path, adapter_name=adapter_name, strict=False, config_problems=config_problems)
     except AdapterkitError as exc:
-        return [Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual)]
-    problems = structural_problems(adapter)
+        return [*config_problems, Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual)]
+    problems = config_problems + structural_problems(adapter)
     try:
         problems += value_problems(adapter)
     except AdapterkitError as exc:

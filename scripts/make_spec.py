@@ -449,7 +449,7 @@ def write_valid(v: dict[str, Any], root: Path) -> tuple[str, Path]:
     if v["form"] == "file":
         adapterkit.save(adapter, root / "adapter.safetensors", form="file")
         return "adapter.safetensors", root / "adapter.safetensors"
-    adapterkit.save(adapter, root / v.get("subdir", ""), form="dir")
+    adapterkit.save(adapter, root / v.get("subdir", ""), form="dir", overwrite=True)  # root exists, empty
     return ".", root
 
 

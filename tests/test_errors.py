@@ -759,7 +759,7 @@ def test_save_bin_source_to_its_directory(tmp_path):
     assert ak.load(out) == ak.load(d)
 
 
-@pytest.mark.parametrize("form", ["bogus", "", "DIR", None])
+@pytest.mark.parametrize("form", ["bogus", "", "DIR"])
 def test_save_unknown_form(tmp_path, form):
     adapter = ak.Adapter.from_tensors(cfg(), tensors())
     with pytest.raises(AdapterkitError) as info:
@@ -770,16 +770,74 @@ def test_save_unknown_form(tmp_path, form):
     assert not (tmp_path / "out").exists()
 
 
-def test_save_form_conflicts_with_target(tmp_path):
+def test_save_refuses_an_existing_output(tmp_path):
     adapter = ak.Adapter.from_tensors(cfg(), tensors())
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(AdapterkitError) as info:
-        ak.save(adapter, tmp_path / "afile")
-    assert info.value.code == "write-failed" and info.value.actual == "file"
-    with pytest.raises(AdapterkitError) as info:
-        ak.save(adapter, tmp_path, form="file")
-    assert info.value.code == "write-failed" and info.value.actual == "directory"
+    (tmp_path / "d.safetensors").mkdir()
+    for target, kind in ((tmp_path / "afile", "file"), (tmp_path, "directory"), (tmp_path / "d.safetensors", "directory")):
+        with pytest.raises(AdapterkitError) as info:
+            ak.save(adapter, target)
+        assert info.value.code == "output-exists" and info.value.actual == f"existing {kind}"
+        assert Path(info.value.path) == target
     assert (tmp_path / "afile").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "d.safetensors"]
+
+
+@pytest.mark.parametrize(("name", "form"), [("out.safetensors", "dir"), ("out", "file"), ("out.bin", "file"), ("out.SAFETENSORS", "file")])
+def test_save_form_contradicting_the_name_is_refused(tmp_path, name, form):
+    adapter = ak.Adapter.from_tensors(cfg(), tensors())
+    with pytest.raises(AdapterkitError) as info:
+        ak.save(adapter, tmp_path / name, form=form)
+    assert info.value.code == "form-mismatch" and info.value.actual == name
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "is_file"), [("one.safetensors", True), ("peft-dir", False), ("dir.v2", False)])
+def test_save_form_follows_the_name(tmp_path, name, is_file):
+    adapter = ak.Adapter.from_tensors(cfg(), tensors())
+    out = ak.save(adapter, tmp_path / name)
+    assert out.is_file() == is_file and out.is_dir() == (not is_file)
+    assert ak.load(out) == adapter
+
+
+@pytest.mark.parametrize("before", ["file", "dir", "dir-form", "symlink"])
+@pytest.mark.parametrize("name", ["t.safetensors", "t"])
+def test_overwrite_replaces_the_output_whole(tmp_path, before, name):
+    target = tmp_path / name
+    if before == "file":
+        target.write_text("old")
+    elif before == "symlink":
+        (tmp_path / "elsewhere").write_text("keep")
+        target.symlink_to(tmp_path / "elsewhere")
+    else:
+        target.mkdir()
+        (target / "README.md").write_text("stale model card")
+        (target / "sub").mkdir()
+        (target / "sub" / "x").write_text("stale")
+        if before == "dir-form":
+            ak.save(ak.Adapter.from_tensors(cfg(), tensors()), target / "inner")
+    adapter = ak.Adapter.from_tensors(cfg(), tensors(**{A: torch.ones(2, 3)}))
+    out = ak.save(adapter, target, overwrite=True)
+    assert ak.load(out) == adapter
+    if name == "t":
+        assert sorted(p.name for p in target.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    else:
+        assert target.is_file() and not target.is_symlink()
+    if before == "symlink":
+        assert (tmp_path / "elsewhere").read_text() == "keep"
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name not in (name, "elsewhere"))
+    assert leftovers == []
+
+
+def test_overwrite_never_replaces_a_folder_holding_the_input(tmp_path):
+    inner = save_dir_form(tmp_path / "outer" / "second")
+    files = {p.name: p.read_bytes() for p in inner.iterdir()}
+    for adapter in (ak.open_adapter(inner), ak.load(tmp_path / "outer", adapter_name="second")):
+        for target in (tmp_path / "outer", tmp_path):
+            with pytest.raises(AdapterkitError) as info:
+                ak.save(adapter, target, overwrite=True)
+            assert info.value.code == "overwrite-input"
+    assert {p.name: p.read_bytes() for p in inner.iterdir()} == files
 
 
 def test_save_refuses_an_invalid_adapter(tmp_path):
@@ -1001,7 +1059,7 @@ def test_write_failing_midway_leaves_target_untouched(tmp_path, monkeypatch, for
 
     monkeypatch.setattr(safetensors_file, "tensor_bytes", failing)
     with pytest.raises(AdapterkitError) as info:
-        ak.save(ak.Adapter.from_tensors(cfg(), tensors()), target, form=form)
+        ak.save(ak.Adapter.from_tensors(cfg(), tensors()), target, form=form, overwrite=True)
     exc = info.value
     assert exc.code == "write-failed" and "No space left" in exc.message
     want = target if form == "file" else target / "adapter_model.safetensors"

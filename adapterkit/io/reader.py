@@ -21,7 +21,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError, FormatError, NotFoundError, VersionError
 from ..kinds import config_from_dict
 from .bin_file import read_bin
-from .safetensors_file import read_all, read_header
+from .safetensors_file import Header, read_all, read_header
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -29,6 +29,8 @@ BIN_NAME = "adapter_model.bin"
 VERSION_KEY = "adapterkit.version"
 CONFIG_KEY = "adapterkit.config"
 SUPPORTED_MAJOR = 1
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+MODEL_SHARD_PREFIXES = ("model-0", "pytorch_model-0")
 
 
 def format_version(metadata: dict[str, str], path: Path) -> str | None:
@@ -97,16 +99,44 @@ def _adapter_dir(path: Path, adapter_name: str | None) -> Path:
         )
     if (path / WEIGHTS_NAME).exists() or (path / BIN_NAME).exists():
         raise ConfigError("weights found but no adapter_config.json", code="config-missing", path=path / CONFIG_NAME)
+    model_files = sorted(p.name for p in path.glob("*") if p.name in MODEL_FILES or p.name.startswith(MODEL_SHARD_PREFIXES))
+    if model_files:
+        raise NotFoundError(
+            f"this looks like a model checkpoint ({', '.join(model_files[:3])}), not an adapter", code="not-an-adapter",
+            path=path, expected=f"an adapter directory ({CONFIG_NAME} + {WEIGHTS_NAME})", actual="a model checkpoint",
+        )
     raise NotFoundError("not an adapter directory", code="not-an-adapter", path=path, expected=f"{CONFIG_NAME} and {WEIGHTS_NAME}", actual="neither")
 
 
-def _from_weights(weights: Path, config_data: Any, config_path: Path) -> Adapter:
+def _looks_like_model(header: Header) -> bool:
+    """A weights file without adapter keys: every key lacks PEFT's ``base_model.model.`` prefix
+    (a model checkpoint's ``model.embed_tokens.weight``, ``lm_head.weight``, ...)."""
+    keys = header.tensors
+    return bool(keys) and not any(k.startswith("base_model.model.") or k == "prompt_embeddings" for k in keys)
+
+
+def other_adapters(path: str | Path, adapter: Adapter) -> list[str]:
+    """The adapters saved in the folder ``path`` names besides the one opened: PEFT puts the
+    default adapter at the top (listed as ``"."``) and every other one in a subfolder."""
+    root = Path(path)
+    if not root.is_dir():
+        root = root.parent
+    opened = adapter.source.parent if adapter.source is not None else None
+    names = ["."] if (root / CONFIG_NAME).is_file() else []
+    try:
+        names += sorted(p.name for p in root.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+    except OSError:
+        return []
+    return [n for n in names if opened is None or not (root / n).samefile(opened)]
+
+
+def _from_weights(weights: Path, config_data: Any, config_path: Path, problems: list | None = None) -> Adapter:
     if weights.suffix == ".bin":
-        config = config_from_dict(config_data, path=config_path)
+        config = config_from_dict(config_data, path=config_path, problems=problems)
         return Adapter(config, MemoryStore(read_bin(weights)), weights, None)
     header = read_header(weights)
     version = format_version(header.metadata, weights)
-    config = config_from_dict(config_data, path=config_path)
+    config = config_from_dict(config_data, path=config_path, problems=problems)
     embedded = header.metadata.get(CONFIG_KEY)
     if embedded is not None and not _same_json(embedded, config_data):
         raise FormatError(
@@ -124,7 +154,9 @@ def _same_json(text: str, data: Any) -> bool:
         return False
 
 
-def open_adapter(path: str | Path, *, adapter_name: str | None = None, strict: bool = True) -> Adapter:
+def open_adapter(
+    path: str | Path, *, adapter_name: str | None = None, strict: bool = True, config_problems: list | None = None,
+) -> Adapter:
     """Open an adapter lazily: headers and config are read and checked, tensors on access.
 
     Args:
@@ -132,6 +164,8 @@ def open_adapter(path: str | Path, *, adapter_name: str | None = None, strict: b
         adapter_name: a PEFT subfolder to read (non-default adapters are saved there).
         strict: raise the first structural error (shapes, partners, dtypes); ``validate``
             passes False to collect them all instead.
+        config_problems: a list to collect invalid config fields in, instead of raising
+            the first (``validate`` passes one, so tensors are checked despite them).
 
     Raises:
         AdapterkitError subclasses, each with a code from ``adapterkit.errors.CODES``.
@@ -149,7 +183,7 @@ def open_adapter(path: str | Path, *, adapter_name: str | None = None, strict: b
             weights = folder / BIN_NAME
         if not weights.exists():
             raise NotFoundError("no adapter weights", code="weights-missing", path=folder, expected=f"{WEIGHTS_NAME} or {BIN_NAME}", actual="absent")
-        adapter = _from_weights(weights, _read_config_file(config_path), config_path)
+        adapter = _from_weights(weights, _read_config_file(config_path), config_path, config_problems)
     elif path.suffix == ".safetensors":
         header = read_header(path)
         if CONFIG_KEY in header.metadata:
@@ -157,18 +191,30 @@ def open_adapter(path: str | Path, *, adapter_name: str | None = None, strict: b
             if version is None:
                 raise FormatError("single-file adapters must carry adapterkit.version", code="metadata-invalid", path=path, key=f"__metadata__.{VERSION_KEY}", expected="MAJOR.MINOR", actual="absent")
             data = _parse_json(header.metadata[CONFIG_KEY], path=path, key=f"__metadata__.{CONFIG_KEY}")
-            adapter = Adapter(config_from_dict(data, path=path), LazyStore(header), path, version)
+            config = config_from_dict(data, path=path, problems=config_problems)
+            adapter = Adapter(config, LazyStore(header), path, version)
         else:
             config_path = path.parent / CONFIG_NAME
+            if not config_path.is_file() and _looks_like_model(header):
+                raise NotFoundError(
+                    f"this looks like a model checkpoint ({len(header.tensors)} tensors such as "
+                    f"{next(iter(sorted(header.tensors)))!r}, none an adapter's), not an adapter", code="not-an-adapter",
+                    path=path, expected="an adapter: PEFT keys (base_model.model.*) and a config", actual="model weights",
+                )
             if not config_path.is_file():
                 raise ConfigError(
                     "no config: neither __metadata__ adapterkit.config nor adapter_config.json beside the file",
                     code="config-missing", path=path,
                 )
-            adapter = _from_weights(path, _read_config_file(config_path), config_path)
+            adapter = _from_weights(path, _read_config_file(config_path), config_path, config_problems)
     elif path.suffix == ".bin":
         config_path = path.parent / CONFIG_NAME
-        adapter = _from_weights(path, _read_config_file(config_path), config_path)
+        adapter = _from_weights(path, _read_config_file(config_path), config_path, config_problems)
+    elif path.name == CONFIG_NAME:
+        raise NotFoundError(
+            f"this is an adapter's config; name its folder instead: {path.parent}", code="not-an-adapter", path=path,
+            expected=str(path.parent), actual=CONFIG_NAME,
+        )
     else:
         raise NotFoundError("not an adapter file", code="not-an-adapter", path=path, expected=".safetensors, .bin or a directory", actual=path.suffix or "no suffix")
     if strict:

@@ -1,7 +1,9 @@
 """Writing adapters: the directory form (PEFT's layout) and the single-file form.
 
-Both are deterministic (same adapter -> same bytes, whatever the tensor order),
-atomic per file, and refuse to overwrite the file an adapter was read from.
+Both are deterministic (same adapter -> same bytes, whatever the tensor order) and
+atomic: the output is built beside its target and renamed into place, so it appears
+whole or not at all.  An existing output is refused unless ``overwrite``, which
+replaces it whole; the file or folder an adapter was read from is never replaced.
 """
 
 from __future__ import annotations
@@ -26,74 +28,128 @@ def config_json(adapter: Adapter) -> str:
     return json.dumps(adapter.config.to_dict(), indent=2, sort_keys=True)
 
 
-def _write_dir(path: Path, tensors: dict, metadata: dict, config: bytes) -> None:
-    """A new directory appears whole (built beside it, then renamed); in an existing one each
-    file is replaced atomically, weights first."""
-    if path.exists():
-        write_atomic(path / WEIGHTS_NAME, encode(tensors, metadata))
-        write_atomic(path / CONFIG_NAME, [config])
+def infer_form(path: str | Path) -> str:
+    """The form a name asks for: ``*.safetensors`` is one file, anything else a directory."""
+    return "file" if Path(path).suffix == ".safetensors" else "dir"
+
+
+def _contains(outer: Path, inner: Path) -> bool:
+    """True when ``inner`` is ``outer`` or lies inside it (after resolving links)."""
+    try:
+        return inner.resolve().is_relative_to(outer.resolve())
+    except OSError:
+        return False
+
+
+def _check_target(path: Path, form: str, source: Path | None, overwrite: bool) -> None:
+    """Refuse a target that would destroy the input, clash with the form, or replace
+    something that exists without ``overwrite``."""
+    if source is not None:
+        if form == "dir":
+            targets = [path / WEIGHTS_NAME, path / CONFIG_NAME]
+            if same_file(path, source.parent) or any(same_file(t, source) for t in targets):
+                raise WriteError("refusing to write into the directory the adapter was read from", code="overwrite-input", path=path, expected="a different directory", actual=str(source.parent))
+        elif same_file(path, source):
+            raise WriteError("refusing to overwrite the input", code="overwrite-input", path=path, expected="a different file", actual=str(source))
+        if os.path.lexists(path) and path.is_dir() and _contains(path, source):
+            raise WriteError("refusing to replace a directory that holds the input", code="overwrite-input", path=path, expected="a path outside the input's folders", actual=str(source))
+    if os.path.lexists(path):
+        if not overwrite:
+            kind = "directory" if path.is_dir() else "file"
+            raise WriteError(f"output exists ({kind}); pass overwrite=True (--overwrite) to replace it whole", code="output-exists", path=path, expected="a path that does not exist", actual=f"existing {kind}")
+
+
+def _install(staged: Path, path: Path) -> None:
+    """Move ``staged`` to ``path``; whatever was at ``path`` is replaced whole (renamed aside,
+    then deleted), so no file from before remains."""
+    if not os.path.lexists(path):
+        os.rename(staged, path)
         return
+    if staged.is_file() and path.is_file() and not path.is_symlink():
+        os.replace(staged, path)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / "old"
+    os.rename(path, aside)
+    try:
+        os.rename(staged, path)
+    except OSError:
+        os.rename(aside, path)
+        raise
+    finally:
+        shutil.rmtree(aside.parent, ignore_errors=True)
+
+
+def _write(path: Path, files: dict[str, object], form: str) -> None:
+    """Write the output beside ``path`` (a staging file or directory), then install it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        if form == "file":
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+            os.close(fd)
+            staging = Path(name)
+        else:
+            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as exc:
         raise WriteError(f"cannot create output: {exc.strerror}", path=path) from exc
     try:
-        for name, chunks in ((WEIGHTS_NAME, encode(tensors, metadata)), (CONFIG_NAME, [config])):
+        for name, chunks in files.items():
+            target = staging if form == "file" else staging / name
             try:
-                write_atomic(staging / name, chunks)
-            except AdapterkitError as exc:  # name the real target, not the staging folder
-                exc.path = str(path / name)
+                write_atomic(target, chunks)
+            except AdapterkitError as exc:  # name the real target, not the staging path
+                exc.path = str(path if form == "file" else path / name)
                 exc.args = (str(exc),)
                 raise
-        os.chmod(staging, 0o755)
-        os.rename(staging, path)
+        os.chmod(staging, 0o644 if form == "file" else 0o755)
+        _install(staging, path)
     except OSError as exc:
         raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        elif os.path.lexists(staging):
+            staging.unlink()
 
 
-def save(adapter: Adapter, path: str | Path, *, form: str = "dir") -> Path:
-    """Write ``adapter`` to ``path`` in ``form`` ("dir": PEFT layout; "file": one .safetensors).
+def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``adapter`` to ``path``: PEFT's directory layout, or one ``.safetensors`` file.
 
-    Returns the path written.  The adapter is checked first; an invalid adapter is
-    not written.
+    The form follows the name unless given: ``*.safetensors`` is the single-file form,
+    anything else the directory form; an explicit ``form`` that contradicts the name is
+    refused.  An existing ``path`` is refused unless ``overwrite``, which replaces it
+    whole (no file from before remains).  The adapter is checked first; an invalid
+    adapter is not written.  Returns the path written.
 
     Raises:
-        WriteError: ``overwrite-input`` when the target is the adapter's source, or
-            ``write-failed``; other AdapterkitErrors for an invalid adapter.
+        WriteError: ``overwrite-input`` when the target is (or holds) the adapter's source,
+            ``output-exists``, ``form-mismatch``, or ``write-failed``; other
+            AdapterkitErrors for an invalid adapter.
     """
     from ..validate import raise_first_error, structural_problems
 
+    path = Path(path)
+    if form is None:
+        form = infer_form(path)
     if form not in FORMS:
         raise WriteError("unknown form", code="write-failed", path=path, expected=" | ".join(FORMS), actual=form)
+    if form != infer_form(path):
+        want = "a name ending in .safetensors" if form == "file" else "a name not ending in .safetensors"
+        raise WriteError(f"the {form} form needs {want}", code="form-mismatch", path=path, expected=want, actual=path.name)
     raise_first_error(structural_problems(adapter))
-    path = Path(path)
-    source = adapter.source
-    if form == "dir":
-        if path.exists() and not path.is_dir():
-            raise WriteError("directory form needs a directory", path=path, expected="directory", actual="file")
-        targets = [path / WEIGHTS_NAME, path / CONFIG_NAME]
-        if source is not None and (same_file(path, source.parent) or any(same_file(t, source) for t in targets)):
-            raise WriteError("refusing to write into the directory the adapter was read from", code="overwrite-input", path=path, expected="a different directory", actual=str(source.parent))
-    else:
-        if path.is_dir():
-            raise WriteError("file form needs a file path", path=path, expected="*.safetensors", actual="directory")
-        if source is not None and same_file(path, source):
-            raise WriteError("refusing to overwrite the input", code="overwrite-input", path=path, expected="a different file", actual=str(source))
+    _check_target(path, form, adapter.source, overwrite)
     try:
         tensors = {k: adapter.tensors[k] for k in adapter.tensors}
     except AdapterkitError as exc:
-        exc.with_path(source or path)
+        exc.with_path(adapter.source or path)
         raise
     metadata = {"format": "pt", VERSION_KEY: FORMAT_VERSION}
+    if form == "dir":
+        files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode("utf-8")]}
+    else:
+        metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))
+        files = {path.name: encode(tensors, metadata)}
     try:
-        if form == "dir":
-            _write_dir(path, tensors, metadata, config_json(adapter).encode("utf-8"))
-        else:
-            metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))
-            write_atomic(path, encode(tensors, metadata))
+        _write(path, files, form)
     except AdapterkitError as exc:
         exc.with_path(path)
         raise

@@ -25,13 +25,14 @@ def kind_of(peft_type: str, *, path: object = None) -> Kind:
         ) from None
 
 
-def config_from_dict(data: object, *, path: object = None) -> AdapterConfig:
-    """Parse a PEFT config dict into the kind's config dataclass.  Raises ConfigError."""
+def config_from_dict(data: object, *, path: object = None, problems: list | None = None) -> AdapterConfig:
+    """Parse a PEFT config dict into the kind's config dataclass.  Raises ConfigError; with
+    ``problems`` (a list), invalid fields are recorded there instead (see ``from_dict``)."""
     if not isinstance(data, dict):
         raise ConfigError("adapter config must be a JSON object", path=path, expected="object", actual=type(data).__name__)
     if "peft_type" not in data:
         raise ConfigError("config has no peft_type", path=path, key="peft_type", expected=" | ".join(KINDS), actual="absent")
-    return kind_of(data["peft_type"], path=path).config.from_dict(data, path=path)
+    return kind_of(data["peft_type"], path=path).config.from_dict(data, path=path, problems=problems)
 
 
 __all__ = [

@@ -91,39 +91,63 @@ class AdapterConfig:
     base_model_name_or_path: str | None = schema_field(None, OPT_STR, doc="base model id or path")
     task_type: str | None = schema_field(None, OPT_STR, doc="PEFT task type, e.g. CAUSAL_LM")
     extra: Mapping[str, Any] = field(default_factory=dict, compare=True)
+    # fields whose value was invalid (lenient parsing for ``validate`` only): checks that
+    # depend on them are skipped instead of reporting consequences of the one config error
+    unknown: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def typed_fields(cls) -> list[dataclasses.Field]:
-        return [f for f in dataclasses.fields(cls) if f.name != "extra"]
+        return [f for f in dataclasses.fields(cls) if f.name not in ("extra", "unknown")]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, path: Any = None) -> AdapterConfig:
+    def from_dict(cls, data: Mapping[str, Any], *, path: Any = None, problems: list[Problem] | None = None) -> AdapterConfig:
         """Build a config from PEFT's ``adapter_config.json`` dict, checking every typed field.
+
+        With ``problems`` (a list), every invalid field is recorded there instead of raised,
+        left at its default and named in ``unknown``, so that the tensors can still be checked.
 
         Raises:
             ConfigError: code ``config-invalid`` naming the field, expected and actual value.
         """
+        def reject(exc: ConfigError, field_name: str) -> None:
+            if problems is None:
+                raise exc
+            problems.append(Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual))
+            unknown.add(field_name)
+
         data = dict(data)
         peft_type = data.pop("peft_type", cls.peft_type)
         if peft_type != cls.peft_type:
             raise ConfigError("wrong peft_type", path=path, key="peft_type", expected=cls.peft_type, actual=peft_type)
         values: dict[str, Any] = {}
+        unknown: set[str] = set()
         for f in cls.typed_fields():
             if f.name not in data:
                 if f.metadata.get("required"):
-                    raise ConfigError("required field is missing", path=path, key=f.name, expected=f.metadata["schema"])
+                    reject(ConfigError("required field is missing", path=path, key=f.name, expected=f.metadata["schema"], actual="absent"), f.name)
                 continue
             value = data.pop(f.name)
-            problems = schema_errors(value, f.metadata["schema"])
-            if problems:
-                raise ConfigError(problems[0], path=path, key=f.name)
+            errors = schema_errors(value, f.metadata["schema"])
+            if errors:
+                reject(ConfigError(errors[0], path=path, key=f.name), f.name)
+                continue
             values[f.name] = tuple(value) if isinstance(value, list) else value
-        config = cls(**values, extra=data)
-        config.check(path=path)
+        config = cls(**values, extra=data, unknown=frozenset(unknown))
+        try:
+            config.check(path=path)
+        except ConfigError as exc:
+            field_name = (exc.key or "").split("[")[0]
+            if field_name not in unknown:  # not a consequence of a field already reported
+                reject(exc, field_name)
+                config = dataclasses.replace(config, unknown=frozenset(unknown))
         return config
 
     def check(self, *, path: Any = None) -> None:
         """Cross-field rules of the kind; subclasses extend.  Raises ConfigError."""
+
+    def features(self) -> dict[str, Any]:
+        """The settings that change what the tensors mean, for ``info`` (subclasses extend)."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         """The PEFT ``adapter_config.json`` dict (lists for tuples, ``peft_type`` included)."""

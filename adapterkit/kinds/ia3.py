@@ -46,6 +46,10 @@ class IA3Config(AdapterConfig):
                 key="feedforward_modules", expected=f"subset of {list(targets)}", actual=list(ff),
             )
 
+    def features(self) -> dict[str, Any]:
+        ff = self.feedforward_modules
+        return {"feedforward_modules": list(ff) if isinstance(ff, tuple) else ff, "fan_in_fan_out": self.fan_in_fan_out}
+
     def is_feedforward(self, module: str) -> bool:
         return matches_feedforward(self.feedforward_modules, module)
 
@@ -85,7 +89,9 @@ def check(adapter: Adapter) -> list[Problem]:
     views = modules(adapter)
     for name, view in views.items():
         shape = adapter.meta(view.key).shape
-        if len(shape) == 2:
+        if len(shape) == 2 and {"feedforward_modules", "target_modules"} & cfg.unknown:
+            ok, want = 1 in shape, "(out, 1) or (1, in)"  # which one depends on the invalid feedforward_modules
+        elif len(shape) == 2:
             ok = shape[0] == 1 if view.is_feedforward else shape[1] == 1
             want = "(1, in) for a feedforward module" if view.is_feedforward else "(out, 1)"
         elif len(shape) in (4, 5):
@@ -98,7 +104,7 @@ def check(adapter: Adapter) -> list[Problem]:
                 "shape-mismatch", f"ia3_l for `{name}` has the wrong shape", key=view.key, expected=want, actual=shape,
             ))
     for key in adapter.tensors:
-        if parse_key(key) is None and not matches_modules_to_save(cfg.modules_to_save, key, PREFIX):
+        if parse_key(key) is None and "modules_to_save" not in cfg.unknown and not matches_modules_to_save(cfg.modules_to_save, key, PREFIX):
             problems.append(Problem(
                 "unexpected-key", "tensor is neither ia3_l nor part of modules_to_save", "warning", key=key,
                 expected=f"{PREFIX}<module>.ia3_l",

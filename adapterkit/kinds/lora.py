@@ -72,6 +72,15 @@ class LoraConfig(AdapterConfig):
                 except re.error as exc:
                     raise ConfigError(f"pattern key is not a valid regex ({exc})", path=path, key=f"{name}[{key!r}]") from exc
 
+    def features(self) -> dict[str, Any]:
+        flags = {"DoRA": self.use_dora, "rsLoRA": self.use_rslora, "lora_bias": self.lora_bias, "fan_in_fan_out": self.fan_in_fan_out}
+        return {
+            "variants": [name for name, on in flags.items() if on],
+            "r": self.r, "lora_alpha": self.lora_alpha, "use_dora": self.use_dora, "use_rslora": self.use_rslora,
+            "lora_bias": self.lora_bias, "fan_in_fan_out": self.fan_in_fan_out, "bias": self.bias,
+            "rank_pattern_keys": len(self.rank_pattern), "alpha_pattern_keys": len(self.alpha_pattern),
+        }
+
     def rank_for(self, module: str) -> tuple[int, str | None]:
         """(rank, matching rank_pattern key) for ``module``, PEFT's rule."""
         return pattern_value(self.rank_pattern, module, self.r)
@@ -174,6 +183,7 @@ def check(adapter: Adapter) -> list[Problem]:
         problems.append(Problem(code, message, severity, None, key, expected, actual))
 
     groups = _grouped(adapter)
+    rank_unknown = bool({"r", "rank_pattern"} & cfg.unknown)  # an invalid config value, reported already
     for name, parts in sorted(groups.items()):
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
         a_part, b_part = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
@@ -197,12 +207,16 @@ def check(adapter: Adapter) -> list[Problem]:
         elif len(a) not in (3, 4, 5) or len(b) != len(a) or any(d != 1 for d in b[2:]):
             add("shape-mismatch", f"conv LoRA for `{name}`: lora_B must be (out, r{', 1' * (len(a) - 2)}) beside lora_A {a}", b_key, expected=f"{len(a)}-D (out, r, 1, ...)", actual=b)
             continue
-        if a[0] != r:
+        if a[0] != r and not rank_unknown:
             add("shape-mismatch", f"{a_part} for `{name}` has shape {a} but config r={r}{why}", a_key, expected=f"({r}, ...)", actual=a)
-        if b[1] != r:
+        if b[1] != r and not rank_unknown:
             add("shape-mismatch", f"{b_part} for `{name}` has shape {b} but config r={r}{why}", b_key, expected=f"(..., {r}, ...)", actual=b)
+        if a[0] != b[1] and rank_unknown:
+            add("shape-mismatch", f"{a_part} and {b_part} of `{name}` disagree on the rank", b_key, expected=f"(..., {a[0]}, ...)", actual=b)
         out = b[0]
-        if "lora_B.bias" in parts:
+        if "lora_bias" in cfg.unknown:
+            pass
+        elif "lora_B.bias" in parts:
             key = parts["lora_B.bias"]
             if not cfg.lora_bias:
                 add("unexpected-key", "lora_B.bias present but config lora_bias=false", key, expected="lora_bias=true", actual="lora_bias=false")
@@ -210,7 +224,9 @@ def check(adapter: Adapter) -> list[Problem]:
                 add("shape-mismatch", f"lora_B.bias for `{name}` must be (out,) beside lora_B {b}", key, expected=(out,), actual=adapter.meta(key).shape)
         elif cfg.lora_bias and not embedding:
             add("missing-partner", f"config lora_bias=true but module `{name}` has no lora_B.bias", b_key, expected=PREFIX + name + ".lora_B.bias", actual="absent")
-        if "lora_magnitude_vector" in parts:
+        if "use_dora" in cfg.unknown:
+            pass
+        elif "lora_magnitude_vector" in parts:
             key = parts["lora_magnitude_vector"]
             want = (out,) if embedding or len(a) == 2 else (1, out) + (1,) * (len(a) - 2)
             if not cfg.use_dora:
@@ -231,8 +247,9 @@ def check(adapter: Adapter) -> list[Problem]:
             winner, after_save = pattern_key(pattern, name), pattern_key(saved_order, name)
             if winner != after_save and pattern[winner] != pattern[after_save]:
                 add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT saves configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
+    whole_unknown = {"modules_to_save", "target_modules", "bias"} & cfg.unknown
     for key in adapter.tensors:
-        if parse_key(key) is None and not _whole_module_ok(cfg, key):
+        if parse_key(key) is None and not whole_unknown and not _whole_module_ok(cfg, key):
             add("unexpected-key", "tensor is neither a LoRA tensor nor part of modules_to_save", key, expected=f"{PREFIX}<module>.{{{','.join(PARTS)}}}", actual=key, severity="warning")
     if not groups:
         add("empty-adapter", "the adapter has no LoRA tensors", None, severity="warning")

@@ -24,6 +24,9 @@ class PrefixTuningConfig(PromptLearningConfig):
         if self.num_layers is None:
             raise ConfigError("prefix tuning needs num_layers to define the tensor shape", path=path, key="num_layers", expected="integer >= 1", actual=None)
 
+    def features(self) -> dict[str, Any]:
+        return {**super().features(), "prefix_projection": self.prefix_projection}
+
     def embedding_shape(self) -> tuple[int, ...]:
         return (self.num_virtual_tokens, 2 * self.num_layers * self.token_dim)
 

@@ -34,6 +34,10 @@ class PromptLearningConfig(AdapterConfig):
     num_layers: Any = schema_field(None, OPT_POS_INT, doc="transformer layers of the base model")
     modules_to_save: Any = schema_field(None, OPT_STR_LIST, doc="modules stored whole")
 
+    def features(self) -> dict[str, Any]:
+        names = ("num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_layers", "num_attention_heads")
+        return {n: getattr(self, n) for n in names}
+
     def embedding_shape(self) -> tuple[int, ...]:
         """(num_virtual_tokens · num_transformer_submodules, token_dim); prefix tuning overrides."""
         return (self.num_virtual_tokens * self.num_transformer_submodules, self.token_dim)
@@ -66,9 +70,13 @@ def modules(adapter: Adapter) -> dict[str, PromptModule]:
 def check(adapter: Adapter) -> list[Problem]:
     cfg: PromptLearningConfig = adapter.config  # type: ignore[assignment]
     problems = []
-    want = cfg.embedding_shape()
+    shape_known = not ({"num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_layers"} & cfg.unknown)
+    want = cfg.embedding_shape() if shape_known else "2-D"
     if KEY not in adapter.tensors:
         problems.append(Problem("tensor-missing", f"{cfg.peft_type} adapters hold `{KEY}`", key=KEY, expected=want, actual="absent"))
+    elif not shape_known:
+        if len(adapter.meta(KEY).shape) != 2:
+            problems.append(Problem("shape-mismatch", f"{KEY} must be 2-D", key=KEY, expected=want, actual=adapter.meta(KEY).shape))
     elif adapter.meta(KEY).shape != want:
         problems.append(Problem(
             "shape-mismatch", f"{KEY} shape disagrees with the config", key=KEY, expected=want, actual=adapter.meta(KEY).shape,

@@ -31,7 +31,11 @@ _LAZY = {
     "PTuningConfig": "kinds",
 }
 
-__all__ = ["AdapterkitError", "Problem", "__version__", "validate", *sorted(_LAZY)]
+__all__ = [
+    "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
+    "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
+    "load", "open_adapter", "save", "validate",
+]
 
 if TYPE_CHECKING:
     from .adapter import FORMAT_VERSION, Adapter, LazyStore, MemoryStore, TensorStore

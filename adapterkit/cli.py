@@ -68,6 +68,9 @@ class Group(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # plain `adapterkit`: the help, not an error
+            click.echo(exc.ctx.get_help() if exc.ctx else self.get_help(click.Context(self)))
+            sys.exit(0)
         except click.UsageError as exc:
             where = exc.ctx.command_path if exc.ctx else "adapterkit"
             _fail(f"{exc.format_message()} (see '{where} --help') [usage]")
@@ -188,7 +191,7 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
       adapterkit convert my-lora.safetensors my-lora-peft  # PEFT's directory layout
       adapterkit convert multi out --adapter-name second --overwrite
     """
-    from .io.writer import infer_form
+    from .io.forms import infer_form
 
     named = infer_form(out)
     if form is not None and form != named:

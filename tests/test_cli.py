@@ -115,7 +115,9 @@ def test_errors_are_one_line_and_debug_shows_traceback(tmp_path):
     assert res.output.strip().count("\n") == 0
     assert "bad.safetensors" in res.output and "[truncated-file]" in res.output
     res = CliRunner().invoke(main, ["--debug", "info", str(bad)])
-    assert res.exit_code != 0 and isinstance(res.exception, adapterkit.AdapterkitError)
+    assert res.exit_code == 2  # the same status as without --debug
+    assert "Traceback (most recent call last)" in res.output and "FormatError" in res.output
+    assert res.output.rstrip().splitlines()[-1].startswith("adapterkit: error:")
 
 
 def test_console_script_runs(tmp_path):
@@ -139,6 +141,10 @@ def test_unavailable_device_is_a_clear_error(tmp_path):
     path = _lora(tmp_path)
     res = run("info", path, "--device", "bogus")
     assert res.exit_code == 2 and "[device-unavailable]" in res.output and "bogus" in res.output
+    try:  # torch's own message, computed here, must appear whole (it was cut mid-sentence)
+        torch.device("bogus")
+    except RuntimeError as exc:
+        assert str(exc).splitlines()[0] in res.output
     adapter = adapterkit.load(path)
     for device in ("bogus", "cuda:7" if not torch.cuda.is_available() else "bogus:0"):
         with pytest.raises(adapterkit.AdapterkitError) as info:
@@ -147,3 +153,286 @@ def test_unavailable_device_is_a_clear_error(tmp_path):
         with pytest.raises(adapterkit.AdapterkitError):
             adapterkit.load(path, device=device)
     assert adapter.delta_weight("model.layers.0.q_proj", device="cpu").device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------- first run: startup, help, -m
+
+
+def _fresh_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["--version"], ["info", "--help"], ["validate", "--help"], ["convert", "--help"],
+    ["info", "--bogus"], ["convert", "only-one-arg"], ["nosuchcommand"],
+    ["convert", "src", "out.safetensors", "--form", "dir"], ["info", "/no/such/path"],
+])
+def test_help_version_and_usage_errors_do_not_import_torch(args):
+    code = (
+        "import sys\n"
+        "from adapterkit.cli import main\n"
+        "try:\n"
+        f"    main({args!r}, prog_name='adapterkit')\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code)\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    proc = _fresh_python(code)
+    assert proc.stdout.strip().endswith("no torch"), proc.stdout + proc.stderr
+
+
+def test_python_dash_m_adapterkit(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "adapterkit", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"adapterkit, version {adapterkit.__version__}"
+    path = _lora(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "adapterkit", "validate", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "valid (0 errors, 0 warnings)" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "adapterkit", "info", "--bogus"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.rstrip().endswith("[usage]")
+    assert "Usage: adapterkit" in subprocess.run([sys.executable, "-m", "adapterkit"], capture_output=True, text=True).stdout
+
+
+def test_every_help_has_an_example_and_whole_descriptions():
+    top = run("--help").output
+    assert "Examples:" in top
+    listing = top.split("Commands:")[1]
+    assert "..." not in listing  # click cuts long first sentences with '...'
+    for name in ("info", "validate", "convert"):
+        line = next(ln for ln in listing.splitlines() if ln.strip().startswith(name))
+        assert line.rstrip().endswith("."), line
+        text = run(name, "--help").output
+        assert "Examples:" in text and f"adapterkit {name} " in text.split("Examples:")[1]
+
+
+def test_usage_errors_are_one_line_with_a_code():
+    res = CliRunner().invoke(main, ["info", "--bogus"])
+    assert res.exit_code == 2
+    out = res.output.strip()
+    assert out.count("\n") == 0 and out.startswith("adapterkit: error:") and out.endswith("[usage]") and "--bogus" in out
+
+
+# ----------------------------------------------------------------------------- convert
+
+
+def _nan_lora(tmp_path: Path) -> Path:
+    path = _lora(tmp_path)
+    tensors = dict(adapterkit.load(path).tensors)
+    tensors["base_model.model.model.layers.0.v_proj.lora_A.weight"] = torch.full((1, 8), float("nan"))
+    from adapterkit.io.safetensors_file import write_file
+    write_file(path / "adapter_model.safetensors", tensors, {"format": "pt"})
+    return path
+
+
+def test_convert_form_follows_the_name(tmp_path):
+    path = _lora(tmp_path)
+    res = run("convert", path, tmp_path / "out.safetensors")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out.safetensors").is_file() and "form=file" in res.output
+    assert adapterkit.load(tmp_path / "out.safetensors") == adapterkit.load(path)
+    res = run("convert", tmp_path / "out.safetensors", tmp_path / "back")
+    assert res.exit_code == 0 and (tmp_path / "back").is_dir() and "form=dir" in res.output
+    assert "4 tensors" in res.output
+
+
+@pytest.mark.parametrize(("name", "form"), [("out.safetensors", "dir"), ("out", "file"), ("out.bin", "file")])
+def test_convert_form_contradicting_the_name_is_a_usage_error(tmp_path, name, form):
+    path = _lora(tmp_path)
+    res = run("convert", path, tmp_path / name, "--form", form)
+    assert res.exit_code == 2 and "[usage]" in res.output and "contradicts" in res.output
+    assert not (tmp_path / name).exists()
+
+
+def test_convert_refuses_an_existing_output_unless_overwrite(tmp_path):
+    lora = _lora(tmp_path)
+    ia3 = tmp_path / "ia3"
+    adapterkit.save(Adapter.from_tensors(IA3Config(target_modules=("k",)), {"base_model.model.m.k.ia3_l": torch.ones(3, 1)}), ia3)
+    out = tmp_path / "out"
+    assert run("convert", lora, out).exit_code == 0
+    (out / "README.md").write_text("PEFT's model card of the LoRA")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = run("convert", ia3, out)
+    assert res.exit_code == 2 and "[output-exists]" in res.output and "--overwrite" in res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    res = run("convert", ia3, out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]  # no stale README
+    assert adapterkit.load(out).peft_type == "IA3"
+    # a model checkpoint's folder is an existing output too
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    res = run("convert", lora, model)
+    assert res.exit_code == 2 and "[output-exists]" in res.output
+    assert [p.name for p in model.iterdir()] == ["config.json"]
+    # a file output likewise
+    one = tmp_path / "one.safetensors"
+    one.write_bytes(b"precious")
+    assert run("convert", lora, one).exit_code == 2 and one.read_bytes() == b"precious"
+    assert run("convert", lora, one, "--overwrite").exit_code == 0 and adapterkit.load(one) == adapterkit.load(lora)
+
+
+def test_convert_never_replaces_its_own_input(tmp_path):
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    _lora(tmp_path).rename(multi / "second")
+    before = (multi / "second" / "adapter_model.safetensors").read_bytes()
+    res = run("convert", multi, multi, "--adapter-name", "second", "--overwrite")
+    assert res.exit_code == 2 and "[overwrite-input]" in res.output
+    assert (multi / "second" / "adapter_model.safetensors").read_bytes() == before
+
+
+def test_convert_refuses_what_load_refuses(tmp_path):
+    path = _nan_lora(tmp_path)
+    res = run("convert", path, tmp_path / "out.safetensors")
+    assert res.exit_code == 2 and "[non-finite]" in res.output and "v_proj.lora_A.weight" in res.output
+    assert not (tmp_path / "out.safetensors").exists()
+    with pytest.raises(adapterkit.AdapterkitError):
+        adapterkit.load(path)
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def test_info_shows_variants(tmp_path):
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=("c_attn",), use_rslora=True, use_dora=True, lora_bias=True, fan_in_fan_out=True)
+    tensors = {
+        "base_model.model.h.0.c_attn.lora_A.weight": torch.ones(2, 8),
+        "base_model.model.h.0.c_attn.lora_B.weight": torch.ones(6, 2),
+        "base_model.model.h.0.c_attn.lora_B.bias": torch.ones(6),
+        "base_model.model.h.0.c_attn.lora_magnitude_vector": torch.ones(6),
+    }
+    adapterkit.save(Adapter.from_tensors(config, tensors), tmp_path / "v")
+    text = run("info", tmp_path / "v").output
+    assert "variants:        DoRA, rsLoRA, lora_bias, fan_in_fan_out" in text
+    assert "use_rslora=true" in text and "base model:      (not recorded)" in text and "None" not in text
+    data = json.loads(run("info", tmp_path / "v", "--json").output)
+    f = data["features"]
+    assert (f["use_dora"], f["use_rslora"], f["lora_bias"], f["fan_in_fan_out"]) == (True, True, True, True)
+    assert data["per_module"]["h.0.c_attn"]["scaling"] == pytest.approx(4 / 2**0.5)
+    plain = json.loads(run("info", _lora(tmp_path), "--json").output)["features"]
+    assert plain["variants"] == [] and not plain["use_dora"] and not plain["use_rslora"]
+    assert "variants:        plain LoRA" in run("info", tmp_path / "lora").output
+
+
+def test_info_counts_modules_to_save(tmp_path):
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=("q_proj",), modules_to_save=("score",))
+    tensors = {
+        "base_model.model.model.layers.0.q_proj.lora_A.weight": torch.ones(2, 8),
+        "base_model.model.model.layers.0.q_proj.lora_B.weight": torch.ones(6, 2),
+        "base_model.model.score.weight": torch.ones(3, 8),
+        "base_model.model.score.bias": torch.ones(3),
+    }
+    adapterkit.save(Adapter.from_tensors(config, tensors), tmp_path / "m")
+    data = json.loads(run("info", tmp_path / "m", "--json").output)
+    assert data["saved_whole"] == {"modules": ["score"], "tensors": 2, "parameters": 27, "bytes": 108}
+    assert data["parameters"] == 16 + 12 + 27
+    text = run("info", tmp_path / "m").output
+    assert "saved whole:     2 tensors, 27 parameters, 108 bytes (score)" in text
+
+
+def test_info_mentions_other_adapters_in_the_folder(tmp_path):
+    multi = _lora(tmp_path)  # the top-level (default) adapter
+    adapterkit.save(Adapter.from_tensors(IA3Config(target_modules=("k",)), {"base_model.model.m.k.ia3_l": torch.ones(3, 1)}), multi / "second")
+    adapterkit.save(Adapter.from_tensors(IA3Config(target_modules=("k",)), {"base_model.model.m.k.ia3_l": torch.ones(3, 1)}), multi / "third")
+    data = json.loads(run("info", multi, "--json").output)
+    assert data["kind"] == "LORA" and data["other_adapters"] == ["second", "third"]
+    assert "also here:       second, third" in run("info", multi).output
+    data = json.loads(run("info", multi, "--adapter-name", "second", "--json").output)
+    assert data["kind"] == "IA3" and data["other_adapters"] == [".", "third"]
+    alone = json.loads(run("info", multi / "third", "--json").output)
+    assert alone["other_adapters"] == []
+
+
+def test_info_flags_non_finite_values(tmp_path):
+    path = _nan_lora(tmp_path)
+    res = run("info", path)
+    assert res.exit_code == 1
+    assert "error:" in res.output and "[non-finite]" in res.output and "v_proj.lora_A.weight" in res.output
+    data = json.loads(run("info", path, "--json").output)
+    assert [p["code"] for p in data["problems"]] == ["non-finite"]
+    res = run("info", path, "--no-modules")  # no data read: says so instead of vouching for the values
+    assert res.exit_code == 0 and "not read (--no-modules)" in res.output
+    assert run("info", _lora(tmp_path / "ok")).exit_code == 0
+
+
+def test_info_on_a_model_checkpoint_or_a_config_file(tmp_path):
+    from adapterkit.io.safetensors_file import write_file
+
+    model = tmp_path / "model"
+    write_file(model / "model.safetensors", {"model.embed_tokens.weight": torch.zeros(4, 2), "lm_head.weight": torch.zeros(4, 2)}, {"format": "pt"})
+    (model / "config.json").write_text("{}")
+    for target in (model, model / "model.safetensors"):
+        res = run("info", target)
+        assert res.exit_code == 2 and "looks like a model checkpoint" in res.output and "[not-an-adapter]" in res.output
+        assert "config-missing" not in res.output
+    path = _lora(tmp_path)
+    res = run("info", path / "adapter_config.json")
+    assert res.exit_code == 2 and "name its folder" in res.output and str(path) in res.output
+
+
+# ----------------------------------------------------------------------------- validate
+
+
+def test_validate_reports_config_and_tensor_problems_together(tmp_path):
+    path = _lora(tmp_path)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    cfg["r"] = -1
+    cfg["lora_alpha"] = "big"
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
+    tensors = dict(adapterkit.load(_lora(tmp_path / "src")).tensors)
+    tensors["base_model.model.model.layers.0.q_proj.lora_B.weight"] = torch.zeros(6, 3)  # disagrees with lora_A's rank 2
+    tensors["base_model.model.model.layers.0.v_proj.lora_A.weight"] = torch.full((1, 8), float("inf"))
+    del tensors["base_model.model.model.layers.0.v_proj.lora_B.weight"]
+    tensors["base_model.model.model.layers.1.k_proj.lora_A.weight"] = torch.zeros(2, 8)
+    tensors["base_model.model.model.layers.1.k_proj.lora_B.weight"] = torch.zeros(6, 2)
+    from adapterkit.io.safetensors_file import write_file
+    write_file(path / "adapter_model.safetensors", tensors, {"format": "pt"})
+    res = run("validate", path, "--json")
+    assert res.exit_code == 1
+    found = sorted((p["code"], p["key"]) for p in json.loads(res.output)["problems"])
+    assert found == sorted([
+        ("config-invalid", "r"),
+        ("config-invalid", "lora_alpha"),
+        ("shape-mismatch", "base_model.model.model.layers.0.q_proj.lora_B.weight"),
+        ("missing-partner", "base_model.model.model.layers.0.v_proj.lora_A.weight"),
+        ("non-finite", "base_model.model.model.layers.0.v_proj.lora_A.weight"),
+    ])  # layers.1.k_proj is consistent: no rank is blamed on the invalid r
+    text = run("validate", path).output
+    assert text.rstrip().endswith("INVALID (5 errors, 0 warnings)")
+
+
+@pytest.mark.parametrize(("field", "value", "tensor", "shape"), [
+    ("num_virtual_tokens", 0, "prompt_embeddings", (3, 4, 1)),
+    ("token_dim", "4", "prompt_embeddings", (3, 4, 1)),
+])
+def test_validate_prompt_config_and_tensor_problems_together(tmp_path, field, value, tensor, shape):
+    from adapterkit.io.safetensors_file import write_file
+    d = tmp_path / "pt"
+    write_file(d / "adapter_model.safetensors", {tensor: torch.zeros(shape)}, {"format": "pt"})
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 3, "token_dim": 4, field: value}))
+    problems = adapterkit.validate(d)
+    assert sorted((p.code, p.key) for p in problems) == [("config-invalid", field), ("shape-mismatch", tensor)]
+
+
+def test_validate_one_error_and_one_warning_are_singular(tmp_path):
+    path = _lora(tmp_path)
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    cfg["r"] = 0
+    cfg["rank_pattern"]["nope_proj"] = 4
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
+    text = run("validate", path).output
+    assert text.rstrip().endswith("INVALID (1 error, 1 warning)"), text
+
+
+def test_public_names_resolve_lazily():
+    proc = _fresh_python(
+        "import sys, adapterkit\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert callable(adapterkit.validate) and callable(adapterkit.load)\n"
+        "for name in adapterkit.__all__:\n"
+        "    getattr(adapterkit, name)\n"
+        "import adapterkit.validate as v\n"
+        "assert callable(adapterkit.validate)\n"
+        "print('ok')\n"
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr

@@ -17,20 +17,14 @@ from pathlib import Path
 from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
 from .atomic import same_file, write_atomic
+from .forms import FORMS, infer_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .safetensors_file import encode
-
-FORMS = ("dir", "file")
 
 
 def config_json(adapter: Adapter) -> str:
     """``adapter_config.json`` text exactly as PEFT writes it (indent 2, sorted keys)."""
     return json.dumps(adapter.config.to_dict(), indent=2, sort_keys=True)
-
-
-def infer_form(path: str | Path) -> str:
-    """The form a name asks for: ``*.safetensors`` is one file, anything else a directory."""
-    return "file" if Path(path).suffix == ".safetensors" else "dir"
 
 
 def _contains(outer: Path, inner: Path) -> bool:

@@ -11,7 +11,7 @@ python scripts/make_example.py "$OUT/peft-lora"
 set -x
 adapterkit info "$OUT/peft-lora"
 adapterkit validate "$OUT/peft-lora"
-adapterkit convert "$OUT/peft-lora" "$OUT/lora.safetensors" --form file
-adapterkit convert "$OUT/lora.safetensors" "$OUT/roundtrip"
+adapterkit convert "$OUT/peft-lora" "$OUT/lora.safetensors"   # the name picks the single-file form
+adapterkit convert "$OUT/lora.safetensors" "$OUT/roundtrip"     # and this one PEFT's directory layout
 cmp "$OUT/peft-lora/adapter_model.safetensors" "$OUT/roundtrip/adapter_model.safetensors"
 adapterkit validate "$OUT/roundtrip"

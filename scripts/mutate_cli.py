@@ -1,0 +1,92 @@
+"""Mutation check of the command line, writer and info: does the suite catch plausible bugs?
+
+Usage: python scripts/mutate_cli.py [--only SUBSTRING]
+
+Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
+repository (never the real files); the named test files then run against the copy.  A
+mutant is killed when a test fails.  Prints one line per mutant and the score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI_TESTS = ["tests/test_cli.py"]
+WRITE_TESTS = ["tests/test_errors.py", "tests/test_cli.py"]
+
+# (name, file, old text, new text, tests)
+MUTANTS = [
+    ("form: suffix check dropped", "adapterkit/io/writer.py", "    if form != infer_form(path):", "    if False:", WRITE_TESTS),
+    ("form: inferred from .bin too", "adapterkit/io/forms.py", 'Path(path).suffix == FILE_SUFFIX', 'Path(path).suffix in (FILE_SUFFIX, ".bin")', WRITE_TESTS),
+    ("overwrite ignored", "adapterkit/io/writer.py", "        if not overwrite:", "        if False:", WRITE_TESTS),
+    ("overwrite always refused", "adapterkit/io/writer.py", "        if not overwrite:", "        if True:", WRITE_TESTS),
+    ("overwrite merges into the old dir", "adapterkit/io/writer.py", "    if staged.is_file() and path.is_file() and not path.is_symlink():",
+     "    if path.is_dir():\n        shutil.copytree(staged, path, dirs_exist_ok=True)\n        shutil.rmtree(staged)\n        return\n    if staged.is_file() and path.is_file() and not path.is_symlink():", WRITE_TESTS),
+    ("overwrite may replace a folder holding the input", "adapterkit/io/writer.py", "and _contains(path, source):", "and False:", WRITE_TESTS),
+    ("old output left beside the new", "adapterkit/io/writer.py", "        shutil.rmtree(aside.parent, ignore_errors=True)", "        pass", WRITE_TESTS),
+    ("convert reads lazily (no value checks)", "adapterkit/cli.py", "    adapter = load(src, adapter_name=adapter_name)",
+     "    from .io.reader import open_adapter\n    adapter = open_adapter(src, adapter_name=adapter_name)", CLI_TESTS),
+    ("convert ignores --form contradiction", "adapterkit/cli.py", "    if form is not None and form != named:", "    if False:", CLI_TESTS),
+    ("convert imports torch before usage checks", "adapterkit/cli.py", "    from .io.forms import infer_form\n", "    from .io.writer import infer_form\n", CLI_TESTS),
+    ("package imports torch eagerly", "adapterkit/__init__.py", "from .validate import validate  #", "import torch  # noqa\nfrom .validate import validate  #", CLI_TESTS),
+    ("validate function shadowed by its module", "adapterkit/__init__.py", "from .validate import validate  #", "from . import validate  #", CLI_TESTS),
+    ("--debug exits 1", "adapterkit/cli.py", "            if _debug():\n                traceback.print_exc()", "            if _debug():\n                raise", CLI_TESTS),
+    ("usage errors in click's multi-line form", "adapterkit/cli.py", "standalone_mode=False, **extra)", "standalone_mode=standalone_mode, **extra)", CLI_TESTS),
+    ("missing path imports the library first", "adapterkit/cli.py", "    _require(path)\n    from .info import", "    from .info import", CLI_TESTS),
+    ("info never exits 1", "adapterkit/cli.py", 'sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)', "sys.exit(0)", CLI_TESTS),
+    ("info skips value checks", "adapterkit/info.py", "        problems += value_problems(adapter)\n", "", CLI_TESTS),
+    ("info counts no whole-module tensors", "adapterkit/info.py", "    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None]", "    keys = []", CLI_TESTS),
+    ("info: other adapters include the one opened", "adapterkit/io/reader.py", "    return [n for n in names if opened is None or not (root / n).samefile(opened)]", "    return names", CLI_TESTS),
+    ("info: no variants", "adapterkit/kinds/lora.py", '"variants": [name for name, on in flags.items() if on],', '"variants": [],', CLI_TESTS),
+    ("info prints None base model", "adapterkit/info.py", "{summary['base_model'] or '(not recorded)'}", "{summary['base_model']}", CLI_TESTS),
+    ("plural of 1", "adapterkit/cli.py", 'return f"{n} {word}" if n == 1 else f"{n} {word}s"', 'return f"{n} {word}s"', CLI_TESTS),
+    ("validate: config error stops the tensor checks", "adapterkit/kinds/base.py", "            if problems is None:\n                raise exc",
+     "            raise exc", ["tests/test_cli.py", "tests/test_errors.py"]),
+    ("validate: invalid r still checked against shapes", "adapterkit/kinds/lora.py", 'rank_unknown = bool({"r", "rank_pattern"} & cfg.unknown)', "rank_unknown = False", CLI_TESTS),
+    ("validate: rank agreement unchecked when r is invalid", "adapterkit/kinds/lora.py", "        if a[0] != b[1] and rank_unknown:", "        if False:", CLI_TESTS),
+    ("validate: prompt shape checked against an invalid field", "adapterkit/kinds/prompt_learning.py", 'shape_known = not ({"num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_layers"} & cfg.unknown)', "shape_known = True", CLI_TESTS),
+    ("device message cut at 120 chars", "adapterkit/devices.py", 'f"device cannot be used here ({_first_sentence(str(exc))})"', 'f"device cannot be used here ({str(exc)[:120]})"', CLI_TESTS),
+    ("model checkpoint reported as config-missing", "adapterkit/io/reader.py", "            if not config_path.is_file() and _looks_like_model(header):", "            if False:", CLI_TESTS),
+    ("model folder reported as not an adapter dir", "adapterkit/io/reader.py", "    if model_files:", "    if False:", CLI_TESTS),
+    ("config file given: no hint", "adapterkit/io/reader.py", "    elif path.name == CONFIG_NAME:", "    elif False:", CLI_TESTS),
+]
+
+
+def run_mutant(name: str, file: str, old: str, new: str, tests: list[str]) -> tuple[bool, str]:
+    with tempfile.TemporaryDirectory(prefix="ak-mutant-") as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "example-out"))
+        target = copy / file
+        text = target.read_text()
+        if text.count(old) != 1:
+            return False, f"patch does not apply ({text.count(old)} matches)"
+        target.write_text(text.replace(old, new))
+        env_python = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+        proc = subprocess.run(env_python, cwd=copy, capture_output=True, text=True,
+                              env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "HOME": tmp})
+        return proc.returncode != 0, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    killed = total = 0
+    for name, file, old, new, tests in MUTANTS:
+        if args.only not in name:
+            continue
+        total += 1
+        dead, detail = run_mutant(name, file, old, new, tests)
+        killed += dead
+        print(f"{'KILLED ' if dead else 'SURVIVED'}  {name:<60} {detail}", flush=True)
+    print(f"mutants killed: {killed} / {total}")
+
+
+if __name__ == "__main__":
+    main()

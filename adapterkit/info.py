@@ -100,7 +100,7 @@ def render(summary: dict[str, Any]) -> str:
     if variants is not None:
         lines.append(f"variants:        {', '.join(variants) if variants else 'plain LoRA'}")
     if features:
-        lines.append("settings:        " + ", ".join(f"{k}={_fmt(v)}" for k, v in features.items()))
+        lines.append("settings:        " + ", ".join(f"{k}={_fmt(v)}" for k, v in features.items() if v is not None))
     if summary["target_modules"] is not None:
         lines.append(f"target modules:  {summary['target_modules']}")
     lines.append(f"modules:         {summary['modules']:,}")

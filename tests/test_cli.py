@@ -341,6 +341,8 @@ def test_info_mentions_other_adapters_in_the_folder(tmp_path):
     assert data["kind"] == "IA3" and data["other_adapters"] == [".", "third"]
     alone = json.loads(run("info", multi / "third", "--json").output)
     assert alone["other_adapters"] == []
+    assert run("convert", multi, multi / "one.safetensors").exit_code == 0  # a single file stands alone
+    assert json.loads(run("info", multi / "one.safetensors", "--json").output)["other_adapters"] == []
 
 
 def test_info_flags_non_finite_values(tmp_path):

@@ -118,16 +118,18 @@ def _looks_like_model(header: Header) -> bool:
 def other_adapters(path: str | Path, adapter: Adapter) -> list[str]:
     """The adapters saved in the folder ``path`` names besides the one opened: PEFT puts the
     default adapter at the top (listed as ``"."``) and every other one in a subfolder."""
+    if adapter.source is None or adapter.source.name not in (WEIGHTS_NAME, BIN_NAME):
+        return []  # a single-file adapter stands alone
     root = Path(path)
     if not root.is_dir():
         root = root.parent
-    opened = adapter.source.parent if adapter.source is not None else None
+    opened = adapter.source.parent
     names = ["."] if (root / CONFIG_NAME).is_file() else []
     try:
         names += sorted(p.name for p in root.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
     except OSError:
         return []
-    return [n for n in names if opened is None or not (root / n).samefile(opened)]
+    return [n for n in names if not (root / n).samefile(opened)]
 
 
 def _from_weights(weights: Path, config_data: Any, config_path: Path, problems: list | None = None) -> Adapter:

@@ -40,7 +40,7 @@ import torch
 
 import adapterkit
 from adapterkit import Adapter, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
-from adapterkit.errors import CODES
+from adapterkit.errors import API_CODES, CODES
 from adapterkit.io.safetensors_file import DTYPE_NAMES, encode, tensor_bytes
 from adapterkit.kinds import KINDS
 
@@ -176,10 +176,18 @@ def metadata_table() -> str:
 
 
 def error_table() -> str:
-    rows = ["| Code | Severity | Raised as | Meaning |", "|---|---|---|---|"]
+    """The codes a reader reports for a file, and the warnings (§13)."""
+    rows = ["| Code | Severity | Meaning |", "|---|---|---|"]
     for code, (cls_name, meaning) in CODES.items():
-        severity = "error" if cls_name else "warning"
-        rows.append(f"| `{code}` | {severity} | {f'`{cls_name}`' if cls_name else '—'} | {_cell(meaning)} |")
+        if code not in API_CODES:
+            rows.append(f"| `{code}` | {'error' if cls_name else 'warning'} | {_cell(meaning)} |")
+    return "\n".join(rows)
+
+
+def api_code_table() -> str:
+    """adapterkit's codes for failures of its API, which are not properties of a file (§13)."""
+    rows = ["| Code | Meaning |", "|---|---|"]
+    rows += [f"| `{code}` | {_cell(CODES[code][1])} |" for code in CODES if code in API_CODES]
     return "\n".join(rows)
 
 
@@ -203,6 +211,7 @@ def render_readme(text: str, files: dict[str, bytes]) -> str:
         **{f"fields-{schema_name(k.config)}": (lambda c=k.config: field_table(c)) for k in KINDS.values()},
         "metadata": metadata_table,
         "error-codes": error_table,
+        "api-codes": api_code_table,
         "vectors": lambda: vector_table(files),
     }
     seen = set()
@@ -503,6 +512,14 @@ def more_valid_vectors(add: Callable[..., None]) -> None:
         "kept silently; `pos_embed_tokens` and `prescore` (no dot boundary) are kept with an unexpected-key warning",
         "file", cfg, t, warnings=["unexpected-key", "unexpected-key"])
 
+    cfg = lora(r=2, lora_alpha=4, target_modules="embed_tokens")
+    t = {f"{P}model.embed_tokens.lora_embedding_A": dyadic((2, 10), 122),
+         f"{P}model.embed_tokens.lora_embedding_B": dyadic((6, 2), 123),
+         f"{P}model.embed_tokens.base_layer.weight": dyadic((10, 6), 124)}
+    add("lora_target_string", "target_modules as the string `embed_tokens` must match the whole name, so it does not "
+        "select `model.embed_tokens`: the base_layer tensor is kept with an unexpected-key warning", "file", cfg, t,
+        warnings=["unexpected-key"])
+
     cfg = lora(r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["bn"])
     t = {**linear(Q, 2, 6, 4, 90),
          f"{P}bn.weight": dyadic((4,), 92), f"{P}bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64),
@@ -587,14 +604,18 @@ def more_valid_vectors(add: Callable[..., None]) -> None:
         {**t, empty_key: torch.zeros((0,), dtype=torch.bfloat16)}, write="raw", path="adapter.safetensors",
         files={"adapter.safetensors": raw_st(header, data)})
 
-    cfg = IA3Config(target_modules=("conv", "conv3", "down_proj"), feedforward_modules=("conv3", "down_proj"))
+    cfg = IA3Config(target_modules=("conv", "conv3", "down_proj"), feedforward_modules=("conv3", "down_proj"),
+                    modules_to_save=("classifier",))
     t = {
         f"{P}conv.ia3_l": dyadic((1, 4, 1, 1), 114, positive=True),
         f"{P}conv3.ia3_l": dyadic((1, 3, 1, 1, 1), 115, positive=True),
         f"{P}model.layers.0.mlp.gate_down_proj.ia3_l": dyadic((1, 8), 116, positive=True),
+        f"{P}classifier.weight": dyadic((2, 8), 120),
+        f"{P}model.layers.0.mlp.up_proj.weight": dyadic((8, 4), 121),
     }
     add("ia3_conv", "IA3 on a Conv2d (1, out, 1, 1), a feedforward Conv3d (1, in, 1, 1, 1), and `gate_down_proj`, feedforward "
-        "by plain endswith: (1, in)", "file", cfg, t)
+        "by plain endswith: (1, in); a modules_to_save `classifier`, and an `up_proj.weight` kept with a warning", "file", cfg, t,
+        warnings=["unexpected-key"])
 
     cfg = PrefixTuningConfig(num_virtual_tokens=3, token_dim=4, num_layers=2, num_attention_heads=2,
                              num_transformer_submodules=2, task_type="SEQ_2_SEQ_LM")
@@ -631,6 +652,18 @@ def write_valid(v: dict[str, Any], root: Path) -> tuple[str, Path]:
     return ".", root
 
 
+def rewritten(adapter: Adapter, form: str) -> dict[str, str]:
+    """SHA-256 of each file a conforming writer writes for ``adapter`` in ``form``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        if form == "dir":
+            adapterkit.save(adapter, out, form="dir")
+        else:
+            out.mkdir()
+            adapterkit.save(adapter, out / "adapter.safetensors", form="file")
+        return {p.name: sha256(p.read_bytes()) for p in sorted(out.iterdir())}
+
+
 def format_version_of(v: dict[str, Any]) -> str | None:
     if "format_version" in v:
         return v["format_version"]
@@ -664,6 +697,8 @@ def expected_valid(v: dict[str, Any], rel: str, load_path: Path) -> dict[str, An
             exp[key] = v[key]
     if v.get("write") is None and not v.get("subdir"):
         exp["canonical"] = True  # written by adapterkit.save: the bytes a conforming writer produces
+    else:
+        exp["rewritten"] = rewritten(loaded, v["form"])
     if config["peft_type"] == "LORA":
         exp["delta_weights"] = lora_references(config, tensors)
     # generation-time self check: adapterkit must agree with the references
@@ -897,6 +932,9 @@ def more_invalid_vectors(add: Callable[..., None], base: dict[str, Any], good_t:
         {"adapter_config.json": peft_config_text(base), "adapter_model.bin": torch_save_bytes(ns)}, path=".", requires="bin")
     add("bin_not_checkpoint", "bin-invalid", "adapter_model.bin is text, not a torch checkpoint",
         {"adapter_config.json": peft_config_text(base), "adapter_model.bin": b"not a torch checkpoint\n"}, path=".", requires="bin")
+    add("bin_truncated", "bin-invalid", "adapter_model.bin is a torch.save archive cut in half",
+        {"adapter_config.json": peft_config_text(base), "adapter_model.bin": torch_save_bytes(good_t)[:700]}, path=".",
+        requires="bin")
     add("bin_not_tensors", "bin-invalid", "adapter_model.bin maps a key to an integer, not a tensor",
         {"adapter_config.json": peft_config_text(base), "adapter_model.bin": torch_save_bytes({a_key: 1})}, path=".", requires="bin")
 
@@ -910,6 +948,12 @@ def more_invalid_vectors(add: Callable[..., None], base: dict[str, Any], good_t:
     prefix2 = PrefixTuningConfig(num_virtual_tokens=3, token_dim=4, num_layers=2, num_transformer_submodules=2).to_dict()
     add("prefix_tuning_submodules_shape", "shape-mismatch", "prefix tuning with 2 submodules stored (2·3, 16): the submodules "
         "do not multiply the rows", {F: st_bytes({"prompt_embeddings": dyadic((6, 16), 1)}, file_meta(prefix2))})
+    nan_t = {**good_t, b_key: good_t[b_key].clone()}
+    nan_t[b_key][0, 0] = float("nan")
+    add("layout_before_values", "offset-out-of-range", "8 bytes after the last tensor, and a NaN in lora_B: the header's "
+        "rules come before any tensor data is read", {F: st_bytes(nan_t, meta) + bytes(8)})
+    add("lora_a_rank", "shape-mismatch", "lora_A (3, 6) for r=2, beside a correct lora_B (4, 2)",
+        {F: st_bytes({a_key: dyadic((3, 6), 1), b_key: good_t[b_key]}, meta)})
     add("lone_lora_B", "missing-partner", "lora_B without its lora_A", {F: st_bytes({b_key: good_t[b_key]}, meta)})
     add("lora_b_rank", "shape-mismatch", "lora_A (2, 6) is right for r=2, lora_B (4, 3) is not",
         {F: st_bytes({a_key: good_t[a_key], b_key: dyadic((4, 3), 2)}, meta)})

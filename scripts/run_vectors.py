@@ -8,7 +8,8 @@ so both judge a reader by exactly the same checks (spec §14):
 * a valid vector loads (``adapter_name`` passed when the vector names one) with exactly
   the listed peft_type, format version, config, tensors (dtype, shape, SHA-256 of the
   raw bytes), ranks, scalings and ΔW digests; ``validate`` reports no error and exactly
-  the listed warnings; a ``canonical`` vector, saved again, gives byte-identical files;
+  the listed warnings; a ``canonical`` vector, saved again, gives byte-identical files, and
+  any other valid vector, saved in its form, gives files with the ``rewritten`` digests;
 * an invalid vector is refused by ``load`` with its code, and ``validate`` reports that
   code as its only error;
 * a vector that ``requires`` ``bin`` may instead be refused with ``bin-unsupported``
@@ -109,6 +110,8 @@ def check_valid(vector: Path) -> list[str]:
         out.append(f"warnings {warnings} != {sorted(exp['warnings'])}")
     if exp.get("canonical"):
         out += _check_canonical(vector, exp, adapter)
+    if "rewritten" in exp:
+        out += _check_rewritten(exp, adapter)
     return out
 
 
@@ -134,6 +137,22 @@ def _check_canonical(vector: Path, exp: dict[str, Any], adapter: adapterkit.Adap
         diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
         return [f"writing it again does not reproduce the vector's bytes: {diff}"]
     return []
+
+
+def _check_rewritten(exp: dict[str, Any], adapter: adapterkit.Adapter) -> list[str]:
+    """A conforming writer saves this (non-canonical) adapter as files with these digests."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        try:
+            if exp["form"] == "dir":
+                adapterkit.save(adapter, out, form="dir")
+            else:
+                out.mkdir()
+                adapterkit.save(adapter, out / "adapter.safetensors", form="file")
+        except Exception as exc:
+            return [f"writing it failed: {type(exc).__name__}: {exc}"]
+        got = {k: hashlib.sha256(v).hexdigest() for k, v in _files(out).items()}
+    return [] if got == exp["rewritten"] else [f"writing it gives other files or bytes: {sorted(got)} vs {sorted(exp['rewritten'])}"]
 
 
 def check_invalid(vector: Path) -> list[str]:

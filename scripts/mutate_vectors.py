@@ -206,8 +206,13 @@ MUTANTS: list[Mutant] = [
       'path, "file ends before the tensor data", cut.key, code="offset-out-of-range"'),
     M("R5.2-12", "trailing bytes allowed", SF, "    if cursor < data_len:", "    if False:"),
     M("R5.2-13", "tensor data assumed to lie in key order (data_offsets used only for sizes)", SF,
-      "    for key, info in header.tensors.items():\n        raw = buf[info.begin : info.end]",
-      "    _at = 0\n    for key, info in sorted(header.tensors.items()):\n        raw = buf[_at : _at + info.nbytes]\n        _at += info.nbytes"),
+      "    return Header(path, dict(metadata), infos, data_start)",
+      "    _at, _moved = 0, {}\n"
+      "    for _k in sorted(infos):\n"
+      "        _i = infos[_k]\n"
+      "        _moved[_k] = TensorInfo(_k, _i.dtype, _i.shape, _at, _at + _i.nbytes)\n"
+      "        _at += _i.nbytes\n"
+      "    return Header(path, dict(metadata), _moved, data_start)"),
     # §5.3 metadata
     M("R5.3-1", "format not checked in adapterkit files", RD, "    if fmt != \"pt\":\n", "    if fmt not in (None, \"pt\"):\n"),
     M("R5.3-1", "format not checked in PEFT-profile files", RD, "        if fmt not in (None, \"pt\"):\n            raise FormatError(",
@@ -309,8 +314,12 @@ MUTANTS: list[Mutant] = [
     M("R8.6-3", "scaling multiplied in double precision, then rounded", LO,
       "        out = out * view.scaling\n", "        out = (out.double() * view.scaling).to(out.dtype)\n"),
     M("R8.6-3", "scaling applied to A before the product", LO, "        out = B @ A\n", "        out = B @ (A * view.scaling) / view.scaling\n"),
-    M("R8.8-1", "keys outside the grammar dropped", "adapter.py", "    def __iter__(self) -> Iterator[str]:\n        return iter(self._tensors)",
-      "    def __iter__(self) -> Iterator[str]:\n        return iter(k for k in self._tensors if k.endswith(('lora_A.weight', 'lora_B.weight', 'lora_B.bias', 'lora_embedding_A', 'lora_embedding_B', 'lora_magnitude_vector', 'ia3_l', 'prompt_embeddings')))"),
+    M("R8.8-1", "only tensors of the kinds' grammars kept", SF,
+      "    return Header(path, dict(metadata), infos, data_start)",
+      "    _parts = ('lora_A.weight', 'lora_B.weight', 'lora_B.bias', 'lora_embedding_A', 'lora_embedding_B',\n"
+      "              'lora_magnitude_vector', 'ia3_l', 'prompt_embeddings')\n"
+      "    infos = {k: i for k, i in infos.items() if k.endswith(_parts)}\n"
+      "    return Header(path, dict(metadata), infos, data_start)"),
     M("R8.8-1", "no warning for keys outside the grammar", LO,
       "        if parse_key(key) is None and not _whole_module_ok(cfg, key):", "        if False:"),
     M("R8.8-1", "modules_to_save names matched without a dot boundary", PA, "    return any(m == n or m.endswith(\".\" + n) for m in modules for n in names)",

@@ -43,11 +43,18 @@ CODES: dict[str, tuple[str, str]] = {
     "not-supported": ("UnsupportedError", "the operation is not defined for this adapter or module"),
     "device-unavailable": ("UnsupportedError", "the requested torch device does not exist or is not available"),
     "key-not-found": ("NotFoundError", "no such module or tensor in the adapter"),
+    "adapter-not-found": ("NotFoundError", "the caller named an adapter subfolder that does not exist"),
+    "bin-unsupported": ("UnsupportedError", "the reader does not read legacy .bin weights (adapterkit does; other readers MAY not)"),
+    "groups-unsupported": ("UnsupportedError", "LoRA on a grouped convolution, which this format version does not define"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
     "empty-adapter": ("", "the adapter has no adapter tensors"),
 }
+
+# Codes of the library API (writing, operations, devices, look-ups), not of the file format:
+# spec §13 lists them apart from the codes a reader reports for a file.
+API_CODES = frozenset({"overwrite-input", "write-failed", "output-exists", "form-mismatch", "not-supported", "device-unavailable", "key-not-found"})
 
 
 class AdapterkitError(Exception):

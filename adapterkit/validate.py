@@ -25,7 +25,7 @@ def structural_problems(adapter: Adapter) -> list[Problem]:
     problems = []
     for key in adapter.tensors:
         dtype = adapter.meta(key).dtype
-        if dtype not in ALLOWED_DTYPES:
+        if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:  # adapter tensors only (§6)
             problems.append(Problem("dtype-unsupported", "adapter tensors must be floating point", key=key, expected=" | ".join(ALLOWED_DTYPES), actual=dtype))
     problems += adapter.kind.check(adapter)
     src = str(adapter.source) if adapter.source else None

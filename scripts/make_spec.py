@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import re
@@ -39,8 +40,8 @@ import torch
 
 import adapterkit
 from adapterkit import Adapter, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
-from adapterkit.errors import CODES
-from adapterkit.io.safetensors_file import encode, tensor_bytes
+from adapterkit.errors import API_CODES, CODES
+from adapterkit.io.safetensors_file import DTYPE_NAMES, encode, tensor_bytes
 from adapterkit.kinds import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,8 +63,9 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
     (
         "adapterkit.version",
         "REQUIRED (only PEFT-profile files lack it)",
-        {"type": "string", "pattern": r"^1\.(0|[1-9][0-9]*)$"},
-        "format version `MAJOR.MINOR` (decimal, no leading zeros); this version writes `1.0`",
+        {"type": "string", "pattern": r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?![\s\S])"},
+        "format version `MAJOR.MINOR`, the whole string (decimal, no leading zeros, no whitespace); this version writes "
+        "`1.0`; a major other than 1 is `version-unsupported` (§5.2 rule 7), not a schema error",
     ),
     (
         "adapterkit.config",
@@ -174,10 +176,18 @@ def metadata_table() -> str:
 
 
 def error_table() -> str:
-    rows = ["| Code | Severity | Raised as | Meaning |", "|---|---|---|---|"]
+    """The codes a reader reports for a file, and the warnings (§13)."""
+    rows = ["| Code | Severity | Meaning |", "|---|---|---|"]
     for code, (cls_name, meaning) in CODES.items():
-        severity = "error" if cls_name else "warning"
-        rows.append(f"| `{code}` | {severity} | {f'`{cls_name}`' if cls_name else '—'} | {_cell(meaning)} |")
+        if code not in API_CODES:
+            rows.append(f"| `{code}` | {'error' if cls_name else 'warning'} | {_cell(meaning)} |")
+    return "\n".join(rows)
+
+
+def api_code_table() -> str:
+    """adapterkit's codes for failures of its API, which are not properties of a file (§13)."""
+    rows = ["| Code | Meaning |", "|---|---|"]
+    rows += [f"| `{code}` | {_cell(CODES[code][1])} |" for code in CODES if code in API_CODES]
     return "\n".join(rows)
 
 
@@ -201,6 +211,7 @@ def render_readme(text: str, files: dict[str, bytes]) -> str:
         **{f"fields-{schema_name(k.config)}": (lambda c=k.config: field_table(c)) for k in KINDS.values()},
         "metadata": metadata_table,
         "error-codes": error_table,
+        "api-codes": api_code_table,
         "vectors": lambda: vector_table(files),
     }
     seen = set()
@@ -250,7 +261,15 @@ def ref_scaling(cfg: dict[str, Any], module: str) -> tuple[int, float]:
 
 
 def ref_delta(a: torch.Tensor, b: torch.Tensor, *, embedding: bool, fan_in_fan_out: bool, scaling: float) -> np.ndarray:
-    """ΔW in fp64 numpy (exact for the dyadic vectors), cast to fp32."""
+    """ΔW by §8.6, in numpy, converted to F32.
+
+    The product of the dyadic factors is exact in fp64 and in fp32 alike; the one rounding
+    that matters is the scaling: it is a double (§8.3), rounded to the compute dtype, and
+    the multiply is a compute-dtype multiply (numpy multiplies an f32 array by an f32
+    scalar with a single rounding).  For F64 the result is then rounded once more, to F32.
+    """
+    reference = a if embedding or a.ndim > 2 else b
+    ct = np.float64 if reference.dtype == torch.float64 else np.float32
     A, B = a.double().numpy(), b.double().numpy()
     if embedding:
         d = (B @ A).T
@@ -260,7 +279,9 @@ def ref_delta(a: torch.Tensor, b: torch.Tensor, *, embedding: bool, fan_in_fan_o
             d = d.T
     else:
         d = np.einsum("or,r...->o...", B.reshape(B.shape[0], B.shape[1]), A)
-    return np.ascontiguousarray(d * scaling).astype("<f4")
+    product = np.ascontiguousarray(d).astype(ct)
+    assert np.array_equal(product.astype(np.float64), d), "factor product not exact in the compute dtype"
+    return (product * ct(scaling)).astype("<f4")
 
 
 def lora_references(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
@@ -431,12 +452,190 @@ def valid_vectors() -> list[dict[str, Any]]:
                         task_type="SEQ_2_SEQ_LM")
     add("p_tuning", "P-tuning on an encoder-decoder (2 submodules): the encoder's output, (2·2, 6)", "file", cfg,
         {"prompt_embeddings": dyadic((4, 6), 51)})
+    more_valid_vectors(add)
     return vs
+
+
+def torch_save_bytes(obj: Any) -> bytes:
+    """``torch.save`` output (deterministic for a given torch release: the archive is named ``archive``)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def more_valid_vectors(add: Callable[..., None]) -> None:
+    """The vectors added in revision 2 of the 1.0 text (precision, dtypes, forms, whole-module tensors)."""
+    cfg = lora(r=3, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_rslora=True)
+    add("lora_rslora_r3", "rsLoRA, r=3, alpha=8: scaling 8/√3 (not a power of two), rounded to F32 before the multiply",
+        "file", cfg, {**linear(Q, 3, 8, 8, 60), **linear(V, 3, 8, 8, 62)})
+
+    cfg = lora(r=3, lora_alpha=1, target_modules=["q_proj", "conv"])
+    t = {**linear(Q, 3, 6, 8, 64, torch.float64),
+         f"{P}conv.lora_A.weight": dyadic((3, 2, 3, 3), 66, dtype=torch.float64),
+         f"{P}conv.lora_B.weight": dyadic((4, 3, 1, 1), 67, dtype=torch.float64)}
+    add("lora_f64", "F64 factors, scaling 1/3: ΔW computed in F64 (scaling not rounded), then converted to F32", "dir", cfg, t)
+
+    cfg = lora(r=3, lora_alpha=2, target_modules=["q_proj", "k_proj", "conv", "embed_tokens"])
+    t = {
+        f"{P}{Q}.lora_A.weight": dyadic((3, 6), 68, dtype=torch.float64),
+        f"{P}{Q}.lora_B.weight": dyadic((8, 3), 69, dtype=torch.float32),
+        f"{P}{K}.lora_A.weight": dyadic((3, 6), 70, dtype=torch.float32),
+        f"{P}{K}.lora_B.weight": dyadic((8, 3), 71, dtype=torch.float64),
+        f"{P}conv.lora_A.weight": dyadic((3, 2, 3, 3), 72, dtype=torch.float32),
+        f"{P}conv.lora_B.weight": dyadic((4, 3, 1, 1), 73, dtype=torch.float64),
+        f"{P}model.embed_tokens.lora_embedding_A": dyadic((3, 10), 74, dtype=torch.bfloat16),
+        f"{P}model.embed_tokens.lora_embedding_B": dyadic((6, 3), 75, dtype=torch.float64),
+    }
+    add("lora_mixed_dtypes", "mixed dtypes, scaling 2/3: the reference tensor (B for Linear, A for conv and embedding) "
+        "alone picks the compute dtype (q_proj, conv, embedding: F32; k_proj: F64)", "file", cfg, t)
+
+    cfg = lora(r=2, lora_alpha=4, target_modules=["conv3", "temporal"])
+    t = {f"{P}conv3.lora_A.weight": dyadic((2, 3, 2, 2, 2), 76), f"{P}conv3.lora_B.weight": dyadic((4, 2, 1, 1, 1), 77),
+         f"{P}temporal.lora_A.weight": dyadic((2, 3, 1, 1, 3), 78), f"{P}temporal.lora_B.weight": dyadic((5, 2, 1, 1, 1), 79)}
+    add("lora_conv3d", "LoRA on a 2x2x2 Conv3d and a 1x1x3 Conv3d (a Conv3d whose kernel starts 1x1 is not the Conv2d 1x1 case)",
+        "file", cfg, t)
+
+    cfg = lora(r=2, lora_alpha=4, target_modules=["q_proj"])
+    add("lora_untargeted_module", "tensors for k_proj, which target_modules does not select: read as they are", "file", cfg,
+        {**linear(Q, 2, 6, 4, 80), **linear(K, 2, 6, 4, 82)})
+
+    cfg = lora(r=2, lora_alpha=4, target_modules=["embed_tokens"], modules_to_save=["score"])
+    t = {
+        f"{P}model.embed_tokens.lora_embedding_A": dyadic((2, 10), 84),
+        f"{P}model.embed_tokens.lora_embedding_B": dyadic((6, 2), 85),
+        f"{P}model.embed_tokens.base_layer.weight": dyadic((10, 6), 86),
+        f"{P}model.pos_embed_tokens.base_layer.weight": dyadic((4, 6), 87),
+        f"{P}score.weight": dyadic((3, 6), 88),
+        f"{P}prescore.weight": dyadic((3, 6), 89),
+    }
+    add("lora_whole_module_keys", "whole-module tensors: the targeted embedding's base_layer and modules_to_save `score` are "
+        "kept silently; `pos_embed_tokens` and `prescore` (no dot boundary) are kept with an unexpected-key warning",
+        "file", cfg, t, warnings=["unexpected-key", "unexpected-key"])
+
+    cfg = lora(r=2, lora_alpha=4, target_modules="embed_tokens")
+    t = {f"{P}model.embed_tokens.lora_embedding_A": dyadic((2, 10), 122),
+         f"{P}model.embed_tokens.lora_embedding_B": dyadic((6, 2), 123),
+         f"{P}model.embed_tokens.base_layer.weight": dyadic((10, 6), 124)}
+    add("lora_target_string", "target_modules as the string `embed_tokens` must match the whole name, so it does not "
+        "select `model.embed_tokens`: the base_layer tensor is kept with an unexpected-key warning", "file", cfg, t,
+        warnings=["unexpected-key"])
+
+    cfg = lora(r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["bn"])
+    t = {**linear(Q, 2, 6, 4, 90),
+         f"{P}bn.weight": dyadic((4,), 92), f"{P}bn.num_batches_tracked": torch.tensor(7, dtype=torch.int64),
+         f"{P}bn.mask": torch.tensor([True, False] * 8), f"{P}bn.codes": torch.arange(-3, 3, dtype=torch.int8)}
+    add("lora_modules_to_save_buffers", "modules_to_save tensors of other dtypes (an I64 scalar, BOOL, I8) are not adapter "
+        "tensors and keep their dtype; BOOL takes one byte per element", "file", cfg, t)
+
+    cfg = lora(r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["score"])
+    add("lora_only_modules_to_save", "no LoRA tensors, only a modules_to_save module: valid, with the empty-adapter warning",
+        "file", cfg, {f"{P}score.weight": dyadic((3, 6), 93)}, warnings=["empty-adapter"])
+
+    cfg = lora(r=2, lora_alpha=4, target_modules=["q_proj"])
+    add("lora_non_ascii_key", "a module name with non-ASCII characters: \\uXXXX escapes in the header", "file", cfg,
+        linear("model.层.q_proj", 2, 6, 4, 94))
+
+    cfg = lora(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], rank_pattern={"proj": 1},
+               alpha_pattern={"v_proj)|(.*q_proj": 2})
+    add("lora_pattern_wrapped", "pattern keys are spliced into PEFT's wrapper: alpha_pattern key `v_proj)|(.*q_proj` compiles "
+        "only wrapped and matches both modules; rank_pattern key `proj` matches neither (dot boundary)", "file", cfg,
+        {**linear(Q, 4, 6, 4, 95), **linear(V, 4, 6, 4, 97)}, warnings=["pattern-unmatched"])
+
+    # a config as a person might write it: compact, unsorted, and rank_pattern keys in an order that sorting would change
+    cfg_text = (b'{"target_modules":["q_proj","v_proj"],"peft_type":"LORA","r":4,"lora_alpha":8,'
+                b'"rank_pattern":{"q_proj":2,"^model.layers.0.self_attn.q_proj":3}}')
+    cfg_obj = json.loads(cfg_text)
+    t = {**linear(Q, 2, 6, 4, 99), **linear(V, 4, 6, 4, 101)}
+    add("dir_config_unsorted", "adapter_config.json compact with unsorted keys; rank_pattern applies in stored order (q_proj "
+        "first: rank 2), so validate warns pattern-order", "dir", cfg_obj, t, write="raw", path=".", format_version=None,
+        files={"adapter_config.json": cfg_text, "adapter_model.safetensors": st_bytes(t, {"format": "pt"})},
+        warnings=["pattern-order"])
+
+    base = lora(r=2, lora_alpha=4, target_modules=["q_proj"]).to_dict()
+    t = linear(Q, 2, 6, 4, 103)
+    embedded = json.dumps({**base, "lora_alpha": 4.0}, separators=(",", ":"))  # another member order, 4.0 for 4
+    add("dir_embedded_config_equal", "directory form whose weights carry an adapterkit.config equal to adapter_config.json as "
+        "JSON values (other member order, 4.0 for 4): accepted", "dir", base, t, write="raw", path=".",
+        files={"adapter_config.json": peft_config_text(base),
+               "adapter_model.safetensors": st_bytes(t, {"format": "pt", "adapterkit.version": VERSION, "adapterkit.config": embedded})})
+
+    t_top, t_sub = linear(Q, 2, 6, 4, 105), linear(Q, 2, 6, 4, 107)
+    add("lora_named_subfolder", "adapter_name `second`: the subfolder is read, not the default adapter beside it", "dir", base,
+        t_sub, write="raw", path=".", adapter_name="second", format_version=None,
+        files={"adapter_config.json": peft_config_text(base), "adapter_model.safetensors": st_bytes(t_top, {"format": "pt"}),
+               "second/adapter_config.json": peft_config_text(base),
+               "second/adapter_model.safetensors": st_bytes(t_sub, {"format": "pt"})})
+
+    t = linear(Q, 2, 6, 4, 109)
+    add("weights_file_path", "the path names a directory form's adapter_model.safetensors: the config beside it applies", "dir",
+        base, t, write="raw", path="adapter_model.safetensors", format_version=None,
+        files={"adapter_config.json": peft_config_text(base), "adapter_model.safetensors": st_bytes(t, {"format": "pt"})})
+    add("prefers_safetensors", "adapter_model.safetensors and adapter_model.bin side by side: the .bin (here not even a "
+        "checkpoint) is not read", "dir", base, t, write="raw", path=".", format_version=None,
+        files={"adapter_config.json": peft_config_text(base), "adapter_model.safetensors": st_bytes(t, {"format": "pt"}),
+               "adapter_model.bin": b"not a torch checkpoint\n"})
+    a_b = tensor_bytes(t[f"{P}{Q}.lora_A.weight"]).tobytes() + tensor_bytes(t[f"{P}{Q}.lora_B.weight"]).tobytes()
+    entries = {f"{P}{Q}.lora_A.weight": {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]},
+               f"{P}{Q}.lora_B.weight": {"dtype": "F32", "shape": [4, 2], "data_offsets": [48, 80]}}
+    add("peft_profile_no_metadata", "a PEFT-profile file without __metadata__ (format is optional there)", "dir", base, t,
+        write="raw", path=".", format_version=None,
+        files={"adapter_config.json": peft_config_text(base), "adapter_model.safetensors": raw_st(entries, a_b)})
+    add("peft_profile_null_metadata", "a PEFT-profile file whose __metadata__ is null", "dir", base, t,
+        write="raw", path=".", format_version=None,
+        files={"adapter_config.json": peft_config_text(base), "adapter_model.safetensors": raw_st({"__metadata__": None, **entries}, a_b)})
+
+    add("bin_safe", "legacy adapter_model.bin (torch.save of plain tensors), read with a restricted unpickler under the PEFT "
+        "profile", "dir", base, t, write="raw", path=".", format_version=None, requires="bin",
+        files={"adapter_config.json": peft_config_text(base), "adapter_model.bin": torch_save_bytes(dict(sorted(t.items())))})
+
+    zero_key, empty_key = f"{P}score.zero_rows", f"{P}score.zz_empty"
+    t = {**linear(Q, 2, 6, 4, 111), f"{P}score.weight": dyadic((3, 6), 113),
+         zero_key: torch.zeros((0, 6)), empty_key: torch.zeros((0,))}
+    data = b"".join(tensor_bytes(t[k]).tobytes() for k in (f"{P}{Q}.lora_A.weight", f"{P}{Q}.lora_B.weight", f"{P}score.weight"))
+    header = {"__metadata__": file_meta(lora(r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["score"]).to_dict()),
+              f"{P}{Q}.lora_A.weight": {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]},
+              f"{P}{Q}.lora_B.weight": {"dtype": "F32", "shape": [4, 2], "data_offsets": [48, 80]},
+              f"{P}score.weight": {"dtype": "F32", "shape": [3, 6], "data_offsets": [80, 152]},
+              zero_key: {"dtype": "F32", "shape": [0, 6], "data_offsets": [80, 80]},
+              empty_key: {"dtype": "BF16", "shape": [0], "data_offsets": [152, 152]}}
+    add("zero_size_tensors", "zero-size tensors at a shared start offset (80, with a non-empty tensor whose key sorts first) "
+        "and at the end of the data (152)", "file",
+        lora(r=2, lora_alpha=4, target_modules=["q_proj"], modules_to_save=["score"]),
+        {**t, empty_key: torch.zeros((0,), dtype=torch.bfloat16)}, write="raw", path="adapter.safetensors",
+        files={"adapter.safetensors": raw_st(header, data)})
+
+    cfg = IA3Config(target_modules=("conv", "conv3", "down_proj"), feedforward_modules=("conv3", "down_proj"),
+                    modules_to_save=("classifier",))
+    t = {
+        f"{P}conv.ia3_l": dyadic((1, 4, 1, 1), 114, positive=True),
+        f"{P}conv3.ia3_l": dyadic((1, 3, 1, 1, 1), 115, positive=True),
+        f"{P}model.layers.0.mlp.gate_down_proj.ia3_l": dyadic((1, 8), 116, positive=True),
+        f"{P}classifier.weight": dyadic((2, 8), 120),
+        f"{P}model.layers.0.mlp.up_proj.weight": dyadic((8, 4), 121),
+    }
+    add("ia3_conv", "IA3 on a Conv2d (1, out, 1, 1), a feedforward Conv3d (1, in, 1, 1, 1), and `gate_down_proj`, feedforward "
+        "by plain endswith: (1, in); a modules_to_save `classifier`, and an `up_proj.weight` kept with a warning", "file", cfg, t,
+        warnings=["unexpected-key"])
+
+    cfg = PrefixTuningConfig(num_virtual_tokens=3, token_dim=4, num_layers=2, num_attention_heads=2,
+                             num_transformer_submodules=2, task_type="SEQ_2_SEQ_LM")
+    add("prefix_tuning_encoder_decoder", "prefix tuning on an encoder-decoder (2 submodules): still (num_virtual_tokens, "
+        "2·num_layers·token_dim) = (3, 16), as PEFT saves it", "file", cfg, {"prompt_embeddings": dyadic((3, 16), 117)})
+
+    cfg = PromptTuningConfig(num_virtual_tokens=4, token_dim=8, task_type="SEQ_CLS", modules_to_save=("classifier", "score"))
+    add("prompt_tuning_modules_to_save", "prompt tuning for SEQ_CLS: PEFT saves the `score` head as base_model.score.weight "
+        "(prefix base_model., not base_model.model.)", "file", cfg,
+        {"prompt_embeddings": dyadic((4, 8), 118), "base_model.score.weight": dyadic((3, 8), 119)})
 
 
 def write_valid(v: dict[str, Any], root: Path) -> tuple[str, Path]:
     """Write one valid vector under ``root``; returns (path in expected.json, path to load)."""
     write = v.get("write")
+    if write == "raw":
+        for rel, data in v["files"].items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        return v["path"], root / v["path"]
     if write == "peft":
         (root / "adapter_model.safetensors").write_bytes(st_bytes(v["tensors"], {"format": "pt"}))
         (root / "adapter_config.json").write_bytes(peft_config_text(v["config"]))
@@ -453,9 +652,28 @@ def write_valid(v: dict[str, Any], root: Path) -> tuple[str, Path]:
     return ".", root
 
 
+def rewritten(adapter: Adapter, form: str) -> dict[str, str]:
+    """SHA-256 of each file a conforming writer writes for ``adapter`` in ``form``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        if form == "dir":
+            adapterkit.save(adapter, out, form="dir")
+        else:
+            out.mkdir()
+            adapterkit.save(adapter, out / "adapter.safetensors", form="file")
+        return {p.name: sha256(p.read_bytes()) for p in sorted(out.iterdir())}
+
+
+def format_version_of(v: dict[str, Any]) -> str | None:
+    if "format_version" in v:
+        return v["format_version"]
+    return {"peft": None, "future": "1.7"}.get(v.get("write"), VERSION)
+
+
 def expected_valid(v: dict[str, Any], rel: str, load_path: Path) -> dict[str, Any]:
     tensors = v["tensors"]
-    loaded = adapterkit.load(load_path)
+    kw = {"adapter_name": v["adapter_name"]} if "adapter_name" in v else {}
+    loaded = adapterkit.load(load_path, **kw)
     config = loaded.config.to_dict()  # key order as stored in the file
     given = v["config"] if isinstance(v["config"], dict) else v["config"].to_dict()
     if any(config.get(k) != val for k, val in given.items()):
@@ -465,23 +683,27 @@ def expected_valid(v: dict[str, Any], rel: str, load_path: Path) -> dict[str, An
         "form": v["form"],
         "path": rel,
         "peft_type": config["peft_type"],
-        "format_version": None if v.get("write") == "peft" else ("1.7" if v.get("write") == "future" else VERSION),
+        "format_version": format_version_of(v),
         "config": config,
         "tensors": {
-            k: {"dtype": str(tensors[k].dtype).removeprefix("torch."), "shape": list(tensors[k].shape),
+            k: {"dtype": DTYPE_NAMES[tensors[k].dtype], "shape": list(tensors[k].shape),
                 "sha256": sha256(tensor_bytes(tensors[k]))}
             for k in sorted(tensors)
         },
-        "warnings": [],
+        "warnings": sorted(v.get("warnings", [])),
     }
-    dtype_names = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
-    for info in exp["tensors"].values():
-        info["dtype"] = dtype_names[info["dtype"]]
+    for key in ("adapter_name", "requires"):
+        if key in v:
+            exp[key] = v[key]
+    if v.get("write") is None and not v.get("subdir"):
+        exp["canonical"] = True  # written by adapterkit.save: the bytes a conforming writer produces
+    else:
+        exp["rewritten"] = rewritten(loaded, v["form"])
     if config["peft_type"] == "LORA":
         exp["delta_weights"] = lora_references(config, tensors)
     # generation-time self check: adapterkit must agree with the references
-    problems = adapterkit.validate(load_path)
-    if problems:
+    problems = adapterkit.validate(load_path, **kw)
+    if [p for p in problems if p.severity == "error"] or sorted(p.code for p in problems) != exp["warnings"]:
         raise AssertionError(f"valid vector {v['name']}: {[str(p) for p in problems]}")
     for module, ref in exp.get("delta_weights", {}).items():
         got = loaded.delta_weight(module, dtype=torch.float32)
@@ -500,9 +722,9 @@ def invalid_vectors() -> list[dict[str, Any]]:
     meta = file_meta(base)
     F = "adapter.safetensors"
 
-    def add(name: str, code: str, description: str, files: dict[str, bytes], path: str = F) -> None:
-        form = "file" if path.endswith(".safetensors") else "dir"
-        vs.append({"name": name, "code": code, "description": description, "form": form, "path": path, "files": files})
+    def add(name: str, code: str, description: str, files: dict[str, bytes], path: str = F, **kw: Any) -> None:
+        form = kw.pop("form", "file" if path.endswith(".safetensors") else "dir")
+        vs.append({"name": name, "code": code, "description": description, "form": form, "path": path, "files": files, **kw})
 
     def one_tensor(header_entry: dict[str, Any], data: bytes, metadata: dict[str, str] | None = None) -> bytes:
         return raw_st({"__metadata__": metadata or meta, a_key: header_entry}, data)
@@ -601,7 +823,175 @@ def invalid_vectors() -> list[dict[str, Any]]:
     prefix = {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 3, "token_dim": 4, "num_attention_heads": 2}
     add("prefix_without_num_layers", "config-invalid", "prefix tuning config without num_layers (the shape is undefined)",
         {F: st_bytes({"prompt_embeddings": dyadic((3, 16), 1)}, file_meta(prefix))})
+    more_invalid_vectors(add, base, good_t, meta)
     return vs
+
+
+def more_invalid_vectors(add: Callable[..., None], base: dict[str, Any], good_t: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """The invalid vectors added in revision 2 of the 1.0 text: one per rule a reader could skip or misread."""
+    F = "adapter.safetensors"
+    a_key, b_key = f"{P}{Q}.lora_A.weight", f"{P}{Q}.lora_B.weight"
+    a_bytes = tensor_bytes(good_t[a_key]).tobytes()
+    data = a_bytes + tensor_bytes(good_t[b_key]).tobytes()
+    a_entry = {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]}
+    b_entry = {"dtype": "F32", "shape": [4, 2], "data_offsets": [48, 80]}
+
+    def header_text(text: str, payload: bytes = data) -> bytes:
+        raw = text.encode("utf-8")
+        raw += b" " * (-len(raw) % 8)
+        return struct.pack("<Q", len(raw)) + raw + payload
+
+    meta_json = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    a_json, b_json = json.dumps(a_entry, separators=(",", ":")), json.dumps(b_entry, separators=(",", ":"))
+
+    # §5.2: the container, rule by rule
+    add("header_too_large", "header-invalid", "header length 100,000,001: over the limit (checked before the file size)",
+        {F: struct.pack("<Q", 100_000_001) + b"{}      "})
+    add("header_length_at_limit", "truncated-file", "header length exactly 100,000,000 (allowed) in a 16-byte file",
+        {F: struct.pack("<Q", 100_000_000) + b"{}      "})
+    add("header_duplicate_key", "header-invalid", "the header names lora_A twice (RFC 8259 names should be unique; here they MUST)",
+        {F: header_text(f'{{"__metadata__":{meta_json},"{a_key}":{a_json},"{a_key}":{a_json},"{b_key}":{b_json}}}')})
+    add("header_nan_literal", "header-invalid", "an ignored member of a tensor entry holds NaN, which is not JSON",
+        {F: header_text(f'{{"__metadata__":{meta_json},"{a_key}":{a_json[:-1]},"note":NaN}},"{b_key}":{b_json}}}')})
+    add("version_trailing_newline", "metadata-invalid", "adapterkit.version `1.0\\n`: the pattern is the whole string",
+        {F: st_bytes(good_t, {**meta, "adapterkit.version": "1.0\n"})})
+    v2 = {**meta, "adapterkit.version": "2.0"}
+    add("version_major_2_unknown_dtype", "version-unsupported", "a 2.0 file with a dtype version 1 does not know (F4): the "
+        "version is checked before the tensor entries",
+        {F: raw_st({"__metadata__": v2, a_key: {**a_entry, "dtype": "F4"}, b_key: b_entry}, data)})
+    add("version_major_2_format_np", "version-unsupported", "a 2.0 file whose format is `np`: the version is checked before format",
+        {F: st_bytes(good_t, {**v2, "format": "np"})})
+    add("format_missing", "metadata-invalid", "an adapterkit file without the REQUIRED `format`",
+        {F: st_bytes(good_t, {k: v for k, v in meta.items() if k != "format"})})
+    add("peft_format_not_pt", "metadata-invalid", "a PEFT-profile file whose format is `np`",
+        {"adapter_config.json": peft_config_text(base), "adapter_model.safetensors": st_bytes(good_t, {"format": "np"})}, path=".")
+    add("entry_not_object", "header-invalid", "a tensor entry that is a list",
+        {F: raw_st({"__metadata__": meta, a_key: ["F32", [2, 6], [0, 48]], b_key: b_entry}, data)})
+    add("shape_float", "header-invalid", "shape [2.0, 6]: 2.0 is not an integer (§1)",
+        {F: header_text(f'{{"__metadata__":{meta_json},"{a_key}":{{"data_offsets":[0,48],"dtype":"F32","shape":[2.0,6]}},"{b_key}":{b_json}}}')})
+    add("offsets_float", "header-invalid", "data_offsets [0, 48e0]: an exponent makes it not an integer (§1)",
+        {F: header_text(f'{{"__metadata__":{meta_json},"{a_key}":{{"data_offsets":[0,48e0],"dtype":"F32","shape":[2,6]}},"{b_key}":{b_json}}}')})
+    add("shape_negative", "header-invalid", "shape [-2, -6]",
+        {F: raw_st({"__metadata__": meta, a_key: {**a_entry, "shape": [-2, -6]}, b_key: b_entry}, data)})
+    add("shape_too_large", "header-invalid", "shape [2^32, 2^31]: 2^63 elements (zero-size, so the offsets alone would pass)",
+        {F: raw_st({"__metadata__": meta, a_key: {**a_entry, "shape": [2**32, 2**31, 0], "data_offsets": [0, 0]},
+                    b_key: {**b_entry, "data_offsets": [0, 32]}}, data[48:])})
+    add("offsets_three", "header-invalid", "data_offsets with three numbers",
+        {F: raw_st({"__metadata__": meta, a_key: {**a_entry, "data_offsets": [0, 48, 48]}, b_key: b_entry}, data)})
+    add("offsets_reversed", "offset-out-of-range", "data_offsets [48, 0]: end before begin",
+        {F: raw_st({"__metadata__": meta, a_key: {**a_entry, "data_offsets": [48, 0]}, b_key: b_entry}, data)})
+    add("zero_size_inside", "offset-out-of-range", "a zero-size tensor at offset 20, inside lora_A's bytes",
+        {F: raw_st({"__metadata__": meta, a_key: a_entry, b_key: b_entry,
+                    f"{P}q_empty": {"dtype": "F32", "shape": [0], "data_offsets": [20, 20]}}, data)})
+    add("zero_size_past_end", "offset-out-of-range", "a zero-size tensor at offset 88, past the end of the data (80)",
+        {F: raw_st({"__metadata__": meta, a_key: a_entry, b_key: b_entry,
+                    f"{P}q_empty": {"dtype": "F32", "shape": [0], "data_offsets": [88, 88]}}, data)})
+
+    # §1 and §7: the config as JSON, and its typed fields
+    def cfg_file(name: str, code: str, description: str, text: bytes) -> None:
+        add(name, code, description, {"adapter_config.json": text, "adapter_model.safetensors": st_bytes(good_t, {"format": "pt"})},
+            path=".")
+
+    cfg_file("config_duplicate_key", "config-invalid", "adapter_config.json names r twice",
+             b'{"lora_alpha": 4, "peft_type": "LORA", "r": 2, "r": 4, "target_modules": ["q_proj"]}')
+    cfg_file("config_nan_literal", "config-invalid", "an uninterpreted config member holds NaN, which is not JSON",
+             b'{"lora_alpha": 4, "lora_dropout": NaN, "peft_type": "LORA", "r": 2}')
+    cfg_file("config_number_overflow", "config-invalid", "an uninterpreted config member holds 1e400, beyond a double",
+             b'{"lora_alpha": 4, "lora_dropout": 1e400, "peft_type": "LORA", "r": 2}')
+    cfg_file("config_not_object", "config-invalid", "adapter_config.json is a JSON array", b"[]")
+    cfg_file("config_without_peft_type", "config-invalid", "a config without peft_type",
+             b'{"lora_alpha": 4, "r": 2, "target_modules": ["q_proj"]}')
+    add("config_r_float", "config-invalid", "r is 2.0: not an integer (§1)",
+        {F: st_bytes(good_t, {**meta, "adapterkit.config": '{"lora_alpha":4,"peft_type":"LORA","r":2.0}'})})
+    add("config_r_bool", "config-invalid", "r is true: a boolean is not an integer",
+        {F: st_bytes(good_t, file_meta({**base, "r": True}))})
+    add("config_r_zero", "config-invalid", "r is 0 (the minimum is 1)", {F: st_bytes(good_t, file_meta({**base, "r": 0}))})
+    add("config_bias_enum", "config-invalid", "bias is `some`, not one of none, all, lora_only",
+        {F: st_bytes(good_t, file_meta({**base, "bias": "some"}))})
+    add("prompt_without_num_virtual_tokens", "config-invalid", "a prompt-tuning config without the REQUIRED num_virtual_tokens",
+        {F: st_bytes({"prompt_embeddings": dyadic((4, 8), 1)}, file_meta({"peft_type": "PROMPT_TUNING", "token_dim": 8}))})
+    add("pattern_key_global_flag", "config-invalid", "rank_pattern key `(?i)q_proj` compiles alone but not inside PEFT's wrapper",
+        {F: st_bytes(good_t, file_meta({**base, "rank_pattern": {"(?i)q_proj": 2}}))})
+
+    # §4: forms, paths, names, .bin
+    add("dir_embedded_config_not_json", "metadata-invalid", "directory form whose weights carry an adapterkit.config that is not JSON",
+        {"adapter_config.json": peft_config_text(base), "adapter_model.safetensors": st_bytes(good_t, {**meta, "adapterkit.config": "{"})},
+        path=".")
+    add("dir_embedded_config_bool_vs_int", "metadata-invalid", "embedded use_rslora is 0, adapter_config.json has false: "
+        "different JSON values", {"adapter_config.json": peft_config_text({**base, "use_rslora": False}),
+                                  "adapter_model.safetensors": st_bytes(good_t, file_meta({**base, "use_rslora": 0}))}, path=".")
+    add("adapter_name_missing", "adapter-not-found", "adapter_name `missing` names no subfolder (a default adapter exists)",
+        {"adapter_config.json": peft_config_text(base), "adapter_model.safetensors": st_bytes(good_t, {"format": "pt"})},
+        path=".", adapter_name="missing")
+    add("config_missing_dir_bin", "config-missing", "a directory with only adapter_model.bin", {"adapter_model.bin": b"x"}, path=".")
+    add("file_wrong_suffix_case", "not-an-adapter", "a single-file adapter named `adapter.SafeTensors` (suffixes are case-sensitive)",
+        {"adapter.SafeTensors": st_bytes(good_t, meta)}, path="adapter.SafeTensors", form="file")
+    add("path_missing", "file-not-found", "the path names nothing", {}, path="absent.safetensors")
+    ns = argparse.Namespace(note="not a tensor")
+    add("bin_unsafe_pickle", "unsafe-pickle", "adapter_model.bin pickles an argparse.Namespace: a global beyond plain tensors",
+        {"adapter_config.json": peft_config_text(base), "adapter_model.bin": torch_save_bytes(ns)}, path=".", requires="bin")
+    add("bin_not_checkpoint", "bin-invalid", "adapter_model.bin is text, not a torch checkpoint",
+        {"adapter_config.json": peft_config_text(base), "adapter_model.bin": b"not a torch checkpoint\n"}, path=".", requires="bin")
+    add("bin_truncated", "bin-invalid", "adapter_model.bin is a torch.save archive cut in half",
+        {"adapter_config.json": peft_config_text(base), "adapter_model.bin": torch_save_bytes(good_t)[:700]}, path=".",
+        requires="bin")
+    add("bin_not_tensors", "bin-invalid", "adapter_model.bin maps a key to an integer, not a tensor",
+        {"adapter_config.json": peft_config_text(base), "adapter_model.bin": torch_save_bytes({a_key: 1})}, path=".", requires="bin")
+
+    # §6 and §8 to §10: tensors
+    lora_meta = file_meta({**base, "modules_to_save": ["score"]})
+    inf_t = {**good_t, f"{P}score.weight": torch.tensor([[0.5, float("inf")]], dtype=torch.float16)}
+    add("non_finite_whole_module", "non-finite", "an F16 modules_to_save tensor holds +Inf", {F: st_bytes(inf_t, lora_meta)})
+    pt = PromptTuningConfig(num_virtual_tokens=4, token_dim=8).to_dict()
+    add("prompt_embeddings_int", "dtype-unsupported", "prompt_embeddings stored as I32 (an adapter tensor)",
+        {F: st_bytes({"prompt_embeddings": torch.ones((4, 8), dtype=torch.int32)}, file_meta(pt))})
+    prefix2 = PrefixTuningConfig(num_virtual_tokens=3, token_dim=4, num_layers=2, num_transformer_submodules=2).to_dict()
+    add("prefix_tuning_submodules_shape", "shape-mismatch", "prefix tuning with 2 submodules stored (2·3, 16): the submodules "
+        "do not multiply the rows", {F: st_bytes({"prompt_embeddings": dyadic((6, 16), 1)}, file_meta(prefix2))})
+    nan_t = {**good_t, b_key: good_t[b_key].clone()}
+    nan_t[b_key][0, 0] = float("nan")
+    add("layout_before_values", "offset-out-of-range", "8 bytes after the last tensor, and a NaN in lora_B: the header's "
+        "rules come before any tensor data is read", {F: st_bytes(nan_t, meta) + bytes(8)})
+    add("lora_a_rank", "shape-mismatch", "lora_A (3, 6) for r=2, beside a correct lora_B (4, 2)",
+        {F: st_bytes({a_key: dyadic((3, 6), 1), b_key: good_t[b_key]}, meta)})
+    add("lone_lora_B", "missing-partner", "lora_B without its lora_A", {F: st_bytes({b_key: good_t[b_key]}, meta)})
+    add("lora_b_rank", "shape-mismatch", "lora_A (2, 6) is right for r=2, lora_B (4, 3) is not",
+        {F: st_bytes({a_key: good_t[a_key], b_key: dyadic((4, 3), 2)}, meta)})
+    add("lora_linear_ndim", "shape-mismatch", "a 2-D lora_A with a 3-D lora_B",
+        {F: st_bytes({a_key: good_t[a_key], b_key: dyadic((4, 2, 1), 2)}, meta)})
+    add("lora_mixed_parts", "unexpected-key", "a module with lora_embedding_A, lora_embedding_B and lora_B.weight",
+        {F: st_bytes({f"{P}emb.lora_embedding_A": dyadic((2, 10), 1), f"{P}emb.lora_embedding_B": dyadic((6, 2), 2),
+                      f"{P}emb.lora_B.weight": dyadic((6, 2), 3)}, file_meta({**base, "target_modules": ["emb"]}))})
+    add("lora_bias_missing", "missing-partner", "lora_bias=true but no lora_B.bias",
+        {F: st_bytes(good_t, file_meta({**base, "lora_bias": True}))})
+    add("lora_bias_shape", "shape-mismatch", "lora_B.bias (2,) beside lora_B (4, 2)",
+        {F: st_bytes({**good_t, f"{P}{Q}.lora_B.bias": dyadic((2,), 3)}, file_meta({**base, "lora_bias": True}))})
+    add("dora_magnitude_without_flag", "unexpected-key", "lora_magnitude_vector present while use_dora=false",
+        {F: st_bytes({**good_t, f"{P}{Q}.lora_magnitude_vector": dyadic((4,), 3, positive=True)}, meta)})
+    conv = {f"{P}conv.lora_A.weight": dyadic((2, 3, 3, 3), 1), f"{P}conv.lora_B.weight": dyadic((4, 2, 1, 1), 2)}
+    add("dora_conv_magnitude_shape", "shape-mismatch", "DoRA magnitude (4,) for a Conv2d; (1, 4, 1, 1) is required",
+        {F: st_bytes({**conv, f"{P}conv.lora_magnitude_vector": dyadic((4,), 3, positive=True)},
+                     file_meta({**base, "target_modules": ["conv"], "use_dora": True}))})
+    add("dora_embedding_magnitude_shape", "shape-mismatch", "DoRA magnitude (10,) for an embedding; (embedding_dim,) = (6,)",
+        {F: st_bytes({f"{P}emb.lora_embedding_A": dyadic((2, 10), 1), f"{P}emb.lora_embedding_B": dyadic((6, 2), 2),
+                      f"{P}emb.lora_magnitude_vector": dyadic((10,), 3, positive=True)},
+                     file_meta({**base, "target_modules": ["emb"], "use_dora": True}))})
+    add("lora_grouped_conv", "groups-unsupported", "LoRA as PEFT saves it for a Conv2d with groups=2: lora_B (6, r/2, 1, 1)",
+        {F: st_bytes({f"{P}conv.lora_A.weight": dyadic((4, 4, 3, 3), 1), f"{P}conv.lora_B.weight": dyadic((6, 2, 1, 1), 2)},
+                     file_meta({**base, "r": 4, "target_modules": ["conv"]}))})
+    add("lora_conv_b_rank", "shape-mismatch", "conv lora_B (6, 3, 1, 1) for r=4: 3 does not divide 4, so not a grouped conv",
+        {F: st_bytes({f"{P}conv.lora_A.weight": dyadic((4, 3, 3, 3), 1), f"{P}conv.lora_B.weight": dyadic((6, 3, 1, 1), 2)},
+                     file_meta({**base, "r": 4, "target_modules": ["conv"]}))})
+    ia3 = IA3Config(target_modules=("k_proj", "down_proj"), feedforward_modules=("down_proj", "up_proj")).to_dict()
+    add("ia3_feedforward_not_subset", "config-invalid", "IA3 feedforward_modules names up_proj, which target_modules lacks",
+        {F: st_bytes({f"{P}model.layers.0.self_attn.k_proj.ia3_l": dyadic((4, 1), 1, positive=True)}, file_meta(ia3))})
+    ia3 = IA3Config(target_modules=("k_proj", "conv"), feedforward_modules=()).to_dict()
+    add("ia3_ordinary_shape", "shape-mismatch", "IA3 ordinary module stored (1, in) instead of (out, 1)",
+        {F: st_bytes({f"{P}model.layers.0.self_attn.k_proj.ia3_l": dyadic((1, 4), 1, positive=True)}, file_meta(ia3))})
+    add("ia3_conv1d", "shape-mismatch", "a 3-D ia3_l (1, C, 1): PEFT's IA3 does not adapt nn.Conv1d",
+        {F: st_bytes({f"{P}conv.ia3_l": dyadic((1, 4, 1), 1, positive=True)}, file_meta(ia3))})
+    add("ia3_conv_shape", "shape-mismatch", "a 4-D ia3_l (4, 1, 1, 1): the channels belong in the second dimension",
+        {F: st_bytes({f"{P}conv.ia3_l": dyadic((4, 1, 1, 1), 1, positive=True)}, file_meta(ia3))})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,22 +1018,23 @@ def vectors() -> dict[str, bytes]:
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / rel).write_bytes(data)
             exp = {"description": v["description"], "form": v["form"], "path": v["path"], "code": v["code"]}
+            exp.update({k: v[k] for k in ("adapter_name", "requires") if k in v})
             (root / "expected.json").write_bytes(dump_json(exp))
-            _check_invalid(v["name"], root / v["path"], v["code"])
+            _check_invalid(v["name"], root / v["path"], v["code"], v.get("adapter_name"))
         out.update(_collect(Path(tmp), "vectors"))
     return out
 
 
-def _check_invalid(name: str, path: Path, code: str) -> None:
+def _check_invalid(name: str, path: Path, code: str, adapter_name: str | None) -> None:
     try:
-        adapterkit.load(path)
+        adapterkit.load(path, adapter_name=adapter_name)
     except adapterkit.AdapterkitError as exc:
         if exc.code != code:
             raise AssertionError(f"invalid vector {name}: load raised {exc.code}, expected {code}: {exc}") from exc
     else:
         raise AssertionError(f"invalid vector {name}: load succeeded, expected {code}")
-    codes = [p.code for p in adapterkit.validate(path) if p.severity == "error"]
-    if code not in codes:
+    codes = [p.code for p in adapterkit.validate(path, adapter_name=adapter_name) if p.severity == "error"]
+    if set(codes) != {code}:
         raise AssertionError(f"invalid vector {name}: validate gave {codes}, expected {code}")
 
 

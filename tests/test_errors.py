@@ -549,8 +549,12 @@ def test_config_field_wrong_type(tmp_path, field, value, match):
 
 
 def test_lora_alpha_not_finite(tmp_path):
+    # NaN is not RFC 8259 JSON: since spec 1.0 rev 2 (R1-1) the parser refuses the text, so the error
+    # names no field; a finite but non-numeric alpha is still refused at the field.
     d = write_dir_unchecked(tmp_path / "d", tensors(), '{"peft_type": "LORA", "r": 2, "lora_alpha": NaN}')
-    expect(d, "config-invalid", key="lora_alpha", where=d / "adapter_config.json")
+    expect(d, "config-invalid", where=d / "adapter_config.json", match="NaN is not a JSON value")
+    d = write_dir_unchecked(tmp_path / "e", tensors(), '{"peft_type": "LORA", "r": 2, "lora_alpha": 1e999}')
+    expect(d, "config-invalid", where=d / "adapter_config.json", match="out of the range of a double")
 
 
 def test_prompt_config_required_field(tmp_path):
@@ -598,7 +602,8 @@ def test_ambiguous_adapter_and_adapter_name(tmp_path):
     assert torch.equal(beta.tensors[A], torch.ones(2, 3))
     assert beta.source == root / "beta" / "adapter_model.safetensors"
     assert ak.validate(root, adapter_name="alpha") == []
-    expect(root, "not-an-adapter", where=root / "gamma", adapter_name="gamma")
+    # spec 1.0 rev 2 (§4.1, R4.1-5): a named subfolder that does not exist has its own code
+    expect(root, "adapter-not-found", where=root / "gamma", adapter_name="gamma")
 
 
 def test_single_subfolder_is_chosen(tmp_path):

@@ -11,26 +11,28 @@ Resolution of a path:
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
 from ..adapter import Adapter, LazyStore, MemoryStore
 from ..devices import resolve_device
-from ..errors import ConfigError, FormatError, NotFoundError, VersionError
+from ..errors import ConfigError, FormatError, NotFoundError
 from ..kinds import config_from_dict
 from .bin_file import read_bin
+from .jsontext import json_equal, loads_strict
 from .safetensors_file import Header, read_all, read_header
+from .version import SUPPORTED_MAJOR, VERSION_KEY, check_version
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 BIN_NAME = "adapter_model.bin"
-VERSION_KEY = "adapterkit.version"
 CONFIG_KEY = "adapterkit.config"
-SUPPORTED_MAJOR = 1
 MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 MODEL_SHARD_PREFIXES = ("model-0", "pytorch_model-0")
+__all__ = [
+    "BIN_NAME", "CONFIG_KEY", "CONFIG_NAME", "SUPPORTED_MAJOR", "VERSION_KEY", "WEIGHTS_NAME", "load", "open_adapter",
+    "other_adapters",
+]
 
 
 def format_version(metadata: dict[str, str], path: Path) -> str | None:
@@ -40,20 +42,12 @@ def format_version(metadata: dict[str, str], path: Path) -> str | None:
         VersionError: unknown major version (``version-unsupported``).
         FormatError: malformed version or ``format`` other than ``pt`` (``metadata-invalid``).
     """
-    version = metadata.get(VERSION_KEY)
+    version = check_version(metadata, path)  # read_header has checked it already; the version comes first
     fmt = metadata.get("format")
     if version is None:
         if fmt not in (None, "pt"):
             raise FormatError("__metadata__ format must be 'pt'", code="metadata-invalid", path=path, key="__metadata__.format", expected="pt", actual=fmt)
         return None
-    m = re.fullmatch(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)", version)
-    if not m:
-        raise FormatError("format version must be MAJOR.MINOR", code="metadata-invalid", path=path, key=f"__metadata__.{VERSION_KEY}", expected="e.g. 1.0", actual=version)
-    if int(m[1]) != SUPPORTED_MAJOR:
-        raise VersionError(
-            "unsupported adapterkit format major version", path=path, key=f"__metadata__.{VERSION_KEY}",
-            expected=f"{SUPPORTED_MAJOR}.x", actual=version,
-        )
     if fmt != "pt":
         raise FormatError("__metadata__ format must be 'pt'", code="metadata-invalid", path=path, key="__metadata__.format", expected="pt", actual=fmt)
     return version
@@ -61,9 +55,9 @@ def format_version(metadata: dict[str, str], path: Path) -> str | None:
 
 def _parse_json(text: str | bytes, *, path: Path, key: str | None = None) -> Any:
     """JSON of a config.  Raises ConfigError (``config-invalid``) for bad UTF-8, bad JSON,
-    over-long integers or excessive nesting."""
+    repeated member names, NaN/Infinity, over-long numbers or excessive nesting."""
     try:
-        return json.loads(text.decode("utf-8") if isinstance(text, bytes) else text)
+        return loads_strict(text)
     except (ValueError, RecursionError) as exc:
         raise ConfigError(f"adapter config is not valid JSON ({exc})", path=path, key=key) from exc
 
@@ -81,9 +75,9 @@ def _read_config_file(path: Path) -> Any:
 def _adapter_dir(path: Path, adapter_name: str | None) -> Path:
     if adapter_name:
         sub = path / adapter_name
-        if not (sub / CONFIG_NAME).is_file():
-            raise NotFoundError(f"no adapter named {adapter_name!r}", code="not-an-adapter", path=sub, expected=f"{sub / CONFIG_NAME}", actual="absent")
-        return sub
+        if not sub.is_dir():
+            raise NotFoundError(f"no adapter named {adapter_name!r}", code="adapter-not-found", path=sub, expected=f"a subfolder {adapter_name!r}", actual="absent")
+        return _adapter_dir_no_search(sub)
     if (path / CONFIG_NAME).is_file():
         return path
     try:
@@ -97,6 +91,13 @@ def _adapter_dir(path: Path, adapter_name: str | None) -> Path:
             "several adapters in this directory; choose one with adapter_name", code="ambiguous-adapter", path=path,
             expected="one of " + ", ".join(p.name for p in subs), actual="no adapter_name",
         )
+    return _adapter_dir_no_search(path)
+
+
+def _adapter_dir_no_search(path: Path) -> Path:
+    """``path`` itself as the adapter directory (no subfolder search), or why it is not one."""
+    if (path / CONFIG_NAME).is_file():
+        return path
     if (path / WEIGHTS_NAME).exists() or (path / BIN_NAME).exists():
         raise ConfigError("weights found but no adapter_config.json", code="config-missing", path=path / CONFIG_NAME)
     model_files = sorted(p.name for p in path.glob("*") if p.name in MODEL_FILES or p.name.startswith(MODEL_SHARD_PREFIXES))
@@ -150,8 +151,9 @@ def _from_weights(weights: Path, config_data: Any, config_path: Path, problems: 
 
 
 def _same_json(text: str, data: Any) -> bool:
+    """Whether ``text`` parses (strictly) to a JSON value equal to ``data`` (spec §4.1)."""
     try:
-        return json.loads(text) == data
+        return json_equal(loads_strict(text), data)
     except (ValueError, RecursionError):
         return False
 

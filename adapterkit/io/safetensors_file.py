@@ -25,6 +25,8 @@ import torch
 
 from ..errors import FormatError, NotFoundError, TensorError
 from .atomic import write_atomic
+from .jsontext import loads_strict
+from .version import check_version
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -41,7 +43,7 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit (spec §5.2 rule 2)
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,8 @@ def _bad(path: Path, message: str, key: str | None = None, **kw) -> FormatError:
 
 def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Header:
     try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, over-long ints, deep nesting
+        obj = loads_strict(raw)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8/JSON, repeated names, NaN, over-long ints, deep nesting
         raise _bad(path, f"header is not valid UTF-8 JSON ({exc})") from exc
     if not isinstance(obj, dict):
         raise _bad(path, "header must be a JSON object", expected="object", actual=type(obj).__name__)
@@ -134,6 +136,7 @@ def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Hea
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise _bad(path, "__metadata__ must map strings to strings", key="__metadata__", code="metadata-invalid")
+    check_version(metadata, path)  # before the tensor rules: a later major version may change them
     infos: dict[str, TensorInfo] = {}
     for key, entry in obj.items():
         if not isinstance(entry, dict):

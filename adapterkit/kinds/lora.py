@@ -67,8 +67,8 @@ class LoraConfig(AdapterConfig):
     def check(self, *, path: Any = None) -> None:
         for name in ("rank_pattern", "alpha_pattern"):
             for key in getattr(self, name):
-                try:
-                    re.compile(key)
+                try:  # compiled as PEFT matches it (§8.3), not alone: `(?i)q_proj` fails, `\1` compiles
+                    re.compile(rf"(.*\.)?({key})$")
                 except re.error as exc:
                     raise ConfigError(f"pattern key is not a valid regex ({exc})", path=path, key=f"{name}[{key!r}]") from exc
 
@@ -206,6 +206,9 @@ def check(adapter: Adapter) -> list[Problem]:
                 continue
         elif len(a) not in (3, 4, 5) or len(b) != len(a) or any(d != 1 for d in b[2:]):
             add("shape-mismatch", f"conv LoRA for `{name}`: lora_B must be (out, r{', 1' * (len(a) - 2)}) beside lora_A {a}", b_key, expected=f"{len(a)}-D (out, r, 1, ...)", actual=b)
+            continue
+        if not embedding and len(a) > 2 and not rank_unknown and a[0] == r and 1 <= b[1] < r and r % b[1] == 0 and b[0] % (r // b[1]) == 0:
+            add("groups-unsupported", f"`{name}` is LoRA on a grouped convolution (groups={r // b[1]}: lora_B is (out, r/groups, 1, ...)); ΔW is not defined for it", b_key, expected=f"(out, {r}, 1, ...)", actual=b)
             continue
         if a[0] != r and not rank_unknown:
             add("shape-mismatch", f"{a_part} for `{name}` has shape {a} but config r={r}{why}", a_key, expected=f"({r}, ...)", actual=a)

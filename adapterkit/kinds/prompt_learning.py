@@ -15,11 +15,13 @@ import torch
 
 from ..errors import Problem
 from .base import OPT_STR_LIST, POS_INT, AdapterConfig, Kind, schema_field
+from .patterns import matches_modules_to_save
 
 if TYPE_CHECKING:
     from ..adapter import Adapter, TensorStore
 
 KEY = "prompt_embeddings"
+PREFIX = "base_model."  # PEFT saves a prompt-learning model's modules_to_save as base_model.<module>.<param>
 OPT_POS_INT = {"anyOf": [{"type": "null"}, POS_INT]}
 
 
@@ -82,7 +84,7 @@ def check(adapter: Adapter) -> list[Problem]:
             "shape-mismatch", f"{KEY} shape disagrees with the config", key=KEY, expected=want, actual=adapter.meta(KEY).shape,
         ))
     for key in adapter.tensors:
-        if key != KEY:
+        if key != KEY and not matches_modules_to_save(cfg.modules_to_save, key, PREFIX):
             problems.append(Problem("unexpected-key", f"{cfg.peft_type} adapters hold only `{KEY}`", "warning", key=key))
     return problems
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
+import operator
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+_ITEMSIZE: dict[str, int] = {k: v.itemsize for k, v in DTYPES.items()}
+_BEGIN_END = operator.attrgetter("begin", "end")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -65,6 +69,18 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+
+_new = object.__new__
+
+
+def _tensor_info(key: str, dtype: str, shape: tuple[int, ...], begin: int, end: int) -> TensorInfo:
+    """``TensorInfo(...)`` without the frozen dataclass's five ``object.__setattr__`` calls
+    (2x faster; it runs once per tensor on every open).  Same object: equal, hashable, frozen."""
+    info = _new(TensorInfo)
+    d = info.__dict__
+    d["key"], d["dtype"], d["shape"], d["begin"], d["end"] = key, dtype, shape, begin, end
+    return info
 
 
 @dataclass(frozen=True)
@@ -135,35 +151,37 @@ def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Hea
     ):
         raise _bad(path, "__metadata__ must map strings to strings", key="__metadata__", code="metadata-invalid")
     infos: dict[str, TensorInfo] = {}
-    for key, entry in obj.items():
+    for key, entry in obj.items():  # plain loops, no generators: this runs once per tensor on every open
         if not isinstance(entry, dict):
             raise _bad(path, "tensor entry must be an object", key)
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPES:
+        itemsize = _ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
+        if itemsize is None:
             raise _bad(path, "unknown dtype", key, expected="one of " + ", ".join(DTYPES), actual=dtype)
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        if not isinstance(shape, list):
             raise _bad(path, "shape must be a list of non-negative integers", key, actual=shape)
         count = 1
-        for d in shape:  # torch cannot address (or stride) more than 2**63 - 1 elements
-            count *= max(d, 1)
-            if count >= 2**63:
-                raise _bad(path, "shape is too large to address", key, expected="element count < 2**63", actual=shape)
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(type(o) is int and o >= 0 for o in offsets)
-        ):
+        for d in shape:
+            if type(d) is not int or d < 0:
+                raise _bad(path, "shape must be a list of non-negative integers", key, actual=shape)
+            if count < 2**63:  # stop multiplying once too large: no huge integers from long shapes
+                count *= d or 1
+        if count >= 2**63:  # torch cannot address (or stride) more than 2**63 - 1 elements
+            raise _bad(path, "shape is too large to address", key, expected="element count < 2**63", actual=shape)
+        if not isinstance(offsets, list) or len(offsets) != 2:
             raise _bad(path, "data_offsets must be two non-negative integers", key, actual=offsets)
         begin, end = offsets
-        expected = math.prod(shape) * DTYPES[dtype].itemsize
+        if type(begin) is not int or type(end) is not int or begin < 0 or end < 0:
+            raise _bad(path, "data_offsets must be two non-negative integers", key, actual=offsets)
+        expected = math.prod(shape) * itemsize
         if end < begin or end - begin != expected:
             raise _bad(
                 path, "data_offsets do not span dtype x shape", key, code="offset-out-of-range",
                 expected=f"{expected} bytes", actual=f"[{begin}, {end}]",
             )
-        infos[key] = TensorInfo(key, dtype, tuple(shape), begin, end)
+        infos[key] = _tensor_info(key, dtype, tuple(shape), begin, end)
     cursor = 0
-    ordered = sorted(infos.values(), key=lambda i: (i.begin, i.end))
+    ordered = sorted(infos.values(), key=_BEGIN_END)
     for info in ordered:
         if info.begin != cursor:
             raise _bad(
@@ -202,25 +220,60 @@ def read_tensor(header: Header, key: str) -> torch.Tensor:
 
 
 def read_all(header: Header) -> dict[str, torch.Tensor]:
-    """Read every tensor with one read of the data region; the tensors share that buffer
-    (an unaligned tensor, possible in foreign files, gets its own aligned copy)."""
-    size = max((i.end for i in header.tensors.values()), default=0)
-    buf = torch.empty(size, dtype=torch.uint8)
+    """Read every tensor with one read of the data region into one private buffer; the tensors
+    are views of that buffer (an unaligned tensor, possible in foreign files, gets its own aligned
+    copy).  The file is closed on return: nothing stays mapped or open."""
+    infos = header.tensors.values()
+    size = max((i.end for i in infos), default=0)
+    buf = _private_buffer(size)
     try:
-        with open(header.path, "rb") as f:
+        with open(header.path, "rb", buffering=0) as f:
             f.seek(header.data_start)
-            got = f.readinto(memoryview(buf.numpy())) if size else 0
+            got = _read_into(f, memoryview(buf.numpy()))
     except OSError as exc:
         raise FormatError(f"cannot read tensors: {exc.strerror}", path=header.path) from exc
     if got != size:
         raise FormatError("file changed while reading", code="truncated-file", path=header.path)
+    typed: dict[str, torch.Tensor] = {}  # the whole buffer viewed as each dtype in use
     out = {}
-    for key, info in header.tensors.items():
-        raw = buf[info.begin : info.end]
-        if info.begin % info.torch_dtype.itemsize:
-            raw = raw.clone()
-        out[key] = raw.view(info.torch_dtype).reshape(info.shape)
+    for info in infos:
+        itemsize = _ITEMSIZE[info.dtype]
+        if info.begin % itemsize:
+            out[info.key] = buf[info.begin : info.end].clone().view(info.torch_dtype).reshape(info.shape)
+            continue
+        whole = typed.get(info.dtype)
+        if whole is None:
+            whole = typed[info.dtype] = buf[: size - size % itemsize].view(info.torch_dtype)
+        out[info.key] = whole[info.begin // itemsize : info.end // itemsize].view(info.shape)
     return out
+
+
+_HUGE_PAGE = 2 * 1024 * 1024
+
+
+def _private_buffer(size: int) -> torch.Tensor:
+    """A fresh byte buffer owned by the caller.  From ~2 MB up, on Linux, anonymous memory advised
+    for transparent huge pages: faulting in 4 KiB pages one by one costs more than the copy."""
+    if size >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            m.madvise(mmap.MADV_HUGEPAGE)
+            return torch.frombuffer(m, dtype=torch.uint8)  # the tensor keeps the mapping alive
+        except (OSError, ValueError):
+            pass
+    return torch.empty(size, dtype=torch.uint8)
+
+
+def _read_into(f, view: memoryview) -> int:
+    """Fill ``view`` from ``f``; returns the bytes read (fewer only at end of file).  A single
+    read returns at most ~2 GiB on Linux, so large regions take several."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:

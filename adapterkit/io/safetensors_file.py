@@ -14,6 +14,7 @@ load with the ``safetensors`` library (checked in the tests).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import mmap
@@ -129,7 +130,22 @@ def read_header(path: str | Path) -> Header:
         raise NotFoundError("expected a file, found a directory", code="not-an-adapter", path=path) from exc
     except OSError as exc:
         raise FormatError(f"cannot read file: {exc.strerror}", path=path) from exc
-    return _parse_header(path, raw, size - 8 - n, 8 + n)
+    if n > _MEMO_MAX_BYTES:
+        return _parse_header(path, raw, size - 8 - n, 8 + n)
+    header = _parse_header_memo(path, raw, size - 8 - n)
+    return Header(path, dict(header.metadata), dict(header.tensors), header.data_start)
+
+
+_MEMO_MAX_BYTES = 1024 * 1024
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_header_memo(path: Path, raw: bytes, data_len: int) -> Header:
+    """``_parse_header`` remembered for the last few headers: a pure function of its arguments,
+    keyed by the header bytes themselves, so a file re-opened unchanged (a server loading an
+    adapter per request) skips the parse and one that changed is parsed afresh.  Errors are
+    not remembered.  Callers get fresh dicts (the TensorInfos are frozen and shared)."""
+    return _parse_header(path, raw, data_len, 8 + len(raw))
 
 
 def _bad(path: Path, message: str, key: str | None = None, **kw) -> FormatError:

@@ -26,12 +26,12 @@ def config_json(adapter: Adapter) -> str:
     return json.dumps(adapter.config.to_dict(), indent=2, sort_keys=True)
 
 
-def _write_dir(path: Path, tensors: dict, metadata: dict, config: bytes) -> None:
+def _write_dir(path: Path, tensors: dict, metadata: dict, config: bytes, durable: bool = True) -> None:
     """A new directory appears whole (built beside it, then renamed); in an existing one each
     file is replaced atomically, weights first."""
     if path.exists():
-        write_atomic(path / WEIGHTS_NAME, encode(tensors, metadata))
-        write_atomic(path / CONFIG_NAME, [config])
+        write_atomic(path / WEIGHTS_NAME, encode(tensors, metadata), durable=durable)
+        write_atomic(path / CONFIG_NAME, [config], durable=durable)
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def _write_dir(path: Path, tensors: dict, metadata: dict, config: bytes) -> None
     try:
         for name, chunks in ((WEIGHTS_NAME, encode(tensors, metadata)), (CONFIG_NAME, [config])):
             try:
-                write_atomic(staging / name, chunks)
+                write_atomic(staging / name, chunks, durable=durable)
             except AdapterkitError as exc:  # name the real target, not the staging folder
                 exc.path = str(path / name)
                 exc.args = (str(exc),)
@@ -54,11 +54,11 @@ def _write_dir(path: Path, tensors: dict, metadata: dict, config: bytes) -> None
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def save(adapter: Adapter, path: str | Path, *, form: str = "dir") -> Path:
+def save(adapter: Adapter, path: str | Path, *, form: str = "dir", durable: bool = True) -> Path:
     """Write ``adapter`` to ``path`` in ``form`` ("dir": PEFT layout; "file": one .safetensors).
 
     Returns the path written.  The adapter is checked first; an invalid adapter is
-    not written.
+    not written.  ``durable=False`` skips the fsync of each file (see ``write_atomic``).
 
     Raises:
         WriteError: ``overwrite-input`` when the target is the adapter's source, or
@@ -90,10 +90,10 @@ def save(adapter: Adapter, path: str | Path, *, form: str = "dir") -> Path:
     metadata = {"format": "pt", VERSION_KEY: FORMAT_VERSION}
     try:
         if form == "dir":
-            _write_dir(path, tensors, metadata, config_json(adapter).encode("utf-8"))
+            _write_dir(path, tensors, metadata, config_json(adapter).encode("utf-8"), durable)
         else:
             metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))
-            write_atomic(path, encode(tensors, metadata))
+            write_atomic(path, encode(tensors, metadata), durable=durable)
     except AdapterkitError as exc:
         exc.with_path(path)
         raise

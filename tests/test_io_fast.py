@@ -264,6 +264,11 @@ def test_header_memo_sees_every_change(tmp_path):
     assert len(read_header(weights).tensors) == 6
     good = weights.read_bytes()
     (n,) = struct.unpack("<Q", good[:8])
+    renamed = good[:8] + good[8 : 8 + n].replace(b"layers.2.", b"layers.7.") + good[8 + n :]  # same size, new keys
+    weights.write_bytes(renamed)
+    assert sorted(read_header(weights).tensors)[-1] == key(7, "B")
+    weights.write_bytes(good)
+    assert sorted(read_header(weights).tensors)[-1] == key(2, "B")
     bad = good[:8] + good[8 : 8 + n].replace(b'"F32"', b'"F33"', 1) + good[8 + n :]
     for _ in range(2):  # errors are raised every time, never remembered
         weights.write_bytes(bad)

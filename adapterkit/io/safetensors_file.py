@@ -260,8 +260,18 @@ def read_all(header: Header) -> dict[str, torch.Tensor]:
         whole = typed.get(info.dtype)
         if whole is None:
             whole = typed[info.dtype] = buf[: size - size % itemsize].view(info.torch_dtype)
-        out[info.key] = whole[info.begin // itemsize : info.end // itemsize].view(info.shape)
+        out[info.key] = whole.as_strided(info.shape, _strides(info.shape), info.begin // itemsize)  # 1 op, not slice + view
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major (contiguous) strides of ``shape`` in elements, as torch makes them (a 0 dim counts as 1)."""
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d or 1
+    return tuple(reversed(strides))
 
 
 _HUGE_PAGE = 2 * 1024 * 1024

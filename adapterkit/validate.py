@@ -81,8 +81,10 @@ def value_problems(adapter: Adapter) -> list[Problem]:
 
     Tensors held in memory are first checked together, one pass per run of back-to-back
     tensors; only when that finds a non-finite value is each tensor checked to report it."""
-    if isinstance(adapter.tensors, MemoryStore) and _spans_finite(_spans(adapter.tensors.values())):
-        return []
+    if isinstance(adapter.tensors, MemoryStore):
+        with torch.no_grad():
+            if _spans_finite(_spans(adapter.tensors.values())):
+                return []
     problems = []
     for key in adapter.tensors:
         t = adapter.tensors[key]

@@ -75,6 +75,7 @@ class LazyStore(TensorStore):
 
     def __init__(self, header: Header) -> None:
         self.header = header
+        self._meta: dict[str, TensorMeta] = {}  # built on first ask: the checks ask several times per key
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self.header.tensors:
@@ -88,8 +89,11 @@ class LazyStore(TensorStore):
         return len(self.header.tensors)
 
     def meta(self, key: str) -> TensorMeta:
-        info = self.header.tensors[key]
-        return TensorMeta(info.dtype, info.shape)
+        meta = self._meta.get(key)
+        if meta is None:
+            info = self.header.tensors[key]
+            meta = self._meta[key] = TensorMeta(info.dtype, info.shape)
+        return meta
 
 
 @dataclass(frozen=True, eq=False)

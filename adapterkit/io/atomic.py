@@ -14,8 +14,15 @@ from pathlib import Path
 from ..errors import WriteError
 
 
-def write_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
+def write_atomic(path: str | Path, chunks: Iterable[bytes], *, durable: bool = True) -> None:
     """Write ``chunks`` to ``path`` atomically (temp file in the same directory + rename).
+
+    Args:
+        path: the target file; its directory is created if missing.
+        chunks: the bytes to write, in order (any bytes-like objects, e.g. memoryviews).
+        durable: fsync the data before the rename, so that after a crash the target holds the
+            old or the new bytes, never an empty file.  ``False`` skips the fsync (still atomic
+            for other readers, not across a power loss): for scratch output and benchmarks.
 
     Raises:
         WriteError: the directory cannot be created or the file cannot be written.
@@ -31,7 +38,8 @@ def write_atomic(path: str | Path, chunks: Iterable[bytes]) -> None:
             for chunk in chunks:
                 f.write(chunk)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as exc:

@@ -238,8 +238,8 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
     store = adapter.tensors
     tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
     device = resolve_device(device)
-    if device is not None:
-        tensors = {k: v.to(device) for k, v in tensors.items()}
     loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version)
-    raise_first_error(value_problems(loaded))
+    raise_first_error(value_problems(loaded))  # on the CPU buffer as read: one pass per dtype run
+    if device is not None:
+        loaded = Adapter(adapter.config, MemoryStore({k: v.to(device) for k, v in tensors.items()}), adapter.source, adapter.format_version)
     return loaded

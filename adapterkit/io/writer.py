@@ -73,7 +73,7 @@ def _install(staged: Path, path: Path) -> None:
         shutil.rmtree(aside.parent, ignore_errors=True)
 
 
-def _write(path: Path, files: dict[str, object], form: str) -> None:
+def _write(path: Path, files: dict[str, object], form: str, durable: bool) -> None:
     """Write the output beside ``path`` (a staging file or directory), then install it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def _write(path: Path, files: dict[str, object], form: str) -> None:
         for name, chunks in files.items():
             target = staging if form == "file" else staging / name
             try:
-                write_atomic(target, chunks)
+                write_atomic(target, chunks, durable=durable)
             except AdapterkitError as exc:  # name the real target, not the staging path
                 exc.path = str(path if form == "file" else path / name)
                 exc.args = (str(exc),)
@@ -105,14 +105,15 @@ def _write(path: Path, files: dict[str, object], form: str) -> None:
             staging.unlink()
 
 
-def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwrite: bool = False) -> Path:
+def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwrite: bool = False, durable: bool = True) -> Path:
     """Write ``adapter`` to ``path``: PEFT's directory layout, or one ``.safetensors`` file.
 
     The form follows the name unless given: ``*.safetensors`` is the single-file form,
     anything else the directory form; an explicit ``form`` that contradicts the name is
     refused.  An existing ``path`` is refused unless ``overwrite``, which replaces it
     whole (no file from before remains).  The adapter is checked first; an invalid
-    adapter is not written.  Returns the path written.
+    adapter is not written.  ``durable=False`` skips the fsync of each file (still atomic;
+    see ``write_atomic``).  Returns the path written.
 
     Raises:
         WriteError: ``overwrite-input`` when the target is (or holds) the adapter's source,
@@ -143,7 +144,7 @@ def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwri
         metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))
         files = {path.name: encode(tensors, metadata)}
     try:
-        _write(path, files, form)
+        _write(path, files, form, durable)
     except AdapterkitError as exc:
         exc.with_path(path)
         raise

@@ -251,8 +251,9 @@ def check(adapter: Adapter) -> list[Problem]:
             if winner != after_save and pattern[winner] != pattern[after_save]:
                 add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT saves configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
     whole_unknown = {"modules_to_save", "target_modules", "bias"} & cfg.unknown
+    grouped = {k for parts in groups.values() for k in parts.values()}  # exactly the keys parse_key accepts
     for key in adapter.tensors:
-        if parse_key(key) is None and not whole_unknown and not _whole_module_ok(cfg, key):
+        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key):
             add("unexpected-key", "tensor is neither a LoRA tensor nor part of modules_to_save", key, expected=f"{PREFIX}<module>.{{{','.join(PARTS)}}}", actual=key, severity="warning")
     if not groups:
         add("empty-adapter", "the adapter has no LoRA tensors", None, severity="warning")

@@ -6,6 +6,7 @@ i.e. a tensor key minus the ``base_model.model.`` prefix and the adapter part.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -19,12 +20,20 @@ def pattern_key(pattern_keys: Iterable[str], module: str) -> str | None:
     matches when it spells the whole module name.  An invalid regex matches nothing.
     """
     for key in pattern_keys:
-        try:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return key
-        except re.error:
-            continue
+        regex = _pattern_regex(key)
+        if regex is not None and regex.match(module):
+            return key
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_regex(key: str) -> re.Pattern[str] | None:
+    """The compiled PEFT pattern for ``key`` (None for an invalid regex); compiled once, as
+    checks match every key against every module."""
+    try:
+        return re.compile(rf"(.*\.)?({key})$")
+    except re.error:
+        return None
 
 
 def pattern_value(pattern: Mapping[str, Any], module: str, default: Any) -> tuple[Any, str | None]:

@@ -268,7 +268,7 @@ MUTANTS: list[Mutant] = [
     M("R8.3-1", "re.search instead of re.match (no dot boundary)", PA, '        return re.compile(rf"(.*\\.)?({key})$")',
       '        return re.compile(rf".*?({key})$")'),
     M("R8.3-1", "re.fullmatch of the key alone", PA, '        return re.compile(rf"(.*\\.)?({key})$")',
-      '        return re.compile(rf"(?:(.*\\.)?{key})\\Z")'),
+      '        return type("FullMatch", (), {"match": staticmethod(re.compile(rf"(.*\\.)?{key}").fullmatch)})()'),
     M("R8.3-2", "rsLoRA scaling alpha / r", LO, "return alpha / math.sqrt(r) if self.use_rslora else alpha / r", "return alpha / r"),
     M("R8.3-2", "scaling computed in single precision", LO, "return alpha / math.sqrt(r) if self.use_rslora else alpha / r",
       "return float(torch.tensor(alpha, dtype=torch.float32) / (torch.tensor(r, dtype=torch.float32).sqrt() if self.use_rslora else r))"),

@@ -27,8 +27,9 @@ _FIRST = operator.itemgetter(0)
 def structural_problems(adapter: Adapter) -> list[Problem]:
     """Dtype rules plus the kind's structural rules; no tensor data is read."""
     problems = []
+    meta = adapter.tensors.meta
     for key in adapter.tensors:
-        dtype = adapter.meta(key).dtype
+        dtype = meta(key).dtype
         if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:  # adapter tensors only (§6)
             problems.append(Problem("dtype-unsupported", "adapter tensors must be floating point", key=key, expected=" | ".join(ALLOWED_DTYPES), actual=dtype))
     problems += adapter.kind.check(adapter)

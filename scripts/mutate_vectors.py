@@ -279,7 +279,7 @@ MUTANTS: list[Mutant] = [
       "    return any(module.endswith(t) for t in targets)"),
     M("R8.4-2", "string targets matched with re.search", PA, "        return re.fullmatch(regex, module) is not None",
       "        return re.search(regex, module) is not None"),
-    M("R8.5-1", "a lone A or B accepted", LO, "        if missing:\n            present =", "        if False:\n            present ="),
+    M("R8.5-1", "a lone A or B accepted", LO, "        if a_part not in parts or b_part not in parts:\n", "        if False:\n"),
     M("R8.5-2", "embedding and linear parts may be mixed", LO,
       '        if embedding and ({"lora_A.weight", "lora_B.weight", "lora_B.bias"} & parts.keys()):', "        if False:"),
     M("R8.5-3", "conv B kernel not checked", LO, "or len(b) != len(a) or any(d != 1 for d in b[2:]):", "or len(b) != len(a):"),

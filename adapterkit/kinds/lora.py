@@ -183,6 +183,7 @@ def check(adapter: Adapter) -> list[Problem]:
         problems.append(Problem(code, message, severity, None, key, expected, actual))
 
     groups = _grouped(adapter)
+    meta = adapter.tensors.meta
     rank_unknown = bool({"r", "rank_pattern"} & cfg.unknown)  # an invalid config value, reported already
     for name, parts in sorted(groups.items()):
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
@@ -191,13 +192,13 @@ def check(adapter: Adapter) -> list[Problem]:
             stray = next(k for p, k in parts.items() if p in ("lora_A.weight", "lora_B.weight", "lora_B.bias"))
             add("unexpected-key", f"module `{name}` mixes embedding and linear LoRA tensors", stray)
             continue
-        missing = [p for p in (a_part, b_part) if p not in parts]
-        if missing:
+        if a_part not in parts or b_part not in parts:
+            missing = a_part if a_part not in parts else b_part
             present = parts.get(a_part) or parts.get(b_part) or next(iter(parts.values()))
-            add("missing-partner", f"module `{name}` has no {missing[0]}", present, expected=PREFIX + name + "." + missing[0], actual="absent")
+            add("missing-partner", f"module `{name}` has no {missing}", present, expected=PREFIX + name + "." + missing, actual="absent")
             continue
         a_key, b_key = parts[a_part], parts[b_part]
-        a, b = adapter.meta(a_key).shape, adapter.meta(b_key).shape
+        a, b = meta(a_key).shape, meta(b_key).shape
         r, r_key = cfg.rank_for(name)
         why = f" (rank_pattern matched {r_key!r})" if r_key is not None else ""
         if embedding or len(a) == 2:

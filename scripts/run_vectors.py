@@ -119,20 +119,27 @@ def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _check_canonical(vector: Path, exp: dict[str, Any], adapter: adapterkit.Adapter) -> list[str]:
-    """A conforming writer writes this adapter as exactly these bytes (§4.1, §4.2, §5.4)."""
-    want = {k: v for k, v in _files(vector).items() if k != "expected.json"}
+def _write_again(adapter: adapterkit.Adapter, form: str, name: str) -> dict[str, bytes] | str:
+    """The files ``save`` writes for ``adapter`` (``name``: the single file's name), or why it failed."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         try:
-            if exp["form"] == "dir":
+            if form == "dir":
                 adapterkit.save(adapter, out, form="dir")
             else:
                 out.mkdir()
-                adapterkit.save(adapter, out / exp["path"], form="file")
+                adapterkit.save(adapter, out / name, form="file")
         except Exception as exc:
-            return [f"writing it again failed: {type(exc).__name__}: {exc}"]
-        got = _files(out)
+            return f"{type(exc).__name__}: {exc}"
+        return _files(out)
+
+
+def _check_canonical(vector: Path, exp: dict[str, Any], adapter: adapterkit.Adapter) -> list[str]:
+    """A conforming writer writes this adapter as exactly these bytes (§4.1, §4.2, §5.4)."""
+    want = {k: v for k, v in _files(vector).items() if k != "expected.json"}
+    got = _write_again(adapter, exp["form"], exp["path"])
+    if isinstance(got, str):
+        return [f"writing it again failed: {got}"]
     if got != want:
         diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
         return [f"writing it again does not reproduce the vector's bytes: {diff}"]
@@ -141,17 +148,10 @@ def _check_canonical(vector: Path, exp: dict[str, Any], adapter: adapterkit.Adap
 
 def _check_rewritten(exp: dict[str, Any], adapter: adapterkit.Adapter) -> list[str]:
     """A conforming writer saves this (non-canonical) adapter as files with these digests."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out"
-        try:
-            if exp["form"] == "dir":
-                adapterkit.save(adapter, out, form="dir")
-            else:
-                out.mkdir()
-                adapterkit.save(adapter, out / "adapter.safetensors", form="file")
-        except Exception as exc:
-            return [f"writing it failed: {type(exc).__name__}: {exc}"]
-        got = {k: hashlib.sha256(v).hexdigest() for k, v in _files(out).items()}
+    files = _write_again(adapter, exp["form"], "adapter.safetensors")
+    if isinstance(files, str):
+        return [f"writing it failed: {files}"]
+    got = {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
     return [] if got == exp["rewritten"] else [f"writing it gives other files or bytes: {sorted(got)} vs {sorted(exp['rewritten'])}"]
 
 

@@ -24,7 +24,7 @@ import click
 from . import __version__
 from .errors import AdapterkitError, NotFoundError
 
-USAGE_CODES = {"file-not-found", "not-an-adapter", "ambiguous-adapter"}
+USAGE_CODES = {"file-not-found", "not-an-adapter", "ambiguous-adapter", "adapter-not-found"}
 
 
 def _plural(n: int, word: str) -> str:

@@ -39,6 +39,7 @@ MUTANTS = [
     ("--debug exits 1", "adapterkit/cli.py", "            if _debug():\n                traceback.print_exc()", "            if _debug():\n                raise", CLI_TESTS),
     ("usage errors in click's multi-line form", "adapterkit/cli.py", "standalone_mode=False, **extra)", "standalone_mode=standalone_mode, **extra)", CLI_TESTS),
     ("missing path imports the library first", "adapterkit/cli.py", "    _require(path)\n    from .info import", "    from .info import", CLI_TESTS),
+    ("validate: a missing named adapter is 'invalid' (exit 1)", "adapterkit/cli.py", '"ambiguous-adapter", "adapter-not-found"}', '"ambiguous-adapter"}', CLI_TESTS),
     ("info never exits 1", "adapterkit/cli.py", 'sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)', "sys.exit(0)", CLI_TESTS),
     ("info skips value checks", "adapterkit/info.py", "        problems += value_problems(adapter)\n", "", CLI_TESTS),
     ("info counts no whole-module tensors", "adapterkit/info.py", "    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None]", "    keys = []", CLI_TESTS),

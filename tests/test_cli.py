@@ -438,3 +438,11 @@ def test_public_names_resolve_lazily():
         "print('ok')\n"
     )
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_validate_a_missing_named_adapter_is_a_usage_error(tmp_path):
+    path = _lora(tmp_path)
+    res = run("validate", path, "--adapter-name", "nope")
+    assert res.exit_code == 2 and "[adapter-not-found]" in res.output and res.output.startswith("adapterkit: error:")
+    res = run("validate", path / "missing")
+    assert res.exit_code == 2 and "[file-not-found]" in res.output

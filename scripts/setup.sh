@@ -53,7 +53,7 @@ pip_quiet() {  # pip's own chatter (and setuptools' editable-install notice) goe
 }
 
 torch_desc() {
-  "$VENV/bin/python" -c "import torch; print(f'torch {torch.__version__}', f'(CUDA {torch.version.cuda} build)' if torch.version.cuda else '(CPU-only build)')"
+  "$VENV/bin/python" -W ignore -c "import torch; print(f'torch {torch.__version__}', f'(CUDA {torch.version.cuda} build)' if torch.version.cuda else '(CPU-only build)')"
 }
 if "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "setup: keeping the installed $(torch_desc)"

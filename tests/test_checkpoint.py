@@ -160,6 +160,25 @@ def test_read_gives_a_fresh_tensor_each_time(bases):
     assert b.is_contiguous() and b.device.type == "cpu"
 
 
+def test_keys_follow_the_data_not_the_header_text(tmp_path):
+    """adapterkit's own writer lists header entries by key but lays data out widest dtype first."""
+    from adapterkit.io.safetensors_file import write_file
+
+    write_file(tmp_path / "m.safetensors", {"a": torch.ones(2, dtype=torch.int8), "b": torch.ones(2)}, {"format": "pt"})
+    assert list(raw_header(tmp_path / "m.safetensors")) == ["__metadata__", "a", "b"]
+    assert open_checkpoint(tmp_path / "m.safetensors").keys() == ["b", "a"]
+
+
+def test_shard_shrinking_after_open(base):
+    ckpt = open_checkpoint(base)
+    with open(base / SHARD2, "r+b") as f:
+        f.truncate(f.seek(0, 2) - 8)
+    key = max(ckpt.keys(), key=lambda k: (ckpt.shard_of(k).name, ckpt.info(k).end))
+    with pytest.raises(AdapterkitError) as exc:
+        ckpt.read(key)
+    assert_error(exc, "truncated-file", SHARD2, key, "changed while reading")
+
+
 def test_open_by_index_file_or_single_file(bases):
     by_index = open_checkpoint(bases["sharded"] / INDEX)
     assert by_index.path == bases["sharded"] and len(by_index.shards) == 2
@@ -492,11 +511,17 @@ def bad_writes(ckpt: Checkpoint):
     return {
         "out-of-order": [(keys[1], ckpt.read_bytes(keys[1]))],
         "wrong-shape": [(keys[0], first.reshape(-1))],
-        "wrong-dtype": [(keys[0], first.double())],
+        "wrong-dtype": [(keys[0], first.view(torch.int32))],  # same shape and byte count
         "wrong-byte-count": [(keys[0], ckpt.read_bytes(keys[0])[:-1])],
         "too-many": [(k, ckpt.read_bytes(k)) for k in keys] + [(keys[0], ckpt.read_bytes(keys[0]))],
         "too-few": [(k, ckpt.read_bytes(k)) for k in keys[:-1]],
     }
+
+
+MESSAGES = {
+    "out-of-order": "plan order", "wrong-shape": "shape differs", "wrong-dtype": "dtype differs",
+    "wrong-byte-count": "byte count", "too-many": "written already", "too-few": "not every tensor",
+}
 
 
 @pytest.mark.parametrize("case", ["out-of-order", "wrong-shape", "wrong-dtype", "wrong-byte-count", "too-many", "too-few"])
@@ -516,7 +541,7 @@ def test_writes_that_break_the_plan(bases, tmp_path, case, with_block):
             for key, data in writes:
                 w.write(key, data)
             w.commit()
-    assert_error(exc, "plan-mismatch", str(out))
+    assert_error(exc, "plan-mismatch", str(out), MESSAGES[case])
     assert_nothing_left(out)
     with pytest.raises(AdapterkitError) as exc:
         w.commit()

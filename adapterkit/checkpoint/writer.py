@@ -21,7 +21,7 @@ from types import TracebackType
 
 import torch
 
-from ..errors import AdapterkitError, WriteError
+from ..errors import WriteError
 from ..io.forms import FORMS, infer_form
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES, tensor_bytes
 from ..io.writer import _install  # the adapter writer's "replace whole" step, shared
@@ -241,13 +241,10 @@ class CheckpointWriter:
             raise _mismatch("the writer is closed (committed, aborted or failed)", self.out, key)
         try:
             self._write(key, data)
-        except AdapterkitError:
-            self.abort()
-            raise
         except OSError as exc:
             self.abort()
             raise WriteError(f"cannot write output: {exc.strerror}", path=self.out, key=key) from exc
-        except BaseException:
+        except BaseException:  # a plan mismatch, or an interrupt: nothing half-written is kept
             self.abort()
             raise
 
@@ -286,9 +283,6 @@ class CheckpointWriter:
             raise _mismatch("the writer is closed (committed, aborted or failed)", self.out)
         try:
             self._commit()
-        except AdapterkitError:
-            self.abort()
-            raise
         except OSError as exc:
             self.abort()
             raise WriteError(f"cannot write output: {exc.strerror}", path=self.out) from exc

@@ -46,6 +46,10 @@ CODES: dict[str, tuple[str, str]] = {
     "adapter-not-found": ("NotFoundError", "the caller named an adapter subfolder that does not exist"),
     "bin-unsupported": ("UnsupportedError", "the reader does not read legacy .bin weights (adapterkit does; other readers MAY not)"),
     "groups-unsupported": ("UnsupportedError", "LoRA on a grouped convolution, which this format version does not define"),
+    "not-a-checkpoint": ("NotFoundError", "no model checkpoint (model.safetensors or its index) at the path"),
+    "checkpoint-invalid": ("FormatError", "a checkpoint's index and shards disagree, or its index is malformed"),
+    "checkpoint-unsupported": ("UnsupportedError", "a checkpoint in a form adapterkit does not read (pytorch .bin weights: convert to safetensors)"),
+    "plan-mismatch": ("WriteError", "a checkpoint write disagrees with the writer's plan (key order, dtype, shape, byte count) or the plan with the base"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -54,7 +58,11 @@ CODES: dict[str, tuple[str, str]] = {
 
 # Codes of the library API (writing, operations, devices, look-ups), not of the file format:
 # spec §13 lists them apart from the codes a reader reports for a file.
-API_CODES = frozenset({"overwrite-input", "write-failed", "output-exists", "form-mismatch", "not-supported", "device-unavailable", "key-not-found"})
+API_CODES = frozenset({
+    "overwrite-input", "write-failed", "output-exists", "form-mismatch", "not-supported", "device-unavailable", "key-not-found",
+    # model checkpoints (adapterkit.checkpoint): inputs and outputs of merging, not adapter files
+    "not-a-checkpoint", "checkpoint-invalid", "checkpoint-unsupported", "plan-mismatch",
+})
 
 
 class AdapterkitError(Exception):

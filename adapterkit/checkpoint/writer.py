@@ -1,0 +1,369 @@
+"""Streaming a checkpoint out tensor by tensor, atomically.
+
+Every shard's header is computed up front from the plan (key -> dtype name and shape), so
+each tensor can go straight to its byte range in its shard with a positioned write: the
+writer holds no tensor data of its own.  Everything is written into a staging folder beside
+the output (``.<name>.tmp-*``) and renamed into place by :meth:`CheckpointWriter.commit`, so
+the output appears whole or not at all; a failure (or leaving the ``with`` block without
+committing) removes the staging folder.  A process killed mid-write leaves at worst that
+folder, never a partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import torch
+
+from ..errors import WriteError
+from ..io.forms import FORMS, infer_form
+from ..io.safetensors_file import DTYPE_NAMES, DTYPES, tensor_bytes
+from ..io.writer import _install  # the adapter writer's "replace whole" step, shared
+from .layout import INDEX_NAME, SINGLE_NAME, ShardLayout, index_json, nbytes, shard_layout, shard_names, split_greedy
+from .reader import Checkpoint
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _mismatch(message: str, out: Path, key: str | None = None, **kw) -> WriteError:
+    return WriteError(message, code="plan-mismatch", path=out, key=key, **kw)
+
+
+def _check_plan(plan: Mapping[str, tuple[str, tuple[int, ...]]], out: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    checked = {}
+    for key, entry in plan.items():
+        try:
+            dtype, shape = entry
+            shape = tuple(shape)
+        except (TypeError, ValueError):
+            raise _mismatch("a plan entry must be (dtype name, shape)", out, key, actual=entry) from None
+        if dtype not in DTYPES:
+            raise _mismatch("unknown dtype in the plan", out, key, expected="one of " + ", ".join(DTYPES), actual=dtype)
+        if not all(type(d) is int and d >= 0 for d in shape):
+            raise _mismatch("a shape must be non-negative integers", out, key, actual=shape)
+        checked[key] = (dtype, shape)
+    return checked
+
+
+def _check_target(out: Path, base: Checkpoint, overwrite: bool) -> None:
+    """Refuse an output that is, lies inside, or holds the base (or one of its shards), and an
+    existing output unless ``overwrite``."""
+    target = out.resolve()
+    inputs = [base.path.resolve(), *(s.resolve() for s in base.shards)]
+    inside = base.path.is_dir() and target.is_relative_to(inputs[0])
+    if inside or any(target == p or p.is_relative_to(target) for p in inputs):
+        raise WriteError(
+            "refusing to write over, into or around the base checkpoint", code="overwrite-input", path=out,
+            expected="a path outside the base checkpoint's folders", actual=str(base.path),
+        )
+    _check_absent(out, overwrite)
+
+
+def _check_absent(out: Path, overwrite: bool) -> None:
+    if os.path.lexists(out) and not overwrite:
+        kind = "directory" if out.is_dir() else "file"
+        raise WriteError(
+            f"output exists ({kind}); pass overwrite=True (--overwrite) to replace it whole", code="output-exists",
+            path=out, expected="a path that does not exist", actual=f"existing {kind}",
+        )
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+class _Shard:
+    """One output shard being written: its layout, its file (open while tensors are due)."""
+
+    def __init__(self, layout: ShardLayout, path: Path) -> None:
+        self.layout = layout
+        self.path = path
+        self.fd: int | None = None
+        self.due = len(layout.tensors)
+        self.done = False
+
+    def open(self) -> int:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            _pwrite_all(self.fd, memoryview(self.layout.header), 0)
+            os.ftruncate(self.fd, self.layout.size)
+        return self.fd
+
+    def close(self, durable: bool) -> None:
+        fd = self.open()  # a shard with no tensors is written here
+        self.fd, self.done = None, True
+        try:
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+class CheckpointWriter:
+    """Write a checkpoint shaped after ``base``, one tensor at a time, then install it whole.
+
+    Args:
+        out: the output: a directory (transformers' layout: shards, index, the base's extra
+            files), or a ``.safetensors`` file when the output is one shard (the form follows
+            the name, as in ``adapterkit.save``; ``form`` may state it).
+        base: the checkpoint the output is derived from (its sharding, index metadata and
+            extra files are carried over; it is never written to).
+        plan: output key -> (safetensors dtype name, shape), in the order :meth:`write` will be
+            called.  Without ``max_shard_size`` and with a sharded base its keys must be the
+            base's keys (each goes to the shard of the same name as in the base).
+        max_shard_size: reshard: greedy shards of at most this many bytes in plan order, named
+            and split as transformers does (``model-00001-of-0000N.safetensors``; one shard is
+            ``model.safetensors`` without an index).
+        metadata: the ``__metadata__`` of every shard (``format: pt`` is always there).
+        overwrite: replace an existing ``out`` whole (no file from before remains).
+        durable: fsync every file and folder before the rename (``False``: still atomic for
+            other processes, not across a power loss).
+
+    Raises (here and from every method; on any error the staging folder is removed):
+        WriteError: ``overwrite-input`` (``out`` is, is inside, or holds the base), ``output-exists``,
+            ``form-mismatch``, ``plan-mismatch`` (a bad plan, or a write that disagrees with it),
+            ``write-failed`` (the disk refused: no space, no permission, ...).
+    """
+
+    def __init__(
+        self, out: str | Path, base: Checkpoint, *, plan: Mapping[str, tuple[str, tuple[int, ...]]],
+        max_shard_size: int | None = None, metadata: Mapping[str, str] | None = None,
+        overwrite: bool = False, durable: bool = True, form: str | None = None,
+    ) -> None:
+        out = Path(out)
+        self.out, self.base, self.durable, self.overwrite = out, base, durable, overwrite
+        self._closed = True  # until the staging folder exists
+        if form is None:
+            form = infer_form(out)
+        if form not in FORMS:
+            raise WriteError("unknown form", code="write-failed", path=out, expected=" | ".join(FORMS), actual=form)
+        if form != infer_form(out):
+            want = "a name ending in .safetensors" if form == "file" else "a name not ending in .safetensors"
+            raise WriteError(f"the {form} form needs {want}", code="form-mismatch", path=out, expected=want, actual=out.name)
+        self.form = form
+        self.plan = _check_plan(plan, out)
+        meta = dict(metadata or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise _mismatch("metadata must map strings to strings", out, "__metadata__")
+        if meta.setdefault("format", "pt") != "pt":
+            raise _mismatch("a checkpoint's __metadata__ format must be 'pt'", out, "__metadata__.format", expected="pt", actual=meta["format"])
+        groups = self._assign(max_shard_size)
+        if form == "file" and len(groups) != 1:
+            raise WriteError("a .safetensors output holds one shard; this plan needs several (name a directory)",
+                             code="form-mismatch", path=out, expected="1 shard", actual=f"{len(groups)} shards")
+        _check_target(out, base, overwrite)
+        self._layouts = [shard_layout(name, {k: self.plan[k] for k in keys}, meta) for name, keys in groups.items()]
+        self._create_staging()
+        self._closed = False
+        root = self._staging
+        self._shards = [_Shard(lay, root if form == "file" else root / lay.name) for lay in self._layouts]
+        self._shard_of = {key: shard for shard in self._shards for key in shard.layout.tensors}
+        self._order = list(self.plan)
+        self._next = 0
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _assign(self, max_shard_size: int | None) -> dict[str, list[str]]:
+        """Output shard name -> its keys (in plan order)."""
+        if max_shard_size is not None:
+            if type(max_shard_size) is not int or max_shard_size <= 0:
+                raise _mismatch("max_shard_size must be a positive number of bytes", self.out, actual=max_shard_size)
+            sizes = [(k, nbytes(*v)) for k, v in self.plan.items()]
+            groups = split_greedy(sizes, max_shard_size)
+            names = shard_names(len(groups))
+        elif self.base.index is not None:
+            missing = [k for k in self.base.keys() if k not in self.plan]
+            extra = [k for k in self.plan if k not in self.base]
+            if missing or extra:
+                key = (extra or missing)[0]
+                raise _mismatch(
+                    "with the base's sharding the plan must hold exactly the base's keys (pass max_shard_size to reshard)",
+                    self.out, key, expected="the base's keys", actual=f"{len(extra)} extra, {len(missing)} missing",
+                )
+            names = [s.name for s in self.base.shards]
+            by_name: dict[str, list[str]] = {n: [] for n in names}
+            for key in self.plan:
+                by_name[self.base.shard_of(key).name].append(key)
+            return by_name
+        else:
+            names, groups = [SINGLE_NAME], [list(self.plan)]
+        if self.form == "file" and len(names) == 1:
+            names = [self.out.name]
+        return dict(zip(names, groups))
+
+    def _create_staging(self) -> None:
+        out = self.out
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if self.form == "file":
+                fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+                os.close(fd)
+                self._staging = Path(name)
+            else:
+                self._staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        except OSError as exc:
+            raise WriteError(f"cannot create output: {exc.strerror}", path=out) from exc
+        # an abandoned writer (never committed or aborted) leaves nothing behind once collected
+        self._finalizer = weakref.finalize(self, _remove, self._staging)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, key: str, data: torch.Tensor | Buffer) -> None:
+        """Write the next tensor of the plan: a tensor (its dtype and shape are checked) or its
+        raw little-endian bytes (their count is checked), e.g. ``Checkpoint.read_bytes``."""
+        if self._closed:
+            raise _mismatch("the writer is closed (committed, aborted or failed)", self.out, key)
+        try:
+            self._write(key, data)
+        except OSError as exc:
+            self.abort()
+            raise WriteError(f"cannot write output: {exc.strerror}", path=self.out, key=key) from exc
+        except BaseException:  # a plan mismatch, or an interrupt: nothing half-written is kept
+            self.abort()
+            raise
+
+    def _write(self, key: str, data: torch.Tensor | Buffer) -> None:
+        if self._next >= len(self._order):
+            raise _mismatch("every tensor of the plan is written already", self.out, key, expected="commit()", actual=f"write({key!r})")
+        expected = self._order[self._next]
+        if key != expected:
+            raise _mismatch("tensors must be written in plan order", self.out, key, expected=expected, actual=key)
+        dtype, shape = self.plan[key]
+        if isinstance(data, torch.Tensor):
+            actual = DTYPE_NAMES.get(data.dtype, str(data.dtype))
+            if actual != dtype:
+                raise _mismatch("dtype differs from the plan", self.out, key, expected=dtype, actual=actual)
+            if tuple(data.shape) != shape:
+                raise _mismatch("shape differs from the plan", self.out, key, expected=shape, actual=tuple(data.shape))
+            view = tensor_bytes(data)
+        else:
+            view = memoryview(data).cast("B")
+        shard = self._shard_of[key]
+        info = shard.layout.tensors[key]
+        if view.nbytes != info.nbytes:
+            raise _mismatch("byte count differs from the plan", self.out, key, expected=f"{info.nbytes} bytes", actual=f"{view.nbytes} bytes")
+        _pwrite_all(shard.open(), view, shard.layout.data_start + info.begin)
+        self._next += 1
+        shard.due -= 1
+        if shard.due == 0:
+            shard.close(self.durable)
+
+    # -- finishing -----------------------------------------------------------------------------
+
+    def commit(self) -> Path:
+        """Finish the shards, write the index, copy the base's extra files, and rename the
+        staging folder into place.  Returns the output path."""
+        if self._closed:
+            raise _mismatch("the writer is closed (committed, aborted or failed)", self.out)
+        try:
+            self._commit()
+        except OSError as exc:
+            self.abort()
+            raise WriteError(f"cannot write output: {exc.strerror}", path=self.out) from exc
+        except BaseException:
+            self.abort()
+            raise
+        return self.out
+
+    def _commit(self) -> None:
+        if self._next < len(self._order):
+            missing = self._order[self._next]
+            raise _mismatch("not every tensor of the plan was written", self.out, missing,
+                            expected=f"{len(self._order)} tensors", actual=f"{self._next} written")
+        for shard in self._shards:
+            if not shard.done:  # only a shard without tensors: write() closes the others
+                shard.close(self.durable)
+        staging = self._staging
+        if self.form == "dir":
+            if len(self._shards) > 1:
+                self._write_file(staging / INDEX_NAME, index_json(self._weight_map(), self._index_metadata()))
+            self._copy_extra_files()
+            if self.durable:
+                for root, _dirs, _files in os.walk(staging):
+                    _fsync_path(Path(root))
+        os.chmod(staging, 0o755 if self.form == "dir" else 0o644)
+        _check_absent(self.out, self.overwrite)
+        _install(staging, self.out)
+        self._closed = True
+        self._finalizer.detach()  # the staging folder is the output now
+        if self.durable:
+            _fsync_path(self.out.parent)
+
+    def _weight_map(self) -> dict[str, str]:
+        return {key: shard.layout.name for key, shard in sorted(self._shard_of.items())}
+
+    def _index_metadata(self) -> dict[str, object]:
+        """The base index's metadata with ``total_size`` (and ``total_parameters``, which
+        transformers 5 writes) recomputed for the output."""
+        meta = dict((self.base.index or {}).get("metadata") or {})
+        if self.base.index is None:
+            meta["total_parameters"] = 0
+        if "total_parameters" in meta:
+            meta["total_parameters"] = sum(i.numel for lay in self._layouts for i in lay.tensors.values())
+        meta["total_size"] = sum(i.nbytes for lay in self._layouts for i in lay.tensors.values())
+        return meta
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            if self.durable:
+                os.fsync(f.fileno())
+
+    def _copy_extra_files(self) -> None:
+        base_dir = self.base.path
+        for src in self.base.extra_files():
+            dest = self._staging / src.relative_to(base_dir)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            os.chmod(dest, 0o644)
+            if self.durable:
+                _fsync_path(dest)
+
+    def abort(self) -> None:
+        """Discard everything written (idempotent; committing afterwards is refused)."""
+        self._closed = True
+        for shard in getattr(self, "_shards", ()):
+            if shard.fd is not None:
+                fd, shard.fd = shard.fd, None
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()  # removes the staging folder, once
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        """Leaving the block without :meth:`commit` (by an exception or not) discards the output."""
+        if not self._closed:
+            self.abort()

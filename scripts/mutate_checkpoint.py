@@ -1,0 +1,82 @@
+"""Mutation check of adapterkit.checkpoint: does tests/test_checkpoint.py catch plausible bugs?
+
+Usage: python scripts/mutate_checkpoint.py [--only SUBSTRING]
+
+Same harness as ``mutate_cli.py`` (each mutant patched into a temporary copy of the
+repository, never the real files); prints one line per mutant and the score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mutate_cli import run_mutant
+
+TESTS = ["tests/test_checkpoint.py"]
+R, W, L = "adapterkit/checkpoint/reader.py", "adapterkit/checkpoint/writer.py", "adapterkit/checkpoint/layout.py"
+
+# (name, file, old text, new text)
+MUTANTS = [
+    ("base sharding ignored: every key in the first shard", W,
+     "by_name[self.base.shard_of(key).name].append(key)", "by_name[names[0]].append(key)"),
+    ("tensor written at its data offset, header length forgotten", W,
+     "shard.layout.data_start + info.begin)", "info.begin)"),
+    ("header not padded to 8 bytes", L, '    raw += b" " * (-len(raw) % 8)\n', ""),
+    ("layout by key only (dtype rank ignored: misaligned data)", L,
+     "key=lambda k: (-_RANK[plan[k][0]], k)", "key=lambda k: k"),
+    ("index total_size kept from the base", W,
+     '        meta["total_size"] = sum(', '        meta["total_size"] = meta.get("total_size") or sum('),
+    ("extra files not copied", W, "            self._copy_extra_files()\n", ""),
+    ("extra files: subfolders skipped", R,
+     'dirs[:] = [d for d in dirs if not d.startswith(".")]', "dirs[:] = []"),
+    ("extra files: other weights carried over", R,
+     ' or name.endswith(WEIGHT_SUFFIXES)', ""),
+    ("staging kept when a write breaks the plan", W,
+     "        except BaseException:  # a plan mismatch, or an interrupt: nothing half-written is kept\n            self.abort()\n",
+     "        except BaseException:  # a plan mismatch, or an interrupt: nothing half-written is kept\n"),
+    ("ENOSPC escapes as a bare OSError, staging kept", W,
+     "        except OSError as exc:\n            self.abort()\n            raise WriteError(f\"cannot write output: {exc.strerror}\", path=self.out, key=key) from exc\n        except BaseException:  # a plan",
+     "        except OSError:\n            raise\n        except BaseException:  # a plan"),
+    ("overwrite merges into the old output", W, "        _install(staging, self.out)\n",
+     "        shutil.copytree(staging, self.out, dirs_exist_ok=True) if self.out.is_dir() else _install(staging, self.out)\n"
+     "        shutil.rmtree(staging, ignore_errors=True)\n"),
+    ("output-exists not re-checked at commit", W, "        _check_absent(self.out, self.overwrite)\n        _install(", "        _install("),
+    ("an output holding the base may be replaced", W, " or p.is_relative_to(target)", ""),
+    ("an output inside the base is allowed", W, "    inside = base.path.is_dir() and target.is_relative_to(inputs[0])", "    inside = False"),
+    ("greedy split: an oversized tensor closes the current shard first", L,
+     "        if size > max_shard_size:\n            shards.append([key])",
+     "        if size > max_shard_size:\n            if current:\n                shards.append(current)\n                current, used = [], 0\n            shards.append([key])"),
+    ("greedy split: a shard may not reach the limit exactly", L, "if used + size > max_shard_size:", "if used + size >= max_shard_size:"),
+    ("reader: a key in two shards accepted", R, "            if key in seen:", "            if False:"),
+    ("reader: index keys missing from shards accepted", R, "        if key not in seen:", "        if False:"),
+    ("reader: keys in header text order, not data order", R,
+     "sorted(header.tensors.values(), key=lambda i: (i.begin, i.end))", "list(header.tensors.values())"),
+    ("reader: short read not detected", R, "        if got != info.nbytes:", "        if False:"),
+    ("reader: .bin folder reported as not-a-checkpoint", R, "    if bins:", "    if False:"),
+    ("writer: dtype not checked", W, "            if actual != dtype:", "            if False:"),
+    ("writer: shape not checked", W, "            if tuple(data.shape) != shape:", "            if False:"),
+    ("writer: missing writes committed", W, "        if self._next < len(self._order):", "        if False:"),
+    ("writer: durable never fsyncs shards", W, "            if durable:\n                os.fsync(fd)", "            if False:\n                os.fsync(fd)"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    killed = total = 0
+    for name, file, old, new in MUTANTS:
+        if args.only not in name:
+            continue
+        total += 1
+        dead, detail = run_mutant(name, file, old, new, TESTS)
+        killed += dead
+        print(f"{'KILLED ' if dead else 'SURVIVED'}  {name:<66} {detail}", flush=True)
+    print(f"mutants killed: {killed} / {total}")
+
+
+if __name__ == "__main__":
+    main()

@@ -46,6 +46,11 @@ CODES: dict[str, tuple[str, str]] = {
     "adapter-not-found": ("NotFoundError", "the caller named an adapter subfolder that does not exist"),
     "bin-unsupported": ("UnsupportedError", "the reader does not read legacy .bin weights (adapterkit does; other readers MAY not)"),
     "groups-unsupported": ("UnsupportedError", "LoRA on a grouped convolution, which this format version does not define"),
+    "base-mismatch": ("TensorError", "the base checkpoint does not fit the adapter; the message lists every offending module"),
+    "base-tensor-missing": ("NotFoundError", "a tensor the merge needs (a module's weight, the bias lora_B.bias adds to) is not in the base checkpoint"),
+    "base-shape-mismatch": ("TensorError", "a base checkpoint tensor's shape disagrees with the adapter module merged into it"),
+    "base-dtype-unsupported": ("UnsupportedError", "a base checkpoint tensor is integer or quantized; merging needs F16, BF16, F32 or F64"),
+    "tied-embeddings": ("UnsupportedError", "the adapter changes lm_head, which the checkpoint ties to the input embeddings"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -54,7 +59,9 @@ CODES: dict[str, tuple[str, str]] = {
 
 # Codes of the library API (writing, operations, devices, look-ups), not of the file format:
 # spec §13 lists them apart from the codes a reader reports for a file.
-API_CODES = frozenset({"overwrite-input", "write-failed", "output-exists", "form-mismatch", "not-supported", "device-unavailable", "key-not-found"})
+API_CODES = frozenset({"overwrite-input", "write-failed", "output-exists", "form-mismatch", "not-supported", "device-unavailable", "key-not-found",
+    "base-mismatch", "base-tensor-missing", "base-shape-mismatch", "base-dtype-unsupported", "tied-embeddings",
+})
 
 
 class AdapterkitError(Exception):

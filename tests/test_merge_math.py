@@ -215,9 +215,10 @@ def test_conv3d_1x1_merge(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("adapter_dtype", ["fp32", "bf16"])
 def test_bf16_base_at_least_as_close_to_exact_as_peft(adapter_dtype: str, tmp_path: Path) -> None:
-    """PEFT merges into a bf16 base in bf16 (with a bf16 adapter it also rounds ΔW to bf16
-    first); ours computes in fp32 and rounds once, so per tensor our max error against the
-    fp64 merge is never larger than PEFT's."""
+    """Ours computes in fp32 and rounds to bf16 once; per tensor our max error against the fp64
+    merge is never larger than PEFT's.  With an fp32 adapter (PEFT's default autocast) PEFT's
+    Linear merge adds the fp32 ΔW into the bf16 weight in place, also one rounding: the results
+    are bit-identical.  With a bf16 adapter PEFT rounds ΔW to bf16 first (two roundings)."""
     case = CASES_BY_NAME["lora_bf16"]
     b = build(case, tmp_path, autocast_adapter_dtype=(adapter_dtype == "fp32"))
     assert {b.adapter.meta(k).dtype for k in b.adapter.tensors} == {"F32" if adapter_dtype == "fp32" else "BF16"}
@@ -232,8 +233,24 @@ def test_bf16_base_at_least_as_close_to_exact_as_peft(adapter_dtype: str, tmp_pa
         assert ours[key].dtype == torch.bfloat16
         assert err_ours <= err_peft, (key, err_ours, err_peft)
         strictly_better += err_ours < err_peft
+        if adapter_dtype == "fp32":
+            assert torch.equal(ours[key], b.merged[key]), key
     if adapter_dtype == "bf16":
-        assert strictly_better  # double rounding shows somewhere
+        assert strictly_better  # the double rounding shows
+
+
+def test_targets_in_any_float_dtype_are_computed_in_fp32(built: Callable[[str], Built]) -> None:
+    """bf16/fp16 targets are upcast (exactly) and the result is fp32; fp64 targets stay fp64."""
+    for name in ("lora_dora", "ia3_bias", "lora_bias_nonzero"):
+        b = built(name)
+        for m in b.adapter.modules:
+            targets = {r: b.base[f"{m}.{r}"] for r in b.adapter.merge_roles(m) if f"{m}.{r}" in b.base}
+            for dtype in (torch.bfloat16, torch.float16):
+                low = {r: t.to(dtype) for r, t in targets.items()}
+                got = b.adapter.merge(m, low)
+                want = b.adapter.merge(m, {r: t.float() for r, t in low.items()})
+                assert all(got[r].dtype == torch.float32 and torch.equal(got[r], want[r]) for r in want), (name, m)
+            assert all(t.dtype == torch.float64 for t in b.adapter.merge(m, {r: t.double() for r, t in targets.items()}).values())
 
 
 # ----------------------------------------------------------------------------- weights, refusals
@@ -512,3 +529,17 @@ def test_plan_expected_shapes_from_header_only(built: Callable[[str], Built]) ->
                     actual = tuple(b.base[f"{m}.{role}"].shape)
                     assert len(want) == len(actual) and all(w in (None, a) for w, a in zip(want, actual)), (name, m, role)
                     assert any(w is not None for w in want)
+
+
+def test_mutation_list_still_applies() -> None:
+    """scripts/mutate_merge.py (a ~4 minute run, not part of the suite): each mutant's patch
+    must still match its file exactly once, or the script would report it unapplied."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("mutate_merge", root / "scripts" / "mutate_merge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert len(module.MUTANTS) >= 30
+    for name, file, old, _new in module.MUTANTS:
+        assert (root / file).read_text(encoding="utf-8").count(old) == 1, name

@@ -152,6 +152,24 @@ class Adapter:
         self.module(module)
         return self.kind.delta(self, module, device=resolve_device(device), dtype=dtype)
 
+    def merge_roles(self, module: str) -> tuple[str, ...]:
+        """The base tensors ("weight", "bias") a merge of ``module`` reads.  Raises
+        UnsupportedError for kinds that cannot be merged (prompt kinds)."""
+        self.module(module)
+        return self.kind.merge_roles(self, module)
+
+    def merge(self, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+        """The base tensors of ``module`` (by role, checkpoint layout) with the adapter merged in,
+        in fp32 (fp64 for fp64 targets), on ``device``; only the roles that change.  See the
+        kind's ``merge`` for what ``weight`` means.  Raises UnsupportedError for prompt kinds."""
+        self.module(module)
+        return self.kind.merge_module(self, module, targets, weight=weight, device=resolve_device(device))
+
+    def unmerge(self, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+        """The inverse of :meth:`merge` where the kind defines one (not for DoRA)."""
+        self.module(module)
+        return self.kind.unmerge_module(self, module, targets, weight=weight, device=resolve_device(device))
+
     def parameter_count(self) -> int:
         return sum(self.meta(k).numel for k in self.tensors)
 

@@ -50,6 +50,11 @@ CODES: dict[str, tuple[str, str]] = {
     "checkpoint-invalid": ("FormatError", "a checkpoint's index and shards disagree, or its index is malformed"),
     "checkpoint-unsupported": ("UnsupportedError", "a checkpoint in a form adapterkit does not read (pytorch .bin weights: convert to safetensors)"),
     "plan-mismatch": ("WriteError", "a checkpoint write disagrees with the writer's plan (key order, dtype, shape, byte count) or the plan with the base"),
+    "base-mismatch": ("TensorError", "the base checkpoint does not fit the adapter; the message lists every offending module"),
+    "base-tensor-missing": ("NotFoundError", "a tensor the merge needs (a module's weight, the bias lora_B.bias adds to) is not in the base checkpoint"),
+    "base-shape-mismatch": ("TensorError", "a base checkpoint tensor's shape disagrees with the adapter module merged into it"),
+    "base-dtype-unsupported": ("UnsupportedError", "a base checkpoint tensor is integer or quantized; merging needs F16, BF16, F32 or F64"),
+    "tied-embeddings": ("UnsupportedError", "the adapter changes lm_head, which the checkpoint ties to the input embeddings"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -62,6 +67,8 @@ API_CODES = frozenset({
     "overwrite-input", "write-failed", "output-exists", "form-mismatch", "not-supported", "device-unavailable", "key-not-found",
     # model checkpoints (adapterkit.checkpoint): inputs and outputs of merging, not adapter files
     "not-a-checkpoint", "checkpoint-invalid", "checkpoint-unsupported", "plan-mismatch",
+    # merging adapters into checkpoints (adapterkit.ops.merge_plan)
+    "base-mismatch", "base-tensor-missing", "base-shape-mismatch", "base-dtype-unsupported", "tied-embeddings",
 })
 
 

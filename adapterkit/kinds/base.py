@@ -192,6 +192,15 @@ class Kind:
         partners, flags), without reading tensor data.
     delta_weight(adapter, module, device, dtype) -> Tensor, if the kind has one.
     stats(adapter, module, device) -> {name: float}: per-module figures for ``info``.
+    whole_tensors(adapter) -> {adapter key: base-relative tensor name}: the tensors stored
+        whole (``modules_to_save``, trained biases, saved base layers), which replace the
+        base model's tensor of that name when merging.
+    merge(adapter, module, targets, *, weight, device) -> {role: Tensor}: the module's base
+        tensors (role "weight", and "bias" where the adapter changes it) after merging, if
+        the kind can be merged; ``unmerge`` is the inverse where one is defined.
+    merge_shapes(adapter, module) -> {role: (shape, required)}: the base tensors a merge of
+        the module reads, with the shape the adapter implies (None for a dimension the
+        adapter does not determine), from the header only.
     """
 
     peft_type: str
@@ -201,6 +210,11 @@ class Kind:
     check: Callable[[Adapter], list[Problem]]
     stats: Callable[[Adapter, str, Any], dict[str, float]]
     delta_weight: Callable[..., torch.Tensor] | None = None
+    whole_tensors: Callable[[Adapter], dict[str, str]] | None = None
+    merge: Callable[..., dict[str, torch.Tensor]] | None = None
+    unmerge: Callable[..., dict[str, torch.Tensor]] | None = None
+    merge_shapes: Callable[[Adapter, str], dict[str, tuple[tuple[int | None, ...], bool]]] | None = None
+    no_merge_reason: str = "adapters have no weights to merge into a checkpoint"
 
     def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
         if self.delta_weight is None:
@@ -209,3 +223,37 @@ class Kind:
                 key=module, path=adapter.source,
             )
         return self.delta_weight(adapter, module, device=device, dtype=dtype)
+
+    def _mergeable(self, adapter: Adapter, module: str | None) -> None:
+        if self.merge is None or self.merge_shapes is None:
+            raise UnsupportedError(f"{self.peft_type} {self.no_merge_reason}", key=module, path=adapter.source)
+
+    def merge_roles(self, adapter: Adapter, module: str) -> tuple[str, ...]:
+        """The base tensors ("weight", "bias") a merge of ``module`` reads (and may change).
+
+        Raises:
+            UnsupportedError: ``not-supported`` for kinds that cannot be merged (prompt kinds).
+        """
+        return tuple(self.base_shapes(adapter, module))
+
+    def base_shapes(self, adapter: Adapter, module: str) -> dict[str, tuple[tuple[int | None, ...], bool]]:
+        """role -> (the base tensor's shape as the adapter implies it, whether it is required)."""
+        self._mergeable(adapter, module)
+        return self.merge_shapes(adapter, module)  # type: ignore[misc]
+
+    def merge_module(self, adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+        """The kind's ``merge``; raises UnsupportedError (``not-supported``) where there is none."""
+        self._mergeable(adapter, module)
+        return self.merge(adapter, module, dict(targets), weight=weight, device=device)  # type: ignore[misc]
+
+    def unmerge_module(self, adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+        """The kind's ``unmerge``; raises UnsupportedError (``not-supported``) where there is none."""
+        self._mergeable(adapter, module)
+        if self.unmerge is None:
+            raise UnsupportedError(f"{self.peft_type} adapters cannot be unmerged", key=module, path=adapter.source)
+        return self.unmerge(adapter, module, dict(targets), weight=weight, device=device)
+
+    def whole_module_tensors(self, adapter: Adapter) -> dict[str, str]:
+        """adapter key -> base-relative tensor name of every tensor stored whole (none if the
+        kind defines no such tensors)."""
+        return self.whole_tensors(adapter) if self.whole_tensors is not None else {}

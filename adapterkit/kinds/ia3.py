@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import ConfigError, Problem
+from ..errors import ConfigError, Problem, UnsupportedError
 from .base import BOOL, OPT_STR_LIST, TARGETS, AdapterConfig, Kind, schema_field
+from .merging import prepare_targets, whole_module_names
 from .patterns import matches_feedforward, matches_modules_to_save
 
 if TYPE_CHECKING:
@@ -120,4 +121,98 @@ def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]
     return {"size": vec.numel(), "scale_distance": math.sqrt(float(((vec - 1) ** 2).sum()))}
 
 
-KIND = Kind(peft_type="IA3", config=IA3Config, parse_key=parse_key, modules=modules, check=check, stats=stats)
+def merge_shapes(adapter: Adapter, module: str) -> dict[str, tuple[tuple[int | None, ...], bool]]:
+    """The base tensors a merge of ``module`` reads: the weight, whose scaled dimension
+    ``ia3_l`` fixes (the output for ordinary modules, the input for feedforward ones, swapped
+    under fan_in_fan_out for 2-D weights), and — optional — the bias of an ordinary module."""
+    cfg: IA3Config = adapter.config  # type: ignore[assignment]
+    view: IA3Module = adapter.module(module)
+    shape = tuple(adapter.meta(view.key).shape)
+    if len(shape) == 2:
+        size = shape[1] if view.is_feedforward else shape[0]
+        scaled_dim = (0 if view.is_feedforward else 1) if cfg.fan_in_fan_out else (1 if view.is_feedforward else 0)
+        want: list[int | None] = [None, None]
+    else:
+        size = shape[1]
+        scaled_dim = 1 if view.is_feedforward else 0
+        want = [None] * len(shape)
+    want[scaled_dim] = size
+    out: dict[str, tuple[tuple[int | None, ...], bool]] = {"weight": (tuple(want), True)}
+    if not view.is_feedforward:
+        out["bias"] = ((size,), False)
+    return out
+
+
+def merge_roles(adapter: Adapter, module: str) -> tuple[str, ...]:
+    """("weight",) for feedforward modules, ("weight", "bias") otherwise (the bias is optional)."""
+    return tuple(merge_shapes(adapter, module))
+
+
+def _scale(adapter: Adapter, module: str, W: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s shaped to broadcast over W, s as stored) where s = l for weight=1, else 1 + weight·(l − 1)."""
+    cfg: IA3Config = adapter.config  # type: ignore[assignment]
+    view: IA3Module = adapter.module(module)
+    s = view.ia3_l.to(device=W.device, dtype=W.dtype)
+    if weight != 1:
+        s = 1 + weight * (s - 1)
+    if s.dim() == 2:
+        return (s.T if cfg.fan_in_fan_out else s), s
+    return (s if view.is_feedforward else s.transpose(0, 1)), s
+
+
+def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+    """PEFT's IA3 merge in fp32 (fp64 for fp64 targets): W scaled by ``ia3_l`` along its output
+    dimension (ordinary modules) or input dimension (feedforward), and, for ordinary modules,
+    the bias scaled too when ``targets`` holds one.
+
+    ``weight`` interpolates linearly between the base and the full merge: the scale is
+    1 + weight·(l − 1), so W' = W + weight·(W·diag(l) − W), as LoRA's W + weight·ΔW; weight=1
+    uses l itself (bit-identical to PEFT for fp32 bases), weight=0 leaves W unchanged.
+
+    Raises:
+        NotFoundError / TensorError: ``base-tensor-missing`` / ``base-shape-mismatch``.
+    """
+    t = prepare_targets(adapter, module, targets, merge_shapes(adapter, module), device)
+    W = t["weight"]
+    scale, s = _scale(adapter, module, W, weight)
+    out = {"weight": torch.mul(W, scale)}
+    if "bias" in t:
+        out["bias"] = torch.mul(t["bias"], s.reshape(t["bias"].shape))
+    return out
+
+
+def unmerge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+    """The inverse of ``merge``: divides by the scale.  Exact division (PEFT adds 1e-8 to l,
+    which only matters for |l| near 1e-8); lossy where the scale is tiny, as rows or columns
+    scaled towards zero lost their digits in the merge.
+
+    Raises:
+        UnsupportedError: ``not-supported`` when a scale is exactly zero (those rows or columns
+            were erased by the merge).
+        NotFoundError / TensorError: as ``merge``.
+    """
+    t = prepare_targets(adapter, module, targets, merge_shapes(adapter, module), device)
+    W = t["weight"]
+    scale, s = _scale(adapter, module, W, weight)
+    zeros = (s == 0).nonzero()
+    if len(zeros):
+        raise UnsupportedError(
+            f"IA3 scale of `{module}` is exactly zero at {len(zeros)} position(s) (first: index {tuple(zeros[0].tolist())}); "
+            "the merge erased those rows/columns, so it cannot be undone", key=module, path=adapter.source,
+            expected="nonzero scales", actual="0",
+        )
+    out = {"weight": torch.div(W, scale)}
+    if "bias" in t:
+        out["bias"] = torch.div(t["bias"], s.reshape(t["bias"].shape))
+    return out
+
+
+def whole_tensors(adapter: Adapter) -> dict[str, str]:
+    """adapter key -> base-relative name of the ``modules_to_save`` tensors."""
+    return whole_module_names(adapter, PREFIX, parse_key)
+
+
+KIND = Kind(
+    peft_type="IA3", config=IA3Config, parse_key=parse_key, modules=modules, check=check, stats=stats,
+    whole_tensors=whole_tensors, merge=merge, unmerge=unmerge, merge_shapes=merge_shapes,
+)

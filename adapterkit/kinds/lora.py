@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, Problem
+from ..errors import ConfigError, Problem, UnsupportedError
 from .base import (
     BOOL,
     NUM_PATTERN,
@@ -34,6 +34,7 @@ from .base import (
     Kind,
     schema_field,
 )
+from .merging import prepare_targets, whole_module_names
 from .patterns import matches_modules_to_save, matches_target, pattern_key, pattern_value
 
 if TYPE_CHECKING:
@@ -319,6 +320,112 @@ def delta_bias(adapter: Adapter, module: str, *, device: Any = None, dtype: torc
     return (bias.to(device=device, dtype=_compute_dtype(bias)) * view.scaling).to(dtype or bias.dtype)
 
 
+def merge_shapes(adapter: Adapter, module: str) -> dict[str, tuple[tuple[int | None, ...], bool]]:
+    """The base tensors a merge of ``module`` reads, with the shapes the factors imply:
+    weight (out, in) — (in, out) with fan_in_fan_out —, (vocab, dim) for embeddings,
+    (out, in, *k) for convolutions; bias (out,) when the module has ``lora_B.bias``."""
+    view: LoraModule = adapter.module(module)
+    a = tuple(adapter.meta(view.keys["lora_A"]).shape)
+    b = tuple(adapter.meta(view.keys["lora_B"]).shape)
+    if view.layer_type == "linear":
+        shape = (a[1], b[0]) if view.fan_in_fan_out else (b[0], a[1])
+    elif view.layer_type == "embedding":
+        shape = (a[1], b[0])
+    else:
+        shape = (b[0], a[1], *a[2:])
+    out: dict[str, tuple[tuple[int | None, ...], bool]] = {"weight": (shape, True)}
+    if "bias" in view.keys:
+        out["bias"] = ((b[0],), True)
+    return out
+
+
+def merge_roles(adapter: Adapter, module: str) -> tuple[str, ...]:
+    """The roles ("weight", and "bias" with ``lora_B.bias``) a merge of ``module`` reads."""
+    return tuple(merge_shapes(adapter, module))
+
+
+def _dora_factor(view: LoraModule, W: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """m / ‖W + ΔW‖, shaped to broadcast over W, with PEFT's operations in PEFT's order.
+
+    The norm is taken per output row of the (out, in) weight for linear layers (the base is
+    transposed first under fan_in_fan_out), per embedding dimension (over the vocabulary)
+    for embeddings, and per output channel for convolutions.
+    """
+    m = view.magnitude.to(device=W.device, dtype=W.dtype)
+    if view.layer_type == "linear":
+        if view.fan_in_fan_out:
+            norm = torch.linalg.norm(W.T + 1 * delta.T, dim=1).to(W.dtype)
+            return (m / norm).view(-1, 1).T
+        return (m / torch.linalg.norm(W + 1 * delta, dim=1).to(W.dtype)).view(-1, 1)
+    if view.layer_type == "embedding":
+        norm = torch.linalg.norm(W.T + 1 * delta.T, dim=1).to(W.dtype)
+        return (m / norm).view(1, -1)
+    norm = (W + 1 * delta).norm(p=2, dim=tuple(range(1, W.dim())), keepdim=True).transpose(1, 0)
+    return (m / norm).view((-1,) + (1,) * (W.dim() - 1))
+
+
+def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+    """The module's base tensors with the adapter merged in, computed in fp32 (fp64 for fp64 targets).
+
+    ``targets`` holds the base tensors in the checkpoint's layout, keyed by role (see
+    ``merge_shapes``).  LoRA: W + weight·ΔW, and bias + weight·(lora_B.bias·scaling) for
+    ``lora_bias``.  DoRA: PEFT's (m / ‖W + ΔW‖)·(W + ΔW); only weight=1 is defined (PEFT has
+    no scaled DoRA).  For weight=1 the result is PEFT's ``merge`` computed in fp32 (bit-identical
+    for fp32 bases).
+
+    Raises:
+        NotFoundError: ``base-tensor-missing`` when a required role is absent.
+        TensorError: ``base-shape-mismatch`` when a target's shape disagrees with the factors.
+        UnsupportedError: ``not-supported`` for DoRA with weight != 1.
+    """
+    view: LoraModule = adapter.module(module)
+    t = prepare_targets(adapter, module, targets, merge_shapes(adapter, module), device)
+    W = t["weight"]
+    delta = delta_weight(adapter, module, device=W.device, dtype=W.dtype)
+    if view.magnitude is not None:
+        if weight != 1:
+            raise UnsupportedError(
+                "DoRA defines no scaled merge: ‖W + ΔW‖ is not linear in the adapter's weight", key=module,
+                path=adapter.source, expected="weight=1", actual=f"weight={weight}",
+            )
+        out = {"weight": _dora_factor(view, W, delta) * (W + delta)}
+    else:
+        out = {"weight": W + delta * weight}
+    if "bias" in t:
+        out["bias"] = t["bias"] + delta_bias(adapter, module, device=W.device, dtype=t["bias"].dtype) * weight
+    return out
+
+
+def unmerge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+    """The inverse of ``merge``: W − weight·ΔW (and the bias likewise), exact up to fp32 rounding.
+
+    Raises:
+        UnsupportedError: ``not-supported`` for DoRA: its merge keeps only m/‖W + ΔW‖·(W + ΔW),
+            whose rows all have norm |m|, so ‖W + ΔW‖ — which PEFT keeps in a cache of the live
+            module — cannot be recovered from a merged checkpoint.
+        NotFoundError / TensorError: as ``merge``.
+    """
+    view: LoraModule = adapter.module(module)
+    if view.magnitude is not None:
+        raise UnsupportedError(
+            "a DoRA merge cannot be undone from the merged weights: the norm ‖W + ΔW‖ it divided by is not "
+            "recoverable (PEFT unmerges only from the norm it cached at merge time)", key=module, path=adapter.source,
+        )
+    t = prepare_targets(adapter, module, targets, merge_shapes(adapter, module), device)
+    W = t["weight"]
+    out = {"weight": W - delta_weight(adapter, module, device=W.device, dtype=W.dtype) * weight}
+    if "bias" in t:
+        out["bias"] = t["bias"] - delta_bias(adapter, module, device=W.device, dtype=t["bias"].dtype) * weight
+    return out
+
+
+def whole_tensors(adapter: Adapter) -> dict[str, str]:
+    """adapter key -> base-relative name of the tensors stored whole: ``modules_to_save``,
+    trained biases (``bias="all"``/``"lora_only"``) and saved base layers.  PEFT's wrapper
+    names (``.base_layer``) are removed: ``base_model.model.m.q.base_layer.bias`` -> ``m.q.bias``."""
+    return whole_module_names(adapter, PREFIX, parse_key)
+
+
 def factor_norm(A: torch.Tensor, B: torch.Tensor) -> float:
     """‖B·A‖_F from the factors only: sqrt(trace((BᵀB)(AAᵀ))), an r×r product in fp64."""
     A = A.reshape(A.shape[0], -1).double()
@@ -340,4 +447,8 @@ KIND = Kind(
     check=check,
     stats=stats,
     delta_weight=delta_weight,
+    whole_tensors=whole_tensors,
+    merge=merge,
+    unmerge=unmerge,
+    merge_shapes=merge_shapes,
 )

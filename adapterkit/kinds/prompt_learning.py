@@ -15,6 +15,7 @@ import torch
 
 from ..errors import Problem
 from .base import OPT_STR_LIST, POS_INT, AdapterConfig, Kind, schema_field
+from .merging import whole_module_names
 from .patterns import matches_modules_to_save
 
 if TYPE_CHECKING:
@@ -96,4 +97,14 @@ def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]
 
 def make_kind(config: type[PromptLearningConfig]) -> Kind:
     """The Kind record for a prompt-learning config class."""
-    return Kind(peft_type=config.peft_type, config=config, parse_key=parse_key, modules=modules, check=check, stats=stats)
+    return Kind(
+        peft_type=config.peft_type, config=config, parse_key=parse_key, modules=modules, check=check, stats=stats,
+        whole_tensors=whole_tensors,
+        no_merge_reason="adapters have no weights to merge into a checkpoint: the virtual tokens are prepended to the input",
+    )
+
+
+def whole_tensors(adapter: Adapter) -> dict[str, str]:
+    """adapter key -> base-relative name of the ``modules_to_save`` tensors (PEFT saves them
+    as ``base_model.<module>.<param>`` for prompt kinds)."""
+    return whole_module_names(adapter, PREFIX, parse_key)

@@ -1,0 +1,106 @@
+"""Mutation check of the merge math and plan_merge: does tests/test_merge_math.py catch plausible bugs?
+
+Usage: python scripts/mutate_merge.py [--only SUBSTRING]
+
+Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
+repository (never the real files); the merge tests then run against the copy.  A mutant
+is killed when a test fails.  Prints one line per mutant and the score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ["tests/test_merge_math.py"]
+LORA = "adapterkit/kinds/lora.py"
+IA3 = "adapterkit/kinds/ia3.py"
+PLAN = "adapterkit/ops/merge_plan.py"
+COMMON = "adapterkit/kinds/merging.py"
+
+# (name, file, old text, new text)
+MUTANTS = [
+    ("lora: fan_in_fan_out shape not transposed", LORA, "shape = (a[1], b[0]) if view.fan_in_fan_out else (b[0], a[1])", "shape = (b[0], a[1])"),
+    ("lora: weight ignored", LORA, 'out = {"weight": W + delta * weight}', 'out = {"weight": W + delta}'),
+    ("lora: weight applied twice", LORA, 'out = {"weight": W + delta * weight}', 'out = {"weight": W + delta * weight * weight}'),
+    ("lora_bias: bias added without scaling", LORA,
+     'out["bias"] = t["bias"] + delta_bias(adapter, module, device=W.device, dtype=t["bias"].dtype) * weight',
+     'out["bias"] = t["bias"] + view.bias.to(W.device, t["bias"].dtype) * weight'),
+    ("lora_bias: bias scaled by weight only once more", LORA,
+     'out["bias"] = t["bias"] + delta_bias(adapter, module, device=W.device, dtype=t["bias"].dtype) * weight',
+     'out["bias"] = t["bias"] + delta_bias(adapter, module, device=W.device, dtype=t["bias"].dtype)'),
+    ("dora: linear norm over the wrong axis", LORA, "return (m / torch.linalg.norm(W + 1 * delta, dim=1).to(W.dtype)).view(-1, 1)",
+     "return (m / torch.linalg.norm(W + 1 * delta, dim=0).to(W.dtype)).view(-1, 1)"),
+    ("dora: norm of W instead of W + ΔW", LORA, "return (m / torch.linalg.norm(W + 1 * delta, dim=1).to(W.dtype)).view(-1, 1)",
+     "return (m / torch.linalg.norm(W, dim=1).to(W.dtype)).view(-1, 1)"),
+    ("dora: fan_in_fan_out factor not transposed", LORA, "return (m / norm).view(-1, 1).T", "return (m / norm).view(1, -1).T"),
+    ("dora: embedding norm per vocabulary row", LORA,
+     "norm = torch.linalg.norm(W.T + 1 * delta.T, dim=1).to(W.dtype)\n        return (m / norm).view(1, -1)",
+     "norm = torch.linalg.norm(W + 1 * delta, dim=1).to(W.dtype)\n        return (m[: norm.shape[0]] / norm).view(-1, 1)"),
+    ("dora: conv norm over the output channels", LORA, "norm = (W + 1 * delta).norm(p=2, dim=tuple(range(1, W.dim())), keepdim=True).transpose(1, 0)",
+     "norm = (W + 1 * delta).norm(p=2, dim=tuple(range(0, W.dim() - 1)), keepdim=True).transpose(1, 0)"),
+    ("dora: merged as plain LoRA", LORA, 'out = {"weight": _dora_factor(view, W, delta) * (W + delta)}', 'out = {"weight": W + delta}'),
+    ("dora: scaled merge allowed", LORA, "        if weight != 1:\n            raise UnsupportedError(\n                \"DoRA defines", "        if False:\n            raise UnsupportedError(\n                \"DoRA defines"),
+    ("lora: unmerge adds", LORA, 'out = {"weight": W - delta_weight(', 'out = {"weight": W + delta_weight('),
+    ("lora: delta rounded to the adapter's dtype", LORA, "delta = delta_weight(adapter, module, device=W.device, dtype=W.dtype)", "delta = delta_weight(adapter, module, device=W.device).to(W.dtype)"),
+    ("ia3: fan_in_fan_out axis swapped", IA3, "return (s.T if cfg.fan_in_fan_out else s), s", "return (s if cfg.fan_in_fan_out else s.T), s"),
+    ("ia3: 2-D scale always transposed", IA3, "return (s.T if cfg.fan_in_fan_out else s), s", "return s.T, s"),
+    ("ia3: conv feedforward axis swapped", IA3, "return (s if view.is_feedforward else s.transpose(0, 1)), s", "return (s.transpose(0, 1) if view.is_feedforward else s), s"),
+    ("ia3: feedforward bias scaled too", IA3, "    if not view.is_feedforward:\n        out[\"bias\"] = ((size,), False)", "    if True:\n        out[\"bias\"] = ((size,), False)"),
+    ("ia3: bias never scaled", IA3, '        out["bias"] = torch.mul(t["bias"], s.reshape(t["bias"].shape))', '        out["bias"] = t["bias"]'),
+    ("ia3: weight scales l itself", IA3, "        s = 1 + weight * (s - 1)", "        s = s * weight"),
+    ("ia3: unmerge multiplies", IA3, 'out = {"weight": torch.div(W, scale)}', 'out = {"weight": torch.mul(W, scale)}'),
+    ("ia3: zero scales not refused", IA3, "    if len(zeros):", "    if False:"),
+    ("ia3: expected shape on the wrong axis", IA3, "scaled_dim = 1 if view.is_feedforward else 0", "scaled_dim = 0 if view.is_feedforward else 1"),
+    ("targets: shape check ignores sizes", COMMON, "return len(shape) == len(want) and all(w is None or w == s for s, w in zip(shape, want))", "return len(shape) == len(want)"),
+    ("targets: computed in the targets' dtype", COMMON, "ct = torch.float64 if t.dtype == torch.float64 else torch.float32", "ct = t.dtype"),
+    ("whole tensors: .base_layer kept", COMMON, 'if p != "base_layer"', "if True"),
+    ("plan: strip removes two components", PLAN, "lambda n, f=first: n[len(f) + 1:] if n.startswith(f + \".\") else None", "lambda n, f=first: n.split(\".\", 2)[-1] if n.startswith(f + \".\") else None"),
+    ("plan: add rule without the dot", PLAN, 'rules.append((f"add {p + \'.\'!r}", lambda n, p=p: f"{p}.{n}"))', 'rules.append((f"add {p + \'.\'!r}", lambda n, p=p: f"{p}{n}"))'),
+    ("plan: exact rule never tried", PLAN, 'rules: list[tuple[str, Callable[[str], str | None]]] = [("exact", lambda n: n)]', "rules: list[tuple[str, Callable[[str], str | None]]] = []"),
+    ("plan: bf16 base refused", PLAN, 'FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64",', 'FLOAT_DTYPES = frozenset({"F16", "F32", "F64",'),
+    ("plan: dtype not checked", PLAN, "        if str(dtype).removeprefix(\"torch.\") not in FLOAT_DTYPES:", "        if False:"),
+    ("plan: tied embeddings not detected", PLAN, 'tied = _tied_to(m, checkpoint_keys) if role == "weight" else None', "tied = None"),
+    ("plan: missing bias tolerated", PLAN, "                elif required:", "                elif False:"),
+    ("plan: replacement shape not checked", PLAN, "elif fits(mapped, tuple(adapter.meta(akey).shape), f\"`{akey}` (stored whole)\"):", "else:"),
+    ("plan: first problem only", PLAN, "    if problems:\n        raise _base_mismatch(adapter, problems, rule_name)", "    if problems:\n        raise _base_mismatch(adapter, problems[:1], rule_name)"),
+]
+
+
+def run_mutant(name: str, file: str, old: str, new: str) -> tuple[bool, str]:
+    with tempfile.TemporaryDirectory(prefix="ak-mutant-") as tmp:
+        copy = Path(tmp) / "repo"
+        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "example-out"))
+        target = copy / file
+        text = target.read_text()
+        if text.count(old) != 1:
+            return False, f"patch does not apply ({text.count(old)} matches)"
+        target.write_text(text.replace(old, new))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TESTS]
+        proc = subprocess.run(cmd, cwd=copy, capture_output=True, text=True,
+                              env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "HOME": tmp})
+        return proc.returncode != 0, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    killed = total = 0
+    for name, file, old, new in MUTANTS:
+        if args.only not in name:
+            continue
+        total += 1
+        dead, detail = run_mutant(name, file, old, new)
+        killed += dead
+        print(f"{'KILLED ' if dead else 'SURVIVED'}  {name:<55} {detail}", flush=True)
+    print(f"mutants killed: {killed} / {total}")
+
+
+if __name__ == "__main__":
+    main()

@@ -84,7 +84,7 @@ class Group(click.Group):
 @click.option("--debug", is_flag=True, help="Print the traceback of an error before its one-line message.")
 @click.version_option(__version__, prog_name="adapterkit")
 def main(debug: bool) -> None:
-    """Inspect, validate and convert parameter-efficient fine-tuning adapters
+    """Inspect, validate, convert and merge parameter-efficient fine-tuning adapters
     (LoRA, IA3, prompt tuning, prefix tuning, P-tuning) in PEFT's layout or adapterkit's single file.
 
     \b
@@ -92,6 +92,7 @@ def main(debug: bool) -> None:
       adapterkit info my-lora
       adapterkit validate my-lora --json
       adapterkit convert my-lora my-lora.safetensors
+      adapterkit merge base-model my-lora merged-model
 
     Exit status: 0 success, 1 a check failed, 2 error (one line: ... [code]).
     """
@@ -207,6 +208,121 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
     adapter = load(src, adapter_name=adapter_name)
     written = save(adapter, out, form=named, overwrite=overwrite)
     click.echo(f"wrote {written} ({adapter.peft_type}, {_plural(len(adapter.tensors), 'tensor')}, form={named})")
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _parse_size(text: str | None) -> int | None:
+    """``5GB`` (10^9, as transformers counts), ``2GiB``, or a number of bytes."""
+    if text is None:
+        return None
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m[2].upper() if m else ""
+    if not m or unit not in _SIZE_UNITS or float(m[1]) <= 0:
+        raise click.BadParameter(f"{text!r} is not a size such as 5GB, 500MB, 2GiB or a number of bytes", param_hint="--max-shard-size")
+    return int(float(m[1]) * _SIZE_UNITS[unit])
+
+
+def _merge_inputs(paths: tuple[Path, ...], adapters: tuple[Path, ...], weights: tuple[float, ...], what: str) -> tuple[Path, list[Path], list[float], Path]:
+    """(base, adapters, weights, out) from ``BASE [ADAPTER] OUT`` plus ``--adapter``/``--weight``."""
+    if len(paths) not in (2, 3):
+        raise click.UsageError(f"expected {what} [ADAPTER] OUT (got {len(paths)} paths)", ctx=click.get_current_context())
+    base, out = paths[0], paths[-1]
+    given = ([paths[1]] if len(paths) == 3 else []) + list(adapters)
+    if not given:
+        raise click.UsageError("name an adapter: a positional ADAPTER or --adapter PATH", ctx=click.get_current_context())
+    if weights and len(weights) != len(given):
+        raise click.UsageError(
+            f"{len(weights)} --weight for {len(given)} adapters: give one per adapter (positional first), or none for 1.0 each",
+            ctx=click.get_current_context(),
+        )
+    return base, given, list(weights) or [1.0] * len(given), out
+
+
+def _merge_command(direction: str):
+    def decorate(func):
+        options = [
+            click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path)),
+            click.option("--adapter", "adapters", multiple=True, type=click.Path(path_type=Path), help="An adapter (repeatable), after the positional one."),
+            click.option("--weight", "weights", multiple=True, type=float, help="Its weight (repeatable, one per adapter in order; default 1)."),
+            click.option("--device", default=None, help="torch device for the fp32 math, e.g. cuda."),
+            click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32", "fp64"]), default=None, help="Store floating-point tensors in this dtype (default: as in the base)."),
+            click.option("--max-shard-size", default=None, help="Reshard: e.g. 5GB, 500MB (default: the base's sharding)."),
+            click.option("--safe/--no-safe", default=True, show_default=True, help="Refuse to write a tensor holding NaN or Inf."),
+            click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists."),
+            click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+_DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
+
+
+def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json) -> None:
+    base, given, weights, out = _merge_inputs(paths, adapters, weights, "MERGED" if direction == "unmerge" else "BASE")
+    size = _parse_size(max_shard_size)
+    for p in (base, *given):
+        _require(p)
+    from .ops.merge import merge_checkpoint
+
+    report = merge_checkpoint(
+        base, given, out, weights=weights, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
+        max_shard_size=size, safe=safe, overwrite=overwrite, unmerge=direction == "unmerge",
+    )
+    if as_json:
+        click.echo(json.dumps({
+            "out": str(report.out), "adapters": report.adapters, "tensors": report.tensors, "changed": report.changed,
+            "replaced": report.replaced, "copied": report.copied, "lossy": report.lossy,
+        }, indent=2))
+    else:
+        names = ", ".join(f"{a['kind']} {a['adapter']} x{a['weight']:g}" for a in report.adapters)
+        note = f"; lossy: {', '.join(report.lossy)}" if report.lossy else ""
+        click.echo(f"{direction}d {names} into {report.out}: {report.changed} tensors changed, {report.replaced} replaced, "
+                   f"{report.copied} copied unchanged, {report.tensors} in all{note}")
+
+
+@main.command(short_help="Merge adapters into a model checkpoint, streaming, shard by shard.")
+@_merge_command("merge")
+@handles_errors
+def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json) -> None:
+    """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
+    sharded index, or one .safetensors file) and write OUT: the same sharding and index, every
+    other file of BASE (config, tokenizer, ...) copied, and what was merged recorded in each
+    shard's metadata and in README.md.  One tensor is in memory at a time; each changed tensor
+    is computed in fp32 (on --device) and cast once.  BASE is never modified; OUT appears whole
+    or not at all.  LoRA (incl. DoRA, lora_bias, Conv1D, embeddings, convolutions), IA3 and
+    modules_to_save merge; prompt-learning adapters have no weights to merge into.
+
+    \b
+    Examples:
+      adapterkit merge base-model my-lora merged-model
+      adapterkit merge base-model merged --adapter a --weight 0.7 --adapter b --weight 0.3
+      adapterkit merge base-model my-lora merged --dtype bf16 --max-shard-size 5GB --device cuda
+    """
+    _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json)
+
+
+@main.command(short_help="Take merged adapters back out of a checkpoint (the inverse of merge).")
+@_merge_command("unmerge")
+@handles_errors
+def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json) -> None:
+    """Take adapters back out of the merged checkpoint MERGED and write OUT: the inverse of
+    `adapterkit merge` with the same adapters and weights.  Exact up to rounding for LoRA;
+    IA3 (division by the scaling) and modules_to_save (the base tensor is gone) are lossy and
+    reported so; DoRA cannot be unmerged from a checkpoint (the norm it divided by is gone).
+
+    \b
+    Examples:
+      adapterkit unmerge merged-model my-lora base-again
+      adapterkit unmerge merged base-again --adapter a --weight 0.7 --adapter b --weight 0.3
+    """
+    _run_merge("unmerge", paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json)
 
 
 if __name__ == "__main__":

@@ -276,13 +276,17 @@ class CheckpointWriter:
 
     # -- finishing -----------------------------------------------------------------------------
 
-    def commit(self) -> Path:
-        """Finish the shards, write the index, copy the base's extra files, and rename the
-        staging folder into place.  Returns the output path."""
+    def commit(self, files: Mapping[str, bytes] | None = None) -> Path:
+        """Finish the shards, write the index, copy the base's extra files, write ``files``
+        (relative path -> bytes, e.g. a README that replaces the base's; directory outputs
+        only), and rename the staging folder into place.  Returns the output path."""
         if self._closed:
             raise _mismatch("the writer is closed (committed, aborted or failed)", self.out)
+        if files and self.form != "dir":
+            self.abort()
+            raise _mismatch("extra files need a directory output", self.out, expected="a directory", actual=self.out.name)
         try:
-            self._commit()
+            self._commit(dict(files or {}))
         except OSError as exc:
             self.abort()
             raise WriteError(f"cannot write output: {exc.strerror}", path=self.out) from exc
@@ -291,7 +295,7 @@ class CheckpointWriter:
             raise
         return self.out
 
-    def _commit(self) -> None:
+    def _commit(self, files: dict[str, bytes]) -> None:
         if self._next < len(self._order):
             missing = self._order[self._next]
             raise _mismatch("not every tensor of the plan was written", self.out, missing,
@@ -304,6 +308,12 @@ class CheckpointWriter:
             if len(self._shards) > 1:
                 self._write_file(staging / INDEX_NAME, index_json(self._weight_map(), self._index_metadata()))
             self._copy_extra_files()
+            for name, data in files.items():
+                dest = staging / name
+                if dest.resolve().parent != staging.resolve() and not dest.resolve().is_relative_to(staging.resolve()):
+                    raise _mismatch("an extra file must lie inside the output", self.out, name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self._write_file(dest, data)
             if self.durable:
                 for root, _dirs, _files in os.walk(staging):
                     _fsync_path(Path(root))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .merge import MergeReport, merge_checkpoint
 from .merge_plan import MergePlan, ModuleTarget, plan_merge
 
-__all__ = ["MergePlan", "ModuleTarget", "plan_merge"]
+__all__ = ["MergePlan", "MergeReport", "ModuleTarget", "merge_checkpoint", "plan_merge"]

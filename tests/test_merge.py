@@ -1,0 +1,264 @@
+"""`adapterkit merge` / `unmerge` and ``merge_checkpoint`` end to end, against transformers + PEFT.
+
+Each case saves a tiny transformers model as a (sharded) checkpoint, trains nothing but fills
+a PEFT adapter with random values, and compares our streamed merge with PEFT's
+``merge_and_unload`` of the same model: tensors, and the logits of the merged model loaded by
+transformers against the adapter-attached model.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+import adapterkit  # noqa: E402
+from adapterkit.cli import main  # noqa: E402
+from adapterkit.errors import AdapterkitError  # noqa: E402
+from adapterkit.ops import merge_checkpoint  # noqa: E402
+
+IDS = torch.tensor([[1, 5, 9, 3, 7]])
+
+
+def llama(tie: bool = False, bias: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, tie_word_embeddings=tie, attention_bias=bias)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # biases start at zero; random ones make bias handling show
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def llama_bias() -> torch.nn.Module:
+    return llama(bias=True)
+
+
+def gpt2() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32)).eval()
+    with torch.no_grad():  # GPT-2 starts its biases at zero; random ones make bias handling show
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def save_base(model: torch.nn.Module, path: Path, *, dtype: torch.dtype = torch.float32, shard: str | None = "20KB") -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.to(dtype).save_pretrained(path, max_shard_size=shard) if shard else model.to(dtype).save_pretrained(path)
+    model.float()
+    return path
+
+
+def make_adapter(make, path: Path, seed: int, **cfg) -> Path:
+    model = get_peft_model(make(), LoraConfig(**cfg))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.save_pretrained(path)
+    return path
+
+
+def shards(path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def peft_merged(make, adapter: Path) -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PeftModel.from_pretrained(make(), adapter).merge_and_unload().state_dict()
+
+
+CASES = {
+    "llama_all_linear": (llama, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}),
+    "llama_rslora_patterns_embed": (llama, {"r": 4, "lora_alpha": 8, "use_rslora": True, "target_modules": ["q_proj", "v_proj", "embed_tokens", "lm_head"],
+                                            "rank_pattern": {"v_proj": 2}, "alpha_pattern": {"q_proj": 3}}),
+    "llama_dora": (llama, {"r": 4, "lora_alpha": 8, "use_dora": True, "target_modules": ["q_proj", "down_proj"]}),
+    "llama_lora_bias": (llama_bias, {"r": 4, "lora_alpha": 8, "lora_bias": True, "target_modules": ["q_proj"]}),
+    "gpt2_conv1d": (gpt2, {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_proj", "c_fc"], "fan_in_fan_out": True}),
+    "gpt2_modules_to_save": (gpt2, {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "fan_in_fan_out": True, "modules_to_save": ["ln_f"]}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_merge_equals_peft_merge_and_unload(name: str, tmp_path: Path) -> None:
+    make, cfg = CASES[name]
+    base = save_base(make(), tmp_path / "base")
+    adapter = make_adapter(make, tmp_path / "adapter", seed=1, **cfg)
+    report = merge_checkpoint(base, [adapter], tmp_path / "out")
+    ours, theirs = shards(tmp_path / "out"), peft_merged(make, adapter)
+    if "lm_head.weight" not in ours:  # tied: transformers saves only the input embedding
+        theirs.pop("lm_head.weight")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert ours[key].dtype == torch.float32
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+    assert report.changed > 0 and report.tensors == len(ours)
+    # the merged checkpoint loads with transformers and gives the adapter-attached model's logits
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attached = PeftModel.from_pretrained(make(), adapter).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(IDS).logits, attached(IDS).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_output_keeps_sharding_index_and_files(tmp_path: Path) -> None:
+    base = save_base(llama(), tmp_path / "base")
+    (base / "tokenizer_config.json").write_text('{"model_max_length": 32}')
+    (base / "README.md").write_text("# base model card\n")
+    adapter = make_adapter(llama, tmp_path / "adapter", seed=2, r=2, lora_alpha=2, target_modules=["q_proj"])
+    merge_checkpoint(base, [adapter], tmp_path / "out")
+    base_index = json.loads((base / "model.safetensors.index.json").read_text())
+    out_index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert out_index["weight_map"] == base_index["weight_map"] and len(set(base_index["weight_map"].values())) > 1
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (base / name).read_bytes()
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert readme.startswith("# base model card") and "## Merged with adapterkit" in readme and "LORA adapter" in readme
+    from safetensors import safe_open
+    for shard in sorted((tmp_path / "out").glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            record = json.loads(f.metadata()["adapterkit.merged"])
+        assert record[0]["kind"] == "LORA" and record[0]["weight"] == 1.0
+
+
+def test_bf16_base_rounds_once(tmp_path: Path) -> None:
+    """A bf16 base: ours is the exact fp32 merge cast once, so never farther from it than PEFT's."""
+    base = save_base(llama(), tmp_path / "base", dtype=torch.bfloat16)
+    adapter = make_adapter(llama, tmp_path / "adapter", seed=3, r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"])
+    merge_checkpoint(base, [adapter], tmp_path / "out")
+    ours = shards(tmp_path / "out")
+    exact = {k: v.float() for k, v in shards(base).items()}
+    loaded = adapterkit.load(adapter)
+    for module in loaded.modules:
+        key = f"{module}.weight"
+        exact[key] = exact[key] + loaded.delta_weight(module, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+        theirs = peft_model.merge_and_unload().state_dict()
+    for key, value in ours.items():
+        assert value.dtype == torch.bfloat16
+        assert torch.equal(value, exact[key].to(torch.bfloat16)), key  # one rounding of the exact value
+        ours_err = (value.float() - exact[key]).abs().max()
+        assert ours_err <= (theirs[key].float() - exact[key]).abs().max()
+
+
+def test_unmerge_inverts_merge_and_two_adapters_in_one_pass(tmp_path: Path) -> None:
+    base = save_base(llama(), tmp_path / "base")
+    a = make_adapter(llama, tmp_path / "a", seed=4, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    b = make_adapter(llama, tmp_path / "b", seed=5, r=2, lora_alpha=4, target_modules=["v_proj", "up_proj"])
+    merge_checkpoint(base, [a, b], tmp_path / "ab", weights=[0.5, -1.25])
+    merge_checkpoint(base, [a], tmp_path / "a1", weights=[0.5])
+    merge_checkpoint(tmp_path / "a1", [b], tmp_path / "a1b1", weights=[-1.25])
+    one_pass, two_passes = shards(tmp_path / "ab"), shards(tmp_path / "a1b1")
+    for key in one_pass:
+        torch.testing.assert_close(one_pass[key], two_passes[key], rtol=0, atol=1e-6)
+    report = merge_checkpoint(tmp_path / "ab", [a, b], tmp_path / "back", weights=[0.5, -1.25], unmerge=True)
+    assert report.lossy == []
+    back, original = shards(tmp_path / "back"), shards(base)
+    for key in original:
+        torch.testing.assert_close(back[key], original[key], rtol=0, atol=1e-6)
+
+
+def test_merge_refusals(tmp_path: Path) -> None:
+    base = save_base(llama(), tmp_path / "base")
+    before = {p.name: p.read_bytes() for p in base.iterdir()}
+    adapter = make_adapter(llama, tmp_path / "adapter", seed=6, r=2, lora_alpha=2, target_modules=["q_proj"])
+    for out in (base, base / "inner"):
+        with pytest.raises(AdapterkitError) as info:
+            merge_checkpoint(base, [adapter], out)
+        assert info.value.code == "overwrite-input"
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [adapter], tmp_path / "exists")
+    assert info.value.code == "output-exists"
+    # a module the checkpoint lacks, and one of the wrong shape: one error naming both
+    other = make_adapter(lambda: GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=8, n_layer=1, n_head=2)),
+                         tmp_path / "gpt2", seed=7, r=2, lora_alpha=2, target_modules=["c_attn"], fan_in_fan_out=True)
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [other], tmp_path / "bad")
+    assert info.value.code == "base-mismatch" and "c_attn" in str(info.value)
+    assert not (tmp_path / "bad").exists()
+    assert {p.name: p.read_bytes() for p in base.iterdir()} == before
+
+
+def test_tied_lm_head_is_refused(tmp_path: Path) -> None:
+    base = save_base(llama(tie=True), tmp_path / "base", shard=None)
+    adapter = make_adapter(lambda: llama(tie=True), tmp_path / "adapter", seed=8, r=2, lora_alpha=2, target_modules=["lm_head"])
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [adapter], tmp_path / "out")
+    assert "tied" in str(info.value) and "embed_tokens" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_safe_refuses_non_finite_results(tmp_path: Path) -> None:
+    base = save_base(llama(), tmp_path / "base")
+    adapter = make_adapter(llama, tmp_path / "adapter", seed=9, r=2, lora_alpha=2, target_modules=["q_proj"])
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [adapter], tmp_path / "out", weights=[1e45])
+    assert info.value.code == "non-finite" and "q_proj.weight" in str(info.value)
+    assert not (tmp_path / "out").exists()
+    merge_checkpoint(base, [adapter], tmp_path / "out", weights=[1e45], safe=False)
+    assert not torch.isfinite(shards(tmp_path / "out")["model.layers.0.self_attn.q_proj.weight"]).all()
+
+
+def test_prompt_adapters_cannot_merge(tmp_path: Path) -> None:
+    base = save_base(llama(), tmp_path / "base")
+    prompt = adapterkit.Adapter.from_tensors(adapterkit.PromptTuningConfig(num_virtual_tokens=2, token_dim=16), {"prompt_embeddings": torch.zeros(2, 16)})
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [prompt], tmp_path / "out")
+    assert info.value.code == "not-supported" and "no weights to merge" in str(info.value)
+
+
+def test_cli_merge_and_unmerge(tmp_path: Path) -> None:
+    base = save_base(llama(), tmp_path / "base")
+    a = make_adapter(llama, tmp_path / "a", seed=10, r=2, lora_alpha=4, target_modules=["q_proj"])
+    b = make_adapter(llama, tmp_path / "b", seed=11, r=2, lora_alpha=4, target_modules=["down_proj"])
+    run = CliRunner().invoke
+    res = run(main, ["merge", str(base), str(a), str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert "merged LORA" in res.output and "2 tensors changed" in res.output
+    res = run(main, ["merge", str(base), str(tmp_path / "m")])
+    assert res.exit_code == 2 and "[usage]" in res.output  # no adapter named
+    res = run(main, ["merge", str(base), str(tmp_path / "m"), "--adapter", str(a)])
+    assert res.exit_code == 2 and "[output-exists]" in res.output
+    res = run(main, ["merge", str(base), str(tmp_path / "ab"), "--adapter", str(a), "--weight", "0.5", "--adapter", str(b), "--weight", "2", "--json", "--dtype", "bf16"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert [x["weight"] for x in data["adapters"]] == [0.5, 2.0] and data["changed"] == 4
+    assert all(t.dtype == torch.bfloat16 for t in shards(tmp_path / "ab").values())
+    res = run(main, ["merge", str(base), str(tmp_path / "x"), "--adapter", str(a), "--weight", "1", "--weight", "2"])
+    assert res.exit_code == 2 and "[usage]" in res.output and "--weight" in res.output
+    res = run(main, ["merge", str(base), str(a), str(tmp_path / "r"), "--max-shard-size", "8KB"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "r").glob("model-*.safetensors"))) > len(list(base.glob("model-*.safetensors")))
+    res = run(main, ["merge", str(base), str(a), str(tmp_path / "s"), "--max-shard-size", "lots"])
+    assert res.exit_code == 2 and "[usage]" in res.output
+    res = run(main, ["unmerge", str(tmp_path / "m"), str(a), str(tmp_path / "back")])
+    assert res.exit_code == 0, res.output
+    for key, value in shards(base).items():
+        torch.testing.assert_close(shards(tmp_path / "back")[key], value, rtol=0, atol=1e-6)
+    res = run(main, ["merge", str(tmp_path / "missing"), str(a), str(tmp_path / "y")])
+    assert res.exit_code == 2 and "[file-not-found]" in res.output

@@ -115,19 +115,31 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
     variants (DoRA, rsLoRA, lora_bias, fan_in_fan_out), targets, rank histogram, parameters and
     bytes (adapter tensors and modules_to_save apart), other adapters in the same folder, and
     per-module ‖ΔW‖ computed from the factors.  Problems found on the way (NaN/Inf, warnings)
-    are listed; exit 1 when one is an error.
+    are listed; exit 1 when one is an error.  Given a model checkpoint instead (what `adapterkit
+    merge` writes), it summarises that: shards, tensors, dtypes, sizes, and what was merged.
 
     \b
     Examples:
       adapterkit info my-lora
       adapterkit info multi --adapter-name second --json
       adapterkit info big-lora --no-modules
+      adapterkit info merged-model
     """
     _require(path)
-    from .info import describe, render
+    from .info import describe, describe_checkpoint, render, render_checkpoint
     from .io.reader import open_adapter
 
-    adapter = open_adapter(path, adapter_name=adapter_name)
+    try:
+        adapter = open_adapter(path, adapter_name=adapter_name)
+    except AdapterkitError as exc:
+        if exc.code != "not-an-adapter" or adapter_name:
+            raise
+        try:  # a model checkpoint (what `adapterkit merge` writes): summarise it instead
+            summary = describe_checkpoint(path)
+        except AdapterkitError:
+            raise exc from None
+        click.echo(json.dumps(summary, indent=2) if as_json else render_checkpoint(summary))
+        return
     summary = describe(adapter, device=device, per_module=not no_modules, path=path)
     click.echo(json.dumps(summary, indent=2) if as_json else render(summary))
     sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)

@@ -130,3 +130,49 @@ def render(summary: dict[str, Any]) -> str:
         for name, st in summary["per_module"].items():
             lines.append(f"  {name:<{width}}  " + "  ".join(f"{k}={_fmt(v)}" for k, v in st.items()))
     return "\n".join(lines)
+
+
+def describe_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A JSON-ready dict describing a model checkpoint: shards, tensors, dtypes, parameters,
+    bytes, and what adapterkit merged into it (from the shards' metadata).  Reads no tensor data."""
+    import json
+
+    from .checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(path)
+    infos = [ckpt.info(k) for k in ckpt.keys()]
+    merged: dict[str, Any] = {}
+    for shard in ckpt.shards:
+        for key in ("adapterkit.merged", "adapterkit.unmerged"):
+            if key in ckpt.metadata(shard):
+                merged[key.split(".")[1]] = json.loads(ckpt.metadata(shard)[key])
+    return {
+        "path": str(ckpt.path),
+        "kind": "model checkpoint",
+        "shards": [s.name for s in ckpt.shards],
+        "tensors": len(infos),
+        "parameters": sum(i.numel for i in infos),
+        "bytes": sum(i.nbytes for i in infos),
+        "dtypes": dict(sorted(Counter(i.dtype for i in infos).items())),
+        "files": [str(p.relative_to(ckpt.path)) for p in ckpt.extra_files()] if ckpt.path.is_dir() else [],
+        "adapterkit": merged,
+        "problems": [],
+    }
+
+
+def render_checkpoint(summary: dict[str, Any]) -> str:
+    """Human-readable text for :func:`describe_checkpoint`'s dict."""
+    lines = [
+        f"path:            {summary['path']}",
+        f"kind:            {summary['kind']}",
+        f"shards:          {len(summary['shards'])} ({', '.join(summary['shards'][:3])}{', ...' if len(summary['shards']) > 3 else ''})",
+        f"tensors:         {summary['tensors']:,} ({', '.join(f'{d} x{n}' for d, n in summary['dtypes'].items())})",
+        f"parameters:      {summary['parameters']:,}",
+        f"bytes:           {summary['bytes']:,}",
+    ]
+    if summary["files"]:
+        lines.append(f"other files:     {', '.join(summary['files'])}")
+    for what, record in summary["adapterkit"].items():
+        for r in record:
+            lines.append(f"{what + ':':<16} {r['kind']} adapter {r['adapter']}, weight {r['weight']:g}")
+    return "\n".join(lines)

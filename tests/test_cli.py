@@ -364,9 +364,15 @@ def test_info_on_a_model_checkpoint_or_a_config_file(tmp_path):
     write_file(model / "model.safetensors", {"model.embed_tokens.weight": torch.zeros(4, 2), "lm_head.weight": torch.zeros(4, 2)}, {"format": "pt"})
     (model / "config.json").write_text("{}")
     for target in (model, model / "model.safetensors"):
-        res = run("info", target)
+        res = run("validate", target)
         assert res.exit_code == 2 and "looks like a model checkpoint" in res.output and "[not-an-adapter]" in res.output
         assert "config-missing" not in res.output
+        res = run("info", target)  # info summarises a checkpoint instead (what `adapterkit merge` writes)
+        assert res.exit_code == 0 and "kind:            model checkpoint" in res.output, res.output
+        assert "tensors:         2 (F32 x2)" in res.output
+    (model / "model.safetensors").unlink()
+    res = run("info", model)  # neither an adapter nor a checkpoint: the adapter reader's message
+    assert res.exit_code == 2 and "looks like a model checkpoint" in res.output
     path = _lora(tmp_path)
     res = run("info", path / "adapter_config.json")
     assert res.exit_code == 2 and "name its folder" in res.output and str(path) in res.output

@@ -262,3 +262,23 @@ def test_cli_merge_and_unmerge(tmp_path: Path) -> None:
         torch.testing.assert_close(shards(tmp_path / "back")[key], value, rtol=0, atol=1e-6)
     res = run(main, ["merge", str(tmp_path / "missing"), str(a), str(tmp_path / "y")])
     assert res.exit_code == 2 and "[file-not-found]" in res.output
+
+
+def test_two_adapters_changing_weight_and_bias_of_one_module(tmp_path: Path) -> None:
+    """Both adapters change q_proj's weight and bias (lora_B.bias): one pass must apply both to
+    both tensors, whichever of them comes first in the file."""
+    base = save_base(llama_bias(), tmp_path / "base")
+    cfg = {"r": 2, "lora_alpha": 4, "lora_bias": True, "target_modules": ["q_proj"]}
+    a = make_adapter(llama_bias, tmp_path / "a", seed=12, **cfg)
+    b = make_adapter(llama_bias, tmp_path / "b", seed=13, **cfg)
+    merge_checkpoint(base, [a, b], tmp_path / "ab", weights=[0.5, 2.0])
+    merge_checkpoint(base, [a], tmp_path / "a1", weights=[0.5])
+    merge_checkpoint(tmp_path / "a1", [b], tmp_path / "a1b1", weights=[2.0])
+    one_pass, two_passes, original = shards(tmp_path / "ab"), shards(tmp_path / "a1b1"), shards(base)
+    for key in one_pass:
+        torch.testing.assert_close(one_pass[key], two_passes[key], rtol=0, atol=1e-6, msg=key)
+    for key in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.bias"):
+        assert not torch.equal(one_pass[key], original[key])
+    merge_checkpoint(tmp_path / "ab", [a, b], tmp_path / "back", weights=[0.5, 2.0], unmerge=True)
+    for key, value in original.items():
+        torch.testing.assert_close(shards(tmp_path / "back")[key], value, rtol=0, atol=1e-6, msg=key)

@@ -65,35 +65,54 @@ def _touches(adapters: list[Adapter], keys: dict[str, tuple[str, tuple[int, ...]
     return touched, replaced
 
 
-def _apply(
-    direction: str, adapters: list[Adapter], weights: list[float], key: str, touched, replaced,
-    read, pending: dict[str, torch.Tensor], device: torch.device | None,
-) -> torch.Tensor | None:
-    """The new fp32 value of checkpoint tensor ``key`` (None: unchanged).  A module whose other
-    roles (its bias) come later in the file has them computed now and kept in ``pending``."""
-    if key in pending:
-        return pending.pop(key)
-    value = None
-    if key in replaced and direction == "merge":  # on unmerge the replaced base tensor is gone: left as merged
-        i, adapter_key = replaced[key]
-        value = adapters[i].tensors[adapter_key].to(device=device, dtype=torch.float32)
-    order = touched.get(key, [])
-    if direction == "unmerge":
-        order = list(reversed(order))
-    for i, target in order:
-        roles = {role: (value if ck == key and value is not None else read(ck).to(device=device, dtype=torch.float32))
-                 for role, ck in target.roles.items()}
-        kind = adapters[i].kind
-        fn = kind.merge_module if direction == "merge" else kind.unmerge_module
-        new = fn(adapters[i], target.module, roles, weight=weights[i], device=device)
-        for role, ck in target.roles.items():
-            if role not in new:
-                continue
-            if ck == key:
-                value = new[role]
+class _Tensors:
+    """The fp32 values of the base tensors a merge has touched but not yet written.
+
+    A module's roles may lie anywhere in the file (a bias before its weight): when the first
+    of them comes up, every module touching it is applied (each exactly once, adapters in
+    order — reversed for unmerge), reading its other roles early and keeping their new values
+    here until their turn to be written.  Memory: the roles of the modules in flight.
+    """
+
+    def __init__(self, direction: str, adapters: list[Adapter], weights: list[float], touched, replaced, read, device) -> None:
+        self.direction, self.adapters, self.weights = direction, adapters, weights
+        self.touched, self.replaced, self.read, self.device = touched, replaced, read, device
+        self.values: dict[str, torch.Tensor] = {}
+        self.changed: set[str] = set()
+        self.applied: set[tuple[int, str]] = set()
+
+    def _current(self, key: str) -> torch.Tensor:
+        if key not in self.values:
+            if key in self.replaced and self.direction == "merge":  # on unmerge the base's is gone: left as merged
+                i, adapter_key = self.replaced[key]
+                self.values[key] = self.adapters[i].tensors[adapter_key].to(device=self.device, dtype=torch.float32)
+                self.changed.add(key)
             else:
-                pending[ck] = new[role]
-    return value
+                self.values[key] = self.read(key).to(device=self.device, dtype=torch.float32)
+        return self.values[key]
+
+    def take(self, key: str) -> torch.Tensor | None:
+        """The new fp32 value of ``key`` (None: unchanged, copy the base's bytes)."""
+        order = self.touched.get(key, [])
+        for i, target in (reversed(order) if self.direction == "unmerge" else order):
+            if (i, target.module) in self.applied:
+                continue
+            self.applied.add((i, target.module))
+            roles = {role: self._current(ck) for role, ck in target.roles.items()}
+            kind = self.adapters[i].kind
+            fn = kind.merge_module if self.direction == "merge" else kind.unmerge_module
+            new = fn(self.adapters[i], target.module, roles, weight=self.weights[i], device=self.device)
+            for role, ck in target.roles.items():
+                if role in new:
+                    self.values[ck] = new[role]
+                    self.changed.add(ck)
+        if key in self.replaced:
+            self._current(key)
+        value = self.values.pop(key, None)
+        if key in self.changed:
+            self.changed.discard(key)
+            return value
+        return None
 
 
 def merge_checkpoint(
@@ -143,11 +162,11 @@ def merge_checkpoint(
         if replaced:
             report.lossy.append(f"{len(replaced)} tensors stored whole in the adapter (modules_to_save) stay as merged: the base's are gone")
         report.lossy += sorted({f"{a.peft_type} scaling divided back out (rounding)" for a in loaded if a.peft_type == "IA3"})
-    pending: dict[str, torch.Tensor] = {}
+    state = _Tensors(direction, loaded, weights, touched, replaced, ckpt.read, device)
     with CheckpointWriter(Path(out), ckpt, plan=plan, max_shard_size=max_shard_size, metadata=metadata,
                           overwrite=overwrite, durable=durable) as writer:
         for key in progress(ckpt.keys(), desc=direction, total=len(keys)):
-            value = _apply(direction, loaded, weights, key, touched, replaced, ckpt.read, pending, device)
+            value = state.take(key)
             report.tensors += 1
             if value is None and plan[key][0] == keys[key][0]:
                 writer.write(key, ckpt.read_bytes(key))

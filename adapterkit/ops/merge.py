@@ -38,6 +38,11 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 ROW_DTYPES = ("F16", "BF16", "F32")  # stored dtypes merged a block of rows at a time (fp32 math)
 MERGED_KEY = "adapterkit.merged"
 CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows: a few MB, which stay in the CPU's cache
+# Blocks are a multiple of this many rows, so that they start on the row tiles of the sgemm
+# kernels (MKL, OpenBLAS: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32 or 48 rows): each block's B·A is then
+# bit for bit those rows of the whole product that PEFT computes (blocks of other heights can
+# differ in the last bit; tests/test_merge_stream.py checks this on the kernels at hand).
+ROW_ALIGN = 96
 DEPTH = 3  # blocks read ahead of the computation, and blocks waiting for the writer
 
 
@@ -244,7 +249,8 @@ class _Job:
                 return None
             terms.append((i, target.module))
         cols = numel // rows
-        return _Rows(rows, cols, max(1, min(rows, CHUNK_ELEMENTS // cols)), terms, DTYPES[src], DTYPES[dst])
+        per = max(ROW_ALIGN, CHUNK_ELEMENTS // cols // ROW_ALIGN * ROW_ALIGN)
+        return _Rows(rows, cols, min(rows, per), terms, DTYPES[src], DTYPES[dst])
 
     def run(self, writer: CheckpointWriter, advance: Callable[[int, int], None]) -> None:
         self.writer, self.advance = writer, advance

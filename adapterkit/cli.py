@@ -291,12 +291,13 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
         click.echo(json.dumps({
             "out": str(report.out), "adapters": report.adapters, "tensors": report.tensors, "changed": report.changed,
             "replaced": report.replaced, "copied": report.copied, "lossy": report.lossy,
+            "bytes": report.bytes, "seconds": round(report.seconds, 3),
         }, indent=2))
     else:
         names = ", ".join(f"{a['kind']} {a['adapter']} x{a['weight']:g}" for a in report.adapters)
         note = f"; lossy: {', '.join(report.lossy)}" if report.lossy else ""
         click.echo(f"{direction}d {names} into {report.out}: {report.changed} tensors changed, {report.replaced} replaced, "
-                   f"{report.copied} copied unchanged, {report.tensors} in all{note}")
+                   f"{report.copied} copied unchanged, {report.tensors} in all; {report.bytes / 1e9:.2f} GB in {report.seconds:.1f} s{note}")
 
 
 @main.command(short_help="Merge adapters into a model checkpoint, streaming, shard by shard.")

@@ -17,7 +17,7 @@ import torch
 from ..errors import FormatError, NotFoundError, UnsupportedError
 from ..io.jsontext import loads_strict
 from ..io.reader import BIN_NAME, CONFIG_KEY, CONFIG_NAME, WEIGHTS_NAME
-from ..io.safetensors_file import Header, TensorInfo, _read_into, read_header
+from ..io.safetensors_file import Header, TensorInfo, read_header
 from .layout import INDEX_NAME, SINGLE_NAME
 
 # Files never carried over as "extra" files: weights in any format (stale after a merge) and
@@ -85,28 +85,59 @@ class Checkpoint:
                 return dict(self._headers[s].metadata)
         raise NotFoundError("no such shard in the checkpoint", code="key-not-found", path=self.path, key=str(shard))
 
+    def locate(self, key: str) -> tuple[Path, int, int]:
+        """(shard file, offset of the tensor's first byte in that file, byte count) of ``key``.
+
+        Raises:
+            NotFoundError: ``key-not-found``.
+        """
+        header = self._header(key)
+        info = header.tensors[key]
+        return header.path, header.data_start + info.begin, info.nbytes
+
+    def read_into(self, key: str, view: memoryview, start: int = 0) -> None:
+        """Bytes ``start`` to ``start + len(view)`` of ``key``'s raw data into ``view``, with
+        positioned reads (for streaming a tensor a block at a time into buffers that are reused).
+
+        Raises:
+            NotFoundError: ``key-not-found``.
+            UnsupportedError: the range does not lie inside the tensor.
+            FormatError: ``truncated-file`` when the shard shrank since it was opened.
+        """
+        path, offset, nbytes = self.locate(key)
+        view = memoryview(view).cast("B")
+        if start < 0 or start + view.nbytes > nbytes:
+            raise UnsupportedError("byte range outside the tensor", path=path, key=key,
+                                   expected=f"within 0..{nbytes}", actual=f"{start}..{start + view.nbytes}")
+        got = 0
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                while got < view.nbytes:
+                    n = os.preadv(fd, [view[got:]], offset + start + got)
+                    if n == 0:
+                        break
+                    got += n
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise FormatError(f"cannot read tensor: {exc.strerror}", path=path, key=key) from exc
+        if got != view.nbytes:
+            raise FormatError(
+                "file changed while reading", code="truncated-file", path=path, key=key,
+                expected=f"{view.nbytes} bytes", actual=f"{got} bytes",
+            )
+
     def read_bytes(self, key: str) -> bytearray:
-        """The raw little-endian bytes of ``key``, read with one positioned read into a fresh
+        """The raw little-endian bytes of ``key``, read with positioned reads into a fresh
         buffer (for copying a tensor without decoding it).
 
         Raises:
             NotFoundError: ``key-not-found``.
             FormatError: ``truncated-file`` when the shard shrank since it was opened.
         """
-        header = self._header(key)
-        info = header.tensors[key]
-        buf = bytearray(info.nbytes)
-        try:
-            with open(header.path, "rb", buffering=0) as f:
-                f.seek(header.data_start + info.begin)
-                got = _read_into(f, memoryview(buf))
-        except OSError as exc:
-            raise FormatError(f"cannot read tensor: {exc.strerror}", path=header.path, key=key) from exc
-        if got != info.nbytes:
-            raise FormatError(
-                "file changed while reading", code="truncated-file", path=header.path, key=key,
-                expected=f"{info.nbytes} bytes", actual=f"{got} bytes",
-            )
+        buf = bytearray(self.info(key).nbytes)
+        self.read_into(key, memoryview(buf))
         return buf
 
     def read(self, key: str) -> torch.Tensor:

@@ -11,19 +11,23 @@ folder, never a partial output.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import sys
 import tempfile
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import torch
 
-from ..errors import WriteError
+from ..errors import FormatError, WriteError
 from ..io.forms import FORMS, infer_form
-from ..io.safetensors_file import DTYPE_NAMES, DTYPES, tensor_bytes
+from ..io.safetensors_file import DTYPE_NAMES, DTYPES, TensorInfo, tensor_bytes
 from ..io.writer import _install  # the adapter writer's "replace whole" step, shared
 from .layout import INDEX_NAME, SINGLE_NAME, ShardLayout, index_json, nbytes, shard_layout, shard_names, split_greedy
 from .reader import Checkpoint
@@ -119,6 +123,37 @@ class _Shard:
             os.close(fd)
 
 
+# Whether copies try os.copy_file_range (tests switch it off to cover the buffered copy).  A
+# writer stops trying after the first refusal that says the system cannot (old kernels, copies
+# across file systems, file systems without it).
+USE_COPY_FILE_RANGE = hasattr(os, "copy_file_range")
+_NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+COPY_BUFFER = 8 << 20  # bytes of the one buffer copies go through without copy_file_range
+
+
+def _sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux), or None."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _sync_file_range() if sys.platform.startswith("linux") else None
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing ``nbytes`` at ``offset`` to disk now, without waiting, so that a durable
+    writer's fsync at the end of each shard finds little left to do (it waits for the disk
+    while the next tensors are computed, instead of after).  A hint: failures are ignored."""
+    if _SYNC_FILE_RANGE is not None and nbytes:
+        _SYNC_FILE_RANGE(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         n = os.pwrite(fd, data, offset)
@@ -186,6 +221,8 @@ class CheckpointWriter:
         self._shard_of = {key: shard for shard in self._shards for key in shard.layout.tensors}
         self._order = list(self.plan)
         self._next = 0
+        self._buffer: memoryview | None = None
+        self._copy_file_range = USE_COPY_FILE_RANGE
 
     # -- setup ---------------------------------------------------------------------------------
 
@@ -237,10 +274,30 @@ class CheckpointWriter:
     def write(self, key: str, data: torch.Tensor | Buffer) -> None:
         """Write the next tensor of the plan: a tensor (its dtype and shape are checked) or its
         raw little-endian bytes (their count is checked), e.g. ``Checkpoint.read_bytes``."""
+        self._guarded(key, self._write, key, data)
+
+    def write_chunks(self, key: str, chunks: Iterable[Buffer]) -> None:
+        """Write the next tensor of the plan as consecutive pieces of its raw little-endian bytes
+        (e.g. blocks of rows computed one at a time); each piece is written as it comes, and the
+        pieces must add up to the tensor's byte count."""
+        self._guarded(key, self._write_chunks, key, chunks)
+
+    def copy_from(self, key: str, source: Checkpoint, source_key: str | None = None) -> None:
+        """Write the next tensor of the plan as a byte-for-byte copy of ``source_key`` (default
+        ``key``) of ``source``: kernel to kernel with ``os.copy_file_range`` where the system has
+        it (no buffer in this process), else through one small reused buffer.  The byte counts
+        must agree.
+
+        Raises (besides the writer's own): ``NotFoundError`` (``key-not-found``) and
+        ``FormatError`` (``truncated-file``, or the source cannot be read) from the source.
+        """
+        self._guarded(key, self._copy_from, key, source, key if source_key is None else source_key)
+
+    def _guarded(self, key: str, fn, *args) -> None:
         if self._closed:
             raise _mismatch("the writer is closed (committed, aborted or failed)", self.out, key)
         try:
-            self._write(key, data)
+            fn(*args)
         except OSError as exc:
             self.abort()
             raise WriteError(f"cannot write output: {exc.strerror}", path=self.out, key=key) from exc
@@ -248,12 +305,24 @@ class CheckpointWriter:
             self.abort()
             raise
 
-    def _write(self, key: str, data: torch.Tensor | Buffer) -> None:
+    def _begin(self, key: str) -> tuple[_Shard, TensorInfo]:
+        """The shard and byte range of ``key``, which must be the next tensor of the plan."""
         if self._next >= len(self._order):
             raise _mismatch("every tensor of the plan is written already", self.out, key, expected="commit()", actual=f"write({key!r})")
         expected = self._order[self._next]
         if key != expected:
             raise _mismatch("tensors must be written in plan order", self.out, key, expected=expected, actual=key)
+        shard = self._shard_of[key]
+        return shard, shard.layout.tensors[key]
+
+    def _end(self, shard: _Shard) -> None:
+        self._next += 1
+        shard.due -= 1
+        if shard.due == 0:
+            shard.close(self.durable)
+
+    def _write(self, key: str, data: torch.Tensor | Buffer) -> None:
+        shard, info = self._begin(key)
         dtype, shape = self.plan[key]
         if isinstance(data, torch.Tensor):
             actual = DTYPE_NAMES.get(data.dtype, str(data.dtype))
@@ -264,15 +333,79 @@ class CheckpointWriter:
             view = tensor_bytes(data)
         else:
             view = memoryview(data).cast("B")
-        shard = self._shard_of[key]
-        info = shard.layout.tensors[key]
         if view.nbytes != info.nbytes:
             raise _mismatch("byte count differs from the plan", self.out, key, expected=f"{info.nbytes} bytes", actual=f"{view.nbytes} bytes")
-        _pwrite_all(shard.open(), view, shard.layout.data_start + info.begin)
-        self._next += 1
-        shard.due -= 1
-        if shard.due == 0:
-            shard.close(self.durable)
+        at = shard.layout.data_start + info.begin
+        _pwrite_all(shard.open(), view, at)
+        if self.durable:
+            _start_writeback(shard.open(), at, view.nbytes)
+        self._end(shard)
+
+    def _write_chunks(self, key: str, chunks: Iterable[Buffer]) -> None:
+        shard, info = self._begin(key)
+        fd, at, done = shard.open(), shard.layout.data_start + info.begin, 0
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            if done + view.nbytes > info.nbytes:
+                raise _mismatch("byte count differs from the plan", self.out, key, expected=f"{info.nbytes} bytes", actual=f"more than {done + view.nbytes - 1} bytes")
+            _pwrite_all(fd, view, at + done)
+            if self.durable:
+                _start_writeback(fd, at + done, view.nbytes)
+            done += view.nbytes
+        if done != info.nbytes:
+            raise _mismatch("byte count differs from the plan", self.out, key, expected=f"{info.nbytes} bytes", actual=f"{done} bytes")
+        self._end(shard)
+
+    def _copy_from(self, key: str, source: Checkpoint, source_key: str) -> None:
+        shard, info = self._begin(key)
+        path, offset, nbytes = source.locate(source_key)
+        if nbytes != info.nbytes:
+            raise _mismatch("byte count differs from the plan", self.out, key, expected=f"{info.nbytes} bytes", actual=f"{nbytes} bytes")
+        try:
+            src = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise FormatError(f"cannot read tensor: {exc.strerror}", path=path, key=source_key) from exc
+        at = shard.layout.data_start + info.begin
+        try:
+            got = self._copy_range(src, shard.open(), offset, at, nbytes, path, source_key)
+        finally:
+            os.close(src)
+        if self.durable:
+            _start_writeback(shard.open(), at, got)
+        if got != nbytes:
+            raise FormatError("file changed while reading", code="truncated-file", path=path, key=source_key,
+                              expected=f"{nbytes} bytes", actual=f"{got} bytes")
+        self._end(shard)
+
+    def _copy_range(self, src: int, dst: int, src_at: int, dst_at: int, nbytes: int, path: Path, key: str) -> int:
+        """Copy ``nbytes`` from ``src_at`` in ``src`` to ``dst_at`` in ``dst``; the count copied
+        (short only when the source ends early)."""
+        done = 0
+        while done < nbytes:
+            if self._copy_file_range:
+                try:
+                    n = os.copy_file_range(src, dst, nbytes - done, src_at + done, dst_at + done)
+                except OSError as exc:
+                    if exc.errno not in _NO_COPY_FILE_RANGE:
+                        raise
+                    self._copy_file_range = False  # this system cannot: buffered copies from now on
+                    continue
+            else:
+                buf = self._copy_buffer()
+                try:
+                    n = os.preadv(src, [buf[: nbytes - done]], src_at + done)
+                except OSError as exc:
+                    raise FormatError(f"cannot read tensor: {exc.strerror}", path=path, key=key) from exc
+                _pwrite_all(dst, buf[:n], dst_at + done)
+            if n == 0:
+                break
+            done += n
+        return done
+
+    def _copy_buffer(self) -> memoryview:
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(COPY_BUFFER))
+        return self._buffer
 
     # -- finishing -----------------------------------------------------------------------------
 

@@ -201,6 +201,12 @@ class Kind:
     merge_shapes(adapter, module) -> {role: (shape, required)}: the base tensors a merge of
         the module reads, with the shape the adapter implies (None for a dimension the
         adapter does not determine), from the header only.
+    row_delta(adapter, module, *, weight, unmerge, device) -> fill | None: for a module whose
+        merge only adds a term to its weight, row by row (W' = W + T), a function
+        ``fill(start, stop, out)`` writing rows start:stop of T into the fp32 tensor ``out``,
+        such that W + T equals the rows of ``merge``/``unmerge``'s result bit for bit; None
+        for modules merged otherwise.  Lets a checkpoint merge stream a large weight a block
+        of rows at a time instead of holding it whole.
     """
 
     peft_type: str
@@ -214,6 +220,7 @@ class Kind:
     merge: Callable[..., dict[str, torch.Tensor]] | None = None
     unmerge: Callable[..., dict[str, torch.Tensor]] | None = None
     merge_shapes: Callable[[Adapter, str], dict[str, tuple[tuple[int | None, ...], bool]]] | None = None
+    row_delta: Callable[..., Callable[[int, int, torch.Tensor], None] | None] | None = None
     no_merge_reason: str = "adapters have no weights to merge into a checkpoint"
 
     def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
@@ -252,6 +259,13 @@ class Kind:
         if self.unmerge is None:
             raise UnsupportedError(f"{self.peft_type} adapters cannot be unmerged", key=module, path=adapter.source)
         return self.unmerge(adapter, module, dict(targets), weight=weight, device=device)
+
+    def row_merger(self, adapter: Adapter, module: str, *, weight: float = 1.0, unmerge: bool = False,
+                   device: Any = None) -> Callable[[int, int, torch.Tensor], None] | None:
+        """The kind's ``row_delta`` for ``module`` (None where the kind or the module has none)."""
+        if self.row_delta is None or self.merge is None or (unmerge and self.unmerge is None):
+            return None
+        return self.row_delta(adapter, module, weight=weight, unmerge=unmerge, device=device)
 
     def whole_module_tensors(self, adapter: Adapter) -> dict[str, str]:
         """adapter key -> base-relative tensor name of every tensor stored whole (none if the

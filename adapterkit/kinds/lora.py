@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -396,6 +397,39 @@ def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, we
     return out
 
 
+def row_delta(adapter: Adapter, module: str, *, weight: float = 1.0, unmerge: bool = False,
+              device: Any = None) -> Callable[[int, int, torch.Tensor], None] | None:
+    """Rows of the term ``merge`` (``unmerge``) adds to a plain LoRA linear weight, a block at a time.
+
+    Returns ``fill(start, stop, out)``, which writes rows start:stop of ±weight·ΔW (ΔW = B·A·scaling,
+    out × in) into the fp32 tensor ``out`` (stop − start, in) with the operations of
+    ``delta_weight`` and ``merge`` in their order — B[start:stop]·A, times scaling, times weight,
+    negated for unmerge — so that W[start:stop] + out is bit for bit those rows of
+    ``merge``/``unmerge``'s result for an fp16, bf16 or fp32 base.  None where the merge is not
+    a sum row by row in fp32: DoRA, ``lora_bias``, ``fan_in_fan_out``, embeddings and
+    convolutions, fp64 factors.
+    """
+    view: LoraModule = adapter.module(module)
+    if view.layer_type != "linear" or view.fan_in_fan_out or "magnitude" in view.keys or "bias" in view.keys:
+        return None
+    if adapter.meta(view.keys["lora_B"]).dtype == "F64":  # fp64 math in delta_weight
+        return None
+    factors: list[torch.Tensor] = []  # B, A in fp32, read on the first call
+
+    def fill(start: int, stop: int, out: torch.Tensor) -> None:
+        if not factors:
+            factors.extend([view.lora_B.to(device=device, dtype=torch.float32), view.lora_A.to(device=device, dtype=torch.float32)])
+        B, A = factors
+        torch.mm(B[start:stop], A, out=out)
+        out.mul_(view.scaling)
+        if weight != 1:  # x * 1.0 is x: merge's multiplication by weight changes nothing then
+            out.mul_(weight)
+        if unmerge:
+            out.neg_()  # W - x == W + (-x) exactly
+
+    return fill
+
+
 def unmerge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
     """The inverse of ``merge``: W − weight·ΔW (and the bias likewise), exact up to fp32 rounding.
 
@@ -451,4 +485,5 @@ KIND = Kind(
     merge=merge,
     unmerge=unmerge,
     merge_shapes=merge_shapes,
+    row_delta=row_delta,
 )

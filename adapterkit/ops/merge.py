@@ -12,7 +12,11 @@ and in ``README.md``, and appears whole or not at all (``CheckpointWriter``).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +25,25 @@ import torch
 
 from ..adapter import Adapter
 from ..checkpoint import CheckpointWriter, open_checkpoint
+from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
 from ..errors import TensorError, UnsupportedError
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
-from ..progress import progress
+from ..progress import progress_bytes
 from .merge_plan import plan_merge
+from .pipeline import Pipeline
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+ROW_DTYPES = ("F16", "BF16", "F32")  # stored dtypes merged a block of rows at a time (fp32 math)
 MERGED_KEY = "adapterkit.merged"
+CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows: a few MB, which stay in the CPU's cache
+# Blocks are a multiple of this many rows, so that they start on the row tiles of the sgemm
+# kernels (MKL, OpenBLAS: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32 or 48 rows): each block's B·A is then
+# bit for bit those rows of the whole product that PEFT computes (blocks of other heights can
+# differ in the last bit; tests/test_merge_stream.py checks this on the kernels at hand).
+ROW_ALIGN = 96
+DEPTH = 3  # blocks read ahead of the computation, and blocks waiting for the writer
 
 
 @dataclass
@@ -43,6 +57,8 @@ class MergeReport:
     replaced: int = 0
     copied: int = 0
     changed_keys: list[str] = field(default_factory=list)
+    bytes: int = 0  # the output's tensor bytes
+    seconds: float = 0.0
     lossy: list[str] = field(default_factory=list)  # why an unmerge cannot give the base back exactly
 
 
@@ -138,6 +154,7 @@ def merge_checkpoint(
         with no or mismatched base tensors (all listed at once), non-float base tensors,
         NaN/Inf in a merged tensor with ``safe`` (naming it), output rules as ``save``.
     """
+    started = time.perf_counter()
     direction = "unmerge" if unmerge else "merge"
     device = resolve_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(base)
@@ -162,31 +179,212 @@ def merge_checkpoint(
         if replaced:
             report.lossy.append(f"{len(replaced)} tensors stored whole in the adapter (modules_to_save) stay as merged: the base's are gone")
         report.lossy += sorted({f"{a.peft_type} scaling divided back out (rounding)" for a in loaded if a.peft_type == "IA3"})
-    state = _Tensors(direction, loaded, weights, touched, replaced, ckpt.read, device)
+    job = _Job(direction, ckpt, loaded, weights, touched, replaced, keys, plan, device, safe, report)
+    report.bytes = sum(nbytes(*v) for v in plan.values())
     with CheckpointWriter(Path(out), ckpt, plan=plan, max_shard_size=max_shard_size, metadata=metadata,
                           overwrite=overwrite, durable=durable) as writer:
-        for key in progress(ckpt.keys(), desc=direction, total=len(keys)):
-            value = state.take(key)
+        with progress_bytes(report.bytes, desc=direction, items=len(keys)) as advance:
+            job.run(writer, advance)
+        report.out = writer.commit(_readme(ckpt, direction, record) if writer.form == "dir" else None)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass
+class _Rows:
+    """A tensor streamed a block of rows at a time, seen as rows × cols, with the terms its
+    rows get (one per adapter touching it, in order; none for a dtype change alone)."""
+
+    rows: int
+    cols: int
+    per: int
+    terms: list[tuple[int, Any]]
+    src: torch.dtype
+    dst: torch.dtype
+
+    def blocks(self) -> Iterator[tuple[int, int]]:
+        for start in range(0, self.rows, self.per):
+            yield start, min(self.rows, start + self.per)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (a core each stays free for the reader
+    and the writer: on a small machine spinning compute threads would slow the I/O down)."""
+    before = torch.get_num_threads()
+    if n < before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+class _Block:
+    """A reusable buffer for one block of rows."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.data = torch.empty(nbytes, dtype=torch.uint8)
+        self.view = memoryview(self.data.numpy())
+
+    def tensor(self, dtype: torch.dtype, rows: int, cols: int) -> torch.Tensor:
+        return self.data[: rows * cols * dtype.itemsize].view(dtype).view(rows, cols)
+
+
+class _Job:
+    """One streamed merge: the main thread computes, a reader thread reads the blocks of rows
+    ahead, a writer thread writes behind (copies of untouched tensors included, kernel to
+    kernel); at most ``DEPTH`` blocks wait on each side, so memory stays a few blocks plus, for
+    tensors that cannot be streamed by rows, the tensor being merged."""
+
+    def __init__(self, direction: str, ckpt, adapters: list[Adapter], weights: list[float], touched, replaced,
+                 keys: dict[str, tuple[str, tuple[int, ...]]], plan, device: torch.device, safe: bool, report: MergeReport) -> None:
+        self.direction, self.ckpt, self.adapters, self.weights = direction, ckpt, adapters, weights
+        self.touched, self.replaced, self.keys, self.plan = touched, replaced, keys, plan
+        self.device, self.safe, self.report = device, safe, report
+        self.rows = {k: r for k in keys if (r := self._rows(k)) is not None}
+
+    def _rows(self, key: str) -> _Rows | None:
+        """How ``key`` streams by rows, or None: it is copied as bytes, or merged whole."""
+        src, shape = self.keys[key]
+        dst = self.plan[key][0]
+        if key not in self.touched and key not in self.replaced and src == dst:
+            return None  # copied as bytes
+        if self.device.type != "cpu" or src not in ROW_DTYPES or dst not in ROW_DTYPES or key in self.replaced:
+            return None
+        numel = math.prod(shape)
+        if numel == 0:
+            return None
+        rows = shape[0] if shape else 1
+        terms = []
+        order = self.touched.get(key, [])
+        for i, target in reversed(order) if self.direction == "unmerge" else order:
+            if dict(target.roles) != {"weight": key}:
+                return None
+            adapter = self.adapters[i]
+            if adapter.kind.row_merger(adapter, target.module, weight=self.weights[i], unmerge=self.direction == "unmerge",
+                                       device=self.device) is None:
+                return None
+            terms.append((i, target.module))
+        cols = numel // rows
+        per = max(ROW_ALIGN, CHUNK_ELEMENTS // cols // ROW_ALIGN * ROW_ALIGN)
+        return _Rows(rows, cols, min(rows, per), terms, DTYPES[src], DTYPES[dst])
+
+    def run(self, writer: CheckpointWriter, advance: Callable[[int, int], None]) -> None:
+        self.writer, self.advance = writer, advance
+        pipe = self.pipe = Pipeline()
+        try:
+            self.jobs = pipe.channel(2)
+            if self.rows:
+                size = max(r.per * r.cols for r in self.rows.values())
+                self.free_in, self.ready, self.free_out = pipe.channel(DEPTH), pipe.channel(DEPTH), pipe.channel(DEPTH)
+                for _ in range(DEPTH):
+                    self.free_in.put(_Block(size * max(r.src.itemsize for r in self.rows.values())))
+                    self.free_out.put(_Block(size * max(r.dst.itemsize for r in self.rows.values())))
+                self.acc, self.term = _Block(size * 4), _Block(size * 4)
+                pipe.spawn("reader", self._read_ahead, list(self.rows.items()))
+            pipe.spawn("writer", self._write_behind)
+            with _threads(max(1, len(os.sched_getaffinity(0)) - 2) if hasattr(os, "sched_getaffinity") else torch.get_num_threads()):
+                self._compute()
+            self.jobs.put(None)
+            pipe.join()
+        finally:
+            pipe.close()
+
+    # -- the threads ---------------------------------------------------------------------------
+
+    def _read_ahead(self, rows: list[tuple[str, _Rows]]) -> None:
+        for key, r in rows:
+            for start, stop in r.blocks():
+                block = self.free_in.get()
+                n = (stop - start) * r.cols * r.src.itemsize
+                self.ckpt.read_into(key, block.view[:n], start * r.cols * r.src.itemsize)
+                self.ready.put(block)
+
+    def _write_behind(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            how, key, data = job
+            if how == "copy":
+                self.writer.copy_from(key, self.ckpt)
+                self.advance(self.ckpt.info(key).nbytes, 1)
+            elif how == "write":
+                self.writer.write(key, data)
+                self.advance(data.nbytes, 1)
+            else:
+                self.writer.write_chunks(key, self._pieces(data))
+                self.advance(0, 1)
+
+    def _pieces(self, channel) -> Iterator[memoryview]:
+        while (item := channel.get()) is not None:
+            view, block = item
+            yield view
+            self.advance(view.nbytes, 0)
+            self.free_out.put(block)
+
+    def _compute(self) -> None:
+        state = _Tensors(self.direction, self.adapters, self.weights, self.touched, self.replaced, self.ckpt.read, self.device)
+        report = self.report
+        for key in self.ckpt.keys():
             report.tensors += 1
-            if value is None and plan[key][0] == keys[key][0]:
-                writer.write(key, ckpt.read_bytes(key))
+            if key not in self.touched and key not in self.replaced and self.keys[key][0] == self.plan[key][0]:
+                self.jobs.put(("copy", key, None))
                 report.copied += 1
                 continue
-            if value is None:
-                value = ckpt.read(key).to(device=device, dtype=torch.float32)
-            else:
-                report.changed += key in touched
-                report.replaced += key in replaced
+            if key in self.touched or key in self.replaced:
+                report.changed += key in self.touched
+                report.replaced += key in self.replaced
                 report.changed_keys.append(key)
-            if safe and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise TensorError(
-                    f"the {direction}d tensor holds NaN or Inf; nothing was written (--no-safe writes it anyway)",
-                    code="non-finite", path=ckpt.shard_of(key), key=key, expected="finite values",
-                    actual=f"{int((~torch.isfinite(value)).sum())} non-finite of {value.numel()}",
-                )
-            writer.write(key, value.to(DTYPES[plan[key][0]]).cpu())
-        report.out = writer.commit(_readme(ckpt, direction, record) if writer.form == "dir" else None)
-    return report
+            rows = self.rows.get(key)
+            if rows is not None:
+                self._stream_rows(key, rows)
+                continue
+            value = state.take(key)
+            if value is None:
+                value = self.ckpt.read(key).to(device=self.device, dtype=torch.float32)
+            if self.safe and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise self._non_finite(key, int((~torch.isfinite(value)).sum()), value.numel())
+            self.jobs.put(("write", key, value.to(DTYPES[self.plan[key][0]]).cpu()))
+            del value
+
+    def _stream_rows(self, key: str, r: _Rows) -> None:
+        """Merge ``key`` a block of rows at a time: W + term (+ term ...) in fp32, checked, cast once."""
+        fills = [self.adapters[i].kind.row_merger(self.adapters[i], module, weight=self.weights[i],
+                                                  unmerge=self.direction == "unmerge", device=self.device)
+                 for i, module in r.terms]
+        pieces = self.pipe.channel(DEPTH)
+        self.jobs.put(("chunks", key, pieces))
+        bad = 0
+        for start, stop in r.blocks():
+            n = stop - start
+            block = self.ready.get()
+            W = block.tensor(r.src, n, r.cols)
+            acc = self.acc.tensor(torch.float32, n, r.cols)
+            acc.copy_(W)  # exact: every fp16/bf16 value is an fp32 value
+            self.free_in.put(block)
+            if fills:
+                term = self.term.tensor(torch.float32, n, r.cols)
+                for fill in fills:
+                    fill(start, stop, term)
+                    acc.add_(term)  # W.float() + term: merge's sum, one rounding
+            if self.safe and (bad or not math.isfinite(acc.sum().item())):
+                # a sum of finite values may overflow: only a count says which values are not finite
+                bad += int((~torch.isfinite(acc)).sum())
+                if bad:
+                    continue  # nothing more of this tensor is written: counting for the message
+            out = self.free_out.get()
+            out.tensor(r.dst, n, r.cols).copy_(acc)
+            pieces.put((out.view[: n * r.cols * r.dst.itemsize], out))
+        if bad:
+            raise self._non_finite(key, bad, r.rows * r.cols)
+        pieces.put(None)
+
+    def _non_finite(self, key: str, bad: int, numel: int) -> TensorError:
+        return TensorError(
+            f"the {self.direction}d tensor holds NaN or Inf; nothing was written (--no-safe writes it anyway)",
+            code="non-finite", path=self.ckpt.shard_of(key), key=key, expected="finite values",
+            actual=f"{bad} non-finite of {numel}",
+        )
 
 
 def _readme(ckpt, direction: str, record: list[dict[str, Any]]) -> dict[str, bytes]:

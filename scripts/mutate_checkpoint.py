@@ -8,12 +8,11 @@ repository, never the real files); prints one line per mutant and the score.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutate_cli import run_mutant
+from mutate_cli import run_all
 
 TESTS = ["tests/test_checkpoint.py"]
 R, W, L = "adapterkit/checkpoint/reader.py", "adapterkit/checkpoint/writer.py", "adapterkit/checkpoint/layout.py"
@@ -64,18 +63,7 @@ MUTANTS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="")
-    args = parser.parse_args()
-    killed = total = 0
-    for name, file, old, new in MUTANTS:
-        if args.only not in name:
-            continue
-        total += 1
-        dead, detail = run_mutant(name, file, old, new, TESTS)
-        killed += dead
-        print(f"{'KILLED ' if dead else 'SURVIVED'}  {name:<66} {detail}", flush=True)
-    print(f"mutants killed: {killed} / {total}")
+    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
 
 
 if __name__ == "__main__":

@@ -74,19 +74,25 @@ def run_mutant(name: str, file: str, old: str, new: str, tests: list[str]) -> tu
         return proc.returncode != 0, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_all(mutants, description: str, default_tests: list[str] | None = None) -> None:
+    """Run ``mutants`` ((name, file, old, new) or (name, file, old, new, tests)) and print the
+    score; ``--only SUBSTRING`` picks some.  The harness of every scripts/mutate_*.py."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--only", default="")
     args = parser.parse_args()
     killed = total = 0
-    for name, file, old, new, tests in MUTANTS:
+    for name, file, old, new, *rest in mutants:
         if args.only not in name:
             continue
         total += 1
-        dead, detail = run_mutant(name, file, old, new, tests)
+        dead, detail = run_mutant(name, file, old, new, rest[0] if rest else default_tests)
         killed += dead
-        print(f"{'KILLED ' if dead else 'SURVIVED'}  {name:<60} {detail}", flush=True)
+        print(f"{'KILLED ' if dead else 'SURVIVED'}  {name:<66} {detail}", flush=True)
     print(f"mutants killed: {killed} / {total}")
+
+
+def main() -> None:
+    run_all(MUTANTS, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

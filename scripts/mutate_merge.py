@@ -9,11 +9,7 @@ is killed when a test fails.  Prints one line per mutant and the score.
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,34 +68,11 @@ MUTANTS = [
 ]
 
 
-def run_mutant(name: str, file: str, old: str, new: str) -> tuple[bool, str]:
-    with tempfile.TemporaryDirectory(prefix="ak-mutant-") as tmp:
-        copy = Path(tmp) / "repo"
-        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "example-out"))
-        target = copy / file
-        text = target.read_text()
-        if text.count(old) != 1:
-            return False, f"patch does not apply ({text.count(old)} matches)"
-        target.write_text(text.replace(old, new))
-        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *TESTS]
-        proc = subprocess.run(cmd, cwd=copy, capture_output=True, text=True,
-                              env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "HOME": tmp})
-        return proc.returncode != 0, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="")
-    args = parser.parse_args()
-    killed = total = 0
-    for name, file, old, new in MUTANTS:
-        if args.only not in name:
-            continue
-        total += 1
-        dead, detail = run_mutant(name, file, old, new)
-        killed += dead
-        print(f"{'KILLED ' if dead else 'SURVIVED'}  {name:<55} {detail}", flush=True)
-    print(f"mutants killed: {killed} / {total}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from mutate_cli import run_all
+
+    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLI_TESTS = ["tests/test_cli.py"]
 WRITE_TESTS = ["tests/test_errors.py", "tests/test_cli.py"]
+MERGE_TESTS = ["tests/test_merge.py", "tests/test_merge_stream.py"]
 
 # (name, file, old text, new text, tests)
 MUTANTS = [
@@ -55,6 +56,16 @@ MUTANTS = [
     ("device message cut at 120 chars", "adapterkit/devices.py", 'f"device cannot be used here ({_first_sentence(str(exc))})"', 'f"device cannot be used here ({str(exc)[:120]})"', CLI_TESTS),
     ("model checkpoint reported as config-missing", "adapterkit/io/reader.py", "            if not config_path.is_file() and _looks_like_model(header):", "            if False:", CLI_TESTS),
     ("model folder reported as not an adapter dir", "adapterkit/io/reader.py", "    if model_files:", "    if False:", CLI_TESTS),
+    ("merge: a module applied once per role (twice)", "adapterkit/ops/merge.py", "            if (i, target.module) in self.applied:\n                continue", "            if False:\n                continue", MERGE_TESTS),
+    ("merge: other roles read from the base, not from earlier adapters", "adapterkit/ops/merge.py",
+     "            roles = {role: self._current(ck) for role, ck in target.roles.items()}",
+     "            roles = {role: (self._current(ck) if ck == key else self.read(ck).float()) for role, ck in target.roles.items()}", MERGE_TESTS),
+    ("merge: weights ignored on the whole-tensor path", "adapterkit/ops/merge.py", "new = fn(self.adapters[i], target.module, roles, weight=self.weights[i], device=self.device)",
+     "new = fn(self.adapters[i], target.module, roles, weight=1.0, device=self.device)", MERGE_TESTS),
+    ("merge: modules_to_save replacements ignored", "adapterkit/ops/merge.py", '            if key in self.replaced and self.direction == "merge":', "            if False:", MERGE_TESTS),
+    ("merge: --safe off on the row path", "adapterkit/ops/merge.py", "            if self.safe and (bad or not math.isfinite(acc.sum().item())):", "            if False:", MERGE_TESTS),
+    ("merge: README note not written", "adapterkit/ops/merge.py", 'report.out = writer.commit(_readme(ckpt, direction, record) if writer.form == "dir" else None)', "report.out = writer.commit(None)", MERGE_TESTS),
+    ("merge: --weight count not checked", "adapterkit/cli.py", "    if weights and len(weights) != len(given):", "    if False:", MERGE_TESTS),
     ("config file given: no hint", "adapterkit/io/reader.py", "    elif path.name == CONFIG_NAME:", "    elif False:", CLI_TESTS),
 ]
 

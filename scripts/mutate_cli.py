@@ -23,7 +23,7 @@ MERGE_TESTS = ["tests/test_merge.py", "tests/test_merge_stream.py"]
 
 # (name, file, old text, new text, tests)
 MUTANTS = [
-    ("form: suffix check dropped", "adapterkit/io/writer.py", "    if form != infer_form(path):", "    if False:", WRITE_TESTS),
+    ("form: suffix check dropped", "adapterkit/io/forms.py", "    if form != infer_form(path):", "    if False:", WRITE_TESTS),
     ("form: inferred from .bin too", "adapterkit/io/forms.py", 'Path(path).suffix == FILE_SUFFIX', 'Path(path).suffix in (FILE_SUFFIX, ".bin")', WRITE_TESTS),
     ("overwrite ignored", "adapterkit/io/writer.py", "        if not overwrite:", "        if False:", WRITE_TESTS),
     ("overwrite always refused", "adapterkit/io/writer.py", "        if not overwrite:", "        if True:", WRITE_TESTS),

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..errors import FormatError, WriteError
-from ..io.forms import FORMS, infer_form
+from ..io.forms import resolve_form
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES, TensorInfo, tensor_bytes
 from ..io.writer import _install  # the adapter writer's "replace whole" step, shared
 from .layout import INDEX_NAME, SINGLE_NAME, ShardLayout, index_json, nbytes, shard_layout, shard_names, split_greedy
@@ -194,14 +194,7 @@ class CheckpointWriter:
         out = Path(out)
         self.out, self.base, self.durable, self.overwrite = out, base, durable, overwrite
         self._closed = True  # until the staging folder exists
-        if form is None:
-            form = infer_form(out)
-        if form not in FORMS:
-            raise WriteError("unknown form", code="write-failed", path=out, expected=" | ".join(FORMS), actual=form)
-        if form != infer_form(out):
-            want = "a name ending in .safetensors" if form == "file" else "a name not ending in .safetensors"
-            raise WriteError(f"the {form} form needs {want}", code="form-mismatch", path=out, expected=want, actual=out.name)
-        self.form = form
+        self.form = form = resolve_form(out, form)
         self.plan = _check_plan(plan, out)
         meta = dict(metadata or {})
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):

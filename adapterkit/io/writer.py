@@ -17,7 +17,7 @@ from pathlib import Path
 from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
 from .atomic import same_file, write_atomic
-from .forms import FORMS, infer_form
+from .forms import resolve_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .safetensors_file import encode
 
@@ -123,13 +123,7 @@ def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwri
     from ..validate import raise_first_error, structural_problems
 
     path = Path(path)
-    if form is None:
-        form = infer_form(path)
-    if form not in FORMS:
-        raise WriteError("unknown form", code="write-failed", path=path, expected=" | ".join(FORMS), actual=form)
-    if form != infer_form(path):
-        want = "a name ending in .safetensors" if form == "file" else "a name not ending in .safetensors"
-        raise WriteError(f"the {form} form needs {want}", code="form-mismatch", path=path, expected=want, actual=path.name)
+    form = resolve_form(path, form)
     raise_first_error(structural_problems(adapter))
     _check_target(path, form, adapter.source, overwrite)
     try:

@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .adapter import Adapter
+from .adapter import Adapter, LazyStore, MemoryStore
 from .devices import resolve_device
+from .io.safetensors_file import read_all
 from .progress import progress
 from .validate import structural_problems, value_problems
 
@@ -34,6 +35,14 @@ def _whole_modules(adapter: Adapter) -> dict[str, Any]:
     }
 
 
+def _in_memory(adapter: Adapter) -> Adapter:
+    """``adapter`` with its tensors read into memory in one read (as ``load`` does)."""
+    if not isinstance(adapter.tensors, LazyStore):
+        return adapter
+    tensors = read_all(adapter.tensors.header)
+    return Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version)
+
+
 def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, path: str | Path | None = None) -> dict[str, Any]:
     """A JSON-ready dict describing ``adapter``.  Reads tensor data only with ``per_module``
     (then also checking values); ``path`` is what the user named, to list other adapters there."""
@@ -46,9 +55,10 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
     device = resolve_device(device)
     problems = [p for p in structural_problems(adapter) if p.severity == "warning"]
     if per_module:
-        problems += value_problems(adapter)
+        held = _in_memory(adapter)  # one read of the data serves the value checks and the statistics
+        problems += value_problems(held)
         for name in progress(modules, desc="modules", total=len(modules)):
-            stats[name] = adapter.kind.stats(adapter, name, device)
+            stats[name] = held.kind.stats(held, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)
     whole = _whole_modules(adapter)
     return {

@@ -214,11 +214,9 @@ MUTANTS: list[Mutant] = [
       "        _at += _i.nbytes\n"
       "    return Header(path, dict(metadata), _moved, data_start)"),
     # §5.3 metadata
-    M("R5.3-1", "format not checked in adapterkit files", RD, "    if fmt != \"pt\":\n", "    if fmt not in (None, \"pt\"):\n"),
-    M("R5.3-1", "format not checked in PEFT-profile files", RD, "        if fmt not in (None, \"pt\"):\n            raise FormatError(",
-      "        if False:\n            raise FormatError("),
-    M("R5.3-1", "format REQUIRED in PEFT-profile files too", RD, "        if fmt not in (None, \"pt\"):\n            raise FormatError(",
-      "        if fmt != \"pt\":\n            raise FormatError("),
+    M("R5.3-1", 'format not checked in adapterkit files', RD, '    if fmt != "pt" and not (version is None and fmt is None):', '    if fmt not in (None, "pt"):'),
+    M("R5.3-1", 'format not checked in PEFT-profile files', RD, '    if fmt != "pt" and not (version is None and fmt is None):', '    if fmt != "pt" and version is not None:'),
+    M("R5.3-1", 'format REQUIRED in PEFT-profile files too', RD, '    if fmt != "pt" and not (version is None and fmt is None):', '    if fmt != "pt":'),
     M("R5.3-2", "unknown adapterkit.* metadata keys refused", RD,
       "    version = check_version(metadata, path)  # read_header has checked it already; the version comes first\n",
       "    version = check_version(metadata, path)\n"

@@ -44,11 +44,7 @@ def format_version(metadata: dict[str, str], path: Path) -> str | None:
     """
     version = check_version(metadata, path)  # read_header has checked it already; the version comes first
     fmt = metadata.get("format")
-    if version is None:
-        if fmt not in (None, "pt"):
-            raise FormatError("__metadata__ format must be 'pt'", code="metadata-invalid", path=path, key="__metadata__.format", expected="pt", actual=fmt)
-        return None
-    if fmt != "pt":
+    if fmt != "pt" and not (version is None and fmt is None):  # the PEFT profile may omit it
         raise FormatError("__metadata__ format must be 'pt'", code="metadata-invalid", path=path, key="__metadata__.format", expected="pt", actual=fmt)
     return version
 

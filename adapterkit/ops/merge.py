@@ -164,7 +164,7 @@ def merge_checkpoint(
         raise UnsupportedError("one weight per adapter", key="weights", expected=len(loaded), actual=len(weights))
     keys = {k: (ckpt.info(k).dtype, tuple(ckpt.info(k).shape)) for k in ckpt.keys()}
     touched, replaced = _touches(loaded, keys)
-    out_dtype = None if dtype is None else (dtype if isinstance(dtype, str) else DTYPE_NAMES[dtype])
+    out_dtype = None if dtype is None else (dtype if isinstance(dtype, str) else DTYPE_NAMES.get(dtype, str(dtype)))
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise UnsupportedError("--dtype must be a floating-point dtype", key="dtype", expected=" | ".join(FLOAT_DTYPES), actual=out_dtype)
     plan = {k: (out_dtype if out_dtype and dt in FLOAT_DTYPES else dt, shape) for k, (dt, shape) in keys.items()}

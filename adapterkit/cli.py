@@ -264,6 +264,10 @@ def _merge_command(direction: str):
             click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32", "fp64"]), default=None, help="Store floating-point tensors in this dtype (default: as in the base)."),
             click.option("--max-shard-size", default=None, help="Reshard: e.g. 5GB, 500MB (default: the base's sharding)."),
             click.option("--safe/--no-safe", default=True, show_default=True, help="Refuse to write a tensor holding NaN or Inf."),
+            click.option("--tied-embeddings", type=click.Choice(["untie", "shared"]), default="untie", show_default=True,
+                         help="When the base ties lm_head to its input embeddings and an adapter changes either: untie them "
+                              "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false) or merge into the "
+                              "shared matrix (PEFT's merge_and_unload: changes the other embedding too)."),
             click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists."),
             click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
         ]
@@ -276,7 +280,7 @@ def _merge_command(direction: str):
 _DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
 
 
-def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json) -> None:
+def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json) -> None:
     base, given, weights, out = _merge_inputs(paths, adapters, weights, "MERGED" if direction == "unmerge" else "BASE")
     size = _parse_size(max_shard_size)
     for p in (base, *given):
@@ -285,17 +289,18 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
 
     report = merge_checkpoint(
         base, given, out, weights=weights, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
-        max_shard_size=size, safe=safe, overwrite=overwrite, unmerge=direction == "unmerge",
+        max_shard_size=size, safe=safe, overwrite=overwrite, unmerge=direction == "unmerge", tied_embeddings=tied_embeddings,
     )
     if as_json:
         click.echo(json.dumps({
             "out": str(report.out), "adapters": report.adapters, "tensors": report.tensors, "changed": report.changed,
-            "replaced": report.replaced, "copied": report.copied, "lossy": report.lossy,
+            "replaced": report.replaced, "copied": report.copied, "lossy": report.lossy, "notes": report.notes,
             "bytes": report.bytes, "seconds": round(report.seconds, 3),
         }, indent=2))
     else:
         names = ", ".join(f"{a['kind']} {a['adapter']} x{a['weight']:g}" for a in report.adapters)
         note = f"; lossy: {', '.join(report.lossy)}" if report.lossy else ""
+        note += "".join(f"; {n}" for n in report.notes)
         click.echo(f"{direction}d {names} into {report.out}: {report.changed} tensors changed, {report.replaced} replaced, "
                    f"{report.copied} copied unchanged, {report.tensors} in all; {report.bytes / 1e9:.2f} GB in {report.seconds:.1f} s{note}")
 
@@ -303,7 +308,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
 @main.command(short_help="Merge adapters into a model checkpoint, streaming, shard by shard.")
 @_merge_command("merge")
 @handles_errors
-def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json) -> None:
+def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json) -> None:
     """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
     sharded index, or one .safetensors file) and write OUT: the same sharding and index, every
     other file of BASE (config, tokenizer, ...) copied, and what was merged recorded in each
@@ -318,13 +323,13 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, overwri
       adapterkit merge base-model merged --adapter a --weight 0.7 --adapter b --weight 0.3
       adapterkit merge base-model my-lora merged --dtype bf16 --max-shard-size 5GB --device cuda
     """
-    _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json)
+    _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json)
 
 
 @main.command(short_help="Take merged adapters back out of a checkpoint (the inverse of merge).")
 @_merge_command("unmerge")
 @handles_errors
-def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json) -> None:
+def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json) -> None:
     """Take adapters back out of the merged checkpoint MERGED and write OUT: the inverse of
     `adapterkit merge` with the same adapters and weights.  Exact up to rounding for LoRA;
     IA3 (division by the scaling) and modules_to_save (the base tensor is gone) are lossy and
@@ -335,7 +340,7 @@ def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, overw
       adapterkit unmerge merged-model my-lora base-again
       adapterkit unmerge merged base-again --adapter a --weight 0.7 --adapter b --weight 0.3
     """
-    _run_merge("unmerge", paths, adapters, weights, device, dtype, max_shard_size, safe, overwrite, as_json)
+    _run_merge("unmerge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json)
 
 
 if __name__ == "__main__":

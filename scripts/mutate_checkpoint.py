@@ -20,7 +20,7 @@ R, W, L = "adapterkit/checkpoint/reader.py", "adapterkit/checkpoint/writer.py", 
 # (name, file, old text, new text)
 MUTANTS = [
     ("base sharding ignored: every key in the first shard", W,
-     "by_name[self.base.shard_of(key).name].append(key)", "by_name[names[0]].append(key)"),
+     "by_name[self.base.shard_of(placed.get(key, key)).name].append(key)", "by_name[names[0]].append(key)"),
     ("tensor written at its data offset, header length forgotten", W,
      "        at = shard.layout.data_start + info.begin\n        _pwrite_all(shard.open(), view, at)", "        at = info.begin\n        _pwrite_all(shard.open(), view, at)"),
     ("header not padded to 8 bytes", L, '    raw += b" " * (-len(raw) % 8)\n', ""),

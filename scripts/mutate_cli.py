@@ -64,7 +64,7 @@ MUTANTS = [
      "new = fn(self.adapters[i], target.module, roles, weight=1.0, device=self.device)", MERGE_TESTS),
     ("merge: modules_to_save replacements ignored", "adapterkit/ops/merge.py", '            if key in self.replaced and self.direction == "merge":', "            if False:", MERGE_TESTS),
     ("merge: --safe off on the row path", "adapterkit/ops/merge.py", "            if self.safe and (bad or not math.isfinite(acc.sum().item())):", "            if False:", MERGE_TESTS),
-    ("merge: README note not written", "adapterkit/ops/merge.py", 'report.out = writer.commit(_readme(ckpt, direction, record) if writer.form == "dir" else None)', "report.out = writer.commit(None)", MERGE_TESTS),
+    ("merge: README note not written", "adapterkit/ops/merge.py", "            files.update(_readme(ckpt, direction, record, notes))", "            pass", MERGE_TESTS),
     ("merge: --weight count not checked", "adapterkit/cli.py", "    if weights and len(weights) != len(given):", "    if False:", MERGE_TESTS),
     ("config file given: no hint", "adapterkit/io/reader.py", "    elif path.name == CONFIG_NAME:", "    elif False:", CLI_TESTS),
 ]

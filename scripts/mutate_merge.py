@@ -18,6 +18,10 @@ LORA = "adapterkit/kinds/lora.py"
 IA3 = "adapterkit/kinds/ia3.py"
 PLAN = "adapterkit/ops/merge_plan.py"
 COMMON = "adapterkit/kinds/merging.py"
+OPS = "adapterkit/ops/merge.py"
+TIED_TESTS = ["tests/test_merge.py::test_tied_embeddings_untie", "tests/test_merge.py::test_tied_embeddings_shared_equals_peft",
+              "tests/test_merge.py::test_tied_embeddings_without_config_or_with_a_stored_lm_head", "tests/test_merge.py::test_tied_embeddings_refusals",
+              "tests/test_merge_math.py::test_find_tied_embeddings", "tests/test_checkpoint.py::test_placement_puts_a_new_tensor_in_the_shard_of_a_base_key"]
 
 # (name, file, old text, new text)
 MUTANTS = [
@@ -64,6 +68,16 @@ MUTANTS = [
     ("plan: tied embeddings not detected", PLAN, 'tied = _tied_to(m, checkpoint_keys) if role == "weight" else None', "tied = None"),
     ("plan: missing bias tolerated", PLAN, "                elif required:", "                elif False:"),
     ("plan: replacement shape not checked", PLAN, "elif fits(mapped, tuple(adapter.meta(akey).shape), f\"`{akey}` (stored whole)\"):", "else:"),
+    ("tied: config.json said tied ignored", PLAN, "    if said is False or (said is None and outputs):", "    if said is False or outputs:", TIED_TESTS),
+    ("tied: config.json saying untied ignored", PLAN, "    if said is False or (said is None and outputs):", "    if said is None and outputs:", TIED_TESTS),
+    ("tied: ambiguous input embeddings tolerated", PLAN, "    if len(inputs) != 1 or len(outputs) > 1:", "    if not inputs or len(outputs) > 1:", TIED_TESTS),
+    ("tied: config.json not updated", OPS, '        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\\n").encode("utf-8")\n', "", TIED_TESTS),
+    ("tied: untied lm_head starts from the stored bytes", OPS, "        ordered[tie.output_key] = keys[tie.input_key]\n    else:", "        ordered[tie.output_key] = keys[tie.output_key]\n        sources.pop(tie.output_key)\n    else:", TIED_TESTS),
+    ("tied: model whose math depends on the tie untied anyway", OPS, "    if model_type in TIE_CHANGES_MATH:", "    if False:", TIED_TESTS),
+    ("tied: saved base layers taken for modules_to_save", OPS, '    return replacement[1].endswith(".base_layer.weight")', "    return False", TIED_TESTS),
+    ("tied: shared leaves lm_head's modules unmerged", OPS, "        touched.setdefault(tie.input_key, []).append((i, type(target)(target.module, roles)))", "        pass", TIED_TESTS),
+    ("tied: untied lm_head placed in the first shard", "adapterkit/checkpoint/writer.py",
+     "by_name[self.base.shard_of(placed.get(key, key)).name].append(key)", "by_name[names[0] if key in placed else self.base.shard_of(key).name].append(key)", TIED_TESTS),
     ("plan: first problem only", PLAN, "    if problems:\n        raise _base_mismatch(adapter, problems, rule_name)", "    if problems:\n        raise _base_mismatch(adapter, problems[:1], rule_name)"),
 ]
 

@@ -371,6 +371,25 @@ def test_max_shard_size_splits_like_save_pretrained(bases, tmp_path):
     assert all(torch.equal(loaded[k], ckpt.read(k)) for k in ckpt.keys())
 
 
+def test_placement_puts_a_new_tensor_in_the_shard_of_a_base_key(bases, tmp_path):
+    """A key the base lacks joins the shard of the base key it is placed beside (any shard, not
+    the first); the index says so and the other keys keep their shards.  Unplaced: refused."""
+    ckpt = open_checkpoint(bases["sharded"])
+    last = next(k for k in ckpt.keys() if ckpt.shard_of(k) == ckpt.shards[-1])
+    plan = plan_of(ckpt)
+    plan["extra.weight"] = plan[last]
+    with CheckpointWriter(tmp_path / "out", ckpt, plan=plan, placement={"extra.weight": last}) as w:
+        for key in plan:
+            w.write(key, ckpt.read_bytes(last if key == "extra.weight" else key))
+        w.commit()
+    index = json.loads((tmp_path / "out" / INDEX).read_text())["weight_map"]
+    base_index = json.loads((bases["sharded"] / INDEX).read_text())["weight_map"]
+    assert index == dict(base_index, **{"extra.weight": base_index[last]}) and base_index[last] != sorted(set(base_index.values()))[0]
+    with pytest.raises(AdapterkitError) as info:
+        CheckpointWriter(tmp_path / "out2", ckpt, plan=plan)
+    assert_error(info, "plan-mismatch", "extra.weight")
+
+
 def test_max_shard_size_large_enough_gives_one_file(bases, tmp_path):
     out = copy_through(open_checkpoint(bases["sharded"]), tmp_path / "out", max_shard_size=10**9)
     assert sorted(p.name for p in out.glob("model*")) == ["model.safetensors"]

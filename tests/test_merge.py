@@ -65,14 +65,14 @@ def save_base(model: torch.nn.Module, path: Path, *, dtype: torch.dtype = torch.
     return path
 
 
-def make_adapter(make, path: Path, seed: int, **cfg) -> Path:
+def make_adapter(make, path: Path, seed: int, save_embedding_layers: bool | str = "auto", **cfg) -> Path:
     model = get_peft_model(make(), LoraConfig(**cfg))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _name, p in model.named_parameters():
             if p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    model.save_pretrained(path)
+    model.save_pretrained(path, save_embedding_layers=save_embedding_layers)
     return path
 
 
@@ -204,13 +204,145 @@ def test_merge_refusals(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in base.iterdir()} == before
 
 
-def test_tied_lm_head_is_refused(tmp_path: Path) -> None:
-    base = save_base(llama(tie=True), tmp_path / "base", shard=None)
-    adapter = make_adapter(lambda: llama(tie=True), tmp_path / "adapter", seed=8, r=2, lora_alpha=2, target_modules=["lm_head"])
+def untied_copy(make) -> torch.nn.Module:
+    """``make()``'s tied model as an untied one with the same values: the oracle for untying."""
+    tied = make()
+    cfg = tied.config
+    cfg.tie_word_embeddings = False
+    model = type(tied)(cfg).eval()
+    state = tied.state_dict()
+    state["lm_head.weight"] = tied.get_input_embeddings().weight.detach().clone()
+    model.load_state_dict(state)
+    return model
+
+
+def tied_llama() -> torch.nn.Module:
+    return llama(tie=True)
+
+
+def tied_gpt2() -> torch.nn.Module:
+    return gpt2()  # GPT-2 ties lm_head to transformer.wte by default
+
+
+TIED = {
+    "llama_embed_and_lm_head": (tied_llama, ["embed_tokens", "lm_head", "q_proj"], "model.embed_tokens.weight"),
+    "llama_lm_head": (tied_llama, ["lm_head"], "model.embed_tokens.weight"),
+    "llama_embed": (tied_llama, ["embed_tokens"], "model.embed_tokens.weight"),
+    "gpt2_wte_and_lm_head": (tied_gpt2, ["wte", "lm_head"], "transformer.wte.weight"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIED))
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_tied_embeddings_untie(name: str, shard: str | None, tmp_path: Path) -> None:
+    """The default: lm_head gets a tensor of its own and config.json stops tying, so the merged
+    model gives the adapter-attached model's logits (PEFT's merge does not), and every tensor
+    equals PEFT's merge of the same adapter on an untied copy of the model.  Sharded: the
+    adapter is saved without the embedding layers PEFT adds by default (which replace the base's
+    and would hide where lm_head's base value comes from)."""
+    make, targets, embed = TIED[name]
+    base = save_base(make(), tmp_path / "base", shard=shard)
+    assert "lm_head.weight" not in shards(base)
+    adapter = make_adapter(make, tmp_path / "adapter", seed=8, r=2, lora_alpha=4, target_modules=targets,
+                           save_embedding_layers="auto" if shard is None else False)
+    report = merge_checkpoint(base, [adapter], tmp_path / "out")
+    out = tmp_path / "out"
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    assert any("untied `lm_head.weight`" in n for n in report.notes)
+    assert "Untied `lm_head.weight`" in (out / "README.md").read_text()
+    ours = shards(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = PeftModel.from_pretrained(untied_copy(make), adapter).merge_and_unload().state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+    if shard:  # lm_head joins its embedding's shard; the index says so
+        index = json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]
+        assert index["lm_head.weight"] == index[embed]
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert merged.lm_head.weight is not merged.get_input_embeddings().weight
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attached = PeftModel.from_pretrained(make(), adapter).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(IDS).logits, attached(IDS).logits, rtol=1e-5, atol=1e-5)
+    # and back: unmerging gives the base's values (lm_head: the embedding it was tied to)
+    merge_checkpoint(out, [adapter], tmp_path / "back", unmerge=True)
+    back, original = shards(tmp_path / "back"), shards(base)
+    for key in back:
+        torch.testing.assert_close(back[key], original[key if key in original else embed], rtol=0, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(TIED))
+def test_tied_embeddings_shared_equals_peft(name: str, tmp_path: Path) -> None:
+    """``shared``: both embeddings' deltas go into the one matrix, exactly as transformers + PEFT's
+    merge_and_unload + save_pretrained do; config.json is left tying them."""
+    make, targets, _embed = TIED[name]
+    base = save_base(make(), tmp_path / "base")
+    adapter = make_adapter(make, tmp_path / "adapter", seed=9, r=2, lora_alpha=4, target_modules=targets)
+    report = merge_checkpoint(base, [adapter], tmp_path / "out", tied_embeddings="shared")
+    assert (tmp_path / "out" / "config.json").read_bytes() == (base / "config.json").read_bytes()
+    assert report.notes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        PeftModel.from_pretrained(make(), adapter).merge_and_unload().save_pretrained(tmp_path / "peft")
+    ours, theirs = shards(tmp_path / "out"), shards(tmp_path / "peft")
+    assert ours.keys() == theirs.keys() and "lm_head.weight" not in ours
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_tied_embeddings_without_config_or_with_a_stored_lm_head(tmp_path: Path) -> None:
+    """A single-file base has no config.json: the structure (an input embedding, no lm_head)
+    says tied, and lm_head.weight is written, with a note that no config was updated.  A
+    config that ties them while the file stores an lm_head anyway: transformers loads the
+    embedding there, so the untied lm_head starts from the embedding, not the stored bytes."""
+    base = save_base(tied_llama(), tmp_path / "base", shard=None)
+    adapter = make_adapter(tied_llama, tmp_path / "adapter", seed=12, r=2, lora_alpha=4, target_modules=["lm_head"])
+    single = tmp_path / "base.safetensors"
+    single.write_bytes((base / "model.safetensors").read_bytes())
+    report = merge_checkpoint(single, [adapter], tmp_path / "out.safetensors")
+    assert any("no config.json came with the checkpoint" in n for n in report.notes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = PeftModel.from_pretrained(untied_copy(tied_llama), adapter).merge_and_unload().state_dict()
+    ours = load_file(tmp_path / "out.safetensors")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+    stored = load_file(base / "model.safetensors")
+    embed = stored["model.embed_tokens.weight"].clone()
+    stored["lm_head.weight"] = torch.randn_like(embed)
+    from safetensors.torch import save_file
+    save_file(stored, base / "model.safetensors", metadata={"format": "pt"})
+    embed_only = make_adapter(tied_llama, tmp_path / "embed", seed=13, r=2, lora_alpha=4, target_modules=["embed_tokens"], save_embedding_layers=False)
+    merge_checkpoint(base, [embed_only], tmp_path / "out2")
+    assert torch.equal(shards(tmp_path / "out2")["lm_head.weight"], embed)  # transformers' value, not the stored one
+    assert json.loads((tmp_path / "out2" / "config.json").read_text())["tie_word_embeddings"] is False
+
+
+def test_tied_embeddings_refusals(tmp_path: Path) -> None:
+    base = save_base(tied_llama(), tmp_path / "base", shard=None)
+    saved = make_adapter(tied_llama, tmp_path / "saved", seed=10, r=2, lora_alpha=2, target_modules=["q_proj"], modules_to_save=["lm_head"])
     with pytest.raises(AdapterkitError) as info:
-        merge_checkpoint(base, [adapter], tmp_path / "out")
-    assert "tied" in str(info.value) and "embed_tokens" in str(info.value)
+        merge_checkpoint(base, [saved], tmp_path / "out", tied_embeddings="shared")
+    assert info.value.code == "tied-embeddings" and "lm_head.weight" in str(info.value)
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [saved], tmp_path / "out", tied_embeddings="both")
+    assert info.value.code == "not-supported"
     assert not (tmp_path / "out").exists()
+    # untying a model whose computation depends on the tie (T5 rescales when tied) is refused
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps(dict(config, model_type="t5")))
+    lm = make_adapter(tied_llama, tmp_path / "lm", seed=11, r=2, lora_alpha=2, target_modules=["lm_head"])
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [lm], tmp_path / "out")
+    assert info.value.code == "tied-embeddings" and "t5" in str(info.value)
+    (base / "config.json").write_text("{not json")
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [lm], tmp_path / "out")
+    assert info.value.code == "checkpoint-invalid" and "config.json" in str(info.value)
 
 
 def test_safe_refuses_non_finite_results(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ import adapterkit  # noqa: E402
 from adapterkit.errors import AdapterkitError  # noqa: E402
 from adapterkit.io.safetensors_file import DTYPE_NAMES  # noqa: E402
 from adapterkit.ops import MergePlan, ModuleTarget, plan_merge  # noqa: E402
+from adapterkit.ops.merge_plan import TiedEmbeddings, find_tied_embeddings  # noqa: E402
 from adapterkit.testing import strategies as aks  # noqa: E402
 
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
@@ -541,5 +542,23 @@ def test_mutation_list_still_applies() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert len(module.MUTANTS) >= 30
-    for name, file, old, _new in module.MUTANTS:
+    for name, file, old, _new, *_tests in module.MUTANTS:
         assert (root / file).read_text(encoding="utf-8").count(old) == 1, name
+
+
+def test_find_tied_embeddings() -> None:
+    """config.json's tie_word_embeddings decides; without it the structure does (an input
+    embedding and no output embedding); an ambiguous pair is no tie."""
+    embed, head, q = ("model.embed_tokens.weight", ("BF16", (64, 16))), ("lm_head.weight", ("BF16", (64, 16))), ("model.q.weight", ("BF16", (16, 16)))
+    alone, both = dict([embed, q]), dict([embed, head, q])
+    assert find_tied_embeddings(alone, None) == TiedEmbeddings("model.embed_tokens.weight", "lm_head.weight", False, None)
+    assert find_tied_embeddings(alone, {"model_type": "llama"}) == TiedEmbeddings("model.embed_tokens.weight", "lm_head.weight", False, {"model_type": "llama"})
+    assert find_tied_embeddings(alone, {"tie_word_embeddings": False}) is None
+    assert find_tied_embeddings(both, None) is None
+    assert find_tied_embeddings(both, {"tie_word_embeddings": True}) == TiedEmbeddings("model.embed_tokens.weight", "lm_head.weight", True, {"tie_word_embeddings": True})
+    gpt2 = {"transformer.wte.weight": ("F32", (64, 16)), "transformer.wpe.weight": ("F32", (32, 16))}
+    assert find_tied_embeddings(gpt2, {"tie_word_embeddings": True}).input_key == "transformer.wte.weight"
+    two_inputs = {"encoder.embed_tokens.weight": embed[1], "decoder.embed_tokens.weight": embed[1]}
+    assert find_tied_embeddings(two_inputs, {"tie_word_embeddings": True}) is None
+    two_outputs = dict([embed, head], **{"embed_out.weight": head[1]})
+    assert find_tied_embeddings(two_outputs, {"tie_word_embeddings": True}) is None

@@ -176,6 +176,8 @@ class CheckpointWriter:
             and split as transformers does (``model-00001-of-0000N.safetensors``; one shard is
             ``model.safetensors`` without an index).
         metadata: the ``__metadata__`` of every shard (``format: pt`` is always there).
+        placement: keys of the plan that the base lacks -> the base key whose shard each joins
+            (with the base's sharding; e.g. an untied ``lm_head.weight`` beside its embedding).
         overwrite: replace an existing ``out`` whole (no file from before remains).
         durable: fsync every file and folder before the rename (``False``: still atomic for
             other processes, not across a power loss).
@@ -190,6 +192,7 @@ class CheckpointWriter:
         self, out: str | Path, base: Checkpoint, *, plan: Mapping[str, tuple[str, tuple[int, ...]]],
         max_shard_size: int | None = None, metadata: Mapping[str, str] | None = None,
         overwrite: bool = False, durable: bool = True, form: str | None = None,
+        placement: Mapping[str, str] | None = None,
     ) -> None:
         out = Path(out)
         self.out, self.base, self.durable, self.overwrite = out, base, durable, overwrite
@@ -201,6 +204,7 @@ class CheckpointWriter:
             raise _mismatch("metadata must map strings to strings", out, "__metadata__")
         if meta.setdefault("format", "pt") != "pt":
             raise _mismatch("a checkpoint's __metadata__ format must be 'pt'", out, "__metadata__.format", expected="pt", actual=meta["format"])
+        self._placement = dict(placement or {})
         groups = self._assign(max_shard_size)
         if form == "file" and len(groups) != 1:
             raise WriteError("a .safetensors output holds one shard; this plan needs several (name a directory)",
@@ -228,8 +232,9 @@ class CheckpointWriter:
             groups = split_greedy(sizes, max_shard_size)
             names = shard_names(len(groups))
         elif self.base.index is not None:
+            placed = {k: v for k, v in self._placement.items() if k not in self.base and v in self.base}
             missing = [k for k in self.base.keys() if k not in self.plan]
-            extra = [k for k in self.plan if k not in self.base]
+            extra = [k for k in self.plan if k not in self.base and k not in placed]
             if missing or extra:
                 key = (extra or missing)[0]
                 raise _mismatch(
@@ -239,7 +244,7 @@ class CheckpointWriter:
             names = [s.name for s in self.base.shards]
             by_name: dict[str, list[str]] = {n: [] for n in names}
             for key in self.plan:
-                by_name[self.base.shard_of(key).name].append(key)
+                by_name[self.base.shard_of(placed.get(key, key)).name].append(key)
             return by_name
         else:
             names, groups = [SINGLE_NAME], [list(self.plan)]

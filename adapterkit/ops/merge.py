@@ -27,11 +27,11 @@ from ..adapter import Adapter
 from ..checkpoint import CheckpointWriter, open_checkpoint
 from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
-from ..errors import TensorError, UnsupportedError
+from ..errors import FormatError, TensorError, UnsupportedError
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
 from ..progress import progress_bytes
-from .merge_plan import plan_merge
+from .merge_plan import TIE_CHANGES_MATH, TiedEmbeddings, find_tied_embeddings, plan_merge
 from .pipeline import Pipeline
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -44,6 +44,7 @@ CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows: a few MB, which stay in
 # differ in the last bit; tests/test_merge_stream.py checks this on the kernels at hand).
 ROW_ALIGN = 96
 DEPTH = 3  # blocks read ahead of the computation, and blocks waiting for the writer
+TIED_POLICIES = ("untie", "shared")
 
 
 @dataclass
@@ -60,6 +61,7 @@ class MergeReport:
     bytes: int = 0  # the output's tensor bytes
     seconds: float = 0.0
     lossy: list[str] = field(default_factory=list)  # why an unmerge cannot give the base back exactly
+    notes: list[str] = field(default_factory=list)  # what else changed (embeddings untied)
 
 
 def _as_adapter(item: str | Path | Adapter) -> Adapter:
@@ -144,10 +146,18 @@ def merge_checkpoint(
     overwrite: bool = False,
     durable: bool = True,
     unmerge: bool = False,
+    tied_embeddings: str = "untie",
 ) -> MergeReport:
     """Merge ``adapters`` (each scaled by its weight, default 1) into the checkpoint ``base`` and
     write ``out``; with ``unmerge=True`` take them out instead (exact up to rounding for LoRA;
     IA3 and DoRA are lossy).
+
+    ``tied_embeddings`` says what happens when the checkpoint ties its output embedding
+    (``lm_head``) to its input embedding and an adapter changes either: ``"untie"`` (the
+    default) writes the output embedding as a tensor of its own and sets
+    ``tie_word_embeddings: false`` in ``config.json``, so the merged model computes what the
+    adapter-attached model does; ``"shared"`` merges both into the one shared matrix, as
+    PEFT's ``merge_and_unload`` does (which changes the other embedding too).
 
     Raises:
         AdapterkitError subclasses: an adapter that cannot be merged (prompt kinds), modules
@@ -162,8 +172,22 @@ def merge_checkpoint(
     weights = [1.0] * len(loaded) if weights is None else [float(w) for w in weights]
     if len(weights) != len(loaded):
         raise UnsupportedError("one weight per adapter", key="weights", expected=len(loaded), actual=len(weights))
+    if tied_embeddings not in TIED_POLICIES:
+        raise UnsupportedError("unknown tied_embeddings policy", key="tied_embeddings", expected=" | ".join(TIED_POLICIES), actual=tied_embeddings)
     keys = {k: (ckpt.info(k).dtype, tuple(ckpt.info(k).shape)) for k in ckpt.keys()}
-    touched, replaced = _touches(loaded, keys)
+    tie = find_tied_embeddings(keys, _read_config(ckpt))
+    planned = dict(keys)
+    if tie is not None and not tie.stored:  # plan as if the output embedding were there
+        planned[tie.output_key] = keys[tie.input_key]
+    touched, replaced = _touches(loaded, planned)
+    sources: dict[str, str] = {}  # output key -> the base key its bytes come from
+    files: dict[str, bytes] = {}
+    notes: list[str] = []
+    if tie is not None and any(k in touched or k in replaced for k in (tie.input_key, tie.output_key)):
+        if tied_embeddings == "untie":
+            keys = _untie(ckpt, keys, tie, replaced, sources, files, notes)
+        else:
+            _share(tie, touched, replaced, notes)
     out_dtype = None if dtype is None else (dtype if isinstance(dtype, str) else DTYPE_NAMES.get(dtype, str(dtype)))
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise UnsupportedError("--dtype must be a floating-point dtype", key="dtype", expected=" | ".join(FLOAT_DTYPES), actual=out_dtype)
@@ -174,20 +198,106 @@ def merge_checkpoint(
         for a, w in zip(loaded, weights)
     ]
     metadata = {"format": "pt", MERGED_KEY if direction == "merge" else "adapterkit.unmerged": json.dumps(record, sort_keys=True)}
-    report = MergeReport(Path(out), record)
+    if notes:
+        metadata["adapterkit.notes"] = json.dumps(notes)
+    report = MergeReport(Path(out), record, notes=notes)
     if unmerge:
         if replaced:
             report.lossy.append(f"{len(replaced)} tensors stored whole in the adapter (modules_to_save) stay as merged: the base's are gone")
         report.lossy += sorted({f"{a.peft_type} scaling divided back out (rounding)" for a in loaded if a.peft_type == "IA3"})
-    job = _Job(direction, ckpt, loaded, weights, touched, replaced, keys, plan, device, safe, report)
+    job = _Job(direction, ckpt, loaded, weights, touched, replaced, keys, plan, device, safe, report, sources)
     report.bytes = sum(nbytes(*v) for v in plan.values())
     with CheckpointWriter(Path(out), ckpt, plan=plan, max_shard_size=max_shard_size, metadata=metadata,
-                          overwrite=overwrite, durable=durable) as writer:
+                          overwrite=overwrite, durable=durable, placement=sources) as writer:
         with progress_bytes(report.bytes, desc=direction, items=len(keys)) as advance:
             job.run(writer, advance)
-        report.out = writer.commit(_readme(ckpt, direction, record) if writer.form == "dir" else None)
+        if writer.form == "dir":
+            files.update(_readme(ckpt, direction, record, notes))
+        elif files:
+            notes.append("config.json not written (the output is one .safetensors file): set tie_word_embeddings to false where the model's config is kept")
+        report.out = writer.commit(files if writer.form == "dir" else None)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _read_config(ckpt) -> dict | None:
+    """The checkpoint's ``config.json`` (None: a single-file checkpoint, or none there)."""
+    path = ckpt.path / "config.json"
+    if not ckpt.path.is_dir() or not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"config.json cannot be read as JSON: {exc}", code="checkpoint-invalid", path=path) from None
+    return value if isinstance(value, dict) else None
+
+
+def _base_layer(replacement: tuple[int, str]) -> bool:
+    """Whether a whole-tensor replacement is a saved base layer (PEFT saves embedding layers
+    it adapts), which PEFT loads into the shared matrix, rather than a modules_to_save copy."""
+    return replacement[1].endswith(".base_layer.weight")
+
+
+def _untie(ckpt, keys: dict, tie: TiedEmbeddings, replaced: dict, sources: dict[str, str], files: dict[str, bytes],
+           notes: list[str]) -> dict:
+    """Give the output embedding a tensor of its own (the input embedding's base value, then
+    its own merges) and a config that no longer ties them; returns the output's keys in order.
+
+    A saved base layer of either embedding is what PEFT loads into the shared matrix: both
+    start from it.  A ``modules_to_save`` copy replaces its own embedding only."""
+    model_type = (tie.config or {}).get("model_type")
+    if model_type in TIE_CHANGES_MATH:
+        raise UnsupportedError(
+            f"{model_type} computes differently once untied, so the tied embeddings cannot be untied exactly; "
+            "tied_embeddings='shared' (--tied-embeddings shared) merges into the shared matrix, as PEFT does",
+            code="tied-embeddings", path=ckpt.path, key=tie.output_key, expected="a model whose tie only shares the matrix", actual=model_type,
+        )
+    sources[tie.output_key] = tie.input_key
+    shared = [replaced[k] for k in (tie.input_key, tie.output_key) if k in replaced and _base_layer(replaced[k])]
+    for k in (tie.input_key, tie.output_key):
+        if shared and (k not in replaced or _base_layer(replaced[k])):
+            replaced[k] = shared[-1]
+    if tie.stored:  # transformers loads the input embedding there, whatever is stored
+        ordered = dict(keys)
+        ordered[tie.output_key] = keys[tie.input_key]
+    else:
+        ordered = {}
+        for k, v in keys.items():
+            ordered[k] = v
+            if k == tie.input_key:
+                ordered[tie.output_key] = v
+    note = f"untied `{tie.output_key}` from `{tie.input_key}` (it starts as the base's `{tie.input_key}`)"
+    if tie.config is not None:
+        config = dict(tie.config, tie_word_embeddings=False)
+        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        note += "; config.json: tie_word_embeddings false"
+    else:
+        note += "; no config.json came with the checkpoint: set tie_word_embeddings to false in the model's config"
+    notes.append(note)
+    return ordered
+
+
+def _share(tie: TiedEmbeddings, touched: dict, replaced: dict, notes: list[str]) -> None:
+    """Merge the output embedding's modules into the shared matrix, as PEFT does (a saved base
+    layer of the output embedding is loaded into the shared matrix too)."""
+    if tie.output_key in replaced and _base_layer(replaced[tie.output_key]):
+        replaced.setdefault(tie.input_key, replaced.pop(tie.output_key))
+    whole = [k for k in (tie.input_key, tie.output_key) if k in replaced and not _base_layer(replaced[k])]
+    if whole:
+        raise UnsupportedError(
+            f"a tensor stored whole (modules_to_save) replaces `{whole[0]}`, which is tied to the other embedding; "
+            "the shared matrix cannot be both: untie them (tied_embeddings='untie', the default)",
+            code="tied-embeddings", key=whole[0], expected="untie", actual="shared",
+        )
+    moved = touched.pop(tie.output_key, [])
+    for i, target in moved:
+        roles = {role: (tie.input_key if ck == tie.output_key else ck) for role, ck in target.roles.items()}
+        touched.setdefault(tie.input_key, []).append((i, type(target)(target.module, roles)))
+    touched[tie.input_key].sort(key=lambda t: t[0])  # adapters in order; within one, as listed
+    if moved:
+        notes.append(f"merged `{tie.output_key}`'s modules into `{tie.input_key}`, which it is tied to (as PEFT does): the input embeddings change too")
+    else:
+        notes.append(f"`{tie.input_key}` changed; `{tie.output_key}` is tied to it and changes too (as in PEFT's merge)")
 
 
 @dataclass
@@ -239,8 +349,10 @@ class _Job:
     tensors that cannot be streamed by rows, the tensor being merged."""
 
     def __init__(self, direction: str, ckpt, adapters: list[Adapter], weights: list[float], touched, replaced,
-                 keys: dict[str, tuple[str, tuple[int, ...]]], plan, device: torch.device, safe: bool, report: MergeReport) -> None:
+                 keys: dict[str, tuple[str, tuple[int, ...]]], plan, device: torch.device, safe: bool, report: MergeReport,
+                 sources: dict[str, str] | None = None) -> None:
         self.direction, self.ckpt, self.adapters, self.weights = direction, ckpt, adapters, weights
+        self.sources = sources or {}  # an output key whose base value is another key's (untied embeddings)
         self.touched, self.replaced, self.keys, self.plan = touched, replaced, keys, plan
         self.device, self.safe, self.report = device, safe, report
         self.rows = {k: r for k in keys if (r := self._rows(k)) is not None}
@@ -299,15 +411,16 @@ class _Job:
             for start, stop in r.blocks():
                 block = self.free_in.get()
                 n = (stop - start) * r.cols * r.src.itemsize
-                self.ckpt.read_into(key, block.view[:n], start * r.cols * r.src.itemsize)
+                self.ckpt.read_into(self.sources.get(key, key), block.view[:n], start * r.cols * r.src.itemsize)
                 self.ready.put(block)
 
     def _write_behind(self) -> None:
         while (job := self.jobs.get()) is not None:
             how, key, data = job
             if how == "copy":
-                self.writer.copy_from(key, self.ckpt)
-                self.advance(self.ckpt.info(key).nbytes, 1)
+                source = self.sources.get(key, key)
+                self.writer.copy_from(key, self.ckpt, source)
+                self.advance(self.ckpt.info(source).nbytes, 1)
             elif how == "write":
                 self.writer.write(key, data)
                 self.advance(data.nbytes, 1)
@@ -323,9 +436,9 @@ class _Job:
             self.free_out.put(block)
 
     def _compute(self) -> None:
-        state = _Tensors(self.direction, self.adapters, self.weights, self.touched, self.replaced, self.ckpt.read, self.device)
+        state = _Tensors(self.direction, self.adapters, self.weights, self.touched, self.replaced, self._read, self.device)
         report = self.report
-        for key in self.ckpt.keys():
+        for key in self.keys:
             report.tensors += 1
             if key not in self.touched and key not in self.replaced and self.keys[key][0] == self.plan[key][0]:
                 self.jobs.put(("copy", key, None))
@@ -341,7 +454,7 @@ class _Job:
                 continue
             value = state.take(key)
             if value is None:
-                value = self.ckpt.read(key).to(device=self.device, dtype=torch.float32)
+                value = self._read(key).to(device=self.device, dtype=torch.float32)
             if self.safe and value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise self._non_finite(key, int((~torch.isfinite(value)).sum()), value.numel())
             self.jobs.put(("write", key, value.to(DTYPES[self.plan[key][0]]).cpu()))
@@ -379,15 +492,18 @@ class _Job:
             raise self._non_finite(key, bad, r.rows * r.cols)
         pieces.put(None)
 
+    def _read(self, key: str) -> torch.Tensor:
+        return self.ckpt.read(self.sources.get(key, key))
+
     def _non_finite(self, key: str, bad: int, numel: int) -> TensorError:
         return TensorError(
             f"the {self.direction}d tensor holds NaN or Inf; nothing was written (--no-safe writes it anyway)",
-            code="non-finite", path=self.ckpt.shard_of(key), key=key, expected="finite values",
+            code="non-finite", path=self.ckpt.shard_of(self.sources.get(key, key)), key=key, expected="finite values",
             actual=f"{bad} non-finite of {numel}",
         )
 
 
-def _readme(ckpt, direction: str, record: list[dict[str, Any]]) -> dict[str, bytes]:
+def _readme(ckpt, direction: str, record: list[dict[str, Any]], notes: list[str]) -> dict[str, bytes]:
     """The base's README.md (if any) with a section saying what was merged."""
     base_readme = ckpt.path / "README.md" if ckpt.path.is_dir() else None
     text = base_readme.read_text(encoding="utf-8") if base_readme is not None and base_readme.is_file() else ""
@@ -395,6 +511,7 @@ def _readme(ckpt, direction: str, record: list[dict[str, Any]]) -> dict[str, byt
     for r in record:
         lines.append(f"- {r['kind']} adapter `{r['adapter']}`, weight {r['weight']:g}"
                      + (f" (trained on `{r['base_model']}`)" if r.get("base_model") else ""))
+    lines += [f"- {n[0].upper()}{n[1:]}" for n in notes]
     lines += ["", f"Each shard's safetensors metadata records the same under `{MERGED_KEY if direction == 'merge' else 'adapterkit.unmerged'}`.", ""]
     section = "\n".join(lines)
     return {"README.md": ((text.rstrip("\n") + "\n\n" if text else "") + section).encode("utf-8")}

@@ -15,9 +15,11 @@ The rule that finds the most module weights wins (ties: exact, then strip, then
 the alphabetically first ``P``); whole-module tensors follow the same rule.
 
 Tied embeddings.  A checkpoint with ``tie_word_embeddings`` stores no
-``lm_head.weight``; merging into ``lm_head`` would change the input embeddings
-too, so a missing output embedding beside a present input embedding is reported
-as ``tied-embeddings``, naming the embedding it is tied to.
+``lm_head.weight``; ``plan_merge`` alone reports a module on the missing output
+embedding as ``tied-embeddings``, naming the embedding it is tied to.
+``find_tied_embeddings`` says whether a checkpoint ties them (``config.json``, or
+its structure), so that ``merge_checkpoint`` can untie them or merge into the one
+shared matrix instead.
 
 Order.  ``replacements`` (whole-module tensors: ``modules_to_save``, trained
 biases, saved base layers) are applied before the merges: where one replaces a
@@ -105,6 +107,53 @@ def _tied_to(module_name: str, keys: CheckpointKeys) -> str | None:
         return None
     found = sorted(k for k in keys if k.endswith(".weight") and k[: -len(".weight")].rsplit(".", 1)[-1] in INPUT_EMBEDDINGS)
     return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class TiedEmbeddings:
+    """A checkpoint whose output embedding is its input embedding.
+
+    Attributes:
+        input_key: the input embedding's key (``model.embed_tokens.weight``).
+        output_key: the output embedding's key (``lm_head.weight``), which is usually absent.
+        stored: whether ``output_key`` is in the checkpoint anyway (transformers ignores it
+            when it ties the two on loading).
+        config: the parsed ``config.json`` that says so, or None (the structure says so).
+    """
+
+    input_key: str
+    output_key: str
+    stored: bool
+    config: dict | None = None
+
+
+# models whose computation changes with ``tie_word_embeddings`` beyond sharing the matrix
+# (T5 rescales the decoder output only when tied): untying them is not exact
+TIE_CHANGES_MATH = frozenset({"t5", "mt5", "umt5", "longt5", "switch_transformers"})
+
+
+def _embedding_keys(keys: CheckpointKeys, names: tuple[str, ...]) -> list[str]:
+    return sorted(k for k in keys if k.endswith(".weight") and k[: -len(".weight")].rsplit(".", 1)[-1] in names)
+
+
+def find_tied_embeddings(keys: CheckpointKeys, config: dict | None) -> TiedEmbeddings | None:
+    """Whether the checkpoint ties its output embedding to its input embedding.
+
+    ``config`` (the checkpoint's ``config.json``) decides when it says
+    ``tie_word_embeddings``; otherwise (no config, or one written before transformers
+    stored the default) the structure does: an input embedding and no output embedding.
+    The pair must be unambiguous (one input embedding; one output embedding, or none, which
+    is then ``lm_head.weight``): otherwise there is nothing to tie, and None is returned.
+    """
+    inputs = _embedding_keys(keys, INPUT_EMBEDDINGS)
+    outputs = _embedding_keys(keys, OUTPUT_EMBEDDINGS)
+    if len(inputs) != 1 or len(outputs) > 1:
+        return None
+    output = outputs[0] if outputs else "lm_head.weight"
+    said = config.get("tie_word_embeddings") if isinstance(config, dict) else None
+    if said is False or (said is None and outputs):
+        return None
+    return TiedEmbeddings(inputs[0], output, bool(outputs), config if isinstance(config, dict) else None)
 
 
 def plan_merge(adapter: Adapter, checkpoint_keys: CheckpointKeys) -> MergePlan:

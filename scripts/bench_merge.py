@@ -63,9 +63,10 @@ SHARDS = 4
 RANK, ALPHA = 16, 32
 PROJ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-METHODS = ("cp", "cp_sync", "peft", "naive", "ours")
+METHODS = ("cp", "cp_sync", "peft", "naive", "ours", "ours_nosync")
 LABELS = {"cp": "cp -r --reflink=never", "cp_sync": "cp -r --reflink=never; sync (durable, reference)", "peft": "transformers + PEFT merge_and_unload",
-          "naive": "naive: shard at a time, load_file/save_file", "ours": "adapterkit merge (CLI)"}
+          "naive": "naive: shard at a time, load_file/save_file", "ours": "adapterkit merge (CLI)",
+          "ours_nosync": "merge_checkpoint(durable=False): no fsync, as cp"}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -237,6 +238,9 @@ def command(method: str, root: Path, out: Path) -> list[str]:
         return ["sh", "-c", 'cp -r --reflink=never "$0" "$1" && sync', str(root / "base"), str(out)]
     if method == "ours":
         return [sys.executable, "-m", "adapterkit", "merge", str(root / "base"), str(root / "adapter"), str(out)]
+    if method == "ours_nosync":
+        return [sys.executable, "-c", "import sys; from adapterkit.ops.merge import merge_checkpoint; "
+                "merge_checkpoint(sys.argv[1], [sys.argv[2]], sys.argv[3], durable=False)", str(root / "base"), str(root / "adapter"), str(out)]
     return [sys.executable, __file__, "--child", method, str(root), str(out)]
 
 
@@ -338,6 +342,13 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         print(f"  {'tensors farther from exact than PEFT' + tag:<58} {worse:>7d}  {verdict(worse, 0):<13} "
               f"of {len(res['accuracy'])}; max err ours {max(a['ours'] for a in res['accuracy']):.3g}, "
               f"PEFT {max(a['peft'] for a in res['accuracy']):.3g}")
+        ft = res["floor"][0]
+        print(f"  {'  (reference) ours / (cp -r; sync), both durable' + tag:<58} {t['ours'] / t['cp_sync']:>7.2f}  {'':<13} "
+              f"{t['ours']:.2f} s vs {t['cp_sync']:.2f} s")
+        print(f"  {'  (reference) ours without fsync / cp -r' + tag:<58} {t['ours_nosync'] / t['cp']:>7.2f}  {'':<13} "
+              f"{t['ours_nosync']:.2f} s vs {t['cp']:.2f} s")
+        print(f"  {'  (reference) same, less the import floor' + tag:<58} {(t['ours_nosync'] - ft) / t['cp']:>7.2f}  {'':<13} "
+              f"{t['ours_nosync'] - ft:.2f} s vs {t['cp']:.2f} s (python + torch import: {ft:.2f} s)")
         print(f"  {'  (reference) ours / naive' + tag:<58} {t['ours'] / t['naive']:>7.2f}  {'':<13} "
               f"{t['ours']:.2f} s vs {t['naive']:.2f} s; RSS {r['ours'] / MB:.0f} vs {r['naive'] / MB:.0f} MB")
     if big and small:
@@ -367,6 +378,8 @@ def main() -> None:
         else:
             {"peft": method_peft, "naive": method_naive}[what](root, Path(rest[0]))
         return
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_merge_", dir=args.dir))
     try:
         sizes = ["small"] if args.small_only else ["small", "7b-dims"]

@@ -55,6 +55,8 @@ CODES: dict[str, tuple[str, str]] = {
     "base-shape-mismatch": ("TensorError", "a base checkpoint tensor's shape disagrees with the adapter module merged into it"),
     "base-dtype-unsupported": ("UnsupportedError", "a base checkpoint tensor is integer or quantized; merging needs F16, BF16, F32 or F64"),
     "tied-embeddings": ("UnsupportedError", "the adapter changes lm_head, which the checkpoint ties to the input embeddings"),
+    "argument-invalid": ("ArgumentError", "an operation's argument is out of range or inconsistent (a rank or budget <= 0, a weight count that differs from the adapter count, an unknown method)"),
+    "adapters-incompatible": ("TensorError", "adapters that cannot be combined: different kinds, or one module with disagreeing shapes"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -69,6 +71,8 @@ API_CODES = frozenset({
     "not-a-checkpoint", "checkpoint-invalid", "checkpoint-unsupported", "plan-mismatch",
     # merging adapters into checkpoints (adapterkit.ops.merge_plan)
     "base-mismatch", "base-tensor-missing", "base-shape-mismatch", "base-dtype-unsupported", "tied-embeddings",
+    # low-rank surgery (adapterkit.ops: combine, resize, rebalance, prune)
+    "argument-invalid", "adapters-incompatible",
 })
 
 
@@ -149,6 +153,10 @@ class UnsupportedError(AdapterkitError):
     default_code = "not-supported"
 
 
+class ArgumentError(AdapterkitError):
+    default_code = "argument-invalid"
+
+
 _CLASSES = {
     cls.__name__: cls
     for cls in (
@@ -160,6 +168,7 @@ _CLASSES = {
         UnsafeFileError,
         WriteError,
         UnsupportedError,
+        ArgumentError,
     )
 }
 

@@ -33,10 +33,11 @@ Prints, per size, each method's wall time and peak RSS, then the targets of issu
 ratios with PASS/MISS and the absolute figures behind them.
 
 Measured on the development machine (2 vCPUs AMD EPYC, 23 GB, ext4 on virtio; best of 3, warm
-cache), 7b-dims: ours 5.50 s vs cp 2.35 s (2.34x: MISS of the 2x target; 1.6 s of it is importing
-torch, the rest ~5 core-seconds of fp32 math and page-cache copies on 2 cores), peak RSS 283 MB vs
-PEFT's 4197 MB (0.07x), 283 MB vs 271 MB on the small one (1.04x), all 56 merged tensors
-bit-identical to PEFT's.  Timings on that machine vary 2-4x from run to run (cp: 2.35-5.82 s).
+cache; 2026-11-27), 7b-dims: ours 4.75 s vs cp 2.05 s (2.32x: MISS of the 2x target), vs
+`cp; sync` 2.38 s 1.99x (both durable), without fsync 4.65 s, of which 1.78 s is importing
+python + torch (1.40x cp without it); peak RSS 284 MB vs PEFT's 4184 MB (0.07x), 284 MB vs
+271 MB on the small one (1.04x); all 56 merged tensors bit-identical to PEFT's.  Timings on
+that machine vary 2-4x from run to run (cp 2.05-4.17 s, cp; sync 2.38-10.40 s in one run).
 
 Usage: python scripts/bench_merge.py [--small-only] [--repeat 3] [--cache warm|cold]
                                      [--adapter-dtype bf16|fp32] [--dir DIR] [--keep]

@@ -108,18 +108,20 @@ def quantile(x: torch.Tensor, q: float, *, limit: int = QUANTILE_LIMIT) -> torch
     """``torch.quantile(x, q)`` (linear interpolation) for a tensor of any size.
 
     Up to ``limit`` elements it is torch.quantile itself; above, the two order statistics
-    around q·(N−1) come from ``kthvalue`` and are interpolated as torch does (the rank in x's
-    dtype while N−1 is exact there, else in fp64), so no sort of the whole tensor is needed.
+    around q·(N−1) (one ``kthvalue`` and one pass for the next value) are interpolated as torch
+    does (the rank in x's dtype while N−1 is exact there, else in fp64): no sort of the whole tensor.
     """
     x = x.reshape(-1)
     if x.numel() <= limit:
         return torch.quantile(x, q)
     n = x.numel()
-    exact = n - 1 <= 2 ** (torch.finfo(x.dtype).nmant + 1)
+    exact = n - 1 <= 2 / torch.finfo(x.dtype).eps  # integers up to 2^24 (fp32) are exact
     rank = torch.tensor(q, dtype=x.dtype if exact else torch.float64, device=x.device) * (n - 1)
     below, above = int(rank.floor()), min(int(rank.ceil()), n - 1)
     low = torch.kthvalue(x, below + 1).values
-    high = low if above == below else torch.kthvalue(x, above + 1).values
+    high = low  # the next order statistic: low again if it repeats, else the least value above it
+    if above > below and int((x <= low).sum()) <= above:
+        high = x[x > low].min()
     return torch.lerp(low, high, (rank - below).to(x.dtype))
 
 
@@ -295,9 +297,10 @@ def _svd_factors(svd: Any, rank: int, clamp: float | None) -> tuple[torch.Tensor
     return clamp_factors(B, A, clamp) if clamp is not None else (B, A)
 
 
-def _lora_module(req: _Request, name: str, terms: list[_Term], rank: int, with_bias: bool,
+def _lora_module(req: _Request, terms: list[_Term], rank: int, with_bias: bool, transposed: bool,
                  generator: Callable[[], torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(B, A, bias) of one module of the result, at scaling 1."""
+    """(B, A, bias) of one module of the result, at scaling 1.  ``transposed``: PEFT's ΔW of the
+    module is (B·A)ᵀ (embeddings, fan_in_fan_out)."""
     method = req.method
     gen = generator() if method.startswith("dare") else None
     biases = [t.bias * t.scaling if t.bias is not None else t.B.new_zeros(t.B.shape[0]) for t in terms] if with_bias else []
@@ -316,11 +319,11 @@ def _lora_module(req: _Request, name: str, terms: list[_Term], rank: int, with_b
         kw = {"density": req.density, "sign_rule": req.sign_rule, "generator": gen}
         A = merge_tensors(op, [_pad(t.A, r, 0) for t in terms], [math.sqrt(abs(w)) * (1 if w >= 0 else -1) for w in ws], **kw)
         B = merge_tensors(op, [_pad(t.B, r, 1) for t in terms], [math.sqrt(abs(w)) for w in ws], **kw)
-    else:
-        deltas = [(t.B @ t.A) * t.scaling for t in terms]
+    else:  # in the layout of PEFT's ΔW (transposed for embeddings and fan_in_fan_out): DARE draws in it
+        deltas = [((t.B @ t.A).T if transposed else t.B @ t.A) * t.scaling for t in terms]
         kw = {"density": req.density, "sign_rule": req.sign_rule, "generator": gen}
         dense = merge_tensors(op, deltas, [t.weight for t in terms], **kw)
-        B, A = _svd_factors(dense_svd(dense, device=req.device), rank, req.svd_clamp)
+        B, A = _svd_factors(dense_svd(dense.T if transposed else dense, device=req.device), rank, req.svd_clamp)
     bias = merge_tensors(op, biases, [t.weight for t in terms], **kw) if with_bias else None
     return B, A, bias
 
@@ -339,16 +342,17 @@ def _combine_lora(adapters: Sequence[Adapter], weights: list[float], req: _Reque
     tensors: dict[str, torch.Tensor] = dict(whole)
     ranks: dict[str, int] = {}
     for name in progress(names, desc="combine", total=len(names)):
-        held = [(fs[name], w) for fs, w in zip(factors, weights) if name in fs]
+        held = [(fs[name], w, i) for i, (fs, w) in enumerate(zip(factors, weights)) if name in fs]
         template = held[0][0]
-        ct = torch.float64 if any(f.B.dtype == torch.float64 for f, _ in held) else torch.float32
-        terms = [_Term(f.B.to(ct), f.A.to(ct), f.scaling, w, None if f.bias is None else f.bias.to(ct)) for f, w in held]
+        ct = torch.float64 if any(f.B.dtype == torch.float64 for f, _, _ in held) else torch.float32
+        terms = [_Term(f.B.to(ct), f.A.to(ct), f.scaling, w, None if f.bias is None else f.bias.to(ct)) for f, w, _ in held]
         module_bias = with_bias and template.layer_type != "embedding"
 
         def generator(name: str = name) -> torch.Generator:
             return torch.Generator(device=req.device).manual_seed(module_seed(req.seed, name))
 
-        B, A, bias = _lora_module(req, name, terms, rank or 0, module_bias, generator)
+        transposed = template.layer_type == "embedding" or adapters[held[0][2]].module(name).fan_in_fan_out
+        B, A, bias = _lora_module(req, terms, rank or 0, module_bias, transposed, generator)
         tensors.update(module_tensors(template, B, A, bias, dtype=dtype))
         ranks[name] = int(A.shape[0])
     first = adapters[0].config

@@ -11,6 +11,7 @@ are compared as products (SVD factors are only defined up to sign), loaded into 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import warnings
 from pathlib import Path
@@ -755,3 +756,65 @@ def test_cuda_matches_first_principles(case, k):
                 assert_best_rank_k(got[name], dense, k, rtol=1e-4, atol=1e-4)
     dare = combine(adapters, weights, "dare_linear", density=0.5, device="cuda")
     assert dare.tensors.keys() == combine(adapters, weights, "dare_linear", density=0.5).tensors.keys()
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def cli(*args: Any):
+    from click.testing import CliRunner
+
+    from adapterkit.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_combine_writes_what_the_library_returns(tmp_path):
+    a, b = tiny(r=2, modules=("m.q", "m.v")), tiny(r=3)
+    adapterkit.save(a, tmp_path / "a")
+    adapterkit.save(b, tmp_path / "b.safetensors")
+    res = cli("combine", tmp_path / "a", tmp_path / "b.safetensors", "--weights", "0.7,-0.3", "--method", "dare_ties",
+              "--density", "0.5", "--seed", "3", "-o", tmp_path / "ab")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"combined {tmp_path / 'a'} x0.7, {tmp_path / 'b.safetensors'} x-0.3 by dare_ties into {tmp_path / 'ab'}: 2 modules, ranks 2 + 3 -> 2..3;")
+    assert adapterkit.load(tmp_path / "ab") == combine([a, b], [0.7, -0.3], "dare_ties", density=0.5, seed=3)
+    assert adapterkit.validate(tmp_path / "ab") == []
+    res = cli("combine", tmp_path / "a", tmp_path / "b.safetensors", "--method", "svd", "--rank", "4", "--svd-clamp", "0.9",
+              "-o", tmp_path / "ab", "--overwrite", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["modules"] == 2 and summary["ranks"] == "4" and [x["weight"] for x in summary["adapters"]] == [1.0, 1.0]
+    assert adapterkit.load(tmp_path / "ab") == combine([a, b], [1.0, 1.0], "svd", rank=4, svd_clamp=0.9)
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--weights", "1"], "[argument-invalid]"),
+    (["--method", "ties"], "[argument-invalid]"),
+    (["--rank", "0"], "[argument-invalid]"),
+    (["--weights", "1,x"], "[usage]"),
+    (["--device", "bogus"], "[device-unavailable]"),
+])
+def test_cli_combine_errors_are_one_line(args, code, tmp_path):
+    for name in ("a", "b"):
+        adapterkit.save(tiny(), tmp_path / name)
+    res = cli("combine", tmp_path / "a", tmp_path / "b", "-o", tmp_path / "out", *args)
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and res.output.rstrip().endswith(code), res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_combine_refuses_to_write_over_an_input(tmp_path):
+    for name in ("a", "b"):
+        adapterkit.save(tiny(), tmp_path / name)
+    for out in (tmp_path / "a", tmp_path):
+        res = cli("combine", tmp_path / "a", tmp_path / "b", "-o", out, "--overwrite")
+        assert res.exit_code == 2 and "[overwrite-input]" in res.output
+    assert adapterkit.load(tmp_path / "a") == tiny()
+
+
+def test_cli_methods_and_help():
+    from adapterkit.cli import COMBINE_METHODS
+    from adapterkit.ops.combine import METHODS
+
+    assert sorted(COMBINE_METHODS) == sorted(METHODS)
+    text = cli("combine", "--help").output
+    assert "Examples:" in text and "adapterkit combine a b --weights 0.7,0.3 --method svd --rank 16 -o ab" in text

@@ -31,8 +31,9 @@ Where ours deliberately differs from PEFT 0.21.2 (each has a test showing both):
     (PEFT refuses unequal ranks; with equal ranks the two agree).
   * DARE masks come from one generator per module, seeded from (``seed``, module name)
     (:func:`module_seed`), so results do not depend on module order or on global RNG state.
-    Per module, masks are drawn in PEFT's order (all A's, then all B's; or the ΔW's, adapter
-    order), then the biases' masks, so one module matches PEFT after ``torch.manual_seed``.
+    Per module, masks are drawn in PEFT's order and layout (all A's, then all B's; or the ΔW's
+    as PEFT lays them out, (B·A)ᵀ for embeddings and fan_in_fan_out), then the biases' masks, so
+    a module matches PEFT's result when PEFT's global generator is seeded with its module seed.
   * a single adapter gets the method asked for (PEFT switches to ``linear``).
   * ``modules_to_save`` and trained biases (``bias="all"|"lora_only"``) are refused: a whole
     module is a replacement, not a delta, and has no weighted sum; PEFT writes the *base*
@@ -338,7 +339,7 @@ def _combine_lora(adapters: Sequence[Adapter], weights: list[float], req: _Reque
     with_bias = any(a.config.lora_bias for a in adapters)
     rank = req.rank
     if rank is None and (req.method == "svd" or req.method in DENSE_METHODS):
-        rank = max(f.rank for fs in factors for f in fs.values())  # PEFT's default: the largest rank
+        rank = max((f.rank for fs in factors for f in fs.values()), default=adapters[0].config.r)  # PEFT's: the largest
     tensors: dict[str, torch.Tensor] = dict(whole)
     ranks: dict[str, int] = {}
     for name in progress(names, desc="combine", total=len(names)):

@@ -415,6 +415,31 @@ def test_saved_base_embedding_is_kept_when_the_adapters_agree(tmp_path):
     assert err.value.code == "adapters-incompatible" and key in str(err.value)
 
 
+def test_seeding_before_peft_call_does_not_reach_its_masks(tmp_path):
+    """Why the PEFT comparisons seed PEFT per module: with one module and torch.manual_seed(s)
+    right before add_weighted_adapter, PEFT's DARE masks still differ from those of the stream
+    seeded with s, because injecting the new adapter draws its lora_A initialisation first."""
+    name = "model.layers.0.self_attn.q_proj"
+    cfg = {"r": 4, "lora_alpha": 8, "target_modules": [name]}
+    model = two_adapter_model(llama, cfg, cfg)
+    a, b = saved(model, tmp_path, "a", "b")
+    ours = combine([a, b], W, "dare_linear_svd", density=0.5)
+    torch.manual_seed(module_seed(0, name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.add_weighted_adapter(["a", "b"], W, "once", combination_type="dare_linear_svd", density=0.5)
+    assert not torch.allclose(peft_deltas(model, "once")[name], ours.delta_weight(name), atol=1e-3)
+    peft_add_weighted(model, W, "per_module", "dare_linear_svd", density=0.5)
+    torch.testing.assert_close(peft_deltas(model, "per_module")[name], ours.delta_weight(name), rtol=1e-5, atol=1e-6)
+
+
+def test_trained_biases_are_refused():
+    a = Adapter.from_tensors(LoraConfig(r=2, lora_alpha=2, target_modules=("q",), bias="all"),
+                             {**dict(tiny().tensors), f"{P}m.q.base_layer.bias": torch.ones(4)})
+    err = raised([tiny(), a], W, "cat")
+    assert err.code == "not-supported" and err.key == f"{P}m.q.base_layer.bias" and "adapters[1]" in str(err)
+
+
 def test_dare_masks_per_module_do_not_depend_on_other_modules_or_global_rng(llama_pair):
     _, (a, b) = llama_pair
     name = "model.layers.1.self_attn.q_proj"

@@ -35,6 +35,10 @@ Where ours deliberately differs from PEFT 0.21.2 (each has a test showing both):
     as PEFT lays them out, (B·A)ᵀ for embeddings and fan_in_fan_out), then the biases' masks, so
     a module matches PEFT's result when PEFT's global generator is seeded with its module seed.
   * a single adapter gets the method asked for (PEFT switches to ``linear``).
+  * a rank above min(out, in) zero-pads the factors (PEFT's SVD then builds mismatched factors).
+  * target_modules given as a list in one adapter and a regex in another are joined (the list
+    as the regex PEFT's list rule amounts to); PEFT refuses the mix, for IA3 too.
+  * PEFT's ``svd_full_matrices``/``svd_driver`` only choose torch's SVD routine; not offered.
   * ``modules_to_save`` and trained biases (``bias="all"|"lora_only"``) are refused: a whole
     module is a replacement, not a delta, and has no weighted sum; PEFT writes the *base*
     module under the first adapter's ``modules_to_save``, dropping the trained one.  Base layers
@@ -298,12 +302,14 @@ def _svd_factors(svd: Any, rank: int, clamp: float | None) -> tuple[torch.Tensor
     return clamp_factors(B, A, clamp) if clamp is not None else (B, A)
 
 
-def _lora_module(req: _Request, terms: list[_Term], rank: int, with_bias: bool, transposed: bool,
-                 generator: Callable[[], torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(B, A, bias) of one module of the result, at scaling 1.  ``transposed``: PEFT's ΔW of the
-    module is (B·A)ᵀ (embeddings, fan_in_fan_out)."""
+def _lora_module(req: _Request, name: str, terms: list[_Term], rank: int, with_bias: bool,
+                 transposed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(B, A, bias) of module ``name`` of the result, at scaling 1.  ``transposed``: PEFT's ΔW of
+    the module is (B·A)ᵀ (embeddings, fan_in_fan_out)."""
     method = req.method
-    gen = generator() if method.startswith("dare") else None
+    gen = None
+    if method.startswith("dare"):  # one generator per module, on the tensors' device
+        gen = torch.Generator(device=terms[0].B.device).manual_seed(module_seed(req.seed, name))
     biases = [t.bias * t.scaling if t.bias is not None else t.B.new_zeros(t.B.shape[0]) for t in terms] if with_bias else []
     op = method.removesuffix("_svd")
     if method in ("cat", "linear", "svd"):
@@ -348,12 +354,8 @@ def _combine_lora(adapters: Sequence[Adapter], weights: list[float], req: _Reque
         ct = torch.float64 if any(f.B.dtype == torch.float64 for f, _, _ in held) else torch.float32
         terms = [_Term(f.B.to(ct), f.A.to(ct), f.scaling, w, None if f.bias is None else f.bias.to(ct)) for f, w, _ in held]
         module_bias = with_bias and template.layer_type != "embedding"
-
-        def generator(name: str = name) -> torch.Generator:
-            return torch.Generator(device=req.device).manual_seed(module_seed(req.seed, name))
-
         transposed = template.layer_type == "embedding" or adapters[held[0][2]].module(name).fan_in_fan_out
-        B, A, bias = _lora_module(req, terms, rank or 0, module_bias, transposed, generator)
+        B, A, bias = _lora_module(req, name, terms, rank or 0, module_bias, transposed)
         tensors.update(module_tensors(template, B, A, bias, dtype=dtype))
         ranks[name] = int(A.shape[0])
     first = adapters[0].config

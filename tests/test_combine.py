@@ -415,6 +415,30 @@ def test_saved_base_embedding_is_kept_when_the_adapters_agree(tmp_path):
     assert err.value.code == "adapters-incompatible" and key in str(err.value)
 
 
+def test_rank_above_min_dimension_peft_breaks_ours_pads(tmp_path):
+    """out is 5×8: at svd_rank 6 PEFT stores factors that do not multiply; ours zero-pads."""
+    cfg = {"r": 3, "lora_alpha": 6, "target_modules": ["out"]}
+    model = two_adapter_model(embnet, cfg, cfg)
+    a, b = saved(model, tmp_path, "a", "b")
+    expected = weighted_sum([peft_deltas(model, "a"), peft_deltas(model, "b")], W)
+    peft_add_weighted(model, W, "c", "svd", svd_rank=6)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        peft_deltas(model, "c")
+    ours = combine([a, b], W, "svd", rank=6)
+    assert ours.modules["out"].rank == 6
+    assert_deltas(reloaded_deltas(embnet, ours, tmp_path / "ours"), expected)
+
+
+def test_list_and_regex_targets_peft_refuses_ours_joins(tmp_path):
+    model = two_adapter_model(llama, {"r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]},
+                              {"r": 2, "lora_alpha": 2, "target_modules": r".*\.v_proj"})
+    a, b = saved(model, tmp_path, "a", "b")
+    with pytest.raises(ValueError, match="target modules type"):
+        peft_add_weighted(model, W, "c", "cat")
+    expected = weighted_sum([peft_deltas(model, "a"), peft_deltas(model, "b")], W)
+    assert_deltas(reloaded_deltas(llama, combine([a, b], W, "cat"), tmp_path / "ours"), expected)
+
+
 def test_seeding_before_peft_call_does_not_reach_its_masks(tmp_path):
     """Why the PEFT comparisons seed PEFT per module: with one module and torch.manual_seed(s)
     right before add_weighted_adapter, PEFT's DARE masks still differ from those of the stream

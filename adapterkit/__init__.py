@@ -24,6 +24,7 @@ _LAZY = {
     "load": "io.reader",
     "open_adapter": "io.reader",
     "save": "io.writer",
+    "combine": "ops.combine",
     "IA3Config": "kinds",
     "LoraConfig": "kinds",
     "PrefixTuningConfig": "kinds",
@@ -34,7 +35,7 @@ _LAZY = {
 __all__ = [
     "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
     "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
-    "load", "open_adapter", "save", "validate",
+    "combine", "load", "open_adapter", "save", "validate",
 ]
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from .io.reader import load, open_adapter
     from .io.writer import save
     from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
+    from .ops.combine import combine
 
 
 def __getattr__(name: str) -> Any:

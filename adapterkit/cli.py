@@ -343,5 +343,94 @@ def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_
     _run_merge("unmerge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json)
 
 
+
+# ----------------------------------------------------------------------------- combine
+
+# adapterkit.ops.combine.METHODS, spelled out here so that --help does not import torch (a test keeps them equal)
+COMBINE_METHODS = ("svd", "linear", "cat", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
+                   "magnitude_prune", "magnitude_prune_svd")
+
+
+def _parse_weights(text: str | None, count: int) -> list[float]:
+    """``0.7,0.3`` -> [0.7, 0.3]; None -> 1.0 for each adapter."""
+    if text is None:
+        return [1.0] * count
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers such as 0.7,0.3", param_hint="--weights") from None
+
+
+def _rank_text(adapter: Any) -> str:
+    ranks = sorted({m.rank for m in adapter.modules.values() if hasattr(m, "rank")})
+    if not ranks:
+        return "-"
+    return str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}..{ranks[-1]}"
+
+
+@main.command("combine", short_help="Combine adapters into one (PEFT's add_weighted_adapter methods).")
+@click.argument("adapters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Where to write the result (*.safetensors = one file, else a PEFT directory).")
+@click.option("--weights", default=None, metavar="W1,W2,...", help="One weight per adapter, comma-separated, any sign (default: 1 each).")
+@click.option("--method", type=click.Choice(COMBINE_METHODS), default="svd", show_default=True, help="How to combine (see the description above).")
+@click.option("--rank", type=int, default=None, help="Rank of the result for svd, *_svd (default: the largest input rank) and linear (default: exact).")
+@click.option("--density", type=float, default=None, help="Fraction of entries kept, in (0, 1]; required by ties, dare_* and magnitude_prune*.")
+@click.option("--majority-sign", type=click.Choice(["total", "frequency"]), default="total", show_default=True, help="TIES' sign election.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of DARE's random masks (one generator per module).")
+@click.option("--svd-clamp", type=float, default=None, metavar="Q", help="Clamp the SVD factors at their Q-quantile, as PEFT does.")
+@click.option("--device", default="cpu", show_default=True, help="torch device for the math, e.g. cuda.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@handles_errors
+def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, method: str, rank: int | None, density: float | None,
+                    majority_sign: str, seed: int, svd_clamp: float | None, device: str, overwrite: bool, as_json: bool) -> None:
+    """Combine the LoRA (or IA3) ADAPTERS with weights into one adapter written to OUT, with
+    the methods of PEFT's add_weighted_adapter: cat and linear (exactly the weighted sum of the
+    ΔW's), svd (its best rank-k approximation, from the factors), ties, dare_linear, dare_ties,
+    magnitude_prune (on the A's and B's apart, as PEFT) and their *_svd forms (on the dense ΔW's,
+    then an SVD).  The modules are the union of the adapters'; the result has scaling 1 and loads
+    in PEFT.  Unlike PEFT: rsLoRA, lora_bias and rank patterns come out right, and DoRA adapters
+    and modules_to_save are refused.  IA3 combines by linear only.
+
+    \b
+    Examples:
+      adapterkit combine a b --weights 0.7,0.3 --method svd --rank 16 -o ab
+      adapterkit combine a b --method cat -o ab.safetensors
+      adapterkit combine a b c --weights 1,1,-0.5 --method dare_ties --density 0.3 --seed 7 -o abc
+    """
+    given = _parse_weights(weights, len(adapters))
+    for p in adapters:
+        _require(p)
+    from .errors import WriteError
+
+    for p in adapters:  # the adapters are read whole before writing, but an input is never replaced
+        if out.resolve() == p.resolve() or p.resolve().is_relative_to(out.resolve()):
+            raise WriteError("refusing to write over an input adapter", code="overwrite-input", path=out,
+                             expected="a path that is not (and does not hold) an input", actual=str(p))
+    import time
+
+    from .io.reader import load
+    from .io.writer import save
+    from .ops.combine import combine
+
+    start = time.perf_counter()
+    inputs = [load(p) for p in adapters]
+    result = combine(inputs, given, method, rank=rank, density=density, majority_sign=majority_sign, seed=seed,
+                     svd_clamp=svd_clamp, device=device)
+    written = save(result, out, overwrite=overwrite)
+    seconds = time.perf_counter() - start
+    if as_json:
+        click.echo(json.dumps({
+            "out": str(written), "method": method, "kind": result.peft_type,
+            "adapters": [{"path": str(p), "weight": w, "modules": len(a.modules), "ranks": _rank_text(a)} for p, w, a in zip(adapters, given, inputs)],
+            "modules": len(result.modules), "ranks": _rank_text(result), "tensors": len(result.tensors), "seconds": round(seconds, 3),
+        }, indent=2))
+    else:
+        names = ", ".join(f"{p} x{w:g}" for p, w in zip(adapters, given))
+        before = " + ".join(_rank_text(a) for a in inputs)
+        click.echo(f"combined {names} by {method} into {written}: {_plural(len(result.modules), 'module')}, "
+                   f"ranks {before} -> {_rank_text(result)}; {seconds:.1f} s")
+
+
 if __name__ == "__main__":
     main()

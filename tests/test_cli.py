@@ -166,6 +166,7 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     ["--help"], ["--version"], ["info", "--help"], ["validate", "--help"], ["convert", "--help"],
     ["info", "--bogus"], ["convert", "only-one-arg"], ["nosuchcommand"],
     ["convert", "src", "out.safetensors", "--form", "dir"], ["info", "/no/such/path"],
+    ["combine", "--help"], ["combine", "a", "b", "-o", "out", "--method", "bogus"], ["combine", "a", "b", "-o", "out", "--weights", "x"],
 ])
 def test_help_version_and_usage_errors_do_not_import_torch(args):
     code = (

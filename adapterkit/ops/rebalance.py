@@ -80,7 +80,7 @@ def rebalance(adapter: Adapter, *, budget: int | None = None, rank: int | None =
         device: where the fp32 math runs.
 
     Returns:
-        (the adapter, a :class:`ResizeReport` whose rule names the budget and the winning start).
+        (the adapter, a :class:`ResizeReport` whose rule names the budget and the winning start, ``budget=N, greedy``).
         Its ``energy_kept`` is never below a uniform ``resize`` at the same budget, and its
         ``params_after`` never above the budget.  Every module's SVD is held until the ranks are
         chosen (about the adapter's size in fp32).
@@ -112,4 +112,4 @@ def rebalance(adapter: Adapter, *, budget: int | None = None, rank: int | None =
         new, record = truncated(f, svd, k, balanced=balanced)
         tensors.update(new)
         records.append(record)
-    return finish(adapter, tensors, records, f"budget={total} ({start})")
+    return finish(adapter, tensors, records, f"budget={total}, {start}")

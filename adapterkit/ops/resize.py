@@ -129,14 +129,19 @@ def rebuilt(adapter: Adapter, tensors: Mapping[str, torch.Tensor], ranks: Mappin
     return Adapter.from_tensors(scaling_one_config(cfg, ranks, lora_bias=cfg.lora_bias), out)
 
 
+_RANGES = {"rank": "a positive integer", "energy": "0 < energy <= 1", "sv_ratio": "sv_ratio >= 1"}
+
+
 def _rule(adapter: Adapter, rank: int | None, energy: float | None, sv_ratio: float | None) -> str:
     """``name=value`` of the one rule given; raises ArgumentError otherwise (select_rank's checks)."""
     given = {k: v for k, v in (("rank", rank), ("energy", energy), ("sv_ratio", sv_ratio)) if v is not None}
     try:
         select_rank(torch.ones(1), rank=rank, energy=energy, sv_ratio=sv_ratio)
     except ValueError as exc:
-        key = next(iter(given)) if len(given) == 1 else "rank/energy/sv_ratio"
-        raise ArgumentError(str(exc), path=adapter.source, key=key, actual=given or None) from None
+        if len(given) != 1:
+            raise ArgumentError(str(exc), path=adapter.source, key="rank/energy/sv_ratio", expected="exactly one", actual=given or None) from None
+        (key, value), = given.items()
+        raise ArgumentError(str(exc).split(", got")[0], path=adapter.source, key=key, expected=_RANGES[key], actual=value) from None
     (name, value), = given.items()
     return f"{name}={value}"
 

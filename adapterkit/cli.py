@@ -372,15 +372,14 @@ def _surgery(src: Path, out: Path, adapter_name: str | None, overwrite: bool, op
     """Load IN (checked as strictly as `load`), run ``operation(adapter)`` and save its adapter to
     OUT; returns (input, report, path written).  The result is saved as coming from IN, so that
     the writer refuses to replace the input even with --overwrite."""
-    _require(src)
     from dataclasses import replace
 
     from .io.reader import load
     from .io.writer import save
 
-    adapter = load(src, adapter_name=adapter_name)
-    result, report = operation(adapter)
-    return adapter, report, save(replace(result, source=adapter.source), out, overwrite=overwrite)
+    given = load(src, adapter_name=adapter_name)
+    result, report = operation(given)
+    return given, report, save(replace(result, source=given.source), out, overwrite=overwrite)
 
 
 def _span(values: list[int]) -> str:
@@ -408,7 +407,7 @@ def _print_resize(verb: str, src: Path, written: Path, report: Any, as_json: boo
     )
 
 
-@main.command(short_help="Change a LoRA's rank per module: a fixed rank, kept energy or a singular-value ratio.")
+@main.command(short_help="Change a LoRA's ranks: fixed, by kept energy or by σ ratio.")
 @_surgery_options
 @click.option("--rank", type=int, default=None, help="This rank for every module (at or above a module's rank: lossless).")
 @click.option("--energy", type=float, default=None, help="Per module, the smallest rank keeping this fraction of ‖ΔW‖² (0-1].")
@@ -430,6 +429,7 @@ def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, o
       adapterkit resize my-lora canonical --rank 64      # at its own rank: lossless, balanced factors
     """
     _one_of(rank=rank, energy=energy, sv_ratio=sv_ratio)
+    _require(src)
     from .ops.resize import resize as run
 
     _, report, written = _surgery(src, out, adapter_name, overwrite,
@@ -437,7 +437,7 @@ def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, o
     _print_resize("resized", src, written, report, as_json)
 
 
-@main.command(short_help="Spread a parameter budget over a LoRA's modules where it keeps the most energy.")
+@main.command(short_help="Spread a parameter budget over a LoRA's modules by energy.")
 @_surgery_options
 @click.option("--budget", type=int, default=None, help="Total factor parameters, Σ rank·(out + in).")
 @click.option("--rank", type=int, default=None, help="Average rank instead: the budget of a uniform --rank resize.")
@@ -456,6 +456,7 @@ def rebalance(src: Path, out: Path, adapter_name: str | None, device: str | None
       adapterkit rebalance my-lora out --budget 20000000 --json
     """
     _one_of(budget=budget, rank=rank)
+    _require(src)
     from .ops.rebalance import rebalance as run
 
     _, report, written = _surgery(src, out, adapter_name, overwrite,
@@ -500,6 +501,7 @@ def prune(src: Path, out: Path, adapter_name: str | None, device: str | None, ov
     wanted = _parse_layers(layers)
     if modules is None and wanted is None and min_energy is None and keep_fraction is None:
         raise click.UsageError("give at least one of --modules, --layers, --min-energy, --keep-fraction", ctx=click.get_current_context())
+    _require(src)
     from .ops.prune import prune as run
 
     adapter, report, written = _surgery(src, out, adapter_name, overwrite, lambda a: run(

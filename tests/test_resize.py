@@ -266,6 +266,15 @@ def test_allocate_prefers_uniform_when_greedy_by_ratio_loses():
     assert allocate(spectra, [1, 10], 13) == ([3, 1], "greedy")
 
 
+def test_allocate_weighs_energy_by_cost_and_spends_nothing_on_zero_singular_values():
+    # ten ranks of module 0 (σ² 3 for 1 parameter each) beat module 1's second (σ² 4 for 10)
+    spectra = [torch.tensor([5.0] + [3.0] * 10).sqrt(), torch.tensor([20.0, 4.0]).sqrt()]
+    assert allocate(spectra, [1, 10], 21) == ([11, 1], "greedy")
+    # the uniform start (2 each) would pay for two zero σ; the same energy for less wins
+    spectra = [torch.tensor([5.0, 0.0]), torch.tensor([20.0, 0.0])]
+    assert allocate(spectra, [1, 10], 22) == ([1, 1], "greedy")
+
+
 # ----------------------------------------------------------------------------- every result validates clean
 
 

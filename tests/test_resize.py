@@ -270,6 +270,9 @@ def test_allocate_weighs_energy_by_cost_and_spends_nothing_on_zero_singular_valu
     # ten ranks of module 0 (σ² 3 for 1 parameter each) beat module 1's second (σ² 4 for 10)
     spectra = [torch.tensor([5.0] + [3.0] * 10).sqrt(), torch.tensor([20.0, 4.0]).sqrt()]
     assert allocate(spectra, [1, 10], 21) == ([11, 1], "greedy")
+    # energy is σ²: module 0's σ 3 for 4 parameters (2.25 per parameter) beats σ 1 for 1 (1 per parameter)
+    spectra = [torch.tensor([3.0, 3.0]), torch.tensor([1.0] * 5)]
+    assert allocate(spectra, [4, 1], 9) == ([2, 1], "greedy")
     # the uniform start (2 each) would pay for two zero σ; the same energy for less wins
     spectra = [torch.tensor([5.0, 0.0]), torch.tensor([20.0, 0.0])]
     assert allocate(spectra, [1, 10], 22) == ([1, 1], "greedy")
@@ -444,6 +447,15 @@ def test_prune_exclude_modules_forms():
     out, _ = adapterkit.prune(lora(["x.q", "y.x.q"], exclude=("lm_head",)), modules="^x")
     excl = out.config.exclude_modules
     assert isinstance(excl, str) and re.fullmatch(excl, "x.q") and re.fullmatch(excl, "z.lm_head") and not re.fullmatch(excl, "y.x.q")
+
+
+def test_prune_layers_follow_the_config_s_layers_pattern():
+    t = {}
+    for n in ("model.h.1.blocks.0.q", "model.h.1.blocks.1.q"):
+        t[f"{P}{n}.lora_A.weight"], t[f"{P}{n}.lora_B.weight"] = torch.ones(1, 2), torch.ones(2, 1)
+    cfg = LoraConfig(r=1, lora_alpha=1, target_modules=("q",), layers_to_transform=(0, 1), layers_pattern="blocks")
+    _, report = adapterkit.prune(Adapter.from_tensors(cfg, t), layers=[1])
+    assert report.dropped == {"model.h.1.blocks.1.q": "layers"}  # without the pattern both are layer 1
 
 
 def test_layer_index_is_peft_s():

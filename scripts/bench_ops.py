@@ -23,6 +23,15 @@ Prints a table (workload, ours, anchor, ratio) and the targets with PASS/MISS: r
 (on the 2-core development machine), faster than dense; rebalance energy >= uniform's, within
 the same parameter count.
 
+Measured on the development machine (2 vCPUs AMD EPYC, 23 GB; fp32, best of 3, quiet machine):
+resize 1.92 s (PASS < 5 s) vs the dense approach extrapolated to 3940 s (11.7 s per 4096×4096,
+18.5 s per 11008×4096, 39.5 s per 4096×11008 module): 2053x; the rank-16 ΔW of both agree to
+2.1e-6 (relative).  Rebalance at the budget of rank 16 keeps 99.59% of the energy vs 75.14% for
+the uniform resize (1.325x, PASS), with 39.97M vs 39.98M parameters (PASS), in 1.68 s.  With
+another process busy on one of the 2 cores, torch's two OpenMP threads stall and resize took
+9.1 s: compare figures only from a quiet machine.  End to end through the CLI (import, load
+with value checks, write with fsync): resize 5.9 s, rebalance 5.2 s (peak RSS 1.1 / 1.7 GB).
+
 Usage: python scripts/bench_ops.py [--only resize|rebalance] [--device cpu|cuda] [--dtype fp32|bf16]
                                    [--repeat 3]
 """
@@ -99,7 +108,7 @@ def section_resize(adapter: Adapter, args: argparse.Namespace) -> None:
         return out
 
     t_ours, (out, report) = best_of(args.repeat, ours)
-    counts = {shape: sum(1 for m in adapter.modules if m.endswith(name)) for shape, name in SAMPLES.items()}
+    counts = {shape: LAYERS * sum(1 for dims in PROJ.values() if f"{dims[0]}x{dims[1]}" == shape) for shape in SAMPLES}
     t_dense, worst = 0.0, 0.0
     per_shape = []
     for shape, name in SAMPLES.items():

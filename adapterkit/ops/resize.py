@@ -19,7 +19,7 @@ for fp64 factors) on ``device``; results stored in the input's dtype.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError
+from ..kinds.lora import LoraConfig
 from ..linalg import LowRankSVD, factored_svd, select_rank
 from ..progress import progress
 from .lowrank import ModuleFactors, _lora_only, module_factors, module_tensors, scaling_one_config
@@ -68,7 +69,6 @@ class ResizeReport:
 
     modules: tuple[ModuleResize, ...]
     rule: str
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def params_before(self) -> int:
@@ -96,7 +96,7 @@ class ResizeReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "rule": self.rule, "params_before": self.params_before, "params_after": self.params_after,
-            "energy_kept": self.energy_kept, "error": self.error, "notes": list(self.notes),
+            "energy_kept": self.energy_kept, "error": self.error,
             "modules": [{"name": m.name, "rank_before": m.rank_before, "rank_after": m.rank_after, "energy_kept": m.energy_kept,
                          "error": m.error, "params_before": m.params_before, "params_after": m.params_after} for m in self.modules],
         }
@@ -125,7 +125,7 @@ def rebuilt(adapter: Adapter, tensors: Mapping[str, torch.Tensor], ranks: Mappin
     parse = adapter.kind.parse_key
     out = {key: adapter.tensors[key] for key in adapter.tensors if parse(key) is None}
     out.update(tensors)
-    cfg = _lora_only(adapter, "resize")
+    cfg: LoraConfig = adapter.config  # type: ignore[assignment]
     return Adapter.from_tensors(scaling_one_config(cfg, ranks, lora_bias=cfg.lora_bias), out)
 
 
@@ -184,7 +184,7 @@ def resize(adapter: Adapter, rank: int | None = None, energy: float | None = Non
     return finish(adapter, tensors, records, rule)
 
 
-def finish(adapter: Adapter, tensors: Mapping[str, torch.Tensor], records: Iterable[ModuleResize], rule: str,
-           notes: tuple[str, ...] = ()) -> tuple[Adapter, ResizeReport]:
+def finish(adapter: Adapter, tensors: Mapping[str, torch.Tensor], records: Iterable[ModuleResize], rule: str) -> tuple[Adapter, ResizeReport]:
+    """The output adapter (``rebuilt``) and the report of ``records``."""
     records = tuple(records)
-    return rebuilt(adapter, tensors, {r.name: r.rank_after for r in records}), ResizeReport(records, rule, notes)
+    return rebuilt(adapter, tensors, {r.name: r.rank_after for r in records}), ResizeReport(records, rule)

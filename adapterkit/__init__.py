@@ -30,12 +30,15 @@ _LAZY = {
     "PrefixTuningConfig": "kinds",
     "PromptTuningConfig": "kinds",
     "PTuningConfig": "kinds",
+    "prune": "ops.prune",
+    "rebalance": "ops.rebalance",
+    "resize": "ops.resize",
 }
 
 __all__ = [
     "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
     "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
-    "combine", "load", "open_adapter", "save", "validate",
+    "combine", "load", "open_adapter", "prune", "rebalance", "resize", "save", "validate",
 ]
 
 if TYPE_CHECKING:
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
     from .io.writer import save
     from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
     from .ops.combine import combine
+    from .ops.prune import prune
+    from .ops.rebalance import rebalance
+    from .ops.resize import resize
 
 
 def __getattr__(name: str) -> Any:

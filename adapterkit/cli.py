@@ -431,6 +431,183 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
         click.echo(f"combined {names} by {method} into {written}: {_plural(len(result.modules), 'module')}, "
                    f"ranks {before} -> {_rank_text(result)}; {seconds:.1f} s")
 
+# ----------------------------------------------------------------------------- low-rank surgery: resize, rebalance, prune
+
+
+def _surgery_options(func):
+    """IN OUT plus the options resize, rebalance and prune share."""
+    options = [
+        click.argument("src", metavar="IN", type=click.Path(path_type=Path)),
+        click.argument("out", type=click.Path(path_type=Path)),
+        adapter_name_option,
+        click.option("--device", default=None, help="torch device for the fp32 math, e.g. cuda (default: cpu)."),
+        click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists."),
+        click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _one_of(**given: Any) -> None:
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+    if len(named) != 1:
+        names = " | ".join(f"--{k.replace('_', '-')}" for k in given)
+        raise click.UsageError(f"give exactly one of {names} (got {', '.join(named) or 'none'})", ctx=click.get_current_context())
+
+
+def _surgery(src: Path, out: Path, adapter_name: str | None, overwrite: bool, operation: Any) -> tuple[Any, Any, Path]:
+    """Load IN (checked as strictly as `load`), run ``operation(adapter)`` and save its adapter to
+    OUT; returns (input, report, path written).  The result is saved as coming from IN, so that
+    the writer refuses to replace the input even with --overwrite."""
+    from dataclasses import replace
+
+    from .io.reader import load
+    from .io.writer import save
+
+    given = load(src, adapter_name=adapter_name)
+    result, report = operation(given)
+    return given, report, save(replace(result, source=given.source), out, overwrite=overwrite)
+
+
+def _span(values: list[int]) -> str:
+    """``16``, or ``4-40 (mean 16.0)`` for differing ranks."""
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi} (mean {sum(values) / len(values):.1f})"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 10**6 else f"{n / 1e3:.1f}k" if n >= 10**4 else str(n)
+
+
+def _print_resize(verb: str, src: Path, written: Path, report: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"in": str(src), "out": str(written), **report.to_dict()}, indent=2))
+        return
+    mods = report.modules
+    click.echo(
+        f"{verb} {src} -> {written}: {_plural(len(mods), 'module')} ({report.rule}), "
+        f"rank {_span([m.rank_before for m in mods])} -> {_span([m.rank_after for m in mods])}, "
+        f"energy kept {100 * report.energy_kept:.2f}%, ‖ΔW - ΔW'‖_F {report.error:.3g}, "
+        f"params {_count(report.params_before)} -> {_count(report.params_after)}"
+    )
+
+
+@main.command(short_help="Change a LoRA's ranks: fixed, by kept energy or by σ ratio.")
+@_surgery_options
+@click.option("--rank", type=int, default=None, help="This rank for every module (at or above a module's rank: lossless).")
+@click.option("--energy", type=float, default=None, help="Per module, the smallest rank keeping this fraction of ‖ΔW‖² (0-1].")
+@click.option("--sv-ratio", type=float, default=None, help="Per module, the singular values within this ratio of the largest (>= 1).")
+@click.option("--balanced/--no-balanced", default=True, show_default=True,
+              help="Canonical factors B = U·√Σ, A = √Σ·Vᵀ (--no-balanced: B = U·Σ, A = Vᵀ).")
+@handles_errors
+def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, overwrite: bool, as_json: bool,
+           rank: int | None, energy: float | None, sv_ratio: float | None, balanced: bool) -> None:
+    """Rewrite the LoRA adapter IN with new ranks and write OUT.  Each module's ΔW is decomposed
+    exactly from its factors (never the dense matrix) and truncated: the best approximation of
+    that rank.  The result has scaling 1 (alpha = r, differing ranks as rank_pattern/alpha_pattern),
+    loads in PEFT, and keeps modules_to_save and trained biases.  Not for DoRA.
+
+    \b
+    Examples:
+      adapterkit resize my-lora small-lora --rank 16
+      adapterkit resize my-lora lean.safetensors --energy 0.95 --device cuda
+      adapterkit resize my-lora canonical --rank 64      # at its own rank: lossless, balanced factors
+    """
+    _one_of(rank=rank, energy=energy, sv_ratio=sv_ratio)
+    _require(src)
+    from .ops.resize import resize as run
+
+    _, report, written = _surgery(src, out, adapter_name, overwrite,
+                                  lambda a: run(a, rank=rank, energy=energy, sv_ratio=sv_ratio, balanced=balanced, device=device or "cpu"))
+    _print_resize("resized", src, written, report, as_json)
+
+
+@main.command(short_help="Spread a parameter budget over a LoRA's modules by energy.")
+@_surgery_options
+@click.option("--budget", type=int, default=None, help="Total factor parameters, Σ rank·(out + in).")
+@click.option("--rank", type=int, default=None, help="Average rank instead: the budget of a uniform --rank resize.")
+@click.option("--balanced/--no-balanced", default=True, show_default=True,
+              help="Canonical factors B = U·√Σ, A = √Σ·Vᵀ (--no-balanced: B = U·Σ, A = Vᵀ).")
+@handles_errors
+def rebalance(src: Path, out: Path, adapter_name: str | None, device: str | None, overwrite: bool, as_json: bool,
+              budget: int | None, rank: int | None, balanced: bool) -> None:
+    """Give each module of the LoRA adapter IN its own rank so that a total budget of factor
+    parameters keeps the most of Σ‖ΔW‖² (largest σ² per parameter first, one rank per module at
+    least), and write OUT.  Never keeps less energy than a uniform resize with the same budget.
+
+    \b
+    Examples:
+      adapterkit rebalance my-lora balanced-lora --rank 16
+      adapterkit rebalance my-lora out --budget 20000000 --json
+    """
+    _one_of(budget=budget, rank=rank)
+    _require(src)
+    from .ops.rebalance import rebalance as run
+
+    _, report, written = _surgery(src, out, adapter_name, overwrite,
+                                  lambda a: run(a, budget=budget, rank=rank, balanced=balanced, device=device or "cpu"))
+    _print_resize("rebalanced", src, written, report, as_json)
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    """``0,1,5-7`` -> [0, 1, 5, 6, 7]."""
+    if text is None:
+        return None
+    import re
+
+    layers: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m[2] is not None and int(m[2]) < int(m[1])):
+            raise click.BadParameter(f"{text!r} is not a list of layers such as 0,1,5-7", param_hint="--layers")
+        layers += range(int(m[1]), int(m[2] or m[1]) + 1)
+    return layers
+
+
+@main.command(short_help="Drop modules from an adapter by name, layer or energy.")
+@_surgery_options
+@click.option("--modules", default=None, metavar="REGEX", help="Drop modules whose name contains a match (re.search).")
+@click.option("--layers", default=None, metavar="LIST", help="Drop the modules of these layers, e.g. 0,1,5-7 (PEFT's layer index).")
+@click.option("--min-energy", type=float, default=None, help="Drop modules holding less than this fraction of Σ‖ΔW‖² (LoRA).")
+@click.option("--keep-fraction", type=float, default=None, help="Keep this fraction of the modules, the largest ‖ΔW‖ first (LoRA).")
+@handles_errors
+def prune(src: Path, out: Path, adapter_name: str | None, device: str | None, overwrite: bool, as_json: bool,
+          modules: str | None, layers: str | None, min_energy: float | None, keep_fraction: float | None) -> None:
+    """Drop modules from the adapter IN (LoRA incl. DoRA, or IA3) and write OUT: a module is
+    dropped when any rule given drops it.  The dropped names go to exclude_modules, so PEFT does
+    not re-create them on load, and rank/alpha pattern keys left matching nothing are removed.
+
+    \b
+    Examples:
+      adapterkit prune my-lora out --layers 0,1,30-31
+      adapterkit prune my-lora out --modules 'mlp\\.' --min-energy 0.001
+      adapterkit prune my-lora out --keep-fraction 0.5 --json
+    """
+    wanted = _parse_layers(layers)
+    if modules is None and wanted is None and min_energy is None and keep_fraction is None:
+        raise click.UsageError("give at least one of --modules, --layers, --min-energy, --keep-fraction", ctx=click.get_current_context())
+    _require(src)
+    from .ops.prune import prune as run
+
+    adapter, report, written = _surgery(src, out, adapter_name, overwrite, lambda a: run(
+        a, modules=modules, layers=wanted, min_energy=min_energy, keep_fraction=keep_fraction, device=device or "cpu"))
+    if as_json:
+        click.echo(json.dumps({"in": str(src), "out": str(written), **report.to_dict()}, indent=2))
+        return
+    why: dict[str, int] = {}
+    for rule in report.dropped.values():
+        why[rule] = why.get(rule, 0) + 1
+    energy = "" if report.energy_kept is None else f", energy kept {100 * report.energy_kept:.2f}%"
+    click.echo(
+        f"pruned {src} -> {written}: dropped {len(report.dropped)} of {len(adapter.modules)} modules "
+        f"({', '.join(f'{rule}: {n}' for rule, n in why.items()) or 'none matched'}){energy}, "
+        f"params {_count(report.params_before)} -> {_count(report.params_after)}"
+    )
+
+
 
 if __name__ == "__main__":
     main()

@@ -167,6 +167,9 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     ["info", "--bogus"], ["convert", "only-one-arg"], ["nosuchcommand"],
     ["convert", "src", "out.safetensors", "--form", "dir"], ["info", "/no/such/path"],
     ["combine", "--help"], ["combine", "a", "b", "-o", "out", "--method", "bogus"], ["combine", "a", "b", "-o", "out", "--weights", "x"],
+    ["resize", "--help"], ["rebalance", "--help"], ["prune", "--help"], ["resize", "in", "out"],
+    ["resize", "in", "out", "--rank", "2", "--energy", "0.5"], ["rebalance", "in", "out"], ["prune", "in", "out"],
+    ["prune", "in", "out", "--layers", "x"], ["resize", "/no/such/path", "out", "--rank", "2"],
 ])
 def test_help_version_and_usage_errors_do_not_import_torch(args):
     code = (
@@ -198,7 +201,7 @@ def test_every_help_has_an_example_and_whole_descriptions():
     assert "Examples:" in top
     listing = top.split("Commands:")[1]
     assert "..." not in listing  # click cuts long first sentences with '...'
-    for name in ("info", "validate", "convert"):
+    for name in ("info", "validate", "convert", "resize", "rebalance", "prune"):
         line = next(ln for ln in listing.splitlines() if ln.strip().startswith(name))
         assert line.rstrip().endswith("."), line
         text = run(name, "--help").output

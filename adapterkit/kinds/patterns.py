@@ -79,3 +79,21 @@ def matches_modules_to_save(names: Sequence[str] | None, key: str, prefix: str) 
     parts = path.split(".")
     modules = {".".join(parts[:i]) for i in range(1, len(parts))}
     return any(m == n or m.endswith("." + n) for m in modules for n in names)
+
+
+def layer_index(module: str, layers_pattern: str | Sequence[str] | None = None) -> int | None:
+    """The layer index PEFT's ``layers_to_transform`` reads from ``module``, or None.
+
+    Without ``layers_pattern``: the first numeric path component that has at least two
+    components before it and one after (``model.layers.3.mlp.up_proj`` -> 3; ``layers.3.q``
+    -> None), PEFT's lazy ``.*?\\.[^.]*\\.(\\d+)\\.``.  With a pattern (or a list, first match
+    wins): the number after the first ``<pattern>.`` component.
+    """
+    if not layers_pattern:
+        m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+    else:
+        for pattern in [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern:
+            m = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", module)
+            if m is not None:
+                break
+    return int(m["idx"]) if m else None

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark the low-rank operations (resize, rebalance; combine to come) on a Llama-7B-shaped LoRA.
+"""Benchmark the low-rank operations (combine, resize, rebalance) against the dense approaches.
 
 Workload, generated here under a fixed seed: r=64 LoRA factors on all seven projections of 32
 layers (q, k, v, o 4096×4096; gate, up 11008×4096; down 4096×11008: 224 modules, 160M factor
@@ -9,6 +9,11 @@ Spectra differ per module: B's columns are scaled by decay^j with a module-speci
 
 Sections (``--only``):
 
+* combine: two r=16 LoRA adapters (alpha 32 and 16) on ``--combine-modules`` 4096×4096 linear
+  modules, ``combine(..., "svd", rank=16)`` (factored SVD, never the dense ΔW) against PEFT's
+  ``add_weighted_adapter(combination_type="svd", svd_rank=16)`` on the same adapters in the same
+  process (dense ΔW, full SVD, on the same device); the rank-16 ΔW of both compared (relative
+  Frobenius difference per module; the random factors give a clear spectral gap at 16).
 * resize: ``adapterkit.resize(adapter, rank=16)`` in-process on the in-memory adapter (factored
   SVD per module, no dense ΔW), against the dense approach of kohya's ``resize_lora.py`` and
   PEFT's ``add_weighted_adapter(svd)``: form ΔW = scaling·B·A, ``torch.linalg.svd`` (thin),
@@ -32,8 +37,8 @@ another process busy on one of the 2 cores, torch's two OpenMP threads stall and
 9.1 s: compare figures only from a quiet machine.  End to end through the CLI (import, load
 with value checks, write with fsync): resize 5.9 s, rebalance 5.2 s (peak RSS 1.1 / 1.7 GB).
 
-Usage: python scripts/bench_ops.py [--only resize|rebalance] [--device cpu|cuda] [--dtype fp32|bf16]
-                                   [--repeat 3]
+Usage: python scripts/bench_ops.py [--only combine|resize|rebalance] [--device cpu|cuda] [--dtype fp32|bf16]
+                                   [--repeat 3] [--combine-modules 2]
 """
 
 from __future__ import annotations
@@ -147,7 +152,67 @@ def section_rebalance(adapter: Adapter, args: argparse.Namespace) -> None:
     print(f"  target within the uniform budget: {rebalanced.params_after} <= {uniform.params_after}  {'PASS' if within else 'MISS'}")
 
 
-SECTIONS = {"resize": section_resize, "rebalance": section_rebalance}
+def section_combine(_adapter: Adapter | None, args: argparse.Namespace) -> None:
+    import warnings
+
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from peft.utils import get_peft_model_state_dict
+
+    n, dim, r, weights = args.combine_modules, H, 16, [0.7, 0.3]
+    print(f"\n== combine svd: 2 adapters r={r}, {n} modules {dim}x{dim}, rank {r}, device {args.device}")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch.nn.Linear(dim, dim, bias=False) for _ in range(n))
+
+    torch.manual_seed(0)
+    targets = [f"layers.{i}" for i in range(n)]
+    alphas = {"one": 2 * r, "two": r}
+    model = get_peft_model(Net(), PeftLoraConfig(r=r, lora_alpha=alphas["one"], target_modules=targets), adapter_name="one")
+    model.add_adapter("two", PeftLoraConfig(r=r, lora_alpha=alphas["two"], target_modules=targets))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    model.to(args.device)
+    adapters = [
+        Adapter.from_tensors(LoraConfig(r=r, lora_alpha=alphas[k], target_modules=targets),
+                             {key: t.detach().cpu().clone() for key, t in get_peft_model_state_dict(model, adapter_name=k).items()})
+        for k in ("one", "two")
+    ]
+
+    def peft_svd():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.add_weighted_adapter(["one", "two"], weights, "mix", combination_type="svd", svd_rank=r)
+        sync(args.device)
+
+    start = time.perf_counter()
+    peft_svd()
+    t_peft = time.perf_counter() - start
+
+    def ours():
+        out = adapterkit.combine(adapters, weights, "svd", rank=r, device=args.device)
+        sync(args.device)
+        return out
+
+    t_ours, mixed = best_of(args.repeat, ours)
+    worst = 0.0
+    for i in range(n):
+        theirs = model.base_model.model.layers[i].get_delta_weight("mix").double().cpu()
+        mine = mixed.delta_weight(f"layers.{i}", dtype=torch.float64)
+        worst = max(worst, float(torch.linalg.matrix_norm(mine - theirs) / torch.linalg.matrix_norm(theirs)))
+    row("workload", "ours", "PEFT", "ratio")
+    row(f"combine svd, {n} modules (PEFT add_weighted_adapter)", f"{1000 * t_ours:.1f} ms", f"{t_peft:.2f} s", f"{t_peft / t_ours:.0f}x")
+    print(f"  PEFT {t_peft / n:.2f} s per module (one run); ours best of {args.repeat}")
+    print(f"  target >= 1000x faster than PEFT: {t_peft / t_ours:.0f}x  {'PASS' if t_peft / t_ours >= 1000 else 'MISS'}")
+    print(f"  target ΔW relative difference <= 1e-5: {worst:.1e}  {'PASS' if worst <= 1e-5 else 'MISS'}")
+
+
+SECTIONS = {"combine": section_combine, "resize": section_resize, "rebalance": section_rebalance}
 
 
 def main() -> None:
@@ -156,7 +221,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--combine-modules", type=int, default=2, help="4096x4096 modules in the combine section (PEFT: ~7 s each on 2 cores)")
     args = parser.parse_args()
+    if args.only == "combine":
+        section_combine(None, args)
+        return
     start = time.perf_counter()
     adapter = llama7b_lora({"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     print(f"workload: Llama-7B-shaped LoRA, {LAYERS} layers x {len(PROJ)} projections, r={RANK}, "

@@ -100,6 +100,21 @@ def dense_resize(adapter: Adapter, module: str, k: int, device: str) -> tuple[to
     return B, A
 
 
+def exact_truncation(terms: list[tuple[torch.Tensor, torch.Tensor]], k: int) -> torch.Tensor:
+    """The best rank-k approximation of Σ Bᵢ·Aᵢ in fp64 on the CPU, written out here (QR of the
+    stacked factors, SVD of the small core) as the reference both methods are measured against."""
+    B = torch.cat([b.detach().double().cpu() for b, _ in terms], dim=1)
+    A = torch.cat([a.detach().double().cpu() for _, a in terms], dim=0)
+    Qb, Rb = torch.linalg.qr(B)
+    Qa, Ra = torch.linalg.qr(A.T)
+    U, S, Vh = torch.linalg.svd(Rb @ Ra.T)
+    return (Qb @ (U[:, :k] * S[:k])) @ (Vh[:k] @ Qa.T)
+
+
+def rel(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(x.double().cpu() - ref) / torch.linalg.matrix_norm(ref))
+
+
 def row(workload: str, ours: str, anchor: str, ratio: str, verdict: str = "") -> None:
     print(f"{workload:<46} {ours:>14} {anchor:>16} {ratio:>10}  {verdict}")
 
@@ -114,7 +129,7 @@ def section_resize(adapter: Adapter, args: argparse.Namespace) -> None:
 
     t_ours, (out, report) = best_of(args.repeat, ours)
     counts = {shape: LAYERS * sum(1 for dims in PROJ.values() if f"{dims[0]}x{dims[1]}" == shape) for shape in SAMPLES}
-    t_dense, worst = 0.0, 0.0
+    t_dense, worst, ours_err, dense_err = 0.0, 0.0, 0.0, 0.0
     per_shape = []
     for shape, name in SAMPLES.items():
         module = f"model.layers.0.{name}"
@@ -123,12 +138,16 @@ def section_resize(adapter: Adapter, args: argparse.Namespace) -> None:
         per_shape.append(f"{shape}: {t:.2f} s x {counts[shape]}")
         ref = (B @ A).double().cpu()
         mine = out.delta_weight(module, dtype=torch.float64)
-        worst = max(worst, float(torch.linalg.matrix_norm(mine - ref) / torch.linalg.matrix_norm(ref)))
+        worst = max(worst, rel(mine, ref))
+        view = adapter.module(module)
+        exact = exact_truncation([(view.lora_B * view.scaling, view.lora_A)], NEW_RANK)
+        ours_err, dense_err = max(ours_err, rel(mine, exact)), max(dense_err, rel(ref, exact))
     print(f"dense SVD measured on one module per shape, extrapolated to {sum(counts.values())} modules: {'; '.join(per_shape)}")
     row("workload", "ours", "anchor", "ratio")
     row("resize 224 modules (anchor: dense SVD, extrap.)", f"{t_ours:.2f} s", f"{t_dense:.1f} s", f"{t_dense / t_ours:.0f}x")
     print(f"  energy kept {100 * report.energy_kept:.2f}%, params {report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M; "
           f"ours vs dense rank-{NEW_RANK} ΔW on the measured modules: max relative difference {worst:.1e}")
+    print(f"  against the exact rank-{NEW_RANK} truncation (fp64): ours {ours_err:.1e}, dense SVD on {args.device} {dense_err:.1e}")
     print(f"  target resize < 5 s: {t_ours:.2f} s  {'PASS' if t_ours < 5 else 'MISS'}")
     print(f"  target faster than dense: {t_dense / t_ours:.0f}x  {'PASS' if t_dense > t_ours else 'MISS'}")
 
@@ -199,17 +218,26 @@ def section_combine(_adapter: Adapter | None, args: argparse.Namespace) -> None:
         sync(args.device)
         return out
 
-    t_ours, mixed = best_of(args.repeat, ours)
-    worst = 0.0
+    start = time.perf_counter()
+    ours()
+    t_cold = time.perf_counter() - start  # the first call pays torch's one-time set-up (LAPACK, threads)
+    t_ours, mixed = best_of(max(3, args.repeat), ours)
+    worst, ours_err, peft_err = 0.0, 0.0, 0.0
     for i in range(n):
         theirs = model.base_model.model.layers[i].get_delta_weight("mix").double().cpu()
         mine = mixed.delta_weight(f"layers.{i}", dtype=torch.float64)
-        worst = max(worst, float(torch.linalg.matrix_norm(mine - theirs) / torch.linalg.matrix_norm(theirs)))
+        worst = max(worst, rel(mine, theirs))
+        views = [a.module(f"layers.{i}") for a in adapters]
+        exact = exact_truncation([(v.lora_B * (w * v.scaling), v.lora_A) for v, w in zip(views, weights)], r)
+        ours_err, peft_err = max(ours_err, rel(mine, exact)), max(peft_err, rel(theirs, exact))
     row("workload", "ours", "PEFT", "ratio")
     row(f"combine svd, {n} modules (PEFT add_weighted_adapter)", f"{1000 * t_ours:.1f} ms", f"{t_peft:.2f} s", f"{t_peft / t_ours:.0f}x")
-    print(f"  PEFT {t_peft / n:.2f} s per module (one run); ours best of {args.repeat}")
+    print(f"  PEFT {t_peft / n:.2f} s per module (one run); ours best of {max(3, args.repeat)} after a first call of "
+          f"{1000 * t_cold:.1f} ms ({t_peft / t_cold:.0f}x)")
     print(f"  target >= 1000x faster than PEFT: {t_peft / t_ours:.0f}x  {'PASS' if t_peft / t_ours >= 1000 else 'MISS'}")
-    print(f"  target ΔW relative difference <= 1e-5: {worst:.1e}  {'PASS' if worst <= 1e-5 else 'MISS'}")
+    print(f"  ΔW relative difference, ours vs PEFT: {worst:.1e}; against the exact rank-{r} truncation (fp64): "
+          f"ours {ours_err:.1e}, PEFT {peft_err:.1e}")
+    print(f"  target ΔW relative difference <= 1e-5 (ours vs exact): {ours_err:.1e}  {'PASS' if ours_err <= 1e-5 else 'MISS'}")
 
 
 SECTIONS = {"combine": section_combine, "resize": section_resize, "rebalance": section_rebalance}

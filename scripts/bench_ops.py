@@ -28,14 +28,20 @@ Prints a table (workload, ours, anchor, ratio) and the targets with PASS/MISS: r
 (on the 2-core development machine), faster than dense; rebalance energy >= uniform's, within
 the same parameter count.
 
-Measured on the development machine (2 vCPUs AMD EPYC, 23 GB; fp32, best of 3, quiet machine):
-resize 1.92 s (PASS < 5 s) vs the dense approach extrapolated to 3940 s (11.7 s per 4096×4096,
-18.5 s per 11008×4096, 39.5 s per 4096×11008 module): 2053x; the rank-16 ΔW of both agree to
-2.1e-6 (relative).  Rebalance at the budget of rank 16 keeps 99.59% of the energy vs 75.14% for
-the uniform resize (1.325x, PASS), with 39.97M vs 39.98M parameters (PASS), in 1.68 s.  With
-another process busy on one of the 2 cores, torch's two OpenMP threads stall and resize took
-9.1 s: compare figures only from a quiet machine.  End to end through the CLI (import, load
-with value checks, write with fsync): resize 5.9 s, rebalance 5.2 s (peak RSS 1.1 / 1.7 GB).
+Measured on the development machine (2 vCPUs AMD EPYC, 23 GB; fp32, best of 3, 2026-11-27):
+combine svd 5.0 ms vs PEFT 21.71 s for 2 modules (4306x; the first call, with torch's one-time
+set-up, 48.9 ms: 444x), ΔW 2.7e-7 from the exact truncation (PEFT's 1.7e-6); resize 1.92 s on a
+quiet machine (2.62 s with other jobs running) vs the dense approach extrapolated to 3940-4487 s
+(1715-2053x), ΔW 3.1e-7 from exact (dense 2.1e-6); rebalance keeps 99.59% of the energy vs
+75.14% for the uniform resize (1.325x) with 39.97M vs 39.98M parameters.  With another process
+busy on one of the 2 cores, torch's two OpenMP threads stall and resize took 9.1 s: compare
+figures only from a quiet machine.  End to end through the CLI (import, load with value checks,
+write with fsync): resize 5.9 s, rebalance 5.2 s (peak RSS 1.1 / 1.7 GB).
+
+On a lent H100 (16 CPU cores; scripts/gpu_checks.sh): combine 3.2 ms vs PEFT on cuda 6.93 s
+(2165x), ours 2.6e-7 from exact, PEFT's cuda SVD 6.0e-5; resize 0.79 s vs dense cuda SVD
+extrapolated to 699 s (883x), ours 3.2e-7 from exact, the dense cuda SVD 2.3e-3 (cuSOLVER's fp32
+SVD is far less accurate here); the same machine's CPU: resize 1.71 s vs 984 s (574x).
 
 Usage: python scripts/bench_ops.py [--only combine|resize|rebalance] [--device cpu|cuda] [--dtype fp32|bf16]
                                    [--repeat 3] [--combine-modules 2]

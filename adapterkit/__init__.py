@@ -33,16 +33,31 @@ _LAZY = {
     "prune": "ops.prune",
     "rebalance": "ops.rebalance",
     "resize": "ops.resize",
+    # model injection: a separate layer over the Adapter value
+    "attach": "inject", "detach": "inject", "set_active": "inject", "disabled": "inject", "merge": "inject",
+    "unmerge": "inject", "merge_and_unload": "inject", "unload": "inject", "extract_from_model": "inject",
 }
 
 __all__ = [
     "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
     "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
-    "combine", "load", "open_adapter", "prune", "rebalance", "resize", "save", "validate",
+    "attach", "combine", "detach", "disabled", "extract_from_model", "load", "merge", "merge_and_unload", "open_adapter",
+    "prune", "rebalance", "resize", "save", "set_active", "unload", "unmerge", "validate",
 ]
 
 if TYPE_CHECKING:
     from .adapter import FORMAT_VERSION, Adapter, LazyStore, MemoryStore, TensorStore
+    from .inject import (
+        attach,
+        detach,
+        disabled,
+        extract_from_model,
+        merge,
+        merge_and_unload,
+        set_active,
+        unload,
+        unmerge,
+    )
     from .io.reader import load, open_adapter
     from .io.writer import save
     from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig

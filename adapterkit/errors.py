@@ -57,6 +57,9 @@ CODES: dict[str, tuple[str, str]] = {
     "tied-embeddings": ("UnsupportedError", "the adapter changes lm_head, which the checkpoint ties to the input embeddings"),
     "argument-invalid": ("ArgumentError", "an operation's argument is out of range or inconsistent (a rank or budget <= 0, a weight count that differs from the adapter count, an unknown method)"),
     "adapters-incompatible": ("TensorError", "adapters that cannot be combined: different kinds, or one module with disagreeing shapes"),
+    "model-mismatch": ("TensorError", "a model does not fit the adapter it is attached to; the message lists every offending module"),
+    "adapter-name-taken": ("ArgumentError", "an adapter of that name is already attached to the model"),
+    "adapter-not-attached": ("NotFoundError", "no adapter of that name is attached to the model"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -73,6 +76,8 @@ API_CODES = frozenset({
     "base-mismatch", "base-tensor-missing", "base-shape-mismatch", "base-dtype-unsupported", "tied-embeddings",
     # low-rank surgery (adapterkit.ops: combine, resize, rebalance, prune)
     "argument-invalid", "adapters-incompatible",
+    # attaching adapters to torch models (adapterkit.inject)
+    "model-mismatch", "adapter-name-taken", "adapter-not-attached",
 })
 
 

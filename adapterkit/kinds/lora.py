@@ -365,6 +365,9 @@ def _dora_factor(view: LoraModule, W: torch.Tensor, delta: torch.Tensor) -> torc
     return (m / norm).view((-1,) + (1,) * (W.dim() - 1))
 
 
+dora_factor = _dora_factor  # public: adapterkit.inject keeps it to unmerge a DoRA merge, as PEFT caches the norm
+
+
 def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
     """The module's base tensors with the adapter merged in, computed in fp32 (fp64 for fp64 targets).
 

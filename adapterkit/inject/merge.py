@@ -1,0 +1,158 @@
+"""merge, unmerge, merge_and_unload, unload: folding attached adapters into a model's weights.
+
+The arithmetic is the kinds' own (``Adapter.merge`` / ``Adapter.unmerge``), applied to an
+Adapter built from the wrapper's live (possibly trained) parameters; the model's weights are in
+the checkpoint layout those functions take, except for a 2-D weight whose layout disagrees
+with the config's ``fan_in_fan_out`` (PEFT follows the module type), which is transposed around
+the call.  DoRA merges keep m/‖W + ΔW‖ so that ``unmerge`` can undo them, as PEFT does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..adapter import Adapter
+from ..errors import TensorError, UnsupportedError
+from ..kinds.lora import dora_factor
+from .attach import replace, wrappers
+from .layers import AdapterLayer, LoraLayer, SavedModule
+from .state import AttachedAdapter, active_names, lookup, model_state
+
+
+def _module_adapter(record: AttachedAdapter, path: str, wrapper: AdapterLayer) -> Adapter:
+    """The adapter's tensors for ``path`` as a one-module Adapter, from the live parameters."""
+    tensors = {key: getattr(wrapper, attr)[record.name].detach() for key, (p, attr, _) in record.keys.items() if p == path}
+    return Adapter.from_tensors(record.config, tensors)
+
+
+def _flipped(wrapper: AdapterLayer, record: AttachedAdapter) -> bool:
+    """Whether the 2-D weight must be transposed for the kind's math (layout vs fan_in_fan_out)."""
+    return wrapper.kind in ("linear", "conv1d_t") and (wrapper.kind == "conv1d_t") != bool(record.config.fan_in_fan_out)
+
+
+def _targets(wrapper: AdapterLayer, flip: bool) -> dict[str, torch.Tensor]:
+    base = wrapper.base_layer
+    out = {"weight": base.weight.detach().T if flip else base.weight.detach()}
+    if getattr(base, "bias", None) is not None:
+        out["bias"] = base.bias.detach()
+    return out
+
+
+def _step(wrapper: AdapterLayer, record: AttachedAdapter, path: str, current: dict[str, torch.Tensor], undo: bool) -> dict[str, torch.Tensor]:
+    """The base tensors after merging (``undo``: unmerging) one adapter, in the base dtype."""
+    flip = _flipped(wrapper, record)
+    adapter = _module_adapter(record, path, wrapper)
+    targets = {k: (v.T if flip and k == "weight" else v) for k, v in current.items()}
+    dtype = {k: v.dtype for k, v in current.items()}
+    if isinstance(wrapper, LoraLayer) and record.name in wrapper.lora_magnitude:
+        W = targets["weight"].float() if targets["weight"].dtype != torch.float64 else targets["weight"]
+        delta = adapter.delta_weight(path, device=W.device, dtype=W.dtype)
+        if undo:
+            out = {"weight": W / wrapper.dora_factors.pop(record.name) - delta}
+        else:
+            factor = dora_factor(adapter.module(path), W, delta)
+            wrapper.dora_factors[record.name] = factor
+            out = {"weight": factor * (W + delta)}
+    else:
+        fn = adapter.unmerge if undo else adapter.merge
+        out = fn(path, targets, device=targets["weight"].device)
+    if flip:
+        out["weight"] = out["weight"].T
+    return {k: v.to(dtype[k]) for k, v in out.items()}
+
+
+def _write(wrapper: AdapterLayer, values: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for role, value in values.items():
+            getattr(wrapper.base_layer, role).copy_(value)
+
+
+def merge(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:
+    """Adds the effect of ``names`` (default: the active adapters) to the model's weights, in place.
+
+    Later forwards skip merged adapters' extra computation.  ``safe`` computes every merged
+    tensor first and refuses NaN/Inf before any weight changes.  ``modules_to_save`` copies
+    keep serving as before (nothing to merge).
+
+    Raises:
+        NotFoundError: ``adapter-not-attached``.
+        UnsupportedError: ``not-supported`` for kinds that cannot merge (prompt learning).
+        TensorError: ``non-finite`` (safe only) naming the modules; nothing is changed.
+    """
+    names = list(active_names(model)) if names is None else ([names] if isinstance(names, str) else list(names))
+    records = [lookup(model, n) for n in names]
+    for record in records:
+        if record.peft_type not in ("LORA", "IA3"):
+            raise UnsupportedError(f"{record.peft_type} adapters cannot be merged into weights", key=record.name)
+    staged: list[tuple[AdapterLayer, list[str], dict[str, torch.Tensor]]] = []
+    for path, wrapper in wrappers(model):
+        todo = [r for r in records if r.name in wrapper.names and r.name not in wrapper.merged and not isinstance(wrapper, SavedModule)]
+        if not todo:
+            continue
+        current = _targets(wrapper, False)
+        for record in todo:
+            current.update(_step(wrapper, record, path, current, undo=False))
+        staged.append((wrapper, [r.name for r in todo], current))
+        if safe and not all(torch.isfinite(v).all() for v in current.values()):
+            for w, done, _ in staged:  # forget the DoRA norms kept for merges that will not happen
+                for n in done:
+                    getattr(w, "dora_factors", {}).pop(n, None)
+            raise TensorError(f"merging {[r.name for r in todo]} into `{path}` gives NaN or Inf; no weight was changed",
+                              code="non-finite", key=path)
+        if not safe:
+            _write(wrapper, current)
+            wrapper.merged.extend(r.name for r in todo)
+    if safe:
+        for wrapper, done, values in staged:
+            _write(wrapper, values)
+            wrapper.merged.extend(done)
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Takes every merged adapter back out of the weights (last merged first), in place.
+    Exact up to fp rounding for LoRA and DoRA; IA3 divides by its scales."""
+    state = model_state(model)
+    for path, wrapper in wrappers(model):
+        if not wrapper.merged:
+            continue
+        current = _targets(wrapper, False)
+        for name in reversed(wrapper.merged):
+            current.update(_step(wrapper, state.adapters[name], path, current, undo=True))
+        _write(wrapper, current)
+        wrapper.merged.clear()
+    return model
+
+
+def _strip(model: nn.Module, keep_copies: bool) -> nn.Module:
+    """Replaces every wrapper by its plain module (``keep_copies``: a SavedModule by the copy in use)."""
+    state = model_state(model)
+    for record in state.adapters.values():
+        if record.detach_fn is not None:
+            record.detach_fn(model)
+    for path, wrapper in list(wrappers(model)):
+        module = wrapper.current() if keep_copies and isinstance(wrapper, SavedModule) else wrapper.base_layer
+        replace(model, path, module)
+    state.adapters.clear()
+    state.active.clear()
+    state.disabled = False
+    return model
+
+
+def merge_and_unload(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:
+    """Merges ``names`` (default: the active adapters) and returns the plain model: no adapterkit
+    module left, ``modules_to_save`` replaced by the active adapter's copy (as PEFT does).
+    Raises as :func:`merge`; nothing is changed when it raises."""
+    merge(model, names, safe=safe)
+    return _strip(model, keep_copies=True)
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Removes every adapter without merging (merged ones are unmerged first) and returns the
+    base model: the original modules, ``modules_to_save`` included."""
+    unmerge(model)
+    return _strip(model, keep_copies=False)
+

@@ -1,0 +1,237 @@
+"""Which modules of a model an adapter goes into, checked before anything is changed.
+
+``plan(model, adapter)`` selects exactly the modules PEFT 0.21.2 would adapt
+(``check_target_module_exists``: ``exclude_modules``, ``modules_to_save`` exclusion,
+``target_modules`` as a full regex or names/dot-suffixes, ``layers_to_transform`` /
+``layers_pattern``), compares them with the adapter's modules and shapes, and either returns
+the complete list of changes or raises one error naming every offender.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..errors import TensorError, UnsupportedError
+from ..kinds.patterns import layer_index, matches_modules_to_save
+from .layers import AdapterLayer, IA3Layer, LoraLayer, SavedModule, features, layer_type
+
+if TYPE_CHECKING:
+    from ..adapter import Adapter
+
+PREFIX = "base_model.model."
+_LORA_TYPES = {"linear", "conv1d_t", "embedding", "conv1d", "conv2d", "conv3d"}
+_IA3_TYPES = {"linear", "conv1d_t", "conv2d", "conv3d"}
+_LORA_ATTR = {"lora_A": "lora_A", "lora_B": "lora_B", "bias": "lora_bias", "magnitude": "lora_magnitude"}
+
+
+@dataclass
+class Wrap:
+    """One module to wrap (or an existing wrapper to extend) with one adapter's tensors."""
+
+    path: str
+    layer_cls: type[AdapterLayer]
+    tensors: dict[str, torch.Tensor]  # wrapper attribute -> tensor
+    keys: dict[str, str]  # tensor key -> wrapper attribute
+    scaling: float | None = None
+    is_feedforward: bool = False
+
+
+@dataclass
+class Plan:
+    wraps: list[Wrap] = field(default_factory=list)
+    base_keys: dict[str, str] = field(default_factory=dict)  # tensor key -> base-relative name
+
+
+def walk(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """``named_modules`` that stops at adapterkit wrappers (yielded, not entered); the root is skipped."""
+    for child_name, child in model.named_children():
+        path = f"{prefix}{child_name}"
+        yield path, child
+        if not isinstance(child, AdapterLayer):
+            yield from walk(child, path + ".")
+
+
+def base_module(model: nn.Module, path: str) -> nn.Module:
+    """The module at ``path``, seen through wrappers (their base layer)."""
+    module = model
+    for part in path.split("."):
+        if isinstance(module, AdapterLayer):
+            module = module.base_layer
+        module = getattr(module, part)
+    return module.base_layer if isinstance(module, AdapterLayer) else module
+
+
+def is_targeted(config: Any, name: str) -> bool:
+    """PEFT's ``check_target_module_exists`` for a LoRA/IA3 config."""
+    exclude = getattr(config, "exclude_modules", None)
+    if exclude:
+        if isinstance(exclude, str):
+            if re.fullmatch(exclude, name):
+                return False
+        elif name in exclude or any(name.endswith("." + e) for e in exclude):
+            return False
+    saved = getattr(config, "modules_to_save", None)
+    if saved and any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in saved):
+        return False
+    targets = config.target_modules
+    if targets is None:
+        return False
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    if name in targets:
+        return True
+    if not any(name.endswith("." + t) for t in targets):
+        return False
+    indexes = getattr(config, "layers_to_transform", None)
+    if indexes is None or (isinstance(indexes, (list, tuple)) and not indexes):
+        return True
+    index = layer_index(name, getattr(config, "layers_pattern", None) or None)
+    if index is None:
+        return False
+    return index == indexes if isinstance(indexes, int) else index in indexes
+
+
+def _lora_shapes(module: nn.Module, view: Any) -> dict[str, tuple[int, ...]]:
+    """role -> the shape the module needs, for the roles the adapter's module has."""
+    kind = layer_type(module)
+    n_in, n_out = features(module)
+    r = view.rank
+    if kind == "embedding":
+        want = {"lora_A": (r, n_in), "lora_B": (n_out, r), "magnitude": (n_out,)}
+    elif kind in ("linear", "conv1d_t"):
+        want = {"lora_A": (r, n_in), "lora_B": (n_out, r), "bias": (n_out,), "magnitude": (n_out,)}
+    else:
+        ones = (1,) * (module.weight.dim() - 2)
+        want = {"lora_A": (r, n_in, *module.kernel_size), "lora_B": (n_out, r, *ones), "bias": (n_out,), "magnitude": (1, n_out, *ones)}
+    return {role: want.get(role, ()) for role in view.keys}
+
+
+def _ia3_shape(module: nn.Module, feedforward: bool) -> tuple[int, ...]:
+    n_in, n_out = features(module)
+    if layer_type(module) in ("linear", "conv1d_t"):
+        return (1, n_in) if feedforward else (n_out, 1)
+    return (1, n_in if feedforward else n_out) + (1,) * (module.weight.dim() - 2)
+
+
+def _existing(module: nn.Module, cls: type[AdapterLayer], path: str, offenders: list[str]) -> None:
+    if isinstance(module, AdapterLayer) and not isinstance(module, cls):
+        offenders.append(f"`{path}` already carries an adapter of another kind ({type(module).__name__})")
+
+
+def plan(model: nn.Module, adapter: Adapter) -> Plan:
+    """The changes attaching ``adapter`` makes to ``model``, all checked.
+
+    Raises:
+        TensorError: ``model-mismatch`` listing every offender — an adapter module the model
+            lacks or the config does not target, a module PEFT would target for which the
+            adapter has no tensors, a module of a type the kind cannot adapt, a shape mismatch,
+            a ``modules_to_save`` entry the model lacks.
+        UnsupportedError: ``not-supported`` for ``target_modules="all-linear"`` (PEFT expands it
+            before saving, so files never hold it).
+    """
+    cfg = adapter.config
+    if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear":
+        raise UnsupportedError("target_modules='all-linear' is expanded by PEFT before saving; name the modules", key="target_modules", path=adapter.source)
+    lora = adapter.peft_type == "LORA"
+    modules = dict(walk(model))
+    targeted = [n for n in modules if is_targeted(cfg, n)]
+    views = adapter.modules
+    offenders: list[str] = []
+    result = Plan()
+    for name in sorted(set(views) - set(targeted)):
+        where = "the model has no module" if name not in modules else "the config does not target the model's module"
+        offenders.append(f"{where} `{name}`, which the adapter has tensors for")
+    for name in targeted:
+        module = modules[name]
+        base = module.base_layer if isinstance(module, AdapterLayer) else module
+        kind = layer_type(base)
+        if kind not in (_LORA_TYPES if lora else _IA3_TYPES):
+            offenders.append(f"`{name}` is a {type(base).__name__}, which {adapter.peft_type} cannot adapt")
+            continue
+        if name not in views:
+            offenders.append(f"the config targets `{name}` but the adapter has no tensors for it")
+            continue
+        view = views[name]
+        if lora:
+            _existing(module, LoraLayer, name, offenders)
+            if kind.startswith("conv") and kind != "conv1d_t" and base.groups != 1:
+                offenders.append(f"`{name}` is a grouped convolution (groups={base.groups}); LoRA on it is not defined")
+                continue
+            want = _lora_shapes(base, view)
+            bad = [f"{view.keys[role]} has shape {tuple(adapter.meta(view.keys[role]).shape)}, the model's {type(base).__name__} needs {shape}"
+                   for role, shape in want.items() if tuple(adapter.meta(view.keys[role]).shape) != shape]
+            offenders.extend(f"`{name}`: {b}" for b in bad)
+            if not bad:
+                keys = {view.keys[role]: _LORA_ATTR[role] for role in view.keys}
+                result.wraps.append(Wrap(name, LoraLayer, {}, keys, scaling=view.scaling))
+        else:
+            _existing(module, IA3Layer, name, offenders)
+            shape = _ia3_shape(base, view.is_feedforward)
+            actual = tuple(adapter.meta(view.key).shape)
+            if isinstance(module, IA3Layer) and module.is_feedforward != view.is_feedforward:
+                offenders.append(f"`{name}` is wrapped as {'' if module.is_feedforward else 'not '}feedforward by another adapter")
+            elif actual != shape:
+                offenders.append(f"`{name}`: {view.key} has shape {actual}, the model's {type(base).__name__} needs {shape}")
+            else:
+                result.wraps.append(Wrap(name, IA3Layer, {}, {view.key: "ia3_l"}, is_feedforward=view.is_feedforward))
+    _plan_whole(model, adapter, modules, result, offenders)
+    if offenders:
+        raise TensorError(
+            f"the model does not fit the adapter ({len(offenders)} problem(s)): " + "; ".join(offenders),
+            code="model-mismatch", path=adapter.source, expected="the modules and shapes the adapter was trained on",
+            actual=f"{type(model).__name__}",
+        )
+    return result
+
+
+def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module], result: Plan, offenders: list[str]) -> None:
+    """``modules_to_save`` copies, and the tensors PEFT stores whole (saved base layers, trained
+    biases), which must equal what the model holds: attach never overwrites base weights."""
+    cfg = adapter.config
+    saved_names = tuple(cfg.modules_to_save or ())
+    whole = adapter.kind.whole_tensors(adapter)
+    saved_modules = [n for n, m in modules.items() if saved_names and any(n.endswith(s) for s in saved_names)]
+    saved_modules = [n for n in saved_modules if not any(n.startswith(o + ".") for o in saved_modules)]
+    claimed: set[str] = set()
+    for name in saved_modules:
+        module = modules[name]
+        original = module.base_layer if isinstance(module, SavedModule) else module
+        if isinstance(module, AdapterLayer) and not isinstance(module, SavedModule):
+            offenders.append(f"`{name}` is in modules_to_save but carries an adapter layer")
+            continue
+        state = original.state_dict()
+        keys = {k: k[len(PREFIX) + len(name) + 1:] for k in whole if k.startswith(PREFIX + name + ".")}
+        claimed.update(keys)
+        if not keys:
+            offenders.append(f"modules_to_save names `{name}` but the adapter has no tensors for it")
+            continue
+        for key, param in keys.items():
+            if param not in state:
+                offenders.append(f"{key}: `{name}` ({type(original).__name__}) has no tensor {param!r}")
+            elif tuple(state[param].shape) != tuple(adapter.meta(key).shape):
+                offenders.append(f"{key} has shape {tuple(adapter.meta(key).shape)}, the model's `{name}.{param}` is {tuple(state[param].shape)}")
+        result.wraps.append(Wrap(name, SavedModule, {}, {k: "saved:" + p for k, p in keys.items()}))
+    for key, base_name in whole.items():
+        if key in claimed:
+            continue
+        if matches_modules_to_save(saved_names, key, PREFIX):
+            offenders.append(f"{key} belongs to modules_to_save but the model has no such module")
+            continue
+        path, _, param = base_name.rpartition(".")
+        try:
+            held = getattr(base_module(model, path), param) if path else getattr(model, param)
+        except AttributeError:
+            offenders.append(f"{key}: the model has no tensor `{base_name}`")
+            continue
+        if not isinstance(held, torch.Tensor) or tuple(held.shape) != tuple(adapter.meta(key).shape) or not torch.equal(
+            held.detach().cpu(), adapter.tensors[key].to(held.dtype)
+        ):
+            offenders.append(f"{key} (stored whole: a trained bias or a saved base layer) differs from the model's `{base_name}`; attach does not overwrite base weights")
+            continue
+        result.base_keys[key] = base_name

@@ -1,0 +1,248 @@
+"""adapterkit.attach and friends against real PEFT (0.21.2) on tiny models built from configs.
+
+Each case of ``peft_models.CASES`` (LoRA and IA3) is saved by PEFT with random adapter values,
+then loaded twice into a fresh base model: by ``PeftModel.from_pretrained`` and by
+``adapterkit.attach(base, adapterkit.load(dir))``.  Logits must agree (fp32, ≤ 1e-5), and so
+must merged outputs, merge_and_unload state dicts and greedy generations; merge/unmerge must
+restore the base; attach → extract_from_model → save → load is the identity.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("peft")
+pytest.importorskip("transformers")
+
+from hypothesis import given, settings
+from peft import PeftModel
+from peft_models import CASES_BY_NAME, Case, _cfg, build_peft_model, gpt2, randomize_adapter, run, token_input
+
+import adapterkit
+from adapterkit.errors import AdapterkitError
+from adapterkit.inject import active_names, registry
+from adapterkit.inject.layers import AdapterLayer
+from adapterkit.testing import strategies as aks
+
+TOL = 1e-5
+LORA = ["lora_linear", "lora_rslora_patterns", "lora_patterns", "lora_bias", "lora_dora", "lora_dora_conv_emb", "lora_dora_emb",
+        "lora_embedding", "lora_gpt2_conv1d", "lora_conv", "lora_modules_to_save", "lora_embed_tokens"]
+PEFT_CANNOT_MERGE = {"lora_conv"}  # PEFT 0.21.2's ΔW for a Conv3d with a 1x... kernel is wrong (REFERENCE.md)
+IA3 = ["ia3", "ia3_conv", "ia3_gpt2_ff"]
+EXTRA = {"ia3_gpt2_ff": Case("ia3_gpt2_ff", gpt2, _cfg("IA3Config", target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
+                                                      task_type="CAUSAL_LM"), token_input, kind="IA3")}
+
+
+def case_of(name: str) -> Case:
+    return EXTRA.get(name) or CASES_BY_NAME[name]
+
+
+def peft_from(case: Case, path: Path) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PeftModel.from_pretrained(case.base(), path).eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory):
+    cache: dict[str, Path] = {}
+
+    def get(name: str, seed: int = 1234) -> Path:
+        if (name, seed) not in cache:
+            path = tmp_path_factory.mktemp(f"{name}_{seed}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = build_peft_model(case_of(name))
+                randomize_adapter(model, seed=seed, scale=0.05)  # ΔW near W in size: rounding stays relative
+                model.save_pretrained(path)
+            cache[(name, seed)] = path
+        return cache[(name, seed)]
+
+    return get
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("name", LORA + IA3)
+def test_attached_equals_peft_then_merge_unmerge_extract(name: str, saved, tmp_path: Path) -> None:
+    case, path = case_of(name), saved(name)
+    inputs = case.inputs()
+    peft_model = peft_from(case, path)
+    theirs = run(peft_model, inputs)
+    adapter = adapterkit.load(path)
+    model = adapterkit.attach(case.base(), adapter)
+    ours = run(model, inputs)
+    assert max_diff(ours, theirs) <= TOL
+    assert max_diff(ours, run(case.base(), inputs)) > 1e-4  # the adapter does something
+
+    with adapterkit.disabled(model):
+        assert torch.equal(run(model, inputs), run(case.base(), inputs))
+    extracted = adapterkit.extract_from_model(model, "default")
+    assert extracted == adapter
+    adapterkit.save(extracted, tmp_path / "again")
+    assert adapterkit.load(tmp_path / "again") == adapter
+    base_weights = {k: v.clone() for k, v in model.state_dict().items()}
+    adapterkit.merge(model)
+    assert max_diff(run(model, inputs), ours) <= TOL
+    adapterkit.unmerge(model)
+    for k, v in model.state_dict().items():
+        assert float((v - base_weights[k]).norm() / max(float(base_weights[k].norm()), 1e-12)) <= 1e-6, k
+
+    plain = adapterkit.merge_and_unload(model)
+    assert max_diff(run(plain, inputs), theirs) <= TOL
+    assert not any(isinstance(m, AdapterLayer) for m in plain.modules()) and not registry(plain)
+    if name in PEFT_CANNOT_MERGE:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = peft_model.merge_and_unload().state_dict()
+    got = plain.state_dict()
+    assert set(got) == set(expected)
+    for k in expected:
+        assert max_diff(got[k], expected[k]) <= 1e-6, k
+
+
+@pytest.mark.parametrize("name", ["lora_linear", "lora_gpt2_conv1d", "lora_dora", "ia3"])
+def test_generate_same_tokens(name: str, saved) -> None:
+    case, path = case_of(name), saved(name)
+    ids = case.inputs()["input_ids"][:1]
+    kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft_from(case, path).generate(input_ids=ids, **kw)
+        ours = adapterkit.attach(case.base(), adapterkit.load(path)).generate(input_ids=ids, **kw)
+    assert torch.equal(ours, theirs)
+
+
+def test_several_adapters_active_disabled_detach(saved) -> None:
+    case = case_of("lora_linear")
+    a, b = saved("lora_linear", 1), saved("lora_linear", 2)
+    inputs = case.inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(case.base(), a, adapter_name="a").eval()
+        peft_model.load_adapter(b, adapter_name="b")
+        peft_model.base_model.set_adapter(["a", "b"])
+    theirs = run(peft_model, inputs)
+    model = adapterkit.attach(case.base(), adapterkit.load(a), "a")
+    adapterkit.attach(model, adapterkit.load(b), "b", activate=False)
+    only_a = run(model, inputs)
+    adapterkit.set_active(model, ["a", "b"])
+    assert active_names(model) == ("a", "b")
+    assert max_diff(run(model, inputs), theirs) <= TOL
+    adapterkit.merge(model)
+    assert max_diff(run(model, inputs), theirs) <= TOL
+    with pytest.raises(AdapterkitError, match="not-supported"):
+        adapterkit.set_active(model, ["a"])
+    with adapterkit.disabled(model):  # unmerges (to fp32 rounding), as PEFT
+        assert max_diff(run(model, inputs), run(case.base(), inputs)) <= TOL
+    assert max_diff(run(model, inputs), theirs) <= TOL
+    with pytest.raises(AdapterkitError, match="adapter-name-taken"):
+        adapterkit.attach(model, adapterkit.load(a), "a")
+    adapterkit.detach(model, "b")
+    assert active_names(model) == ("a",) and max_diff(run(model, inputs), only_a) <= TOL
+    adapterkit.detach(model, "a")
+    assert not any(isinstance(m, AdapterLayer) for m in model.modules())
+    assert max_diff(run(model, inputs), run(case.base(), inputs)) <= TOL
+    with pytest.raises(AdapterkitError, match="adapter-not-attached"):
+        adapterkit.detach(model, "a")
+
+
+def test_unload_gives_the_base_back(saved) -> None:
+    case = case_of("lora_modules_to_save")
+    model = adapterkit.attach(case.base(), adapterkit.load(saved("lora_modules_to_save")))
+    adapterkit.merge(model)
+    plain = adapterkit.unload(model)
+    assert not any(isinstance(m, AdapterLayer) for m in plain.modules())
+    base = case.base().state_dict()
+    assert all(torch.allclose(v, base[k], atol=1e-6) for k, v in plain.state_dict().items())
+
+
+def test_mismatches_are_listed_at_once_and_leave_the_model_untouched(saved) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    adapter = adapterkit.load(saved("lora_linear"))
+    torch.manual_seed(0)
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(AdapterkitError, match="model-mismatch") as info:
+        adapterkit.attach(other, adapter)
+    message = str(info.value)
+    assert "model.layers.2.self_attn.q_proj" in message  # targeted, no tensors
+    assert message.count("mlp.up_proj") >= 2 and "needs (24, 4)" in message  # wrong shapes, every layer
+    assert not any(isinstance(m, AdapterLayer) for m in other.modules()) and not registry(other)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    with pytest.raises(AdapterkitError, match="model-mismatch") as info:  # wrong architecture
+        adapterkit.attach(gpt2(), adapter)
+    assert "the model has no module `model.layers.0.mlp.down_proj`" in str(info.value)
+    with pytest.raises(AdapterkitError, match="adapter-not-attached"):
+        adapterkit.set_active(other, ["nope"])
+
+
+def test_safe_merge_refuses_non_finite(saved) -> None:
+    case = case_of("lora_linear")
+    model = adapterkit.attach(case.base(), adapterkit.load(saved("lora_linear")))
+    layer = model.model.layers[1].mlp.down_proj
+    with torch.no_grad():
+        layer.lora_B["default"][0, 0] = float("inf")
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(AdapterkitError, match="non-finite"):
+        adapterkit.merge(model)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_training_reaches_the_adapter_parameters(saved) -> None:
+    case = case_of("lora_dora")
+    model = adapterkit.attach(case.base(), adapterkit.load(saved("lora_dora")))
+    out = model(**case.inputs()).logits.sum()
+    out.backward()
+    layer = model.model.layers[0].self_attn.q_proj
+    assert layer.lora_A["default"].grad is not None and layer.lora_magnitude["default"].grad is not None
+    with torch.no_grad():
+        layer.lora_A["default"].add_(1.0)
+    trained = adapterkit.extract_from_model(model)
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    assert torch.equal(trained.tensors[key], layer.lora_A["default"].detach())
+
+
+class Tree(nn.Module):
+    """nn.Linear modules at the paths and shapes an adapter names (``model.layers.i.<sub>``)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]]) -> None:
+        super().__init__()
+        self.model = nn.Module()
+        for name, (n_out, n_in) in shapes.items():
+            parent = self.model
+            for part in name.split(".")[1:-1]:
+                if not hasattr(parent, part):
+                    parent.add_module(part, nn.Module())
+                parent = getattr(parent, part)
+            parent.add_module(name.rsplit(".", 1)[1], nn.Linear(n_in, n_out))
+
+
+@settings(max_examples=15)
+@given(aks.lora_adapters(layer_types=("linear",), dtypes=aks.dtypes((torch.float32,)), modules_to_save=False, lora_bias=aks.st.just(False)))
+def test_merged_output_equals_attached_output(adapter) -> None:
+    shapes = {}
+    for name, view in adapter.modules.items():
+        a, b = adapter.meta(view.keys["lora_A"]).shape, adapter.meta(view.keys["lora_B"]).shape
+        shapes[name] = (b[0], a[1])
+    model = adapterkit.attach(Tree(shapes), adapter)
+    x = {name: torch.randn(3, shapes[name][1], generator=torch.Generator().manual_seed(0)) for name in shapes}
+    layers = {name: model.get_submodule(name) for name in shapes}
+    attached = {name: layers[name](x[name]) for name in shapes}
+    adapterkit.merge(model)
+    for name in shapes:
+        assert torch.allclose(layers[name](x[name]), attached[name], atol=1e-4, rtol=1e-4)
+    adapterkit.unmerge(model)
+    assert adapterkit.extract_from_model(model) == adapter

@@ -22,7 +22,19 @@ pytest.importorskip("transformers")
 
 from hypothesis import given, settings
 from peft import PeftModel
-from peft_models import CASES_BY_NAME, Case, _cfg, build_peft_model, gpt2, randomize_adapter, run, token_input
+from peft_models import (
+    CASES_BY_NAME,
+    LLAMA_ALL,
+    Case,
+    _cfg,
+    _lora,
+    build_peft_model,
+    gpt2,
+    llama,
+    randomize_adapter,
+    run,
+    token_input,
+)
 
 import adapterkit
 from adapterkit.errors import AdapterkitError
@@ -31,12 +43,17 @@ from adapterkit.inject.layers import AdapterLayer
 from adapterkit.testing import strategies as aks
 
 TOL = 1e-5
-LORA = ["lora_linear", "lora_rslora_patterns", "lora_patterns", "lora_bias", "lora_dora", "lora_dora_conv_emb", "lora_dora_emb",
+LORA = ["lora_layers_exclude", "lora_regex", "lora_linear", "lora_rslora_patterns", "lora_patterns", "lora_bias", "lora_dora", "lora_dora_conv_emb", "lora_dora_emb",
         "lora_embedding", "lora_gpt2_conv1d", "lora_conv", "lora_modules_to_save", "lora_embed_tokens"]
 PEFT_CANNOT_MERGE = {"lora_conv"}  # PEFT 0.21.2's ΔW for a Conv3d with a 1x... kernel is wrong (REFERENCE.md)
 IA3 = ["ia3", "ia3_conv", "ia3_gpt2_ff"]
-EXTRA = {"ia3_gpt2_ff": Case("ia3_gpt2_ff", gpt2, _cfg("IA3Config", target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
-                                                      task_type="CAUSAL_LM"), token_input, kind="IA3")}
+EXTRA = {
+    "lora_layers_exclude": Case("lora_layers_exclude", llama, _lora(r=4, lora_alpha=8, target_modules=LLAMA_ALL, layers_to_transform=[1], layers_pattern="layers",
+                                                                  exclude_modules=["k_proj"], task_type="CAUSAL_LM"), token_input),
+    "lora_regex": Case("lora_regex", llama, _lora(r=4, lora_alpha=8, target_modules=r".*\.(q|v)_proj|.*1\.mlp\.up_proj", task_type="CAUSAL_LM"), token_input),
+    "ia3_gpt2_ff": Case("ia3_gpt2_ff", gpt2, _cfg("IA3Config", target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
+                                                      task_type="CAUSAL_LM"), token_input, kind="IA3"),
+}
 
 
 def case_of(name: str) -> Case:
@@ -231,7 +248,7 @@ class Tree(nn.Module):
 
 
 @settings(max_examples=15)
-@given(aks.lora_adapters(layer_types=("linear",), dtypes=aks.dtypes((torch.float32,)), modules_to_save=False, lora_bias=aks.st.just(False)))
+@given(aks.lora_adapters(layer_types=("linear",), dtypes=aks.dtypes((torch.float32, torch.bfloat16, torch.float16)), modules_to_save=False, lora_bias=aks.st.just(False)))
 def test_merged_output_equals_attached_output(adapter) -> None:
     shapes = {}
     for name, view in adapter.modules.items():

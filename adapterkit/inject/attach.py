@@ -38,8 +38,12 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
         UnsupportedError: ``not-supported`` for kinds that cannot be attached.
     """
     if adapter.peft_type in PROMPT_KINDS:
-        from .prompt import attach_prompt  # type: ignore[import-not-found]
-
+        try:
+            from .prompt import attach_prompt  # type: ignore[import-not-found]
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.prompt":
+                raise
+            raise UnsupportedError(f"attaching {adapter.peft_type} adapters is not available in this build", path=adapter.source, key="peft_type") from None
         return attach_prompt(model, adapter, name)
     check_name_free(model, name)
     if adapter.peft_type not in ("LORA", "IA3"):

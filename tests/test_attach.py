@@ -175,8 +175,11 @@ def test_several_adapters_active_disabled_detach(saved) -> None:
 
 def test_unload_gives_the_base_back(saved) -> None:
     case = case_of("lora_modules_to_save")
-    model = adapterkit.attach(case.base(), adapterkit.load(saved("lora_modules_to_save")))
+    model = adapterkit.attach(case.base(), adapterkit.open_adapter(saved("lora_modules_to_save")))  # lazy tensors
     adapterkit.merge(model)
+    with pytest.raises(AdapterkitError, match="not-supported"):  # would change what is active while merged
+        adapterkit.attach(model, adapterkit.load(saved("lora_linear")), "other")
+    assert set(registry(model)) == {"default"}
     plain = adapterkit.unload(model)
     assert not any(isinstance(m, AdapterLayer) for m in plain.modules())
     base = case.base().state_dict()
@@ -263,3 +266,28 @@ def test_merged_output_equals_attached_output(adapter) -> None:
         assert torch.allclose(layers[name](x[name]), attached[name], atol=1e-4, rtol=1e-4)
     adapterkit.unmerge(model)
     assert adapterkit.extract_from_model(model) == adapter
+
+
+def test_top_level_names_are_the_model_functions() -> None:
+    import adapterkit.inject as inject
+
+    for name in ("attach", "detach", "set_active", "disabled", "merge", "unmerge", "merge_and_unload", "unload", "extract_from_model"):
+        assert getattr(adapterkit, name) is getattr(inject, name) and callable(getattr(adapterkit, name)), name
+        assert name in adapterkit.__all__
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["lora_dora", "lora_gpt2_conv1d", "lora_modules_to_save", "ia3"])
+def test_cuda_attached_equals_peft(name: str, saved) -> None:
+    case, path = case_of(name), saved(name)
+    inputs = {k: v.cuda() for k, v in case.inputs().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = run(PeftModel.from_pretrained(case.base().cuda(), path).eval(), inputs)
+    model = adapterkit.attach(case.base().cuda(), adapterkit.load(path))
+    assert all(p.is_cuda for p in model.parameters())
+    ours = run(model, inputs)
+    assert max_diff(ours, theirs) <= 1e-4
+    adapterkit.merge(model)
+    assert max_diff(run(model, inputs), ours) <= 1e-4
+    assert adapterkit.extract_from_model(model) == adapterkit.load(path)

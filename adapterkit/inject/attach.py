@@ -35,7 +35,8 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
     Raises:
         ArgumentError: ``adapter-name-taken`` when ``name`` is attached already.
         TensorError: ``model-mismatch`` naming every module that does not fit (model unchanged).
-        UnsupportedError: ``not-supported`` for kinds that cannot be attached.
+        UnsupportedError: ``not-supported`` for kinds that cannot be attached, or with
+            ``activate`` while adapters are merged.
     """
     if adapter.peft_type in PROMPT_KINDS:
         try:
@@ -48,6 +49,8 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
     check_name_free(model, name)
     if adapter.peft_type not in ("LORA", "IA3"):
         raise UnsupportedError(f"attaching {adapter.peft_type} adapters is not supported", path=adapter.source, key="peft_type")
+    if activate and any(w.merged for _, w in wrappers(model)):
+        raise UnsupportedError("activating a new adapter while others are merged; unmerge first or pass activate=False", key=name)
     changes = plan(model, adapter)  # raises before anything changes
     record = AttachedAdapter(name, adapter.config, modules=tuple(w.path for w in changes.wraps), source=adapter.source)
     modules = dict(walk(model))

@@ -29,6 +29,8 @@ from peft_models import (
     _cfg,
     _lora,
     build_peft_model,
+    conv_input,
+    convnet,
     gpt2,
     llama,
     randomize_adapter,
@@ -43,7 +45,7 @@ from adapterkit.inject.layers import AdapterLayer
 from adapterkit.testing import strategies as aks
 
 TOL = 1e-5
-LORA = ["lora_layers_exclude", "lora_regex", "lora_linear", "lora_rslora_patterns", "lora_patterns", "lora_bias", "lora_dora", "lora_dora_conv_emb", "lora_dora_emb",
+LORA = ["lora_gpt2_dora", "lora_conv_bias", "lora_layers_exclude", "lora_regex", "lora_linear", "lora_rslora_patterns", "lora_patterns", "lora_bias", "lora_dora", "lora_dora_conv_emb", "lora_dora_emb",
         "lora_embedding", "lora_gpt2_conv1d", "lora_conv", "lora_modules_to_save", "lora_embed_tokens"]
 PEFT_CANNOT_MERGE = {"lora_conv"}  # PEFT 0.21.2's ΔW for a Conv3d with a 1x... kernel is wrong (REFERENCE.md)
 IA3 = ["ia3", "ia3_conv", "ia3_gpt2_ff"]
@@ -51,6 +53,9 @@ EXTRA = {
     "lora_layers_exclude": Case("lora_layers_exclude", llama, _lora(r=4, lora_alpha=8, target_modules=LLAMA_ALL, layers_to_transform=[1], layers_pattern="layers",
                                                                   exclude_modules=["k_proj"], task_type="CAUSAL_LM"), token_input),
     "lora_regex": Case("lora_regex", llama, _lora(r=4, lora_alpha=8, target_modules=r".*\.(q|v)_proj|.*1\.mlp\.up_proj", task_type="CAUSAL_LM"), token_input),
+    "lora_gpt2_dora": Case("lora_gpt2_dora", gpt2, _lora(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, use_dora=True,
+                                                        task_type="CAUSAL_LM"), token_input),
+    "lora_conv_bias": Case("lora_conv_bias", convnet, _lora(r=2, lora_alpha=4, target_modules=["c1", "c2", "p2", "head"], lora_bias=True), conv_input),
     "ia3_gpt2_ff": Case("ia3_gpt2_ff", gpt2, _cfg("IA3Config", target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
                                                       task_type="CAUSAL_LM"), token_input, kind="IA3"),
 }
@@ -102,6 +107,7 @@ def test_attached_equals_peft_then_merge_unmerge_extract(name: str, saved, tmp_p
 
     with adapterkit.disabled(model):
         assert torch.equal(run(model, inputs), run(case.base(), inputs))
+    assert torch.equal(run(copy.deepcopy(model), inputs), ours)  # wrappers and registry survive a copy
     extracted = adapterkit.extract_from_model(model, "default")
     assert extracted == adapter
     adapterkit.save(extracted, tmp_path / "again")

@@ -160,6 +160,10 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
         view = views[name]
         if lora:
             _existing(module, LoraLayer, name, offenders)
+            family = {"conv1d_t": "linear"}.get(kind, kind)
+            if view.layer_type != family:
+                offenders.append(f"`{name}`: the adapter holds {view.layer_type} LoRA tensors but the model's module is a {type(base).__name__}")
+                continue
             if kind.startswith("conv") and kind != "conv1d_t" and base.groups != 1:
                 offenders.append(f"`{name}` is a grouped convolution (groups={base.groups}); LoRA on it is not defined")
                 continue

@@ -297,3 +297,31 @@ def test_cuda_attached_equals_peft(name: str, saved) -> None:
     adapterkit.merge(model)
     assert max_diff(run(model, inputs), ours) <= 1e-4
     assert adapterkit.extract_from_model(model) == adapterkit.load(path)
+
+
+@settings(max_examples=15)
+@given(aks.ia3_adapters(dtypes=aks.dtypes((torch.float32, torch.bfloat16))))
+def test_ia3_merged_output_equals_attached_output(adapter) -> None:
+    shapes = {}
+    for name, view in adapter.modules.items():
+        size = max(adapter.meta(view.key).shape)
+        shapes[name] = (3, size) if view.is_feedforward else (size, 3)
+    model = adapterkit.attach(Tree(shapes), adapter)
+    x = {name: torch.randn(2, shapes[name][1], generator=torch.Generator().manual_seed(0)) for name in shapes}
+    attached = {name: model.get_submodule(name)(x[name]) for name in shapes}
+    adapterkit.merge(model)
+    for name in shapes:
+        assert torch.allclose(model.get_submodule(name)(x[name]), attached[name], atol=1e-5, rtol=1e-5)
+    plain = adapterkit.merge_and_unload(model)
+    assert all(type(m) is nn.Linear for n, m in plain.named_modules() if n in shapes)
+
+
+def test_two_active_adapters_with_a_copy_of_one_module_are_refused(saved) -> None:
+    case = case_of("lora_modules_to_save")
+    model = adapterkit.attach(case.base(), adapterkit.load(saved("lora_modules_to_save", 1)), "a")
+    adapterkit.attach(model, adapterkit.load(saved("lora_modules_to_save", 2)), "b", activate=False)
+    with pytest.raises(AdapterkitError, match="argument-invalid") as info:
+        adapterkit.set_active(model, ["a", "b"])
+    assert "lm_head" in str(info.value) and active_names(model) == ("a",)
+    adapterkit.set_active(model, "b")
+    assert model.lm_head.current() is model.lm_head.modules_to_save["b"]

@@ -36,8 +36,7 @@ class Wrap:
 
     path: str
     layer_cls: type[AdapterLayer]
-    tensors: dict[str, torch.Tensor]  # wrapper attribute -> tensor
-    keys: dict[str, str]  # tensor key -> wrapper attribute
+    keys: dict[str, str]  # tensor key -> wrapper attribute ("saved:<param>" for a modules_to_save copy)
     scaling: float | None = None
     is_feedforward: bool = False
 
@@ -173,7 +172,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             offenders.extend(f"`{name}`: {b}" for b in bad)
             if not bad:
                 keys = {view.keys[role]: _LORA_ATTR[role] for role in view.keys}
-                result.wraps.append(Wrap(name, LoraLayer, {}, keys, scaling=view.scaling))
+                result.wraps.append(Wrap(name, LoraLayer, keys, scaling=view.scaling))
         else:
             _existing(module, IA3Layer, name, offenders)
             shape = _ia3_shape(base, view.is_feedforward)
@@ -183,7 +182,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             elif actual != shape:
                 offenders.append(f"`{name}`: {view.key} has shape {actual}, the model's {type(base).__name__} needs {shape}")
             else:
-                result.wraps.append(Wrap(name, IA3Layer, {}, {view.key: "ia3_l"}, is_feedforward=view.is_feedforward))
+                result.wraps.append(Wrap(name, IA3Layer, {view.key: "ia3_l"}, is_feedforward=view.is_feedforward))
     _plan_whole(model, adapter, modules, result, offenders)
     if offenders:
         raise TensorError(
@@ -220,7 +219,7 @@ def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module
                 offenders.append(f"{key}: `{name}` ({type(original).__name__}) has no tensor {param!r}")
             elif tuple(state[param].shape) != tuple(adapter.meta(key).shape):
                 offenders.append(f"{key} has shape {tuple(adapter.meta(key).shape)}, the model's `{name}.{param}` is {tuple(state[param].shape)}")
-        result.wraps.append(Wrap(name, SavedModule, {}, {k: "saved:" + p for k, p in keys.items()}))
+        result.wraps.append(Wrap(name, SavedModule, {k: "saved:" + p for k, p in keys.items()}))
     for key, base_name in whole.items():
         if key in claimed:
             continue

@@ -325,3 +325,34 @@ def test_two_active_adapters_with_a_copy_of_one_module_are_refused(saved) -> Non
     assert "lm_head" in str(info.value) and active_names(model) == ("a",)
     adapterkit.set_active(model, "b")
     assert model.lm_head.current() is model.lm_head.modules_to_save["b"]
+
+
+@pytest.mark.parametrize("name", ["ia3", "lora_dora"])
+def test_two_active_adapters_equal_peft(name: str, saved) -> None:
+    case = case_of(name)
+    a, b = saved(name, 1), saved(name, 2)
+    inputs = case.inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(case.base(), a, adapter_name="a").eval()
+        peft_model.load_adapter(b, adapter_name="b")
+        peft_model.base_model.set_adapter(["a", "b"])
+    model = adapterkit.attach(case.base(), adapterkit.load(a), "a")
+    adapterkit.attach(model, adapterkit.load(b), "b", activate=False)
+    adapterkit.set_active(model, ["a", "b"])
+    ours = run(model, inputs)
+    assert max_diff(ours, run(peft_model, inputs)) <= TOL
+    adapterkit.merge(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model.base_model.merge_adapter(["a", "b"])
+    # DoRA: each merge normalises by ‖W + ΔW‖ of the unmerged W, as forward does (PEFT 0.21.2 too)
+    assert max_diff(run(model, inputs), run(peft_model, inputs)) <= TOL
+    assert max_diff(run(model, inputs), ours) <= TOL
+    base = {k: v.clone() for k, v in case.base().state_dict().items()}
+    adapterkit.merge(model, "a")  # nothing left to merge: a no-op
+    adapterkit.unmerge(model)
+    assert max_diff(run(model, inputs), ours) <= TOL
+    unloaded = adapterkit.unload(model).state_dict()
+    for k, v in base.items():  # two DoRA factors divided out in turn: a little more rounding than one
+        assert float((unloaded[k] - v).norm() / max(float(v.norm()), 1e-12)) <= 1e-5, k

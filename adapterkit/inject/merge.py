@@ -19,7 +19,7 @@ from ..errors import TensorError, UnsupportedError
 from ..kinds.lora import dora_factor
 from .attach import replace, wrappers
 from .layers import AdapterLayer, LoraLayer, SavedModule
-from .state import AttachedAdapter, active_names, lookup, model_state
+from .state import AttachedAdapter, ModelState, active_names, lookup, model_state
 
 
 def _module_adapter(record: AttachedAdapter, path: str, wrapper: AdapterLayer) -> Adapter:
@@ -41,19 +41,27 @@ def _targets(wrapper: AdapterLayer, flip: bool) -> dict[str, torch.Tensor]:
     return out
 
 
-def _step(wrapper: AdapterLayer, record: AttachedAdapter, path: str, current: dict[str, torch.Tensor], undo: bool) -> dict[str, torch.Tensor]:
-    """The base tensors after merging (``undo``: unmerging) one adapter, in the base dtype."""
+def _step(wrapper: AdapterLayer, record: AttachedAdapter, path: str, current: dict[str, torch.Tensor], undo: bool,
+          unmerged: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The base tensors after merging (``undo``: unmerging) one adapter, in the base dtype.
+
+    A DoRA merge normalises by ‖W + ΔW‖ of the *unmerged* weight (``unmerged``: the base with
+    no adapter merged), as the forward pass does and PEFT 0.21.2's merge does, so that merging
+    several DoRA adapters in turn gives the attached model's outputs; the factor is kept for undo.
+    """
     flip = _flipped(wrapper, record)
     adapter = _module_adapter(record, path, wrapper)
     targets = {k: (v.T if flip and k == "weight" else v) for k, v in current.items()}
     dtype = {k: v.dtype for k, v in current.items()}
     if isinstance(wrapper, LoraLayer) and record.name in wrapper.lora_magnitude:
-        W = targets["weight"].float() if targets["weight"].dtype != torch.float64 else targets["weight"]
-        delta = adapter.delta_weight(path, device=W.device, dtype=W.dtype)
+        ct = torch.float64 if targets["weight"].dtype == torch.float64 else torch.float32
+        W = targets["weight"].to(ct)
+        delta = adapter.delta_weight(path, device=W.device, dtype=ct)
         if undo:
-            out = {"weight": W / wrapper.dora_factors.pop(record.name) - delta}
+            out = {"weight": W / wrapper.dora_factors[record.name] - delta}
         else:
-            factor = dora_factor(adapter.module(path), W, delta)
+            base = (unmerged or current)["weight"]
+            factor = dora_factor(adapter.module(path), (base.T if flip else base).to(ct), delta)
             wrapper.dora_factors[record.name] = factor
             out = {"weight": factor * (W + delta)}
     else:
@@ -62,6 +70,14 @@ def _step(wrapper: AdapterLayer, record: AttachedAdapter, path: str, current: di
     if flip:
         out["weight"] = out["weight"].T
     return {k: v.to(dtype[k]) for k, v in out.items()}
+
+
+def _unmerged(wrapper: AdapterLayer, path: str, state: ModelState) -> dict[str, torch.Tensor]:
+    """The wrapper's base tensors with its merged adapters taken out (computed, not written)."""
+    current = _targets(wrapper, False)
+    for name in reversed(wrapper.merged):
+        current.update(_step(wrapper, state.adapters[name], path, current, undo=True))
+    return current
 
 
 def _write(wrapper: AdapterLayer, values: dict[str, torch.Tensor]) -> None:
@@ -84,6 +100,7 @@ def merge(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: b
     """
     names = list(active_names(model)) if names is None else ([names] if isinstance(names, str) else list(names))
     records = [lookup(model, n) for n in names]
+    state = model_state(model)
     for record in records:
         if record.peft_type not in ("LORA", "IA3"):
             raise UnsupportedError(f"{record.peft_type} adapters cannot be merged into weights", key=record.name)
@@ -93,8 +110,9 @@ def merge(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: b
         if not todo:
             continue
         current = _targets(wrapper, False)
+        unmerged = _unmerged(wrapper, path, state) if wrapper.merged else dict(current)
         for record in todo:
-            current.update(_step(wrapper, record, path, current, undo=False))
+            current.update(_step(wrapper, record, path, current, undo=False, unmerged=unmerged))
         staged.append((wrapper, [r.name for r in todo], current))
         if safe and not all(torch.isfinite(v).all() for v in current.values()):
             for w, done, _ in staged:  # forget the DoRA norms kept for merges that will not happen
@@ -119,10 +137,9 @@ def unmerge(model: nn.Module) -> nn.Module:
     for path, wrapper in wrappers(model):
         if not wrapper.merged:
             continue
-        current = _targets(wrapper, False)
-        for name in reversed(wrapper.merged):
-            current.update(_step(wrapper, state.adapters[name], path, current, undo=True))
-        _write(wrapper, current)
+        _write(wrapper, _unmerged(wrapper, path, state))
+        for name in wrapper.merged:
+            getattr(wrapper, "dora_factors", {}).pop(name, None)
         wrapper.merged.clear()
     return model
 

@@ -1,0 +1,1 @@
+"""Attaching adapters to torch / transformers models."""

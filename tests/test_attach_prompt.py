@@ -1,0 +1,317 @@
+"""attach_prompt against real PEFT (0.21.2): prompt tuning, P-tuning and prefix tuning on a tiny
+causal LM (Llama), encoder-decoder (T5) and sequence classifiers (Llama, BERT).
+
+Each case trains nothing: PEFT wraps a fresh base, its adapter parameters are filled with randn,
+``save_pretrained`` writes the files; the reference is ``PeftModel.from_pretrained`` on a fresh
+base, and ours is ``attach_prompt`` of ``adapterkit.load`` of the same directory.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model  # noqa: E402
+from peft_models import SEED, llama, randomize_adapter, seq2seq_input, t5, token_input  # noqa: E402
+
+import adapterkit  # noqa: E402
+from adapterkit.errors import AdapterkitError  # noqa: E402
+from adapterkit.inject.prompt import (  # noqa: E402
+    attach_prompt,
+    attached_prompts,
+    detach_prompt,
+    extract_prompt,
+    merge_prompt,
+    set_active_prompt,
+)
+
+TOL = 1e-5
+
+
+def llama_classifier() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(SEED)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, num_labels=3, pad_token_id=0,
+    )
+    return LlamaForSequenceClassification(cfg).eval()
+
+
+def bert_classifier() -> torch.nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(SEED)
+    cfg = BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, num_labels=3)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def bert_input() -> dict[str, torch.Tensor]:
+    return {**token_input(), "token_type_ids": torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]])}
+
+
+@dataclass(frozen=True)
+class PromptCase:
+    name: str
+    base: Callable[[], torch.nn.Module]
+    config: Callable[[], Any]
+    inputs: Callable[[], dict[str, torch.Tensor]]
+    generates: bool = False
+
+
+def _pt(task: str) -> Callable[[], Any]:
+    return lambda: PromptTuningConfig(num_virtual_tokens=3, task_type=task)
+
+
+def _ptune(task: str, encoder: str = "MLP") -> Callable[[], Any]:
+    return lambda: PromptEncoderConfig(num_virtual_tokens=3, encoder_hidden_size=12, encoder_reparameterization_type=encoder, task_type=task)
+
+
+def _prefix(task: str, **kw: Any) -> Callable[[], Any]:
+    return lambda: PrefixTuningConfig(num_virtual_tokens=3, task_type=task, **kw)
+
+
+CASES = [
+    PromptCase("causal_prompt", llama, _pt("CAUSAL_LM"), token_input, True),
+    PromptCase("causal_ptune_mlp", llama, _ptune("CAUSAL_LM"), token_input, True),
+    PromptCase("causal_ptune_lstm", llama, _ptune("CAUSAL_LM", "LSTM"), token_input, True),
+    PromptCase("causal_prefix_gqa", llama, _prefix("CAUSAL_LM"), token_input, True),  # 1 kv head of 2
+    PromptCase("causal_prefix_projection", lambda: llama(kv_heads=2), _prefix("CAUSAL_LM", prefix_projection=True, encoder_hidden_size=12), token_input, True),
+    PromptCase("t5_prompt", t5, _pt("SEQ_2_SEQ_LM"), seq2seq_input, True),
+    PromptCase("t5_ptune", t5, _ptune("SEQ_2_SEQ_LM"), seq2seq_input, True),
+    PromptCase("t5_prefix", t5, _prefix("SEQ_2_SEQ_LM"), seq2seq_input, True),
+    PromptCase("llama_cls_prompt", llama_classifier, _pt("SEQ_CLS"), token_input),
+    PromptCase("llama_cls_ptune", llama_classifier, _ptune("SEQ_CLS"), token_input),
+    PromptCase("llama_cls_prefix", llama_classifier, _prefix("SEQ_CLS"), token_input),
+    PromptCase("bert_cls_prompt", bert_classifier, _pt("SEQ_CLS"), bert_input),
+    PromptCase("bert_cls_ptune", bert_classifier, _ptune("SEQ_CLS"), bert_input),
+]
+BY_NAME = {c.name: c for c in CASES}
+GENERATES = [c.name for c in CASES if c.generates]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``saved(case_name)``: the directory PEFT's ``save_pretrained`` wrote, once per module."""
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            case, d = BY_NAME[name], tmp_path_factory.mktemp(name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = get_peft_model(case.base(), case.config())
+                randomize_adapter(model)
+                model.save_pretrained(str(d))
+            cache[name] = d
+        return cache[name]
+
+    return get
+
+
+def reference(case: PromptCase, d: Path) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PeftModel.from_pretrained(case.base(), str(d)).eval()
+
+
+def ours(case: PromptCase, d: Path, name: str = "p") -> Any:
+    return attach_prompt(case.base(), adapterkit.load(d), name)
+
+
+def logits(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model(**inputs).logits
+
+
+def greedy(model: Any, inputs: dict[str, torch.Tensor], *, scores: bool = False) -> Any:
+    """Greedy tokens; with ``scores``, also the (steps, B, vocab) logits of each step."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT (and we, as PEFT) warn that position ids are ignored
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    return (out.sequences, torch.stack(out.scores)) if scores else out.sequences
+
+
+def generation_input(case: PromptCase) -> dict[str, torch.Tensor]:
+    return token_input()
+
+
+# ----------------------------------------------------------------------------- against PEFT
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_logits_match_peft(name: str, saved: Callable[[str], Path]) -> None:
+    case, d = BY_NAME[name], saved(name)
+    want, got = logits(reference(case, d), case.inputs()), logits(ours(case, d), case.inputs())
+    assert got.shape == want.shape
+    assert (got - want).abs().max() <= TOL
+    base = logits(case.base(), case.inputs())
+    assert (base - want[:, -base.shape[1]:]).abs().max() > 1e-3  # the prompt matters
+
+
+@pytest.mark.parametrize("name", GENERATES)
+def test_greedy_generate_matches_peft(name: str, saved: Callable[[str], Path]) -> None:
+    case, d = BY_NAME[name], saved(name)
+    inputs = generation_input(case)
+    want, want_scores = greedy(reference(case, d), inputs, scores=True)
+    got, got_scores = greedy(ours(case, d), inputs, scores=True)
+    assert torch.equal(got, want)
+    assert (got_scores - want_scores).abs().max() <= TOL
+    # the tiny models' greedy tokens rarely move, but every step's scores do
+    assert (greedy(case.base(), inputs, scores=True)[1] - want_scores).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["causal_prompt", "causal_prefix_gqa"])
+def test_causal_loss_matches_peft(name: str, saved: Callable[[str], Path]) -> None:
+    """Labels are padded with -100 over the virtual tokens (prompt) or left as they are (prefix)."""
+    case, d = BY_NAME[name], saved(name)
+    inputs = {**case.inputs(), "labels": case.inputs()["input_ids"]}
+    with torch.no_grad():
+        want, got = reference(case, d)(**inputs).loss, ours(case, d)(**inputs).loss
+    assert abs(float(got) - float(want)) <= TOL
+
+
+def test_positional_arguments_are_understood(saved: Callable[[str], Path]) -> None:
+    case, d = BY_NAME["causal_prompt"], saved("causal_prompt")
+    ids, mask = token_input()["input_ids"], token_input()["attention_mask"]
+    with torch.no_grad():
+        got = ours(case, d)(ids, mask).logits
+    assert torch.equal(got, logits(ours(case, d), token_input()))
+
+
+# ----------------------------------------------------------------------------- reversibility
+
+
+@pytest.mark.parametrize("name", ["causal_prompt", "causal_prefix_gqa", "t5_prefix", "llama_cls_prompt"])
+def test_detach_restores_the_base_exactly(name: str, saved: Callable[[str], Path]) -> None:
+    case, d = BY_NAME[name], saved(name)
+    model = case.base()
+    before_dict, before_state = dict(model.__dict__), {k: v.clone() for k, v in model.state_dict().items()}
+    base_out = logits(model, case.inputs())
+    attach_prompt(model, adapterkit.load(d), "p")
+    assert set(model.state_dict()) == set(before_state)
+    assert not torch.equal(logits(model, case.inputs()), base_out)
+    detach_prompt(model, "p")
+    assert model.__dict__.keys() == before_dict.keys()
+    assert all(model.__dict__[k] is v for k, v in before_dict.items())
+    assert all(torch.equal(v, before_state[k]) for k, v in model.state_dict().items())
+    assert torch.equal(logits(model, case.inputs()), base_out)
+    if case.generates:
+        assert torch.equal(greedy(model, generation_input(case)), greedy(case.base(), generation_input(case)))
+
+
+@pytest.mark.parametrize("name", list(BY_NAME))
+def test_attach_extract_save_load_is_identity(name: str, saved: Callable[[str], Path], tmp_path: Path) -> None:
+    adapter = adapterkit.load(saved(name))
+    model = attach_prompt(BY_NAME[name].base(), adapter, "p")
+    extracted = extract_prompt(model, "p")
+    assert extracted == adapter
+    adapterkit.save(extracted, tmp_path / "out")
+    assert adapterkit.load(tmp_path / "out") == adapter
+
+
+def test_two_prompts_one_active(saved: Callable[[str], Path]) -> None:
+    """Classifier prompts carry the head (modules_to_save); switching swaps it, None disables."""
+    a, b = BY_NAME["llama_cls_prompt"], BY_NAME["llama_cls_prefix"]
+    model = ours(a, saved(a.name), "a")
+    attach_prompt(model, adapterkit.load(saved(b.name)), "b")
+    assert attached_prompts(model) == ["a", "b"]
+    assert torch.equal(logits(model, b.inputs()), logits(ours(b, saved(b.name)), b.inputs()))
+    set_active_prompt(model, "a")
+    assert torch.equal(logits(model, a.inputs()), logits(ours(a, saved(a.name)), a.inputs()))
+    set_active_prompt(model, None)
+    assert torch.equal(logits(model, a.inputs()), logits(a.base(), a.inputs()))
+    detach_prompt(model, "a")
+    detach_prompt(model, "b")
+    assert attached_prompts(model) == []
+    assert torch.equal(logits(model, a.inputs()), logits(a.base(), a.inputs()))
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _error(fn: Callable[[], Any]) -> AdapterkitError:
+    with pytest.raises(AdapterkitError) as info:
+        fn()
+    return info.value
+
+
+def _untouched(model: torch.nn.Module, fn: Callable[[], Any]) -> AdapterkitError:
+    before = dict(model.__dict__)
+    err = _error(fn)
+    assert model.__dict__ == before
+    return err
+
+
+def test_merge_is_not_supported(saved: Callable[[str], Path]) -> None:
+    model = ours(BY_NAME["causal_prompt"], saved("causal_prompt"))
+    err = _error(lambda: merge_prompt(model, "p"))
+    assert err.code == "not-supported"
+    assert "PROMPT_TUNING adapters cannot be merged: they have no weights to merge into" in str(err)
+
+
+def test_token_dim_mismatch(saved: Callable[[str], Path]) -> None:
+    model = t5()  # d_model 16 vs. a prompt of a 16-wide Llama: same width, but two submodules
+    err = _untouched(model, lambda: attach_prompt(model, adapterkit.load(saved("causal_prompt")), "p"))
+    assert (err.code, err.key, err.expected, err.actual) == ("base-mismatch", "num_transformer_submodules", 2, 1)
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    wide = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2))
+    err = _untouched(wide, lambda: attach_prompt(wide, adapterkit.load(saved("causal_prompt")), "p"))
+    assert (err.code, err.key, err.expected, err.actual) == ("base-mismatch", "token_dim", 32, 16)
+
+
+def test_prefix_geometry_mismatch(saved: Callable[[str], Path]) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    deep = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1))
+    err = _untouched(deep, lambda: attach_prompt(deep, adapterkit.load(saved("causal_prefix_gqa")), "p"))
+    assert (err.code, err.key, err.expected, err.actual) == ("base-mismatch", "num_layers", 3, 2)
+    err = _untouched(llama(kv_heads=2), lambda: attach_prompt(llama(kv_heads=2), adapterkit.load(saved("causal_prefix_gqa")), "p"))
+    assert (err.code, err.key) == ("base-mismatch", "token_dim")
+    assert "prefix key/value heads differ" in str(err)
+
+
+def test_model_without_input_embeddings(saved: Callable[[str], Path]) -> None:
+    model = torch.nn.Linear(4, 4)
+    err = _untouched(model, lambda: attach_prompt(model, adapterkit.load(saved("causal_prompt")), "p"))
+    assert err.code == "not-supported"
+    assert "transformers models" in str(err)
+
+
+def test_non_prompt_adapter_and_duplicate_name(saved: Callable[[str], Path]) -> None:
+    from adapterkit.kinds import LoraConfig
+
+    lora = adapterkit.Adapter.from_tensors(LoraConfig(r=1, lora_alpha=1, target_modules=["q_proj"]), {})
+    model = llama()
+    err = _untouched(model, lambda: attach_prompt(model, lora, "p"))
+    assert (err.code, err.actual) == ("not-supported", "LORA")
+    attach_prompt(model, adapterkit.load(saved("causal_prompt")), "p")
+    err = _untouched(model, lambda: attach_prompt(model, adapterkit.load(saved("causal_prompt")), "p"))
+    assert (err.code, err.key) == ("argument-invalid", "p")
+    err = _error(lambda: extract_prompt(model, "q"))
+    assert (err.code, err.key) == ("key-not-found", "q")
+
+
+def test_classifier_prefix_without_cache_is_refused(saved: Callable[[str], Path], tmp_path: Path) -> None:
+    """BERT's forward takes no past_key_values (PEFT runs its backbone by hand); not supported."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(bert_classifier(), _prefix("SEQ_CLS")())
+        peft_model.save_pretrained(str(tmp_path))
+    model = bert_classifier()
+    err = _untouched(model, lambda: attach_prompt(model, adapterkit.load(tmp_path), "p"))
+    assert err.code == "not-supported"
+    assert "past_key_values" in str(err)

@@ -67,6 +67,7 @@ class PromptCase:
     config: Callable[[], Any]
     inputs: Callable[[], dict[str, torch.Tensor]]
     generates: bool = False
+    scale: float = 0.3  # of the random adapter parameters
 
 
 def _pt(task: str) -> Callable[[], Any]:
@@ -83,6 +84,7 @@ def _prefix(task: str, **kw: Any) -> Callable[[], Any]:
 
 CASES = [
     PromptCase("causal_prompt", llama, _pt("CAUSAL_LM"), token_input, True),
+    PromptCase("causal_prompt_strong", llama, _pt("CAUSAL_LM"), token_input, True, scale=30.0),  # moves greedy tokens
     PromptCase("causal_ptune_mlp", llama, _ptune("CAUSAL_LM"), token_input, True),
     PromptCase("causal_ptune_lstm", llama, _ptune("CAUSAL_LM", "LSTM"), token_input, True),
     PromptCase("causal_prefix_gqa", llama, _prefix("CAUSAL_LM"), token_input, True),  # 1 kv head of 2
@@ -95,6 +97,7 @@ CASES = [
     PromptCase("llama_cls_prefix", llama_classifier, _prefix("SEQ_CLS"), token_input),
     PromptCase("bert_cls_prompt", bert_classifier, _pt("SEQ_CLS"), bert_input),
     PromptCase("bert_cls_ptune", bert_classifier, _ptune("SEQ_CLS"), bert_input),
+    PromptCase("bert_cls_prefix", bert_classifier, _prefix("SEQ_CLS"), bert_input),  # PEFT runs `bert` by hand
 ]
 BY_NAME = {c.name: c for c in CASES}
 GENERATES = [c.name for c in CASES if c.generates]
@@ -111,7 +114,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = get_peft_model(case.base(), case.config())
-                randomize_adapter(model)
+                randomize_adapter(model, scale=case.scale)
                 model.save_pretrained(str(d))
             cache[name] = d
         return cache[name]
@@ -172,14 +175,60 @@ def test_greedy_generate_matches_peft(name: str, saved: Callable[[str], Path]) -
     assert (greedy(case.base(), inputs, scores=True)[1] - want_scores).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["causal_prompt", "causal_prefix_gqa"])
-def test_causal_loss_matches_peft(name: str, saved: Callable[[str], Path]) -> None:
-    """Labels are padded with -100 over the virtual tokens (prompt) or left as they are (prefix)."""
+def test_greedy_tokens_follow_a_strong_prompt(saved: Callable[[str], Path]) -> None:
+    case, d = BY_NAME["causal_prompt_strong"], saved("causal_prompt_strong")
+    want = greedy(reference(case, d), token_input())
+    assert torch.equal(greedy(ours(case, d), token_input()), want)
+    assert not torch.equal(greedy(case.base(), token_input()), want)
+
+
+def test_left_padded_batch_generates_as_peft(saved: Callable[[str], Path]) -> None:
+    inputs = token_input()
+    inputs["attention_mask"][0, :2] = 0
+    for name in ("causal_prompt_strong", "causal_prefix_gqa"):
+        case, d = BY_NAME[name], saved(name)
+        assert torch.equal(logits(ours(case, d), inputs), logits(reference(case, d), inputs)), name
+        assert torch.equal(greedy(ours(case, d), inputs), greedy(reference(case, d), inputs)), name
+
+
+def _labels(name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    if name.startswith("t5"):
+        return inputs["decoder_input_ids"].contiguous()
+    if "cls" in name:
+        return torch.tensor([0, 2])
+    return inputs["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["causal_prompt", "causal_prefix_gqa", "t5_prompt", "t5_prefix", "llama_cls_prompt", "bert_cls_prompt", "bert_cls_prefix"])
+def test_loss_matches_peft(name: str, saved: Callable[[str], Path]) -> None:
+    """Causal labels are padded with -100 over virtual tokens (prompt) or kept (prefix); the
+    classifiers' and T5's labels are passed on as they are."""
     case, d = BY_NAME[name], saved(name)
-    inputs = {**case.inputs(), "labels": case.inputs()["input_ids"]}
+    inputs = {**case.inputs(), "labels": _labels(name, case.inputs())}
     with torch.no_grad():
         want, got = reference(case, d)(**inputs).loss, ours(case, d)(**inputs).loss
     assert abs(float(got) - float(want)) <= TOL
+
+
+@pytest.mark.parametrize("name", ["causal_prompt", "causal_prefix_gqa", "llama_cls_prompt"])
+def test_inputs_embeds_match_peft(name: str, saved: Callable[[str], Path]) -> None:
+    case, d = BY_NAME[name], saved(name)
+    base = case.base()
+    inputs = {"inputs_embeds": base.get_input_embeddings()(token_input()["input_ids"]), "attention_mask": token_input()["attention_mask"]}
+    assert (logits(ours(case, d), inputs) - logits(reference(case, d), inputs)).abs().max() <= TOL
+
+
+def test_bf16_model_matches_peft(tmp_path: Path) -> None:
+    """Prompts take the input embeddings' dtype, prefixes the model's, as in PEFT."""
+    for cfg in (_pt("CAUSAL_LM"), _prefix("CAUSAL_LM")):
+        case = PromptCase("bf16", lambda: llama(torch.bfloat16), cfg, token_input)
+        d = tmp_path / type(cfg()).__name__
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(case.base(), case.config())
+            randomize_adapter(model)
+            model.save_pretrained(str(d))
+        assert torch.equal(logits(ours(case, d), token_input()), logits(reference(case, d), token_input()))
 
 
 def test_positional_arguments_are_understood(saved: Callable[[str], Path]) -> None:
@@ -305,13 +354,19 @@ def test_non_prompt_adapter_and_duplicate_name(saved: Callable[[str], Path]) -> 
     assert (err.code, err.key) == ("key-not-found", "q")
 
 
-def test_classifier_prefix_without_cache_is_refused(saved: Callable[[str], Path], tmp_path: Path) -> None:
-    """BERT's forward takes no past_key_values (PEFT runs its backbone by hand); not supported."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        peft_model = get_peft_model(bert_classifier(), _prefix("SEQ_CLS")())
-        peft_model.save_pretrained(str(tmp_path))
-    model = bert_classifier()
-    err = _untouched(model, lambda: attach_prompt(model, adapterkit.load(tmp_path), "p"))
+def test_classifier_prefix_without_cache_is_refused(saved: Callable[[str], Path]) -> None:
+    """A classifier whose forward cannot take past_key_values cannot take a prefix."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    class Classifier(LlamaForCausalLM):
+        def can_generate(self) -> bool:  # type: ignore[override]
+            return False
+
+        def forward(self, input_ids: Any = None, attention_mask: Any = None) -> Any:  # type: ignore[override]
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask)
+
+    torch.manual_seed(SEED)
+    model = Classifier(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
+    err = _untouched(model, lambda: attach_prompt(model, adapterkit.load(saved("causal_prefix_gqa")), "p"))
     assert err.code == "not-supported"
     assert "past_key_values" in str(err)

@@ -74,9 +74,10 @@ class PromptState:
         active = self.prompts.get(self.active) if self.active is not None else None
         values = {target: tensor for target, tensor in active.whole.values()} if active else {}
         for target, original in self.originals.items():
-            tensor = model.get_parameter(target)
+            tensor = model.get_parameter(target)  # it may have moved (model.to) since attach
             new = values.get(target)
-            tensor.data = original if new is None else new.detach().to(dtype=original.dtype, device=original.device)
+            source = original if new is None else new.detach().to(dtype=original.dtype)
+            tensor.data = source.to(tensor.device)
 
 
 def model_family(model: nn.Module) -> str:
@@ -108,6 +109,21 @@ def _kv_geometry(model: nn.Module) -> tuple[int | None, int | None, int | None]:
 
 def _mismatch(what: str, key: str, expected: Any, actual: Any) -> TensorError:
     return TensorError(f"the model does not fit the adapter: {what}", code="base-mismatch", key=key, expected=expected, actual=actual)
+
+
+def _takes_cache(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``past_key_values``, by name or through ``**kwargs`` that it
+    hands to its backbone (the first child that is itself a transformers model, e.g. BERT's
+    ``bert``; PEFT calls that backbone with the cache itself)."""
+    params = inspect.signature(model.forward).parameters
+    if "past_key_values" in params:
+        return True
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return False
+    from transformers import PreTrainedModel
+
+    backbone = next((m for m in model.children() if isinstance(m, PreTrainedModel)), None)
+    return backbone is not None and "past_key_values" in inspect.signature(backbone.forward).parameters
 
 
 def check_fits(model: nn.Module, adapter: Adapter) -> None:
@@ -153,7 +169,7 @@ def check_fits(model: nn.Module, adapter: Adapter) -> None:
                 "prefix key/value heads differ from the model's (token_dim = heads · head_dim)", "token_dim",
                 f"{kv_heads} heads of {head_dim}", f"{heads} heads, token_dim {cfg.token_dim}",
             )
-        if family == "classifier" and "past_key_values" not in inspect.signature(model.forward).parameters:
+        if family == "classifier" and not _takes_cache(model):
             raise UnsupportedError("prefix tuning needs a model whose forward takes past_key_values", actual=type(model).__name__)
     elif cfg.token_dim != embeddings.embedding_dim:
         raise _mismatch("token_dim differs from the model's embedding size", "token_dim", embeddings.embedding_dim, cfg.token_dim)

@@ -33,7 +33,7 @@ def prefix_cache(model: nn.Module, config: PromptLearningConfig, weight: torch.T
     from transformers import DynamicCache, EncoderDecoderCache
 
     v, layers, heads, sub = config.num_virtual_tokens, config.num_layers, config.num_attention_heads, config.num_transformer_submodules
-    past = weight.repeat(batch, 1, 1)
+    past = weight.to(model.get_input_embeddings().weight.device).repeat(batch, 1, 1)  # follows model.to()
     dtype = getattr(model, "dtype", None)
     if dtype is not None:
         past = past.to(dtype)
@@ -50,9 +50,10 @@ def prefix_cache(model: nn.Module, config: PromptLearningConfig, weight: torch.T
     return cache
 
 
-def prompts(weight: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-    """The virtual-token embeddings repeated over the batch: (B, V · submodules, token_dim)."""
-    return weight.repeat(batch, 1, 1).to(dtype)
+def prompts(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The virtual-token embeddings repeated over the batch of ``like`` (the input embeddings,
+    whose dtype and device they take): (B, V · submodules, token_dim)."""
+    return weight.to(like.device).repeat(like.shape[0], 1, 1).to(like.dtype)
 
 
 def _ones(batch: int, v: int, like: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ def forward(
             inputs_embeds = model.get_input_embeddings()(input_ids)
         if mask is not None:
             kw["attention_mask"] = torch.cat((_ones(batch, v, mask), mask), dim=1)
-        p = prompts(weight, batch, inputs_embeds.dtype)
+        p = prompts(weight, inputs_embeds)
         return original(inputs_embeds=torch.cat((p[:, :v], inputs_embeds), dim=1), **kw)
 
     if mask is not None:
@@ -127,7 +128,7 @@ def forward(
     if family == "causal" and kw.get("labels") is not None:
         labels = kw["labels"]
         kw["labels"] = torch.cat((torch.full((batch, v), -100).to(labels.device), labels), dim=1)
-    p = prompts(weight, batch, inputs_embeds.dtype)
+    p = prompts(weight, inputs_embeds)
     return original(inputs_embeds=torch.cat((p, inputs_embeds), dim=1), **kw)
 
 
@@ -146,7 +147,7 @@ def seq2seq_generate_inputs(
         warnings.warn("`encoder_outputs` should not be passed to `generate` when using prompt tuning. Ignoring it.", stacklevel=3)
     inputs_embeds = model.get_input_embeddings()(kw.pop("input_ids"))
     batch, v = inputs_embeds.shape[0], config.num_virtual_tokens
-    p = prompts(weight, batch, inputs_embeds.dtype)
+    p = prompts(weight, inputs_embeds)
     kw["inputs_embeds"] = torch.cat((p[:, :v], inputs_embeds), dim=1)
     if kw.get("attention_mask") is not None:
         kw["attention_mask"] = torch.cat((_ones(batch, v, kw["attention_mask"]), kw["attention_mask"]), dim=1)
@@ -193,7 +194,7 @@ def prepare_generation_inputs(
         model_kwargs["past_key_values"] = prefix_cache(model, config, weight, model_kwargs["input_ids"].shape[0])
     elif needs_prompt:
         inputs_embeds = model.get_input_embeddings()(model_kwargs["input_ids"])
-        p = prompts(weight, inputs_embeds.shape[0], inputs_embeds.dtype)
+        p = prompts(weight, inputs_embeds)
         model_kwargs["inputs_embeds"] = torch.cat((p, inputs_embeds), dim=1)
         model_kwargs["input_ids"] = None
     if is_prefill and is_prefix(config):

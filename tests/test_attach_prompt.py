@@ -8,6 +8,7 @@ base, and ours is ``attach_prompt`` of ``adapterkit.load`` of the same directory
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -268,6 +269,19 @@ def test_attach_extract_save_load_is_identity(name: str, saved: Callable[[str], 
     assert extracted == adapter
     adapterkit.save(extracted, tmp_path / "out")
     assert adapterkit.load(tmp_path / "out") == adapter
+
+
+@pytest.mark.parametrize("name", ["causal_prompt_strong", "t5_prefix"])
+def test_deepcopy_carries_the_prompt(name: str, saved: Callable[[str], Path]) -> None:
+    """The patched methods are bound to the instance: a deep copy runs (and detaches) on its own."""
+    case, d = BY_NAME[name], saved(name)
+    model = ours(case, d)
+    twin = copy.deepcopy(model)
+    detach_prompt(model, "p")
+    assert torch.equal(logits(twin, case.inputs()), logits(ours(case, d), case.inputs()))
+    assert torch.equal(greedy(twin, generation_input(case)), greedy(ours(case, d), generation_input(case)))
+    assert torch.equal(logits(model, case.inputs()), logits(case.base(), case.inputs()))
+    assert extract_prompt(twin, "p") == adapterkit.load(d)
 
 
 def test_two_prompts_one_active(saved: Callable[[str], Path]) -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,12 +34,10 @@ from torch import nn
 
 from ..adapter import Adapter
 from ..errors import ArgumentError, NotFoundError, TensorError, UnsupportedError
-from ..kinds.prefix_tuning import PrefixTuningConfig
 from ..kinds.prompt_learning import KEY, PromptLearningConfig
 from . import prompt_forward
 
 STATE = "_adapterkit_prompt"  # instance attribute holding the PromptState
-PATCHED = ("forward", "generate", "prepare_inputs_for_generation")
 
 
 @dataclass
@@ -159,7 +159,7 @@ def check_fits(model: nn.Module, adapter: Adapter) -> None:
     shape = tuple(adapter.meta(KEY).shape)
     if shape != cfg.embedding_shape():
         raise TensorError("prompt_embeddings shape disagrees with the config", key=KEY, expected=cfg.embedding_shape(), actual=shape)
-    if isinstance(cfg, PrefixTuningConfig):
+    if prompt_forward.is_prefix(cfg):
         layers, kv_heads, head_dim = _kv_geometry(model)
         if cfg.num_layers != layers:
             raise _mismatch("num_layers differs from the model's layers", "num_layers", layers, cfg.num_layers)
@@ -207,47 +207,53 @@ def attach_prompt(model: nn.Module, adapter: Adapter, name: str) -> nn.Module:
 
 
 def _patch(model: nn.Module, state: PromptState) -> None:
-    for attr in PATCHED:
-        state.saved[attr] = model.__dict__.get(attr)
-    original_forward = model.forward
+    """Set the instance's ``forward`` (and ``generate``, ``prepare_inputs_for_generation``) to
+    methods bound to it that find the state on the instance: ``copy.deepcopy`` rebinds them."""
     model.__dict__[STATE] = state
+    for attr, impl in (("forward", _forward), ("generate", _generate), ("prepare_inputs_for_generation", _prepare)):
+        if attr == "forward" or hasattr(model, attr):
+            state.saved[attr] = model.__dict__.get(attr)
+            model.__dict__[attr] = types.MethodType(_method(type(model), attr, impl), model)
 
-    @functools.wraps(original_forward)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        current = state.current()
-        if current is None or state.generating:
-            return original_forward(*args, **kwargs)
-        return prompt_forward.forward(model, original_forward, state.family, *current, *args, **kwargs)
 
-    model.forward = forward
-    if hasattr(model, "generate"):
-        original_generate = model.generate
-        original_prepare = model.prepare_inputs_for_generation
+def _method(cls: type, attr: str, impl: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(getattr(cls, attr))  # transformers inspects forward's signature
+    def method(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        state: PromptState = self.__dict__[STATE]
+        previous = state.saved[attr]
+        original = previous if previous is not None else getattr(type(self), attr).__get__(self)
+        return impl(self, state, original, *args, **kwargs)
 
-        @functools.wraps(original_generate)
-        def generate(*args: Any, **kwargs: Any) -> Any:
-            current = state.current()
-            if current is None:
-                return original_generate(*args, **kwargs)
-            state.generating += 1
-            try:
-                if state.family == "seq2seq" and not isinstance(current[0], PrefixTuningConfig):
-                    kwargs = prompt_forward.seq2seq_generate_inputs(model, *current, *args, **kwargs)
-                    args = ()
-                return original_generate(*args, **kwargs)
-            finally:
-                state.generating -= 1
+    return method
 
-        @functools.wraps(original_prepare)
-        def prepare_inputs_for_generation(*args: Any, **kwargs: Any) -> Any:
-            current = state.current()
-            model_kwargs = original_prepare(*args, **kwargs)
-            if current is None or not state.generating:
-                return model_kwargs
-            return prompt_forward.prepare_generation_inputs(model, state.family, *current, model_kwargs, kwargs)
 
-        model.generate = generate
-        model.prepare_inputs_for_generation = prepare_inputs_for_generation
+def _forward(model: nn.Module, state: PromptState, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    current = state.current()
+    if current is None or state.generating:  # generate() feeds the prompt through _prepare
+        return original(*args, **kwargs)
+    return prompt_forward.forward(model, original, state.family, *current, *args, **kwargs)
+
+
+def _generate(model: nn.Module, state: PromptState, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    current = state.current()
+    if current is None:
+        return original(*args, **kwargs)
+    state.generating += 1
+    try:
+        if state.family == "seq2seq":
+            kwargs = prompt_forward.seq2seq_generate_inputs(model, *current, *args, **kwargs)
+            args = ()
+        return original(*args, **kwargs)
+    finally:
+        state.generating -= 1
+
+
+def _prepare(model: nn.Module, state: PromptState, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    current = state.current()
+    model_kwargs = original(*args, **kwargs)
+    if current is None or not state.generating:
+        return model_kwargs
+    return prompt_forward.prepare_generation_inputs(model, state.family, *current, model_kwargs, kwargs)
 
 
 def _state(model: nn.Module, name: str | None = None) -> PromptState:

@@ -77,10 +77,10 @@ def _named(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> dict[
     """Positional and keyword arguments of ``fn`` as one dict of names."""
     if not args:
         return dict(kwargs)
-    bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
+    signature = inspect.signature(fn)
     out = {}
-    for name, value in bound.items():
-        if inspect.signature(fn).parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+    for name, value in signature.bind_partial(*args, **kwargs).arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
             out.update(value)
         else:
             out[name] = value
@@ -135,14 +135,17 @@ def forward(
 def seq2seq_generate_inputs(
     model: nn.Module, config: PromptLearningConfig, weight: torch.Tensor, *args: Any, **kwargs: Any,
 ) -> dict[str, Any]:
-    """``generate`` kwargs of an encoder-decoder with the prompt before the encoder input
-    (``inputs_embeds`` and an extended ``attention_mask`` replace ``input_ids``)."""
+    """``generate`` kwargs of an encoder-decoder: position and token type ids adjusted; for a
+    prompt, ``inputs_embeds`` with the prompt before the encoder input and an extended
+    ``attention_mask`` replace ``input_ids`` (a prefix enters at the first decoding step)."""
     kw = dict(kwargs)
     if args:
         kw["input_ids"] = args[0]
     if kw.get("input_ids") is None:
         raise ValueError("input_ids must be provided for Peft model generation")
     _adjust(config, kw)
+    if is_prefix(config):
+        return kw
     if kw.pop("encoder_outputs", None) is not None:
         warnings.warn("`encoder_outputs` should not be passed to `generate` when using prompt tuning. Ignoring it.", stacklevel=3)
     inputs_embeds = model.get_input_embeddings()(kw.pop("input_ids"))

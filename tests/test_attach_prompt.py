@@ -232,6 +232,21 @@ def test_bf16_model_matches_peft(tmp_path: Path) -> None:
         assert torch.equal(logits(ours(case, d), token_input()), logits(reference(case, d), token_input()))
 
 
+@pytest.mark.parametrize("name", ["causal_prompt", "causal_prefix_gqa", "bert_cls_prompt"])
+def test_position_and_token_type_ids_as_peft(name: str, saved: Callable[[str], Path]) -> None:
+    """Prompts drop position ids (with PEFT's warning), prefixes shift them by the virtual tokens;
+    causal LMs drop token type ids, classifiers pad them with zeros."""
+    case, d = BY_NAME[name], saved(name)
+    inputs = {**token_input(), "position_ids": torch.arange(6).expand(2, 6) + 1, "token_type_ids": bert_input()["token_type_ids"]}
+    want = logits(reference(case, d), inputs)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = ours(case, d)(**inputs).logits
+    assert (got - want).abs().max() <= TOL
+    said = {str(w.message).split(" are not supported")[0] for w in caught}
+    assert said == ({"Position ids"} if "prefix" not in name else set()) | ({"Token type ids"} if "causal" in name else set())
+
+
 def test_positional_arguments_are_understood(saved: Callable[[str], Path]) -> None:
     case, d = BY_NAME["causal_prompt"], saved("causal_prompt")
     ids, mask = token_input()["input_ids"], token_input()["attention_mask"]

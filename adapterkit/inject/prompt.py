@@ -160,6 +160,9 @@ def check_fits(model: nn.Module, adapter: Adapter) -> None:
     if shape != cfg.embedding_shape():
         raise TensorError("prompt_embeddings shape disagrees with the config", key=KEY, expected=cfg.embedding_shape(), actual=shape)
     if prompt_forward.is_prefix(cfg):
+        model_type = getattr(_text_config(model), "model_type", "")
+        if any(t in model_type for t in ("gemma2", "gemma3_text", "gemma4")):
+            raise UnsupportedError("prefix tuning on Gemma 2/3/4 (PEFT builds their hybrid caches by hand) is not supported", actual=model_type)
         layers, kv_heads, head_dim = _kv_geometry(model)
         if cfg.num_layers != layers:
             raise _mismatch("num_layers differs from the model's layers", "num_layers", layers, cfg.num_layers)

@@ -399,3 +399,66 @@ def test_classifier_prefix_without_cache_is_refused(saved: Callable[[str], Path]
     err = _untouched(model, lambda: attach_prompt(model, adapterkit.load(saved("causal_prefix_gqa")), "p"))
     assert err.code == "not-supported"
     assert "past_key_values" in str(err)
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def fitting_model(adapter: adapterkit.Adapter) -> torch.nn.Module:
+    """A tiny random transformers model shaped to take ``adapter``: T5 for two submodules,
+    else a Llama whose key/value geometry matches the adapter's."""
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    cfg = adapter.config
+    torch.manual_seed(SEED)
+    if cfg.num_transformer_submodules == 2:
+        return T5ForConditionalGeneration(T5Config(
+            vocab_size=32, d_model=cfg.token_dim, d_kv=cfg.token_dim, d_ff=8, num_layers=cfg.num_layers or 1, num_heads=1,
+            decoder_start_token_id=0, pad_token_id=0,
+        )).eval()
+    heads = _heads(adapter)
+    return LlamaForCausalLM(LlamaConfig(
+        vocab_size=32, hidden_size=cfg.token_dim, intermediate_size=8, num_hidden_layers=cfg.num_layers or 1,
+        num_attention_heads=heads, num_key_value_heads=heads, head_dim=cfg.token_dim // heads, max_position_embeddings=32,
+    )).eval()
+
+
+def _prompt_adapters() -> Any:
+    from hypothesis import strategies as st
+
+    from adapterkit.testing.strategies import p_tuning_adapters, prefix_tuning_adapters, prompt_tuning_adapters
+
+    return st.one_of(prompt_tuning_adapters(), p_tuning_adapters(), prefix_tuning_adapters()).filter(
+        # the fitting Llama's RoPE needs an even head dim (of token_dim / heads for prefixes)
+        lambda a: (a.config.token_dim // _heads(a)) % 2 == 0 and a.config.token_dim % _heads(a) == 0
+    )
+
+
+def _heads(adapter: adapterkit.Adapter) -> int:
+    return adapter.config.num_attention_heads if adapter.peft_type == "PREFIX_TUNING" else 1
+
+
+def test_attach_run_extract_detach_property() -> None:
+    """For every valid prompt adapter (any float dtype) and a model that fits it: the forward runs
+    with the virtual tokens in front (prompts) or in the cache (prefixes), extract gives the
+    adapter back bit for bit, and detach leaves the instance as it was."""
+    from hypothesis import given
+
+    @given(_prompt_adapters())
+    def check(adapter: adapterkit.Adapter) -> None:
+        model = fitting_model(adapter)
+        before = dict(model.__dict__)
+        ids = torch.arange(1, 5).expand(2, 4)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if adapter.config.num_transformer_submodules == 2:
+            inputs["decoder_input_ids"] = ids[:, :2]
+        attach_prompt(model, adapter, "p")
+        out = logits(model, inputs)
+        grows = adapter.peft_type != "PREFIX_TUNING" and adapter.config.num_transformer_submodules == 1
+        assert out.shape[1] == inputs.get("decoder_input_ids", ids).shape[1] + (adapter.config.num_virtual_tokens if grows else 0)
+        assert torch.isfinite(out).all()
+        assert extract_prompt(model, "p") == adapter
+        detach_prompt(model, "p")
+        assert model.__dict__.keys() == before.keys() and all(model.__dict__[k] is v for k, v in before.items())
+
+    check()

@@ -383,6 +383,16 @@ def test_non_prompt_adapter_and_duplicate_name(saved: Callable[[str], Path]) -> 
     assert (err.code, err.key) == ("key-not-found", "q")
 
 
+def test_missing_inputs_are_argument_errors(saved: Callable[[str], Path]) -> None:
+    model = ours(BY_NAME["causal_prompt"], saved("causal_prompt"))
+    err = _error(lambda: model(attention_mask=torch.ones(1, 2)))
+    assert (err.code, err.key) == ("argument-invalid", "input_ids")
+    model = ours(BY_NAME["t5_prompt"], saved("t5_prompt"))
+    err = _error(lambda: model.generate(attention_mask=torch.ones(1, 2)))
+    assert (err.code, err.key) == ("argument-invalid", "input_ids")
+    assert "generate() of an encoder-decoder with a prompt adapter needs input_ids" in str(err)
+
+
 def test_classifier_prefix_without_cache_is_refused(saved: Callable[[str], Path]) -> None:
     """A classifier whose forward cannot take past_key_values cannot take a prefix."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -8,10 +8,17 @@ labels padded with -100 for causal LMs); prefix tuning hands every attention lay
 (for P-tuning and projected prefixes the file holds the encoder's output).
 
 The model instance is patched reversibly: ``forward`` (and ``generate`` /
-``prepare_inputs_for_generation``) become instance attributes that wrap the class's
-methods, and the prompts live in a :class:`PromptState` kept beside them, never registered
-as submodules, so ``state_dict()`` is unchanged and :func:`detach_prompt` restores the
-instance exactly.  Three model families, told apart by the model itself:
+``prepare_inputs_for_generation``) become methods bound to the instance that wrap what
+they replace (the class's method, or an earlier instance patch), and the prompts live in a
+:class:`PromptState` on the instance, never registered as submodules, so ``state_dict()``
+is unchanged, ``copy.deepcopy`` carries the prompt, and :func:`detach_prompt` of the last
+prompt restores the instance exactly.  A classifier's prompt adapter also holds its head
+(PEFT's ``modules_to_save``): the head's parameters point at the adapter's copy while that
+prompt is active.  Public: :func:`attach_prompt`, :func:`detach_prompt`,
+:func:`set_active_prompt` (``None`` disables), :func:`extract_prompt`,
+:func:`attached_prompts`, :func:`merge_prompt` (always refused).
+
+Three model families, told apart by the model itself:
 
 - encoder-decoder (``config.is_encoder_decoder``, e.g. T5): the prompt goes before the
   encoder input; prefixes go into the decoder's self-attention cache, as PEFT does;

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UnsupportedError
+from ..errors import ArgumentError, UnsupportedError
 from ..kinds.prefix_tuning import PrefixTuningConfig
 from ..kinds.prompt_learning import PromptLearningConfig
 
@@ -96,7 +96,7 @@ def forward(
     kw = _named(original, args, kwargs)
     input_ids, inputs_embeds = kw.pop("input_ids", None), kw.pop("inputs_embeds", None)
     if input_ids is None and inputs_embeds is None:
-        raise ValueError("You have to provide either input_ids or inputs_embeds")
+        raise ArgumentError("a model with a prompt adapter needs input_ids or inputs_embeds", key="input_ids", actual=None)
     batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
     v = config.num_virtual_tokens
     mask = kw.get("attention_mask")
@@ -142,7 +142,7 @@ def seq2seq_generate_inputs(
     if args:
         kw["input_ids"] = args[0]
     if kw.get("input_ids") is None:
-        raise ValueError("input_ids must be provided for Peft model generation")
+        raise ArgumentError("generate() of an encoder-decoder with a prompt adapter needs input_ids", key="input_ids", actual=None)
     _adjust(config, kw)
     if is_prefix(config):
         return kw

@@ -368,6 +368,15 @@ def test_model_without_input_embeddings(saved: Callable[[str], Path]) -> None:
     assert err.code == "not-supported"
     assert "transformers models" in str(err)
 
+    class NoEmbeddings(type(llama())):  # type: ignore[misc]
+        def get_input_embeddings(self) -> Any:
+            raise NotImplementedError
+
+    model = NoEmbeddings(llama().config)
+    err = _untouched(model, lambda: attach_prompt(model, adapterkit.load(saved("causal_prompt")), "p"))
+    assert (err.code, err.actual) == ("not-supported", "NoneType")
+    assert "no input embedding layer" in str(err)
+
 
 def test_non_prompt_adapter_and_duplicate_name(saved: Callable[[str], Path]) -> None:
     from adapterkit.kinds import LoraConfig

@@ -156,7 +156,10 @@ def check_fits(model: nn.Module, adapter: Adapter) -> None:
             raise _mismatch("no such parameter for a modules_to_save tensor", key, target, "absent") from None
         if have != tuple(adapter.meta(key).shape):
             raise _mismatch(f"`{target}` has another shape than the modules_to_save tensor", key, have, tuple(adapter.meta(key).shape))
-    embeddings = model.get_input_embeddings()
+    try:
+        embeddings = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        embeddings = None
     if not isinstance(embeddings, nn.Embedding):
         raise UnsupportedError("the model has no input embedding layer to prepend virtual tokens to", actual=type(embeddings).__name__)
     family = model_family(model)

@@ -45,7 +45,7 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
             if exc.name != f"{__package__}.prompt":
                 raise
             raise UnsupportedError(f"attaching {adapter.peft_type} adapters is not available in this build", path=adapter.source, key="peft_type") from None
-        return attach_prompt(model, adapter, name)
+        return _attach_prompt(model, adapter, name, activate, attach_prompt)
     check_name_free(model, name)
     if adapter.peft_type not in ("LORA", "IA3"):
         raise UnsupportedError(f"attaching {adapter.peft_type} adapters is not supported", path=adapter.source, key="peft_type")
@@ -81,6 +81,29 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
     return model
 
 
+def _attach_prompt(model: nn.Module, adapter: Adapter, name: str, activate: bool, attach_prompt) -> nn.Module:
+    """A prompt-learning adapter: ``prompt.attach_prompt`` hooks the model's forward; the record
+    here lets ``set_active``, ``disabled``, ``detach`` and ``extract_from_model`` reach it."""
+    from .prompt import active_prompt, detach_prompt, extract_prompt, set_active_prompt
+
+    check_name_free(model, name)
+    before = active_prompt(model)
+    attach_prompt(model, adapter, name)
+    record = AttachedAdapter(name, adapter.config, source=adapter.source,
+                             detach_fn=lambda m: detach_prompt(m, name), extract_fn=lambda m: extract_prompt(m, name))
+    record.extra["prompt"] = True
+    registry(model)[name] = record
+    if activate:
+        set_active(model, [name])
+    else:
+        set_active_prompt(model, before)
+    return model
+
+
+def _prompt_names(model: nn.Module, names: Sequence[str]) -> list[str]:
+    return [n for n in names if registry(model)[n].extra.get("prompt")]
+
+
 def replace(model: nn.Module, path: str, module: nn.Module) -> None:
     """Puts ``module`` at ``path`` (a ``walk`` path: no wrapper above it)."""
     parent_path, _, child = path.rpartition(".")
@@ -114,6 +137,13 @@ def set_active(model: nn.Module, names: str | Sequence[str]) -> None:
     for path, wrapper in layers:
         if isinstance(wrapper, SavedModule) and len([n for n in names if n in wrapper.names]) > 1:
             raise ArgumentError(f"several active adapters have a modules_to_save copy of `{path}`; at most one may", key=path, actual=[n for n in names if n in wrapper.names])
+    prompts = _prompt_names(model, names)
+    if len(prompts) > 1:
+        raise ArgumentError("at most one prompt-learning adapter can be active (its virtual tokens lead every input)", key="names", actual=prompts)
+    if any(r.extra.get("prompt") for r in registry(model).values()):
+        from .prompt import set_active_prompt
+
+        set_active_prompt(model, prompts[0] if prompts else None)
     state.active = names
     for _, wrapper in layers:
         wrapper.active = [n for n in names if n in wrapper.names]
@@ -130,6 +160,12 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
     if any(w.merged for w in layers):
         unmerge(model)
     before = state.disabled, [w.disabled for w in layers]
+    prompted = any(r.extra.get("prompt") for r in registry(model).values())
+    if prompted:
+        from .prompt import active_prompt, set_active_prompt
+
+        prompt_before = active_prompt(model)
+        set_active_prompt(model, None)
     state.disabled = True
     for w in layers:
         w.disabled = True
@@ -139,6 +175,8 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
         state.disabled = before[0]
         for w, flag in zip(layers, before[1]):
             w.disabled = flag
+        if prompted:
+            set_active_prompt(model, prompt_before)
 
 
 def detach(model: nn.Module, name: str) -> nn.Module:

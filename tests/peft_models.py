@@ -53,6 +53,29 @@ def t5() -> nn.Module:
     return T5ForConditionalGeneration(cfg).eval()
 
 
+def llama_classifier() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(SEED)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, num_labels=3, pad_token_id=0,
+    )
+    return LlamaForSequenceClassification(cfg).eval()
+
+
+def bert_classifier() -> nn.Module:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(SEED)
+    cfg = BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, num_labels=3)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def bert_input() -> dict[str, torch.Tensor]:
+    return {**token_input(), "token_type_ids": torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]])}
+
+
 class ConvNet(nn.Module):
     """Conv1d, Conv2d 3x3, Conv2d 1x1 and Conv3d side by side, plus a Linear head."""
 

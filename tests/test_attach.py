@@ -28,6 +28,8 @@ from peft_models import (
     Case,
     _cfg,
     _lora,
+    bert_classifier,
+    bert_input,
     build_peft_model,
     conv_input,
     convnet,
@@ -35,6 +37,8 @@ from peft_models import (
     llama,
     randomize_adapter,
     run,
+    seq2seq_input,
+    t5,
     token_input,
 )
 
@@ -46,10 +50,12 @@ from adapterkit.testing import strategies as aks
 
 TOL = 1e-5
 LORA = ["lora_gpt2_dora", "lora_conv_bias", "lora_layers_exclude", "lora_regex", "lora_linear", "lora_rslora_patterns", "lora_patterns", "lora_bias", "lora_dora", "lora_dora_conv_emb", "lora_dora_emb",
-        "lora_embedding", "lora_gpt2_conv1d", "lora_conv", "lora_modules_to_save", "lora_embed_tokens"]
+        "lora_embedding", "lora_gpt2_conv1d", "lora_conv", "lora_modules_to_save", "lora_embed_tokens", "lora_t5", "lora_bert_cls"]
 PEFT_CANNOT_MERGE = {"lora_conv"}  # PEFT 0.21.2's ΔW for a Conv3d with a 1x... kernel is wrong (REFERENCE.md)
 IA3 = ["ia3", "ia3_conv", "ia3_gpt2_ff"]
 EXTRA = {
+    "lora_t5": Case("lora_t5", t5, _lora(r=4, lora_alpha=8, target_modules=["q", "v", "wi", "wo"], task_type="SEQ_2_SEQ_LM"), seq2seq_input),
+    "lora_bert_cls": Case("lora_bert_cls", bert_classifier, _lora(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"), bert_input),
     "lora_layers_exclude": Case("lora_layers_exclude", llama, _lora(r=4, lora_alpha=8, target_modules=LLAMA_ALL, layers_to_transform=[1], layers_pattern="layers",
                                                                   exclude_modules=["k_proj"], task_type="CAUSAL_LM"), token_input),
     "lora_regex": Case("lora_regex", llama, _lora(r=4, lora_alpha=8, target_modules=r".*\.(q|v)_proj|.*1\.mlp\.up_proj", task_type="CAUSAL_LM"), token_input),
@@ -356,3 +362,26 @@ def test_two_active_adapters_equal_peft(name: str, saved) -> None:
     unloaded = adapterkit.unload(model).state_dict()
     for k, v in base.items():  # two DoRA factors divided out in turn: a little more rounding than one
         assert float((unloaded[k] - v).norm() / max(float(v.norm()), 1e-12)) <= 1e-5, k
+
+
+@pytest.mark.parametrize("method", ["cat", "svd"])
+def test_attach_a_combination_equals_peft_add_weighted_adapter(method: str, saved) -> None:
+    """PEFT's ``add_weighted_adapter`` on a model is ``attach(model, combine([...]), name)``, and
+    its ``delete_adapter`` is ``detach``: same logits (the two adapters share ranks and targets,
+    where PEFT's method and ours agree)."""
+    case = case_of("lora_linear")
+    a, b = saved("lora_linear", 1), saved("lora_linear", 2)
+    inputs = case.inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(case.base(), a, adapter_name="a").eval()
+        peft_model.load_adapter(b, adapter_name="b")
+        peft_model.add_weighted_adapter(["a", "b"], [0.7, -0.4], "mix", combination_type=method, svd_rank=8)
+        peft_model.set_adapter("mix")
+    theirs = run(peft_model, inputs)
+    model = case.base()
+    mix = adapterkit.combine([adapterkit.load(a), adapterkit.load(b)], [0.7, -0.4], method, **({"rank": 8} if method == "svd" else {}))
+    adapterkit.attach(model, mix, name="mix")
+    assert max_diff(run(model, inputs), theirs) <= TOL
+    adapterkit.detach(model, "mix")
+    assert torch.equal(run(model, inputs), run(case.base(), inputs)) and not registry(model)

@@ -22,7 +22,17 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model  # noqa: E402
-from peft_models import SEED, llama, randomize_adapter, seq2seq_input, t5, token_input  # noqa: E402
+from peft_models import (  # noqa: E402
+    SEED,
+    bert_classifier,
+    bert_input,
+    llama,
+    llama_classifier,
+    randomize_adapter,
+    seq2seq_input,
+    t5,
+    token_input,
+)
 
 import adapterkit  # noqa: E402
 from adapterkit.errors import AdapterkitError  # noqa: E402
@@ -36,29 +46,6 @@ from adapterkit.inject.prompt import (  # noqa: E402
 )
 
 TOL = 1e-5
-
-
-def llama_classifier() -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    torch.manual_seed(SEED)
-    cfg = LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, num_labels=3, pad_token_id=0,
-    )
-    return LlamaForSequenceClassification(cfg).eval()
-
-
-def bert_classifier() -> torch.nn.Module:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(SEED)
-    cfg = BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, num_labels=3)
-    return BertForSequenceClassification(cfg).eval()
-
-
-def bert_input() -> dict[str, torch.Tensor]:
-    return {**token_input(), "token_type_ids": torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]])}
 
 
 @dataclass(frozen=True)

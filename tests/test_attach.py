@@ -385,3 +385,25 @@ def test_attach_a_combination_equals_peft_add_weighted_adapter(method: str, save
     assert max_diff(run(model, inputs), theirs) <= TOL
     adapterkit.detach(model, "mix")
     assert torch.equal(run(model, inputs), run(case.base(), inputs)) and not registry(model)
+
+
+@pytest.mark.parametrize("name", ["lora_bf16", "lora_fp16"])
+def test_half_precision_merge_unmerge_bound(name: str, saved) -> None:
+    """Merge then unmerge of a bf16/fp16 model rounds twice (fp32 math each time): every weight
+    comes back within one ulp of max(|W|, |W + ΔW|) in the storage dtype (unmerge's docstring)."""
+    case = case_of(name)
+    model = adapterkit.attach(case.base(), adapterkit.load(saved(name)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adapterkit.merge(model)
+    merged = {k: v.clone() for k, v in model.state_dict().items()}
+    adapterkit.unmerge(model)
+    changed = 0
+    for k, v in model.state_dict().items():
+        if not v.is_floating_point() or "lora_" in k:
+            continue
+        w, m = before[k].float(), merged[k].float()
+        eps = torch.finfo(v.dtype).eps  # one ulp at 1.0: 2^-7 (bf16), 2^-10 (fp16)
+        bound = eps * torch.maximum(w.abs(), m.abs()) + torch.finfo(v.dtype).tiny
+        assert torch.all((v.float() - w).abs() <= bound), k
+        changed += not torch.equal(m, w)
+    assert changed > 0  # the merge did change weights

@@ -132,7 +132,12 @@ def merge(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: b
 
 def unmerge(model: nn.Module) -> nn.Module:
     """Takes every merged adapter back out of the weights (last merged first), in place.
-    Exact up to fp rounding for LoRA and DoRA; IA3 divides by its scales."""
+    Exact up to fp rounding for LoRA and DoRA; IA3 divides by its scales.
+
+    Bounds (LoRA; tests/test_attach.py): fp32 weights come back within 1e-6 relative (in norm);
+    bf16 / fp16 weights are rounded once on merge and once on unmerge, each computed in fp32, so
+    each element comes back within one unit in the last place of max(|W|, |W + ΔW|) of the
+    storage dtype (2⁻⁷ relative for bf16, 2⁻¹⁰ for fp16)."""
     state = model_state(model)
     for path, wrapper in wrappers(model):
         if not wrapper.merged:

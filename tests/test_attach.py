@@ -52,8 +52,11 @@ TOL = 1e-5
 LORA = ["lora_gpt2_dora", "lora_conv_bias", "lora_layers_exclude", "lora_regex", "lora_linear", "lora_rslora_patterns", "lora_patterns", "lora_bias", "lora_dora", "lora_dora_conv_emb", "lora_dora_emb",
         "lora_embedding", "lora_gpt2_conv1d", "lora_conv", "lora_modules_to_save", "lora_embed_tokens", "lora_t5", "lora_bert_cls"]
 PEFT_CANNOT_MERGE = {"lora_conv"}  # PEFT 0.21.2's ΔW for a Conv3d with a 1x... kernel is wrong (REFERENCE.md)
-IA3 = ["ia3", "ia3_conv", "ia3_gpt2_ff"]
+IA3 = ["ia3", "ia3_conv", "ia3_gpt2_ff", "ia3_t5", "ia3_bert_cls"]
 EXTRA = {
+    "ia3_t5": Case("ia3_t5", t5, _cfg("IA3Config", target_modules=["k", "v", "wo"], feedforward_modules=["wo"], task_type="SEQ_2_SEQ_LM"), seq2seq_input, kind="IA3"),
+    "ia3_bert_cls": Case("ia3_bert_cls", bert_classifier, _cfg("IA3Config", target_modules=["key", "value", "intermediate.dense"],
+                                                               feedforward_modules=["intermediate.dense"], task_type="SEQ_CLS"), bert_input, kind="IA3"),
     "lora_t5": Case("lora_t5", t5, _lora(r=4, lora_alpha=8, target_modules=["q", "v", "wi", "wo"], task_type="SEQ_2_SEQ_LM"), seq2seq_input),
     "lora_bert_cls": Case("lora_bert_cls", bert_classifier, _lora(r=4, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS"), bert_input),
     "lora_layers_exclude": Case("lora_layers_exclude", llama, _lora(r=4, lora_alpha=8, target_modules=LLAMA_ALL, layers_to_transform=[1], layers_pattern="layers",
@@ -407,3 +410,89 @@ def test_half_precision_merge_unmerge_bound(name: str, saved) -> None:
         assert torch.all((v.float() - w).abs() <= bound), k
         changed += not torch.equal(m, w)
     assert changed > 0  # the merge did change weights
+
+
+class ScaledEmbedding(nn.Embedding):
+    """Gemma 3's kind of embedding: the looked-up rows are multiplied by ``embed_scale``."""
+
+    def __init__(self, *args, embed_scale: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("embed_scale", torch.tensor(embed_scale), persistent=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * self.embed_scale
+
+
+class PaddedEmbNet(nn.Module):
+    def __init__(self, scale: float | None) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.emb = ScaledEmbedding(20, 8, padding_idx=0, embed_scale=scale) if scale else nn.Embedding(20, 8, padding_idx=0)
+        self.out = nn.Linear(8, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.emb(ids))
+
+
+@pytest.mark.parametrize("scale", [None, 3.0])
+def test_embedding_padding_idx_and_embed_scale_as_peft(scale, tmp_path: Path) -> None:
+    """An embedding with ``padding_idx`` (its row gets no gradient, in the adapter's A too) and a
+    scaled embedding (Gemma 3: the LoRA output is scaled like the base's): outputs and the
+    gradient of lora_embedding_A equal PEFT's."""
+    from peft import LoraConfig, get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(PaddedEmbNet(scale), LoraConfig(r=3, lora_alpha=6, target_modules=["emb"]))
+    randomize_adapter(peft_model, seed=3, scale=0.3)
+    peft_model.save_pretrained(tmp_path)
+    ids = torch.tensor([[0, 3, 0, 7], [5, 0, 2, 9]])
+    model = adapterkit.attach(PaddedEmbNet(scale), adapterkit.load(tmp_path))
+    theirs, ours = peft_model(ids), model(ids)
+    assert max_diff(ours.detach(), theirs.detach()) <= TOL
+    theirs.square().sum().backward()
+    ours.square().sum().backward()
+    peft_a = peft_model.base_model.model.emb.lora_embedding_A["default"]
+    our_a = model.emb.lora_A["default"]
+    assert torch.all(our_a.grad[:, 0] == 0) and torch.all(peft_a.grad[:, 0] == 0)
+    torch.testing.assert_close(our_a.grad, peft_a.grad, rtol=1e-5, atol=1e-6)
+
+
+class Named(nn.Module):
+    """Modules named so that PEFT's matching rules decide: ``a.q_proj`` and ``a.kq_proj`` (a list
+    entry matches a whole name or a dot-separated suffix), ``b.a.q_proj`` (a regex must match the
+    full name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.ModuleDict({"q_proj": nn.Linear(4, 4), "kq_proj": nn.Linear(4, 4)})
+        self.b = nn.ModuleDict({"a": nn.ModuleDict({"q_proj": nn.Linear(4, 4)})})
+
+
+@pytest.mark.parametrize("targets", [["q_proj"], r"a\.q_proj"])
+def test_target_matching_follows_peft_on_lookalike_names(targets) -> None:
+    """PEFT picks ``a.q_proj`` and ``b.a.q_proj`` for the list (not ``a.kq_proj``: no dot before
+    the suffix) and only ``a.q_proj`` for the regex (not ``b.a.q_proj``: a full match); an
+    adapter holding exactly those modules attaches, one module short is a model-mismatch."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(Named(), LoraConfig(r=2, lora_alpha=2, target_modules=targets))
+    picked = sorted(n.removeprefix("base_model.model.").removesuffix(".lora_A.default")
+                    for n, _ in peft_model.named_modules() if n.endswith(".lora_A.default"))
+    assert picked == (["a.q_proj", "b.a.q_proj"] if isinstance(targets, list) else ["a.q_proj"])
+    g = torch.Generator().manual_seed(1)
+    config = adapterkit.LoraConfig(r=2, lora_alpha=2, target_modules=targets)
+    tensors = {}
+    for m in picked:
+        tensors[f"base_model.model.{m}.lora_A.weight"] = torch.randn(2, 4, generator=g)
+        tensors[f"base_model.model.{m}.lora_B.weight"] = torch.randn(4, 2, generator=g)
+    model = adapterkit.attach(Named(), adapterkit.Adapter.from_tensors(config, tensors))
+    assert sorted(registry(model)["default"].modules) == picked
+    short = {k: v for k, v in tensors.items() if not k.startswith(f"base_model.model.{picked[0]}.")}
+    if len(picked) > 1:
+        with pytest.raises(AdapterkitError) as info:
+            adapterkit.attach(Named(), adapterkit.Adapter.from_tensors(config, short))
+        assert info.value.code == "model-mismatch" and picked[0] in str(info.value)

@@ -98,6 +98,18 @@ def saved(tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
+def peft_pair(case: Case, a: Path, b: Path, *, both_active: bool = False) -> nn.Module:
+    """PEFT's model of ``case`` with the adapters saved at ``a`` and ``b`` loaded as "a" and "b"
+    (with ``both_active``, both active: PEFT's ``set_adapter(["a", "b"])``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(case.base(), a, adapter_name="a").eval()
+        peft_model.load_adapter(b, adapter_name="b")
+        if both_active:
+            peft_model.base_model.set_adapter(["a", "b"])
+    return peft_model
+
+
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
@@ -158,12 +170,7 @@ def test_several_adapters_active_disabled_detach(saved) -> None:
     case = case_of("lora_linear")
     a, b = saved("lora_linear", 1), saved("lora_linear", 2)
     inputs = case.inputs()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        peft_model = PeftModel.from_pretrained(case.base(), a, adapter_name="a").eval()
-        peft_model.load_adapter(b, adapter_name="b")
-        peft_model.base_model.set_adapter(["a", "b"])
-    theirs = run(peft_model, inputs)
+    theirs = run(peft_pair(case, a, b, both_active=True), inputs)
     model = adapterkit.attach(case.base(), adapterkit.load(a), "a")
     adapterkit.attach(model, adapterkit.load(b), "b", activate=False)
     only_a = run(model, inputs)
@@ -341,11 +348,7 @@ def test_two_active_adapters_equal_peft(name: str, saved) -> None:
     case = case_of(name)
     a, b = saved(name, 1), saved(name, 2)
     inputs = case.inputs()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        peft_model = PeftModel.from_pretrained(case.base(), a, adapter_name="a").eval()
-        peft_model.load_adapter(b, adapter_name="b")
-        peft_model.base_model.set_adapter(["a", "b"])
+    peft_model = peft_pair(case, a, b, both_active=True)
     model = adapterkit.attach(case.base(), adapterkit.load(a), "a")
     adapterkit.attach(model, adapterkit.load(b), "b", activate=False)
     adapterkit.set_active(model, ["a", "b"])
@@ -375,10 +378,9 @@ def test_attach_a_combination_equals_peft_add_weighted_adapter(method: str, save
     case = case_of("lora_linear")
     a, b = saved("lora_linear", 1), saved("lora_linear", 2)
     inputs = case.inputs()
+    peft_model = peft_pair(case, a, b)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft_model = PeftModel.from_pretrained(case.base(), a, adapter_name="a").eval()
-        peft_model.load_adapter(b, adapter_name="b")
         peft_model.add_weighted_adapter(["a", "b"], [0.7, -0.4], "mix", combination_type=method, svd_rank=8)
         peft_model.set_adapter("mix")
     theirs = run(peft_model, inputs)

@@ -30,6 +30,7 @@ _LAZY = {
     "PrefixTuningConfig": "kinds",
     "PromptTuningConfig": "kinds",
     "PTuningConfig": "kinds",
+    "extract": "ops.extract",
     "prune": "ops.prune",
     "rebalance": "ops.rebalance",
     "resize": "ops.resize",
@@ -41,7 +42,7 @@ _LAZY = {
 __all__ = [
     "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
     "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
-    "attach", "combine", "detach", "disabled", "extract_from_model", "load", "merge", "merge_and_unload", "open_adapter",
+    "attach", "combine", "detach", "disabled", "extract", "extract_from_model", "load", "merge", "merge_and_unload", "open_adapter",
     "prune", "rebalance", "resize", "save", "set_active", "unload", "unmerge", "validate",
 ]
 
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from .io.writer import save
     from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
     from .ops.combine import combine
+    from .ops.extract import extract
     from .ops.prune import prune
     from .ops.rebalance import rebalance
     from .ops.resize import resize

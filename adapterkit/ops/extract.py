@@ -1,0 +1,239 @@
+"""Extracting a LoRA adapter from a fine-tuned checkpoint: ``extract(base, finetuned)``.
+
+Both checkpoints are streamed tensor by tensor (``open_checkpoint``: one positioned read per
+tensor, no memory map), so the process holds a few tensors at a time.  They must have the
+same keys, shapes and dtypes.
+
+For every *target* (a 2-D floating ``<module>.weight`` whose module name matches ``targets``)
+that changed, ΔW = finetuned.float() − base.float() is computed in fp32 on ``device`` and
+decomposed: exactly (``dense_svd``) when min(m, n) ≤ 1024, when the rank is chosen by
+``energy`` (which needs the whole spectrum), or when the requested rank exceeds a quarter of
+min(m, n); otherwise by ``randomized_svd`` (``rank`` + 10 oversampling, 4 power iterations,
+a generator seeded from the module's name, so runs are deterministic).  The kept factors are
+balanced, B = U·√S and A = √S·Vh, stored under PEFT's keys
+``base_model.model.<module>.lora_A.weight`` / ``lora_B.weight`` with scaling 1 (alpha = r;
+ranks that differ as anchored ``rank_pattern``/``alpha_pattern``, see ``ops.lowrank``).  The
+rank is capped at min(m, n).
+
+Default targets: every 2-D floating ``.weight`` except embeddings and the output head
+(module names whose last component contains ``embed`` or is ``lm_head``, ``wte``, ``wpe``,
+``shared``).  ``targets`` (a regex, ``re.search`` on the module name) replaces that rule.
+
+Bit-identical tensors are skipped (``unchanged``).  Changed tensors that are not targets
+(norms, biases, embeddings, ...) are stored whole with ``save_changed`` — weights of other
+modules as ``modules_to_save`` (key ``base_model.model.<module>.<param>``), biases under
+``bias="all"`` — else listed in ``not_extracted`` with their size in bytes.
+
+Output dtype: the factors are stored in the base tensor's own float dtype (a bf16 model gives
+a bf16 adapter, as PEFT would train it); whole tensors are stored as the fine-tuned ones are.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..adapter import Adapter
+from ..checkpoint.reader import Checkpoint, open_checkpoint
+from ..devices import resolve_device
+from ..errors import ArgumentError, TensorError
+from ..kinds.lora import PREFIX, LoraConfig
+from ..linalg import dense_svd, randomized_svd, select_rank
+from ..progress import progress
+from .lowrank import scaling_one_config
+
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+DENSE_LIMIT = 1024
+_EXCLUDED_LAST = re.compile(r"embed|^(lm_head|wte|wpe|shared)$")
+
+
+@dataclass(frozen=True)
+class ModuleExtract:
+    """One extracted module: its rank, Σσ² of ΔW (``energy``), the kept part, and
+    ``error`` = ‖ΔW − B·A‖_F / ‖ΔW‖_F (before the storage dtype's rounding); ``method`` is
+    ``dense`` or ``randomized``."""
+
+    name: str
+    shape: tuple[int, int]
+    rank: int
+    energy: float
+    kept: float
+    method: str
+
+    @property
+    def energy_kept(self) -> float:
+        return 1.0 if self.energy == 0 else min(self.kept / self.energy, 1.0)
+
+    @property
+    def error(self) -> float:
+        return 0.0 if self.energy == 0 else max(self.energy - self.kept, 0.0) ** 0.5 / self.energy**0.5
+
+
+@dataclass(frozen=True)
+class ExtractReport:
+    """Per-module records, and the tensors left out: ``unchanged`` (bit-identical keys),
+    ``not_extracted`` (changed, not targets, not saved: key -> bytes), ``saved_whole``
+    (changed tensors stored whole under ``save_changed``)."""
+
+    modules: tuple[ModuleExtract, ...]
+    rule: str
+    unchanged: tuple[str, ...] = ()
+    not_extracted: dict[str, int] = field(default_factory=dict)
+    saved_whole: tuple[str, ...] = ()
+
+    @property
+    def energy(self) -> float:
+        return sum(m.energy for m in self.modules)
+
+    @property
+    def energy_kept(self) -> float:
+        total = self.energy
+        return 1.0 if total == 0 else sum(m.kept for m in self.modules) / total
+
+    @property
+    def error(self) -> float:
+        """sqrt(Σ dropped σ² / Σ σ²) over all modules: the relative Frobenius error of the whole."""
+        total = self.energy
+        return 0.0 if total == 0 else max(total - sum(m.kept for m in self.modules), 0.0) ** 0.5 / total**0.5
+
+    @property
+    def params(self) -> int:
+        return sum(m.rank * (m.shape[0] + m.shape[1]) for m in self.modules)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule, "params": self.params, "energy_kept": self.energy_kept, "relative_error": self.error,
+            "modules": [{"name": m.name, "shape": list(m.shape), "rank": m.rank, "energy_kept": m.energy_kept,
+                         "relative_error": m.error, "method": m.method} for m in self.modules],
+            "unchanged": list(self.unchanged), "not_extracted": dict(self.not_extracted), "saved_whole": list(self.saved_whole),
+        }
+
+
+def _rule(rank: int | None, energy: float | None, base: Path) -> str:
+    given = {k: v for k, v in (("rank", rank), ("energy", energy)) if v is not None}
+    if len(given) != 1:
+        raise ArgumentError("give exactly one of rank, energy", path=base, key="rank/energy", expected="exactly one", actual=given or None)
+    try:
+        select_rank(torch.ones(1), rank=rank, energy=energy)
+    except ValueError as exc:
+        (key, value), = given.items()
+        raise ArgumentError(str(exc).split(", got")[0], path=base, key=key,
+                            expected="a positive integer" if key == "rank" else "0 < energy <= 1", actual=value) from None
+    (key, value), = given.items()
+    return f"{key}={value}"
+
+
+def _check_pair(base: Checkpoint, ft: Checkpoint) -> None:
+    bk, fk = set(base.keys()), set(ft.keys())
+    if bk != fk:
+        only_b, only_f = sorted(bk - fk), sorted(fk - bk)
+        parts = []
+        if only_b:
+            parts.append(f"only in the base: {', '.join(only_b[:20])}{' ...' if len(only_b) > 20 else ''}")
+        if only_f:
+            parts.append(f"only in the fine-tuned: {', '.join(only_f[:20])}{' ...' if len(only_f) > 20 else ''}")
+        raise TensorError("the checkpoints have different tensors; " + "; ".join(parts), code="base-mismatch",
+                          path=ft.path, expected=f"{len(bk)} keys of the base", actual=f"{len(only_b)} missing, {len(only_f)} extra")
+    for key in base.keys():
+        b, f = base.info(key), ft.info(key)
+        if tuple(b.shape) != tuple(f.shape):
+            raise TensorError("shapes differ between the checkpoints", code="base-shape-mismatch", path=ft.path, key=key,
+                              expected=tuple(b.shape), actual=tuple(f.shape))
+        if b.dtype != f.dtype:
+            raise TensorError("dtypes differ between the checkpoints", code="base-mismatch", path=ft.path, key=key,
+                              expected=b.dtype, actual=f.dtype)
+
+
+def default_target(module: str) -> bool:
+    """The default rule: not an embedding or the output head (see the module doc)."""
+    return _EXCLUDED_LAST.search(module.rsplit(".", 1)[-1]) is None
+
+
+def _decompose(delta: torch.Tensor, name: str, rank: int | None, energy: float | None) -> tuple[torch.Tensor, torch.Tensor, ModuleExtract]:
+    m, n = delta.shape
+    small = min(m, n)
+    total = float(delta.double().square().sum())
+    if energy is not None or small <= DENSE_LIMIT or rank * 4 > small:  # type: ignore[operator]
+        svd, method = dense_svd(delta), "dense"
+    else:
+        gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+        svd, method = randomized_svd(delta, rank, generator=gen), "randomized"  # type: ignore[arg-type]
+    k = min(select_rank(svd.S, rank=rank, energy=energy), small)
+    B, A = svd.factors(k, balanced=True)
+    kept = float(svd.S[:k].double().square().sum())
+    if method == "dense":
+        total = float(svd.S.double().square().sum())
+    return B, A, ModuleExtract(name, (m, n), k, total, min(kept, total), method)
+
+
+def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None, energy: float | None = None,
+            targets: str | None = None, save_changed: bool = False, device: Any = "cpu") -> tuple[Adapter, ExtractReport]:
+    """A LoRA adapter approximating ``finetuned − base`` (see the module doc).
+
+    Args:
+        base, finetuned: model checkpoints (a safetensors file, a folder, or its index).
+        rank: this rank for every extracted module (capped at min(out, in)).
+        energy: in (0, 1]: per module, the smallest rank keeping that fraction of ‖ΔW‖²_F.
+        targets: regex (``re.search``) on module names; default: all but embeddings and lm_head.
+        save_changed: store changed non-target tensors whole (``modules_to_save`` / ``bias="all"``).
+        device: where the fp32 math runs.
+
+    Returns:
+        (the adapter, an :class:`ExtractReport`).
+
+    Raises:
+        ArgumentError: ``argument-invalid``: not exactly one of rank/energy, a value out of range,
+            a bad regex.
+        NotFoundError: ``not-a-checkpoint``.
+        TensorError: ``base-mismatch`` (different keys or dtypes), ``base-shape-mismatch``.
+    """
+    base, finetuned = Path(base), Path(finetuned)
+    rule = _rule(rank, energy, base)
+    try:
+        pattern = None if targets is None else re.compile(targets)
+    except re.error as exc:
+        raise ArgumentError(f"targets is not a valid regex: {exc}", path=base, key="targets", actual=targets) from None
+    dev = resolve_device(device)
+    bck, fck = open_checkpoint(base), open_checkpoint(finetuned)
+    _check_pair(bck, fck)
+    tensors: dict[str, torch.Tensor] = {}
+    records: list[ModuleExtract] = []
+    unchanged: list[str] = []
+    not_extracted: dict[str, int] = {}
+    whole: list[str] = []
+    keys = bck.keys()
+    for key in progress(keys, desc="extract", total=len(keys)):
+        info = bck.info(key)
+        b, f = bck.read(key), fck.read(key)
+        if torch.equal(b.view(torch.uint8) if b.numel() else b, f.view(torch.uint8) if f.numel() else f):
+            unchanged.append(key)
+            continue
+        module = key.removesuffix(".weight")
+        is_target = (len(info.shape) == 2 and key.endswith(".weight") and info.dtype in FLOAT_DTYPES
+                     and (default_target(module) if pattern is None else pattern.search(module) is not None))
+        if not is_target:
+            if save_changed:
+                tensors[PREFIX + key] = f
+                whole.append(key)
+            else:
+                not_extracted[key] = f.numel() * f.element_size()
+            continue
+        delta = f.to(device=dev, dtype=torch.float32) - b.to(device=dev, dtype=torch.float32)
+        del b, f
+        B, A, record = _decompose(delta, module, rank, energy)
+        del delta
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=info.torch_dtype).contiguous()
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=info.torch_dtype).contiguous()
+        records.append(record)
+    names = sorted(r.name for r in records)
+    mts = sorted({k.rsplit(".", 1)[0] for k in whole if not k.endswith(".bias")})
+    template = LoraConfig(target_modules=names, base_model_name_or_path=str(base), modules_to_save=mts or None,
+                          bias="all" if any(k.endswith(".bias") for k in whole) else "none")
+    cfg = scaling_one_config(template, {r.name: r.rank for r in records}, lora_bias=False)
+    report = ExtractReport(tuple(sorted(records, key=lambda r: r.name)), rule, tuple(unchanged), not_extracted, tuple(whole))
+    return Adapter.from_tensors(cfg, tensors), report

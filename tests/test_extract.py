@@ -1,0 +1,209 @@
+"""``extract`` / `adapterkit extract`: a LoRA recovered from a fine-tuned checkpoint.
+
+A known LoRA (random factors) is merged into a tiny sharded Llama checkpoint with
+``merge_checkpoint``; extracting at the true rank must give back its ΔW, re-merge to the
+fine-tuned tensors, validate clean, and load in PEFT with the fine-tuned model's logits.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+import adapterkit  # noqa: E402
+from adapterkit.cli import main  # noqa: E402
+from adapterkit.errors import AdapterkitError  # noqa: E402
+from adapterkit.ops import merge_checkpoint  # noqa: E402
+from adapterkit.ops.extract import extract  # noqa: E402
+
+IDS = torch.tensor([[1, 5, 9, 3, 7]])
+
+
+def llama() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def save_base(model: torch.nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.save_pretrained(path, max_shard_size="20KB")
+    return path
+
+
+def make_adapter(path: Path, seed: int, **cfg) -> Path:
+    model = get_peft_model(llama(), LoraConfig(**cfg))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _name, p in model.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.save_pretrained(path)
+    return path
+
+
+def shards(path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("extract")
+    base = save_base(llama(), root / "base")
+    known = make_adapter(root / "known", seed=3, r=4, lora_alpha=8, target_modules=TARGETS)
+    merge_checkpoint(base, [known], root / "ft")
+    return base, known, root / "ft"
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def test_true_rank_recovers_the_known_delta_and_remerges(pair, tmp_path: Path) -> None:
+    base, known, ft = pair
+    adapter, report = extract(base, ft, rank=4)
+    lora = adapterkit.load(known)
+    assert sorted(adapter.modules) == sorted(lora.modules) and len(report.modules) == 6
+    for m in report.modules:
+        assert m.rank == 4 and m.method == "dense" and m.error < 1e-5 and m.energy_kept > 1 - 1e-9
+        assert _rel(adapter.delta_weight(m.name), lora.delta_weight(m.name)) < 1e-5
+    assert report.not_extracted == {} and report.saved_whole == ()
+    assert not any("embed" in k or "norm" in k for k in adapter.tensors)  # unchanged: absent
+    assert len(report.unchanged) == len(shards(base)) - 6
+    assert adapter.config.r == 4 and adapter.config.lora_alpha == 4 and adapter.config.rank_pattern == {}
+    out = adapterkit.save(adapter, tmp_path / "lora")
+    assert adapterkit.validate(out) == []
+    merge_checkpoint(base, [out], tmp_path / "again")
+    ours, want = shards(tmp_path / "again"), shards(ft)
+    assert ours.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(ours[k], want[k], atol=1e-5, rtol=0)
+    # PEFT loads it and computes the fine-tuned model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(llama(), out).eval()
+        tuned = LlamaForCausalLM.from_pretrained(ft).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(IDS).logits, tuned(IDS).logits, atol=1e-4, rtol=0)
+
+
+def test_energy_picks_the_true_rank_and_lower_ranks_report_their_error(pair) -> None:
+    base, _, ft = pair
+    _, report = extract(base, ft, energy=0.999999)
+    assert {m.rank for m in report.modules} == {4}
+    _, low = extract(base, ft, rank=2, targets=r"q_proj")
+    assert [m.name.rsplit(".", 1)[-1] for m in low.modules] == ["q_proj", "q_proj"]
+    for m in low.modules:
+        assert 0 < m.error < 1 and abs(m.error**2 - (1 - m.energy_kept)) < 1e-9
+    assert low.not_extracted == {f"model.layers.{i}.{m}.weight": size for i in (0, 1)
+                                 for m, size in (("self_attn.v_proj", 8 * 16 * 4), ("mlp.down_proj", 16 * 32 * 4))}
+
+
+def test_save_changed_stores_norms_whole(pair, tmp_path: Path) -> None:
+    base, _, ft = pair
+    t = shards(ft)
+    t["model.norm.weight"] = t["model.norm.weight"] + 0.5
+    save_file(t, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    b = tmp_path / "b"
+    b.mkdir()
+    save_file(shards(base), b / "model.safetensors", metadata={"format": "pt"})
+    _, report = extract(b, tmp_path / "model.safetensors", rank=4)
+    assert report.not_extracted == {"model.norm.weight": 16 * 4}
+    adapter, report = extract(b, tmp_path / "model.safetensors", rank=4, save_changed=True)
+    assert report.saved_whole == ("model.norm.weight",) and adapter.config.modules_to_save == ["model.norm"]
+    torch.testing.assert_close(adapter.tensors["base_model.model.model.norm.weight"], t["model.norm.weight"])
+    assert adapterkit.validate(adapterkit.save(adapter, tmp_path / "whole")) == []
+
+
+@given(st.integers(2, 24), st.integers(2, 24), st.integers(1, 6), st.integers(0, 2**16))
+def test_property_single_file_true_rank(tmp_path_factory, m: int, n: int, r: int, seed: int) -> None:
+    r = min(r, m, n)
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g)
+    B, A = torch.randn(m, r, generator=g), torch.randn(r, n, generator=g)
+    root = tmp_path_factory.mktemp("prop")
+    save_file({"layer.lin.weight": W, "layer.norm.weight": torch.ones(n)}, root / "base.safetensors")
+    save_file({"layer.lin.weight": W + B @ A, "layer.norm.weight": torch.ones(n)}, root / "ft.safetensors")
+    adapter, report = extract(root / "base.safetensors", root / "ft.safetensors", rank=r)
+    assert report.unchanged == ("layer.norm.weight",)
+    (rec,) = report.modules
+    assert rec.rank == r and rec.error < 1e-4
+    want = (W + B @ A) - W
+    assert _rel(adapter.delta_weight("layer.lin"), want) < 1e-4
+
+
+def test_randomized_path_is_deterministic_and_accurate(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(1100, 1030, generator=g) * 0.02
+    D = torch.randn(1100, 5, generator=g) @ torch.randn(5, 1030, generator=g) * 0.01
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": W + D}, tmp_path / "f.safetensors")
+    a1, r1 = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=5)
+    a2, _ = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=5)
+    assert r1.modules[0].method == "randomized" and r1.modules[0].error < 1e-3
+    assert all(torch.equal(a1.tensors[k], a2.tensors[k]) for k in a1.tensors)
+    assert _rel(a1.delta_weight("x"), (W + D) - W) < 1e-4
+
+
+def test_errors(tmp_path: Path, pair) -> None:
+    base, _, ft = pair
+    save_file({"a.weight": torch.zeros(3, 4), "b.weight": torch.zeros(3, 4)}, tmp_path / "b.safetensors")
+    save_file({"a.weight": torch.zeros(3, 4), "c.weight": torch.zeros(3, 4)}, tmp_path / "keys.safetensors")
+    save_file({"a.weight": torch.zeros(3, 5), "b.weight": torch.zeros(3, 4)}, tmp_path / "shape.safetensors")
+    save_file({"a.weight": torch.zeros(3, 4, dtype=torch.float16), "b.weight": torch.zeros(3, 4)}, tmp_path / "dtype.safetensors")
+    b = tmp_path / "b.safetensors"
+    with pytest.raises(AdapterkitError) as e:
+        extract(b, tmp_path / "keys.safetensors", rank=2)
+    assert e.value.code == "base-mismatch" and "b.weight" in str(e.value) and "c.weight" in str(e.value)
+    with pytest.raises(AdapterkitError) as e:
+        extract(b, tmp_path / "shape.safetensors", rank=2)
+    assert e.value.code == "base-shape-mismatch" and e.value.key == "a.weight"
+    with pytest.raises(AdapterkitError) as e:
+        extract(b, tmp_path / "dtype.safetensors", rank=2)
+    assert e.value.code == "base-mismatch" and e.value.key == "a.weight"
+    for kw in ({"rank": 2, "energy": 0.9}, {}, {"rank": 0}, {"energy": 1.5}, {"rank": 2, "targets": "("}):
+        with pytest.raises(AdapterkitError) as e:
+            extract(base, ft, **kw)
+        assert e.value.code == "argument-invalid"
+    with pytest.raises(AdapterkitError) as e:
+        extract(tmp_path / "nothing-here", ft, rank=2)
+    assert e.value.code in {"not-a-checkpoint", "file-not-found"}
+
+
+def test_cli(pair, tmp_path: Path) -> None:
+    base, _, ft = pair
+    runner = CliRunner()
+    res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "x.safetensors"), "--rank", "4"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("extracted ") and "6 modules (rank=4)" in res.output and res.output.count("\n") == 1
+    assert (tmp_path / "x.safetensors").is_file()
+    res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "x.safetensors"), "--rank", "4"])
+    assert res.exit_code == 2 and "[output-exists]" in res.output
+    res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "x.safetensors"), "--energy", "0.999999", "--overwrite", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert len(data["modules"]) == 6 and data["relative_error"] < 1e-5 and data["not_extracted"] == {}
+    res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "y"), "--rank", "2", "--energy", "0.5"])
+    assert res.exit_code == 2

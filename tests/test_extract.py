@@ -207,3 +207,25 @@ def test_cli(pair, tmp_path: Path) -> None:
     assert len(data["modules"]) == 6 and data["relative_error"] < 1e-5 and data["not_extracted"] == {}
     res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "y"), "--rank", "2", "--energy", "0.5"])
     assert res.exit_code == 2
+
+
+def test_default_targets_biases_scalars_and_save_changed(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    base = {"m.lin.weight": torch.randn(6, 5, generator=g), "m.lin.bias": torch.randn(6, generator=g),
+            "m.embed_tokens.weight": torch.randn(10, 5, generator=g), "lm_head.weight": torch.randn(10, 5, generator=g),
+            "m.step": torch.tensor(3.0), "m.ids": torch.arange(4)}
+    ft = dict(base)
+    ft["m.lin.weight"] = base["m.lin.weight"] + torch.randn(6, 1, generator=g) @ torch.randn(1, 5, generator=g)
+    for k in ("m.lin.bias", "m.embed_tokens.weight", "lm_head.weight"):
+        ft[k] = base[k] + 1
+    save_file(base, tmp_path / "b.safetensors")
+    save_file(ft, tmp_path / "f.safetensors")
+    adapter, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1)
+    assert [m.name for m in report.modules] == ["m.lin"] and set(report.unchanged) == {"m.step", "m.ids"}
+    assert report.not_extracted == {"m.lin.bias": 24, "m.embed_tokens.weight": 200, "lm_head.weight": 200}
+    adapter, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1, save_changed=True)
+    assert report.not_extracted == {} and set(report.saved_whole) == {"m.lin.bias", "m.embed_tokens.weight", "lm_head.weight"}
+    assert adapter.config.modules_to_save == ["lm_head", "m.embed_tokens"] and adapter.config.bias == "all"
+    assert adapterkit.validate(adapterkit.save(adapter, tmp_path / "out")) == []
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1, targets=r"embed|lin")
+    assert [m.name for m in report.modules] == ["m.embed_tokens", "m.lin"]

@@ -157,7 +157,7 @@ def default_target(module: str) -> bool:
 def _decompose(delta: torch.Tensor, name: str, rank: int | None, energy: float | None) -> tuple[torch.Tensor, torch.Tensor, ModuleExtract]:
     m, n = delta.shape
     small = min(m, n)
-    total = float(delta.double().square().sum())
+    total = sum(float(delta[i:i + 256].double().square().sum()) for i in range(0, m, 256))  # fp64, a block at a time
     if energy is not None or small <= DENSE_LIMIT or rank * 4 > small:  # type: ignore[operator]
         svd, method = dense_svd(delta), "dense"
     else:
@@ -210,7 +210,7 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
     for key in progress(keys, desc="extract", total=len(keys)):
         info = bck.info(key)
         b, f = bck.read(key), fck.read(key)
-        if torch.equal(b.view(torch.uint8) if b.numel() else b, f.view(torch.uint8) if f.numel() else f):
+        if torch.equal(b.reshape(-1).view(torch.uint8), f.reshape(-1).view(torch.uint8)):  # bitwise: NaNs, -0.0
             unchanged.append(key)
             continue
         module = key.removesuffix(".weight")

@@ -223,7 +223,8 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
             else:
                 not_extracted[key] = f.numel() * f.element_size()
             continue
-        delta = f.to(device=dev, dtype=torch.float32) - b.to(device=dev, dtype=torch.float32)
+        delta = f.to(device=dev, dtype=torch.float32)
+        delta.sub_(b.to(device=dev))  # bf16/fp16 base cast on the fly: no fp32 copy of it
         del b, f
         B, A, record = _decompose(delta, module, rank, energy)
         del delta

@@ -229,3 +229,17 @@ def test_default_targets_biases_scalars_and_save_changed(tmp_path: Path) -> None
     assert adapterkit.validate(adapterkit.save(adapter, tmp_path / "out")) == []
     _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1, targets=r"embed|lin")
     assert [m.name for m in report.modules] == ["m.embed_tokens", "m.lin"]
+
+
+def test_cli_targets_and_save_changed(pair, tmp_path: Path) -> None:
+    base, _, ft = pair
+    runner = CliRunner()
+    res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "q"), "--rank", "4", "--targets", r"q_proj$", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert [m["name"].rsplit(".", 1)[-1] for m in data["modules"]] == ["q_proj", "q_proj"] and len(data["not_extracted"]) == 4
+    res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "all"), "--rank", "4", "--targets", r"q_proj$", "--save-changed"])
+    assert res.exit_code == 0 and "4 saved whole" in res.output, res.output
+    assert adapterkit.validate(tmp_path / "all") == []
+    res = runner.invoke(main, ["extract", str(base), str(tmp_path / "missing"), str(tmp_path / "z"), "--rank", "4"])
+    assert res.exit_code == 2 and res.output.startswith("adapterkit: error:")

@@ -19,15 +19,17 @@ this environment); the anchor figures of the issue, measured separately on full 
 error, 544 MB adapter.  Our workload has 8 of the 32 layers, so the time and adapter ratios
 are also given per layer (ours × 4).
 
-Measured on the development machine (2 vCPUs AMD EPYC, 23 GB; one run, 2026-11-27, with an
-unrelated test run busy on one of the two cores): 56 modules, all by randomized SVD; wall
-107.1 s, peak RSS 1018 MB, relative error 1.048% (energy kept 99.989%), adapter 20.0 MB,
-19 tensors unchanged.  Ratios to the anchors: time 0.174 (0.70 scaled to 32 layers), RSS
-0.22, adapter 0.037 (0.15 scaled; mergekit's 544 MB presumably includes embed_tokens and
-lm_head stored whole, 524 MB in bf16, which extract leaves out unless --save-changed).  The
-error is not comparable: here it is the bf16 rounding floor of the synthetic fine-tune (a
-2048×2048 check: dense SVD 3.292%, randomized 3.292%, floor ‖ΔW − ΔW_true‖/‖ΔW‖ 3.319%),
-mergekit's 0.24% is on a real fine-tune.
+Measured on the development machine (2 vCPUs AMD EPYC, 23 GB; 2026-11-27, one run each):
+56 modules, all by randomized SVD; wall 25.3 s, peak RSS 920 MB (the largest pair held is the
+two bf16 embeddings, 2 × 262 MB, read to see that they are unchanged), relative error 1.048%
+(energy kept 99.989%), adapter 20.0 MB, 19 tensors unchanged.  (An earlier run, before ΔW lost
+two fp32 temporaries and with an unrelated test run busy on one of the two cores: 107.1 s,
+1018 MB.)  Ratios to the anchors: time 0.041 (0.165 scaled to 32 layers), RSS 0.196, adapter
+0.037 (0.147 scaled; mergekit's 544 MB presumably includes embed_tokens and lm_head stored
+whole, 524 MB in bf16, which extract leaves out unless --save-changed).  The error is not
+comparable: here it is the bf16 rounding floor of the synthetic fine-tune (a 2048×2048 check:
+dense SVD 3.292%, randomized 3.292%, floor ‖ΔW − ΔW_true‖/‖ΔW‖ 3.319%); mergekit's 0.24% is
+on a real fine-tune.
 
 Usage: python scripts/bench_extract.py [--dir DIR] [--keep] [--device cpu|cuda] [--rank 16]
 """

@@ -243,3 +243,20 @@ def test_cli_targets_and_save_changed(pair, tmp_path: Path) -> None:
     assert adapterkit.validate(tmp_path / "all") == []
     res = runner.invoke(main, ["extract", str(base), str(tmp_path / "missing"), str(tmp_path / "z"), "--rank", "4"])
     assert res.exit_code == 2 and res.output.startswith("adapterkit: error:")
+
+
+def test_block_comparison_of_non_targets(tmp_path: Path, monkeypatch) -> None:
+    import adapterkit.ops.extract as ex
+
+    monkeypatch.setattr(ex, "_BLOCK", 7)  # 40-byte tensors in blocks of 7 bytes, the last one short
+    emb = torch.randn(2, 5)
+    late, early = emb.clone(), emb.clone()
+    late[1, 4] += 1
+    early[0, 0] += 1
+    save_file({"a.embed.weight": emb, "b.embed.weight": emb.clone(), "c.embed.weight": emb.clone(), "e.embed.weight": torch.zeros(0, 5)},
+              tmp_path / "b.safetensors")
+    save_file({"a.embed.weight": emb.clone(), "b.embed.weight": late, "c.embed.weight": early, "e.embed.weight": torch.zeros(0, 5)},
+              tmp_path / "f.safetensors")
+    _, report = ex.extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1)
+    assert set(report.unchanged) == {"a.embed.weight", "e.embed.weight"} and report.modules == ()
+    assert report.not_extracted == {"b.embed.weight": 40, "c.embed.weight": 40}

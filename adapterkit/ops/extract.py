@@ -19,7 +19,8 @@ Default targets: every 2-D floating ``.weight`` except embeddings and the output
 (module names whose last component contains ``embed`` or is ``lm_head``, ``wte``, ``wpe``,
 ``shared``).  ``targets`` (a regex, ``re.search`` on the module name) replaces that rule.
 
-Bit-identical tensors are skipped (``unchanged``).  Changed tensors that are not targets
+Bit-identical tensors are skipped (``unchanged``); tensors that are not targets are compared
+16 MB at a time, so an unchanged embedding is never held whole.  Changed tensors that are not targets
 (norms, biases, embeddings, ...) are stored whole with ``save_changed`` — weights of other
 modules as ``modules_to_save`` (key ``base_model.model.<module>.<param>``), biases under
 ``bias="all"`` — else listed in ``not_extracted`` with their size in bytes.
@@ -49,6 +50,7 @@ from .lowrank import scaling_one_config
 
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 DENSE_LIMIT = 1024
+_BLOCK = 16 << 20
 _EXCLUDED_LAST = re.compile(r"embed|^(lm_head|wte|wpe|shared)$")
 
 
@@ -149,6 +151,20 @@ def _check_pair(base: Checkpoint, ft: Checkpoint) -> None:
                               expected=b.dtype, actual=f.dtype)
 
 
+def _same(base: Checkpoint, ft: Checkpoint, key: str, nbytes: int) -> bool:
+    """Whether ``key`` holds the same bytes in both, read a block of at most 16 MB at a time."""
+    size = min(_BLOCK, nbytes)
+    a, b = bytearray(size), bytearray(size)
+    ta, tb = torch.frombuffer(a, dtype=torch.uint8) if size else None, torch.frombuffer(b, dtype=torch.uint8) if size else None
+    for start in range(0, nbytes, _BLOCK):
+        n = min(_BLOCK, nbytes - start)
+        base.read_into(key, memoryview(a)[:n], start)
+        ft.read_into(key, memoryview(b)[:n], start)
+        if not torch.equal(ta[:n], tb[:n]):  # type: ignore[index]
+            return False
+    return True
+
+
 def default_target(module: str) -> bool:
     """The default rule: not an embedding or the output head (see the module doc)."""
     return _EXCLUDED_LAST.search(module.rsplit(".", 1)[-1]) is None
@@ -209,19 +225,21 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
     keys = bck.keys()
     for key in progress(keys, desc="extract", total=len(keys)):
         info = bck.info(key)
-        b, f = bck.read(key), fck.read(key)
-        if torch.equal(b.reshape(-1).view(torch.uint8), f.reshape(-1).view(torch.uint8)):  # bitwise: NaNs, -0.0
-            unchanged.append(key)
-            continue
         module = key.removesuffix(".weight")
         is_target = (len(info.shape) == 2 and key.endswith(".weight") and info.dtype in FLOAT_DTYPES
                      and (default_target(module) if pattern is None else pattern.search(module) is not None))
-        if not is_target:
-            if save_changed:
-                tensors[PREFIX + key] = f
+        if not is_target:  # compared a block at a time: an unchanged embedding is never held whole
+            if _same(bck, fck, key, info.nbytes):
+                unchanged.append(key)
+            elif save_changed:
+                tensors[PREFIX + key] = fck.read(key)
                 whole.append(key)
             else:
-                not_extracted[key] = f.numel() * f.element_size()
+                not_extracted[key] = info.nbytes
+            continue
+        b, f = bck.read(key), fck.read(key)
+        if torch.equal(b.reshape(-1).view(torch.uint8), f.reshape(-1).view(torch.uint8)):  # bitwise: NaNs, -0.0
+            unchanged.append(key)
             continue
         delta = f.to(device=dev, dtype=torch.float32)
         delta.sub_(b.to(device=dev))  # bf16/fp16 base cast on the fly: no fp32 copy of it

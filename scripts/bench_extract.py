@@ -20,12 +20,12 @@ error, 544 MB adapter.  Our workload has 8 of the 32 layers, so the time and ada
 are also given per layer (ours × 4).
 
 Measured on the development machine (2 vCPUs AMD EPYC, 23 GB; 2026-11-27, one run each):
-56 modules, all by randomized SVD; wall 25.3 s, peak RSS 920 MB (the largest pair held is the
-two bf16 embeddings, 2 × 262 MB, read to see that they are unchanged), relative error 1.048%
-(energy kept 99.989%), adapter 20.0 MB, 19 tensors unchanged.  (An earlier run, before ΔW lost
-two fp32 temporaries and with an unrelated test run busy on one of the two cores: 107.1 s,
-1018 MB.)  Ratios to the anchors: time 0.041 (0.165 scaled to 32 layers), RSS 0.196, adapter
-0.037 (0.147 scaled; mergekit's 544 MB presumably includes embed_tokens and lm_head stored
+56 modules, all by randomized SVD; wall 28.3 s, peak RSS 853 MB (torch, one bf16 MLP pair and
+its fp32 ΔW), relative error 1.048% (energy kept 99.989%), adapter 20.0 MB, 19 tensors
+unchanged.  (Earlier runs: 25.3 s / 920 MB while the unchanged embeddings were still read
+whole; 107.1 s / 1018 MB before ΔW lost two fp32 temporaries, with an unrelated test run
+busy on one of the two cores.  Timings here vary that much from run to run.)
+Ratios to the anchors: time 0.046 (0.184 scaled to 32 layers), RSS 0.181, adapter 0.037 (0.147 scaled; mergekit's 544 MB presumably includes embed_tokens and lm_head stored
 whole, 524 MB in bf16, which extract leaves out unless --save-changed).  The error is not
 comparable: here it is the bf16 rounding floor of the synthetic fine-tune (a 2048×2048 check:
 dense SVD 3.292%, randomized 3.292%, floor ‖ΔW − ΔW_true‖/‖ΔW‖ 3.319%); mergekit's 0.24% is

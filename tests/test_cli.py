@@ -170,6 +170,8 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     ["resize", "--help"], ["rebalance", "--help"], ["prune", "--help"], ["resize", "in", "out"],
     ["resize", "in", "out", "--rank", "2", "--energy", "0.5"], ["rebalance", "in", "out"], ["prune", "in", "out"],
     ["prune", "in", "out", "--layers", "x"], ["resize", "/no/such/path", "out", "--rank", "2"],
+    ["check", "--help"], ["check", "x", "--for", "bogus"], ["check", "/no/such/path", "--for", "vllm"],
+    ["convert", "src", "out", "--for", "bogus"],
 ])
 def test_help_version_and_usage_errors_do_not_import_torch(args):
     code = (

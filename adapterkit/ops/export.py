@@ -15,8 +15,8 @@ What an engine cannot express raises :class:`UnsupportedError` naming the module
 DoRA, ``modules_to_save`` and other whole tensors, convolutions, ``lora_bias`` (TGI,
 llama.cpp), a rank above ``max_rank``.  Nothing is dropped.
 
-Rounding: the fold is computed in fp32 (fp64 for fp64 factors) and stored in the input dtype,
-so each stored entry of B·scaling is rounded once: |ΔW' − ΔW| ≤ u·|scaling|·(|B|·|A|)
+Rounding: the fold is computed in fp64 and stored in the input dtype, so each stored entry of
+B·scaling is rounded once: |ΔW' − ΔW| ≤ u·|scaling|·(|B|·|A|)
 elementwise, u the storage unit roundoff (2⁻²⁴ fp32, 2⁻¹¹ fp16, 2⁻⁸ bf16); exact when the
 scaling is a power of two.
 
@@ -167,12 +167,12 @@ def export(adapter: Adapter, consumer: str, *, max_rank: int | None = None) -> A
                                path=src, key=name, expected=f"<= {max_rank}", actual=target)
     tensors: dict[str, torch.Tensor] = {}
     for f in factors.values():
-        B, A = f.B * f.scaling, f.A
+        B, A = f.B.double() * f.scaling, f.A.double()  # fp64: the store into the input dtype is the one rounding
         k = target or f.rank
         if k > f.rank:
             B = torch.cat([B, B.new_zeros(B.shape[0], k - f.rank)], dim=1)
             A = torch.cat([A, A.new_zeros(k - f.rank, A.shape[1])], dim=0)
-        bias = None if f.bias is None else f.bias * f.scaling
+        bias = None if f.bias is None else f.bias.double() * f.scaling
         tensors.update(module_tensors(f, B, A, bias))
     parse = adapter.kind.parse_key
     rest = {key: adapter.tensors[key] for key in adapter.tensors if parse(key) is None}
@@ -195,8 +195,8 @@ def _peft_dora(adapter: Adapter) -> Adapter:
         # module_factors refuses DoRA: read this module's factors from a DoRA-free view
         plain = Adapter.from_tensors(plain_cfg, {k: adapter.tensors[k] for k in view.keys.values() if k != mag})
         f = module_factors(plain, name, what="export")
-        bias = None if f.bias is None else f.bias * f.scaling
-        tensors.update(module_tensors(f, f.B * f.scaling, f.A, bias))
+        bias = None if f.bias is None else f.bias.double() * f.scaling
+        tensors.update(module_tensors(f, f.B.double() * f.scaling, f.A, bias))
         if mag is not None:
             tensors[mag] = adapter.tensors[mag]
         ranks[name] = f.rank

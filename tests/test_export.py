@@ -303,3 +303,14 @@ def test_cli_check_and_convert_for(tmp_path):
     dora = adapterkit.save(lora(dora=True), tmp_path / "dora")
     res = runner.invoke(main, ["convert", str(dora), str(tmp_path / "d2"), "--for", "vllm"])
     assert res.exit_code == 2 and "lora_magnitude_vector" in res.output and "not-supported" in res.output
+
+
+def test_non_lora_adapters_are_refused_by_engines_and_pass_through_for_peft():
+    from adapterkit import IA3Config
+
+    ia3 = Adapter.from_tensors(IA3Config(target_modules=("k",)), {P + "m.k.ia3_l": torch.ones(3, 1)})
+    for consumer in ENGINES:
+        assert rules(check(ia3, consumer)) == {"lora-only"}
+        with pytest.raises(UnsupportedError, match="peft_type"):
+            export(ia3, consumer)
+    assert check(ia3, "peft") == [] and export(ia3, "peft") is ia3

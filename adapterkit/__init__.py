@@ -25,6 +25,8 @@ _LAZY = {
     "open_adapter": "io.reader",
     "save": "io.writer",
     "combine": "ops.combine",
+    "check": "ops.export",
+    "export": "ops.export",
     "IA3Config": "kinds",
     "LoraConfig": "kinds",
     "PrefixTuningConfig": "kinds",
@@ -42,7 +44,7 @@ _LAZY = {
 __all__ = [
     "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
     "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
-    "attach", "combine", "detach", "disabled", "extract", "extract_from_model", "load", "merge", "merge_and_unload", "open_adapter",
+    "attach", "check", "combine", "detach", "disabled", "export", "extract", "extract_from_model", "load", "merge", "merge_and_unload", "open_adapter",
     "prune", "rebalance", "resize", "save", "set_active", "unload", "unmerge", "validate",
 ]
 
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
     from .io.writer import save
     from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
     from .ops.combine import combine
+    from .ops.export import check, export
     from .ops.extract import extract
     from .ops.prune import prune
     from .ops.rebalance import rebalance

@@ -24,6 +24,7 @@ import click
 from . import __version__
 from .errors import AdapterkitError, NotFoundError
 
+CONSUMERS = ("vllm", "tgi", "llama.cpp", "peft")  # adapterkit.ops.export.CONSUMERS (not imported: no torch for --help)
 USAGE_CODES = {"file-not-found", "not-an-adapter", "ambiguous-adapter", "adapter-not-found"}
 
 
@@ -192,8 +193,10 @@ def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
               help="dir: PEFT's directory layout; file: one .safetensors with the config inside. "
                    "Default: from OUT's name (*.safetensors = file).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists (no file from before remains).")
+@click.option("--for", "consumer", type=click.Choice(CONSUMERS), default=None,
+              help="Rewrite for this consumer first (see `adapterkit check --help`); ΔW of every module unchanged.")
 @handles_errors
-def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, overwrite: bool) -> None:
+def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, overwrite: bool, consumer: str | None = None) -> None:
     """Rewrite the adapter at SRC to OUT, checked as strictly as `load` (an adapter that
     `validate` rejects is not written).  A PEFT directory in gives a PEFT-loadable directory or
     one .safetensors file out; SRC is never modified.
@@ -203,6 +206,7 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
       adapterkit convert my-lora my-lora.safetensors      # one file, config inside
       adapterkit convert my-lora.safetensors my-lora-peft  # PEFT's directory layout
       adapterkit convert multi out --adapter-name second --overwrite
+      adapterkit convert my-lora my-lora-vllm --for vllm   # scaling folded, one rank
     """
     from .io.forms import infer_form
 
@@ -218,6 +222,8 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
     from .io.writer import save
 
     adapter = load(src, adapter_name=adapter_name)
+    if consumer is not None:
+        adapter = _export_for(adapter, consumer, named)
     written = save(adapter, out, form=named, overwrite=overwrite)
     click.echo(f"wrote {written} ({adapter.peft_type}, {_plural(len(adapter.tensors), 'tensor')}, form={named})")
 
@@ -607,6 +613,55 @@ def prune(src: Path, out: Path, adapter_name: str | None, device: str | None, ov
         f"params {_count(report.params_before)} -> {_count(report.params_after)}"
     )
 
+
+# ---- serving-engine profiles: `check` and `convert --for` (adapterkit.ops.export) ----
+
+def _export_for(adapter: Any, consumer: str, form: str) -> Any:
+    """``export(adapter, consumer)``, saved as coming from the input (never overwrites it)."""
+    from dataclasses import replace
+
+    from .ops.export import export
+
+    if consumer != "peft" and form == "file":
+        raise click.UsageError(f"{consumer} reads PEFT's directory layout; name OUT without .safetensors",
+                               ctx=click.get_current_context())
+    return replace(export(adapter, consumer), source=adapter.source)
+
+
+@main.command("check", short_help="Check an adapter against a serving engine's rules (vLLM, TGI, llama.cpp, PEFT).")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--for", "consumer", type=click.Choice(CONSUMERS), required=True, help="The consumer whose rules apply.")
+@adapter_name_option
+@click.option("--max-rank", type=click.IntRange(min=1), default=None, help="The engine's maximum rank (vLLM's --max-lora-rank).")
+@click.option("--json", "as_json", is_flag=True, help="Print the violations as JSON.")
+@handles_errors
+def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank: int | None, as_json: bool) -> None:
+    """List every rule of the consumer that the adapter at PATH breaks: vLLM and TGI ignore
+    rank_pattern/alpha_pattern and reject DoRA and modules_to_save, TGI needs one rank per module
+    type, llama.cpp keeps one global alpha and ignores rsLoRA, PEFT needs a valid adapter.
+    Exit 0 complies, 1 violations listed, 2 error.  `adapterkit convert SRC OUT --for CONSUMER`
+    writes a compliant copy with the same ΔW.
+
+    \b
+    Examples:
+      adapterkit check my-lora --for vllm
+      adapterkit check my-lora --for tgi --json
+      adapterkit check my-lora --for vllm --max-rank 16
+    """
+    _require(path)
+    from .io.reader import load
+    from .ops.export import check
+
+    problems = check(load(path, adapter_name=adapter_name), consumer, max_rank=max_rank)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "for": consumer, "complies": not problems,
+                               "problems": [_problem_json(p) for p in problems]}, indent=2))
+    else:
+        for p in problems:
+            click.echo(str(p))
+        verdict = "complies" if not problems else "does NOT comply"
+        click.echo(f"{path}: {verdict} with {consumer} ({_plural(len(problems), 'violation')})")
+    sys.exit(1 if problems else 0)
 
 
 # ----------------------------------------------------------------------------- extracting a LoRA from a fine-tuned checkpoint

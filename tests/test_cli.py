@@ -172,6 +172,8 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     ["prune", "in", "out", "--layers", "x"], ["resize", "/no/such/path", "out", "--rank", "2"],
     ["extract", "--help"], ["extract", "a", "b", "out"], ["extract", "a", "b", "out", "--rank", "2", "--energy", "0.5"],
     ["extract", "/no/such/base", "/no/such/ft", "out", "--rank", "2"],
+    ["check", "--help"], ["check", "x", "--for", "bogus"], ["check", "/no/such/path", "--for", "vllm"],
+    ["convert", "src", "out", "--for", "bogus"],
 ])
 def test_help_version_and_usage_errors_do_not_import_torch(args):
     code = (

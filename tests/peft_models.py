@@ -117,6 +117,16 @@ def embnet() -> nn.Module:
     return EmbNet().eval()
 
 
+def shards(path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder's ``*.safetensors`` files, by key."""
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
 # ----------------------------------------------------------------------------- inputs
 
 

@@ -22,7 +22,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
+from peft_models import shards  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import adapterkit  # noqa: E402
@@ -59,11 +59,6 @@ def make_adapter(path: Path, seed: int, **cfg) -> Path:
     return path
 
 
-def shards(path: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(path.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -260,3 +255,17 @@ def test_block_comparison_of_non_targets(tmp_path: Path, monkeypatch) -> None:
     _, report = ex.extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1)
     assert set(report.unchanged) == {"a.embed.weight", "e.embed.weight"} and report.modules == ()
     assert report.not_extracted == {"b.embed.weight": 40, "c.embed.weight": 40}
+
+
+def test_non_finite_difference_is_an_adapterkit_error(tmp_path: Path) -> None:
+    """A diverged fine-tune (NaN in a targeted weight) gives ``non-finite`` naming the tensor,
+    not torch's SVD failure."""
+    g = torch.Generator().manual_seed(0)
+    base = {"m.q.weight": torch.randn(6, 5, generator=g)}
+    ft = {"m.q.weight": base["m.q.weight"].clone()}
+    ft["m.q.weight"][2, 3] = float("nan")
+    save_file(base, tmp_path / "base.safetensors")
+    save_file(ft, tmp_path / "ft.safetensors")
+    with pytest.raises(AdapterkitError) as info:
+        extract(tmp_path / "base.safetensors", tmp_path / "ft.safetensors", rank=2)
+    assert info.value.code == "non-finite" and "m.q.weight" in str(info.value)

@@ -21,6 +21,7 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from peft_models import shards  # noqa: E402
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import adapterkit  # noqa: E402
@@ -74,13 +75,6 @@ def make_adapter(make, path: Path, seed: int, save_embedding_layers: bool | str 
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     model.save_pretrained(path, save_embedding_layers=save_embedding_layers)
     return path
-
-
-def shards(path: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(path.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 def peft_merged(make, adapter: Path) -> dict[str, torch.Tensor]:

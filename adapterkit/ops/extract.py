@@ -206,7 +206,8 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
         ArgumentError: ``argument-invalid``: not exactly one of rank/energy, a value out of range,
             a bad regex.
         NotFoundError: ``not-a-checkpoint``.
-        TensorError: ``base-mismatch`` (different keys or dtypes), ``base-shape-mismatch``.
+        TensorError: ``base-mismatch`` (different keys or dtypes), ``base-shape-mismatch``,
+            ``non-finite`` (a targeted weight whose difference holds NaN or Inf).
     """
     base, finetuned = Path(base), Path(finetuned)
     rule = _rule(rank, energy, base)
@@ -244,6 +245,11 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
         delta = f.to(device=dev, dtype=torch.float32)
         delta.sub_(b.to(device=dev))  # bf16/fp16 base cast on the fly: no fp32 copy of it
         del b, f
+        if not bool(torch.isfinite(delta).all()):
+            bad = int((~torch.isfinite(delta)).sum())
+            raise TensorError("the difference holds NaN or Inf (a non-finite value in either checkpoint); it has no SVD",
+                              code="non-finite", path=fck.shard_of(key), key=key, expected="finite values",
+                              actual=f"{bad} non-finite of {delta.numel()}")
         B, A, record = _decompose(delta, module, rank, energy)
         del delta
         tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=info.torch_dtype).contiguous()

@@ -28,6 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import adapterkit  # noqa: E402
 from adapterkit.cli import main  # noqa: E402
 from adapterkit.errors import AdapterkitError  # noqa: E402
+from adapterkit.kinds.lora import PREFIX  # noqa: E402
 from adapterkit.ops import merge_checkpoint  # noqa: E402
 from adapterkit.ops.extract import extract  # noqa: E402
 
@@ -185,6 +186,33 @@ def test_property_single_file_true_rank(tmp_path_factory, m: int, n: int, r: int
     assert _rel(adapter.delta_weight("layer.lin"), want) < 1e-4
 
 
+def test_rank_is_capped_factors_balanced_and_stored_in_the_model_dtype(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(7, 5, generator=g).to(torch.bfloat16)
+    F = (W.float() + torch.randn(7, 5, generator=g)).to(torch.bfloat16)
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": F}, tmp_path / "f.safetensors")
+    adapter, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=50)
+    assert report.modules[0].rank == 5 and adapter.config.r == 5  # min(7, 5)
+    A, B = adapter.tensors[f"{PREFIX}x.lora_A.weight"], adapter.tensors[f"{PREFIX}x.lora_B.weight"]
+    assert A.dtype == B.dtype == torch.bfloat16 and A.shape == (5, 5) and B.shape == (7, 5)
+    # balanced: column i of B and row i of A both carry √σᵢ
+    adapter, _ = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=3)
+    A, B = (adapter.tensors[f"{PREFIX}x.lora_{n}.weight"].double() for n in "AB")
+    torch.testing.assert_close(B.norm(dim=0), A.norm(dim=1), rtol=2e-2, atol=0)
+    S = torch.linalg.svdvals(F.double() - W.double())[:3]
+    torch.testing.assert_close(B.norm(dim=0), S.sqrt(), rtol=2e-2, atol=0)
+
+
+def test_identical_nan_is_unchanged_not_an_error(tmp_path: Path) -> None:
+    W = torch.randn(6, 4)
+    W[2, 1] = float("nan")  # the same NaN bits in both: the tensor did not change
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": W.clone()}, tmp_path / "f.safetensors")
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1)
+    assert report.modules == () and report.unchanged == ("x.weight",)
+
+
 def test_randomized_path_is_deterministic_and_accurate(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     W = torch.randn(1100, 1030, generator=g) * 0.02
@@ -216,6 +244,25 @@ def test_energy_on_a_large_matrix_grows_a_randomized_sketch(tmp_path: Path, true
     assert abs(rec.energy - float(S.square().sum())) < 1e-6 * float(S.square().sum())
     err = float((delta - adapter.delta_weight("x").double()).norm() / delta.norm())
     assert abs(err - rec.error) < 1e-4 and err**2 <= 1 - 0.9999 + 1e-6
+
+
+def test_energy_is_a_fraction_of_the_whole_difference_not_of_the_sketch(tmp_path: Path) -> None:
+    # ΔW = U·diag(σ)·Vᵀ with σ² = 100, 25, 4, 1 and sixty equal σ² = 0.01: the first sketch (32)
+    # holds 130.28 of 130.6, enough for energy 0.9969 (130.195), which needs 20 of the equal
+    # ones (k = 24); measured against the sketch's own total it would stop at k = 4
+    g = torch.Generator().manual_seed(11)
+    U, _ = torch.linalg.qr(torch.randn(1100, 64, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(1030, 64, generator=g, dtype=torch.float64))
+    sigma = torch.tensor([10.0, 5.0, 2.0, 1.0] + [0.1] * 60, dtype=torch.float64)
+    W = torch.randn(1100, 1030, generator=g) * 0.02
+    F = W + (U * sigma) @ V.T
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": F.float()}, tmp_path / "f.safetensors")
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", energy=0.9969)
+    (rec,) = report.modules
+    S = torch.linalg.svdvals((F.float() - W).double())
+    want = int((S.square().cumsum(0) / S.square().sum() < 0.9969).sum()) + 1
+    assert want == 24 and rec.method == "randomized" and rec.rank == want
 
 
 def test_energy_on_a_full_rank_large_matrix_falls_back_to_the_exact_svd(tmp_path: Path) -> None:

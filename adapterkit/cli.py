@@ -678,10 +678,11 @@ def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank:
 @click.option("--save-changed", is_flag=True, help="Store changed tensors that are not extracted (norms, biases, embeddings) whole.")
 @click.option("--device", default=None, help="torch device for the fp32 math, e.g. cuda (default: cpu).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (per module: rank, energy kept, relative error).")
+@click.option("--modules", "per_module", is_flag=True, help="Also print one line per extracted module: shape, rank, energy kept, relative error.")
 @handles_errors
 def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: float | None, targets: str | None,
-            save_changed: bool, device: str | None, overwrite: bool, as_json: bool) -> None:
+            save_changed: bool, device: str | None, overwrite: bool, as_json: bool, per_module: bool = False) -> None:
     """Extract a LoRA adapter from the difference FINETUNED - BASE of two model checkpoints
     (same keys, shapes and dtypes) and write OUT.  Both are streamed tensor by tensor; each
     changed 2-D weight is decomposed by a truncated SVD (randomized for large matrices) into
@@ -708,11 +709,16 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
         click.echo(json.dumps({"base": str(base), "finetuned": str(finetuned), "out": str(written), **report.to_dict()}, indent=2))
         return
     left = sum(report.not_extracted.values())
+    whole = sum(t.numel() * t.element_size() for k, t in adapter.tensors.items() if adapter.kind.parse_key(k) is None)
+    if per_module:
+        for m in report.modules:
+            click.echo(f"  {m.name}  {m.shape[0]}x{m.shape[1]}  rank {m.rank}  energy kept {100 * m.energy_kept:.4f}%  "
+                       f"relative error {100 * m.error:.3g}%  ({m.method})")
     click.echo(
         f"extracted {finetuned} - {base} -> {written}: {_plural(len(report.modules), 'module')} ({report.rule}), "
         f"rank {_span([m.rank for m in report.modules])}, energy kept {100 * report.energy_kept:.2f}%, "
         f"relative error {100 * report.error:.3g}%, params {_count(report.params)}; "
-        f"{len(report.unchanged)} unchanged, {len(report.saved_whole)} saved whole, "
+        f"{len(report.unchanged)} unchanged, {len(report.saved_whole)} saved whole ({whole / 1e6:.2f} MB), "
         f"{len(report.not_extracted)} changed not extracted ({left / 1e6:.2f} MB); {time.perf_counter() - start:.1f} s"
     )
 

@@ -123,7 +123,7 @@ def generate(root: Path, size: str, adapter_dtype: str) -> None:
     (base / "model.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
                 num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128, tie_word_embeddings=False,
-                dtype="bfloat16").save_pretrained(base)
+                dtype="bfloat16", architectures=["LlamaForCausalLM"]).save_pretrained(base)  # mergekit needs architectures
     dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[adapter_dtype]
     tensors = {}
     for i in range(layers):

@@ -138,6 +138,7 @@ def test_check_names_the_module_and_max_rank():
     assert {p.key for p in problems} == {"l.1.q"}
     assert "max-rank" in rules(problems)
     assert check(lora({"l.0.q": 2, "l.1.q": 2}), "vllm", max_rank=2) == []
+    assert "max-rank" in rules(check(lora({"l.0.q": 2, "l.1.q": 3}), "vllm", max_rank=2))  # one above the maximum
 
 
 def test_check_peft_reports_pattern_order_and_validation_errors():
@@ -176,6 +177,21 @@ def test_export_obeys_validates_and_keeps_delta(make, consumer):
     if consumer != "peft":
         ranks = {int(out.meta(v.keys["lora_A"]).shape[0]) for v in out.modules.values()}
         assert ranks == {out.config.r} and out.config.rank_pattern == {}
+        for name, v in a.modules.items():  # the padding is zeros in both factors, past each module's own rank
+            k = int(a.meta(v.keys["lora_A"]).shape[0]) if "lora_A" in v.keys else v.rank
+            keys = out.modules[name].keys
+            if "lora_A" in keys:
+                assert not out.tensors[keys["lora_A"]][k:].any() and not out.tensors[keys["lora_B"]][:, k:].any(), name
+
+
+def test_vllm_export_resets_a_bias_setting_that_saved_no_tensors():
+    # bias="all" on a model without biases: PEFT saved none, but vLLM refuses the config value
+    a = lora()
+    a = Adapter.from_tensors(replace(a.config, bias="all"), dict(a.tensors))
+    assert "bias" in rules(check(a, "vllm"))
+    out = export(a, "vllm")
+    assert out.config.bias == "none" and check(out, "vllm") == []
+    assert_same_delta(a, out)
 
 
 @pytest.mark.parametrize("consumer", ["vllm", "peft"])

@@ -350,7 +350,12 @@ def test_cli_targets_and_save_changed(pair, tmp_path: Path) -> None:
     data = json.loads(res.output)
     assert [m["name"].rsplit(".", 1)[-1] for m in data["modules"]] == ["q_proj", "q_proj"] and len(data["not_extracted"]) == 4
     res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "all"), "--rank", "4", "--targets", r"q_proj$", "--save-changed"])
-    assert res.exit_code == 0 and "4 saved whole" in res.output, res.output
+    assert res.exit_code == 0 and "4 saved whole (0.01 MB)" in res.output, res.output  # 2 x (v 8x16 + down 16x32) fp32 = 5120 bytes
+    res = runner.invoke(main, ["extract", str(base), str(ft), str(tmp_path / "m"), "--rank", "2", "--targets", r"q_proj$", "--modules"])
+    lines = res.output.splitlines()
+    assert res.exit_code == 0 and len(lines) == 3 and lines[-1].startswith("extracted "), res.output
+    for i, line in enumerate(lines[:2]):
+        assert line.startswith(f"  model.layers.{i}.self_attn.q_proj  16x16  rank 2  energy kept ") and "relative error" in line
     assert adapterkit.validate(tmp_path / "all") == []
     res = runner.invoke(main, ["extract", str(base), str(tmp_path / "missing"), str(tmp_path / "z"), "--rank", "4"])
     assert res.exit_code == 2 and res.output.startswith("adapterkit: error:")

@@ -37,7 +37,7 @@ def hub(tmp_path, monkeypatch):
     server = FakeHub().start()
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))  # not HF_HOME/hub: the variable itself must be read
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -127,8 +127,10 @@ def test_push_then_pull_gives_the_same_files_and_never_shows_the_token(hub, tmp_
     assert [c["repo"] for c in hub.commits] == ["org/lora"]  # one commit
     assert hub.files("org/lora")["adapter_model.safetensors"] == (src / "adapter_model.safetensors").read_bytes()
 
-    res2 = run("pull", "org/lora", tmp_path / "out", HF_TOKEN=TOKEN)
+    res2 = run("pull", "org/lora", tmp_path / "out", "--token", TOKEN)
     assert res2.exit_code == 0, res2.output
+    assert run("validate", "org/lora", HF_TOKEN=TOKEN).exit_code == 0  # the usual resolution: HF_TOKEN
+    assert (tmp_path / "cache" / "models--org--lora" / "snapshots").is_dir()
     out = tmp_path / "out"
     assert sorted(os.listdir(out)) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     for name in ("adapter_config.json", "adapter_model.safetensors"):
@@ -180,6 +182,27 @@ def test_single_file_adapter_is_published_in_peft_layout(hub, tmp_path):
     assert run("push", single, "org/single").exit_code == 0
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(hub.files("org/single"))
     assert adapterkit.load("org/single") == adapterkit.load(single)
+
+
+def test_a_peft_written_folder_is_uploaded_bit_for_bit(hub, tmp_path):
+    """Files as PEFT writes them (no adapterkit metadata) are uploaded as they are, not rewritten."""
+    src = tmp_path / "peft"
+    src.mkdir()
+    save_file(lora_tensors(), src / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "rank_pattern": {"v_proj": 1},
+              "base_model_name_or_path": "org/base", "task_type": None}
+    (src / "adapter_config.json").write_text(json.dumps(config, indent=3))
+    assert run("push", src, "org/peft").exit_code == 0
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert hub.files("org/peft")[name] == (src / name).read_bytes()
+
+
+def test_push_of_an_invalid_adapter_in_memory_uploads_nothing(hub):
+    bad = Adapter.from_tensors(LoraConfig(r=2, lora_alpha=4, target_modules=("q_proj", "v_proj"), rank_pattern={"v_proj": 1}),
+                               {**lora_tensors(), Q_A: torch.full((2, 8), float("inf"))})
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.push(bad, "org/bad")
+    assert info.value.code == "non-finite" and hub.log == []
 
 
 @pytest.mark.parametrize("breakage", ["nan", "shape"])
@@ -387,7 +410,8 @@ def test_pull_a_checkpoint_and_refuse_a_broken_index(hub, tmp_path):
     assert not (tmp_path / "broken").exists()
     index["weight_map"]["model.norm.weight"] = "model-00003-of-00002.safetensors"  # a shard the repo lacks
     hub.add("org/broken", {**ckpt, "model.safetensors.index.json": json.dumps(index).encode()})
-    one_line_error(run("pull", "org/broken", tmp_path / "broken"), "hub-not-found")
+    line = one_line_error(run("pull", "org/broken", tmp_path / "broken"), "hub-not-found")
+    assert "model-00003-of-00002.safetensors" in line and "does not hold" in line
 
 
 @pytest.mark.parametrize("base_from_hub", [True, False])
@@ -413,6 +437,8 @@ def test_merge_push_to_publishes_with_a_merge_card(hub, tmp_path, base_from_hub)
     assert meta["base_model"] == ("org/base" if base_from_hub else "org/trained-on")
     assert "lora" in meta["tags"] and "adapterkit" in meta["tags"]
     assert "weight 1" in files["README.md"].decode()
+    local_card = (tmp_path / "merged" / "README.md").read_text()  # OUT is not modified by the push
+    assert "Merged with adapterkit" in local_card and "base_model_relation" not in local_card
     assert TOKEN.encode() not in all_text(tmp_path)
 
 

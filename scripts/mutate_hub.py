@@ -33,6 +33,7 @@ MUTANTS = [
     ("errors: 500 not unavailable", REMOTE, "(status >= 500 or status == 429)", "(status > 500 or status == 429)"),
     ("errors: connection refused not unavailable", REMOTE, "if status is None and _is_transport(exc):", "if False:"),
     ("errors: a missing revision called a missing repo", REMOTE, '("revision" if isinstance(exc, hf.RevisionNotFoundError) else', '("repo" if isinstance(exc, hf.RevisionNotFoundError) else'),
+    ("errors: a failed download called offline", REMOTE, "if isinstance(exc, hf.LocalEntryNotFoundError) and cause is not None and cause is not exc:", "if False:"),
     ("settings: HF_HUB_OFFLINE ignored", REMOTE, 'env.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE', "False"),
     ("settings: endpoint read at import time", REMOTE, 'endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")',
      "from huggingface_hub import constants as hf_constants\n    endpoint = hf_constants.ENDPOINT"),

@@ -265,6 +265,14 @@ def test_server_errors_on_download_are_one_line(hub, tmp_path, status, code):
     assert info.value.code == code
 
 
+def test_a_file_gone_while_downloading_is_not_called_offline(hub, tmp_path):
+    """huggingface_hub reports a failed download as "not in the cache"; the Hub's answer is what is said."""
+    hub.add("org/lora", {p.name: p.read_bytes() for p in make_lora(tmp_path / "lora").iterdir()})
+    hub.fail(404, "resolve")
+    line = one_line_error(run("validate", "org/lora"), "hub-not-found")
+    assert "(404)" in line and "downloading" in line and "offline" not in line
+
+
 @pytest.mark.parametrize(("status", "route", "code"), [(401, "create", "hub-unauthorized"), (500, "create", "hub-unavailable"),
                                                        (404, "preupload", "hub-not-found"), (401, "commit", "hub-unauthorized")])
 def test_server_errors_on_upload_are_one_line(hub, tmp_path, status, route, code):

@@ -80,7 +80,12 @@ def hub_error(exc: BaseException, ref: RepoRef | str, what: str = "") -> Adapter
 
     where = f" ({what})" if what else ""
     status = _status(exc)
+    cause = exc.__cause__
+    if isinstance(exc, hf.LocalEntryNotFoundError) and cause is not None and cause is not exc:
+        return hub_error(cause, ref, what)  # "not in the cache" after the Hub failed: the failure is the news
     if isinstance(exc, (hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled)) and status is None:
+        if not isinstance(exc, hf.OfflineModeIsEnabled) and not settings().offline:
+            return HubError(f"cannot reach the Hub and the cache does not hold the files{where}", code="hub-unavailable", path=str(ref))
         return HubError(f"offline (HF_HUB_OFFLINE) and the cache does not hold the files{where}; "
                         "download them once online", code="hub-offline", path=str(ref))
     if status in (401, 403):

@@ -487,6 +487,8 @@ def test_commands_accept_repo_ids(hub, tmp_path):
     assert run("check", "org/lora", "--for", "peft").exit_code == 0
     assert run("resize", "org/lora", tmp_path / "r", "--rank", "1").exit_code == 0
     assert run("combine", "org/lora", src, "--method", "cat", "-o", tmp_path / "cat").exit_code == 0
+    assert run("push", "org/lora", "org/copy").exit_code == 0  # from one repo to another
+    assert hub.files("org/copy")["adapter_model.safetensors"] == (src / "adapter_model.safetensors").read_bytes()
 
 
 def test_help_of_push_and_pull_does_not_import_torch():

@@ -21,8 +21,10 @@ _LAZY = {
     "LazyStore": "adapter",
     "MemoryStore": "adapter",
     "TensorStore": "adapter",
-    "load": "io.reader",
-    "open_adapter": "io.reader",
+    "load": "hub.paths",  # io.reader's, accepting a Hub repo id (org/name[@revision]) too
+    "open_adapter": "hub.paths",
+    "push": "hub.push",
+    "pull": "hub.pull",
     "save": "io.writer",
     "combine": "ops.combine",
     "check": "ops.export",
@@ -45,11 +47,14 @@ __all__ = [
     "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
     "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
     "attach", "check", "combine", "detach", "disabled", "export", "extract", "extract_from_model", "load", "merge", "merge_and_unload", "open_adapter",
-    "prune", "rebalance", "resize", "save", "set_active", "unload", "unmerge", "validate",
+    "prune", "pull", "push", "rebalance", "resize", "save", "set_active", "unload", "unmerge", "validate",
 ]
 
 if TYPE_CHECKING:
     from .adapter import FORMAT_VERSION, Adapter, LazyStore, MemoryStore, TensorStore
+    from .hub.paths import load, open_adapter
+    from .hub.pull import pull
+    from .hub.push import push
     from .inject import (
         attach,
         detach,
@@ -61,7 +66,6 @@ if TYPE_CHECKING:
         unload,
         unmerge,
     )
-    from .io.reader import load, open_adapter
     from .io.writer import save
     from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
     from .ops.combine import combine

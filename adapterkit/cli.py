@@ -58,8 +58,11 @@ def handles_errors(func):
 
 
 def _require(path: Path) -> None:
-    """A missing input is reported before the library (and torch) is imported."""
-    if not path.exists() and not path.is_symlink():
+    """A missing input is reported before the library (and torch) is imported; a Hub repo id
+    (``org/name[@revision]``, when no such local path exists) is fetched by the library."""
+    from .hub.repo_id import parse_repo_id
+
+    if not path.exists() and not path.is_symlink() and parse_repo_id(path) is None:
         raise NotFoundError("no such file or directory", path=path)
 
 
@@ -127,11 +130,12 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
       adapterkit info merged-model
     """
     _require(path)
+    from .hub.paths import local_path
     from .info import describe, describe_checkpoint, render, render_checkpoint
     from .io.reader import open_adapter
 
     try:
-        adapter = open_adapter(path, adapter_name=adapter_name)
+        adapter = open_adapter(local := local_path(path, "adapter"), adapter_name=adapter_name)
     except AdapterkitError as exc:
         if exc.code != "not-an-adapter" or adapter_name:
             raise
@@ -141,7 +145,7 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
             raise exc from None
         click.echo(json.dumps(summary, indent=2) if as_json else render_checkpoint(summary))
         return
-    summary = describe(adapter, device=device, per_module=not no_modules, path=path)
+    summary = describe(adapter, device=device, per_module=not no_modules, path=local)
     click.echo(json.dumps(summary, indent=2) if as_json else render(summary))
     sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)
 
@@ -218,7 +222,7 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
             ctx=click.get_current_context(),
         )
     _require(src)
-    from .io.reader import load
+    from .hub.paths import load
     from .io.writer import save
 
     adapter = load(src, adapter_name=adapter_name)
@@ -286,11 +290,14 @@ def _merge_command(direction: str):
 _DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
 
 
-def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json) -> None:
+def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
+               push: dict[str, Any] | None = None) -> Any:
     base, given, weights, out = _merge_inputs(paths, adapters, weights, "MERGED" if direction == "unmerge" else "BASE")
     size = _parse_size(max_shard_size)
     for p in (base, *given):
         _require(p)
+    if push is not None:
+        _check_push_to(push["repo_id"], out)
     from .ops.merge import merge_checkpoint
 
     report = merge_checkpoint(
@@ -309,12 +316,20 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
         note += "".join(f"; {n}" for n in report.notes)
         click.echo(f"{direction}d {names} into {report.out}: {report.changed} tensors changed, {report.replaced} replaced, "
                    f"{report.copied} copied unchanged, {report.tensors} in all; {report.bytes / 1e9:.2f} GB in {report.seconds:.1f} s{note}")
+    if push is not None:
+        _push_merged(base, report, push, as_json)
+    return report
 
 
 @main.command(short_help="Merge adapters into a model checkpoint, streaming, shard by shard.")
 @_merge_command("merge")
+@click.option("--push-to", default=None, metavar="REPO_ID",
+              help="Then publish OUT (a folder) to this Hub repo with a card marked base_model_relation: merge.")
+@click.option("--token", default=None, envvar=None, help="Hub token for --push-to (default: HF_TOKEN or the stored login).")
+@click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @handles_errors
-def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json) -> None:
+def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
+          push_to=None, token=None, private=False) -> None:
     """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
     sharded index, or one .safetensors file) and write OUT: the same sharding and index, every
     other file of BASE (config, tokenizer, ...) copied, and what was merged recorded in each
@@ -328,8 +343,10 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
       adapterkit merge base-model my-lora merged-model
       adapterkit merge base-model merged --adapter a --weight 0.7 --adapter b --weight 0.3
       adapterkit merge base-model my-lora merged --dtype bf16 --max-shard-size 5GB --device cuda
+      adapterkit merge org/base org/my-lora merged --push-to me/merged-model   # Hub repo ids in and out
     """
-    _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json)
+    push = None if push_to is None else {"repo_id": push_to, "token": token, "private": private}
+    _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, push)
 
 
 @main.command(short_help="Take merged adapters back out of a checkpoint (the inverse of merge).")
@@ -415,7 +432,7 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
                              expected="a path that is not (and does not hold) an input", actual=str(p))
     import time
 
-    from .io.reader import load
+    from .hub.paths import load
     from .io.writer import save
     from .ops.combine import combine
 
@@ -468,7 +485,7 @@ def _surgery(src: Path, out: Path, adapter_name: str | None, overwrite: bool, op
     the writer refuses to replace the input even with --overwrite."""
     from dataclasses import replace
 
-    from .io.reader import load
+    from .hub.paths import load
     from .io.writer import save
 
     given = load(src, adapter_name=adapter_name)
@@ -649,7 +666,7 @@ def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank:
       adapterkit check my-lora --for vllm --max-rank 16
     """
     _require(path)
-    from .io.reader import load
+    from .hub.paths import load
     from .ops.export import check
 
     problems = check(load(path, adapter_name=adapter_name), consumer, max_rank=max_rank)
@@ -721,6 +738,114 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
         f"{len(report.unchanged)} unchanged, {len(report.saved_whole)} saved whole ({whole / 1e6:.2f} MB), "
         f"{len(report.not_extracted)} changed not extracted ({left / 1e6:.2f} MB); {time.perf_counter() - start:.1f} s"
     )
+
+
+
+# ----------------------------------------------------------------------------- the Hugging Face Hub: push, pull, merge --push-to
+
+
+def _check_push_to(repo_id: str, out: Path) -> None:
+    """Before merging: --push-to names a repo and OUT is a folder (what is published)."""
+    from .hub.repo_id import parse_repo_id
+
+    ref = parse_repo_id(repo_id)
+    if ref is None or ref.revision is not None:
+        raise click.BadParameter(f"{repo_id!r} is not a repo id such as org/name", param_hint="--push-to")
+    if out.suffix == ".safetensors":
+        raise click.UsageError("--push-to publishes a folder; name OUT without .safetensors", ctx=click.get_current_context())
+
+
+def _push_merged(base: Path, report: Any, push: dict[str, Any], as_json: bool) -> None:
+    """Publish the merged checkpoint folder with a card marked base_model_relation: merge."""
+    from .hub.card import merged_card
+    from .hub.push import upload_merged
+    from .hub.repo_id import as_repo
+
+    ref = as_repo(base)
+    trained_on = [a["base_model"] for a in report.adapters if a.get("base_model")]
+    base_model = ref.repo_id if ref is not None else (trained_on[0] if trained_on else None)
+    card = merged_card(base_model, report.adapters, push["repo_id"], _read_text(Path(report.out) / "README.md"))
+    result = upload_merged(Path(report.out), push["repo_id"], card, token=push["token"], private=push["private"])
+    if as_json:
+        click.echo(json.dumps({"pushed": result.to_dict()}, indent=2))
+    else:
+        click.echo(f"pushed {report.out} to {result.repo_id}@{result.revision} (commit {result.commit[:12]}): {result.url}")
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+@main.command(short_help="Publish an adapter to the Hugging Face Hub: validate, write a card, upload.")
+@click.argument("adapter", type=click.Path(path_type=Path))
+@click.argument("repo_id")
+@adapter_name_option
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--revision", default=None, metavar="BRANCH", help="Commit to this branch (created from main if missing).")
+@click.option("--commit-message", default=None, help="The commit message (default: Upload <KIND> adapter with adapterkit).")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login); never printed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handles_errors
+def push(adapter: Path, repo_id: str, adapter_name: str | None, private: bool, revision: str | None, commit_message: str | None,
+         create_pr: bool, token: str | None, as_json: bool) -> None:
+    """Validate the adapter at ADAPTER (a path, or a repo id to copy), write a model card
+    (README.md: library_name peft, base_model, base_model_relation adapter, tags; kind, targets,
+    ranks, parameters) and upload both to the Hub repo REPO_ID in one commit, creating the repo
+    if needed.  An invalid adapter uploads nothing.  HF_ENDPOINT selects the server.
+
+    \b
+    Examples:
+      adapterkit push my-lora me/my-lora
+      adapterkit push my-lora.safetensors me/my-lora --private --revision dev
+      adapterkit push my-lora me/my-lora --create-pr --commit-message "rank 16" --json
+    """
+    _require(adapter)
+    from .hub.push import push as run
+    from .hub.push import target_repo
+
+    target_repo(repo_id)  # a bad repo id is refused before the adapter is read
+    result = run(adapter, repo_id, private=private, revision=revision, commit_message=commit_message, create_pr=create_pr,
+                 token=token, adapter_name=adapter_name)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        where = f"pull request {result.pr_url}" if result.pr_url else result.url
+        click.echo(f"pushed {adapter} to {result.repo_id}@{result.revision} ({_plural(len(result.files), 'file')}, "
+                   f"commit {result.commit[:12]}): {where}")
+
+
+@main.command(short_help="Download an adapter or checkpoint from the Hub into a plain folder, checked.")
+@click.argument("repo")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists.")
+@click.option("--token", default=None, help="Hub token (default: HF_TOKEN or the stored login); never printed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handles_errors
+def pull(repo: str, out: Path, overwrite: bool, token: str | None, as_json: bool) -> None:
+    """Download the adapter (or model checkpoint) of the Hub repo REPO (org/name or
+    org/name@revision) into the folder OUT: only the files needed (adapter files; or the index,
+    its shards and the non-weight files), as plain files, validated before OUT appears.
+    HF_HUB_OFFLINE=1 reads the standard cache only.
+
+    \b
+    Examples:
+      adapterkit pull org/my-lora my-lora
+      adapterkit pull org/my-lora@v2 my-lora --overwrite --json
+      adapterkit pull org/merged-model merged
+    """
+    from .hub.repo_id import parse_repo_id
+
+    if parse_repo_id(repo) is None:
+        raise click.BadParameter(f"{repo!r} is not a repo id such as org/name or org/name@revision", param_hint="REPO")
+    from .hub.pull import pull as run
+
+    result = run(repo, out, overwrite=overwrite, token=token)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"pulled {result.repo} (commit {result.commit[:12]}, {result.kind}) into {result.out}: "
+                   f"{_plural(len(result.files), 'file')}")
 
 
 if __name__ == "__main__":

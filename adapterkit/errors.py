@@ -61,6 +61,13 @@ CODES: dict[str, tuple[str, str]] = {
     "adapter-name-taken": ("ArgumentError", "an adapter of that name is already attached to the model"),
     "adapter-not-attached": ("NotFoundError", "no adapter of that name is attached to the model"),
     "profile-violation": ("UnsupportedError", "the adapter breaks a rule of the serving engine it is checked for (vLLM, TGI, llama.cpp); the message names the rule, e.g. [vllm/rank-pattern]"),
+    # the Hugging Face Hub (adapterkit.hub: push, pull, repo ids where a path is accepted)
+    "hub-unauthorized": ("HubError", "the Hub refused the token or its absence (401/403): pass --token, set HF_TOKEN or log in"),
+    "hub-not-found": ("HubError", "no such repo, revision or file on the Hub (404)"),
+    "hub-unavailable": ("HubError", "the Hub could not be reached or failed (5xx, connection refused, timeout)"),
+    "hub-offline": ("HubError", "offline (HF_HUB_OFFLINE) and the cache lacks the files asked for"),
+    "hub-unsafe-path": ("HubError", "a file name from the Hub that could write outside its folder (.., absolute, backslash, NUL, drive)"),
+    "hub-error": ("HubError", "any other failure talking to the Hub"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -81,6 +88,8 @@ API_CODES = frozenset({
     "model-mismatch", "adapter-name-taken", "adapter-not-attached",
     # serving-engine profiles (adapterkit.ops.export: check, export)
     "profile-violation",
+    # the Hugging Face Hub (adapterkit.hub)
+    "hub-unauthorized", "hub-not-found", "hub-unavailable", "hub-offline", "hub-unsafe-path", "hub-error",
 })
 
 
@@ -165,6 +174,10 @@ class ArgumentError(AdapterkitError):
     default_code = "argument-invalid"
 
 
+class HubError(AdapterkitError):
+    default_code = "hub-error"
+
+
 _CLASSES = {
     cls.__name__: cls
     for cls in (
@@ -177,6 +190,7 @@ _CLASSES = {
         WriteError,
         UnsupportedError,
         ArgumentError,
+        HubError,
     )
 }
 

@@ -148,8 +148,9 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     import json
 
     from .checkpoint import open_checkpoint
+    from .hub.paths import local_path
 
-    ckpt = open_checkpoint(path)
+    ckpt = open_checkpoint(local_path(path, "checkpoint"))
     infos = [ckpt.info(k) for k in ckpt.keys()]
     merged: dict[str, Any] = {}
     for shard in ckpt.shards:

@@ -115,8 +115,12 @@ def raise_first_error(problems: list[Problem]) -> None:
 
 
 def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Problem]:
-    """All problems of the adapter at ``path``: errors (MUST violations) and warnings."""
+    """All problems of the adapter at ``path`` (or repo id ``org/name[@revision]``): errors
+    (MUST violations) and warnings.  Raises HubError when a repo id cannot be fetched."""
+    from .hub.paths import local_path
     from .io.reader import open_adapter
+
+    path = local_path(path, "adapter")
 
     config_problems: list[Problem] = []
     try:

@@ -39,7 +39,7 @@ MUTANTS = [
     ("validate function shadowed by its module", "adapterkit/__init__.py", "from .validate import validate  #", "from . import validate  #", CLI_TESTS),
     ("--debug exits 1", "adapterkit/cli.py", "            if _debug():\n                traceback.print_exc()", "            if _debug():\n                raise", CLI_TESTS),
     ("usage errors in click's multi-line form", "adapterkit/cli.py", "standalone_mode=False, **extra)", "standalone_mode=standalone_mode, **extra)", CLI_TESTS),
-    ("missing path imports the library first", "adapterkit/cli.py", "    _require(path)\n    from .info import", "    from .info import", CLI_TESTS),
+    ("missing path imports the library first", "adapterkit/cli.py", "    _require(path)\n    from .hub.paths import local_path\n    from .info import", "    from .hub.paths import local_path\n    from .info import", CLI_TESTS),
     ("validate: a missing named adapter is 'invalid' (exit 1)", "adapterkit/cli.py", '"ambiguous-adapter", "adapter-not-found"}', '"ambiguous-adapter"}', CLI_TESTS),
     ("info never exits 1", "adapterkit/cli.py", 'sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)', "sys.exit(0)", CLI_TESTS),
     ("info skips value checks", "adapterkit/info.py", "        problems += value_problems(held)\n", "", CLI_TESTS),

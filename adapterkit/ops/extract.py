@@ -49,6 +49,7 @@ from ..adapter import Adapter
 from ..checkpoint.reader import Checkpoint, open_checkpoint
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError
+from ..hub.paths import local_path
 from ..kinds.lora import PREFIX, LoraConfig
 from ..linalg import dense_svd, randomized_svd, select_rank
 from ..progress import progress
@@ -234,7 +235,7 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
     except re.error as exc:
         raise ArgumentError(f"targets is not a valid regex: {exc}", path=base, key="targets", actual=targets) from None
     dev = resolve_device(device)
-    bck, fck = open_checkpoint(base), open_checkpoint(finetuned)
+    bck, fck = open_checkpoint(local_path(base, "checkpoint")), open_checkpoint(local_path(finetuned, "checkpoint"))
     _check_pair(bck, fck)
     tensors: dict[str, torch.Tensor] = {}
     records: list[ModuleExtract] = []

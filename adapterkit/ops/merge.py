@@ -28,6 +28,7 @@ from ..checkpoint import CheckpointWriter, open_checkpoint
 from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
 from ..errors import FormatError, TensorError, UnsupportedError
+from ..hub.paths import local_path
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
 from ..progress import progress_bytes
@@ -65,7 +66,7 @@ class MergeReport:
 
 
 def _as_adapter(item: str | Path | Adapter) -> Adapter:
-    return item if isinstance(item, Adapter) else load(item)
+    return item if isinstance(item, Adapter) else load(local_path(item, "adapter"))
 
 
 def _touches(adapters: list[Adapter], keys: dict[str, tuple[str, tuple[int, ...]]]):
@@ -167,7 +168,7 @@ def merge_checkpoint(
     started = time.perf_counter()
     direction = "unmerge" if unmerge else "merge"
     device = resolve_device(device) or torch.device("cpu")
-    ckpt = open_checkpoint(base)
+    ckpt = open_checkpoint(local_path(base, "checkpoint"))
     loaded = [_as_adapter(a) for a in adapters]
     weights = [1.0] * len(loaded) if weights is None else [float(w) for w in weights]
     if len(weights) != len(loaded):

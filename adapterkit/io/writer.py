@@ -26,11 +26,11 @@ import torch
 
 from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
+from . import safetensors_file
 from .atomic import same_file, write_atomic
 from .digest import config_digest, digest_metadata, placeholder_metadata, tensor_digest
 from .forms import resolve_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
-from . import safetensors_file
 from .safetensors_file import DTYPE_NAMES, encode, encode_header
 
 UNDIGESTED_VERSION = "1.0"  # what ``save(digest=False)`` writes: the last version without a digest

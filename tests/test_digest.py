@@ -34,7 +34,8 @@ P = "base_model.model.model.layers.0."
 def _adapter() -> Adapter:
     """Mixed dtypes (F32 data before BF16 in the file, not the sorted key order) and a whole module."""
     g = torch.Generator().manual_seed(0)
-    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=("q_proj", "v_proj"), modules_to_save=("score",))
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=("q_proj", "v_proj"), modules_to_save=("score",),
+                     base_model_name_or_path="exämple/tïny-llama")  # non-ASCII: \uXXXX in the canonical JSON
     return Adapter.from_tensors(cfg, {
         P + "q_proj.lora_A.weight": torch.randn(2, 6, generator=g).bfloat16(),
         P + "q_proj.lora_B.weight": torch.randn(4, 2, generator=g).bfloat16(),
@@ -198,6 +199,35 @@ def test_first_differing_tensor_in_sorted_order_is_named(tmp_path):
     out.write_bytes(bytes(raw))
     found = [p for p in errors(out) if p.code == "digest-mismatch"]
     assert [p.key for p in found] == [sorted(keys)[0]]
+
+
+def test_a_change_that_makes_a_nan_is_a_digest_mismatch_first(tmp_path):
+    out = adapterkit.save(_adapter(), tmp_path / "a.safetensors")
+    header, start = split(out)
+    key = P + "v_proj.lora_A.weight"  # F32, little-endian: bytes 2 and 3 hold the exponent
+    raw = bytearray(out.read_bytes())
+    at = start + header[key]["data_offsets"][0]
+    raw[at + 2], raw[at + 3] = 0xC0, 0x7F
+    out.write_bytes(bytes(raw))
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.load(out)
+    assert (info.value.code, info.value.key) == ("digest-mismatch", key)
+    assert sorted((p.code, p.key) for p in errors(out)) == [("digest-mismatch", key), ("non-finite", key)]
+
+
+def test_the_config_is_hashed_as_stored_without_defaults(tmp_path):
+    from safetensors.torch import save_file
+
+    a = _adapter()
+    tensors = {k: a.tensors[k].contiguous() for k in a.tensors}
+    minimal = json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["score"]})
+    meta = {"format": "pt", "adapterkit.version": "1.1", "adapterkit.config": minimal}
+    out = tmp_path / "minimal.safetensors"
+    save_file(tensors, str(out), metadata=meta)
+    digest, digests = reference_digest(out, minimal)
+    save_file(tensors, str(out), metadata={**meta, "adapterkit.digest": digest, "adapterkit.digests": digests})
+    assert adapterkit.validate(out) == []
+    assert adapterkit.load(out).config.use_rslora is False  # the defaults are filled in when read, not when hashed
 
 
 def test_reordered_file_keeps_the_digest(tmp_path):

@@ -11,6 +11,7 @@ Resolution of a path:
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -267,8 +268,14 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
     tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
     device = resolve_device(device)
     loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version)
-    raise_first_error(digest_problems(adapter, config_data, tensors))  # the bytes first: a flipped bit may also make a NaN
-    raise_first_error(value_problems(loaded))  # on the CPU buffer as read: one pass per dtype run
+    if isinstance(store, LazyStore) and recorded(store.header.metadata, store.header.path) is not None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterkit-digest") as pool:  # hash while the values are checked
+            digest = pool.submit(digest_problems, adapter, config_data, tensors)
+            values = value_problems(loaded)
+            raise_first_error(digest.result())  # the bytes first: a flipped bit may also make a NaN
+    else:
+        values = value_problems(loaded)
+    raise_first_error(values)  # on the CPU buffer as read: one pass per dtype run
     if device is not None:
         loaded = Adapter(adapter.config, MemoryStore({k: v.to(device) for k, v in tensors.items()}), adapter.source, adapter.format_version)
     return loaded

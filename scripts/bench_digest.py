@@ -92,6 +92,7 @@ def main() -> None:
 
         saves = interleaved([lambda: adapterkit.save(adapter, with_d, durable=durable),
                              lambda: adapterkit.save(adapter, without_d, durable=durable, digest=False)], args.repeat, before=fresh)
+        fresh()
         adapterkit.save(adapter, with_d, durable=durable)
         adapterkit.save(adapter, without_d, durable=durable, digest=False)
         loads = interleaved([lambda: adapterkit.load(with_d), lambda: adapterkit.load(without_d)], args.repeat)

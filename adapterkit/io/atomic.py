@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import WriteError
@@ -42,7 +43,14 @@ def write_atomic(
             for chunk in chunks:
                 f.write(chunk)
             if patch is not None:
-                offset, data = patch()
+                f.flush()
+                if durable:  # the data goes to disk while the patch is prepared (e.g. the last tensors hashed)
+                    with ThreadPoolExecutor(max_workers=1) as pool:
+                        early = pool.submit(os.fsync, f.fileno())
+                        offset, data = patch()
+                        early.result()
+                else:
+                    offset, data = patch()
                 f.seek(offset)
                 f.write(data)
             f.flush()

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ _HEX = 64  # hex characters of one SHA-256
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _DIGESTS = re.compile(r"(?:[0-9a-f]{64})+")
 _TAG_ALL, _TAG_CONFIG, _TAG_TENSOR = b"adapterkit.digest/1", b"adapterkit.config/1", b"adapterkit.tensor/1"
+# threads that hash tensors side by side (hashlib releases the GIL): SHA-256 runs at ~1-2 GB/s per
+# core, slower than copying into the page cache, so one thread cannot keep up with a writer
+HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 def _u64(n: int) -> bytes:
@@ -63,6 +68,16 @@ def tensor_digest(key: str, dtype: str, shape: tuple[int, ...] | list[int], data
     h = hashlib.sha256(tensor_prefix(key, dtype, shape, len(data)))
     h.update(data)
     return h.digest()
+
+
+def tensor_entries(parts: Iterable[tuple[str, str, tuple[int, ...], bytes | memoryview]]) -> dict[str, bytes]:
+    """Entry digests of many tensors, given as (key, dtype, shape, data), hashed on
+    ``HASH_THREADS`` threads."""
+    parts = list(parts)
+    if len(parts) < 2 or HASH_THREADS == 1:
+        return {p[0]: tensor_digest(*p) for p in parts}
+    with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="adapterkit-digest") as pool:
+        return dict(zip((p[0] for p in parts), pool.map(lambda p: tensor_digest(*p), parts)))
 
 
 def combine(entries: Iterable[bytes]) -> str:

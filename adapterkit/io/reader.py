@@ -20,7 +20,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError, FormatError, NotFoundError
 from ..kinds import config_from_dict
 from .bin_file import read_bin
-from .digest import config_digest, mismatch, recorded, tensor_digest
+from .digest import config_digest, mismatch, recorded, tensor_entries
 from .jsontext import json_equal, loads_strict
 from .safetensors_file import DTYPE_NAMES, Header, read_all, read_header, tensor_bytes
 from .version import SUPPORTED_MAJOR, VERSION_KEY, check_version
@@ -246,10 +246,8 @@ def digest_problems(adapter: Adapter, config_data: Any, tensors: dict | None = N
     entries = recorded(store.header.metadata, store.header.path)
     if entries is None:
         return []
-    entries_now = {}
-    for key in store:
-        t = tensors[key] if tensors is not None else store[key]
-        entries_now[key] = tensor_digest(key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t))
+    held = tensors if tensors is not None else {key: store[key] for key in store}
+    entries_now = tensor_entries((key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t)) for key, t in held.items())
     problem = mismatch(entries, config_digest(config_data), entries_now, str(adapter.source))
     return [problem] if problem else []
 

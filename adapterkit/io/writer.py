@@ -28,7 +28,7 @@ from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
 from . import safetensors_file
 from .atomic import same_file, write_atomic
-from .digest import config_digest, digest_metadata, placeholder_metadata, tensor_digest
+from .digest import HASH_THREADS, config_digest, digest_metadata, placeholder_metadata, tensor_digest
 from .forms import resolve_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .safetensors_file import DTYPE_NAMES, encode, encode_header
@@ -89,8 +89,8 @@ def _install(staged: Path, path: Path) -> None:
 
 class DigestingEncoder:
     """The bytes of a safetensors file whose metadata records the content digest (spec §5.5):
-    iterate for the header (with a placeholder digest) and the data, hashing each tensor on a
-    worker thread as it is yielded; then :meth:`patch` gives the final header to write at 0."""
+    iterate for the header (with a placeholder digest) and the data, hashing each tensor on
+    worker threads as it is yielded; then :meth:`patch` gives the final header to write at 0."""
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], config: dict) -> None:
         self.tensors, self.metadata = tensors, dict(metadata)
@@ -100,7 +100,7 @@ class DigestingEncoder:
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
         yield self.head
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterkit-digest") as pool:
+        with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="adapterkit-digest") as pool:
             self._pool = pool
             for key in self.order:
                 t = self.tensors[key]

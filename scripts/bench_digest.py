@@ -55,17 +55,22 @@ def build(layers: int, rank: int, dtype: torch.dtype, hidden: int = 4096, mlp: i
     return Adapter.from_tensors(cfg, tensors)
 
 
-def interleaved(fns: list[Callable[[], object]], repeat: int, before: Callable[[], None] | None = None) -> list[list[float]]:
-    """``repeat`` timings of each function, run in turn (a, b, a, b, ...) after one untimed warm-up each."""
+def interleaved(fns: list[Callable[[], object]], repeat: int, before: Callable[[], None] | None = None,
+                cpu: list[list[float]] | None = None) -> list[list[float]]:
+    """``repeat`` wall-clock timings of each function, run in turn (a, b, a, b, ...) after one untimed
+    warm-up each; ``cpu``, if given, collects the CPU seconds of this process (all threads) per run."""
     out: list[list[float]] = [[] for _ in fns]
     for r in range(repeat + 1):
         for i, fn in enumerate(fns):
             if before:
                 before()
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             fn()
+            wall, used = time.perf_counter() - t, time.process_time() - c
             if r:
-                out[i].append(time.perf_counter() - t)
+                out[i].append(wall)
+                if cpu is not None:
+                    cpu[i].append(used)
     return out
 
 
@@ -90,12 +95,15 @@ def main() -> None:
             for p in (with_d, without_d):
                 shutil.rmtree(p, ignore_errors=True)
 
+        save_cpu: list[list[float]] = [[], []]
         saves = interleaved([lambda: adapterkit.save(adapter, with_d, durable=durable),
-                             lambda: adapterkit.save(adapter, without_d, durable=durable, digest=False)], args.repeat, before=fresh)
+                             lambda: adapterkit.save(adapter, without_d, durable=durable, digest=False)], args.repeat, before=fresh,
+                            cpu=save_cpu)
         fresh()
         adapterkit.save(adapter, with_d, durable=durable)
         adapterkit.save(adapter, without_d, durable=durable, digest=False)
-        loads = interleaved([lambda: adapterkit.load(with_d), lambda: adapterkit.load(without_d)], args.repeat)
+        load_cpu: list[list[float]] = [[], []]
+        loads = interleaved([lambda: adapterkit.load(with_d), lambda: adapterkit.load(without_d)], args.repeat, cpu=load_cpu)
 
         data = (with_d / "adapter_model.safetensors").read_bytes()
         sha = interleaved([lambda: hashlib.sha256(data).digest()], 3)[0]
@@ -103,13 +111,17 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     print(f"adapter: {len(adapter.tensors)} tensors, {len(adapter.modules)} modules, {nbytes / 1e6:.1f} MB {args.dtype}, "
-          f"rank {args.rank}; {os.cpu_count()} CPUs; save durable={durable}; {args.repeat} runs each, interleaved")
+          f"rank {args.rank}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; save durable={durable}; "
+          f"{args.repeat} runs each, interleaved")
     print(f"{'workload':<44} {'with digest':>12} {'without':>10} {'ratio':>7}  target")
     for name, (a, b), target in (("save (dir form), median ms", saves, 1.1), ("load (all checks), median ms", loads, None)):
         ma, mb = statistics.median(a), statistics.median(b)
         verdict = "" if target is None else f"<= {target:g}x {'PASS' if ma / mb <= target else 'MISS'}"
         print(f"{name:<44} {ma * 1e3:>12.1f} {mb * 1e3:>10.1f} {ma / mb:>6.2f}x  {verdict}")
         print(f"{name.replace('median', 'best'):<44} {min(a) * 1e3:>12.1f} {min(b) * 1e3:>10.1f} {min(a) / min(b):>6.2f}x")
+    for name, (a, b) in (("save CPU time (all threads), median ms", save_cpu), ("load CPU time (all threads), median ms", load_cpu)):
+        ma, mb = statistics.median(a), statistics.median(b)
+        print(f"{name:<44} {ma * 1e3:>12.1f} {mb * 1e3:>10.1f} {ma / mb:>6.2f}x")
     best_sha = min(sha)
     print(f"SHA-256 of the whole file alone: {best_sha * 1e3:.1f} ms ({len(data) / best_sha / 1e9:.2f} GB/s): what the digest "
           f"would add to save if it did not overlap the writing")

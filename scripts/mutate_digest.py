@@ -46,6 +46,8 @@ MUTANTS = [
      "    if digests is None:\n        return None"),
     ("record: entries without digest ignored", DIGEST, "    if digest is None and digests is None:\n        return None",
      "    if digest is None:\n        return None"),
+    ("record: trailing text after the digest accepted", DIGEST, "if value is None or not pattern.fullmatch(value):", "if value is None or not pattern.match(value):"),
+    ("save: placeholder one entry short", DIGEST, '"0" * (_HEX * (n_tensors + 1))', '"0" * (_HEX * n_tensors)'),
     ("check: config not compared", DIGEST, "    if config_entry != entries[0]:", "    if False:"),
     ("check: the last differing tensor named", DIGEST, "    for i, key in enumerate(sorted(tensor_entries)):",
      "    for i, key in enumerate(sorted(tensor_entries, reverse=True)):"),

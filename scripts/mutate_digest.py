@@ -56,6 +56,7 @@ MUTANTS = [
      "    problem = mismatch(entries, config_digest(config_data), entries_now, str(adapter.source))",
      "    problem = mismatch(entries, config_digest(adapter.config.to_dict()), entries_now, str(adapter.source))"),
     ("load: digest not checked", READER, "            raise_first_error(digest.result())", "            pass"),
+    ("load: verify_digest ignored", READER, "    if verify_digest and isinstance(store, LazyStore)", "    if isinstance(store, LazyStore)"),
     ("load: values checked before the digest", READER,
      "            raise_first_error(digest.result())  # the bytes first: a flipped bit may also make a NaN\n    else:\n        values = value_problems(loaded)\n    raise_first_error(values)",
      "            raise_first_error(values)\n            raise_first_error(digest.result())\n    else:\n        values = value_problems(loaded)\n    raise_first_error(values)"),

@@ -189,6 +189,19 @@ def test_any_flipped_data_byte_is_named(tmp_path_factory, where, bit):
     assert info.value.code == "digest-mismatch" and info.value.key == owner  # checked before the values (a flip may make a NaN)
 
 
+def test_load_can_skip_the_digest_check(tmp_path):
+    out = adapterkit.save(_adapter(), tmp_path / "a.safetensors")
+    header, start = split(out)
+    raw = bytearray(out.read_bytes())
+    key = "base_model.model.score.bias"
+    raw[start + header[key]["data_offsets"][0]] ^= 1
+    out.write_bytes(bytes(raw))
+    with pytest.raises(AdapterkitError, match=r"score\.bias: the tensor differs"):
+        adapterkit.load(out)
+    loaded = adapterkit.load(out, verify_digest=False)
+    assert not torch.equal(loaded.tensors[key], _adapter().tensors[key])
+
+
 def test_first_differing_tensor_in_sorted_order_is_named(tmp_path):
     out = adapterkit.save(_adapter(), tmp_path / "a.safetensors")
     header, start = split(out)

@@ -15,6 +15,12 @@ machine, which bounds what hashing can cost when it does not overlap.
 
 (Standalone for now; it is meant to become the digest section of scripts/bench_inspect.py.)
 
+Figures (2026-11-27, the shared 2-CPU machine at load average ~20, fp32 160 MB, 9 runs): save
+with/without digest, median 469 / 227 ms (2.07x, MISS), best 379 / 195 ms; durable=False 392 / 139
+ms; load 343 / 88 ms.  CPU time (all threads) of save 172 / 67 ms: the digest costs ~105 ms of CPU
+(SHA-256 at ~1.5 GB/s per core), which overlaps the writing only where a core is free; here the
+process got ~0.4 of a core, so the hashing added its full time.  Not measured on a quiet machine.
+
 Usage: python scripts/bench_digest.py [--layers 32] [--rank 16] [--dtype fp32|fp16|bf16]
                                       [--repeat 9] [--dir DIR] [--no-fsync]
 """

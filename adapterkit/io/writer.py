@@ -7,9 +7,9 @@ replaces it whole; the file or folder an adapter was read from is never replaced
 
 Format 1.1 files carry a content digest (spec §5.5, ``io/digest.py``).  It sits in the header,
 before the data it hashes, so the header is laid out with a placeholder of the same length,
-each tensor is hashed on a second thread while it is written, and the header is written
-again at the end with the digest filled in: hashing overlaps writing instead of adding a
-second pass over the data.
+each tensor is hashed on worker threads while it is written, and the header is written
+again at the end with the digest filled in: hashing overlaps writing (and a durable save's
+fsync of the data) instead of adding a second pass over the data.
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ class DigestingEncoder:
     def __iter__(self) -> Iterator[bytes | memoryview]:
         yield self.head
         with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="adapterkit-digest") as pool:
-            self._pool = pool
             for key in self.order:
                 t = self.tensors[key]
                 data = safetensors_file.tensor_bytes(t)  # looked up here, so a test can make it fail

@@ -1,37 +1,27 @@
 #!/usr/bin/env python
-"""Benchmark ``adapterkit extract --rank 16`` on a bf16 Llama-7B-dims pair, against the issue's mergekit figures.
+"""Benchmark ``adapterkit extract --rank 16`` against ``mergekit-extract-lora --max-rank 16`` on one bf16 Llama-7B-dims pair.
 
 The pair is generated here: ``scripts/bench_merge.py --child generate ROOT 7b-dims bf16`` writes
-ROOT/base (hidden 4096, MLP 11008, vocab 32000, 8 layers: ~3.7 GB bf16, 4 shards) and ROOT/adapter
-(an r=16 LoRA on all seven projections); ROOT/ft is the base with that adapter merged
-(``merge_checkpoint``).  Then ``python -m adapterkit extract ROOT/base ROOT/ft OUT --rank 16
---json`` runs in a fresh process, reaped with ``os.wait4`` (wall time from start to exit,
-imports included; peak RSS = ``ru_maxrss``), and the report's relative error
-‖ΔW − B·A‖_F / ‖ΔW‖_F over all modules is printed with the adapter's size on disk.
+ROOT/base (hidden 4096, MLP 11008, vocab 32000, 8 layers: ~3.7 GB bf16, 4 shards, config.json)
+and ROOT/adapter (an r=16 LoRA on all seven projections); ROOT/ft is the base with that adapter
+merged (``merge_checkpoint``).  Each extractor then runs in a fresh process on the same pair,
+reaped with ``os.wait4`` (wall time from start to exit, imports included; peak RSS =
+``ru_maxrss``).  The relative error ‖ΔW − ΔW_lora‖_F / ‖ΔW‖_F over all extracted modules (ΔW =
+ft − base in fp32; ΔW_lora = scaling·B·A as PEFT computes it) is measured the same way for both
+outputs, module by module in a separate process, with each adapter's size on disk and the
+number of tensors it stores whole (``modules_to_save``).
 
-The true ΔW has rank 16 plus the bf16 rounding of the fine-tuned weights (which is full rank:
-about half an ulp of |W| per entry), so the relative error at rank 16 measures how much of
-ΔW that rounding is, not the SVD's accuracy alone.
+mergekit runs when ``mergekit-extract-lora`` is found (``--mergekit PATH``, else on PATH; it
+is not a dependency of adapterkit: install it in a separate venv, e.g. ``python -m venv mk &&
+mk/bin/pip install torch mergekit==0.1.5``).  Without it the anchor figures of the issue
+(mergekit 0.1.5 on the same kind of pair and machine, measured separately: 614 s, 4.7 GB peak
+RSS, 0.24% relative error, 544 MB adapter) are printed with our ratios to them.
 
-mergekit (``mergekit-extract-lora``) is not run here (its dependencies are not installed in
-this environment); the anchor figures of the issue, measured separately on full Llama-7B
-(32 layers), are printed with our ratios to them: 614 s, 4.7 GB peak RSS, 0.24% relative
-error, 544 MB adapter.  Our workload has 8 of the 32 layers, so the time and adapter ratios
-are also given per layer (ours × 4).
+The true ΔW has rank 16 plus the bf16 rounding of the fine-tuned weights (full rank, about half
+an ulp of |W| per entry), so the error at rank 16 measures how much of ΔW that rounding is; both
+extractors face the same floor.  Figures measured are in the closing note of issue 9.
 
-Measured on the development machine (2 vCPUs AMD EPYC, 23 GB; 2026-11-27, one run each):
-56 modules, all by randomized SVD; wall 28.3 s, peak RSS 853 MB (torch, one bf16 MLP pair and
-its fp32 ΔW), relative error 1.048% (energy kept 99.989%), adapter 20.0 MB, 19 tensors
-unchanged.  (Earlier runs: 25.3 s / 920 MB while the unchanged embeddings were still read
-whole; 107.1 s / 1018 MB before ΔW lost two fp32 temporaries, with an unrelated test run
-busy on one of the two cores.  Timings here vary that much from run to run.)
-Ratios to the anchors: time 0.046 (0.184 scaled to 32 layers), RSS 0.181, adapter 0.037 (0.147 scaled; mergekit's 544 MB presumably includes embed_tokens and lm_head stored
-whole, 524 MB in bf16, which extract leaves out unless --save-changed).  The error is not
-comparable: here it is the bf16 rounding floor of the synthetic fine-tune (a 2048×2048 check:
-dense SVD 3.292%, randomized 3.292%, floor ‖ΔW − ΔW_true‖/‖ΔW‖ 3.319%); mergekit's 0.24% is
-on a real fine-tune.
-
-Usage: python scripts/bench_extract.py [--dir DIR] [--keep] [--device cpu|cuda] [--rank 16]
+Usage: python scripts/bench_extract.py [--dir DIR] [--keep] [--device cpu|cuda] [--rank 16] [--mergekit PATH | --no-mergekit]
 """
 
 from __future__ import annotations
@@ -47,8 +37,37 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_merge import REPO, child
 
-ANCHOR = {"seconds": 614.0, "rss_bytes": 4.7e9, "relative_error": 0.0024, "adapter_bytes": 544e6, "layers": 32}
+ANCHOR = {"seconds": 614.0, "rss_bytes": 4.7e9, "relative_error": 0.0024, "adapter_bytes": 544e6}
 LAYERS = 8
+
+MEASURE = r"""
+import json, sys
+import torch
+import adapterkit
+from adapterkit.checkpoint.reader import open_checkpoint
+base, ft, out = (open_checkpoint(sys.argv[1]), open_checkpoint(sys.argv[2]), sys.argv[3])
+adapter = adapterkit.load(out)
+err = tot = 0.0
+for name in sorted(adapter.modules):
+    key = name + ".weight"
+    delta = ft.read(key).float() - base.read(key).float()
+    lora = adapter.delta_weight(name).float()
+    err += float((delta - lora).double().square().sum()); tot += float(delta.double().square().sum())
+whole = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None]
+print(json.dumps({"modules": len(adapter.modules), "relative_error": (err / tot) ** 0.5, "whole_tensors": len(whole),
+                  "ranks": sorted({v.rank for v in adapter.modules.values()})}))
+"""
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _measure(root: Path, out: Path, log: Path) -> dict:
+    subprocess.run([sys.executable, "-c", MEASURE, str(root / "base"), str(root / "ft"), str(out)], check=True,
+                   stdout=log.open("w"), stderr=subprocess.STDOUT)
+    text = log.read_text()
+    return json.loads(text[text.rindex("{"):])
 
 
 def main() -> None:
@@ -57,7 +76,10 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints and output")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--mergekit", default=None, help="path of mergekit-extract-lora (default: found on PATH)")
+    ap.add_argument("--no-mergekit", action="store_true", help="do not run mergekit; print the issue's anchors")
     args = ap.parse_args()
+    mergekit = None if args.no_mergekit else (args.mergekit or shutil.which("mergekit-extract-lora"))
     if args.dir:
         args.dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="bench_extract_", dir=args.dir))
@@ -75,21 +97,32 @@ def main() -> None:
                               "--rank", str(args.rank), "--device", args.device, "--json"], log)
         text = log.read_text()
         report = json.loads(text[text.index("{"):])
-        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        ours = _measure(root, out, scratch / "measure_ours.log")
+        size = _size(out)
         methods = sorted({m["method"] for m in report["modules"]})
-        scale = ANCHOR["layers"] / LAYERS
-        print(f"7b-dims ({LAYERS} layers, bf16), adapterkit extract --rank {args.rank} on {args.device}: "
-              f"{len(report['modules'])} modules ({', '.join(methods)} SVD)")
-        print(f"  wall {seconds:.1f} s, peak RSS {rss / 1e6:.0f} MB, relative error {100 * report['relative_error']:.3f}%, "
-              f"energy kept {100 * report['energy_kept']:.4f}%, adapter {size / 1e6:.1f} MB")
-        print(f"  unchanged {len(report['unchanged'])}, changed not extracted {len(report['not_extracted'])}")
-        print("mergekit anchors (issue, full Llama-7B, measured separately): "
-              f"{ANCHOR['seconds']:.0f} s, {ANCHOR['rss_bytes'] / 1e9:.1f} GB, {100 * ANCHOR['relative_error']:.2f}%, "
-              f"{ANCHOR['adapter_bytes'] / 1e6:.0f} MB")
-        print(f"  time ratio {seconds / ANCHOR['seconds']:.3f} (scaled to 32 layers: {seconds * scale / ANCHOR['seconds']:.3f}), "
-              f"RSS ratio {rss / ANCHOR['rss_bytes']:.3f}, adapter ratio {size / ANCHOR['adapter_bytes']:.3f} "
-              f"(scaled: {size * scale / ANCHOR['adapter_bytes']:.3f}), "
-              f"error ratio {report['relative_error'] / ANCHOR['relative_error']:.3f}")
+        print(f"7b-dims ({LAYERS} layers, bf16 pair), --rank {args.rank}, device {args.device}")
+        print(f"  adapterkit extract: wall {seconds:.1f} s, peak RSS {rss / 1e6:.0f} MB, relative error {100 * ours['relative_error']:.3f}% "
+              f"(reported {100 * report['relative_error']:.3f}%), adapter {size / 1e6:.1f} MB, {ours['modules']} modules "
+              f"({', '.join(methods)} SVD), {ours['whole_tensors']} whole tensors; {len(report['unchanged'])} unchanged left out")
+        if mergekit:
+            mk_out = scratch / "mergekit"
+            mk_seconds, mk_rss = child([mergekit, "--model", str(root / "ft"), "--base-model", str(root / "base"),
+                                        "--out-path", str(mk_out), "--max-rank", str(args.rank), "--no-copy-tokenizer"]
+                                       + (["--cuda"] if args.device.startswith("cuda") else []), scratch / "mergekit.log")
+            theirs = _measure(root, mk_out, scratch / "measure_mergekit.log")
+            mk_size = _size(mk_out)
+            print(f"  mergekit-extract-lora: wall {mk_seconds:.1f} s, peak RSS {mk_rss / 1e6:.0f} MB, relative error "
+                  f"{100 * theirs['relative_error']:.3f}%, adapter {mk_size / 1e6:.1f} MB, {theirs['modules']} modules, "
+                  f"{theirs['whole_tensors']} whole tensors")
+            print(f"  ours / mergekit: time {seconds / mk_seconds:.4f} ({mk_seconds / seconds:.1f}x faster), RSS {rss / mk_rss:.3f}, "
+                  f"error {100 * (ours['relative_error'] - theirs['relative_error']):+.3f} points, adapter {size / mk_size:.3f}")
+        else:
+            print("mergekit-extract-lora not found; the issue's anchors (mergekit 0.1.5, same kind of pair, measured separately): "
+                  f"{ANCHOR['seconds']:.0f} s, {ANCHOR['rss_bytes'] / 1e9:.1f} GB, {100 * ANCHOR['relative_error']:.2f}%, "
+                  f"{ANCHOR['adapter_bytes'] / 1e6:.0f} MB")
+            print(f"  ours / anchor: time {seconds / ANCHOR['seconds']:.4f} ({ANCHOR['seconds'] / seconds:.1f}x faster), "
+                  f"RSS {rss / ANCHOR['rss_bytes']:.3f}, error {100 * (ours['relative_error'] - ANCHOR['relative_error']):+.3f} points, "
+                  f"adapter {size / ANCHOR['adapter_bytes']:.3f}")
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -28,6 +28,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import adapterkit  # noqa: E402
 from adapterkit.cli import main  # noqa: E402
 from adapterkit.errors import AdapterkitError  # noqa: E402
+from adapterkit.kinds.lora import PREFIX  # noqa: E402
 from adapterkit.ops import merge_checkpoint  # noqa: E402
 from adapterkit.ops.extract import extract  # noqa: E402
 
@@ -132,6 +133,42 @@ def test_save_changed_stores_norms_whole(pair, tmp_path: Path) -> None:
     assert adapterkit.validate(adapterkit.save(adapter, tmp_path / "whole")) == []
 
 
+def test_mixed_ranks_and_saved_changes_load_in_peft_and_remerge(pair, tmp_path: Path) -> None:
+    # a fine-tune with per-module ranks (q_proj r=2, the rest r=4) and a changed norm and lm_head:
+    # energy selection gives a rank_pattern, save_changed gives modules_to_save; PEFT must load the
+    # result and compute the fine-tuned model, and adapterkit merge must rebuild its tensors
+    base, _, _ = pair
+    known = make_adapter(tmp_path / "known", seed=5, r=4, lora_alpha=8, target_modules=TARGETS, rank_pattern={"q_proj": 2})
+    merge_checkpoint(base, [known], tmp_path / "merged")
+    t = shards(tmp_path / "merged")
+    t["model.norm.weight"] = t["model.norm.weight"] + 0.5
+    t["lm_head.weight"] = t["lm_head.weight"] * 1.5
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    save_file(t, ft / "model.safetensors", metadata={"format": "pt"})
+    (ft / "config.json").write_bytes((base / "config.json").read_bytes())
+    adapter, report = extract(base, ft, energy=0.999999, save_changed=True)
+    ranks = {m.name.rsplit(".", 1)[-1]: m.rank for m in report.modules}
+    assert ranks == {"q_proj": 2, "v_proj": 4, "down_proj": 4}
+    assert set(report.saved_whole) == {"model.norm.weight", "lm_head.weight"} and report.not_extracted == {}
+    out = adapterkit.save(adapter, tmp_path / "lora")
+    assert adapterkit.validate(out) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(llama(), out).eval()
+        tuned = LlamaForCausalLM.from_pretrained(ft).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(IDS).logits, tuned(IDS).logits, atol=1e-4, rtol=0)
+    # PEFT built each module at the rank the adapter declares
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            assert module.lora_A["default"].weight.shape[0] == ranks[name.rsplit(".", 1)[-1]], name
+    merge_checkpoint(base, [out], tmp_path / "again")
+    again = shards(tmp_path / "again")
+    for k in t:
+        torch.testing.assert_close(again[k], t[k], atol=1e-5, rtol=0, msg=k)
+
+
 @given(st.integers(2, 24), st.integers(2, 24), st.integers(1, 6), st.integers(0, 2**16))
 def test_property_single_file_true_rank(tmp_path_factory, m: int, n: int, r: int, seed: int) -> None:
     r = min(r, m, n)
@@ -149,6 +186,33 @@ def test_property_single_file_true_rank(tmp_path_factory, m: int, n: int, r: int
     assert _rel(adapter.delta_weight("layer.lin"), want) < 1e-4
 
 
+def test_rank_is_capped_factors_balanced_and_stored_in_the_model_dtype(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(2)
+    W = torch.randn(7, 5, generator=g).to(torch.bfloat16)
+    F = (W.float() + torch.randn(7, 5, generator=g)).to(torch.bfloat16)
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": F}, tmp_path / "f.safetensors")
+    adapter, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=50)
+    assert report.modules[0].rank == 5 and adapter.config.r == 5  # min(7, 5)
+    A, B = adapter.tensors[f"{PREFIX}x.lora_A.weight"], adapter.tensors[f"{PREFIX}x.lora_B.weight"]
+    assert A.dtype == B.dtype == torch.bfloat16 and A.shape == (5, 5) and B.shape == (7, 5)
+    # balanced: column i of B and row i of A both carry √σᵢ
+    adapter, _ = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=3)
+    A, B = (adapter.tensors[f"{PREFIX}x.lora_{n}.weight"].double() for n in "AB")
+    torch.testing.assert_close(B.norm(dim=0), A.norm(dim=1), rtol=2e-2, atol=0)
+    S = torch.linalg.svdvals(F.double() - W.double())[:3]
+    torch.testing.assert_close(B.norm(dim=0), S.sqrt(), rtol=2e-2, atol=0)
+
+
+def test_identical_nan_is_unchanged_not_an_error(tmp_path: Path) -> None:
+    W = torch.randn(6, 4)
+    W[2, 1] = float("nan")  # the same NaN bits in both: the tensor did not change
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": W.clone()}, tmp_path / "f.safetensors")
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1)
+    assert report.modules == () and report.unchanged == ("x.weight",)
+
+
 def test_randomized_path_is_deterministic_and_accurate(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     W = torch.randn(1100, 1030, generator=g) * 0.02
@@ -160,6 +224,58 @@ def test_randomized_path_is_deterministic_and_accurate(tmp_path: Path) -> None:
     assert r1.modules[0].method == "randomized" and r1.modules[0].error < 1e-3
     assert all(torch.equal(a1.tensors[k], a2.tensors[k]) for k in a1.tensors)
     assert _rel(a1.delta_weight("x"), (W + D) - W) < 1e-4
+
+
+@pytest.mark.parametrize("true_rank", [5, 40])
+def test_energy_on_a_large_matrix_grows_a_randomized_sketch(tmp_path: Path, true_rank: int) -> None:
+    # min(m, n) > 1024: energy selection must not need the exact SVD when ΔW is low-rank;
+    # rank 40 is past the first sketch (32), so the sketch has to grow to find it
+    g = torch.Generator().manual_seed(true_rank)
+    W = torch.randn(1100, 1030, generator=g) * 0.02
+    D = torch.randn(1100, true_rank, generator=g) @ torch.randn(true_rank, 1030, generator=g) * 0.01
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": W + D}, tmp_path / "f.safetensors")
+    adapter, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", energy=0.9999)
+    (rec,) = report.modules
+    delta = ((W + D) - W).double()
+    S = torch.linalg.svdvals(delta)
+    want = int((S.square().cumsum(0) / S.square().sum() < 0.9999).sum()) + 1  # smallest k reaching it, from first principles
+    assert rec.method == "randomized" and rec.rank == want
+    assert abs(rec.energy - float(S.square().sum())) < 1e-6 * float(S.square().sum())
+    err = float((delta - adapter.delta_weight("x").double()).norm() / delta.norm())
+    assert abs(err - rec.error) < 1e-4 and err**2 <= 1 - 0.9999 + 1e-6
+
+
+def test_energy_is_a_fraction_of_the_whole_difference_not_of_the_sketch(tmp_path: Path) -> None:
+    # ΔW = U·diag(σ)·Vᵀ with σ² = 100, 25, 4, 1 and sixty equal σ² = 0.01: the first sketch (32)
+    # holds 130.28 of 130.6, enough for energy 0.9969 (130.195), which needs 20 of the equal
+    # ones (k = 24); measured against the sketch's own total it would stop at k = 4
+    g = torch.Generator().manual_seed(11)
+    U, _ = torch.linalg.qr(torch.randn(1100, 64, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(1030, 64, generator=g, dtype=torch.float64))
+    sigma = torch.tensor([10.0, 5.0, 2.0, 1.0] + [0.1] * 60, dtype=torch.float64)
+    W = torch.randn(1100, 1030, generator=g) * 0.02
+    F = W + (U * sigma) @ V.T
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": F.float()}, tmp_path / "f.safetensors")
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", energy=0.9969)
+    (rec,) = report.modules
+    S = torch.linalg.svdvals((F.float() - W).double())
+    want = int((S.square().cumsum(0) / S.square().sum() < 0.9969).sum()) + 1
+    assert want == 24 and rec.method == "randomized" and rec.rank == want
+
+
+def test_energy_on_a_full_rank_large_matrix_falls_back_to_the_exact_svd(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(1040, 1030, generator=g)
+    F = W + torch.randn(1040, 1030, generator=g) * 0.1  # flat spectrum: no sketch up to n/4 holds 90%
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": F}, tmp_path / "f.safetensors")
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", energy=0.9)
+    (rec,) = report.modules
+    S = torch.linalg.svdvals((F - W).double())
+    want = int((S.square().cumsum(0) / S.square().sum() < 0.9).sum()) + 1
+    assert rec.method == "dense" and rec.rank == want
 
 
 def test_errors(tmp_path: Path, pair) -> None:

@@ -165,7 +165,9 @@ def _problem_json(p: Any) -> dict[str, Any]:
 @handles_errors
 def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
     """Check the adapter at PATH against every rule of the spec (config, shapes, partners,
-    dtypes, NaN/Inf) and report every problem at once.  Exit 0 valid, 1 invalid, 2 usage error.
+    dtypes, content digest, NaN/Inf) and report every problem at once.  Exit 0 valid, 1 invalid,
+    2 usage error.  A recorded digest that disagrees is `digest-mismatch`, naming the config or
+    the first tensor (sorted key order) that differs.
 
     \b
     Examples:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import WriteError
 
 
-def write_atomic(path: str | Path, chunks: Iterable[bytes], *, durable: bool = True) -> None:
+def write_atomic(
+    path: str | Path, chunks: Iterable[bytes], *, durable: bool = True, patch: Callable[[], tuple[int, bytes]] | None = None,
+) -> None:
     """Write ``chunks`` to ``path`` atomically (temp file in the same directory + rename).
 
     Args:
@@ -23,6 +26,8 @@ def write_atomic(path: str | Path, chunks: Iterable[bytes], *, durable: bool = T
         durable: fsync the data before the rename, so that after a crash the target holds the
             old or the new bytes, never an empty file.  ``False`` skips the fsync (still atomic
             for other readers, not across a power loss): for scratch output and benchmarks.
+        patch: called once all chunks are written; returns (offset, bytes) to write over what
+            is there (the same length), e.g. a header that holds a digest of the data after it.
 
     Raises:
         WriteError: the directory cannot be created or the file cannot be written.
@@ -37,6 +42,17 @@ def write_atomic(path: str | Path, chunks: Iterable[bytes], *, durable: bool = T
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
+            if patch is not None:
+                f.flush()
+                if durable:  # the data goes to disk while the patch is prepared (e.g. the last tensors hashed)
+                    with ThreadPoolExecutor(max_workers=1) as pool:
+                        early = pool.submit(os.fsync, f.fileno())
+                        offset, data = patch()
+                        early.result()
+                else:
+                    offset, data = patch()
+                f.seek(offset)
+                f.write(data)
             f.flush()
             if durable:
                 os.fsync(f.fileno())

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
-from .atomic import same_file, write_atomic
+from .atomic import discard, install, same_file, staging_folder, write_atomic
 from .forms import resolve_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .safetensors_file import encode
@@ -53,39 +51,14 @@ def _check_target(path: Path, form: str, source: Path | None, overwrite: bool) -
             raise WriteError(f"output exists ({kind}); pass overwrite=True (--overwrite) to replace it whole", code="output-exists", path=path, expected="a path that does not exist", actual=f"existing {kind}")
 
 
-def _install(staged: Path, path: Path) -> None:
-    """Move ``staged`` to ``path``; whatever was at ``path`` is replaced whole (renamed aside,
-    then deleted), so no file from before remains."""
-    if not os.path.lexists(path):
-        os.rename(staged, path)
-        return
-    if staged.is_file() and path.is_file() and not path.is_symlink():
-        os.replace(staged, path)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / "old"
-    os.rename(path, aside)
+def _write(path: Path, files: dict[str, object], form: str, durable: bool, overwrite: bool) -> None:
+    """Build the output in a staging folder beside ``path`` (``.<name>.tmp-*/<name>``), then
+    install it in one rename (``install``: an output that appeared meanwhile is refused unless
+    ``overwrite``).  The staging folder is removed whatever happens."""
+    staging = staging_folder(path)
     try:
-        os.rename(staged, path)
-    except OSError:
-        os.rename(aside, path)
-        raise
-    finally:
-        shutil.rmtree(aside.parent, ignore_errors=True)
-
-
-def _write(path: Path, files: dict[str, object], form: str, durable: bool) -> None:
-    """Write the output beside ``path`` (a staging file or directory), then install it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if form == "file":
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-            os.close(fd)
-            staging = Path(name)
-        else:
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    except OSError as exc:
-        raise WriteError(f"cannot create output: {exc.strerror}", path=path) from exc
-    try:
+        if form == "dir":
+            staging.mkdir()
         for name, chunks in files.items():
             target = staging if form == "file" else staging / name
             try:
@@ -95,14 +68,11 @@ def _write(path: Path, files: dict[str, object], form: str, durable: bool) -> No
                 exc.args = (str(exc),)
                 raise
         os.chmod(staging, 0o644 if form == "file" else 0o755)
-        _install(staging, path)
+        install(staging, path, overwrite=overwrite)
     except OSError as exc:
         raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc
     finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        elif os.path.lexists(staging):
-            staging.unlink()
+        discard(staging.parent)
 
 
 def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwrite: bool = False, durable: bool = True) -> Path:
@@ -138,7 +108,7 @@ def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwri
         metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))
         files = {path.name: encode(tensors, metadata)}
     try:
-        _write(path, files, form, durable)
+        _write(path, files, form, durable, overwrite)
     except AdapterkitError as exc:
         exc.with_path(path)
         raise

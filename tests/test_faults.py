@@ -184,11 +184,12 @@ def test_killed_before_the_rename_leaves_nothing_a_search_finds(env, cmd) -> Non
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=IDS)
 def test_injected_write_errors_are_one_line_write_failed(env, cmd) -> None:
-    """ENOSPC at two seeded write calls, EROFS at the first, EACCES at a seeded one: exit 2,
+    """ENOSPC at the second write call (creating the staged output) and at a seeded one, EROFS
+    at the first (the staging folder), EACCES at a seeded one: exit 2,
     one line, write-failed naming OUT and the system's reason; nothing left beside OUT."""
     space = env.clean[cmd.name, False].space
     rng = random.Random(f"errors-{cmd.name}")
-    faults = [("enospc", n) for n in rng.sample(range(1, space + 1), 2)] + [("erofs", 1), ("eacces", rng.randint(1, space))]
+    faults = [("enospc", 2), ("enospc", rng.randint(3, space)), ("erofs", 1), ("eacces", rng.randint(1, space))]
     outs = [env.scratch(cmd) / cmd.out for _ in faults]
     results = env.server.run(*(Run(cmd.argv(env.inputs, out), Fault(mode, n, root=str(out.parent))) for (mode, n), out in zip(faults, outs)))
     reasons = {"enospc": "No space left on device", "erofs": "Read-only file system", "eacces": "Permission denied"}
@@ -255,14 +256,15 @@ def test_concurrent_writers_without_overwrite(env, cmd) -> None:
     assert "[output-exists]" in results[not winner].stderr
 
 
+@pytest.mark.parametrize("old", [True, False], ids=["over-old", "no-old"])
 @pytest.mark.parametrize("cmd", COMMANDS, ids=IDS)
-def test_concurrent_writers_with_overwrite(env, cmd) -> None:
-    """Two writers with --overwrite over an existing OUT, meeting before their renames: both
-    succeed, OUT is one of the two outputs whole (nothing of the old one, no mixture)."""
+def test_concurrent_writers_with_overwrite(env, cmd, old: bool) -> None:
+    """Two writers with --overwrite (over an existing OUT, or none), meeting before their renames:
+    both succeed, OUT is one of the two outputs whole (nothing of the old one, no mixture)."""
     out = env.scratch(cmd) / cmd.out
-    if cmd.out.endswith(".safetensors"):
+    if old and cmd.out.endswith(".safetensors"):
         out.write_bytes(b"old")
-    else:
+    elif old:
         out.mkdir()
         (out / "old.txt").write_text("old")
     (out.parent.parent / "barrier").mkdir()

@@ -8,7 +8,7 @@ drawn from the seed (the same draws as CI's ``tests/test_faults.py``, only more 
   kill      SIGKILL just before the n-th write-side call (n over a clean run's range)
   outside   SIGKILL from outside after a random delay (up to a clean run's duration)
   enospc    OSError(ENOSPC) at the n-th call that needs space
-  eacces    OSError(EACCES or EROFS) at the n-th such call
+  eacces    OSError(EACCES or EROFS) at the n-th call that needs write permission (a creation)
   tmpfs     OUT on a real tmpfs holding a random fraction of the output (skipped if mounting fails)
   ro        OUT on a read-only tmpfs, absent or existing (--overwrite)
   race      two writers of different outputs meeting before their renames (half with --overwrite)
@@ -145,7 +145,7 @@ def plan(kind: str, cmd, rng: random.Random, work: Path, i: int, inputs, clean, 
         return kind, [Run(cmd.argv(inputs, out), kill_after=rng.uniform(0, ref.seconds))], [(out, (False,), {})]
     if kind in ("enospc", "eacces"):
         mode = kind if kind == "enospc" else rng.choice(["eacces", "erofs"])
-        run = Run(cmd.argv(inputs, out), Fault(mode, rng.randint(1, ref.space), root=str(folder)))
+        run = Run(cmd.argv(inputs, out), Fault(mode, rng.randint(1, ref.space if mode == "enospc" else ref.perm), root=str(folder)))
         return kind, [run], [(out, (False,), {"must_fail": True, "message": REASONS[mode]})]
     if kind == "tmpfs":
         need = sum(p.stat().st_size for p in (work / "clean" / f"{cmd.name}-False").rglob("*") if p.is_file())

@@ -12,8 +12,9 @@ Faults (``Fault.mode``):
   * ``count``: nothing injected; the child reports how many hooked calls it made (a clean run
     tells the range kill points are drawn from);
   * ``kill``: SIGKILL itself just before the ``n``-th hooked call;
-  * ``enospc`` / ``erofs`` / ``eacces``: the ``n``-th call that needs space or write permission
-    (data writes, fsync, file and folder creation) raises that ``OSError`` instead;
+  * ``enospc``: the ``n``-th call that needs space (data writes, fsync, creating a file or a
+    folder) raises ``OSError(ENOSPC)`` instead; ``erofs`` / ``eacces``: the ``n``-th call that
+    needs write permission (creating or opening a file for writing, creating a folder);
   * ``kill-install``: SIGKILL itself just before the first rename onto ``out``;
   * ``barrier``: the first rename whose destination is ``out`` waits until ``parties`` children
     have reached theirs (two writers past every existence check at once);
@@ -39,6 +40,7 @@ ROOT = HERE.parent
 
 # hooked call -> whether it needs space/permission (where enospc/erofs/eacces are injected)
 SPACE = {"write", "pwrite", "file.write", "file.flush", "ftruncate", "fsync", "mkdir", "open", "copy_file_range", "sendfile"}
+PERMISSION = {"mkdir", "open"}  # where EACCES/EROFS come from (a file already open is written)
 META = {"rename", "replace", "link", "chmod", "unlink", "rmdir", "renameat2"}
 ERRNO = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eacces": errno.EACCES}
 
@@ -67,7 +69,8 @@ class Result:
     stdout: str
     stderr: str
     ops: int  # hooked calls made (-1 when the child could not say: killed)
-    space: int  # of which calls that need space or permission
+    space: int  # of which calls that need space
+    perm: int  # of which calls that need write permission
     seconds: float
     trace: list[str] = field(default_factory=list)  # mode "trace": every hooked call (n, space n, kind, path)
 
@@ -83,7 +86,7 @@ def install_hooks(fault: Fault) -> dict:
     import builtins
     import io
 
-    state = {"ops": 0, "space": 0, "waited": False, "trace": []}
+    state = {"ops": 0, "space": 0, "perm": 0, "waited": False, "trace": []}
     lock = threading.Lock()
     root = os.path.abspath(fault.root) + os.sep
     real_readlink, real_kill, real_open = os.readlink, os.kill, io.open
@@ -103,14 +106,15 @@ def install_hooks(fault: Fault) -> dict:
             return
         with lock:
             state["ops"] += 1
-            space = kind in SPACE
+            space, perm = kind in SPACE, kind in PERMISSION
             state["space"] += space
-            n_all, n_space = state["ops"], state["space"]
+            state["perm"] += perm
+            n_all, n_space, n_perm = state["ops"], state["space"], state["perm"]
             if fault.mode == "trace":
                 state["trace"].append(f"{n_all} {n_space if space else '-'} {kind} {path if not isinstance(path, int) else real_readlink(f'/proc/self/fd/{path}')}")
         if fault.mode == "kill" and n_all == fault.n:
             real_kill(os.getpid(), signal.SIGKILL)
-        if fault.mode in ERRNO and space and n_space == fault.n:
+        if (fault.mode == "enospc" and space and n_space == fault.n) or (fault.mode in ("erofs", "eacces") and perm and n_perm == fault.n):
             code = ERRNO[fault.mode]
             raise OSError(code, os.strerror(code), path if not isinstance(path, int) else None)
 
@@ -179,8 +183,10 @@ def install_hooks(fault: Fault) -> dict:
             return getattr(self._f, name)
 
     def hooked_open(file, mode="r", *args, **kwargs):
-        f = real_open(file, mode, *args, **kwargs)
-        return File(f) if any(c in mode for c in "wax+") else f
+        if not any(c in mode for c in "wax+"):
+            return real_open(file, mode, *args, **kwargs)
+        strike("open", file)
+        return File(real_open(file, mode, *args, **kwargs))
 
     builtins.open = io.open = hooked_open
 
@@ -214,7 +220,7 @@ def _child(run: Run, stdout: str, stderr: str, ops_file: str) -> None:
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            Path(ops_file).write_text(f"{state['ops']} {state['space']}" + "".join("\n" + t for t in state["trace"]))  # outside the hooked folder: not counted
+            Path(ops_file).write_text(f"{state['ops']} {state['space']} {state['perm']}" + "".join("\n" + t for t in state["trace"]))  # outside the hooked folder: not counted
     except BaseException:
         import traceback
 
@@ -290,7 +296,7 @@ def serve() -> None:
                 rc=os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else None,
                 signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
                 stdout=texts[0], stderr=texts[1], ops=int(texts[2].split()[0]) if texts[2] else -1,
-                space=int(texts[2].split()[1]) if texts[2] else -1, trace=texts[2].splitlines()[1:],
+                space=int(texts[2].split()[1]) if texts[2] else -1, perm=int(texts[2].split()[2]) if texts[2] else -1, trace=texts[2].splitlines()[1:],
                 seconds=time.monotonic() - started,
             )))
         for t in timers:

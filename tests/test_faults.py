@@ -185,11 +185,12 @@ def test_killed_before_the_rename_leaves_nothing_a_search_finds(env, cmd) -> Non
 @pytest.mark.parametrize("cmd", COMMANDS, ids=IDS)
 def test_injected_write_errors_are_one_line_write_failed(env, cmd) -> None:
     """ENOSPC at the second write call (creating the staged output) and at a seeded one, EROFS
-    at the first (the staging folder), EACCES at a seeded one: exit 2,
+    at the first creation (the staging folder), EACCES at a seeded one: exit 2,
     one line, write-failed naming OUT and the system's reason; nothing left beside OUT."""
     space = env.clean[cmd.name, False].space
     rng = random.Random(f"errors-{cmd.name}")
-    faults = [("enospc", 2), ("enospc", rng.randint(3, space)), ("erofs", 1), ("eacces", rng.randint(1, space))]
+    perm = env.clean[cmd.name, False].perm
+    faults = [("enospc", 2), ("enospc", rng.randint(3, space)), ("erofs", 1), ("eacces", rng.randint(1, perm))]
     outs = [env.scratch(cmd) / cmd.out for _ in faults]
     results = env.server.run(*(Run(cmd.argv(env.inputs, out), Fault(mode, n, root=str(out.parent))) for (mode, n), out in zip(faults, outs)))
     reasons = {"enospc": "No space left on device", "erofs": "Read-only file system", "eacces": "Permission denied"}

@@ -86,8 +86,91 @@ def env(tmp_path_factory):
     e.server.close()
 
 
-def _cmd(name: str):
-    return next(c for c in COMMANDS if c.name == name)
+# ----------------------------------------------------------------------------- install itself, with and without renameat2
+
+@pytest.fixture(params=["renameat2", "fallback"])
+def installer(request, monkeypatch):
+    if request.param == "fallback":
+        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+    return request.param
+
+
+def _staged(tmp_path: Path, kind: str, text: str) -> Path:
+    p = tmp_path / "staging" / "out"
+    p.parent.mkdir(exist_ok=True)
+    if kind == "dir":
+        p.mkdir()
+        (p / "new.txt").write_text(text)
+    else:
+        p.write_text(text)
+    return p
+
+
+def _tree(p: Path) -> dict[str, str]:
+    if p.is_file():
+        return {".": p.read_text()}
+    return {q.relative_to(p).as_posix(): q.read_text() for q in p.rglob("*") if q.is_file()}
+
+
+@pytest.mark.parametrize("new", ["dir", "file"])
+@pytest.mark.parametrize("old", [None, "dir", "file", "empty-dir"])
+def test_install_replaces_whole_or_refuses(tmp_path: Path, installer, new: str, old: str | None) -> None:
+    """Without overwrite anything at OUT (even an empty folder) is refused and kept; with
+    overwrite it is replaced whole (nothing of the old output remains, no file beside it)."""
+    for overwrite in (False, True):
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        tmp_path.mkdir()
+        out = tmp_path / "out"
+        if old == "dir":
+            out.mkdir()
+            (out / "old.txt").write_text("old")
+        elif old == "empty-dir":
+            out.mkdir()
+        elif old == "file":
+            out.write_text("old")
+        before = _tree(out) if old else None
+        staged = _staged(tmp_path, new, "new")
+        if old and not overwrite:
+            with pytest.raises(AdapterkitError) as exc:
+                atomic.install(staged, out, overwrite=False)
+            assert exc.value.code == "output-exists" and exc.value.path == str(out)
+            assert _tree(out) == before and _tree(staged) == ({".": "new"} if new == "file" else {"new.txt": "new"})
+            continue
+        atomic.install(staged, out, overwrite=overwrite)
+        assert _tree(out) == ({".": "new"} if new == "file" else {"new.txt": "new"})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "staging"]
+        assert not os.path.lexists(staged)  # the old output (swapped into the staging place) is gone
+
+
+def test_install_fallback_puts_the_old_output_back_when_the_new_cannot_move_in(tmp_path: Path, monkeypatch) -> None:
+    """Without renameat2, replacing is two renames; when the second fails the first is undone."""
+    monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    staged = _staged(tmp_path, "dir", "new")
+    real = os.rename
+
+    def rename(src, dst):
+        if Path(src) == staged:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(OSError):
+        atomic.install(staged, out, overwrite=True)
+    assert _tree(out) == {"old.txt": "old"} and _tree(staged) == {"new.txt": "new"}
+
+
+def test_install_gives_up_when_others_keep_replacing(tmp_path: Path, monkeypatch) -> None:
+    """A target that vanishes and reappears forever ends in a WriteError, not a loop."""
+    staged = _staged(tmp_path, "file", "new")
+    monkeypatch.setattr(atomic, "_move_new", lambda s, d: (_ for _ in ()).throw(FileExistsError(17, "exists")))
+    monkeypatch.setattr(atomic, "_swap", lambda s, d: (_ for _ in ()).throw(FileNotFoundError(2, "gone")))
+    (tmp_path / "out").write_text("old")
+    with pytest.raises(AdapterkitError) as exc:
+        atomic.install(staged, tmp_path / "out", overwrite=True)
+    assert exc.value.code == "write-failed"
 
 
 # ----------------------------------------------------------------------------- the clean outputs (the reference for every fault)
@@ -274,70 +357,3 @@ def test_concurrent_writers_with_overwrite(env, cmd, old: bool) -> None:
     assert [r.rc for r in results] == [0, 0], [r.stderr for r in results]
     for result in results:
         assert env.judge(result, out, cmd, alts=(False, True)) == []
-
-
-# ----------------------------------------------------------------------------- install itself, with and without renameat2
-
-@pytest.fixture(params=["renameat2", "fallback"])
-def installer(request, monkeypatch):
-    if request.param == "fallback":
-        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
-    return request.param
-
-
-def _staged(tmp_path: Path, kind: str, text: str) -> Path:
-    p = tmp_path / "staging" / "out"
-    p.parent.mkdir(exist_ok=True)
-    if kind == "dir":
-        p.mkdir()
-        (p / "new.txt").write_text(text)
-    else:
-        p.write_text(text)
-    return p
-
-
-def _tree(p: Path) -> dict[str, str]:
-    if p.is_file():
-        return {".": p.read_text()}
-    return {q.relative_to(p).as_posix(): q.read_text() for q in p.rglob("*") if q.is_file()}
-
-
-@pytest.mark.parametrize("new", ["dir", "file"])
-@pytest.mark.parametrize("old", [None, "dir", "file", "empty-dir"])
-def test_install_replaces_whole_or_refuses(tmp_path: Path, installer, new: str, old: str | None) -> None:
-    """Without overwrite anything at OUT (even an empty folder) is refused and kept; with
-    overwrite it is replaced whole (nothing of the old output remains, no file beside it)."""
-    for overwrite in (False, True):
-        shutil.rmtree(tmp_path, ignore_errors=True)
-        tmp_path.mkdir()
-        out = tmp_path / "out"
-        if old == "dir":
-            out.mkdir()
-            (out / "old.txt").write_text("old")
-        elif old == "empty-dir":
-            out.mkdir()
-        elif old == "file":
-            out.write_text("old")
-        before = _tree(out) if old else None
-        staged = _staged(tmp_path, new, "new")
-        if old and not overwrite:
-            with pytest.raises(AdapterkitError) as exc:
-                atomic.install(staged, out, overwrite=False)
-            assert exc.value.code == "output-exists" and exc.value.path == str(out)
-            assert _tree(out) == before and _tree(staged) == ({".": "new"} if new == "file" else {"new.txt": "new"})
-            continue
-        atomic.install(staged, out, overwrite=overwrite)
-        assert _tree(out) == ({".": "new"} if new == "file" else {"new.txt": "new"})
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "staging"]
-        assert not os.path.lexists(staged)  # the old output (swapped into the staging place) is gone
-
-
-def test_install_gives_up_when_others_keep_replacing(tmp_path: Path, monkeypatch) -> None:
-    """A target that vanishes and reappears forever ends in a WriteError, not a loop."""
-    staged = _staged(tmp_path, "file", "new")
-    monkeypatch.setattr(atomic, "_move_new", lambda s, d: (_ for _ in ()).throw(FileExistsError(17, "exists")))
-    monkeypatch.setattr(atomic, "_swap", lambda s, d: (_ for _ in ()).throw(FileNotFoundError(2, "gone")))
-    (tmp_path / "out").write_text("old")
-    with pytest.raises(AdapterkitError) as exc:
-        atomic.install(staged, tmp_path / "out", overwrite=True)
-    assert exc.value.code == "write-failed"

@@ -338,6 +338,9 @@ class Server:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
 
 
 # ----------------------------------------------------------------------------- checks shared by the tests and the campaign

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +25,7 @@ import torch
 from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
 from . import safetensors_file
-from .atomic import same_file, write_atomic
+from .atomic import discard, install, same_file, staging_folder, write_atomic
 from .digest import HASH_THREADS, config_digest, digest_metadata, placeholder_metadata, tensor_digest
 from .forms import resolve_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
@@ -67,26 +65,6 @@ def _check_target(path: Path, form: str, source: Path | None, overwrite: bool) -
             raise WriteError(f"output exists ({kind}); pass overwrite=True (--overwrite) to replace it whole", code="output-exists", path=path, expected="a path that does not exist", actual=f"existing {kind}")
 
 
-def _install(staged: Path, path: Path) -> None:
-    """Move ``staged`` to ``path``; whatever was at ``path`` is replaced whole (renamed aside,
-    then deleted), so no file from before remains."""
-    if not os.path.lexists(path):
-        os.rename(staged, path)
-        return
-    if staged.is_file() and path.is_file() and not path.is_symlink():
-        os.replace(staged, path)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / "old"
-    os.rename(path, aside)
-    try:
-        os.rename(staged, path)
-    except OSError:
-        os.rename(aside, path)
-        raise
-    finally:
-        shutil.rmtree(aside.parent, ignore_errors=True)
-
-
 class DigestingEncoder:
     """The bytes of a safetensors file whose metadata records the content digest (spec §5.5):
     iterate for the header (with a placeholder digest) and the data, hashing each tensor on
@@ -119,19 +97,16 @@ class DigestingEncoder:
         return 0, head
 
 
-def _write(path: Path, files: dict[str, object], form: str, durable: bool, patches: Mapping[str, Callable[[], tuple[int, bytes]]] | None = None) -> None:
-    """Write the output beside ``path`` (a staging file or directory), then install it."""
+def _write(path: Path, files: dict[str, object], form: str, durable: bool, overwrite: bool,
+           patches: Mapping[str, Callable[[], tuple[int, bytes]]] | None = None) -> None:
+    """Build the output in a staging folder beside ``path`` (``.<name>.tmp-*/<name>``), then
+    install it in one rename (``install``: an output that appeared meanwhile is refused unless
+    ``overwrite``).  The staging folder is removed whatever happens.  ``patches``: per file, the
+    bytes to write over it once its chunks are written (the digest, see ``write_atomic``)."""
+    staging = staging_folder(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if form == "file":
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-            os.close(fd)
-            staging = Path(name)
-        else:
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    except OSError as exc:
-        raise WriteError(f"cannot create output: {exc.strerror}", path=path) from exc
-    try:
+        if form == "dir":
+            staging.mkdir()
         for name, chunks in files.items():
             target = staging if form == "file" else staging / name
             try:
@@ -141,14 +116,11 @@ def _write(path: Path, files: dict[str, object], form: str, durable: bool, patch
                 exc.args = (str(exc),)
                 raise
         os.chmod(staging, 0o644 if form == "file" else 0o755)
-        _install(staging, path)
+        install(staging, path, overwrite=overwrite)
     except OSError as exc:
         raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc
     finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        elif os.path.lexists(staging):
-            staging.unlink()
+        discard(staging.parent)
 
 
 def save(
@@ -193,7 +165,7 @@ def save(
     else:
         files = {path.name: encoder or encode(tensors, metadata)}
     try:
-        _write(path, files, form, durable, patches)
+        _write(path, files, form, durable, overwrite, patches)
     except AdapterkitError as exc:
         exc.with_path(path)
         raise

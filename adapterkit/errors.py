@@ -61,6 +61,7 @@ CODES: dict[str, tuple[str, str]] = {
     "adapter-name-taken": ("ArgumentError", "an adapter of that name is already attached to the model"),
     "adapter-not-attached": ("NotFoundError", "no adapter of that name is attached to the model"),
     "profile-violation": ("UnsupportedError", "the adapter breaks a rule of the serving engine it is checked for (vLLM, TGI, llama.cpp); the message names the rule, e.g. [vllm/rank-pattern]"),
+    "extra-missing": ("UnsupportedError", "an optional dependency is not installed; the message names the extra to install (pip install 'adapterkit[plot]')"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -81,6 +82,8 @@ API_CODES = frozenset({
     "model-mismatch", "adapter-name-taken", "adapter-not-attached",
     # serving-engine profiles (adapterkit.ops.export: check, export)
     "profile-violation",
+    # looking inside adapters (adapterkit.inspect: diff, plot_spectrum)
+    "extra-missing",
 })
 
 

@@ -10,11 +10,15 @@ m×n matrix, except for the sign count, which needs the entries:
   tr((B_aᵀB_b)(A_b A_aᵀ)) at a cost of r_a·r_b·(m + n); None when either ΔW is zero.
 * ``col_angles`` / ``row_angles``: the principal angles (radians, ascending) between the
   column spaces of ΔW_a and ΔW_b (span of the output side) and between their row spaces
-  (input side).  Each space has the orthonormal basis U (or V) of the module's exact SVD,
-  computed by two thin QRs of B and Aᵀ and an r×r SVD (:func:`adapterkit.linalg.factored_svd`),
-  keeping the singular vectors whose σ exceeds ``1e-10·σ₁`` (the numerical rank, reported as
-  ``rank_a``/``rank_b``); the cosines of the angles are the singular values of U_aᵀU_b.
-  There are min(rank_a, rank_b) angles.
+  (input side).  Each space has the orthonormal basis U (or V) of the module's exact SVD:
+  B = Q_B·R_B and Aᵀ = Q_A·R_A in orthonormal frames, then the SVD of the r×r core
+  scaling·R_B·R_Aᵀ, keeping the singular vectors whose σ exceeds ``1e-10·σ₁`` (the numerical
+  rank, reported as ``rank_a``/``rank_b``); the cosines of the angles are the singular values
+  of U_aᵀU_b, which needs only the frames' cross products Q_aᵀQ_b (r_a×r_b).  The frames come
+  from the Gram matrices (XᵀX = WΛWᵀ, Q = X·WΛ^-½, R = Λ^½Wᵀ: one m×r product, no m×r result)
+  when both factors of a side are well conditioned (κ ≤ 100, :data:`GRAM_RCOND`), else from
+  thin QRs of B and Aᵀ (any rank).  There are min(rank_a, rank_b) angles, computed in fp64;
+  arccos resolves angles near 0 to about 1e-7·κ rad (≤ 1e-5), larger ones far better.
 * ``energy_in_col``: the fraction of ΔW_b's energy inside ΔW_a's column space,
   ‖P_a·ΔW_b‖²_F / ‖ΔW_b‖²_F with P_a = U_aU_aᵀ the orthogonal projector onto col(ΔW_a);
   ``energy_in_row`` likewise ‖ΔW_b·Q_a‖²_F / ‖ΔW_b‖²_F with Q_a = V_aV_aᵀ the projector onto
@@ -58,12 +62,12 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
-from ..linalg import factored_svd
 from ..ops.lowrank import ModuleFactors, module_factors
 from ..progress import progress
 
 BLOCK_ELEMENTS = 1 << 22  # entries of ΔW per row block of the sign count (16 MB in fp32)
 RANK_RTOL = 1e-10  # singular values below this fraction of the largest are zero (the numerical rank)
+GRAM_RCOND = 1e-4  # the Gram route only when every eigenvalue of XᵀX is this fraction of the largest (κ(X) ≤ 100)
 CONFLICT_MODES = ("block", "sample", "off")
 
 
@@ -237,24 +241,41 @@ def _dense_module(name: str, va: torch.Tensor, vb: torch.Tensor, opts: _Options,
 # ----------------------------------------------------------------------------- LoRA
 
 
-@dataclass(frozen=True)
-class _LoraSide:
-    f: ModuleFactors
-    B: torch.Tensor  # scaling·B in fp64
-    A: torch.Tensor  # fp64
-    U: torch.Tensor  # m×k orthonormal basis of col(ΔW)
-    S: torch.Tensor  # the k non-zero singular values
-    V: torch.Tensor  # n×k orthonormal basis of row(ΔW)
-    norm: float
+def _gram_frame(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """From G = XᵀX: (P, R) with Q = X·P orthonormal and X = Q·R (P = WΛ^-½, R = Λ^½Wᵀ for
+    G = WΛWᵀ); None unless every eigenvalue is at least :data:`GRAM_RCOND` of the largest."""
+    lam, W = torch.linalg.eigh(G)
+    if lam.numel() == 0 or float(lam[-1]) <= 0 or float(lam[0]) < GRAM_RCOND * float(lam[-1]):
+        return None
+    root = lam.sqrt()
+    return W / root, root[:, None] * W.T
 
 
-def _lora_side(adapter: Adapter, name: str, dev: torch.device | None) -> _LoraSide:
-    f = module_factors(adapter, name, device=dev, what="diff")
-    B, A = f.B.double() * f.scaling, f.A.double()
-    svd = factored_svd([(B, A)], device=dev)
-    S = svd.S.double()
+def _frames(Xa: torch.Tensor, Xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two factors of one side (m×ra and m×rb, fp64) in orthonormal frames: (Ra, Rb, QaᵀQb, XaᵀXb)
+    with Xa = Qa·Ra and Xb = Qb·Rb.  From the Gram matrices when both are well conditioned (one
+    m×r product each, no m×r result); else from thin QRs (exact for any rank)."""
+    cross = Xa.T @ Xb
+    fa, fb = _gram_frame(Xa.T @ Xa), _gram_frame(Xb.T @ Xb)
+    if fa is not None and fb is not None:
+        return fa[1], fb[1], fa[0].T @ cross @ fb[0], cross
+    Qa, Ra = torch.linalg.qr(Xa)
+    Qb, Rb = torch.linalg.qr(Xb)
+    return Ra, Rb, Qa.T @ Qb, cross
+
+
+def _core(RB: torch.Tensor, RA: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """ΔW = Q_B·(scaling·R_B·R_Aᵀ)·Q_Aᵀ: the core's SVD gives ΔW's singular values and, in the
+    frames' coordinates, the bases of its column and row spaces, cut at the numerical rank."""
+    Uc, S, Vch = torch.linalg.svd((RB @ RA.T) * scaling, full_matrices=False)
     k = int((S > RANK_RTOL * S[0]).sum()) if S.numel() and float(S[0]) > 0 else 0
-    return _LoraSide(f, B, A, svd.U[:, :k], S[:k], svd.Vh[:k].T, float(S.square().sum().sqrt()))
+    return Uc[:, :k], S[:k], Vch[:k].T, float(S.square().sum().sqrt())
+
+
+def _factors(adapter: Adapter, name: str, dev: torch.device | None) -> tuple[ModuleFactors, torch.Tensor, torch.Tensor]:
+    """The module's factors, and B (m×r) and Aᵀ (n×r) in fp64 (the scaling is applied to the cores)."""
+    f = module_factors(adapter, name, device=dev, what="diff")
+    return f, f.B.double(), f.A.double().T
 
 
 def _angles(C: torch.Tensor) -> tuple[float, ...]:
@@ -264,12 +285,12 @@ def _angles(C: torch.Tensor) -> tuple[float, ...]:
     return tuple(torch.arccos(torch.linalg.svdvals(C).clamp(0.0, 1.0)).tolist())
 
 
-def _rows_conflict(sa: _LoraSide, sb: _LoraSide, rows: torch.Tensor | None) -> int:
+def _rows_conflict(fa: ModuleFactors, fb: ModuleFactors, rows: torch.Tensor | None) -> int:
     """Sign conflicts over ``rows`` of ΔW (all when None), in row blocks of ≤ BLOCK_ELEMENTS entries."""
-    ct = torch.float64 if torch.float64 in (sa.f.B.dtype, sb.f.B.dtype) else torch.float32
-    Ba, Aa = sa.f.B.to(ct) * sa.f.scaling, sa.f.A.to(ct)
-    Bb, Ab = sb.f.B.to(ct) * sb.f.scaling, sb.f.A.to(ct)
-    m, n = sa.f.shape
+    ct = torch.float64 if torch.float64 in (fa.B.dtype, fb.B.dtype) else torch.float32
+    Ba, Aa = fa.B.to(ct) * fa.scaling, fa.A.to(ct)
+    Bb, Ab = fb.B.to(ct) * fb.scaling, fb.A.to(ct)
+    m, n = fa.shape
     count = m if rows is None else int(rows.numel())
     step = max(1, BLOCK_ELEMENTS // max(n, 1))
     conflicts = 0
@@ -289,44 +310,49 @@ def _serfling(k: int, population: int, confidence: float) -> float:
     return math.sqrt(math.log(2 / (1 - confidence)) * (1 - (k - 1) / population) / (2 * k))
 
 
-def _lora_conflict(name: str, sa: _LoraSide, sb: _LoraSide, opts: _Options) -> tuple[float | None, float | None, int | None]:
-    m, n = sa.f.shape
+def _lora_conflict(name: str, fa: ModuleFactors, fb: ModuleFactors, opts: _Options) -> tuple[float | None, float | None, int | None]:
+    m, n = fa.shape
     if opts.conflict == "off":
         return None, None, None
     if m * n == 0:
         return 0.0, 0.0, m
     if opts.conflict == "block" or m <= opts.sample_rows:
-        return _rows_conflict(sa, sb, None) / (m * n), 0.0, m
+        return _rows_conflict(fa, fb, None) / (m * n), 0.0, m
     gen = torch.Generator().manual_seed((opts.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
     rows = torch.randperm(m, generator=gen)[:opts.sample_rows].sort().values
     k = int(rows.numel())
-    return _rows_conflict(sa, sb, rows) / (k * n), _serfling(k, m, opts.confidence), k
+    return _rows_conflict(fa, fb, rows) / (k * n), _serfling(k, m, opts.confidence), k
 
 
 def _lora_norm(adapter: Adapter, name: str, opts: _Options) -> tuple[tuple[int, ...], float, int]:
-    side = _lora_side(adapter, name, opts.device)
-    return side.f.shape, side.norm, int(side.S.numel())
+    f, B, At = _factors(adapter, name, opts.device)
+    RB, _, _, _ = _frames(B, B)
+    RA, _, _, _ = _frames(At, At)
+    _, S, _, norm = _core(RB, RA, f.scaling)
+    return f.shape, norm, int(S.numel())
 
 
 def _lora_compare(a: Adapter, b: Adapter, name: str, opts: _Options) -> ModuleDiff:
-    sa, sb = _lora_side(a, name, opts.device), _lora_side(b, name, opts.device)
-    fa, fb = sa.f, sb.f
+    (fa, Ba, Ata), (fb, Bb, Atb) = _factors(a, name, opts.device), _factors(b, name, opts.device)
     if (fa.layer_type, fa.shape, fa.a_tail) != (fb.layer_type, fb.shape, fb.a_tail):
         raise _incompatible(f"module `{name}`'s layer type or shape", a, b, name,
                             f"{fa.layer_type} {fa.shape} (lora_A tail {fa.a_tail})", f"{fb.layer_type} {fb.shape} (lora_A tail {fb.a_tail})")
-    inner = float(((sa.B.T @ sb.B) * (sa.A @ sb.A.T)).sum())  # tr((B_aᵀB_b)(A_b A_aᵀ))
-    cross_col = sa.U.T @ sb.U  # ka×kb
-    cross_row = sb.V.T @ sa.V  # kb×ka
-    eb = float(sb.S.square().sum())
+    RBa, RBb, crossB, GB = _frames(Ba, Bb)  # output side: B_aᵀB_b among them
+    RAa, RAb, crossA, GA = _frames(Ata, Atb)  # input side: A_a·A_bᵀ
+    Ua, Sa, Va, na = _core(RBa, RAa, fa.scaling)
+    Ub, Sb, Vb, nb = _core(RBb, RAb, fb.scaling)
+    inner = fa.scaling * fb.scaling * float((GB * GA).sum())  # s_a·s_b·tr((B_aᵀB_b)(A_b A_aᵀ))
+    col = Ua.T @ crossB @ Ub  # U_aᵀU_b: ka×kb
+    row = Va.T @ crossA @ Vb  # V_aᵀV_b
+    eb = float(Sb.square().sum())
     energy_col = energy_row = None
-    if sb.norm > 0 and eb > 0:
-        energy_col = float((cross_col * sb.S[None, :]).square().sum()) / eb
-        energy_row = float((cross_row * sb.S[:, None]).square().sum()) / eb
-    conflict, bound, rows = _lora_conflict(name, sa, sb, opts)
+    if eb > 0:
+        energy_col = float((col * Sb[None, :]).square().sum()) / eb
+        energy_row = float((row * Sb[None, :]).square().sum()) / eb
+    conflict, bound, rows = _lora_conflict(name, fa, fb, opts)
     return ModuleDiff(
-        name, "both", fa.shape, sa.norm, sb.norm, inner, _cosine(inner, sa.norm, sb.norm),
-        int(sa.S.numel()), int(sb.S.numel()), _angles(cross_col), _angles(cross_row.T),
-        energy_col, energy_row, conflict, bound, rows,
+        name, "both", fa.shape, na, nb, inner, _cosine(inner, na, nb), int(Sa.numel()), int(Sb.numel()),
+        _angles(col), _angles(row), energy_col, energy_row, conflict, bound, rows,
     )
 
 

@@ -251,16 +251,17 @@ def _gram_frame(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     return W / root, root[:, None] * W.T
 
 
-def _frames(Xa: torch.Tensor, Xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two factors of one side (m×ra and m×rb, fp64) in orthonormal frames: (Ra, Rb, QaᵀQb, XaᵀXb)
-    with Xa = Qa·Ra and Xb = Qb·Rb.  From the Gram matrices when both are well conditioned (one
-    m×r product each, no m×r result); else from thin QRs (exact for any rank)."""
-    cross = Xa.T @ Xb
-    fa, fb = _gram_frame(Xa.T @ Xa), _gram_frame(Xb.T @ Xb)
+def _frames(Ya: torch.Tensor, Yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two factors of one side, given transposed (Y = Xᵀ: ra×m and rb×m, fp64, rows contiguous),
+    in orthonormal frames: (Ra, Rb, QaᵀQb, XaᵀXb) with Xa = Qa·Ra and Xb = Qb·Rb.  From the Gram
+    matrices when both are well conditioned (one r×m by m×r product each, no m×r result); else
+    from thin QRs (exact for any rank)."""
+    cross = Ya @ Yb.T
+    fa, fb = _gram_frame(Ya @ Ya.T), _gram_frame(Yb @ Yb.T)
     if fa is not None and fb is not None:
         return fa[1], fb[1], fa[0].T @ cross @ fb[0], cross
-    Qa, Ra = torch.linalg.qr(Xa)
-    Qb, Rb = torch.linalg.qr(Xb)
+    Qa, Ra = torch.linalg.qr(Ya.T)
+    Qb, Rb = torch.linalg.qr(Yb.T)
     return Ra, Rb, Qa.T @ Qb, cross
 
 
@@ -273,9 +274,10 @@ def _core(RB: torch.Tensor, RA: torch.Tensor, scaling: float) -> tuple[torch.Ten
 
 
 def _factors(adapter: Adapter, name: str, dev: torch.device | None) -> tuple[ModuleFactors, torch.Tensor, torch.Tensor]:
-    """The module's factors, and B (m×r) and Aᵀ (n×r) in fp64 (the scaling is applied to the cores)."""
+    """The module's factors, and Bᵀ (r×m) and A (r×n) in fp64, rows contiguous (the layout in
+    which their Gram products run fastest; the scaling is applied to the cores)."""
     f = module_factors(adapter, name, device=dev, what="diff")
-    return f, f.B.double(), f.A.double().T
+    return f, f.B.T.to(torch.float64, memory_format=torch.contiguous_format), f.A.double()
 
 
 def _angles(C: torch.Tensor) -> tuple[float, ...]:
@@ -325,20 +327,20 @@ def _lora_conflict(name: str, fa: ModuleFactors, fb: ModuleFactors, opts: _Optio
 
 
 def _lora_norm(adapter: Adapter, name: str, opts: _Options) -> tuple[tuple[int, ...], float, int]:
-    f, B, At = _factors(adapter, name, opts.device)
-    RB, _, _, _ = _frames(B, B)
-    RA, _, _, _ = _frames(At, At)
+    f, Bt, A = _factors(adapter, name, opts.device)
+    RB, _, _, _ = _frames(Bt, Bt)
+    RA, _, _, _ = _frames(A, A)
     _, S, _, norm = _core(RB, RA, f.scaling)
     return f.shape, norm, int(S.numel())
 
 
 def _lora_compare(a: Adapter, b: Adapter, name: str, opts: _Options) -> ModuleDiff:
-    (fa, Ba, Ata), (fb, Bb, Atb) = _factors(a, name, opts.device), _factors(b, name, opts.device)
+    (fa, Bta, Aa), (fb, Btb, Ab) = _factors(a, name, opts.device), _factors(b, name, opts.device)
     if (fa.layer_type, fa.shape, fa.a_tail) != (fb.layer_type, fb.shape, fb.a_tail):
         raise _incompatible(f"module `{name}`'s layer type or shape", a, b, name,
                             f"{fa.layer_type} {fa.shape} (lora_A tail {fa.a_tail})", f"{fb.layer_type} {fb.shape} (lora_A tail {fb.a_tail})")
-    RBa, RBb, crossB, GB = _frames(Ba, Bb)  # output side: B_aᵀB_b among them
-    RAa, RAb, crossA, GA = _frames(Ata, Atb)  # input side: A_a·A_bᵀ
+    RBa, RBb, crossB, GB = _frames(Bta, Btb)  # output side: B_aᵀB_b among them
+    RAa, RAb, crossA, GA = _frames(Aa, Ab)  # input side: A_a·A_bᵀ
     Ua, Sa, Va, na = _core(RBa, RAa, fa.scaling)
     Ub, Sb, Vb, nb = _core(RBb, RAb, fb.scaling)
     inner = fa.scaling * fb.scaling * float((GB * GA).sum())  # s_a·s_b·tr((B_aᵀB_b)(A_b A_aᵀ))

@@ -231,6 +231,28 @@ def test_overlap_is_the_cosine_of_the_whole_adapters(pair):
     assert all(m.conflict is None for m in report.modules)
 
 
+@given(lora_pairs())
+def test_summary_figures_and_the_most_conflicting_modules(pair):
+    a, b = pair
+    report = adapterkit.diff(a, b)
+    shared = [n for n in sorted(a.modules) if n in b.modules]
+    exact = {n: _conflicts(peft_delta(a, n), peft_delta(b, n)) / peft_delta(a, n).numel() for n in shared}
+    assert [m.conflict for m in report.most_conflicting(2)] == sorted(exact.values(), reverse=True)[:2]
+    weights = {n: float((out_by_in(b, n) ** 2).sum()) for n in shared}
+    inside = {}
+    for n in shared:
+        Ca, Mb = _orth(out_by_in(a, n).numpy()), out_by_in(b, n).numpy()
+        inside[n] = float(((Ca @ Ca.T @ Mb) ** 2).sum())
+    total = sum(weights.values())
+    if total == 0:
+        assert report.energy_in_col is None
+    else:
+        assert report.energy_in_col == pytest.approx(sum(inside.values()) / total, abs=1e-9)
+    line = report.summary(top=1)
+    assert line.count("signs conflict") == 1 and f"{len(shared)} shared modules" in line
+    assert f"{len(report.only_a)} only in A, {len(report.only_b)} only in B" in line
+
+
 @given(lora_pairs(allow_zero=False))
 def test_diff_with_itself_and_with_its_negation(pair):
     a, _ = pair
@@ -449,6 +471,9 @@ def test_cli_lists_modules_of_one_adapter_only(tmp_path):
     out = run("diff", a, b).output
     z = next(line for line in out.splitlines() if line.startswith("z "))
     assert z.split()[1] == "(absent)" and "1 only in B" in out
+    both = _save(Adapter.from_tensors(cfg, {**dict(_negated(_lin()).tensors), **tb}), tmp_path / "c")
+    assert run("diff", b, both, "--top", "1").output.splitlines()[-1].count("signs conflict") == 1
+    assert run("diff", b, both).output.splitlines()[-1].count("signs conflict") == 2
 
 
 @pytest.mark.parametrize("args", [["diff", "--help"], ["diff", "a"], ["diff", "/no/a", "/no/b"], ["diff", "a", "b", "--conflict", "x"],

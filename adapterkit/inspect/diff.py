@@ -7,7 +7,8 @@ m×n matrix, except for the sign count, which needs the entries:
 
 * ``norm_a``, ``norm_b``: ‖ΔW‖_F, from the exact SVD of the factors.
 * ``cosine``: ⟨ΔW_a, ΔW_b⟩_F / (‖ΔW_a‖_F·‖ΔW_b‖_F), with the inner product
-  tr((B_aᵀB_b)(A_b A_aᵀ)) at a cost of r_a·r_b·(m + n); None when either ΔW is zero.
+  s_a·s_b·tr((B_aᵀB_b)(A_b A_aᵀ)) at a cost of r_a·r_b·(m + n) (s: the scalings); None when
+  either ΔW is zero.
 * ``col_angles`` / ``row_angles``: the principal angles (radians, ascending) between the
   column spaces of ΔW_a and ΔW_b (span of the output side) and between their row spaces
   (input side).  Each space has the orthonormal basis U (or V) of the module's exact SVD:
@@ -29,7 +30,8 @@ m×n matrix, except for the sign count, which needs the entries:
   entry never conflicts; the layout does not change it: ΔW as PEFT merges it is B·A,
   its transpose or its reshape, the same entries).  ``conflict="block"`` counts it exactly
   from row blocks of at most :data:`BLOCK_ELEMENTS` entries computed on ``device`` (in fp32,
-  fp64 when a factor is stored so), never the whole matrix; ``conflict="sample"`` counts
+  fp64 when a factor is stored so: an entry within rounding of zero may take the rounded
+  sign), never the whole matrix; ``conflict="sample"`` counts
   ``sample_rows`` rows drawn without replacement (seeded by ``seed`` and the module name),
   and ``conflict_bound`` is ε such that the true fraction lies within ±ε of the estimate with
   probability at least ``confidence``: each row's conflict fraction lies in [0, 1] and the

@@ -20,6 +20,18 @@
 Prints a table (workload, ours, anchor, ratio) and the targets with PASS/MISS: diff ≥ 500×
 faster than the dense route and under 1 s (on the 2-core development machine).
 
+Measured on the development machine (2 vCPUs, fp32 factors, ``--threads 1``, 2026-11-27), while
+other engineers' jobs kept the load average at 9-30 on its 2 cores, so every figure is slower
+than a quiet machine's: diff (cosine, norms, angles, subspace energies) of all 224 modules
+1.33 s (best of 3; 1.26 s in a rerun at load ~10; 0.84 s in an earlier one) against the dense
+route extrapolated to 41,199 s (111.9 s per 4096×4096 module, 210.3 s per 11008×4096, 419.4 s
+per 4096×11008): 31,036×; against the dense cosine alone (no angles) 280.9 s: 212×.  The two
+routes agree to |Δcos| ≤ 5.9e-6 and |Δangle| ≤ 7.7e-4 rad, the dense fp32 route's own error
+(its arccos near the 8 shared directions).  Target ≥ 500×: met; < 1 s: missed on this loaded
+machine (not measured quiet).  With torch's default 2 threads on the oversubscribed machine
+the same diff took 16-26 s (OpenMP threads stall when the cores are taken): use --threads 1
+on a shared machine.
+
 Usage: python scripts/bench_inspect.py [--only diff|conflict] [--device cpu|cuda] [--repeat 3] [--dense-modules 1] [--threads N]
 """
 

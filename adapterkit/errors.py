@@ -69,6 +69,7 @@ CODES: dict[str, tuple[str, str]] = {
     "hub-offline": ("HubError", "offline (HF_HUB_OFFLINE) and the cache lacks the files asked for"),
     "hub-unsafe-path": ("HubError", "a file name from the Hub that could write outside its folder (.., absolute, backslash, NUL, drive)"),
     "hub-error": ("HubError", "any other failure talking to the Hub"),
+    "extra-missing": ("UnsupportedError", "an optional dependency is not installed; the message names the extra to install (pip install 'adapterkit[plot]')"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -91,6 +92,8 @@ API_CODES = frozenset({
     "profile-violation",
     # the Hugging Face Hub (adapterkit.hub)
     "hub-unauthorized", "hub-not-found", "hub-unavailable", "hub-offline", "hub-unsafe-path", "hub-error",
+    # looking inside adapters (adapterkit.inspect: diff, plot_spectrum)
+    "extra-missing",
 })
 
 

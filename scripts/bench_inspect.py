@@ -15,7 +15,9 @@
   Also the dense cosine alone (form both ΔW, one dot product: no angles), measured the same way.
 * conflict: the sign-conflict fraction for all 224 modules, exact in row blocks
   (``conflict="block"``) and sampled (``conflict="sample"``, 256 rows per module), once each.
-* digest: (to come: the content-digest figures of issue 12 part 3 go in their own section.)
+* digest: ``scripts/bench_digest.py`` in a fresh process: ``save`` of a 7B-shaped r=16 LoRA
+  (224 modules, fp32) with the content digest against ``save(digest=False)``, interleaved,
+  median of ``--repeat``; also ``load`` with and without the digest check.  Target ≤ 1.1×.
 
 Prints a table (workload, ours, anchor, ratio) and the targets with PASS/MISS: diff ≥ 500×
 faster than the dense route and under 1 s (on the 2-core development machine).
@@ -34,7 +36,7 @@ on a shared machine.  Sign conflicts of all 224 modules (same machine, load ~8-1
 blocks 168.0 s, sampled (256 rows per module) 2.52 s, the estimates within 0.0013 of the exact
 fractions (every one inside its printed 95% bound, at most ±0.084).
 
-Usage: python scripts/bench_inspect.py [--only diff|conflict] [--device cpu|cuda] [--repeat 3] [--dense-modules 1] [--threads N]
+Usage: python scripts/bench_inspect.py [--only diff|conflict|digest] [--device cpu|cuda] [--repeat 3] [--dense-modules 1] [--threads N]
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -164,7 +167,18 @@ def bench_conflict(a: Adapter, b: Adapter, args: argparse.Namespace) -> list[tup
     return [("sign conflicts, 224 modules, sample 256 rows", f"{sampled:.2f} s", f"{exact:.1f} s exact (block)", f"{exact / sampled:.0f}x")]
 
 
-SECTIONS = {"diff": bench_diff, "conflict": bench_conflict}
+def bench_digest(a: Adapter, b: Adapter, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent / "bench_digest.py"
+    out = subprocess.run([sys.executable, str(script), "--repeat", str(max(args.repeat, 5))], check=True,
+                         capture_output=True, text=True).stdout
+    print(out.rstrip())
+    return [("save with digest (bench_digest.py)", "see above", "save(digest=False)", "see above")]
+
+
+SECTIONS = {"diff": bench_diff, "conflict": bench_conflict, "digest": bench_digest}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ torch, safetensors or json.  Each case also checks that ``validate`` reports the
 same code, and that ``validate`` collects several problems of one file at once.
 
 Also: the writer is deterministic, its files read back with the ``safetensors``
-library, writes are atomic, and a short fixed-seed run of ``scripts/fuzz_reader.py``.
+library, writes are atomic, and a short fixed-seed run of ``scripts/fuzz.py``.
 """
 
 from __future__ import annotations
@@ -1102,10 +1102,10 @@ def test_write_into_unwritable_location(tmp_path):
 
 
 def _fuzz_module():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_reader.py"
-    spec = importlib.util.spec_from_file_location("fuzz_reader", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / "fuzz.py"
+    spec = importlib.util.spec_from_file_location("fuzz", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fuzz_reader", module)
+    sys.modules.setdefault("fuzz", module)
     spec.loader.exec_module(module)
     return module
 

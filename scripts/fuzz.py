@@ -427,8 +427,13 @@ def _header_structure(rng: random.Random, data: bytes) -> bytes:
         return _set_length(rng, data)
     entry = header[rng.choice(keys)]
     other = header[rng.choice(keys)]
-    choice = rng.randrange(7)
-    if choice == 0:  # overlap another entry (same or shifted range)
+    choice = rng.randrange(8)
+    if choice == 7:  # the entry as an array of its fields, in the library's field order or another
+        fields = [entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")]
+        if rng.random() < 0.3:
+            rng.shuffle(fields)
+        header[rng.choice(keys)] = fields[: rng.choice([3, 3, 2])] + ([1] if rng.random() < 0.1 else [])
+    elif choice == 0:  # overlap another entry (same or shifted range)
         off = other.get("data_offsets")
         if isinstance(off, list) and len(off) == 2 and all(isinstance(o, int) for o in off):
             shift = rng.choice([0, 0, -1, 1, -4, 4])
@@ -537,6 +542,8 @@ STRICTER: list[tuple[str, str, Callable[[AdapterkitError], bool]]] = [
      lambda e: e.code == "metadata-invalid" and e.key == "__metadata__.adapterkit.version"),
     ("R5.2-7", "adapterkit.version has a major version other than 1",
      lambda e: e.code == "version-unsupported"),
+    ("R5.2-8", "a tensor entry written as the array [dtype, shape, data_offsets] (serde reads a struct from a sequence)",
+     lambda e: e.code == "header-invalid" and e.message == "tensor entry must be an object"),
     ("R5.2-8", "a dtype outside the twelve (the library also reads U16, U32, U64, C64, F8_E4M3FNUZ, F8_E5M2FNUZ, F8_E8M0, ...)",
      lambda e: e.code == "header-invalid" and e.message == "unknown dtype"),
     ("R5.2-8", "a shape whose non-zero dimensions multiply to 2^63 or more, even when a zero dimension makes it empty",

@@ -53,11 +53,10 @@ def loads_strict(text: str | bytes) -> Any:
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    if _RARE_INT.search(text) is None:
-        value = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant, parse_float=_finite_float)
-    else:
-        value = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant, parse_float=_finite_float,
-                           parse_int=_finite_int)
+    hooks = {"object_pairs_hook": _unique_object, "parse_constant": _no_constant, "parse_float": _finite_float}
+    if _RARE_INT.search(text) is not None:  # a hook per integer costs; most texts need none
+        hooks["parse_int"] = _finite_int
+    value = json.loads(text, **hooks)
     if _SURROGATE_ESCAPE.search(text) is not None:
         _check_strings(value)
     return value

@@ -328,6 +328,17 @@ def test_names_without_utf8(tmp_path, name):
     assert assert_agrees_with_library(path) == "both-refuse"
 
 
+@pytest.mark.parametrize("member", [b'"x":"\\uD800"', b'"x":["a","\\udc00"]', b'"x":{"k":[{"j":"\\uDBFF"}]}', b'"x\\ud800":1'])
+def test_surrogates_in_ignored_members(tmp_path, member):
+    """Anywhere in the text, any case of hex digits: values, arrays, nested objects, member names."""
+    path = write(tmp_path, st_file(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],' + member + b"}}", bytes(4)))
+    refuses(path, "header-invalid")
+    assert assert_agrees_with_library(path) == "both-refuse"
+    meta = write(tmp_path, st_file(b'{"__metadata__":{"k":"v\\uDFFF"}}'), "m.safetensors")
+    refuses(meta, "header-invalid")
+    assert assert_agrees_with_library(meta) == "both-refuse"
+
+
 def test_surrogate_pair_and_escaped_nul_are_names(tmp_path):
     path = write(tmp_path, st_file(b'{"a\\ud83d\\ude00\\u0000":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', bytes(4)))
     assert list(read_header(path).tensors) == ["a\U0001f600\x00"]
@@ -388,8 +399,19 @@ def test_integers(tmp_path, text):
     assert assert_agrees_with_library(path) == "both-refuse"
 
 
+@pytest.mark.parametrize("digits", [b"2" + b"0" * 308, b"-17976931348623159" + b"0" * 292])
+def test_integers_of_309_digits_beyond_a_double(tmp_path, digits):
+    path = write(tmp_path, st_file(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + digits + b"}}", bytes(4)))
+    refuses(path, "header-invalid")
+    assert assert_agrees_with_library(path) == "both-refuse"
+
+
 def test_integers_that_stay_valid(tmp_path):
-    path = write(tmp_path, st_file(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[-0,1' + b"0" * 308 + b',-0.0]}}', bytes(4)))
+    # 309 digits, inside a double's range.  (The library refuses 17976931348623157 followed by 292
+    # zeros, the largest double written as an integer, though it reads 17976931348623157e292: its
+    # integer path overflows at the very top of the range, a flaw of the library, not a rule.)
+    big = b"1" + b"0" * 308 + b",-17976931348623156" + b"0" * 292
+    path = write(tmp_path, st_file(b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":[-0,' + big + b',-0.0]}}', bytes(4)))
     assert list(read_header(path).tensors) == ["a"]
     assert assert_agrees_with_library(path) == "both-read"
 
@@ -487,7 +509,8 @@ def test_index_shard_names_that_leave_the_folder(tmp_path, name):
     outside = tmp_path / "model-00002-of-00002.safetensors"
     safetensors_file.write_file(outside, {"model.b": torch.ones(3)}, {"format": "pt"})
     (d / "sub").mkdir()
-    safetensors_file.write_file(d / "sub" / "model-00002-of-00002.safetensors", {"model.b": torch.ones(3)}, {"format": "pt"})
+    for where in (d / "sub" / "model-00002-of-00002.safetensors", d / ".hidden.safetensors", d / "..\\model-00002-of-00002.safetensors"):
+        safetensors_file.write_file(where, {"model.b": torch.ones(3)}, {"format": "pt"})
     name = str(outside) if name == "ABS" else name
     index = json.loads((d / "model.safetensors.index.json").read_text())
     index["weight_map"]["model.b"] = name

@@ -191,6 +191,8 @@ def test_campaign_counts_a_crash_as_a_failure(tmp_path, monkeypatch):
     assert fuzz.differential(path)[0] == "CRASH"  # adapterkit refuses, the library reads, no rule explains it
     monkeypatch.undo()
     assert fuzz.differential(path) == ("both-read", None)
+    monkeypatch.setattr(fuzz, "read_all", lambda h: {"a": torch.ones(1)})  # same key, dtype and shape; other bytes
+    assert fuzz.differential(path)[0] == "CRASH"
 
 
 # ----------------------------------------------------------------------------- hypothesis vs the library

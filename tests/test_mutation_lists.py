@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"mutate_cli": 30, "mutate_checkpoint": 20, "mutate_merge": 40, "mutate_combine": 30, "mutate_resize": 25, "mutate_inject": 20}
+SCRIPTS = {"mutate_cli": 30, "mutate_checkpoint": 20, "mutate_merge": 40, "mutate_combine": 30, "mutate_resize": 25, "mutate_inject": 20, "mutate_fuzz": 25}
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

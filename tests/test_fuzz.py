@@ -159,15 +159,20 @@ def test_campaign_sample(seeds, tmp_path, case):
 
 
 def test_campaign_run_counts_and_reports(tmp_path):
-    """A short fixed run through ``run``: every family of seeds is reached and reported."""
+    """A short fixed run through ``run``: every family of seeds is reached, the mutations reach
+    deep enough to produce a spread of outcomes, and the summary reports them."""
     fuzz = _fuzz()
-    result = fuzz.run(iterations=100, seed=3, workdir=tmp_path)
-    assert result.iterations == 100 and not result.kinds, result.failures[:3]
+    result = fuzz.run(iterations=200, seed=3, workdir=tmp_path)
+    assert result.iterations == 200 and not result.kinds, result.failures[:3]
     steps = {k.split(":")[0] for k in result.outcomes}
-    assert {"open", "load", "validate", "ckpt", "ckpt-index", "diff"} <= steps, steps
+    assert {"open", "load", "validate", "ckpt", "ckpt-index", "ckpt-read", "diff", "reload-file"} <= steps, steps
+    codes = {k.split(":", 1)[1] for k in result.outcomes if k.startswith("open:")}
+    assert {"ok", "header-invalid", "truncated-file", "offset-out-of-range", "config-invalid", "bin-invalid"} <= codes, result.outcomes
+    assert all(c in CODES or c == "ok" for c in codes)
+    assert result.outcomes["load:non-finite"] and result.outcomes["ckpt:checkpoint-invalid"], result.outcomes
     assert result.outcomes["diff:both-read"] and result.outcomes["diff:both-refuse"], result.outcomes
     text = fuzz.summary(result)
-    assert text.startswith("100 cases, 0 failures") and "slowest case:" in text
+    assert text.startswith("200 cases, 0 failures") and "slowest case:" in text
 
 
 def test_campaign_counts_a_crash_as_a_failure(tmp_path, monkeypatch):

@@ -701,6 +701,7 @@ def test_info_and_validate_read_headers_only_and_stay_bounded(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads(proc.stdout.strip().splitlines()[-1])
     base = m["base"]
+    print({k: (f"+{(v['peak'] - base) / MiB:.0f} MiB peak, {v['read'] / MiB:.2f} MiB read" if k != "base" else v) for k, v in m.items()})  # figures, with -s
     for name in ("info-no-modules", "info-checkpoint"):
         assert m[name]["read"] < MiB, (name, m)  # headers only: ~2 KB of them
         assert m[name]["peak"] - base < 16 * MiB, (name, m)

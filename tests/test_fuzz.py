@@ -298,6 +298,15 @@ def test_bad_offsets(tmp_path, offsets, code):
     assert assert_agrees_with_library(path) == "both-refuse"
 
 
+@pytest.mark.parametrize(("b", "size"), [([16, 24], 24), ([0, 8], 24), ([20, 28], 28)])
+def test_overlap_inside_the_data(tmp_path, b, size):
+    """b's bytes lie inside a's, and the file ends where the last tensor ends: only the overlap is wrong."""
+    header = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}, "b": {"dtype": "BF16", "shape": [4], "data_offsets": b}}
+    path = write(tmp_path, st_file(header, bytes(size)))
+    refuses(path, "offset-out-of-range")
+    assert assert_agrees_with_library(path) == "both-refuse"
+
+
 @pytest.mark.parametrize("n", [2**63, 2**64 - 1, 10**8 + 1, 10**9])
 def test_huge_header_length(tmp_path, n):
     path = write(tmp_path, struct.pack("<Q", n) + b"{}" + bytes(64))

@@ -519,8 +519,9 @@ def _sharded(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("name", ["../model-00002-of-00002.safetensors", "..", "sub/../model-00002-of-00002.safetensors", "ABS",
                                   "..\\model-00002-of-00002.safetensors", "./model-00002-of-00002.safetensors", ".hidden.safetensors",
                                   "sub/model-00002-of-00002.safetensors", "", "model-00002-of-00002.bin"])
-def test_index_shard_names_that_leave_the_folder(tmp_path, name):
-    """Each named file exists where the name points, so a reader that followed it would succeed."""
+def test_index_shard_names_that_leave_the_folder(tmp_path, monkeypatch, name):
+    """Each named file exists where the name points, so a reader that followed it would succeed;
+    the name is refused before any file outside the folder is opened (it could be a FIFO)."""
     d = _sharded(tmp_path)
     outside = tmp_path / "model-00002-of-00002.safetensors"
     safetensors_file.write_file(outside, {"model.b": torch.ones(3)}, {"format": "pt"})
@@ -531,8 +532,14 @@ def test_index_shard_names_that_leave_the_folder(tmp_path, name):
     index = json.loads((d / "model.safetensors.index.json").read_text())
     index["weight_map"]["model.b"] = name
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    import adapterkit.checkpoint.reader as checkpoint_reader
+
+    opened = []
+    real = checkpoint_reader.read_header
+    monkeypatch.setattr(checkpoint_reader, "read_header", lambda path: opened.append(Path(path)) or real(path))
     for target in (d, d / "model.safetensors.index.json"):
         refuses(target, "checkpoint-invalid", via=open_checkpoint)
+    assert all(p.parent == d and p.name.startswith("model-") for p in opened), opened
 
 
 # ----------------------------------------------------------------------------- malicious .bin (part 2)

@@ -832,7 +832,10 @@ def run(iterations: int | None = 1000, seconds: float | None = None, seed: int =
             i = first
             while (iterations is None or i < iterations) and (deadline is None or time.monotonic() < deadline):
                 case = root / f"case{i}"
+                failed = sum(result.kinds.values())
                 run_case(result, random.Random(f"{seed}:{i}"), seeds, case, f"#{i}", case_seconds, trace)
+                if progress and sum(result.kinds.values()) > failed:  # a long run names each failing case at once
+                    print(f"[{os.getpid()}] case {i} failed (replay: --case {i} --seed {seed}): {result.failures[-1][:300]}", flush=True)
                 shutil.rmtree(case, ignore_errors=True)
                 result.iterations += 1
                 if progress and result.iterations % progress == 0:

@@ -517,7 +517,7 @@ def _sharded(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", ["../model-00002-of-00002.safetensors", "..", "sub/../model-00002-of-00002.safetensors", "ABS",
-                                  "..\\model-00002-of-00002.safetensors", "./model-00002-of-00002.safetensors", ".hidden.safetensors",
+                                  "..\\model-00002-of-00002.safetensors", "sub\\model-00002-of-00002.safetensors", "./model-00002-of-00002.safetensors", ".hidden.safetensors",
                                   "sub/model-00002-of-00002.safetensors", "", "model-00002-of-00002.bin"])
 def test_index_shard_names_that_leave_the_folder(tmp_path, monkeypatch, name):
     """Each named file exists where the name points, so a reader that followed it would succeed;
@@ -526,7 +526,8 @@ def test_index_shard_names_that_leave_the_folder(tmp_path, monkeypatch, name):
     outside = tmp_path / "model-00002-of-00002.safetensors"
     safetensors_file.write_file(outside, {"model.b": torch.ones(3)}, {"format": "pt"})
     (d / "sub").mkdir()
-    for where in (d / "sub" / "model-00002-of-00002.safetensors", d / ".hidden.safetensors", d / "..\\model-00002-of-00002.safetensors"):
+    for where in (d / "sub" / "model-00002-of-00002.safetensors", d / ".hidden.safetensors", d / "..\\model-00002-of-00002.safetensors",
+                  d / "sub\\model-00002-of-00002.safetensors"):
         safetensors_file.write_file(where, {"model.b": torch.ones(3)}, {"format": "pt"})
     name = str(outside) if name == "ABS" else name
     index = json.loads((d / "model.safetensors.index.json").read_text())

@@ -56,6 +56,8 @@ MUTANTS = [
     ("header: element count unbounded", SF, "        if count >= 2**63:", "        if False:", [*HEADER_TESTS, f"{T}::test_empty_tensor_with_unaddressable_shape_is_a_stricter_rule"]),
     ("version: int() of the major (ValueError past 4300 digits)", VS, "    if m[1] != str(SUPPORTED_MAJOR):", "    if int(m[1]) != SUPPORTED_MAJOR:", [f"{T}::test_unknown_major_version_of_any_length"]),
     ("bin: the unrestricted unpickler", BF, 'map_location="cpu", weights_only=True', 'map_location="cpu", weights_only=False', BIN_TESTS),
+    ("bin: read through a plain file (allocates a claimed length)", BF, "obj = torch.load(view, ", "obj = torch.load(path, ",
+     [f"{T}::test_bin_claiming_a_huge_string_allocates_nothing_of_it"]),
     ("bin: a refused pickle reported as bin-invalid", BF, "        raise UnsafeFileError(\n", "        raise FormatError(\n", BIN_TESTS),
     ("index: shard names with / allowed", CK, 'or "/" in shard ', "", INDEX_TESTS),
     ("index: hidden shard names allowed", CK, ' or shard.startswith(".")', "", INDEX_TESTS),

@@ -546,6 +546,30 @@ def test_index_shard_names_that_leave_the_folder(tmp_path, monkeypatch, name):
 # ----------------------------------------------------------------------------- malicious .bin (part 2)
 
 
+@pytest.mark.parametrize("claim", [
+    b"X" + struct.pack("<I", 0xF0000000) + b"abc.",  # BINUNICODE: a 4 GB string in a few bytes
+    b"\x80\x04B" + struct.pack("<I", 0xF0000000) + b"abc.",  # BINBYTES
+    b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"abc.",  # BINBYTES8
+    b"\x80\x04\x8d" + struct.pack("<Q", 2**40) + b"abc.",  # BINUNICODE8
+], ids=["binunicode", "binbytes", "binbytes8", "binunicode8"])
+def test_bin_claiming_a_huge_string_allocates_nothing_of_it(tmp_path, claim):
+    """Found by scripts/fuzz.py (a random .bin): the unpickler reads the claimed length at once, and
+    a plain file object allocates that many bytes before reading.  Refused, with ~the file's size."""
+    d = _malicious_dir(tmp_path, claim)
+    tracemalloc.start()
+    try:
+        for via in (ak.open_adapter, ak.load):
+            exc = refuses(d, {"bin-invalid", "unsafe-pickle"}, via=via)  # opcodes torch's unpickler lacks are unsafe-pickle
+            assert "MemoryError" not in str(exc)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB
+    (tmp_path / "e").mkdir()
+    empty = _malicious_dir(tmp_path / "e", b"")
+    refuses(empty, "bin-invalid", via=ak.load)
+
+
 def _payloads(marker: Path) -> dict[str, bytes]:
     """Pickles whose load would create ``marker``, in several styles."""
     code = f"open({str(marker)!r}, 'w').write('ran')"

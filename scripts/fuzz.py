@@ -481,6 +481,11 @@ def _config_text(rng: random.Random, data: bytes) -> bytes:
     return text.encode()
 
 
+def _shard_names_in(weight_map: dict) -> list[str]:
+    """The shard names a (possibly already damaged) weight_map uses; its values may be anything."""
+    return sorted({v for v in weight_map.values() if isinstance(v, str)}) or ["model-00001-of-00002.safetensors"]
+
+
 _SHARD_NAMES = [
     "../model-00001-of-00002.safetensors", "..", "/tmp/model-00001-of-00002.safetensors", "/etc/passwd", "sub/model-00001-of-00002.safetensors",
     "..\\model-00001-of-00002.safetensors", ".hidden.safetensors", "model-00003-of-00002.safetensors", "model.safetensors", "",
@@ -506,12 +511,12 @@ def _index_edit(rng: random.Random, data: bytes) -> bytes:
             wm[k] = name
     elif choice == 1:  # a key moved to the other shard
         k = rng.choice(keys)
-        wm[k] = rng.choice(sorted(set(wm.values())))
+        wm[k] = rng.choice(_shard_names_in(wm))
     elif choice == 2:  # a key dropped or invented
         if rng.random() < 0.5:
             del wm[rng.choice(keys)]
         else:
-            wm["model.extra.weight"] = rng.choice(sorted(set(wm.values())))
+            wm["model.extra.weight"] = rng.choice(_shard_names_in(wm))
     elif choice == 3:
         wm[rng.choice(keys)] = rng.choice(_JUNK_VALUES)
     elif choice == 4:
@@ -690,7 +695,11 @@ def _mutate_copy(rng: random.Random, seed: Path, dest: Path) -> tuple[Path, str]
     steps = []
     for _ in range(1 if rng.random() < 0.7 else rng.randint(2, 3)):
         mutator = rng.choice(mutators)
-        data = mutator(rng, data)
+        try:
+            data = mutator(rng, data)
+        except Exception:  # a mutator's own bug must not end a long campaign; the case goes on as a bit flip
+            mutator = _bitflip
+            data = _bitflip(rng, data)
         steps.append(mutator.__name__)
     if rng.random() < 0.03:  # sometimes the file vanishes entirely
         victim.unlink()
@@ -874,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", "--iterations", "-n", dest="cases", type=int, default=None, help="number of cases (default: 2000 unless --seconds)")
     parser.add_argument("--seconds", "-t", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start", type=int, default=0, help="first case number (resume a campaign: cases --start .. --cases - 1)")
     parser.add_argument("--case", type=int, default=None, help="replay this one case and print its outcomes")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="worker processes (cases are split between them)")
     parser.add_argument("--case-seconds", type=float, default=60.0, help="time bound of one case (default 60)")
@@ -888,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cases = args.cases if args.cases is not None or args.seconds is not None else 2000
         jobs = max(1, args.jobs)
-        work = [(cases, args.seconds, args.seed, j, jobs, args.case_seconds, trace, args.progress) for j in range(jobs)]
+        work = [(cases, args.seconds, args.seed, args.start + j, jobs, args.case_seconds, trace, args.progress) for j in range(jobs)]
         start = time.monotonic()
         if jobs == 1:
             result = _worker(work[0])

@@ -903,6 +903,15 @@ def more_invalid_vectors(add: Callable[..., None], base: dict[str, Any], good_t:
     add("zero_size_past_end", "offset-out-of-range", "a zero-size tensor at offset 88, past the end of the data (80)",
         {F: raw_st({"__metadata__": meta, a_key: a_entry, b_key: b_entry,
                     f"{P}q_empty": {"dtype": "F32", "shape": [0], "data_offsets": [88, 88]}}, data)})
+    # revision 3: what the safetensors library (serde_json) refuses is refused (§1, found by scripts/fuzz.py)
+    add("offsets_minus_zero", "header-invalid", "data_offsets [-0, 48]: -0 is not an integer (§1)",
+        {F: header_text(f'{{"__metadata__":{meta_json},"{a_key}":{{"data_offsets":[-0,48],"dtype":"F32","shape":[2,6]}},"{b_key}":{b_json}}}')})
+    add("header_lone_surrogate", "header-invalid", "an ignored member of a tensor entry holds the escape \\ud800, an unpaired surrogate",
+        {F: header_text(f'{{"__metadata__":{meta_json},"{a_key}":{a_json[:-1]},"note":"\\ud800"}},"{b_key}":{b_json}}}')})
+    add("header_nesting_128", "header-invalid", "an ignored member of a tensor entry nests arrays 128 levels deep, counting the header and the entry",
+        {F: header_text(f'{{"__metadata__":{meta_json},"{a_key}":{a_json[:-1]},"note":{"[" * 126}{"]" * 126}}},"{b_key}":{b_json}}}')})
+    add("header_integer_beyond_double", "header-invalid", "an ignored member of a tensor entry holds the integer 10^309, beyond a double",
+        {F: header_text(f'{{"__metadata__":{meta_json},"{a_key}":{a_json[:-1]},"note":1{"0" * 309}}},"{b_key}":{b_json}}}')})
 
     # §1 and §7: the config as JSON, and its typed fields
     def cfg_file(name: str, code: str, description: str, text: bytes) -> None:

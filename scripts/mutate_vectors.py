@@ -58,8 +58,12 @@ DG = "io/digest.py"
 MUTANTS: list[Mutant] = [
     # §1: strict JSON, integers
     M("R1-1", "repeated member names allowed (last wins)", JS, 'raise ValueError(f"duplicate member name {name!r}")', "pass"),
-    M("R1-1", "NaN/Infinity literals accepted", JS, "parse_constant=_no_constant, ", ""),
-    M("R1-1", "numbers beyond a double accepted (inf)", JS, "parse_float=_finite_float", "parse_float=float"),
+    M("R1-1", "NaN/Infinity literals accepted", JS, '"parse_constant": _no_constant, ', ""),
+    M("R1-1", "numbers beyond a double accepted (inf)", JS, '"parse_float": _finite_float', '"parse_float": float'),
+    M("R1-1", "unpaired surrogate escapes accepted", JS, "        _check_strings(value)\n", "        pass\n"),
+    M("R1-1", "integers beyond a double accepted", JS, "        float(value)\n", "        pass\n"),
+    M("R1-1", "nesting past 127 levels accepted", SF, "        if len(entry) > 3 and _too_deep(entry):", "        if False:"),
+    M("R1-2", "-0 read as the integer 0", JS, '    if token == "-0":\n        return -0.0\n', ""),
     M("R1-1", "the header parsed leniently (config strictly)", SF, "obj = loads_strict(raw)", "obj = __import__('json').loads(raw)"),
     M("R1-1", "configs parsed leniently (the header strictly)", RD, "        return loads_strict(text)\n",
       "        return __import__('json').loads(text)\n"),
@@ -382,7 +386,7 @@ MUTANTS: list[Mutant] = [
     # §11 versions
     M("R11-1", "the writer writes version 1.0 with a digest", WR, "VERSION_KEY: FORMAT_VERSION if digest else UNDIGESTED_VERSION}",
       "VERSION_KEY: UNDIGESTED_VERSION}"),
-    M("R11-2", "an unknown minor version refused", VS, "    if int(m[1]) != SUPPORTED_MAJOR:", "    if int(m[1]) != SUPPORTED_MAJOR or m[2] != '0':"),
+    M("R11-2", "an unknown minor version refused", VS, "    if m[1] != str(SUPPORTED_MAJOR):", "    if m[1] != str(SUPPORTED_MAJOR) or m[2] != '0':"),
     # §12 warnings
     M("R12-1", "empty-adapter only when the file holds no tensor at all", LO, "    if not groups:\n        add(\"empty-adapter\"",
       "    if not adapter.tensors:\n        add(\"empty-adapter\""),

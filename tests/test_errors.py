@@ -4,18 +4,16 @@ torch, safetensors or json.  Each case also checks that ``validate`` reports the
 same code, and that ``validate`` collects several problems of one file at once.
 
 Also: the writer is deterministic, its files read back with the ``safetensors``
-library, writes are atomic, and a short fixed-seed run of ``scripts/fuzz_reader.py``.
+library, and writes are atomic.  (The fuzzing of every reader is tests/test_fuzz.py.)
 """
 
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import pickle
 import struct
-import sys
 import warnings
 from pathlib import Path
 
@@ -1096,33 +1094,6 @@ def test_write_into_unwritable_location(tmp_path):
     with pytest.raises(AdapterkitError) as info:
         ak.save(ak.Adapter.from_tensors(cfg(), tensors()), blocker / "sub" / "a.safetensors", form="file")
     assert info.value.code == "write-failed" and info.value.path is not None
-
-
-# ----------------------------------------------------------------------------- fuzzing
-
-
-def _fuzz_module():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_reader.py"
-    spec = importlib.util.spec_from_file_location("fuzz_reader", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fuzz_reader", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_fuzz_reader_short_run(tmp_path):
-    fuzz = _fuzz_module()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = fuzz.run(iterations=400, seconds=None, seed=20240601, workdir=tmp_path)
-    assert result.iterations == 400
-    assert result.failures == [], "\n\n".join(result.failures[:3])
-    codes = {k.split(":", 1)[1] for k in result.outcomes if k.startswith("open:")}
-    # the mutations reach deep enough to produce a spread of outcomes
-    assert {"ok", "header-invalid", "truncated-file", "offset-out-of-range", "config-invalid"} <= codes, result.outcomes
-    assert result.outcomes["load:non-finite"] > 0, result.outcomes
-    assert result.outcomes["load:digest-mismatch"] > 0, result.outcomes
-    assert all(c in CODES or c == "ok" for c in codes)
 
 
 def test_new_directory_appears_whole_or_not_at_all(tmp_path, monkeypatch):

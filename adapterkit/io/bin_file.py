@@ -1,11 +1,15 @@
 """PEFT's legacy ``adapter_model.bin``: read only through ``torch.load(weights_only=True)``.
 
 A pickle that would import or call anything beyond plain tensors is refused with
-``unsafe-pickle``; nothing is ever unpickled with the unrestricted loader.
+``unsafe-pickle``; nothing is ever unpickled with the unrestricted loader.  The file is read
+through a read-only memory map, whose ``read(n)`` returns at most the bytes that remain: a
+pickle claiming a 3 GB string in a 2 KB file allocates nothing of that size (a plain file
+object allocates the claimed size before it reads).
 """
 
 from __future__ import annotations
 
+import mmap
 import pickle
 import pickletools
 import re
@@ -29,7 +33,14 @@ def read_bin(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise NotFoundError("no such file", path=path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        with open(path, "rb") as f:
+            if f.seek(0, 2) == 0:
+                raise FormatError("not a readable torch checkpoint (an empty file)", code="bin-invalid", path=path,
+                                  expected="torch.save output", actual="0 bytes")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                obj = torch.load(view, map_location="cpu", weights_only=True, mmap=False)
+    except FormatError:
+        raise
     except pickle.UnpicklingError as exc:
         bad_op = re.search(r"Unsupported operand (\d+)", str(exc))
         if bad_op and chr(int(bad_op[1])) not in _PICKLE_OPCODES:  # not a pickle at all, e.g. a text file

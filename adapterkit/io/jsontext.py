@@ -1,16 +1,25 @@
 """Strict JSON for safetensors headers and adapter configs (spec §1, rule R1-1).
 
 Python's ``json`` accepts more than RFC 8259: the literals ``NaN``, ``Infinity`` and
-``-Infinity``, numbers that overflow to infinity (``1e400``), and objects with
-repeated member names (the last one silently wins).  ``loads_strict`` refuses all
-of these, so that every reader sees one meaning for one text.
+``-Infinity``, numbers that overflow to infinity (``1e400``, or an integer of 309
+digits), and objects with repeated member names (the last one silently wins).  It
+also accepts strings holding an unpaired surrogate escape (``"\ud800"``), which name
+no character and have no UTF-8 form, and reads ``-0`` as the integer 0, where the
+safetensors library (serde_json) reads a float.  ``loads_strict`` refuses all of
+these, so that every reader sees one meaning for one text, and no text the
+safetensors library refuses is accepted here.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+# Texts that need the slower checks: a surrogate escape, a "-0", a run of 309+ digits.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_RARE_INT = re.compile(r"-0|[0-9]{309}")
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -38,12 +47,54 @@ def loads_strict(text: str | bytes) -> Any:
 
     Raises:
         ValueError: bad UTF-8, bad JSON, a repeated member name, a NaN/Infinity literal,
-            a number out of the range of an IEEE double, or an over-long integer.
+            a number out of the range of an IEEE double, an over-long integer, or a string
+            with an unpaired surrogate.  ``-0`` parses as the float -0.0.
         RecursionError: excessive nesting.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    return json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant, parse_float=_finite_float)
+    hooks = {"object_pairs_hook": _unique_object, "parse_constant": _no_constant, "parse_float": _finite_float}
+    if _RARE_INT.search(text) is not None:  # a hook per integer costs; most texts need none
+        hooks["parse_int"] = _finite_int
+    value = json.loads(text, **hooks)
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        _check_strings(value)
+    return value
+
+
+def _finite_int(token: str) -> int | float:
+    """An integer token; ``-0`` is read as the float -0.0 (as serde_json reads it), so that
+    wherever an integer is required it is refused."""
+    if token == "-0":
+        return -0.0
+    value = int(token)
+    try:
+        float(value)
+    except OverflowError:
+        raise ValueError(f"number {token[:40]}... is out of the range of a double") from None
+    return value
+
+
+def _check_strings(value: Any) -> None:
+    """Raise ValueError if any string (member names included) holds an unpaired surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            items: Any = (item,)
+        elif isinstance(item, dict):
+            items = list(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for s in items:
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"string {s[:40]!r} holds an unpaired surrogate (no UTF-8 form)") from None
 
 
 def json_equal(a: Any, b: Any) -> bool:

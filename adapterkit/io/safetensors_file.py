@@ -49,6 +49,8 @@ DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 _ITEMSIZE: dict[str, int] = {k: v.itemsize for k, v in DTYPES.items()}
 _BEGIN_END = operator.attrgetter("begin", "end")
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit (spec §5.2 rule 2)
+MAX_DEPTH = 127  # serde_json's recursion limit, as the safetensors library meets it (spec [R5.2-4])
+_ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,9 @@ def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Hea
         if not isinstance(entry, dict):
             raise _bad(path, "tensor entry must be an object", key)
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if len(entry) > 3 and _too_deep(entry):
+            raise _bad(path, "header nests deeper than the safetensors library reads", key,
+                       expected=f"at most {MAX_DEPTH} levels of arrays and objects", actual="more")
         itemsize = _ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
         if itemsize is None:
             raise _bad(path, "unknown dtype", key, expected="one of " + ", ".join(DTYPES), actual=dtype)
@@ -220,6 +225,19 @@ def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Hea
             expected=f"{cursor} data bytes", actual=f"{data_len} data bytes",
         )
     return Header(path, dict(metadata), infos, data_start)
+
+
+def _too_deep(entry: dict) -> bool:
+    """Whether a tensor entry's other members (ignored, R5.2-8) nest the header past
+    ``MAX_DEPTH`` levels of arrays and objects (the header object and the entry are two)."""
+    level = [v for k, v in entry.items() if k not in _ENTRY_FIELDS and isinstance(v, (dict, list))]
+    depth = 2
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            return True
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, (dict, list))]
+    return False
 
 
 def read_tensor(header: Header, key: str) -> torch.Tensor:

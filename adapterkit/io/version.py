@@ -31,7 +31,7 @@ def check_version(metadata: dict[str, str], path: Path | None) -> str | None:
     m = _VERSION.fullmatch(version)
     if not m:
         raise FormatError("format version must be MAJOR.MINOR", code="metadata-invalid", path=path, key=f"__metadata__.{VERSION_KEY}", expected="e.g. 1.0", actual=version)
-    if int(m[1]) != SUPPORTED_MAJOR:
+    if m[1] != str(SUPPORTED_MAJOR):  # a string compare: int() of a 5000-digit major raises ValueError
         raise VersionError(
             "unsupported adapterkit format major version", path=path, key=f"__metadata__.{VERSION_KEY}",
             expected=f"{SUPPORTED_MAJOR}.x", actual=version,

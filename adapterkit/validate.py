@@ -11,7 +11,7 @@ import math
 import operator
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import AdapterkitError, Problem
 
@@ -117,10 +117,9 @@ def raise_first_error(problems: list[Problem]) -> None:
 def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Problem]:
     """All problems of the adapter at ``path`` (or repo id ``org/name[@revision]``): errors
     (MUST violations) and warnings.  Raises HubError when a repo id cannot be fetched."""
-    from .adapter import Adapter, LazyStore, MemoryStore
+    from .adapter import LazyStore
     from .hub.paths import local_path
-    from .io.reader import digest_problems, open_with_config
-    from .io.safetensors_file import read_all
+    from .io.reader import open_with_config
 
     path = local_path(path, "adapter")
 
@@ -131,11 +130,32 @@ def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Probl
         return [*config_problems, Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual)]
     problems = config_problems + structural_problems(adapter)
     try:
-        held = adapter
-        if isinstance(adapter.tensors, LazyStore):  # one read of the data serves the digest and the value checks
-            held = Adapter(adapter.config, MemoryStore(read_all(adapter.tensors.header)), adapter.source, adapter.format_version)
-        problems += digest_problems(adapter, config_data, dict(held.tensors))
-        problems += value_problems(held)
+        if isinstance(adapter.tensors, LazyStore):
+            problems += _streamed_checks(adapter, config_data)
+        else:  # a .bin read into memory: no recorded digest
+            problems += value_problems(adapter)
     except AdapterkitError as exc:
         problems.append(Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual))
     return problems
+
+
+def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
+    """The content digest (§5.5) and NaN/Inf of a file-backed adapter in one read of its data,
+    one tensor at a time, so that validating holds a tensor or two, never the whole adapter:
+    ``digest-mismatch`` (first differing part) before the ``non-finite`` problems."""
+    from .adapter import Adapter, MemoryStore
+    from .io.digest import config_digest, mismatch, recorded, tensor_digest
+    from .io.safetensors_file import DTYPE_NAMES, tensor_bytes
+
+    store = adapter.tensors
+    entries = recorded(store.header.metadata, store.header.path)
+    now: dict[str, bytes] = {}
+    values: list[Problem] = []
+    for key in store:
+        t = store[key]
+        if entries is not None:
+            now[key] = tensor_digest(key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t))
+        values += value_problems(Adapter(adapter.config, MemoryStore({key: t}), adapter.source, adapter.format_version))
+        del t
+    found = mismatch(entries, config_digest(config_data), now, str(adapter.source)) if entries is not None else None
+    return ([found] if found else []) + values

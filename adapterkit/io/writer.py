@@ -19,6 +19,8 @@ from ..errors import AdapterkitError, WriteError
 from .atomic import same_file, write_atomic
 from .forms import resolve_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
+from .recipe import RECIPE_KEY
+from .recipe import encode as encode_recipe
 from .safetensors_file import encode
 
 
@@ -132,6 +134,8 @@ def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwri
         exc.with_path(adapter.source or path)
         raise
     metadata = {"format": "pt", VERSION_KEY: FORMAT_VERSION}
+    if adapter.recipe:  # provenance (spec §5.5), in both forms
+        metadata[RECIPE_KEY] = encode_recipe(adapter.recipe)
     if form == "dir":
         files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode("utf-8")]}
     else:

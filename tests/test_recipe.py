@@ -104,12 +104,13 @@ def test_default_names_are_the_sources(tmp_path):
     b = adapterkit.save(lora(2), tmp_path / "b")
     result = adapterkit.combine([adapterkit.load(a), adapterkit.load(b), lora(3)], [1, 1, 1], "linear")
     assert result.recipe[0]["inputs"] == [str(a), str(b), "adapters[2]"]
-    with pytest.raises(AdapterkitError, match="one name per adapter") as info:
-        adapterkit.combine([lora(1), lora(2)], [1, 1], names=["only-one"])
-    assert info.value.code == "argument-invalid"
+    for names in (["only-one"], ["a", "b", "c"], "ab"):
+        with pytest.raises(AdapterkitError, match="one name per adapter") as info:
+            adapterkit.combine([lora(1), lora(2)], [1, 1], names=names)
+        assert info.value.code == "argument-invalid"
 
 
-def test_extract_records_what_was_given(tmp_path):
+def test_extract_records_what_was_given(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(0)
     base = {"model.layers.0.mlp.up_proj.weight": torch.randn(12, 8, generator=g), "model.norm.weight": torch.ones(8)}
     ft = {k: v.clone() for k, v in base.items()}
@@ -117,9 +118,9 @@ def test_extract_records_what_was_given(tmp_path):
     ft["model.norm.weight"] += 0.5
     save_file(base, tmp_path / "base.safetensors")
     save_file(ft, tmp_path / "ft.safetensors")
-    adapter, _ = adapterkit.extract(tmp_path / "base.safetensors", str(tmp_path / "ft.safetensors"), rank=2, targets="mlp",
-                                    save_changed=True)
-    want = {"op": "extract", "base": str(tmp_path / "base.safetensors"), "finetuned": str(tmp_path / "ft.safetensors"),
+    monkeypatch.chdir(tmp_path)  # relative paths are recorded as given, not resolved
+    adapter, _ = adapterkit.extract(Path("base.safetensors"), "ft.safetensors", rank=2, targets="mlp", save_changed=True)
+    want = {"op": "extract", "base": "base.safetensors", "finetuned": "ft.safetensors",
             "rank": 2, "targets": "mlp", "save_changed": True, "adapterkit": V}
     assert list(adapter.recipe) == [want]
     res = ok("extract", tmp_path / "base.safetensors", tmp_path / "ft.safetensors", tmp_path / "x", "--energy", "0.99")
@@ -219,6 +220,22 @@ def test_card_lists_the_steps_with_their_parameters(tmp_path):
         assert part in combine_line, (part, combine_line)
     assert "budget of 300 parameters" in rebalance_line and "unbalanced" not in rebalance_line
     assert "not recorded (the adapter's files carry no" in adapter_card(lora(1), "org/x")
+    unbalanced, _ = adapterkit.resize(lora(1), rank=2, balanced=False)
+    line = re.search(r"^1\. (.*)$", adapter_card(unbalanced, "org/u"), re.M)[1]
+    assert line.startswith("resize to rank 2, unbalanced factors")
+    balanced, _ = adapterkit.resize(lora(1), rank=2)
+    assert "unbalanced" not in adapter_card(balanced, "org/b")
+
+
+def test_a_card_renders_steps_whose_members_have_unexpected_types():
+    from adapterkit.io.recipe import lines
+
+    odd = ({"op": "combine", "adapterkit": "9", "inputs": "ab", "weights": 3, "input_recipes": 5},
+           {"op": "combine", "adapterkit": "9", "inputs": ["x"], "weights": [1], "input_recipes": [["not a step"]]},
+           {"op": "future-op", "adapterkit": "9", "nested": {"a": [1, 2.5]}})
+    text = lines(odd)
+    assert text[0].startswith("1. combine by None") and text[1].startswith("2. combine by None of `x` ×1")
+    assert len(text) == 3 and text[2].startswith("3. future-op (nested {'a': [1, 2.5]})")
 
 
 # ----------------------------------------------------------------------------- malformed values, PEFT
@@ -301,3 +318,11 @@ def test_ia3_combine_records_too(tmp_path):
     a = Adapter.from_tensors(cfg, {f"{P}model.layers.0.k_proj.ia3_l": torch.ones(4, 1)})
     out = adapterkit.save(adapterkit.combine([a, a], [0.5, 0.5], "linear", names=["x", "y"]), tmp_path / "ia3.safetensors")
     assert recorded(out) == [{"op": "combine", "method": "linear", "inputs": ["x", "y"], "weights": [0.5, 0.5], "adapterkit": V}]
+
+
+def test_a_step_holds_paths_as_the_strings_given_and_drops_unset_parameters():
+    from adapterkit.io.recipe import step
+
+    s = step("combine", inputs=[Path("a/b"), "org/x@v1"], base=Path("base"), rank=None, seed=0)
+    assert s == {"op": "combine", "inputs": ["a/b", "org/x@v1"], "base": "base", "seed": 0, "adapterkit": V}
+    assert json.loads(json.dumps(s)) == s

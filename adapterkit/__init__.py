@@ -38,6 +38,8 @@ _LAZY = {
     "prune": "ops.prune",
     "rebalance": "ops.rebalance",
     "resize": "ops.resize",
+    "diff": "inspect.diff",
+    "plot_spectrum": "inspect.spectrum",
     # model injection: a separate layer over the Adapter value
     "attach": "inject", "detach": "inject", "set_active": "inject", "disabled": "inject", "merge": "inject",
     "unmerge": "inject", "merge_and_unload": "inject", "unload": "inject", "extract_from_model": "inject",
@@ -46,8 +48,8 @@ _LAZY = {
 __all__ = [
     "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
     "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
-    "attach", "check", "combine", "detach", "disabled", "export", "extract", "extract_from_model", "load", "merge", "merge_and_unload", "open_adapter",
-    "prune", "pull", "push", "rebalance", "resize", "save", "set_active", "unload", "unmerge", "validate",
+    "attach", "check", "combine", "detach", "diff", "disabled", "export", "extract", "extract_from_model", "load", "merge", "merge_and_unload", "open_adapter",
+    "plot_spectrum", "prune", "pull", "push", "rebalance", "resize", "save", "set_active", "unload", "unmerge", "validate",
 ]
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ if TYPE_CHECKING:
         unload,
         unmerge,
     )
+    from .inspect.diff import diff
+    from .inspect.spectrum import plot_spectrum
     from .io.writer import save
     from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
     from .ops.combine import combine

@@ -113,8 +113,12 @@ adapter_name_option = click.option(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--no-modules", is_flag=True, help="Skip per-module statistics and value checks (no tensor data is read).")
 @click.option("--device", default=None, help="torch device for per-module statistics, e.g. cuda.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="OUT.png",
+              help="Also draw every LoRA module's singular-value spectrum into this PNG (needs adapterkit[plot]).")
+@click.option("--overwrite", is_flag=True, help="Replace the --plot file if it exists.")
 @handles_errors
-def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, device: str | None) -> None:
+def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, device: str | None,
+         plot: Path | None = None, overwrite: bool = False) -> None:
     """Summarise the adapter at PATH: kind, format (adapterkit version or PEFT profile), base model,
     variants (DoRA, rsLoRA, lora_bias, fan_in_fan_out), targets, rank histogram, parameters and
     bytes (adapter tensors and modules_to_save apart), other adapters in the same folder, and
@@ -129,6 +133,7 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
       adapterkit info multi --adapter-name second --json
       adapterkit info big-lora --no-modules
       adapterkit info merged-model
+      adapterkit info my-lora --plot spectrum.png
     """
     _require(path)
     from .hub.paths import local_path
@@ -144,10 +149,16 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
             summary = describe_checkpoint(path)
         except AdapterkitError:
             raise exc from None
+        if plot is not None:
+            raise click.UsageError("--plot draws an adapter's spectrum; PATH is a model checkpoint", ctx=click.get_current_context()) from None
         click.echo(json.dumps(summary, indent=2) if as_json else render_checkpoint(summary))
         return
     summary = describe(adapter, device=device, per_module=not no_modules, path=local)
+    if plot is not None:
+        summary["plot"] = _plot_spectrum(adapter, plot, device, overwrite)
     click.echo(json.dumps(summary, indent=2) if as_json else render(summary))
+    if plot is not None and not as_json:
+        click.echo(f"spectrum plot:   {plot} ({_plural(summary['plot']['modules'], 'module')})")
     sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)
 
 
@@ -166,7 +177,9 @@ def _problem_json(p: Any) -> dict[str, Any]:
 @handles_errors
 def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
     """Check the adapter at PATH against every rule of the spec (config, shapes, partners,
-    dtypes, NaN/Inf) and report every problem at once.  Exit 0 valid, 1 invalid, 2 usage error.
+    dtypes, content digest, NaN/Inf) and report every problem at once.  Exit 0 valid, 1 invalid,
+    2 usage error.  A recorded digest that disagrees is `digest-mismatch`, naming the config or
+    the first tensor (sorted key order) that differs.
 
     \b
     Examples:
@@ -847,6 +860,86 @@ def pull(repo: str, out: Path, overwrite: bool, token: str | None, as_json: bool
     else:
         click.echo(f"pulled {result.repo} (commit {result.commit[:12]}, {result.kind}) into {result.out}: "
                    f"{_plural(len(result.files), 'file')}")
+# ----------------------------------------------------------------------------- looking inside adapters: diff, spectrum plots (adapterkit.inspect)
+
+
+def _plot_spectrum(adapter: Any, out: Path, device: str | None, overwrite: bool) -> dict[str, Any]:
+    """`info --plot`: draw the spectrum; returns what --json reports about it."""
+    from .inspect.spectrum import plot_spectrum
+
+    data = plot_spectrum(adapter, out, device=device or "cpu", overwrite=overwrite)
+    return {"path": str(out), "modules": len(data.modules),
+            "ranks_keeping": {f"{level:.0%}": [m.ranks[level] for m in data.modules] for level in (0.90, 0.95, 0.99)},
+            "rebalance": [{"average_rank": avg, "budget": budget, "ranks": list(ranks)} for avg, budget, ranks in data.budgets]}
+
+
+def _degrees(angles: Any) -> str:
+    import math
+
+    if not angles:
+        return "-"
+    lo, hi = math.degrees(min(angles)), math.degrees(max(angles))
+    return f"{lo:.1f}-{hi:.1f}"
+
+
+def _percent(x: float | None, bound: float | None = None) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}" + (f"±{100 * bound:.1f}" if bound else "")
+
+
+@main.command("diff", short_help="Compare two adapters module by module: overlap, subspace angles, sign conflicts.")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (angles in radians).")
+@click.option("--device", default=None, help="torch device for the math, e.g. cuda (default: cpu).")
+@click.option("--conflict", type=click.Choice(["block", "sample", "off"]), default="block", show_default=True,
+              help="Sign conflicts: counted exactly row block by row block, estimated from sampled rows (with a 95% bound), or skipped.")
+@click.option("--sample-rows", type=click.IntRange(min=1), default=256, show_default=True, help="Rows per module for --conflict sample.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the row sample.")
+@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True, help="Name this many of the most conflicting modules in the summary.")
+@handles_errors
+def diff_command(a: Path, b: Path, as_json: bool, device: str | None, conflict: str, sample_rows: int, seed: int, top: int) -> None:
+    """Compare the adapters A and B (same kind) module by module and report, for LoRA: ‖ΔW‖ of
+    each, the cosine of ΔW_a and ΔW_b, the principal angles between their column spaces and
+    between their row spaces, the share of ΔW_b's energy inside ΔW_a's column / row space, and
+    the fraction of entries whose signs conflict (what TIES faces); all from the factors except
+    the sign count, which works row block by row block.  IA3 compares l - 1, prompt-learning
+    adapters their virtual-token embeddings (cosine per token).  Modules of one adapter only are
+    listed.  The last line sums up: the energy-weighted cosine and the modules that conflict
+    most.  Exit 0 (a report, not a check), 2 on error (different kinds: adapters-incompatible).
+
+    \b
+    Examples:
+      adapterkit diff my-lora other-lora
+      adapterkit diff my-lora other-lora --conflict sample --top 10
+      adapterkit diff big-a big-b --device cuda --json
+    """
+    _require(a)
+    _require(b)
+    from .inspect.diff import diff as run
+    from .io.reader import load
+
+    report = run(load(a), load(b), device=device or "cpu", conflict=conflict, sample_rows=sample_rows, seed=seed)
+    if as_json:
+        click.echo(json.dumps({**report.to_dict(), "summary": report.summary(top)}, indent=2))
+        return
+    rows = [("module", "‖ΔW_a‖", "‖ΔW_b‖", "cos", "θcol°", "θrow°", "E_col%", "E_row%", "conflict%")]
+    for m in report.modules:
+        if m.present != "both":
+            norm = f"{m.norm_a if m.present == 'a' else m.norm_b:.4g}"
+            rows.append((m.name, norm if m.present == "a" else "(absent)", norm if m.present == "b" else "(absent)",
+                         "-", "-", "-", "-", "-", "-"))
+            continue
+        rows.append((m.name, f"{m.norm_a:.4g}", f"{m.norm_b:.4g}", "n/a" if m.cosine is None else f"{m.cosine:+.3f}",
+                     _degrees(m.col_angles), _degrees(m.row_angles), _percent(m.energy_in_col), _percent(m.energy_in_row),
+                     _percent(m.conflict, m.conflict_bound)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+    if report.conflict_mode == "sample":
+        click.echo(f"conflict: sampled {sample_rows} rows per module (seed {seed}); ± is the {report.confidence:.0%} bound (Serfling)")
+    click.echo(report.summary(top))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ CODES: dict[str, tuple[str, str]] = {
     "model-mismatch": ("TensorError", "a model does not fit the adapter it is attached to; the message lists every offending module"),
     "adapter-name-taken": ("ArgumentError", "an adapter of that name is already attached to the model"),
     "adapter-not-attached": ("NotFoundError", "no adapter of that name is attached to the model"),
+    "digest-mismatch": ("TensorError", "the config or a tensor differs from what the file's content digest records; the message names the first that differs"),
     "profile-violation": ("UnsupportedError", "the adapter breaks a rule of the serving engine it is checked for (vLLM, TGI, llama.cpp); the message names the rule, e.g. [vllm/rank-pattern]"),
     # the Hugging Face Hub (adapterkit.hub: push, pull, repo ids where a path is accepted)
     "hub-unauthorized": ("HubError", "the Hub refused the token or its absence (401/403): pass --token, set HF_TOKEN or log in"),
@@ -68,6 +69,7 @@ CODES: dict[str, tuple[str, str]] = {
     "hub-offline": ("HubError", "offline (HF_HUB_OFFLINE) and the cache lacks the files asked for"),
     "hub-unsafe-path": ("HubError", "a file name from the Hub that could write outside its folder (.., absolute, backslash, NUL, drive)"),
     "hub-error": ("HubError", "any other failure talking to the Hub"),
+    "extra-missing": ("UnsupportedError", "an optional dependency is not installed; the message names the extra to install (pip install 'adapterkit[plot]')"),
     # warnings only (validate reports them; they never raise)
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
@@ -90,6 +92,8 @@ API_CODES = frozenset({
     "profile-violation",
     # the Hugging Face Hub (adapterkit.hub)
     "hub-unauthorized", "hub-not-found", "hub-unavailable", "hub-offline", "hub-unsafe-path", "hub-error",
+    # looking inside adapters (adapterkit.inspect: diff, plot_spectrum)
+    "extra-missing",
 })
 
 

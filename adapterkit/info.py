@@ -1,5 +1,6 @@
-"""A summary of an adapter for people and for ``--json``: kind, format, variants, targets,
-ranks, sizes, whole-module tensors, other adapters beside it, and problems found.
+"""A summary of an adapter for people and for ``--json``: kind, format, content digest (as
+recorded; ``validate`` checks it), variants, targets, ranks, sizes, whole-module tensors,
+other adapters beside it, and problems found.
 
 Per-module figures come from the kind's ``stats`` (for LoRA: rank, scaling and
 ‖ΔW‖_F computed from the factors, never from a dense ΔW).  When the tensors are
@@ -15,6 +16,7 @@ from typing import Any
 
 from .adapter import Adapter, LazyStore, MemoryStore
 from .devices import resolve_device
+from .io.digest import DIGEST_KEY
 from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
 from .progress import progress
@@ -66,6 +68,7 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
         "path": str(adapter.source) if adapter.source else None,
         "kind": adapter.peft_type,
         "format": f"adapterkit {adapter.format_version}" if adapter.format_version else "PEFT profile",
+        "digest": adapter.tensors.header.metadata.get(DIGEST_KEY) if isinstance(adapter.tensors, LazyStore) else None,
         "base_model": config.get("base_model_name_or_path"),
         "task_type": config.get("task_type"),
         "features": adapter.config.features(),
@@ -105,6 +108,7 @@ def render(summary: dict[str, Any]) -> str:
         f"path:            {summary['path']}",
         f"kind:            {summary['kind']}",
         f"format:          {summary['format']}",
+        f"digest:          {summary['digest'] or 'none recorded'}",
         f"base model:      {summary['base_model'] or '(not recorded)'}",
     ]
     if summary["task_type"]:

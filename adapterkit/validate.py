@@ -1,8 +1,8 @@
 """Every MUST of the spec as a check that returns :class:`Problem` records.
 
 ``structural_problems`` needs only headers and config (used by every reader);
-``value_problems`` reads tensor data (NaN/Inf).  ``validate(path)`` runs all and
-returns every problem at once instead of stopping at the first.
+``value_problems`` reads tensor data (NaN/Inf).  ``validate(path)`` runs all, the content
+digest (§5.5) included, and returns every problem at once instead of stopping at the first.
 """
 
 from __future__ import annotations
@@ -117,19 +117,25 @@ def raise_first_error(problems: list[Problem]) -> None:
 def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Problem]:
     """All problems of the adapter at ``path`` (or repo id ``org/name[@revision]``): errors
     (MUST violations) and warnings.  Raises HubError when a repo id cannot be fetched."""
+    from .adapter import Adapter, LazyStore, MemoryStore
     from .hub.paths import local_path
-    from .io.reader import open_adapter
+    from .io.reader import digest_problems, open_with_config
+    from .io.safetensors_file import read_all
 
     path = local_path(path, "adapter")
 
     config_problems: list[Problem] = []
     try:
-        adapter = open_adapter(path, adapter_name=adapter_name, strict=False, config_problems=config_problems)
+        adapter, config_data = open_with_config(path, adapter_name=adapter_name, strict=False, config_problems=config_problems)
     except AdapterkitError as exc:
         return [*config_problems, Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual)]
     problems = config_problems + structural_problems(adapter)
     try:
-        problems += value_problems(adapter)
+        held = adapter
+        if isinstance(adapter.tensors, LazyStore):  # one read of the data serves the digest and the value checks
+            held = Adapter(adapter.config, MemoryStore(read_all(adapter.tensors.header)), adapter.source, adapter.format_version, adapter.recipe)
+        problems += digest_problems(adapter, config_data, dict(held.tensors))
+        problems += value_problems(held)
     except AdapterkitError as exc:
         problems.append(Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual))
     return problems

@@ -68,6 +68,9 @@ def make_seeds(root: Path) -> list[Path]:
     adapter = ak.Adapter.from_tensors(cfg, _lora_tensors(torch.float32, g))
     seeds.append(ak.save(adapter, root / "lora.safetensors", form="file"))
     seeds.append(ak.save(adapter, root / "lora_dir"))
+    # without a content digest (format 1.0), data edits reach the value checks instead of digest-mismatch
+    seeds.append(ak.save(adapter, root / "lora_1_0.safetensors", form="file", digest=False))
+    seeds.append(ak.save(adapter, root / "lora_1_0_dir", digest=False))
 
     dora = ak.LoraConfig(r=2, lora_alpha=4, target_modules=("q",), use_dora=True, lora_bias=True)
     tensors = {
@@ -85,7 +88,7 @@ def make_seeds(root: Path) -> list[Path]:
         P + "conv.lora_A.weight": torch.randn(2, 3, 3, 3, generator=g).half(),
         P + "conv.lora_B.weight": torch.randn(4, 2, 1, 1, generator=g).half(),
     }
-    seeds.append(ak.save(ak.Adapter.from_tensors(mixed, tensors), root / "mixed.safetensors", form="file"))
+    seeds.append(ak.save(ak.Adapter.from_tensors(mixed, tensors), root / "mixed.safetensors", form="file", digest=False))
 
     ia3 = ak.IA3Config(target_modules=("k", "ff"), feedforward_modules=("ff",))
     tensors = {P + "k.ia3_l": torch.rand(4, 1, generator=g), P + "ff.ia3_l": torch.rand(1, 6, generator=g)}

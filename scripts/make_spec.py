@@ -41,13 +41,15 @@ import torch
 import adapterkit
 from adapterkit import Adapter, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
 from adapterkit.errors import API_CODES, CODES
+from adapterkit.io.digest import config_digest, digest_metadata, tensor_digest
 from adapterkit.io.safetensors_file import DTYPE_NAMES, encode, tensor_bytes
 from adapterkit.kinds import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "spec" / "v1"
 README = SPEC / "README.md"
-VERSION = adapterkit.FORMAT_VERSION
+VERSION = adapterkit.FORMAT_VERSION  # what adapterkit.save writes (1.1: with the content digest)
+V1_0 = "1.0"  # the hand-built files (raw valid vectors, invalid vectors) keep the version without a digest
 P = "base_model.model."
 
 # ---------------------------------------------------------------------------------------------
@@ -65,13 +67,26 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
         "REQUIRED (only PEFT-profile files lack it)",
         {"type": "string", "pattern": r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?![\s\S])"},
         "format version `MAJOR.MINOR`, the whole string (decimal, no leading zeros, no whitespace); this version writes "
-        "`1.0`; a major other than 1 is `version-unsupported` (§5.2 rule 7), not a schema error",
+        "`1.1` (`1.0` files, without a digest, stay valid); a major other than 1 is `version-unsupported` (§5.2 rule 7), "
+        "not a schema error",
     ),
     (
         "adapterkit.config",
         "REQUIRED in the single-file form; absent in the directory form",
         {"type": "string", "contentMediaType": "application/json"},
         "the adapter config as compact JSON with sorted keys",
+    ),
+    (
+        "adapterkit.digest",
+        "REQUIRED of 1.1 writers, with `adapterkit.digests`; OPTIONAL for readers (absent in 1.0 files)",
+        {"type": "string", "pattern": r"^sha256:[0-9a-f]{64}(?![\s\S])"},
+        "the content digest (§5.5): SHA-256 over the config and every tensor, independent of form and tensor order",
+    ),
+    (
+        "adapterkit.digests",
+        "present exactly when `adapterkit.digest` is",
+        {"type": "string", "pattern": r"^(?:[0-9a-f]{64})+(?![\s\S])"},
+        "the entry digests the content digest combines (§5.5): the config's, then each tensor's in sorted key order, as hex",
     ),
     (
         "adapterkit.recipe",
@@ -84,7 +99,7 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
                 "properties": {"op": {"type": "string", "minLength": 1}, "adapterkit": {"type": "string"}},
             },
         }},
-        "how adapterkit made the adapter (§5.5): a JSON array of steps as compact JSON with sorted keys; provenance "
+        "how adapterkit made the adapter (§5.6): a JSON array of steps as compact JSON with sorted keys; provenance "
         "only, not part of the adapter's content",
     ),
 ]
@@ -327,7 +342,7 @@ def raw_st(header: dict[str, Any], data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
-def file_meta(config: dict[str, Any], version: str = VERSION) -> dict[str, str]:
+def file_meta(config: dict[str, Any], version: str = V1_0) -> dict[str, str]:
     return {
         "format": "pt",
         "adapterkit.version": version,
@@ -478,6 +493,7 @@ def valid_vectors() -> list[dict[str, Any]]:
     add("p_tuning", "P-tuning on an encoder-decoder (2 submodules): the encoder's output, (2·2, 6)", "file", cfg,
         {"prompt_embeddings": dyadic((4, 6), 51)})
     more_valid_vectors(add)
+    digest_valid_vectors(add)
     return vs
 
 
@@ -582,7 +598,7 @@ def more_valid_vectors(add: Callable[..., None]) -> None:
     add("dir_embedded_config_equal", "directory form whose weights carry an adapterkit.config equal to adapter_config.json as "
         "JSON values (other member order, 4.0 for 4): accepted", "dir", base, t, write="raw", path=".",
         files={"adapter_config.json": peft_config_text(base),
-               "adapter_model.safetensors": st_bytes(t, {"format": "pt", "adapterkit.version": VERSION, "adapterkit.config": embedded})})
+               "adapter_model.safetensors": st_bytes(t, {"format": "pt", "adapterkit.version": V1_0, "adapterkit.config": embedded})})
 
     t_top, t_sub = linear(Q, 2, 6, 4, 105), linear(Q, 2, 6, 4, 107)
     add("lora_named_subfolder", "adapter_name `second`: the subfolder is read, not the default adapter beside it", "dir", base,
@@ -692,7 +708,7 @@ def rewritten(adapter: Adapter, form: str) -> dict[str, str]:
 def format_version_of(v: dict[str, Any]) -> str | None:
     if "format_version" in v:
         return v["format_version"]
-    return {"peft": None, "future": "1.7"}.get(v.get("write"), VERSION)
+    return {"peft": None, "future": "1.7", "raw": V1_0}.get(v.get("write"), VERSION)
 
 
 def expected_valid(v: dict[str, Any], rel: str, load_path: Path) -> dict[str, Any]:
@@ -861,6 +877,7 @@ def invalid_vectors() -> list[dict[str, Any]]:
     add("prefix_without_num_layers", "config-invalid", "prefix tuning config without num_layers (the shape is undefined)",
         {F: st_bytes({"prompt_embeddings": dyadic((3, 16), 1)}, file_meta(prefix))})
     more_invalid_vectors(add, base, good_t, meta)
+    digest_invalid_vectors(add)
     return vs
 
 
@@ -1029,6 +1046,99 @@ def more_invalid_vectors(add: Callable[..., None], base: dict[str, Any], good_t:
         {F: st_bytes({f"{P}conv.ia3_l": dyadic((1, 4, 1), 1, positive=True)}, file_meta(ia3))})
     add("ia3_conv_shape", "shape-mismatch", "a 4-D ia3_l (4, 1, 1, 1): the channels belong in the second dimension",
         {F: st_bytes({f"{P}conv.ia3_l": dyadic((4, 1, 1, 1), 1, positive=True)}, file_meta(ia3))})
+
+
+def saved(adapter: Adapter, form: str, **kw: Any) -> dict[str, bytes]:
+    """The files ``adapterkit.save`` writes for ``adapter`` in ``form`` (the single file named adapter.safetensors)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / ("adapter.safetensors" if form == "file" else "out")
+        adapterkit.save(adapter, out, form=form, **kw)
+        if form == "file":
+            return {"adapter.safetensors": out.read_bytes()}
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def split_st(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """A safetensors file's header object and data buffer."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def digest_adapter() -> Adapter:
+    """The adapter of the content-digest vectors (§5.5): two LoRA modules, F32 and BF16 (so the file's
+    order, F32 first, is not the sorted key order), and a whole `score` module from modules_to_save."""
+    cfg = lora(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], modules_to_save=["score"])
+    t = {**linear(V, 2, 6, 4, 130), **linear(Q, 2, 6, 4, 132, torch.bfloat16),
+         f"{P}score.weight": dyadic((3, 6), 134), f"{P}score.bias": dyadic((3,), 135)}
+    return Adapter.from_tensors(cfg, t)
+
+
+def digest_valid_vectors(add: Callable[..., None]) -> None:
+    """Valid vectors of the content digest (format 1.1, §5.5)."""
+    adapter = digest_adapter()
+    cfg, t = adapter.config, dict(adapter.tensors)
+    file = saved(adapter, "file")["adapter.safetensors"]
+    add("digest_file", "format 1.1: a single-file adapter with its content digest (mixed dtypes, a whole module)", "file", cfg, t)
+    header, data = split_st(file)
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    reordered, cursor, chunks = {"__metadata__": header["__metadata__"]}, 0, []
+    for key in sorted(entries, reverse=True):  # reverse key order, whatever the dtypes
+        begin, end = entries[key]["data_offsets"]
+        reordered[key] = {**entries[key], "data_offsets": [cursor, cursor + end - begin]}
+        chunks.append(data[begin:end])
+        cursor += end - begin
+    add("digest_reordered", "the same tensors as `digest_file` in reverse key order in the file: the same content digest", "file",
+        cfg, t, write="raw", path="adapter.safetensors", format_version=VERSION,
+        files={"adapter.safetensors": raw_st(reordered, b"".join(chunks))})
+    files = saved(adapter, "dir")
+    relaid = json.dumps(dict(reversed(list(json.loads(files["adapter_config.json"]).items()))), separators=(",", ":"))
+    add("digest_dir_config_relaid", "directory form whose adapter_config.json is compact with keys in reverse order: the same "
+        "JSON value, so the same content digest (the config is hashed as canonical JSON)", "dir", cfg, t, write="raw", path=".",
+        format_version=VERSION, files={**files, "adapter_config.json": relaid.encode("utf-8")})
+    minimal = {"lora_alpha": 4, "modules_to_save": ["score"], "peft_type": "LORA", "r": 2, "target_modules": ["q_proj", "v_proj"]}
+    entries = {k: tensor_digest(k, DTYPE_NAMES[v.dtype], tuple(v.shape), tensor_bytes(v)) for k, v in t.items()}
+    add("digest_config_without_defaults", "a 1.1 file whose adapterkit.config omits the fields that have defaults: the digest "
+        "covers the config as stored, not with the defaults filled in", "file", minimal, t, write="raw",
+        path="adapter.safetensors", format_version=VERSION,
+        files={"adapter.safetensors": st_bytes(t, {**file_meta(minimal, VERSION), **digest_metadata(config_digest(minimal), entries)})})
+    add("version_1_0", "a format 1.0 single file: no content digest, valid", "file", cfg, t, write="raw",
+        path="adapter.safetensors", files=saved(adapter, "file", digest=False))
+    add("version_1_1_without_digest", "a format 1.1 file without a content digest: valid (a reader accepts files without one)",
+        "file", cfg, t, write="raw", path="adapter.safetensors", format_version="1.1",
+        files={"adapter.safetensors": st_bytes(t, file_meta(cfg.to_dict(), "1.1"))})
+
+
+def digest_invalid_vectors(add: Callable[..., None]) -> None:
+    """Invalid vectors of the content digest (format 1.1, §5.5), all edits of `valid/digest_file`."""
+    adapter = digest_adapter()
+    F = "adapter.safetensors"
+    file = saved(adapter, "file")[F]
+    header, data = split_st(file)
+    meta = header["__metadata__"]
+    b_key = f"{P}{V}.lora_B.weight"
+    begin = header[b_key]["data_offsets"][0]
+    flipped = bytearray(file)
+    flipped[len(file) - len(data) + begin] ^= 1  # the lowest mantissa bit of lora_B's first element: still finite
+    add("digest_flipped_byte", "digest-mismatch", f"one bit of `{V}.lora_B.weight`'s data flipped: the mismatch names that tensor",
+        {F: bytes(flipped)})
+    files = saved(adapter, "dir")
+    config = json.loads(files["adapter_config.json"])
+    add("digest_config_changed", "digest-mismatch", "directory form whose adapter_config.json says lora_alpha 8 instead of 4 after "
+        "the digest was recorded: the mismatch names `config`",
+        {**files, "adapter_config.json": peft_config_text({**config, "lora_alpha": 8})}, path=".")
+    tensors = {k: v for k, v in adapter.tensors.items() if k != f"{P}score.bias"}
+    add("digest_tensor_removed", "digest-mismatch", "`score.bias` removed from the file (the header and data rewritten, the "
+        "digest kept): the digest records a tensor the file lacks", {F: st_bytes(tensors, meta)})
+    add("digest_malformed", "metadata-invalid", "adapterkit.digest in upper-case hex",
+        {F: st_bytes(dict(adapter.tensors), {**meta, "adapterkit.digest": meta["adapterkit.digest"].upper().replace("SHA256", "sha256")})})
+    add("digest_entries_upper_case", "metadata-invalid", "adapterkit.digests in upper-case hex (the entries still combine to "
+        "adapterkit.digest once decoded)",
+        {F: st_bytes(dict(adapter.tensors), {**meta, "adapterkit.digests": meta["adapterkit.digests"].upper()})})
+    add("digest_entries_tampered", "metadata-invalid", "adapterkit.digests with the config's entry zeroed: the entries no longer "
+        "combine to adapterkit.digest (found from the header alone)",
+        {F: st_bytes(dict(adapter.tensors), {**meta, "adapterkit.digests": "0" * 64 + meta["adapterkit.digests"][64:]})})
+    add("digest_without_entries", "metadata-invalid", "adapterkit.digest without adapterkit.digests",
+        {F: st_bytes(dict(adapter.tensors), {k: v for k, v in meta.items() if k != "adapterkit.digests"})})
 
 
 # ---------------------------------------------------------------------------------------------

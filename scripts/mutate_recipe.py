@@ -52,10 +52,10 @@ MUTANTS = [
     ("reader: load drops the recipe", READER, "adapter.source, adapter.format_version, adapter.recipe)", "adapter.source, adapter.format_version)"),
     ("reader: a malformed recipe ignored", READER, "    return () if text is None else decode(text, path=path)",
      "    try:\n        return () if text is None else decode(text, path=path)\n    except Exception:\n        return ()"),
-    ("writer: the recipe is not written", WRITER, "    if adapter.recipe:  # provenance (spec §5.5), in both forms\n", "    if False:\n"),
-    ("writer: the recipe written only in the single-file form", WRITER, "    if adapter.recipe:  # provenance (spec §5.5), in both forms\n",
+    ("writer: the recipe is not written", WRITER, "    if adapter.recipe:  # provenance (spec §5.6), in both forms; not part of the digest\n", "    if False:\n"),
+    ("writer: the recipe written only in the single-file form", WRITER, "    if adapter.recipe:  # provenance (spec §5.6), in both forms; not part of the digest\n",
      '    if adapter.recipe and form == "file":\n'),
-    ("writer: an empty recipe written as []", WRITER, "    if adapter.recipe:  # provenance (spec §5.5), in both forms\n", "    if True:\n"),
+    ("writer: an empty recipe written as []", WRITER, "    if adapter.recipe:  # provenance (spec §5.6), in both forms; not part of the digest\n", "    if True:\n"),
     ("adapter: == compares the recipe", ADAPTER, "        if self.config != other.config or set(self.tensors) != set(other.tensors):",
      "        if self.config != other.config or set(self.tensors) != set(other.tensors) or self.recipe != other.recipe:"),
     # what each operation records

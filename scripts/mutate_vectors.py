@@ -53,6 +53,7 @@ class Mutant:
 M = Mutant
 SF, RD, VS, JS, BF, WR = "io/safetensors_file.py", "io/reader.py", "io/version.py", "io/jsontext.py", "io/bin_file.py", "io/writer.py"
 LO, IA, PL, BA, PA, VA = "kinds/lora.py", "kinds/ia3.py", "kinds/prompt_learning.py", "kinds/base.py", "kinds/patterns.py", "validate.py"
+DG = "io/digest.py"
 
 MUTANTS: list[Mutant] = [
     # §1: strict JSON, integers
@@ -84,11 +85,10 @@ MUTANTS: list[Mutant] = [
       "        raise ConfigError('config not in canonical layout', path=path)\n"
       "    return data\n"),
     M("R4.1-3", "the directory form's weights carry adapterkit.config too", WR,
-      "        files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")]}",
-      "        metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(\",\", \":\"))\n        files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")]}"),
+      "    if form == \"file\":\n        metadata[CONFIG_KEY] =", "    if True:\n        metadata[CONFIG_KEY] ="),
     M("R4.1-3", "the directory form also gets a README.md", WR,
-      "        files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")]}",
-      "        files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")], 'README.md': [b'# adapter']}"),
+      "        files = {WEIGHTS_NAME: encoder or encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")]}",
+      "        files = {WEIGHTS_NAME: encoder or encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")], 'README.md': [b'# adapter']}"),
     M("R4.1-4", "an embedded config in the directory form is not compared", RD,
       "if embedded is not None and not _same_json(embedded, config_data):", "if False:"),
     M("R4.1-4", "compared as text (compact, sorted) instead of as JSON values", RD,
@@ -117,8 +117,8 @@ MUTANTS: list[Mutant] = [
     M("R4.1-7", "no weights reported as not-an-adapter", RD, 'raise NotFoundError("no adapter weights", code="weights-missing"',
       'raise NotFoundError("no adapter weights", code="not-an-adapter"'),
     M("R4.1-8", "the directory form also gets an adapter_model.bin", WR,
-      "        files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")]}",
-      "        files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")], 'adapter_model.bin': [b'x']}"),
+      "        files = {WEIGHTS_NAME: encoder or encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")]}",
+      "        files = {WEIGHTS_NAME: encoder or encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode(\"utf-8\")], 'adapter_model.bin': [b'x']}"),
     M("R4.1-9", "the unrestricted unpickler (weights_only=False)", BF, 'map_location="cpu", weights_only=True',
       'map_location="cpu", weights_only=False'),
     M("R4.1-9", "a file that is not a checkpoint reported as unsafe-pickle", BF,
@@ -130,8 +130,8 @@ MUTANTS: list[Mutant] = [
       "    raise NotFoundError('no .bin support', code='weights-missing', path=path)\n    path = Path(path)\n    if not path.is_file():"),
     # §4.2, §4.3
     M("R4.2-1", "the embedded config written with spaces", WR,
-      'metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))',
-      "metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True)"),
+      'metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True, separators=(",", ":"))',
+      "metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True)"),
     M("R4.2-2", "an embedded config without a version read under the PEFT profile", RD,
       "            if version is None:\n                raise FormatError(", "            if False:\n                raise FormatError("),
     M("R4.2-3", "a non-JSON embedded config is metadata-invalid in the single-file form", RD,
@@ -222,20 +222,20 @@ MUTANTS: list[Mutant] = [
       "    version = check_version(metadata, path)\n"
       "    if any(k.startswith('adapterkit.') and k not in (VERSION_KEY, CONFIG_KEY) for k in metadata):\n"
       "        raise FormatError('unknown key', code='metadata-invalid', path=path)\n"),
-    # §5.5 adapterkit.recipe
-    M("R5.5-1", "the recipe is not written", WR, "    if adapter.recipe:  # provenance (spec §5.5), in both forms\n", "    if False:\n"),
-    M("R5.5-1", "the recipe is written with spaces (not compact)", "io/recipe.py",
+    # §5.6 adapterkit.recipe
+    M("R5.6-1", "the recipe is not written", WR, "    if adapter.recipe:  # provenance (spec §5.6), in both forms; not part of the digest\n", "    if False:\n"),
+    M("R5.6-1", "the recipe is written with spaces (not compact)", "io/recipe.py",
       'sort_keys=True, separators=(",", ":"), ensure_ascii=False)', 'sort_keys=True, ensure_ascii=False)'),
-    M("R5.5-2", "the recipe is not read back", RD, "    return () if text is None else decode(text, path=path)", "    return ()"),
-    M("R5.5-3", "a recipe that is not JSON is ignored", "io/recipe.py", "        data = loads_strict(text)\n    except (ValueError, RecursionError) as exc:\n        raise",
+    M("R5.6-2", "the recipe is not read back", RD, "    return () if text is None else decode(text, path=path)", "    return ()"),
+    M("R5.6-3", "a recipe that is not JSON is ignored", "io/recipe.py", "        data = loads_strict(text)\n    except (ValueError, RecursionError) as exc:\n        raise",
       "        data = loads_strict(text)\n    except (ValueError, RecursionError):\n        return ()\n        raise"),
-    M("R5.5-3", "a recipe that is not an array is accepted", "io/recipe.py", "    if not isinstance(data, list):\n", "    if isinstance(data, dict):\n        data = [data]\n    if not isinstance(data, list):\n"),
-    M("R5.5-3", "steps are not checked", "io/recipe.py", '        for member in ("op", "adapterkit"):\n', '        for member in ():\n'),
-    M("R5.5-3", "a non-object step is accepted", "io/recipe.py", "        if not isinstance(item, dict):\n", "        if not isinstance(item, (dict, str)):\n"),
+    M("R5.6-3", "a recipe that is not an array is accepted", "io/recipe.py", "    if not isinstance(data, list):\n", "    if isinstance(data, dict):\n        data = [data]\n    if not isinstance(data, list):\n"),
+    M("R5.6-3", "steps are not checked", "io/recipe.py", '        for member in ("op", "adapterkit"):\n', '        for member in ():\n'),
+    M("R5.6-3", "a non-object step is accepted", "io/recipe.py", "        if not isinstance(item, dict):\n", "        if not isinstance(item, (dict, str)):\n"),
     # §5.4 writer determinism
     M("R5.4-1", "tensor data laid out by key only", SF, "return sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))",
       "return sorted(tensors)"),
-    M("R5.4-1", "header not padded to 8 bytes", SF, '    raw += b" " * (-len(raw) % 8)\n    yield', "    yield"),
+    M("R5.4-1", "header not padded to 8 bytes", SF, '    raw += b" " * (-len(raw) % 8)\n    return struct', "    return struct"),
     M("R5.4-1", "non-ASCII written as UTF-8 in the header", SF,
       'raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")',
       'raw = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")'),
@@ -363,9 +363,35 @@ MUTANTS: list[Mutant] = [
       'PREFIX = "base_model."  #', 'PREFIX = "base_model.model."  #'),
     M("R10-3", "prefix tuning without num_layers accepted", "kinds/prefix_tuning.py", "        if self.num_layers is None:",
       "        if False:"),
+    # §5.5 content digest (1.1)
+    M("R5.5-1", "the writer records no digest", WR, "    encoder = DigestingEncoder(tensors, metadata, config) if digest else None",
+      "    encoder = None"),
+    M("R5.5-1", "tensor entries recorded in file order, not sorted key order", DG,
+      "    entries = [config_entry] + [tensor_entries[k] for k in sorted(tensor_entries)]",
+      "    entries = [config_entry] + list(tensor_entries.values())"),
+    M("R5.5-1", "the digest combines the entries without their count", DG,
+      "hashlib.sha256(_field(_TAG_ALL) + _u64(len(entries)) + b\"\".join(entries))", "hashlib.sha256(_field(_TAG_ALL) + b\"\".join(entries))"),
+    M("R5.5-2", "the tensor entry omits the dtype", DG, '_field(key.encode("utf-8")) + _field(dtype.encode("ascii"))', '_field(key.encode("utf-8"))'),
+    M("R5.5-2", "the tensor entry omits the shape", DG, "    return head + b\"\".join(_u64(d) for d in shape) + _u64(nbytes)",
+      "    return head + _u64(nbytes)"),
+    M("R5.5-3", "the config hashed in its indented (adapter_config.json) layout", DG,
+      '    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode("ascii")',
+      '    return json.dumps(config, sort_keys=True, indent=2).encode("ascii")'),
+    M("R5.5-3", "the config hashed as read, defaults filled in", RD,
+      "    problem = mismatch(entries, config_digest(config_data), entries_now, str(adapter.source))",
+      "    problem = mismatch(entries, config_digest(adapter.config.to_dict()), entries_now, str(adapter.source))"),
+    M("R5.5-4", "entries that do not combine to the digest accepted", DG, "    if combine(entries) != digest:", "    if False:"),
+    M("R5.5-4", "a digest without its entries accepted", DG, "    if digest is None and digests is None:\n        return None",
+      "    if digests is None:\n        return None"),
+    M("R5.5-4", "upper-case hex entries accepted", DG, '_DIGESTS = re.compile(r"(?:[0-9a-f]{64})+")', '_DIGESTS = re.compile(r"(?:[0-9a-fA-F]{64})+")'),
+    M("R5.5-5", "the digest not checked on load", RD, "            raise_first_error(digest.result())", "            pass"),
+    M("R5.5-5", "the config entry not compared", DG, "    if config_entry != entries[0]:", "    if False:"),
+    M("R5.5-5", "a removed tensor not noticed", DG, "    if len(entries) - 1 != len(tensor_entries):", "    if False:"),
+    M("R5.5-6", "a file without a digest refused", DG, "    if digest is None and digests is None:\n        return None",
+      "    if digest is None and digests is None:\n        raise FormatError('no content digest', code='metadata-invalid', path=path)"),
     # §11 versions
-    M("R11-1", "the writer writes version 1.1", WR, "    metadata = {\"format\": \"pt\", VERSION_KEY: FORMAT_VERSION}",
-      "    metadata = {\"format\": \"pt\", VERSION_KEY: \"1.1\"}"),
+    M("R11-1", "the writer writes version 1.0 with a digest", WR, "VERSION_KEY: FORMAT_VERSION if digest else UNDIGESTED_VERSION}",
+      "VERSION_KEY: UNDIGESTED_VERSION}"),
     M("R11-2", "an unknown minor version refused", VS, "    if int(m[1]) != SUPPORTED_MAJOR:", "    if int(m[1]) != SUPPORTED_MAJOR or m[2] != '0':"),
     # §12 warnings
     M("R12-1", "empty-adapter only when the file holds no tensor at all", LO, "    if not groups:\n        add(\"empty-adapter\"",

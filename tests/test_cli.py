@@ -16,7 +16,7 @@ from adapterkit import Adapter, IA3Config, LoraConfig, PromptTuningConfig
 from adapterkit.cli import main
 
 
-def _lora(tmp_path: Path, **cfg) -> Path:
+def _lora(tmp_path: Path, digest: bool = True, **cfg) -> Path:
     config = LoraConfig(r=2, lora_alpha=4, target_modules=("q_proj", "v_proj"), rank_pattern={"v_proj": 1}, **cfg)
     g = torch.Generator().manual_seed(0)
     tensors = {
@@ -26,7 +26,7 @@ def _lora(tmp_path: Path, **cfg) -> Path:
         "base_model.model.model.layers.0.v_proj.lora_B.weight": torch.randn(4, 1, generator=g),
     }
     out = tmp_path / "lora"
-    adapterkit.save(Adapter.from_tensors(config, tensors), out)
+    adapterkit.save(Adapter.from_tensors(config, tensors), out, digest=digest)
     return out
 
 
@@ -43,7 +43,7 @@ def test_info_text_and_json(tmp_path):
     assert "model.layers.0.v_proj" in res.output and "delta_norm=" in res.output
     res = run("info", path, "--json")
     data = json.loads(res.output)
-    assert data["kind"] == "LORA" and data["format"] == "adapterkit 1.0"
+    assert data["kind"] == "LORA" and data["format"] == "adapterkit 1.1" and data["digest"].startswith("sha256:")
     assert data["rank_histogram"] == {"1": 1, "2": 1}
     assert data["parameters"] == 2 * 8 + 6 * 2 + 8 + 4
     assert data["bytes"] == data["parameters"] * 4
@@ -84,7 +84,7 @@ def test_validate_exit_codes(tmp_path):
 
 
 def test_validate_warns_unmatched_pattern(tmp_path):
-    path = _lora(tmp_path)
+    path = _lora(tmp_path, digest=False)  # its config is edited below: no content digest to disagree
     cfg = json.loads((path / "adapter_config.json").read_text())
     cfg["rank_pattern"]["nope_proj"] = 4
     (path / "adapter_config.json").write_text(json.dumps(cfg))
@@ -128,7 +128,7 @@ def test_console_script_runs(tmp_path):
 
 
 def test_validate_warns_when_peft_sorted_save_changes_pattern_winner(tmp_path):
-    path = _lora(tmp_path)
+    path = _lora(tmp_path, digest=False)  # its config is edited below: no content digest to disagree
     cfg = json.loads((path / "adapter_config.json").read_text())
     cfg["rank_pattern"] = {"v_proj": 1, "layers.0.v_proj": 3}  # first match wins: v_proj -> 1 (file is valid)
     (path / "adapter_config.json").write_text(json.dumps(cfg))  # not sorted: as another tool might write it
@@ -431,7 +431,7 @@ def test_validate_prompt_config_and_tensor_problems_together(tmp_path, field, va
 
 
 def test_validate_one_error_and_one_warning_are_singular(tmp_path):
-    path = _lora(tmp_path)
+    path = _lora(tmp_path, digest=False)  # its config is edited below: no content digest to disagree
     cfg = json.loads((path / "adapter_config.json").read_text())
     cfg["r"] = 0
     cfg["rank_pattern"]["nope_proj"] = 4

@@ -1121,6 +1121,7 @@ def test_fuzz_reader_short_run(tmp_path):
     # the mutations reach deep enough to produce a spread of outcomes
     assert {"ok", "header-invalid", "truncated-file", "offset-out-of-range", "config-invalid"} <= codes, result.outcomes
     assert result.outcomes["load:non-finite"] > 0, result.outcomes
+    assert result.outcomes["load:digest-mismatch"] > 0, result.outcomes
     assert all(c in CODES or c == "ok" for c in codes)
 
 

@@ -1,4 +1,4 @@
-"""Recipes (spec §5.5): every operation that makes an adapter records its step in
+"""Recipes (spec §5.6): every operation that makes an adapter records its step in
 ``adapterkit.recipe``; load reads it back; the model card and ``info`` show it.
 
 Expected recipes are written out literally here and the files' metadata is read with the
@@ -155,6 +155,9 @@ def test_recipe_is_provenance_not_content(tmp_path):
     with_recipe = adapterkit.save(resized, tmp_path / "r.safetensors")
     assert adapterkit.validate(with_recipe) == []
     assert adapterkit.load(with_recipe) == adapterkit.load(no_recipe)
+    with_meta, without_meta = metadata(with_recipe), metadata(no_recipe)
+    assert with_meta["adapterkit.digest"] == without_meta["adapterkit.digest"]  # the content digest (§5.5) ignores the recipe
+    assert with_meta["adapterkit.digests"] == without_meta["adapterkit.digests"]
 
 
 # ----------------------------------------------------------------------------- the command line

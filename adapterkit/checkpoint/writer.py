@@ -16,7 +16,6 @@ import errno
 import os
 import shutil
 import sys
-import tempfile
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any
 import torch
 
 from ..errors import FormatError, WriteError
+from ..io.atomic import discard, install, staging_folder
 from ..io.forms import resolve_form
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES, TensorInfo, tensor_bytes
-from ..io.writer import _install  # the adapter writer's "replace whole" step, shared
 from .layout import INDEX_NAME, SINGLE_NAME, ShardLayout, index_json, nbytes, shard_layout, shard_names, split_greedy
 from .reader import Checkpoint
 
@@ -84,16 +83,6 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            path.unlink()
-        except OSError:
-            pass
 
 
 class _Shard:
@@ -253,19 +242,15 @@ class CheckpointWriter:
         return dict(zip(names, groups))
 
     def _create_staging(self) -> None:
-        out = self.out
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            if self.form == "file":
-                fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
-                os.close(fd)
-                self._staging = Path(name)
-            else:
-                self._staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        except OSError as exc:
-            raise WriteError(f"cannot create output: {exc.strerror}", path=out) from exc
+        self._staging = staging_folder(self.out)  # .<name>.tmp-*/<name>, built here, then renamed
         # an abandoned writer (never committed or aborted) leaves nothing behind once collected
-        self._finalizer = weakref.finalize(self, _remove, self._staging)
+        self._finalizer = weakref.finalize(self, discard, self._staging.parent)
+        if self.form == "dir":
+            try:
+                self._staging.mkdir()
+            except OSError as exc:
+                self.abort()
+                raise WriteError(f"cannot create output: {exc.strerror}", path=self.out) from exc
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -446,13 +431,13 @@ class CheckpointWriter:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 self._write_file(dest, data)
             if self.durable:
-                for root, _dirs, _files in os.walk(staging):
+                for root, _dirs, _files in os.walk(staging.parent):
                     _fsync_path(Path(root))
         os.chmod(staging, 0o755 if self.form == "dir" else 0o644)
         _check_absent(self.out, self.overwrite)
-        _install(staging, self.out)
+        install(staging, self.out, overwrite=self.overwrite)  # refuses an output another writer installed meanwhile
         self._closed = True
-        self._finalizer.detach()  # the staging folder is the output now
+        self._finalizer()  # the emptied staging folder (and, with overwrite, the old output) goes
         if self.durable:
             _fsync_path(self.out.parent)
 

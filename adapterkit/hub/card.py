@@ -2,7 +2,7 @@
 (``library_name``, ``base_model``, ``base_model_relation``, tags) and a body saying what the
 repo holds, from the adapter itself (kind, targets, ranks, parameters) or the merge record.
 
-An adapter that adapterkit made carries its recipe (``adapterkit.recipe``, spec §5.5): the card
+An adapter that adapterkit made carries its recipe (``adapterkit.recipe``, spec §5.6): the card
 lists its steps under "How it was made"; without one the card says the recipe is not recorded.
 A merged checkpoint's card lists the adapters and weights merged (the same record the shards'
 ``adapterkit.merged`` metadata carries).

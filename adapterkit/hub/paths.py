@@ -32,11 +32,11 @@ def local_path(path: str | Path, want: str = "any", *, token: str | None = None)
     return fetch(ref, want, token=token).root
 
 
-def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None) -> Adapter:
+def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None, verify_digest: bool = True) -> Adapter:
     """``adapterkit.io.reader.load`` of a path or a repo id (``org/name[@revision]``)."""
     from ..io.reader import load as load_local
 
-    return load_local(local_path(path, "adapter"), adapter_name=adapter_name, device=device)
+    return load_local(local_path(path, "adapter"), adapter_name=adapter_name, device=device, verify_digest=verify_digest)
 
 
 def open_adapter(path: str | Path, **kwargs: Any) -> Adapter:

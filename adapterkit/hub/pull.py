@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,14 +62,11 @@ def pull(repo: str, out: str | Path, *, overwrite: bool = False, token: str | No
                          path=out, expected="a path that does not exist", actual="existing " + ("directory" if out.is_dir() else "file"))
     got = fetch(ref, "any", token=token)
     _check(got.root, got.kind)
-    from ..io.writer import _install
+    from ..io.atomic import discard, install, staging_folder
 
+    staging = staging_folder(out)  # .<name>.tmp-*/<name>: a killed pull leaves nothing that looks like an output
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise WriteError(f"cannot create output: {exc.strerror}", path=out) from exc
-    try:
+        staging.mkdir()
         for name in got.files:
             target = staging / check_name(name, ref)
             if not target.resolve().is_relative_to(staging.resolve()):  # pragma: no cover - check_name refuses these
@@ -78,10 +74,9 @@ def pull(repo: str, out: str | Path, *, overwrite: bool = False, token: str | No
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(got.root / name, target)  # follows the cache's links: a plain file
         os.chmod(staging, 0o755)
-        _install(staging, out)
+        install(staging, out, overwrite=overwrite)
     except OSError as exc:
         raise WriteError(f"cannot write output: {exc.strerror}", path=out) from exc
     finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
+        discard(staging.parent)
     return PullResult(str(ref), got.commit, got.kind, out, list(got.files))

@@ -11,6 +11,7 @@ Resolution of a path:
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from ..devices import resolve_device
 from ..errors import ConfigError, FormatError, NotFoundError
 from ..kinds import config_from_dict
 from .bin_file import read_bin
+from .digest import config_digest, mismatch, recorded, tensor_entries
 from .jsontext import json_equal, loads_strict
 from .recipe import RECIPE_KEY, decode
-from .safetensors_file import Header, read_all, read_header
+from .safetensors_file import DTYPE_NAMES, Header, read_all, read_header, tensor_bytes
 from .version import SUPPORTED_MAJOR, VERSION_KEY, check_version
 
 CONFIG_NAME = "adapter_config.json"
@@ -47,6 +49,7 @@ def format_version(metadata: dict[str, str], path: Path) -> str | None:
     fmt = metadata.get("format")
     if fmt != "pt" and not (version is None and fmt is None):  # the PEFT profile may omit it
         raise FormatError("__metadata__ format must be 'pt'", code="metadata-invalid", path=path, key="__metadata__.format", expected="pt", actual=fmt)
+    recorded(metadata, path)  # the content digest's syntax and self-consistency (§5.5), from the header alone
     return version
 
 
@@ -177,6 +180,14 @@ def open_adapter(
     Raises:
         AdapterkitError subclasses, each with a code from ``adapterkit.errors.CODES``.
     """
+    return open_with_config(path, adapter_name=adapter_name, strict=strict, config_problems=config_problems)[0]
+
+
+def open_with_config(
+    path: str | Path, *, adapter_name: str | None = None, strict: bool = True, config_problems: list | None = None,
+) -> tuple[Adapter, Any]:
+    """:func:`open_adapter`, and the config as the file stores it (parsed JSON, before defaults
+    are filled in): what the content digest covers (§5.5)."""
     from ..validate import raise_first_error, structural_problems
 
     path = Path(path)
@@ -190,7 +201,8 @@ def open_adapter(
             weights = folder / BIN_NAME
         if not weights.exists():
             raise NotFoundError("no adapter weights", code="weights-missing", path=folder, expected=f"{WEIGHTS_NAME} or {BIN_NAME}", actual="absent")
-        adapter = _from_weights(weights, _read_config_file(config_path), config_path, config_problems)
+        data = _read_config_file(config_path)
+        adapter = _from_weights(weights, data, config_path, config_problems)
     elif path.suffix == ".safetensors":
         header = read_header(path)
         if CONFIG_KEY in header.metadata:
@@ -213,10 +225,12 @@ def open_adapter(
                     "no config: neither __metadata__ adapterkit.config nor adapter_config.json beside the file",
                     code="config-missing", path=path,
                 )
-            adapter = _from_weights(path, _read_config_file(config_path), config_path, config_problems)
+            data = _read_config_file(config_path)
+            adapter = _from_weights(path, data, config_path, config_problems)
     elif path.suffix == ".bin":
         config_path = path.parent / CONFIG_NAME
-        adapter = _from_weights(path, _read_config_file(config_path), config_path, config_problems)
+        data = _read_config_file(config_path)
+        adapter = _from_weights(path, data, config_path, config_problems)
     elif path.name == CONFIG_NAME:
         raise NotFoundError(
             f"this is an adapter's config; name its folder instead: {path.parent}", code="not-an-adapter", path=path,
@@ -226,23 +240,50 @@ def open_adapter(
         raise NotFoundError("not an adapter file", code="not-an-adapter", path=path, expected=".safetensors, .bin or a directory", actual=path.suffix or "no suffix")
     if strict:
         raise_first_error(structural_problems(adapter))
-    return adapter
+    return adapter, data
 
 
-def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None) -> Adapter:
-    """Read an adapter fully into memory, checking every rule including finite values.
+def digest_problems(adapter: Adapter, config_data: Any, tensors: dict | None = None) -> list:
+    """``digest-mismatch`` for the first part (config, then tensors in sorted key order) that
+    differs from the content digest the file records (§5.5); nothing when it records none.
+    ``tensors``: the adapter's tensors already in memory (else each is read once)."""
+    store = adapter.tensors
+    if not isinstance(store, LazyStore):
+        return []  # a .bin, or an adapter built in memory: no recorded digest
+    entries = recorded(store.header.metadata, store.header.path)
+    if entries is None:
+        return []
+    held = tensors if tensors is not None else {key: store[key] for key in store}
+    entries_now = tensor_entries((key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t)) for key, t in held.items())
+    problem = mismatch(entries, config_digest(config_data), entries_now, str(adapter.source))
+    return [problem] if problem else []
+
+
+def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None, verify_digest: bool = True) -> Adapter:
+    """Read an adapter fully into memory, checking every rule including finite values and the
+    content digest the file records (§5.5; hashing costs ~0.7 ms per MB of CPU time, spread over
+    up to 4 threads).  ``verify_digest=False`` skips that one check, for a file already verified
+    (a server re-loading it per request); a malformed record is still refused.
 
     Raises:
-        AdapterkitError subclasses (see ``open_adapter``); ``non-finite`` for NaN/Inf.
+        AdapterkitError subclasses (see ``open_adapter``); ``digest-mismatch`` when the file's
+            content digest disagrees with its content; ``non-finite`` for NaN/Inf.
     """
     from ..validate import raise_first_error, value_problems
 
-    adapter = open_adapter(path, adapter_name=adapter_name)
+    adapter, config_data = open_with_config(path, adapter_name=adapter_name)
     store = adapter.tensors
     tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
     device = resolve_device(device)
     loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe)
-    raise_first_error(value_problems(loaded))  # on the CPU buffer as read: one pass per dtype run
+    if verify_digest and isinstance(store, LazyStore) and recorded(store.header.metadata, store.header.path) is not None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterkit-digest") as pool:  # hash while the values are checked
+            digest = pool.submit(digest_problems, adapter, config_data, tensors)
+            values = value_problems(loaded)
+            raise_first_error(digest.result())  # the bytes first: a flipped bit may also make a NaN
+    else:
+        values = value_problems(loaded)
+    raise_first_error(values)  # on the CPU buffer as read: one pass per dtype run
     if device is not None:
         loaded = Adapter(adapter.config, MemoryStore({k: v.to(device) for k, v in tensors.items()}), adapter.source, adapter.format_version,
                          adapter.recipe)

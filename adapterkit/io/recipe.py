@@ -1,4 +1,4 @@
-"""Recipes: how adapterkit made an adapter, recorded in the files it writes (spec §5.5).
+"""Recipes: how adapterkit made an adapter, recorded in the files it writes (spec §5.6).
 
 A recipe is a list of steps, oldest first; a step is a JSON object ``{"op": ..., parameters...,
 "adapterkit": version}`` (``op``: ``combine``, ``resize``, ``rebalance``, ``prune``, ``extract``,

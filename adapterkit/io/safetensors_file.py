@@ -322,6 +322,19 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> 
     Raises:
         TensorError: a tensor dtype safetensors cannot hold (code ``dtype-unsupported``).
     """
+    head, order = encode_header(tensors, metadata)
+    yield head
+    for key in order:
+        yield tensor_bytes(tensors[key])
+
+
+def encode_header(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> tuple[bytes, list[str]]:
+    """The first bytes of the file :func:`encode` writes (length and padded header), and the
+    keys in the order their data follows.
+
+    Raises:
+        TensorError: a tensor dtype safetensors cannot hold (code ``dtype-unsupported``).
+    """
     header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
     offset = 0
     order = _layout(tensors)
@@ -334,9 +347,7 @@ def encode(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> 
         offset += n
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    yield struct.pack("<Q", len(raw)) + raw
-    for key in order:
-        yield tensor_bytes(tensors[key])
+    return struct.pack("<Q", len(raw)) + raw, order
 
 
 def write_file(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:

@@ -4,24 +4,36 @@ Both are deterministic (same adapter -> same bytes, whatever the tensor order) a
 atomic: the output is built beside its target and renamed into place, so it appears
 whole or not at all.  An existing output is refused unless ``overwrite``, which
 replaces it whole; the file or folder an adapter was read from is never replaced.
+
+Format 1.1 files carry a content digest (spec §5.5, ``io/digest.py``).  It sits in the header,
+before the data it hashes, so the header is laid out with a placeholder of the same length,
+each tensor is hashed on worker threads while it is written, and the header is written
+again at the end with the digest filled in: hashing overlaps writing (and a durable save's
+fsync of the data) instead of adding a second pass over the data.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+
+import torch
 
 from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
-from .atomic import same_file, write_atomic
+from . import safetensors_file
+from .atomic import discard, install, same_file, staging_folder, write_atomic
+from .digest import HASH_THREADS, config_digest, digest_metadata, placeholder_metadata, tensor_digest
 from .forms import resolve_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .recipe import RECIPE_KEY
 from .recipe import encode as encode_recipe
-from .safetensors_file import encode
+from .safetensors_file import DTYPE_NAMES, encode, encode_header
+
+UNDIGESTED_VERSION = "1.0"  # what ``save(digest=False)`` writes: the last version without a digest
 
 
 def config_json(adapter: Adapter) -> str:
@@ -55,59 +67,68 @@ def _check_target(path: Path, form: str, source: Path | None, overwrite: bool) -
             raise WriteError(f"output exists ({kind}); pass overwrite=True (--overwrite) to replace it whole", code="output-exists", path=path, expected="a path that does not exist", actual=f"existing {kind}")
 
 
-def _install(staged: Path, path: Path) -> None:
-    """Move ``staged`` to ``path``; whatever was at ``path`` is replaced whole (renamed aside,
-    then deleted), so no file from before remains."""
-    if not os.path.lexists(path):
-        os.rename(staged, path)
-        return
-    if staged.is_file() and path.is_file() and not path.is_symlink():
-        os.replace(staged, path)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent)) / "old"
-    os.rename(path, aside)
-    try:
-        os.rename(staged, path)
-    except OSError:
-        os.rename(aside, path)
-        raise
-    finally:
-        shutil.rmtree(aside.parent, ignore_errors=True)
+class DigestingEncoder:
+    """The bytes of a safetensors file whose metadata records the content digest (spec §5.5):
+    iterate for the header (with a placeholder digest) and the data, hashing each tensor on
+    worker threads as it is yielded; then :meth:`patch` gives the final header to write at 0."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], config: dict) -> None:
+        self.tensors, self.metadata = tensors, dict(metadata)
+        self.config_entry = config_digest(config)
+        self.head, self.order = encode_header(tensors, {**self.metadata, **placeholder_metadata(len(tensors))})
+        self.pending: dict[str, Future] = {}
+
+    def __iter__(self) -> Iterator[bytes | memoryview]:
+        yield self.head
+        with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="adapterkit-digest") as pool:
+            for key in self.order:
+                t = self.tensors[key]
+                data = safetensors_file.tensor_bytes(t)  # looked up here, so a test can make it fail
+                self.pending[key] = pool.submit(tensor_digest, key, DTYPE_NAMES[t.dtype], tuple(t.shape), data)
+                yield data
+            self.entries = {key: f.result() for key, f in self.pending.items()}
+
+    def final_metadata(self) -> dict[str, str]:
+        """The metadata with the digest filled in (after the data has been iterated)."""
+        return {**self.metadata, **digest_metadata(self.config_entry, self.entries)}
+
+    def patch(self) -> tuple[int, bytes]:
+        head, _ = encode_header(self.tensors, self.final_metadata())
+        if len(head) != len(self.head):  # the digest's length is fixed; a change means a bug here
+            raise WriteError("internal error: the header changed length when the digest was filled in", actual=f"{len(head)} != {len(self.head)}")
+        return 0, head
 
 
-def _write(path: Path, files: dict[str, object], form: str, durable: bool) -> None:
-    """Write the output beside ``path`` (a staging file or directory), then install it."""
+def _write(path: Path, files: dict[str, object], form: str, durable: bool, overwrite: bool,
+           patches: Mapping[str, Callable[[], tuple[int, bytes]]] | None = None) -> None:
+    """Build the output in a staging folder beside ``path`` (``.<name>.tmp-*/<name>``), then
+    install it in one rename (``install``: an output that appeared meanwhile is refused unless
+    ``overwrite``).  The staging folder is removed whatever happens.  ``patches``: per file, the
+    bytes to write over it once its chunks are written (the digest, see ``write_atomic``)."""
+    staging = staging_folder(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if form == "file":
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-            os.close(fd)
-            staging = Path(name)
-        else:
-            staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    except OSError as exc:
-        raise WriteError(f"cannot create output: {exc.strerror}", path=path) from exc
-    try:
+        if form == "dir":
+            staging.mkdir()
         for name, chunks in files.items():
             target = staging if form == "file" else staging / name
             try:
-                write_atomic(target, chunks, durable=durable)
+                write_atomic(target, chunks, durable=durable, patch=(patches or {}).get(name))
             except AdapterkitError as exc:  # name the real target, not the staging path
                 exc.path = str(path if form == "file" else path / name)
                 exc.args = (str(exc),)
                 raise
         os.chmod(staging, 0o644 if form == "file" else 0o755)
-        _install(staging, path)
+        install(staging, path, overwrite=overwrite)
     except OSError as exc:
         raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc
     finally:
-        if staging.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
-        elif os.path.lexists(staging):
-            staging.unlink()
+        discard(staging.parent)
 
 
-def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwrite: bool = False, durable: bool = True) -> Path:
+def save(
+    adapter: Adapter, path: str | Path, *, form: str | None = None, overwrite: bool = False, durable: bool = True,
+    digest: bool = True,
+) -> Path:
     """Write ``adapter`` to ``path``: PEFT's directory layout, or one ``.safetensors`` file.
 
     The form follows the name unless given: ``*.safetensors`` is the single-file form,
@@ -115,7 +136,8 @@ def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwri
     refused.  An existing ``path`` is refused unless ``overwrite``, which replaces it
     whole (no file from before remains).  The adapter is checked first; an invalid
     adapter is not written.  ``durable=False`` skips the fsync of each file (still atomic;
-    see ``write_atomic``).  Returns the path written.
+    see ``write_atomic``).  The weights file records the content digest (spec §5.5) as format
+    1.1; ``digest=False`` writes a format 1.0 file without one.  Returns the path written.
 
     Raises:
         WriteError: ``overwrite-input`` when the target is (or holds) the adapter's source,
@@ -133,16 +155,21 @@ def save(adapter: Adapter, path: str | Path, *, form: str | None = None, overwri
     except AdapterkitError as exc:
         exc.with_path(adapter.source or path)
         raise
-    metadata = {"format": "pt", VERSION_KEY: FORMAT_VERSION}
-    if adapter.recipe:  # provenance (spec §5.5), in both forms
+    metadata = {"format": "pt", VERSION_KEY: FORMAT_VERSION if digest else UNDIGESTED_VERSION}
+    if adapter.recipe:  # provenance (spec §5.6), in both forms; not part of the digest
         metadata[RECIPE_KEY] = encode_recipe(adapter.recipe)
+    config = adapter.config.to_dict()
+    weights = WEIGHTS_NAME if form == "dir" else path.name
+    if form == "file":
+        metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    encoder = DigestingEncoder(tensors, metadata, config) if digest else None
+    patches = {weights: encoder.patch} if encoder else {}
     if form == "dir":
-        files = {WEIGHTS_NAME: encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode("utf-8")]}
+        files = {WEIGHTS_NAME: encoder or encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode("utf-8")]}
     else:
-        metadata[CONFIG_KEY] = json.dumps(adapter.config.to_dict(), sort_keys=True, separators=(",", ":"))
-        files = {path.name: encode(tensors, metadata)}
+        files = {path.name: encoder or encode(tensors, metadata)}
     try:
-        _write(path, files, form, durable)
+        _write(path, files, form, durable, overwrite, patches)
     except AdapterkitError as exc:
         exc.with_path(path)
         raise

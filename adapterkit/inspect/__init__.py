@@ -1,0 +1,9 @@
+"""Looking inside adapters without changing them: ``diff`` (how two adapters overlap and
+conflict) and ``spectrum`` / ``plot_spectrum`` (the singular values of every LoRA module)."""
+
+from __future__ import annotations
+
+from .diff import DiffReport, ModuleDiff, diff
+from .spectrum import ModuleSpectrum, Spectrum, plot_spectrum, spectrum
+
+__all__ = ["DiffReport", "ModuleDiff", "ModuleSpectrum", "Spectrum", "diff", "plot_spectrum", "spectrum"]

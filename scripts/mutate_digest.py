@@ -1,0 +1,83 @@
+"""Mutation check of the content digest (spec §5.5): does tests/test_digest.py catch plausible bugs?
+
+Usage: python scripts/mutate_digest.py [--only SUBSTRING]
+
+Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
+repository (never the real files); tests/test_digest.py then runs against the copy.  A mutant
+is killed when a test fails.  Prints one line per mutant and the score.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TESTS = ["tests/test_digest.py"]
+DIGEST = "adapterkit/io/digest.py"
+WRITER = "adapterkit/io/writer.py"
+READER = "adapterkit/io/reader.py"
+ATOMIC = "adapterkit/io/atomic.py"
+VALIDATE = "adapterkit/validate.py"
+INFO = "adapterkit/info.py"
+
+# (name, file, old text, new text)
+MUTANTS = [
+    ("field: no length prefix", DIGEST, "    return _u64(len(data)) + data", "    return data"),
+    ("u64: big-endian", DIGEST, 'return struct.pack("<Q", n)', 'return struct.pack(">Q", n)'),
+    ("config: keys not sorted", DIGEST, 'json.dumps(config, sort_keys=True, separators=(",", ":")).encode("ascii")',
+     'json.dumps(config, separators=(",", ":")).encode("ascii")'),
+    ("config: non-ASCII kept as UTF-8", DIGEST, 'json.dumps(config, sort_keys=True, separators=(",", ":")).encode("ascii")',
+     'json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")'),
+    ("config: entry without its tag", DIGEST, "hashlib.sha256(_field(_TAG_CONFIG) + _field(canonical_config(config)))",
+     "hashlib.sha256(_field(canonical_config(config)))"),
+    ("tensor: key not hashed", DIGEST, '_field(_TAG_TENSOR) + _field(key.encode("utf-8")) +', "_field(_TAG_TENSOR) +"),
+    ("tensor: dtype not hashed", DIGEST, '_field(key.encode("utf-8")) + _field(dtype.encode("ascii"))', '_field(key.encode("utf-8"))'),
+    ("tensor: shape not hashed", DIGEST, "    return head + b\"\".join(_u64(d) for d in shape) + _u64(nbytes)", "    return head + _u64(nbytes)"),
+    ("tensor: rank not hashed", DIGEST, '_field(dtype.encode("ascii")) + _u64(len(shape))', '_field(dtype.encode("ascii"))'),
+    ("tensor: data not hashed", DIGEST, "    h.update(data)\n", ""),
+    ("digest: entry count not hashed", DIGEST, "_field(_TAG_ALL) + _u64(len(entries)) + b\"\".join(entries)", "_field(_TAG_ALL) + b\"\".join(entries)"),
+    ("digest: entries in file order", DIGEST, "    entries = [config_entry] + [tensor_entries[k] for k in sorted(tensor_entries)]",
+     "    entries = [config_entry] + list(tensor_entries.values())"),
+    ("digest: config entry left out", DIGEST, "    entries = [config_entry] + [tensor_entries[k] for k in sorted(tensor_entries)]",
+     "    entries = [tensor_entries[k] for k in sorted(tensor_entries)]"),
+    ("record: entries that do not combine accepted", DIGEST, "    if combine(entries) != digest:", "    if False:"),
+    ("record: upper-case entries accepted", DIGEST, '_DIGESTS = re.compile(r"(?:[0-9a-f]{64})+")', '_DIGESTS = re.compile(r"(?:[0-9a-fA-F]{64})+")'),
+    ("record: digest without entries ignored", DIGEST, "    if digest is None and digests is None:\n        return None",
+     "    if digests is None:\n        return None"),
+    ("record: entries without digest ignored", DIGEST, "    if digest is None and digests is None:\n        return None",
+     "    if digest is None:\n        return None"),
+    ("record: trailing text after the digest accepted", DIGEST, "if value is None or not pattern.fullmatch(value):", "if value is None or not pattern.match(value):"),
+    ("save: placeholder one entry short", DIGEST, '"0" * (_HEX * (n_tensors + 1))', '"0" * (_HEX * n_tensors)'),
+    ("check: config not compared", DIGEST, "    if config_entry != entries[0]:", "    if False:"),
+    ("check: the last differing tensor named", DIGEST, "    for i, key in enumerate(sorted(tensor_entries)):",
+     "    for i, key in enumerate(sorted(tensor_entries, reverse=True)):"),
+    ("check: a removed tensor not noticed", DIGEST, "    if len(entries) - 1 != len(tensor_entries):", "    if False:"),
+    ("check: the config hashed with defaults filled in", READER,
+     "    problem = mismatch(entries, config_digest(config_data), entries_now, str(adapter.source))",
+     "    problem = mismatch(entries, config_digest(adapter.config.to_dict()), entries_now, str(adapter.source))"),
+    ("load: digest not checked", READER, "            raise_first_error(digest.result())", "            pass"),
+    ("load: verify_digest ignored", READER, "    if verify_digest and isinstance(store, LazyStore)", "    if isinstance(store, LazyStore)"),
+    ("load: values checked before the digest", READER,
+     "            raise_first_error(digest.result())  # the bytes first: a flipped bit may also make a NaN\n    else:\n        values = value_problems(loaded)\n    raise_first_error(values)",
+     "            raise_first_error(values)\n            raise_first_error(digest.result())\n    else:\n        values = value_problems(loaded)\n    raise_first_error(values)"),
+    ("open: record not checked from the header", READER, "    recorded(metadata, path)  # the content digest's", "    pass  # the content digest's"),
+    ("validate: digest not checked", VALIDATE, "        problems += digest_problems(adapter, config_data, dict(held.tensors))\n", ""),
+    ("save: no digest written", WRITER, "    encoder = DigestingEncoder(tensors, metadata, config) if digest else None", "    encoder = None"),
+    ("save: digest=False still says 1.1", WRITER, "VERSION_KEY: FORMAT_VERSION if digest else UNDIGESTED_VERSION}", "VERSION_KEY: FORMAT_VERSION}"),
+    ("save: placeholder never replaced", ATOMIC, "                f.seek(offset)\n                f.write(data)\n", "                pass\n"),
+    ("save: dir form hashes its indented config text", WRITER, "    encoder = DigestingEncoder(tensors, metadata, config) if digest else None",
+     "    encoder = DigestingEncoder(tensors, metadata, json.loads(config_json(adapter)) if form == 'file' else config_json(adapter)) if digest else None"),
+    ("info: digest not shown", INFO, '        "digest": adapter.tensors.header.metadata.get(DIGEST_KEY) if isinstance(adapter.tensors, LazyStore) else None,',
+     '        "digest": None,'),
+]
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from mutate_cli import run_all
+
+    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
+
+
+if __name__ == "__main__":
+    main()

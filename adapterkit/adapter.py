@@ -102,12 +102,15 @@ class Adapter:
         tensors: a :class:`TensorStore`; lazy when the adapter came from ``open_adapter``.
         source: the weights file it was read from, if any (never overwritten by ``save``).
         format_version: the adapterkit format version of the source, None for the PEFT profile.
+        recipe: how adapterkit made it, oldest step first (``adapterkit.io.recipe``); provenance
+            only, so ``==`` ignores it, as it ignores ``source``.
     """
 
     config: AdapterConfig
     tensors: TensorStore
     source: Path | None = None
     format_version: str | None = None
+    recipe: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def from_tensors(cls, config: AdapterConfig, tensors: Mapping[str, torch.Tensor]) -> Adapter:
@@ -177,7 +180,8 @@ class Adapter:
         return sum(self.meta(k).nbytes for k in self.tensors)
 
     def __eq__(self, other: object) -> bool:
-        """Same config and bit-identical tensors (dtype, shape, bytes); the source is not compared."""
+        """Same config and bit-identical tensors (dtype, shape, bytes); the source and the recipe
+        (provenance, not content) are not compared."""
         if not isinstance(other, Adapter):
             return NotImplemented
         if self.config != other.config or set(self.tensors) != set(other.tensors):

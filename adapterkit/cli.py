@@ -122,7 +122,8 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
     """Summarise the adapter at PATH: kind, format (adapterkit version or PEFT profile), base model,
     variants (DoRA, rsLoRA, lora_bias, fan_in_fan_out), targets, rank histogram, parameters and
     bytes (adapter tensors and modules_to_save apart), other adapters in the same folder, and
-    per-module ‖ΔW‖ computed from the factors.  Problems found on the way (NaN/Inf, warnings)
+    per-module ‖ΔW‖ computed from the factors, and how adapterkit made it (the recipe its
+    operations record: combine, resize, ...).  Problems found on the way (NaN/Inf, warnings)
     are listed; exit 1 when one is an error.  Given a model checkpoint instead (what `adapterkit
     merge` writes), it summarises that: shards, tensors, dtypes, sizes, and what was merged.
 
@@ -452,7 +453,7 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
     start = time.perf_counter()
     inputs = [load(p) for p in adapters]
     result = combine(inputs, given, method, rank=rank, density=density, majority_sign=majority_sign, seed=seed,
-                     svd_clamp=svd_clamp, device=device)
+                     svd_clamp=svd_clamp, device=device, names=[str(p) for p in adapters])
     written = save(result, out, overwrite=overwrite)
     seconds = time.perf_counter() - start
     if as_json:

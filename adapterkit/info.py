@@ -17,6 +17,7 @@ from typing import Any
 from .adapter import Adapter, LazyStore, MemoryStore
 from .devices import resolve_device
 from .io.digest import DIGEST_KEY
+from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
 from .progress import progress
 from .validate import structural_problems, value_problems
@@ -42,7 +43,7 @@ def _in_memory(adapter: Adapter) -> Adapter:
     if not isinstance(adapter.tensors, LazyStore):
         return adapter
     tensors = read_all(adapter.tensors.header)
-    return Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version)
+    return Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe)
 
 
 def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, path: str | Path | None = None) -> dict[str, Any]:
@@ -80,6 +81,7 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
         "tensors": len(adapter.tensors),
         "saved_whole": whole,
         "other_adapters": other_adapters(path if path is not None else adapter.source, adapter) if adapter.source else [],
+        "recipe": [dict(step) for step in adapter.recipe],
         "values_checked": per_module,
         "problems": [
             {"severity": p.severity, "code": p.code, "message": str(p.to_error()), "key": p.key} for p in problems
@@ -131,6 +133,9 @@ def render(summary: dict[str, Any]) -> str:
             f"saved whole:     {_plural(whole['tensors'], 'tensor')}, {_plural(whole['parameters'], 'parameter')}, "
             f"{whole['bytes']:,} bytes ({', '.join(whole['modules'])}); included above"
         )
+    if summary["recipe"]:
+        lines.append("made by:")
+        lines += ["  " + line for line in recipe_lines(summary["recipe"])]
     if summary["other_adapters"]:
         names = ", ".join("the top-level adapter" if n == "." else n for n in summary["other_adapters"])
         lines.append(f"also here:       {names} (open a subfolder's with --adapter-name NAME)")

@@ -88,6 +88,20 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
         {"type": "string", "pattern": r"^(?:[0-9a-f]{64})+(?![\s\S])"},
         "the entry digests the content digest combines (§5.5): the config's, then each tensor's in sorted key order, as hex",
     ),
+    (
+        "adapterkit.recipe",
+        "OPTIONAL, both forms",
+        {"type": "string", "contentMediaType": "application/json", "contentSchema": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["op", "adapterkit"],
+                "properties": {"op": {"type": "string", "minLength": 1}, "adapterkit": {"type": "string"}},
+            },
+        }},
+        "how adapterkit made the adapter (§5.6): a JSON array of steps as compact JSON with sorted keys; provenance "
+        "only, not part of the adapter's content",
+    ),
 ]
 
 
@@ -184,7 +198,7 @@ def metadata_table() -> str:
     for key, presence, schema, doc in METADATA_KEYS:
         value = "; ".join(_constraints(schema)) or _type(schema)
         if "contentMediaType" in schema:
-            value = "string holding a JSON object"
+            value = f"string holding a JSON {'array' if schema.get('contentSchema', {}).get('type') == 'array' else 'object'}"
         rows.append(f"| `{key}` | {presence} | {_cell(value)} | {_cell(doc)} |")
     rows.append("| any other key | OPTIONAL | string | ignored by readers of this version; not carried over when an adapter is rewritten |")
     return "\n".join(rows)
@@ -447,6 +461,17 @@ def valid_vectors() -> list[dict[str, Any]]:
     add("future_minor", "format version 1.7 with an unknown metadata key and an unknown config field: read, both ignored",
         "file", future, linear(Q, 2, 6, 4, 45), write="future")
 
+    steps = [
+        {"adapterkit": "0.1.0", "inputs": ["org/math-lora", "./code-lora"], "method": "svd", "op": "combine", "rank": 4,
+         "weights": [0.7, 0.3]},
+        {"adapterkit": "0.1.0", "balanced": True, "op": "resize", "rank": 2},
+    ]
+    cfg = lora(r=2, lora_alpha=2, target_modules=["q_proj"])
+    add("recipe_file", "a two-step adapterkit.recipe (combine, then resize): provenance, read back as written",
+        "file", cfg, linear(Q, 2, 6, 4, 120), recipe=steps)
+    add("recipe_dir", "the directory form carries adapterkit.recipe in adapter_model.safetensors", "dir", cfg,
+        linear(Q, 2, 6, 4, 122), recipe=steps[1:])
+
     cfg = IA3Config(target_modules=("k_proj", "v_proj", "down_proj"), feedforward_modules=("down_proj",))
     t = {
         f"{P}model.layers.0.self_attn.k_proj.ia3_l": dyadic((4, 1), 46, positive=True, dtype=torch.float64),
@@ -660,7 +685,7 @@ def write_valid(v: dict[str, Any], root: Path) -> tuple[str, Path]:
         meta = {**file_meta(v["config"], "1.7"), "adapterkit.future_key": "ignored by 1.0 readers"}
         (root / "adapter.safetensors").write_bytes(st_bytes(v["tensors"], meta))
         return "adapter.safetensors", root / "adapter.safetensors"
-    adapter = Adapter.from_tensors(v["config"], v["tensors"])
+    adapter = dataclasses.replace(Adapter.from_tensors(v["config"], v["tensors"]), recipe=tuple(v.get("recipe", ())))
     if v["form"] == "file":
         adapterkit.save(adapter, root / "adapter.safetensors", form="file")
         return "adapter.safetensors", root / "adapter.safetensors"
@@ -708,9 +733,11 @@ def expected_valid(v: dict[str, Any], rel: str, load_path: Path) -> dict[str, An
         },
         "warnings": sorted(v.get("warnings", [])),
     }
-    for key in ("adapter_name", "requires"):
+    for key in ("adapter_name", "requires", "recipe"):
         if key in v:
             exp[key] = v[key]
+    if list(loaded.recipe) != v.get("recipe", []):
+        raise AssertionError(f"valid vector {v['name']}: the recipe did not survive the round trip")
     if v.get("write") is None and not v.get("subdir"):
         exp["canonical"] = True  # written by adapterkit.save: the bytes a conforming writer produces
     else:
@@ -770,6 +797,16 @@ def invalid_vectors() -> list[dict[str, Any]]:
         {F: raw_st({"__metadata__": {"format": 1}, a_key: {"dtype": "F32", "shape": [2, 6], "data_offsets": [0, 48]}}, a_bytes)})
     add("int_dtype", "dtype-unsupported", "LoRA factors stored as I32",
         {F: st_bytes({k: v.mul(8).to(torch.int32) for k, v in good_t.items()}, meta)})
+    add("recipe_not_json", "metadata-invalid", "adapterkit.recipe is not JSON",
+        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "[{\"op\":"})})
+    add("recipe_not_array", "metadata-invalid", "adapterkit.recipe is a JSON object, not an array of steps",
+        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "{\"adapterkit\":\"0.1.0\",\"op\":\"resize\"}"})})
+    add("recipe_step_without_op", "metadata-invalid", "a step of adapterkit.recipe lacks `op`",
+        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "[{\"adapterkit\":\"0.1.0\",\"rank\":2}]"})})
+    add("recipe_dir_step_not_object", "metadata-invalid", "directory form whose adapterkit.recipe holds a string, not a step",
+        {"adapter_config.json": peft_config_text(base),
+         "adapter_model.safetensors": st_bytes(good_t, {"format": "pt", "adapterkit.version": VERSION, "adapterkit.recipe": "[\"resize\"]"})},
+        path=".")
     add("version_major_2", "version-unsupported", "adapterkit.version 2.0: an unknown major version",
         {F: st_bytes(good_t, file_meta(base, "2.0"))})
     add("version_malformed", "metadata-invalid", "adapterkit.version `1` lacks the minor part",

@@ -226,6 +226,16 @@ MUTANTS: list[Mutant] = [
       "    version = check_version(metadata, path)\n"
       "    if any(k.startswith('adapterkit.') and k not in (VERSION_KEY, CONFIG_KEY) for k in metadata):\n"
       "        raise FormatError('unknown key', code='metadata-invalid', path=path)\n"),
+    # §5.6 adapterkit.recipe
+    M("R5.6-1", "the recipe is not written", WR, "    if adapter.recipe:  # provenance (spec §5.6), in both forms; not part of the digest\n", "    if False:\n"),
+    M("R5.6-1", "the recipe is written with spaces (not compact)", "io/recipe.py",
+      'sort_keys=True, separators=(",", ":"), ensure_ascii=False)', 'sort_keys=True, ensure_ascii=False)'),
+    M("R5.6-2", "the recipe is not read back", RD, "    return () if text is None else decode(text, path=path)", "    return ()"),
+    M("R5.6-3", "a recipe that is not JSON is ignored", "io/recipe.py", "        data = loads_strict(text)\n    except (ValueError, RecursionError) as exc:\n        raise",
+      "        data = loads_strict(text)\n    except (ValueError, RecursionError):\n        return ()\n        raise"),
+    M("R5.6-3", "a recipe that is not an array is accepted", "io/recipe.py", "    if not isinstance(data, list):\n", "    if isinstance(data, dict):\n        data = [data]\n    if not isinstance(data, list):\n"),
+    M("R5.6-3", "steps are not checked", "io/recipe.py", '        for member in ("op", "adapterkit"):\n', '        for member in ():\n'),
+    M("R5.6-3", "a non-object step is accepted", "io/recipe.py", "        if not isinstance(item, dict):\n", "        if not isinstance(item, (dict, str)):\n"),
     # §5.4 writer determinism
     M("R5.4-1", "tensor data laid out by key only", SF, "return sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))",
       "return sorted(tensors)"),

@@ -77,6 +77,8 @@ def check_valid(vector: Path) -> list[str]:
         out.append(f"peft_type {adapter.peft_type} != {exp['peft_type']}")
     if adapter.format_version != exp["format_version"]:
         out.append(f"format_version {adapter.format_version!r} != {exp['format_version']!r}")
+    if [dict(step) for step in getattr(adapter, "recipe", ())] != exp.get("recipe", []):
+        out.append(f"recipe {list(getattr(adapter, 'recipe', ()))} != {exp.get('recipe', [])}")
     if adapter.config.to_dict() != exp["config"]:
         out.append("config differs")
     got = {k: adapter.tensors[k] for k in adapter.tensors}

@@ -329,4 +329,6 @@ def test_non_lora_adapters_are_refused_by_engines_and_pass_through_for_peft():
         assert rules(check(ia3, consumer)) == {"lora-only"}
         with pytest.raises(UnsupportedError, match="peft_type"):
             export(ia3, consumer)
-    assert check(ia3, "peft") == [] and export(ia3, "peft") is ia3
+    passed = export(ia3, "peft")  # the same tensors and config; only the recipe gains the export step
+    assert check(ia3, "peft") == [] and passed.tensors is ia3.tensors and passed.config is ia3.config
+    assert [s["op"] for s in passed.recipe] == ["export"] and ia3.recipe == ()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from fake_hub import FakeHub
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import adapterkit
@@ -159,6 +161,30 @@ def test_card_front_matter_and_body(hub, tmp_path):
     assert "| ranks | 1 (1 module), 2 (1 module) |" in body
     assert f"| parameters | {2 * 8 + 6 * 2 + 1 * 8 + 4 * 1} |" in body  # r·(in + out) per module
     assert "| modules | 2 |" in body
+    assert "How it was made: not recorded" in body  # made by PEFT (here: saved directly), no recipe
+
+
+def test_card_of_a_combined_then_resized_adapter_says_how_it_was_made(hub, tmp_path):
+    """The recipe records the inputs as given (a repo id stays a repo id, the token appears nowhere)."""
+    hub.token = TOKEN
+    make_lora(tmp_path / "lora")
+    assert run("push", tmp_path / "lora", "org/lora", "--token", TOKEN).exit_code == 0
+    res = run("combine", "org/lora", tmp_path / "lora", "--weights", "0.5,0.25", "--method", "cat", "-o", tmp_path / "c", HF_TOKEN=TOKEN)
+    assert res.exit_code == 0, res.output
+    assert run("resize", tmp_path / "c", tmp_path / "r", "--rank", "1").exit_code == 0
+    assert run("push", tmp_path / "r", "org/r", "--token", TOKEN).exit_code == 0
+    card = hub.files("org/r")["README.md"].decode()
+    assert front_matter(card)["base_model"] == "org/base"
+    section = card[card.index("## How it was made"):]
+    steps = re.findall(r"^(\d+)\. (.*)$", section, re.M)
+    assert [n for n, _ in steps] == ["1", "2"]
+    assert steps[0][1].startswith("combine by cat of `org/lora` ×0.5, `" + str(tmp_path / "lora") + "` ×0.25")
+    assert steps[1][1].startswith("resize to rank 1")
+    with safe_open(str(tmp_path / "r" / "adapter_model.safetensors"), "pt") as f:
+        recipe = json.loads(f.metadata()["adapterkit.recipe"])
+    assert recipe[0]["inputs"] == ["org/lora", str(tmp_path / "lora")]
+    assert TOKEN.encode() not in all_text(tmp_path)
+    assert all(TOKEN.encode() not in b for b in hub.files("org/r").values())
 
 
 def test_card_of_an_ia3_adapter_without_base_model(hub, tmp_path):

@@ -222,7 +222,10 @@ def test_readme_example_satisfies_its_schema(index: int):
     data = json.loads(body)
     jsonschema.validate(data, _schema(name))
     if name == "metadata":
-        config_from_dict(json.loads(data["adapterkit.config"]))
+        if "adapterkit.config" in data or "adapterkit.recipe" not in data:
+            config_from_dict(json.loads(data["adapterkit.config"]))
+        if "adapterkit.recipe" in data:  # the string's own schema (contentSchema is an annotation to jsonschema)
+            jsonschema.validate(json.loads(data["adapterkit.recipe"]), _schema(name)["properties"]["adapterkit.recipe"]["contentSchema"])
     else:
         assert config_from_dict(data).peft_type == name.upper()
 

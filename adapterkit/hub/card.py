@@ -2,9 +2,10 @@
 (``library_name``, ``base_model``, ``base_model_relation``, tags) and a body saying what the
 repo holds, from the adapter itself (kind, targets, ranks, parameters) or the merge record.
 
-Adapterkit's operations record no recipe in the files they write, so an adapter's card says
-what the file holds, not how it was made; a merged checkpoint's card lists the adapters and
-weights merged (the same record the shards' ``adapterkit.merged`` metadata carries).
+An adapter that adapterkit made carries its recipe (``adapterkit.recipe``, spec §5.6): the card
+lists its steps under "How it was made"; without one the card says the recipe is not recorded.
+A merged checkpoint's card lists the adapters and weights merged (the same record the shards'
+``adapterkit.merged`` metadata carries).
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def _targets(config: dict[str, Any]) -> str:
     return f"`{targets}` (regex)" if isinstance(targets, str) else ", ".join(f"`{t}`" for t in sorted(targets))
 
 
+def _how_made(adapter: Adapter) -> list[str]:
+    """The "How it was made" section: the recipe's steps, oldest first, or that none is recorded."""
+    if not adapter.recipe:
+        return ["How it was made: not recorded (the adapter's files carry no adapterkit.recipe).", ""]
+    from ..io.recipe import lines
+
+    return ["## How it was made", "", *lines(adapter.recipe), ""]
+
+
 def adapter_card(adapter: Adapter, repo_id: str) -> str:
     """The card of an adapter pushed to ``repo_id``: front matter, then kind, base model,
     targets, ranks, parameter count and format, all read from ``adapter``."""
@@ -78,9 +88,7 @@ def adapter_card(adapter: Adapter, repo_id: str) -> str:
         f"| parameters | {adapter.parameter_count():,} |",
         f"| format | {f'adapterkit {adapter.format_version}' if adapter.format_version else 'PEFT'} |",
         "",
-        "How it was made: not recorded in the adapter's files (adapterkit's combine, resize, "
-        "rebalance and prune write standard PEFT files and keep no recipe).",
-        "",
+        *_how_made(adapter),
     ]
     return front_matter(base_model=base, relation="adapter", tags=tags) + "\n" + "\n".join(body)
 

@@ -22,6 +22,7 @@ from ..kinds import config_from_dict
 from .bin_file import read_bin
 from .digest import config_digest, mismatch, recorded, tensor_entries
 from .jsontext import json_equal, loads_strict
+from .recipe import RECIPE_KEY, decode
 from .safetensors_file import DTYPE_NAMES, Header, read_all, read_header, tensor_bytes
 from .version import SUPPORTED_MAJOR, VERSION_KEY, check_version
 
@@ -146,7 +147,13 @@ def _from_weights(weights: Path, config_data: Any, config_path: Path, problems: 
             code="metadata-invalid", path=weights, key=f"__metadata__.{CONFIG_KEY}",
             expected=f"absent or equal to {config_path.name}", actual="a different config",
         )
-    return Adapter(config, LazyStore(header), weights, version)
+    return Adapter(config, LazyStore(header), weights, version, _recipe(header, weights))
+
+
+def _recipe(header: Header, path: Path) -> tuple[dict[str, Any], ...]:
+    """The ``adapterkit.recipe`` steps of a weights file, () without one (``metadata-invalid`` if malformed)."""
+    text = header.metadata.get(RECIPE_KEY)
+    return () if text is None else decode(text, path=path)
 
 
 def _same_json(text: str, data: Any) -> bool:
@@ -204,7 +211,7 @@ def open_with_config(
                 raise FormatError("single-file adapters must carry adapterkit.version", code="metadata-invalid", path=path, key=f"__metadata__.{VERSION_KEY}", expected="MAJOR.MINOR", actual="absent")
             data = _parse_json(header.metadata[CONFIG_KEY], path=path, key=f"__metadata__.{CONFIG_KEY}")
             config = config_from_dict(data, path=path, problems=config_problems)
-            adapter = Adapter(config, LazyStore(header), path, version)
+            adapter = Adapter(config, LazyStore(header), path, version, _recipe(header, path))
         else:
             config_path = path.parent / CONFIG_NAME
             if not config_path.is_file() and _looks_like_model(header):
@@ -268,7 +275,7 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
     store = adapter.tensors
     tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
     device = resolve_device(device)
-    loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version)
+    loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe)
     if verify_digest and isinstance(store, LazyStore) and recorded(store.header.metadata, store.header.path) is not None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterkit-digest") as pool:  # hash while the values are checked
             digest = pool.submit(digest_problems, adapter, config_data, tensors)
@@ -278,5 +285,6 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
         values = value_problems(loaded)
     raise_first_error(values)  # on the CPU buffer as read: one pass per dtype run
     if device is not None:
-        loaded = Adapter(adapter.config, MemoryStore({k: v.to(device) for k, v in tensors.items()}), adapter.source, adapter.format_version)
+        loaded = Adapter(adapter.config, MemoryStore({k: v.to(device) for k, v in tensors.items()}), adapter.source, adapter.format_version,
+                         adapter.recipe)
     return loaded

@@ -29,6 +29,8 @@ from .atomic import discard, install, same_file, staging_folder, write_atomic
 from .digest import HASH_THREADS, config_digest, digest_metadata, placeholder_metadata, tensor_digest
 from .forms import resolve_form
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
+from .recipe import RECIPE_KEY
+from .recipe import encode as encode_recipe
 from .safetensors_file import DTYPE_NAMES, encode, encode_header
 
 UNDIGESTED_VERSION = "1.0"  # what ``save(digest=False)`` writes: the last version without a digest
@@ -154,6 +156,8 @@ def save(
         exc.with_path(adapter.source or path)
         raise
     metadata = {"format": "pt", VERSION_KEY: FORMAT_VERSION if digest else UNDIGESTED_VERSION}
+    if adapter.recipe:  # provenance (spec §5.6), in both forms; not part of the digest
+        metadata[RECIPE_KEY] = encode_recipe(adapter.recipe)
     config = adapter.config.to_dict()
     weights = WEIGHTS_NAME if form == "dir" else path.name
     if form == "file":

@@ -64,6 +64,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,6 +72,7 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
+from ..io.recipe import step
 from ..kinds.lora import PREFIX
 from ..kinds.patterns import matches_modules_to_save
 from ..linalg import dense_svd, factored_svd
@@ -408,7 +410,7 @@ _COMBINERS: dict[str, Callable[[Sequence[Adapter], list[float], _Request], Adapt
 def combine(
     adapters: Sequence[Adapter], weights: Sequence[float], method: str = "svd", *, rank: int | None = None,
     density: float | None = None, majority_sign: str = "total", seed: int = 0, svd_clamp: float | None = None,
-    device: Any = "cpu",
+    device: Any = "cpu", names: Sequence[str | Path] | None = None,
 ) -> Adapter:
     """A new adapter combining ``adapters`` with ``weights`` (PEFT's ``add_weighted_adapter``;
     the module doc lists the methods and where ours deliberately differs from PEFT).
@@ -427,14 +429,17 @@ def combine(
         svd_clamp: PEFT's quantile clamp of the SVD factors, in [0, 1] (methods with an SVD).
         device: where to compute (fp32; fp64 inputs in fp64).  DARE's masks depend on the
             device's generator (CPU and CUDA draw differently).
+        names: what to record as the inputs in the result's recipe, one per adapter (the paths or
+            repo ids the user gave); default: each adapter's source, or ``adapters[i]``.
 
     Returns:
         An Adapter held in memory (no source), valid, that PEFT loads: the first adapter's
-        config with scaling 1, tensors in the first adapter's dtype.
+        config with scaling 1, tensors in the first adapter's dtype; its recipe is one
+        ``combine`` step (the inputs' own recipes nested as ``input_recipes``).
 
     Raises:
-        ArgumentError: ``argument-invalid`` for an unknown method, a weight count that differs
-            from the adapter count, rank <= 0, a density outside (0, 1] or missing, an argument
+        ArgumentError: ``argument-invalid`` for an unknown method, a weight count (or names count)
+            that differs from the adapter count, rank <= 0, a density outside (0, 1] or missing, an argument
             the method does not use.
         TensorError: ``adapters-incompatible`` for different kinds, or a module whose layer type
             or shapes differ between adapters (both named).
@@ -453,4 +458,25 @@ def combine(
         raise UnsupportedError(f"{adapters[0].peft_type} adapters have no weights to combine (LoRA and IA3 do)",
                                path=_label(adapters[0], 0), key="peft_type", expected="LORA | IA3", actual=adapters[0].peft_type)
     req = _Request(method, rank, 1.0 if density is None else float(density), majority_sign, seed, svd_clamp, resolve_device(device))
-    return combiner(adapters, weights, req)
+    labels = _names(adapters, names)
+    result = combiner(adapters, weights, req)
+    return replace(result, recipe=(_step(adapters, labels, weights, req, density),))
+
+
+def _names(adapters: Sequence[Adapter], names: Sequence[str | Path] | None) -> list[str]:
+    if names is None:  # a PEFT folder by the folder's name
+        return [str(a.source.parent if a.source is not None and a.source.name.startswith("adapter_model.") else _label(a, i))
+                for i, a in enumerate(adapters)]
+    if isinstance(names, (str, Path)) or len(names) != len(adapters):
+        raise ArgumentError("give one name per adapter", key="names", expected=f"{len(adapters)} names", actual=names)
+    return [str(n) for n in names]
+
+
+def _step(adapters: Sequence[Adapter], labels: list[str], weights: list[float], req: _Request, density: float | None) -> dict[str, Any]:
+    """The recipe step: what was asked (seed only for DARE, the sign election only for TIES)."""
+    method = req.method
+    return step(
+        "combine", method=method, inputs=labels, weights=weights, rank=req.rank, density=density,
+        majority_sign=req.sign_rule if "ties" in method else None, seed=req.seed if "dare" in method else None,
+        svd_clamp=req.svd_clamp, input_recipes=[list(a.recipe) for a in adapters] if any(a.recipe for a in adapters) else None,
+    )

@@ -33,6 +33,7 @@ import torch
 
 from ..adapter import Adapter
 from ..errors import ArgumentError, Problem, UnsupportedError
+from ..io.recipe import step, with_step
 from ..kinds.lora import LoraConfig
 from .lowrank import all_factors, module_factors, module_tensors, scaling_one_config
 
@@ -122,12 +123,17 @@ def check(adapter: Adapter, consumer: str, *, max_rank: int | None = None) -> li
 
 
 def export(adapter: Adapter, consumer: str, *, max_rank: int | None = None) -> Adapter:
-    """``adapter`` rewritten to obey ``consumer`` with every module's ΔW unchanged (see the module doc).
+    """``adapter`` rewritten to obey ``consumer`` with every module's ΔW unchanged (see the module doc);
+    its recipe is the input's with an ``export`` step appended.
 
     Raises:
         UnsupportedError: ``not-supported`` naming the module or key the consumer cannot express.
         ArgumentError: ``argument-invalid`` for an unknown consumer.
     """
+    return with_step(_export(adapter, consumer, max_rank), adapter, step("export", consumer=consumer, max_rank=max_rank))
+
+
+def _export(adapter: Adapter, consumer: str, max_rank: int | None) -> Adapter:
     _consumer(consumer)
     src = adapter.source
     if adapter.peft_type != "LORA":

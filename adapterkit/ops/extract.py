@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from ..checkpoint.reader import Checkpoint, open_checkpoint
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError
 from ..hub.paths import local_path
+from ..io.recipe import step
 from ..kinds.lora import PREFIX, LoraConfig
 from ..linalg import dense_svd, randomized_svd, select_rank
 from ..progress import progress
@@ -228,6 +229,8 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
         TensorError: ``base-mismatch`` (different keys or dtypes), ``base-shape-mismatch``,
             ``non-finite`` (a targeted weight whose difference holds NaN or Inf).
     """
+    recorded = step("extract", base=str(base), finetuned=str(finetuned), rank=rank, energy=energy, targets=targets,
+                    save_changed=save_changed)
     base, finetuned = Path(base), Path(finetuned)
     rule = _rule(rank, energy, base)
     try:
@@ -280,4 +283,4 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
                           bias="all" if any(k.endswith(".bias") for k in whole) else "none")
     cfg = scaling_one_config(template, {r.name: r.rank for r in records}, lora_bias=False)
     report = ExtractReport(tuple(sorted(records, key=lambda r: r.name)), rule, tuple(unchanged), not_extracted, tuple(whole))
-    return Adapter.from_tensors(cfg, tensors), report
+    return replace(Adapter.from_tensors(cfg, tensors), recipe=(recorded,)), report

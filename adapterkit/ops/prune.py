@@ -30,6 +30,7 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, UnsupportedError
+from ..io.recipe import step, with_step
 from ..kinds.lora import PREFIX
 from ..kinds.patterns import layer_index, pattern_key
 
@@ -193,4 +194,5 @@ def prune(adapter: Adapter, *, modules: str | None = None, layers: Iterable[int]
     result = Adapter.from_tensors(replace(cfg, **changes), tensors)
     report = PruneReport(tuple(kept), dropped, shares, adapter.parameter_count(), result.parameter_count(),
                          changes["exclude_modules"], tuple(removed), renamed)
-    return result, report
+    recorded = step("prune", modules=modules, layers=None if layers is None else sorted(wanted), min_energy=min_energy, keep_fraction=keep_fraction)
+    return with_step(result, adapter, recorded), report

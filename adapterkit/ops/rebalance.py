@@ -23,6 +23,7 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError
+from ..io.recipe import step, with_step
 from ..progress import progress
 from .lowrank import _lora_only
 from .resize import ResizeReport, decompose, finish, truncated
@@ -112,4 +113,5 @@ def rebalance(adapter: Adapter, *, budget: int | None = None, rank: int | None =
         new, record = truncated(f, svd, k, balanced=balanced)
         tensors.update(new)
         records.append(record)
-    return finish(adapter, tensors, records, f"budget={total}, {start}")
+    result, report = finish(adapter, tensors, records, f"budget={total}, {start}")
+    return with_step(result, adapter, step("rebalance", budget=budget, rank=rank, balanced=balanced)), report

@@ -27,6 +27,7 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError
+from ..io.recipe import step, with_step
 from ..kinds.lora import LoraConfig
 from ..linalg import LowRankSVD, factored_svd, select_rank
 from ..progress import progress
@@ -181,7 +182,8 @@ def resize(adapter: Adapter, rank: int | None = None, energy: float | None = Non
         new, record = truncated(f, svd, k, balanced=balanced)
         tensors.update(new)
         records.append(record)
-    return finish(adapter, tensors, records, rule)
+    result, report = finish(adapter, tensors, records, rule)
+    return with_step(result, adapter, step("resize", rank=rank, energy=energy, sv_ratio=sv_ratio, balanced=balanced)), report
 
 
 def finish(adapter: Adapter, tensors: Mapping[str, torch.Tensor], records: Iterable[ModuleResize], rule: str) -> tuple[Adapter, ResizeReport]:

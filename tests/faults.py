@@ -57,7 +57,7 @@ class Fault:
 
 @dataclass
 class Run:
-    args: list[str]  # an adapterkit command line, or ["py-save", SRC, OUT(, "--overwrite")]
+    args: list[str]  # an adapterkit command line, or ["py-save", SRC, OUT(, "--overwrite")]; leading "env:NAME=VALUE" items set the child's environment
     fault: Fault = field(default_factory=Fault)
     kill_after: float | None = None  # SIGKILL from outside after this many seconds
 
@@ -214,9 +214,13 @@ def _child(run: Run, stdout: str, stderr: str, ops_file: str) -> None:
             os.close(f)
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False)
+        args = list(run.args)
+        while args and args[0].startswith("env:"):  # pull: the fake Hub's endpoint and the cache
+            name, _, value = args.pop(0)[4:].partition("=")
+            os.environ[name] = value
         state = install_hooks(run.fault)
         try:
-            code = _execute(run.args)
+            code = _execute(args)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -255,9 +259,15 @@ def serve() -> None:
     """Import everything once, then fork one child per run of each request (one JSON line)."""
     import tempfile
 
+    scratch = Path(tempfile.mkdtemp(prefix="ak-faults-"))
+    os.environ["HF_HOME"] = str(scratch / "hf")  # before huggingface_hub is imported: no stored login of this machine
+    import huggingface_hub.file_download  # noqa: F401  (pull; HF_HUB_DISABLE_XET is set in the server's environment)
+    import matplotlib.figure  # noqa: F401  (info --plot)
     import torch  # noqa: F401
 
     import adapterkit.cli
+    import adapterkit.hub.pull
+    import adapterkit.inspect.spectrum
     import adapterkit.io.reader
     import adapterkit.io.writer
     import adapterkit.ops.combine
@@ -269,7 +279,6 @@ def serve() -> None:
     import adapterkit.ops.resize
     import adapterkit.validate  # noqa: F401
 
-    scratch = Path(tempfile.mkdtemp(prefix="ak-faults-"))
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     for line in sys.stdin:
@@ -316,7 +325,10 @@ class Server:
     """The pytest side: start the fork server, send it runs, read back results."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), PYTHONDONTWRITEBYTECODE="1",
+                   HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1", MPLBACKEND="Agg")
+        env.pop("HF_TOKEN", None)
+        env.pop("HF_HUB_OFFLINE", None)
         code = "import faults; faults.serve()"
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
 
@@ -476,6 +488,22 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     return paths
 
 
+PULL_ENV = ("HF_ENDPOINT={hub}", "HF_HUB_CACHE={cache}")
+
+
+def start_hub(inputs: dict[str, Path], cache: Path):
+    """The fake Hub (tests/fake_hub.py) in this process, its repos org/a and org/b holding the
+    files of inputs a and b; adds ``hub`` (its URL) and ``cache`` (the Hub cache pulls use) to
+    ``inputs``.  Returns the server (``stop()`` it)."""
+    from fake_hub import FakeHub
+
+    hub = FakeHub().start()
+    for name in ("a", "b"):
+        hub.add(f"org/{name}", {p.name: p.read_bytes() for p in sorted(inputs[name].iterdir())})
+    inputs["hub"], inputs["cache"] = hub.url, cache
+    return hub
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -483,10 +511,16 @@ class Command:
     alt: tuple[str, ...]  # the same command writing a different output (concurrent writers)
     out: str  # the output's name
     checkpoint: bool = False  # the output is a model checkpoint (else an adapter)
+    env: tuple[str, ...] = ()  # "NAME={input}" set in the child's environment (pull: {hub}, {cache})
+
+    @property
+    def file(self) -> bool:
+        """The output is one file (else a folder)."""
+        return "." in self.out
 
     def argv(self, inputs: dict[str, Path], out: Path, *, alt: bool = False, overwrite: bool = False) -> list[str]:
         argv = [a.format(out=out, **inputs) for a in (self.alt if alt else self.args)]
-        return argv + (["--overwrite"] if overwrite else [])
+        return ["env:" + e.format(**inputs) for e in self.env] + argv + (["--overwrite"] if overwrite else [])
 
 
 COMMANDS = [
@@ -503,7 +537,12 @@ COMMANDS = [
     Command("rebalance", ("rebalance", "{a}", "{out}", "--rank", "2"), ("rebalance", "{b}", "{out}", "--rank", "2"), "out"),
     Command("prune", ("prune", "{a}", "{out}", "--layers", "0"), ("prune", "{a}", "{out}", "--layers", "1"), "out.safetensors"),
     Command("extract", ("extract", "{base}", "{ft}", "{out}", "--rank", "4"), ("extract", "{base}", "{ft}", "{out}", "--rank", "2"), "out"),
+    # the Hub repos org/a and org/b hold inputs a and b (start_hub); the warm cache {cache} is an input
+    Command("pull", ("pull", "org/a", "{out}"), ("pull", "org/b", "{out}"), "out", env=PULL_ENV),
+    Command("info-plot", ("info", "{a}", "--plot", "{out}"), ("info", "{b}", "--plot", "{out}"), "out.png"),
 ]
+# `merge ... --push-to REPO` writes locally exactly what `merge` writes (then uploads the folder
+# it wrote): its local faults are merge's, covered above; the upload writes nothing local.
 
 
 # ----------------------------------------------------------------------------- judging one run

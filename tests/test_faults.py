@@ -32,6 +32,7 @@ from faults import (
     mount_tmpfs,
     output_digests,
     remount_readonly,
+    start_hub,
     unmount,
 )
 from safetensors import safe_open
@@ -41,14 +42,14 @@ from adapterkit.errors import AdapterkitError
 from adapterkit.io import atomic
 
 IDS = [c.name for c in COMMANDS]
-ADAPTER_DIRS = [c for c in COMMANDS if not c.checkpoint and not c.out.endswith(".safetensors")]
+ADAPTER_DIRS = [c for c in COMMANDS if not c.checkpoint and not c.file]
 
 
 class Env:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.inputs = make_inputs(root / "in")
-        self.before = digests(root / "in")
+        self.hub = start_hub(self.inputs, root / "in" / "cache")
         self.server = Server()
         self.clean: dict[tuple[str, bool], object] = {}
         self.expected: dict[tuple[str, bool], dict[str, str]] = {}
@@ -62,6 +63,7 @@ class Env:
             assert result.rc == 0, (name, alt, result.stderr)
             self.clean[name, alt] = result
             self.expected[name, alt] = output_digests(out)
+        self.before = digests(root / "in")  # the Hub cache too, warmed by the clean pulls: a pull must leave it as it is
         self._n = 0
 
     def folder(self, what: str, cmd) -> Path:
@@ -84,6 +86,7 @@ def env(tmp_path_factory):
     e = Env(tmp_path_factory.mktemp("faults"))
     yield e
     e.server.close()
+    e.hub.stop()
 
 
 # ----------------------------------------------------------------------------- install itself, with and without renameat2
@@ -188,8 +191,31 @@ def test_clean_outputs_are_valid_and_deterministic(env) -> None:
         assert env.expected[cmd.name, True] != env.expected[cmd.name, False], cmd.name  # concurrent writers differ
         if cmd.checkpoint:
             _check_checkpoint(out)
-    checks = env.server.run(*(Run(["validate", env.root / "clean-False" / c.name / c.out]) for c in COMMANDS if not c.checkpoint))
+    adapters = [c for c in COMMANDS if not c.checkpoint and not c.out.endswith(".png")]
+    checks = env.server.run(*(Run(["validate", env.root / "clean-False" / c.name / c.out]) for c in adapters))
     assert all(r.rc == 0 for r in checks), [r.stdout for r in checks]
+    for alt in (False, True):  # a pull's files are the Hub repo's bytes (the inputs a and b themselves)
+        assert env.expected["pull", alt] == digests(env.inputs["b" if alt else "a"])
+    _check_png(env.root / "clean-False" / "info-plot" / "out.png")
+
+
+def _check_png(path: Path) -> None:
+    """A complete PNG (every chunk's CRC right, IEND last) that decodes to the figure's pixels."""
+    import struct
+    import zlib
+
+    import matplotlib.image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    at, kinds = 8, []
+    while at < len(data):
+        (n,), kind = struct.unpack(">I", data[at:at + 4]), data[at + 4:at + 8]
+        assert zlib.crc32(data[at + 4:at + 8 + n]) == struct.unpack(">I", data[at + 8 + n:at + 12 + n])[0], kind
+        kinds.append(kind)
+        at += 12 + n
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and at == len(data)
+    assert matplotlib.image.imread(path).shape[:2] == (352, 1200)  # figsize (15, 4.4) at 80 dpi
 
 
 def _check_checkpoint(out: Path) -> None:
@@ -346,7 +372,7 @@ def test_concurrent_writers_with_overwrite(env, cmd, old: bool) -> None:
     """Two writers with --overwrite (over an existing OUT, or none), meeting before their renames:
     both succeed, OUT is one of the two outputs whole (nothing of the old one, no mixture)."""
     out = env.scratch(cmd) / cmd.out
-    if old and cmd.out.endswith(".safetensors"):
+    if old and cmd.file:
         out.write_bytes(b"old")
     elif old:
         out.mkdir()

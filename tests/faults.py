@@ -3,7 +3,7 @@
 A *fork server* (a child Python process started once) imports adapterkit, its operations and
 torch, then forks one child per run: the child installs hooks on the write-side calls the
 library makes below one folder (``os.write``/``pwrite``/``ftruncate``/``fsync``/``mkdir``/
-``open`` for writing/``rename``/``replace``/``link``/``chmod``/``unlink``/``rmdir``/
+``open`` for writing/``rename``/``replace``/``link``/``symlink``/``chmod``/``unlink``/``rmdir``/
 ``copy_file_range``/``sendfile``, writes and flushes of files opened for writing, and the
 ``renameat2`` the installer calls through ctypes), runs one ``adapterkit`` command line (or
 ``adapterkit.save``) and exits with its status.  Nothing in adapterkit knows about the hooks.
@@ -39,8 +39,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 # hooked call -> whether it needs space/permission (where enospc/erofs/eacces are injected)
-SPACE = {"write", "pwrite", "file.write", "file.flush", "ftruncate", "fsync", "mkdir", "open", "copy_file_range", "sendfile"}
-PERMISSION = {"mkdir", "open"}  # where EACCES/EROFS come from (a file already open is written)
+SPACE = {"write", "pwrite", "file.write", "file.flush", "ftruncate", "fsync", "mkdir", "open", "copy_file_range", "sendfile", "symlink"}
+PERMISSION = {"mkdir", "open", "symlink"}  # where EACCES/EROFS come from (a file already open is written)
 META = {"rename", "replace", "link", "chmod", "unlink", "rmdir", "renameat2"}
 ERRNO = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eacces": errno.EACCES}
 
@@ -154,6 +154,7 @@ def install_hooks(fault: Fault) -> dict:
     wrap("rename", "rename", dst=1)
     wrap("replace", "replace", dst=1)
     wrap("link", "link", which=1, dst=1)
+    wrap("symlink", "symlink", which=1)  # the Hub cache's snapshot entries
     wrap("chmod", "chmod")
     wrap("unlink", "unlink")
     wrap("rmdir", "rmdir")
@@ -557,13 +558,15 @@ def one_line_error(stderr: str) -> str | None:
 
 
 def judge(result: Result, out: Path, allowed: list[dict[str, str]], inputs: Path, before: dict[str, str], *,
-          codes: tuple[str, ...] = ("write-failed",), must_fail: bool = False, message: str | None = None) -> list[str]:
+          codes: tuple[str, ...] = ("write-failed",), must_fail: bool = False, message: str | None = None,
+          names: Path | None = None) -> list[str]:
     """Everything wrong with the state one run left (empty: all good).
 
     Args:
         allowed: the digests of each complete output the run may leave at ``out``.
         codes: the error codes a surviving process may report; ``must_fail``: it must report one.
         message: text the error line must hold (e.g. the strerror of the injected fault).
+        names: the path a write-failed error must name (default ``out``; a pull's Hub cache).
     """
     problems = []
     if digests(inputs) != before:
@@ -591,7 +594,7 @@ def judge(result: Result, out: Path, allowed: list[dict[str, str]], inputs: Path
             code = one_line_error(result.stderr)
             if result.rc != 2 or code not in codes:
                 problems.append(f"exit {result.rc}, expected 0 or 2 with one of {codes}: {result.stderr.strip()[-400:]!r}")
-            elif code == "write-failed" and str(out) not in result.stderr:
+            elif code == "write-failed" and str(names or out) not in result.stderr:
                 problems.append(f"write-failed does not name OUT: {result.stderr.strip()!r}")
             elif message and message not in result.stderr:
                 problems.append(f"error lacks {message!r}: {result.stderr.strip()!r}")

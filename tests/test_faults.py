@@ -23,6 +23,7 @@ import pytest
 import torch
 from faults import (
     COMMANDS,
+    PERMISSION,
     Fault,
     Run,
     Server,
@@ -383,3 +384,73 @@ def test_concurrent_writers_with_overwrite(env, cmd, old: bool) -> None:
     assert [r.rc for r in results] == [0, 0], [r.stderr for r in results]
     for result in results:
         assert env.judge(result, out, cmd, alts=(False, True)) == []
+
+
+# ----------------------------------------------------------------------------- pull: faults while the download writes the Hub cache
+
+PULL = next(c for c in COMMANDS if c.name == "pull")
+REASONS = {"enospc": "No space left on device", "erofs": "Read-only file system", "eacces": "Permission denied"}
+
+
+def _cold(env) -> tuple[Path, Path, dict]:
+    """A run's folder holding an empty Hub cache (``cache/``, made by the pull) and OUT's folder ``o/``."""
+    root = env.scratch(PULL)
+    (root / "o").mkdir()
+    return root, root / "o" / PULL.out, dict(env.inputs, cache=root / "cache")
+
+
+@pytest.fixture(scope="module")
+def cold_pull(env) -> dict[str, list[int]]:
+    """Which hooked calls of a pull into an empty cache write the cache and which OUT's folder,
+    by number (all calls, calls needing space, calls needing permission), from a traced run."""
+    root, out, inputs = _cold(env)
+    [r] = env.server.run(Run(PULL.argv(inputs, out), Fault("trace", root=str(root))))
+    assert r.rc == 0, r.stderr
+    calls: dict[str, list[int]] = {"cache": [], "out": [], "blob-space": [], "blob-perm": []}
+    perm = 0
+    for line in r.trace:
+        n, space, kind, path = line.split(" ", 3)
+        perm += kind in PERMISSION
+        calls["out" if path.startswith(str(out.parent)) else "cache"].append(int(n))
+        if "/blobs/" in path and path.endswith(".incomplete"):  # the download itself (huggingface_hub renames it into blobs/)
+            if space != "-":
+                calls["blob-space"].append(int(space))
+            if kind in PERMISSION:
+                calls["blob-perm"].append(perm)
+    assert calls["cache"] and calls["out"] and calls["blob-space"] and calls["blob-perm"], r.trace
+    assert max(calls["cache"]) < min(calls["out"])  # everything is in the cache before OUT is begun
+    return calls
+
+
+def test_pull_faults_in_the_hub_cache_leave_it_usable(env, cold_pull) -> None:
+    """A pull into an empty cache, SIGKILLed at seeded calls into the cache (3) and into OUT's
+    folder (2); ENOSPC at a seeded write of a download, EROFS at a seeded creation of one,
+    EACCES creating the cache: a survivor's error is one line, write-failed naming the cache
+    (not a Hub error) and the reason; OUT absent or complete.  Then the same cache serves a clean
+    rerun, which gives the repo's files, and its snapshot holds the repo's bytes."""
+    rng = random.Random("cold-pull")
+    faults = [("kill", n) for n in rng.sample(cold_pull["cache"], 3)] + [("kill", n) for n in rng.sample(cold_pull["out"], 2)]
+    faults += [("enospc", rng.choice(cold_pull["blob-space"])), ("erofs", rng.choice(cold_pull["blob-perm"])), ("eacces", 1)]
+    runs = [_cold(env) for _ in faults]
+    results = env.server.run(*(Run(PULL.argv(inputs, out), Fault(mode, n, root=str(root))) for (mode, n), (root, out, inputs) in zip(faults, runs)))
+    again = env.server.run(*(Run(PULL.argv(inputs, root / "again" / PULL.out)) for root, _, inputs in runs))
+    repo = digests(env.inputs["a"])
+    for (mode, n), (root, out, inputs), result, rerun in zip(faults, runs, results, again):
+        assert result.killed == (mode == "kill"), (mode, n, result.stderr)
+        assert env.judge(result, out, PULL, must_fail=mode != "kill", message=REASONS.get(mode), names=inputs["cache"]) == [], (mode, n)
+        assert rerun.rc == 0, (mode, n, rerun.stderr)
+        assert digests(root / "again" / PULL.out) == repo, (mode, n)
+        [snapshot] = (inputs["cache"] / "models--org--a" / "snapshots").iterdir()
+        assert digests(snapshot) == repo, (mode, n)
+
+
+def test_pull_into_an_unwritable_cache_is_write_failed_not_a_hub_error(env) -> None:
+    """The cache on a read-only tmpfs: write-failed naming the cache and the reason, nothing written."""
+    _, out, inputs = _cold(env)
+    _mount(inputs["cache"], 1 << 20)
+    try:
+        assert remount_readonly(inputs["cache"])
+        [result] = env.server.run(Run(PULL.argv(inputs, out)))
+        assert env.judge(result, out, PULL, must_fail=True, message="Read-only file system", names=inputs["cache"]) == []
+    finally:
+        unmount(inputs["cache"])

@@ -559,14 +559,14 @@ def one_line_error(stderr: str) -> str | None:
 
 def judge(result: Result, out: Path, allowed: list[dict[str, str]], inputs: Path, before: dict[str, str], *,
           codes: tuple[str, ...] = ("write-failed",), must_fail: bool = False, message: str | None = None,
-          names: Path | None = None) -> list[str]:
+          names: tuple[Path, ...] = ()) -> list[str]:
     """Everything wrong with the state one run left (empty: all good).
 
     Args:
         allowed: the digests of each complete output the run may leave at ``out``.
         codes: the error codes a surviving process may report; ``must_fail``: it must report one.
         message: text the error line must hold (e.g. the strerror of the injected fault).
-        names: the path a write-failed error must name (default ``out``; a pull's Hub cache).
+        names: the paths one of which a write-failed error must name (default ``out``; a pull: its Hub cache).
     """
     problems = []
     if digests(inputs) != before:
@@ -594,7 +594,7 @@ def judge(result: Result, out: Path, allowed: list[dict[str, str]], inputs: Path
             code = one_line_error(result.stderr)
             if result.rc != 2 or code not in codes:
                 problems.append(f"exit {result.rc}, expected 0 or 2 with one of {codes}: {result.stderr.strip()[-400:]!r}")
-            elif code == "write-failed" and str(names or out) not in result.stderr:
+            elif code == "write-failed" and not any(str(p) in result.stderr for p in names or (out,)):
                 problems.append(f"write-failed does not name OUT: {result.stderr.strip()!r}")
             elif message and message not in result.stderr:
                 problems.append(f"error lacks {message!r}: {result.stderr.strip()!r}")

@@ -437,7 +437,7 @@ def test_pull_faults_in_the_hub_cache_leave_it_usable(env, cold_pull) -> None:
     repo = digests(env.inputs["a"])
     for (mode, n), (root, out, inputs), result, rerun in zip(faults, runs, results, again):
         assert result.killed == (mode == "kill"), (mode, n, result.stderr)
-        assert env.judge(result, out, PULL, must_fail=mode != "kill", message=REASONS.get(mode), names=inputs["cache"]) == [], (mode, n)
+        assert env.judge(result, out, PULL, must_fail=mode != "kill", message=REASONS.get(mode), names=(inputs["cache"],)) == [], (mode, n)
         assert rerun.rc == 0, (mode, n, rerun.stderr)
         assert digests(root / "again" / PULL.out) == repo, (mode, n)
         [snapshot] = (inputs["cache"] / "models--org--a" / "snapshots").iterdir()
@@ -451,6 +451,6 @@ def test_pull_into_an_unwritable_cache_is_write_failed_not_a_hub_error(env) -> N
     try:
         assert remount_readonly(inputs["cache"])
         [result] = env.server.run(Run(PULL.argv(inputs, out)))
-        assert env.judge(result, out, PULL, must_fail=True, message="Read-only file system", names=inputs["cache"]) == []
+        assert env.judge(result, out, PULL, must_fail=True, message="Read-only file system", names=(inputs["cache"],)) == []
     finally:
         unmount(inputs["cache"])

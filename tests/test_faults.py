@@ -9,6 +9,15 @@ A surviving process must end with one line ``adapterkit: error: ... [code]`` and
 Leftovers: a SIGKILLed writer may leave its hidden staging folder ``.<OUT>.tmp-*`` beside OUT
 (nothing can remove it); the output inside sits one level down, so neither the adapter folder
 search nor a checkpoint reader given the folder finds it.  A process that survives leaves none.
+
+``pull`` runs against the fake Hub (tests/fake_hub.py) served from this test process, the
+child's HF_ENDPOINT and HF_HUB_CACHE pointing at it and at a cache under the inputs, warmed by
+the clean pulls: a pull into a warm cache writes only OUT, and the cache, an input, must stay
+byte-identical.  Faults inside the cache (a pull into an empty one, hooked in both places) are
+the last section: a survivor says write-failed naming the cache, and the cache serves a rerun.
+``info --plot`` writes one PNG (deterministic: the clean runs give the same bytes).
+``merge ... --push-to`` writes locally exactly what ``merge`` writes, then uploads that folder:
+its local faults are merge's, covered here; it needs no cases of its own.
 """
 
 from __future__ import annotations

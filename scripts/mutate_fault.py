@@ -62,7 +62,8 @@ MUTANTS = [
     ("write_new: write-failed names the staging path", ATOMIC, "            exc.path = str(path)\n            exc.args = (str(exc),)\n", "", PLOT_ERRORS),
     ("write_new: an OSError of the install escapes bare", ATOMIC,
      '        install(staging, path, overwrite=overwrite)\n    except OSError as exc:\n        raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc',
-     "        install(staging, path, overwrite=overwrite)\n    except OSError:\n        raise", PLOT_ERRORS),
+     "        install(staging, path, overwrite=overwrite)\n    except OSError:\n        raise",
+     [F + "test_write_new_turns_a_failed_install_into_write_failed"]),
 ]
 
 

@@ -186,6 +186,24 @@ def test_install_gives_up_when_others_keep_replacing(tmp_path: Path, monkeypatch
     assert exc.value.code == "write-failed"
 
 
+def test_write_new_turns_a_failed_install_into_write_failed(tmp_path: Path, monkeypatch) -> None:
+    """The rename into place failing (EIO here) ends in write-failed naming the target; nothing is
+    left beside it.  Without overwrite an existing file is refused and kept."""
+    out = tmp_path / "out.png"
+    monkeypatch.setattr(atomic, "_move_new", lambda s, d: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    with pytest.raises(AdapterkitError) as exc:
+        atomic.write_new(out, [b"new"], overwrite=False)
+    assert exc.value.code == "write-failed" and exc.value.path == str(out) and "Input/output error" in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    out.write_bytes(b"old")
+    with pytest.raises(AdapterkitError) as exc:
+        atomic.write_new(out, [b"new"], overwrite=False)
+    assert exc.value.code == "output-exists" and out.read_bytes() == b"old" and list(tmp_path.iterdir()) == [out]
+    atomic.write_new(out, [b"new"], overwrite=True)
+    assert out.read_bytes() == b"new" and list(tmp_path.iterdir()) == [out]
+
+
 # ----------------------------------------------------------------------------- the clean outputs (the reference for every fault)
 
 def test_clean_outputs_are_valid_and_deterministic(env) -> None:

@@ -13,6 +13,12 @@ drawn from the seed (the same draws as CI's ``tests/test_faults.py``, only more 
   ro        OUT on a read-only tmpfs, absent or existing (--overwrite)
   race      two writers of different outputs meeting before their renames (half with --overwrite)
   free-race two writers started together, no barrier, random --overwrite each
+  cache     pull only: an empty Hub cache of its own, SIGKILL / ENOSPC / EACCES / EROFS at a
+            random call into the cache or OUT's folder; then a clean rerun on that cache must
+            succeed with the repo's files (a pull must never leave the cache unusable)
+
+pull runs against tests/fake_hub.py started in this process; its warm cache is an input.
+`merge --push-to` writes locally what `merge` writes (then uploads): merge's rows cover it.
 
 Each run is judged by ``tests/faults.judge``: inputs byte-identical, OUT absent or one complete
 output, nothing left beside OUT by a process that survived (a killed one may leave only its
@@ -35,6 +41,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from faults import (  # noqa: E402
     COMMANDS,
+    PERMISSION,
+    SPACE,
     Fault,
     Run,
     Server,
@@ -45,10 +53,11 @@ from faults import (  # noqa: E402
     mount_tmpfs,
     output_digests,
     remount_readonly,
+    start_hub,
     unmount,
 )
 
-TYPES = ["kill", "outside", "enospc", "eacces", "tmpfs", "ro", "race", "free-race"]
+TYPES = ["kill", "outside", "enospc", "eacces", "tmpfs", "ro", "race", "free-race", "cache"]
 REASONS = {"enospc": "No space left on device", "erofs": "Read-only file system", "eacces": "Permission denied"}
 
 
@@ -73,7 +82,14 @@ def main() -> int:
 
 def campaign(args, work: Path, server: Server, mounts: list[Path]) -> int:
     inputs = make_inputs(work / "in")
-    before = digests(work / "in")
+    hub = start_hub(inputs, work / "in" / "cache")
+    try:
+        return _campaign(args, work, server, mounts, inputs)
+    finally:
+        hub.stop()
+
+
+def _campaign(args, work: Path, server: Server, mounts: list[Path], inputs) -> int:
     commands = [c for c in COMMANDS if args.only is None or args.only in c.name]
     expected, clean = {}, {}
     for cmd in commands:
@@ -83,6 +99,15 @@ def campaign(args, work: Path, server: Server, mounts: list[Path]) -> int:
             [r] = server.run(Run(cmd.argv(inputs, out, alt=alt), Fault("count", root=str(out.parent))))
             assert r.rc == 0, (cmd.name, r.stderr)
             expected[cmd.name, alt], clean[cmd.name, alt] = output_digests(out), r
+    before = digests(work / "in")  # the Hub cache too, warmed by the clean pulls
+    traces = {}  # pull into an empty cache: every hooked call, for the "cache" faults
+    for cmd in commands:
+        if cmd.env:
+            folder = work / "clean" / f"{cmd.name}-cold"
+            (folder / "o").mkdir(parents=True)
+            [r] = server.run(Run(cmd.argv(dict(inputs, cache=folder / "cache"), folder / "o" / cmd.out), Fault("trace", root=str(folder))))
+            assert r.rc == 0, (cmd.name, r.stderr)
+            traces[cmd.name] = [line.split(" ", 3)[2] for line in r.trace]
     can_mount = mount_tmpfs(work / "probe", 4096)
     if can_mount:
         unmount(work / "probe")
@@ -95,19 +120,25 @@ def campaign(args, work: Path, server: Server, mounts: list[Path]) -> int:
         bad = 0
         pending: list[tuple[str, list[Run], list[tuple[Path, tuple[bool, ...], dict]]]] = []
         for kind in TYPES:
-            if kind in ("tmpfs", "ro") and not can_mount:
+            if (kind in ("tmpfs", "ro") and not can_mount) or (kind == "cache" and not cmd.env):
                 continue
             for _ in range(args.n):
-                pending.append(plan(kind, cmd, rng, work, next(counter), inputs, clean, expected, mounts))
+                pending.append(plan(kind, cmd, rng, work, next(counter), inputs, clean, expected, mounts, traces))
         for i in range(0, len(pending), args.batch):
             batch = pending[i:i + args.batch]
             results = server.run(*(run for _, runs, _ in batch for run in runs))
+            reruns = [(checks[0][2]["rerun"], checks[0][2]["again"]) for _, _, checks in batch if "rerun" in checks[0][2]]
+            reran = dict(zip([id(r) for r, _ in reruns], server.run(*(r for r, _ in reruns)))) if reruns else {}
             for kind, runs, checks in batch:
                 mine, results = results[:len(runs)], results[len(runs):]
                 counts[kind] += 1
                 problems = []
                 for result, (out, alts, kw) in zip(mine, checks):
-                    kw = {k: v for k, v in kw.items() if k != "old_in_the_way"}
+                    if "rerun" in kw:  # the cache a faulty pull left must serve a clean one
+                        again = reran[id(kw["rerun"])]
+                        if again.rc != 0 or output_digests(kw["again"]) != expected[cmd.name, False]:
+                            problems.append(f"a rerun on the cache failed: {again.stderr.strip()[-300:]!r}")
+                    kw = {k: v for k, v in kw.items() if k not in ("old_in_the_way", "rerun", "again")}
                     problems += judge(result, out, [expected[cmd.name, a] for a in alts], work / "in", before, **kw)
                 if kind in ("race", "free-race") and all(r.rc == 2 for r in mine) and not checks[0][2].get("old_in_the_way"):
                     problems.append("both concurrent writers failed")
@@ -116,7 +147,9 @@ def campaign(args, work: Path, server: Server, mounts: list[Path]) -> int:
                     failures.append(f"{cmd.name} {kind} {[r.args for r in runs]} {[vars(r.fault) for r in runs]}: {problems} "
                                     f"{[m.stderr.strip()[-300:] for m in mine]}")
                 for out, _, _ in checks:
-                    if out.parent.is_mount():
+                    if (out.parent.parent / "cache").exists():
+                        shutil.rmtree(out.parent.parent, ignore_errors=True)
+                    elif out.parent.is_mount():
                         unmount(out.parent)
                         mounts.remove(out.parent)
                     elif out.parent.exists():
@@ -133,12 +166,21 @@ def campaign(args, work: Path, server: Server, mounts: list[Path]) -> int:
     return 1 if failures else 0
 
 
-def plan(kind: str, cmd, rng: random.Random, work: Path, i: int, inputs, clean, expected, mounts):
+def plan(kind: str, cmd, rng: random.Random, work: Path, i: int, inputs, clean, expected, mounts, traces):
     """(kind, the runs, and per run: OUT, the outputs it may leave (alt flags), judge's options)."""
     folder = work / "runs" / str(i)
     folder.mkdir(parents=True)
     out = folder / cmd.out
     ref = clean[cmd.name, False]
+    if kind == "cache":
+        (folder / "o").mkdir()
+        mine = dict(inputs, cache=folder / "cache")
+        out, calls = folder / "o" / cmd.out, traces[cmd.name]
+        mode = rng.choice(["kill", "enospc", "eacces", "erofs"])
+        n = rng.randint(1, len(calls) if mode == "kill" else sum(k in (SPACE if mode == "enospc" else PERMISSION) for k in calls))
+        rerun = Run(cmd.argv(mine, folder / "again" / cmd.out))
+        opts = {"names": (mine["cache"], out), "rerun": rerun, "again": folder / "again" / cmd.out, "message": REASONS.get(mode)}
+        return kind, [Run(cmd.argv(mine, out), Fault(mode, n, root=str(folder)))], [(out, (False,), opts)]
     if kind == "kill":
         return kind, [Run(cmd.argv(inputs, out), Fault("kill", rng.randint(1, ref.ops), root=str(folder)))], [(out, (False,), {})]
     if kind == "outside":

@@ -16,6 +16,9 @@ TESTS = ["tests/test_faults.py"]
 ATOMIC = "adapterkit/io/atomic.py"
 WRITER = "adapterkit/io/writer.py"
 CKPT = "adapterkit/checkpoint/writer.py"
+F = "tests/test_faults.py::"
+PLOT_ERRORS = [F + "test_injected_write_errors_are_one_line_write_failed[info-plot]", F + "test_a_read_only_target[info-plot]",
+               F + "test_a_real_full_tmpfs[info-plot]"]
 
 # (name, file, old text, new text)
 MUTANTS = [
@@ -51,6 +54,16 @@ MUTANTS = [
     ("checkpoint: staging mkdir error escapes as a bare OSError", CKPT,
      '                self.abort()\n                raise WriteError(f"cannot create output: {exc.strerror}", path=self.out) from exc',
      "                self.abort()\n                raise"),
+    # write_new (one-file outputs staged and installed: info --plot), against the plot's fault tests
+    ("write_new: install always replaces", ATOMIC, "        install(staging, path, overwrite=overwrite)\n    except OSError as exc:",
+     "        install(staging, path, overwrite=True)\n    except OSError as exc:", [F + "test_concurrent_writers_without_overwrite[info-plot]"]),
+    ("write_new: the staging folder left beside the output", ATOMIC, "    finally:\n        discard(staging.parent)\n\n\ndef same_file",
+     "    finally:\n        discard(staging)\n\n\ndef same_file", PLOT_ERRORS),
+    ("write_new: write-failed names the staging path", ATOMIC, "            exc.path = str(path)\n            exc.args = (str(exc),)\n", "", PLOT_ERRORS),
+    ("write_new: an OSError of the install escapes bare", ATOMIC,
+     '        install(staging, path, overwrite=overwrite)\n    except OSError as exc:\n        raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc',
+     "        install(staging, path, overwrite=overwrite)\n    except OSError:\n        raise",
+     [F + "test_write_new_turns_a_failed_install_into_write_failed"]),
 ]
 
 

@@ -3,7 +3,7 @@
 A *fork server* (a child Python process started once) imports adapterkit, its operations and
 torch, then forks one child per run: the child installs hooks on the write-side calls the
 library makes below one folder (``os.write``/``pwrite``/``ftruncate``/``fsync``/``mkdir``/
-``open`` for writing/``rename``/``replace``/``link``/``chmod``/``unlink``/``rmdir``/
+``open`` for writing/``rename``/``replace``/``link``/``symlink``/``chmod``/``unlink``/``rmdir``/
 ``copy_file_range``/``sendfile``, writes and flushes of files opened for writing, and the
 ``renameat2`` the installer calls through ctypes), runs one ``adapterkit`` command line (or
 ``adapterkit.save``) and exits with its status.  Nothing in adapterkit knows about the hooks.
@@ -39,8 +39,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 # hooked call -> whether it needs space/permission (where enospc/erofs/eacces are injected)
-SPACE = {"write", "pwrite", "file.write", "file.flush", "ftruncate", "fsync", "mkdir", "open", "copy_file_range", "sendfile"}
-PERMISSION = {"mkdir", "open"}  # where EACCES/EROFS come from (a file already open is written)
+SPACE = {"write", "pwrite", "file.write", "file.flush", "ftruncate", "fsync", "mkdir", "open", "copy_file_range", "sendfile", "symlink"}
+PERMISSION = {"mkdir", "open", "symlink"}  # where EACCES/EROFS come from (a file already open is written)
 META = {"rename", "replace", "link", "chmod", "unlink", "rmdir", "renameat2"}
 ERRNO = {"enospc": errno.ENOSPC, "erofs": errno.EROFS, "eacces": errno.EACCES}
 
@@ -57,7 +57,7 @@ class Fault:
 
 @dataclass
 class Run:
-    args: list[str]  # an adapterkit command line, or ["py-save", SRC, OUT(, "--overwrite")]
+    args: list[str]  # an adapterkit command line, or ["py-save", SRC, OUT(, "--overwrite")]; leading "env:NAME=VALUE" items set the child's environment
     fault: Fault = field(default_factory=Fault)
     kill_after: float | None = None  # SIGKILL from outside after this many seconds
 
@@ -154,6 +154,7 @@ def install_hooks(fault: Fault) -> dict:
     wrap("rename", "rename", dst=1)
     wrap("replace", "replace", dst=1)
     wrap("link", "link", which=1, dst=1)
+    wrap("symlink", "symlink", which=1)  # the Hub cache's snapshot entries
     wrap("chmod", "chmod")
     wrap("unlink", "unlink")
     wrap("rmdir", "rmdir")
@@ -214,9 +215,13 @@ def _child(run: Run, stdout: str, stderr: str, ops_file: str) -> None:
             os.close(f)
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False)
+        args = list(run.args)
+        while args and args[0].startswith("env:"):  # pull: the fake Hub's endpoint and the cache
+            name, _, value = args.pop(0)[4:].partition("=")
+            os.environ[name] = value
         state = install_hooks(run.fault)
         try:
-            code = _execute(run.args)
+            code = _execute(args)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -255,9 +260,15 @@ def serve() -> None:
     """Import everything once, then fork one child per run of each request (one JSON line)."""
     import tempfile
 
+    scratch = Path(tempfile.mkdtemp(prefix="ak-faults-"))
+    os.environ["HF_HOME"] = str(scratch / "hf")  # before huggingface_hub is imported: no stored login of this machine
+    import huggingface_hub.file_download  # noqa: F401  (pull; HF_HUB_DISABLE_XET is set in the server's environment)
+    import matplotlib.figure  # noqa: F401  (info --plot)
     import torch  # noqa: F401
 
     import adapterkit.cli
+    import adapterkit.hub.pull
+    import adapterkit.inspect.spectrum
     import adapterkit.io.reader
     import adapterkit.io.writer
     import adapterkit.ops.combine
@@ -269,7 +280,6 @@ def serve() -> None:
     import adapterkit.ops.resize
     import adapterkit.validate  # noqa: F401
 
-    scratch = Path(tempfile.mkdtemp(prefix="ak-faults-"))
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     for line in sys.stdin:
@@ -316,7 +326,10 @@ class Server:
     """The pytest side: start the fork server, send it runs, read back results."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), PYTHONDONTWRITEBYTECODE="1",
+                   HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1", MPLBACKEND="Agg")
+        env.pop("HF_TOKEN", None)
+        env.pop("HF_HUB_OFFLINE", None)
         code = "import faults; faults.serve()"
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
 
@@ -476,6 +489,22 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     return paths
 
 
+PULL_ENV = ("HF_ENDPOINT={hub}", "HF_HUB_CACHE={cache}")
+
+
+def start_hub(inputs: dict[str, Path], cache: Path):
+    """The fake Hub (tests/fake_hub.py) in this process, its repos org/a and org/b holding the
+    files of inputs a and b; adds ``hub`` (its URL) and ``cache`` (the Hub cache pulls use) to
+    ``inputs``.  Returns the server (``stop()`` it)."""
+    from fake_hub import FakeHub
+
+    hub = FakeHub().start()
+    for name in ("a", "b"):
+        hub.add(f"org/{name}", {p.name: p.read_bytes() for p in sorted(inputs[name].iterdir())})
+    inputs["hub"], inputs["cache"] = hub.url, cache
+    return hub
+
+
 @dataclass(frozen=True)
 class Command:
     name: str
@@ -483,10 +512,16 @@ class Command:
     alt: tuple[str, ...]  # the same command writing a different output (concurrent writers)
     out: str  # the output's name
     checkpoint: bool = False  # the output is a model checkpoint (else an adapter)
+    env: tuple[str, ...] = ()  # "NAME={input}" set in the child's environment (pull: {hub}, {cache})
+
+    @property
+    def file(self) -> bool:
+        """The output is one file (else a folder)."""
+        return "." in self.out
 
     def argv(self, inputs: dict[str, Path], out: Path, *, alt: bool = False, overwrite: bool = False) -> list[str]:
         argv = [a.format(out=out, **inputs) for a in (self.alt if alt else self.args)]
-        return argv + (["--overwrite"] if overwrite else [])
+        return ["env:" + e.format(**inputs) for e in self.env] + argv + (["--overwrite"] if overwrite else [])
 
 
 COMMANDS = [
@@ -503,7 +538,12 @@ COMMANDS = [
     Command("rebalance", ("rebalance", "{a}", "{out}", "--rank", "2"), ("rebalance", "{b}", "{out}", "--rank", "2"), "out"),
     Command("prune", ("prune", "{a}", "{out}", "--layers", "0"), ("prune", "{a}", "{out}", "--layers", "1"), "out.safetensors"),
     Command("extract", ("extract", "{base}", "{ft}", "{out}", "--rank", "4"), ("extract", "{base}", "{ft}", "{out}", "--rank", "2"), "out"),
+    # the Hub repos org/a and org/b hold inputs a and b (start_hub); the warm cache {cache} is an input
+    Command("pull", ("pull", "org/a", "{out}"), ("pull", "org/b", "{out}"), "out", env=PULL_ENV),
+    Command("info-plot", ("info", "{a}", "--plot", "{out}"), ("info", "{b}", "--plot", "{out}"), "out.png"),
 ]
+# `merge ... --push-to REPO` writes locally exactly what `merge` writes (then uploads the folder
+# it wrote): its local faults are merge's, covered above; the upload writes nothing local.
 
 
 # ----------------------------------------------------------------------------- judging one run
@@ -518,13 +558,15 @@ def one_line_error(stderr: str) -> str | None:
 
 
 def judge(result: Result, out: Path, allowed: list[dict[str, str]], inputs: Path, before: dict[str, str], *,
-          codes: tuple[str, ...] = ("write-failed",), must_fail: bool = False, message: str | None = None) -> list[str]:
+          codes: tuple[str, ...] = ("write-failed",), must_fail: bool = False, message: str | None = None,
+          names: tuple[Path, ...] = ()) -> list[str]:
     """Everything wrong with the state one run left (empty: all good).
 
     Args:
         allowed: the digests of each complete output the run may leave at ``out``.
         codes: the error codes a surviving process may report; ``must_fail``: it must report one.
         message: text the error line must hold (e.g. the strerror of the injected fault).
+        names: the paths one of which a write-failed error must name (default ``out``; a pull: its Hub cache).
     """
     problems = []
     if digests(inputs) != before:
@@ -552,7 +594,7 @@ def judge(result: Result, out: Path, allowed: list[dict[str, str]], inputs: Path
             code = one_line_error(result.stderr)
             if result.rc != 2 or code not in codes:
                 problems.append(f"exit {result.rc}, expected 0 or 2 with one of {codes}: {result.stderr.strip()[-400:]!r}")
-            elif code == "write-failed" and str(out) not in result.stderr:
+            elif code == "write-failed" and not any(str(p) in result.stderr for p in names or (out,)):
                 problems.append(f"write-failed does not name OUT: {result.stderr.strip()!r}")
             elif message and message not in result.stderr:
                 problems.append(f"error lacks {message!r}: {result.stderr.strip()!r}")

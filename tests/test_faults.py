@@ -9,6 +9,15 @@ A surviving process must end with one line ``adapterkit: error: ... [code]`` and
 Leftovers: a SIGKILLed writer may leave its hidden staging folder ``.<OUT>.tmp-*`` beside OUT
 (nothing can remove it); the output inside sits one level down, so neither the adapter folder
 search nor a checkpoint reader given the folder finds it.  A process that survives leaves none.
+
+``pull`` runs against the fake Hub (tests/fake_hub.py) served from this test process, the
+child's HF_ENDPOINT and HF_HUB_CACHE pointing at it and at a cache under the inputs, warmed by
+the clean pulls: a pull into a warm cache writes only OUT, and the cache, an input, must stay
+byte-identical.  Faults inside the cache (a pull into an empty one, hooked in both places) are
+the last section: a survivor says write-failed naming the cache, and the cache serves a rerun.
+``info --plot`` writes one PNG (deterministic: the clean runs give the same bytes).
+``merge ... --push-to`` writes locally exactly what ``merge`` writes, then uploads that folder:
+its local faults are merge's, covered here; it needs no cases of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import pytest
 import torch
 from faults import (
     COMMANDS,
+    PERMISSION,
     Fault,
     Run,
     Server,
@@ -32,6 +42,7 @@ from faults import (
     mount_tmpfs,
     output_digests,
     remount_readonly,
+    start_hub,
     unmount,
 )
 from safetensors import safe_open
@@ -41,14 +52,14 @@ from adapterkit.errors import AdapterkitError
 from adapterkit.io import atomic
 
 IDS = [c.name for c in COMMANDS]
-ADAPTER_DIRS = [c for c in COMMANDS if not c.checkpoint and not c.out.endswith(".safetensors")]
+ADAPTER_DIRS = [c for c in COMMANDS if not c.checkpoint and not c.file]
 
 
 class Env:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.inputs = make_inputs(root / "in")
-        self.before = digests(root / "in")
+        self.hub = start_hub(self.inputs, root / "in" / "cache")
         self.server = Server()
         self.clean: dict[tuple[str, bool], object] = {}
         self.expected: dict[tuple[str, bool], dict[str, str]] = {}
@@ -62,6 +73,7 @@ class Env:
             assert result.rc == 0, (name, alt, result.stderr)
             self.clean[name, alt] = result
             self.expected[name, alt] = output_digests(out)
+        self.before = digests(root / "in")  # the Hub cache too, warmed by the clean pulls: a pull must leave it as it is
         self._n = 0
 
     def folder(self, what: str, cmd) -> Path:
@@ -84,6 +96,7 @@ def env(tmp_path_factory):
     e = Env(tmp_path_factory.mktemp("faults"))
     yield e
     e.server.close()
+    e.hub.stop()
 
 
 # ----------------------------------------------------------------------------- install itself, with and without renameat2
@@ -173,6 +186,24 @@ def test_install_gives_up_when_others_keep_replacing(tmp_path: Path, monkeypatch
     assert exc.value.code == "write-failed"
 
 
+def test_write_new_turns_a_failed_install_into_write_failed(tmp_path: Path, monkeypatch) -> None:
+    """The rename into place failing (EIO here) ends in write-failed naming the target; nothing is
+    left beside it.  Without overwrite an existing file is refused and kept."""
+    out = tmp_path / "out.png"
+    monkeypatch.setattr(atomic, "_move_new", lambda s, d: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+    with pytest.raises(AdapterkitError) as exc:
+        atomic.write_new(out, [b"new"], overwrite=False)
+    assert exc.value.code == "write-failed" and exc.value.path == str(out) and "Input/output error" in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    out.write_bytes(b"old")
+    with pytest.raises(AdapterkitError) as exc:
+        atomic.write_new(out, [b"new"], overwrite=False)
+    assert exc.value.code == "output-exists" and out.read_bytes() == b"old" and list(tmp_path.iterdir()) == [out]
+    atomic.write_new(out, [b"new"], overwrite=True)
+    assert out.read_bytes() == b"new" and list(tmp_path.iterdir()) == [out]
+
+
 # ----------------------------------------------------------------------------- the clean outputs (the reference for every fault)
 
 def test_clean_outputs_are_valid_and_deterministic(env) -> None:
@@ -188,8 +219,31 @@ def test_clean_outputs_are_valid_and_deterministic(env) -> None:
         assert env.expected[cmd.name, True] != env.expected[cmd.name, False], cmd.name  # concurrent writers differ
         if cmd.checkpoint:
             _check_checkpoint(out)
-    checks = env.server.run(*(Run(["validate", env.root / "clean-False" / c.name / c.out]) for c in COMMANDS if not c.checkpoint))
+    adapters = [c for c in COMMANDS if not c.checkpoint and not c.out.endswith(".png")]
+    checks = env.server.run(*(Run(["validate", env.root / "clean-False" / c.name / c.out]) for c in adapters))
     assert all(r.rc == 0 for r in checks), [r.stdout for r in checks]
+    for alt in (False, True):  # a pull's files are the Hub repo's bytes (the inputs a and b themselves)
+        assert env.expected["pull", alt] == digests(env.inputs["b" if alt else "a"])
+    _check_png(env.root / "clean-False" / "info-plot" / "out.png")
+
+
+def _check_png(path: Path) -> None:
+    """A complete PNG (every chunk's CRC right, IEND last) that decodes to the figure's pixels."""
+    import struct
+    import zlib
+
+    import matplotlib.image
+
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    at, kinds = 8, []
+    while at < len(data):
+        (n,), kind = struct.unpack(">I", data[at:at + 4]), data[at + 4:at + 8]
+        assert zlib.crc32(data[at + 4:at + 8 + n]) == struct.unpack(">I", data[at + 8 + n:at + 12 + n])[0], kind
+        kinds.append(kind)
+        at += 12 + n
+    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and at == len(data)
+    assert matplotlib.image.imread(path).shape[:2] == (352, 1200)  # figsize (15, 4.4) at 80 dpi
 
 
 def _check_checkpoint(out: Path) -> None:
@@ -346,7 +400,7 @@ def test_concurrent_writers_with_overwrite(env, cmd, old: bool) -> None:
     """Two writers with --overwrite (over an existing OUT, or none), meeting before their renames:
     both succeed, OUT is one of the two outputs whole (nothing of the old one, no mixture)."""
     out = env.scratch(cmd) / cmd.out
-    if old and cmd.out.endswith(".safetensors"):
+    if old and cmd.file:
         out.write_bytes(b"old")
     elif old:
         out.mkdir()
@@ -357,3 +411,73 @@ def test_concurrent_writers_with_overwrite(env, cmd, old: bool) -> None:
     assert [r.rc for r in results] == [0, 0], [r.stderr for r in results]
     for result in results:
         assert env.judge(result, out, cmd, alts=(False, True)) == []
+
+
+# ----------------------------------------------------------------------------- pull: faults while the download writes the Hub cache
+
+PULL = next(c for c in COMMANDS if c.name == "pull")
+REASONS = {"enospc": "No space left on device", "erofs": "Read-only file system", "eacces": "Permission denied"}
+
+
+def _cold(env) -> tuple[Path, Path, dict]:
+    """A run's folder holding an empty Hub cache (``cache/``, made by the pull) and OUT's folder ``o/``."""
+    root = env.scratch(PULL)
+    (root / "o").mkdir()
+    return root, root / "o" / PULL.out, dict(env.inputs, cache=root / "cache")
+
+
+@pytest.fixture(scope="module")
+def cold_pull(env) -> dict[str, list[int]]:
+    """Which hooked calls of a pull into an empty cache write the cache and which OUT's folder,
+    by number (all calls, calls needing space, calls needing permission), from a traced run."""
+    root, out, inputs = _cold(env)
+    [r] = env.server.run(Run(PULL.argv(inputs, out), Fault("trace", root=str(root))))
+    assert r.rc == 0, r.stderr
+    calls: dict[str, list[int]] = {"cache": [], "out": [], "blob-space": [], "blob-perm": []}
+    perm = 0
+    for line in r.trace:
+        n, space, kind, path = line.split(" ", 3)
+        perm += kind in PERMISSION
+        calls["out" if path.startswith(str(out.parent)) else "cache"].append(int(n))
+        if "/blobs/" in path and path.endswith(".incomplete"):  # the download itself (huggingface_hub renames it into blobs/)
+            if space != "-":
+                calls["blob-space"].append(int(space))
+            if kind in PERMISSION:
+                calls["blob-perm"].append(perm)
+    assert calls["cache"] and calls["out"] and calls["blob-space"] and calls["blob-perm"], r.trace
+    assert max(calls["cache"]) < min(calls["out"])  # everything is in the cache before OUT is begun
+    return calls
+
+
+def test_pull_faults_in_the_hub_cache_leave_it_usable(env, cold_pull) -> None:
+    """A pull into an empty cache, SIGKILLed at seeded calls into the cache (3) and into OUT's
+    folder (2); ENOSPC at a seeded write of a download, EROFS at a seeded creation of one,
+    EACCES creating the cache: a survivor's error is one line, write-failed naming the cache
+    (not a Hub error) and the reason; OUT absent or complete.  Then the same cache serves a clean
+    rerun, which gives the repo's files, and its snapshot holds the repo's bytes."""
+    rng = random.Random("cold-pull")
+    faults = [("kill", n) for n in rng.sample(cold_pull["cache"], 3)] + [("kill", n) for n in rng.sample(cold_pull["out"], 2)]
+    faults += [("enospc", rng.choice(cold_pull["blob-space"])), ("erofs", rng.choice(cold_pull["blob-perm"])), ("eacces", 1)]
+    runs = [_cold(env) for _ in faults]
+    results = env.server.run(*(Run(PULL.argv(inputs, out), Fault(mode, n, root=str(root))) for (mode, n), (root, out, inputs) in zip(faults, runs)))
+    again = env.server.run(*(Run(PULL.argv(inputs, root / "again" / PULL.out)) for root, _, inputs in runs))
+    repo = digests(env.inputs["a"])
+    for (mode, n), (root, out, inputs), result, rerun in zip(faults, runs, results, again):
+        assert result.killed == (mode == "kill"), (mode, n, result.stderr)
+        assert env.judge(result, out, PULL, must_fail=mode != "kill", message=REASONS.get(mode), names=(inputs["cache"],)) == [], (mode, n)
+        assert rerun.rc == 0, (mode, n, rerun.stderr)
+        assert digests(root / "again" / PULL.out) == repo, (mode, n)
+        [snapshot] = (inputs["cache"] / "models--org--a" / "snapshots").iterdir()
+        assert digests(snapshot) == repo, (mode, n)
+
+
+def test_pull_into_an_unwritable_cache_is_write_failed_not_a_hub_error(env) -> None:
+    """The cache on a read-only tmpfs: write-failed naming the cache and the reason, nothing written."""
+    _, out, inputs = _cold(env)
+    _mount(inputs["cache"], 1 << 20)
+    try:
+        assert remount_readonly(inputs["cache"])
+        [result] = env.server.run(Run(PULL.argv(inputs, out)))
+        assert env.judge(result, out, PULL, must_fail=True, message="Read-only file system", names=(inputs["cache"],)) == []
+    finally:
+        unmount(inputs["cache"])

@@ -8,6 +8,7 @@ imported; adapterkit reads them from the environment at every call and passes th
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..errors import AdapterkitError, HubError, NotFoundError
+from ..errors import AdapterkitError, HubError, NotFoundError, WriteError
 from .repo_id import RepoRef
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -29,6 +30,8 @@ INDEX_NAME = "model.safetensors.index.json"
 OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".index.json")
 _DRIVE = re.compile(r"[A-Za-z]:")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+# a download failing with these wrote into a full, read-only or unwritable cache: not the Hub's fault
+_LOCAL_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,18 @@ def translated(ref: RepoRef | str, what: str = "") -> Iterator[None]:
         raise
 
 
+@contextmanager
+def into_cache(s: Settings, what: str) -> Iterator[None]:
+    """A download whose local write fails (a full disk, a read-only or unwritable cache) ends
+    in ``write-failed`` naming the cache, not in a Hub error: the Hub did nothing wrong."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _LOCAL_WRITE or _is_transport(exc):
+            raise
+        raise WriteError(f"cannot write the Hub cache: {exc.strerror} ({what})", path=s.cache_dir) from exc
+
+
 # ----------------------------------------------------------------------------- choosing files
 
 
@@ -223,6 +238,7 @@ def fetch(ref: RepoRef, want: str = "any", *, token: str | None = None) -> Fetch
     Raises:
         HubError: hub-unauthorized, hub-not-found, hub-unavailable, hub-offline, hub-unsafe-path, hub-error.
         NotFoundError: not-an-adapter / not-a-checkpoint when the repo holds no such files.
+        WriteError: write-failed naming the cache when a download cannot be written there.
     """
     s = settings(token)
     if s.offline:
@@ -241,7 +257,7 @@ def fetch(ref: RepoRef, want: str = "any", *, token: str | None = None) -> Fetch
 
     def download(name: str) -> Path:
         if name not in got:
-            with translated(ref, f"downloading {name}"):
+            with translated(ref, f"downloading {name}"), into_cache(s, f"downloading {name}"):
                 path = Path(hf_hub_download(ref.repo_id, name, revision=ref.revision or "main", cache_dir=s.cache_dir,
                                             endpoint=s.endpoint, token=token))
             if path.parent.parts[-(name.count("/") + 1)] != commit:

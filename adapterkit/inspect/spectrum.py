@@ -23,7 +23,7 @@ from typing import Any
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import UnsupportedError, WriteError
-from ..io.atomic import same_file, write_atomic
+from ..io.atomic import same_file, write_new
 from ..linalg import select_rank
 from ..ops.lowrank import _lora_only
 from ..ops.rebalance import allocate
@@ -137,8 +137,9 @@ def _draw(data: Spectrum, title: str) -> bytes:
 
 def plot_spectrum(adapter: Adapter, path: str | Path, *, device: Any = "cpu", average_ranks: tuple[int, ...] | None = None,
                   overwrite: bool = False) -> Spectrum:
-    """Draw the adapter's spectrum (see the module doc) into the PNG file ``path`` (written
-    atomically) and return the numbers drawn.
+    """Draw the adapter's spectrum (see the module doc) into the PNG file ``path`` (staged in a
+    hidden folder beside it and renamed into place, never over a file that appeared meanwhile
+    unless ``overwrite``) and return the numbers drawn.
 
     Raises:
         UnsupportedError: ``extra-missing`` without matplotlib (``pip install 'adapterkit[plot]'``);
@@ -159,5 +160,5 @@ def plot_spectrum(adapter: Adapter, path: str | Path, *, device: Any = "cpu", av
     source = adapter.source
     label = "adapter" if source is None else source.parent.name if source.name.startswith("adapter_model") else source.name
     title = f"{label}: {len(data.modules)} LoRA modules, singular values of ΔW = scaling·B·A (exact, from the factors)"
-    write_atomic(path, [_draw(data, title)], durable=False)
+    write_new(path, [_draw(data, title)], overwrite=overwrite, durable=False)  # refuses a file another writer made meanwhile
     return data

@@ -78,6 +78,31 @@ def write_atomic(
         raise
 
 
+def write_new(path: str | Path, chunks: Iterable[bytes], *, overwrite: bool, durable: bool = True) -> None:
+    """Write the one-file output ``path`` as the many-file outputs are: staged one level down in
+    a hidden folder beside it (:func:`staging_folder`), then :func:`install`-ed, so an existing
+    ``path`` (even one another writer created after the caller checked) is refused unless
+    ``overwrite``, and a killed writer leaves only the hidden folder.
+
+    Raises:
+        WriteError: ``output-exists``; ``write-failed`` naming ``path``.
+    """
+    path = Path(path)
+    staging = staging_folder(path)
+    try:
+        try:
+            write_atomic(staging, chunks, durable=durable)
+        except WriteError as exc:  # name the real target, not the staging path
+            exc.path = str(path)
+            exc.args = (str(exc),)
+            raise
+        install(staging, path, overwrite=overwrite)
+    except OSError as exc:
+        raise WriteError(f"cannot write output: {exc.strerror}", path=path) from exc
+    finally:
+        discard(staging.parent)
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """True when both paths name the same existing file (or the same path)."""
     a, b = Path(a), Path(b)

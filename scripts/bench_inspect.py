@@ -42,14 +42,17 @@ Usage: python scripts/bench_inspect.py [--only diff|conflict|digest] [--device c
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import adapterkit
 from adapterkit import Adapter, LoraConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ops import best_of, sync
 
 LAYERS, RANK = 32, 16
 H, MLP = 4096, 11008
@@ -76,18 +79,6 @@ def pair() -> tuple[Adapter, Adapter]:
             Adapter.from_tensors(LoraConfig(r=RANK, lora_alpha=16, target_modules=targets), tb))
 
 
-def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def dense_delta(adapter: Adapter, module: str, device: str) -> torch.Tensor:

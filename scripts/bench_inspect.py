@@ -160,7 +160,6 @@ def bench_conflict(a: Adapter, b: Adapter, args: argparse.Namespace) -> list[tup
 
 def bench_digest(a: Adapter, b: Adapter, args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     import subprocess
-    import sys
 
     script = Path(__file__).resolve().parent / "bench_digest.py"
     out = subprocess.run([sys.executable, str(script), "--repeat", str(max(args.repeat, 5))], check=True,

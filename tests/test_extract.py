@@ -204,6 +204,20 @@ def test_rank_is_capped_factors_balanced_and_stored_in_the_model_dtype(tmp_path:
     torch.testing.assert_close(B.norm(dim=0), S.sqrt(), rtol=2e-2, atol=0)
 
 
+def test_reported_error_is_the_measured_residual_over_every_row(tmp_path: Path) -> None:
+    # 600 rows (more than one 256-row block), a truncated rank: the error is far from zero
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(600, 40, generator=g)
+    F = W + torch.randn(600, 40, generator=g)
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": F}, tmp_path / "f.safetensors")
+    adapter, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=5)
+    delta = (F - W).double()
+    err = float((delta - adapter.delta_weight("x").double()).norm() / delta.norm())
+    assert 0.5 < err < 1 and abs(report.modules[0].error - err) < 1e-6
+    assert abs(report.modules[0].energy - float(delta.square().sum())) < 1e-6 * float(delta.square().sum())
+
+
 def test_identical_nan_is_unchanged_not_an_error(tmp_path: Path) -> None:
     W = torch.randn(6, 4)
     W[2, 1] = float("nan")  # the same NaN bits in both: the tensor did not change

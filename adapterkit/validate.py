@@ -97,15 +97,20 @@ def value_problems(adapter: Adapter) -> list[Problem]:
         with torch.no_grad():
             if _spans_finite(_spans(adapter.tensors.values())):
                 return []
-    problems = []
-    for key in adapter.tensors:
-        t = adapter.tensors[key]
-        if t.is_floating_point() and t.element_size() == 1:
-            t = t.float()  # torch has no isfinite for float8 (which validation still reports as dtype-unsupported)
-        if t.is_floating_point() and not _all_finite(t):
-            bad = int((~torch.isfinite(t)).sum())
-            problems.append(Problem("non-finite", "tensor holds NaN or Inf", path=str(adapter.source) if adapter.source else None, key=key, expected="finite values", actual=f"{bad} non-finite of {t.numel()}"))
-    return problems
+    source = str(adapter.source) if adapter.source else None
+    return [p for key in adapter.tensors if (p := _non_finite(key, adapter.tensors[key], source)) is not None]
+
+
+def _non_finite(key: str, t: Any, source: str | None) -> Problem | None:
+    """``non-finite`` for one tensor holding NaN or Inf, else None."""
+    import torch
+
+    if t.is_floating_point() and t.element_size() == 1:
+        t = t.float()  # torch has no isfinite for float8 (which validation still reports as dtype-unsupported)
+    if not t.is_floating_point() or _all_finite(t):
+        return None
+    bad = int((~torch.isfinite(t)).sum())
+    return Problem("non-finite", "tensor holds NaN or Inf", path=source, key=key, expected="finite values", actual=f"{bad} non-finite of {t.numel()}")
 
 
 def raise_first_error(problems: list[Problem]) -> None:
@@ -143,7 +148,6 @@ def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
     """The content digest (§5.5) and NaN/Inf of a file-backed adapter in one read of its data,
     one tensor at a time, so that validating holds a tensor or two, never the whole adapter:
     ``digest-mismatch`` (first differing part) before the ``non-finite`` problems."""
-    from .adapter import Adapter, MemoryStore
     from .io.digest import config_digest, mismatch, recorded, tensor_digest
     from .io.safetensors_file import DTYPE_NAMES, tensor_bytes
 
@@ -155,7 +159,8 @@ def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
         t = store[key]
         if entries is not None:
             now[key] = tensor_digest(key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t))
-        values += value_problems(Adapter(adapter.config, MemoryStore({key: t}), adapter.source, adapter.format_version))
+        if (problem := _non_finite(key, t, str(adapter.source))) is not None:
+            values.append(problem)
         del t
     found = mismatch(entries, config_digest(config_data), now, str(adapter.source)) if entries is not None else None
     return ([found] if found else []) + values

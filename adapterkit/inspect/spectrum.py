@@ -151,11 +151,11 @@ def plot_spectrum(adapter: Adapter, path: str | Path, *, device: Any = "cpu", av
     _matplotlib()
     if adapter.source is not None and same_file(path, adapter.source):
         raise WriteError("the plot would overwrite the adapter it shows", code="overwrite-input", path=path)
+    if path.is_dir():
+        raise WriteError("the plot's path is a directory", code="write-failed", path=path, expected="a file name", actual="directory")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise WriteError("output exists; pass overwrite=True (--overwrite) to replace it", code="output-exists", path=path,
                          expected="a path that does not exist", actual="existing file")
-    if path.is_dir():
-        raise WriteError("the plot's path is a directory", code="write-failed", path=path, expected="a file name", actual="directory")
     data = spectrum(adapter, device=device, average_ranks=average_ranks)
     source = adapter.source
     label = "adapter" if source is None else source.parent.name if source.name.startswith("adapter_model") else source.name

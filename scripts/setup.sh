@@ -70,7 +70,7 @@ else
   fi
   echo "setup: installed $(torch_desc)"
 fi
-echo "setup: installing adapterkit (editable) with its test extra (pytest, hypothesis, ruff, jsonschema, peft==0.21.2, transformers==5.23.0, matplotlib)"
+echo "setup: installing adapterkit (editable) with its test extra (pytest, hypothesis, ruff, jsonschema, peft==0.22.0, transformers==5.23.0, matplotlib)"
 pip_quiet -e ".[test]"
 have_all || { echo "setup: a required package is missing after install; see $LOG" >&2; exit 1; }
 stamp > "$VENV/.adapterkit-setup"

@@ -254,14 +254,15 @@ def test_linear_peft_has_cross_terms_ours_is_the_weighted_sum(llama_pair, tmp_pa
     assert ours.modules["model.layers.0.self_attn.q_proj"].rank == 8  # stored exactly, as cat
 
 
-def test_rslora_peft_is_sqrt_r_too_large_ours_is_exact(tmp_path):
+def test_rslora_cat_is_exact_as_in_peft(tmp_path):
+    """PEFT 0.21.2's rsLoRA result was √r too large (use_rslora copied); 0.22.0 fixed it: both
+    now give the weighted sum of the inputs' ΔW."""
     cfg = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "use_rslora": True}
     model = two_adapter_model(llama, cfg, cfg)
     a, b = saved(model, tmp_path, "a", "b")
     expected = weighted_sum([peft_deltas(model, "a"), peft_deltas(model, "b")], W)
     peft_add_weighted(model, W, "c", "cat")
-    theirs = peft_deltas(model, "c")
-    assert_deltas({n: t / math.sqrt(8) for n, t in theirs.items()}, expected)  # new r = 8: √8 too large
+    assert_deltas(peft_deltas(model, "c"), expected)
     ours = combine([a, b], W, "cat")
     assert ours.config.use_rslora is False
     assert_deltas(reloaded_deltas(llama, ours, tmp_path / "ours"), expected)
@@ -275,13 +276,14 @@ def lora_bias_pair(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["cat", "linear", "svd"])
-def test_lora_bias_peft_drops_it_ours_is_the_weighted_sum(method, tmp_path):
+def test_lora_bias_is_the_weighted_sum_as_in_peft(method, tmp_path):
+    """PEFT 0.21.2 dropped lora_B.bias (zero); 0.22.0 gives the weighted sum of bias·scaling, as ours does."""
     model, (a, b), biases = lora_bias_pair(tmp_path)
     peft_add_weighted(model, W, "c", method)
     ours = combine([a, b], W, method)
     for name, layer in lora_layers(model, "c").items():
-        assert torch.count_nonzero(layer.lora_B["c"].bias) == 0  # PEFT: zero
         want = W[0] * biases["a"][name] + W[1] * biases["b"][name]
+        torch.testing.assert_close(layer.lora_B["c"].bias * layer.scaling["c"], want, rtol=1e-6, atol=1e-7)  # PEFT
         torch.testing.assert_close(ours.tensors[f"{P}{name}.lora_B.bias"], want, rtol=1e-6, atol=1e-7)
     path = tmp_path / "ours"
     adapterkit.save(ours, path)
@@ -326,23 +328,13 @@ def test_rank_pattern_peft_result_does_not_reload_ours_does(tmp_path):
     assert set(ours.config.rank_pattern.values()) == {2} and ours.config.rank_pattern == ours.config.alpha_pattern
 
 
-def test_dora_peft_silently_wrong_ours_refuses(tmp_path):
-    """With weights (1, 0) the result should be adapter a; PEFT's DoRA result is not."""
+def test_dora_refused_by_both(tmp_path):
+    """PEFT 0.21.2 combined DoRA adapters wrongly without an error; 0.22.0 refuses them, as ours does (by name)."""
     cfg = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": True}
     model = two_adapter_model(llama, cfg, cfg)
     a, b = saved(model, tmp_path, "a", "b")
-    q = model.base_model.model.model.layers[0].self_attn.q_proj
-    base = q.get_base_layer().weight.detach().clone()
-
-    def merged(adapter: str) -> torch.Tensor:
-        q.merge(adapter_names=[adapter])
-        out = q.get_base_layer().weight.detach().clone()
-        q.unmerge()
-        return out
-
-    peft_add_weighted(model, [1.0, 0.0], "c", "cat")
-    assert not torch.allclose(merged("c"), merged("a"), atol=1e-3)
-    torch.testing.assert_close(q.get_base_layer().weight, base)
+    with pytest.raises(ValueError, match="DoRA"):
+        peft_add_weighted(model, [1.0, 0.0], "c", "cat")
     with pytest.raises(AdapterkitError) as err:
         combine([a, b], [1.0, 0.0], "cat")
     assert err.value.code == "not-supported" and str(a.source) in str(err.value) and "DoRA" in str(err.value)

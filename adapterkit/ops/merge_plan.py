@@ -156,6 +156,15 @@ def find_tied_embeddings(keys: CheckpointKeys, config: dict | None) -> TiedEmbed
     return TiedEmbeddings(inputs[0], output, bool(outputs), config if isinstance(config, dict) else None)
 
 
+def weight_keys(adapter: Adapter, checkpoint_keys: CheckpointKeys) -> dict[str, str | None]:
+    """module -> the checkpoint key of its weight under the rule ``plan_merge`` chooses (None
+    where the rule gives none); reads the header only."""
+    modules = sorted(adapter.modules)
+    names = [f"{m}.weight" for m in modules] + sorted(adapter.kind.whole_module_tensors(adapter).values())
+    _, rule = _choose_rule(names, checkpoint_keys)
+    return {m: rule(f"{m}.weight") for m in modules}
+
+
 def plan_merge(adapter: Adapter, checkpoint_keys: CheckpointKeys) -> MergePlan:
     """Map every module of ``adapter`` (and its whole-module tensors) onto ``checkpoint_keys``.
 

@@ -147,8 +147,10 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
             raise
         try:  # a model checkpoint (what `adapterkit merge` writes): summarise it instead
             summary = describe_checkpoint(path)
-        except AdapterkitError:
-            raise exc from None
+        except AdapterkitError as checkpoint_exc:
+            if checkpoint_exc.code == "not-a-checkpoint":
+                raise exc from None
+            raise  # a checkpoint, broken: its own problem (a truncated or missing shard, naming the file)
         if plot is not None:
             raise click.UsageError("--plot draws an adapter's spectrum; PATH is a model checkpoint", ctx=click.get_current_context()) from None
         click.echo(json.dumps(summary, indent=2) if as_json else render_checkpoint(summary))

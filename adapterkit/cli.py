@@ -466,9 +466,9 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
 
     start = time.perf_counter()
     inputs = [load(p) for p in adapters]
-    result = combine(inputs, given, method, rank=rank, density=density, majority_sign=majority_sign, seed=seed,
-                     svd_clamp=svd_clamp, device=device, names=[str(p) for p in adapters],
-                     fan_in_fan_out=None if fan_in_fan_out is None else fan_in_fan_out == "true")
+    orient = None if fan_in_fan_out is None else fan_in_fan_out == "true"
+    result = combine(inputs, given, method, rank=rank, density=density, majority_sign=majority_sign, seed=seed, fan_in_fan_out=orient,
+                     svd_clamp=svd_clamp, device=device, names=[str(p) for p in adapters])
     written = save(result, out, overwrite=overwrite)
     seconds = time.perf_counter() - start
     if as_json:

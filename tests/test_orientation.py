@@ -275,3 +275,40 @@ def test_combine_adapters_whose_flags_differ_on_different_modules(tmp_path: Path
     for name, delta in ours.items():
         want = 2.0 * dc[name] if name in dc else 0.5 * dh[name]
         torch.testing.assert_close(delta, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ----------------------------------------------------------------------------- the rules without PEFT
+
+
+def _square_base(tmp_path: Path) -> tuple[Path, adapterkit.Adapter, torch.Tensor]:
+    g = torch.Generator().manual_seed(9)
+    W = torch.randn(4, 4, generator=g)
+    base = tmp_path / "base.safetensors"
+    save_file({"m.q.weight": W}, str(base))
+    A, B = torch.randn(2, 4, generator=g), torch.randn(4, 2, generator=g)
+    adapter = adapterkit.Adapter.from_tensors(
+        adapterkit.LoraConfig(r=2, lora_alpha=4, target_modules=("q",), fan_in_fan_out=True),
+        {"base_model.model.m.q.lora_A.weight": A, "base_model.model.m.q.lora_B.weight": B})
+    return base, adapter, W + (B @ A) * 2.0
+
+
+def test_saved_true_on_a_name_no_conv1d_has_is_refused_without_config(tmp_path: Path) -> None:
+    """A square weight, no config.json, and a flag saying transposed on a module whose name no
+    transformers Conv1D layer has: PEFT would not transpose an nn.Linear, so the flag is not evidence."""
+    base, adapter, want = _square_base(tmp_path)
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [adapter], tmp_path / "out.safetensors")
+    assert info.value.code == "orientation-unknown" and info.value.key == "m.q" and "fan_in_fan_out" in str(info.value)
+    merge_checkpoint(base, [adapter], tmp_path / "out.safetensors", fan_in_fan_out=False)
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(load_file(str(tmp_path / "out.safetensors"))["m.q.weight"], want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["m.k=true", "sideways", "q=perhaps"])
+def test_a_bad_or_misspelt_orientation_is_an_argument_error(tmp_path: Path, value: str) -> None:
+    base, adapter, _ = _square_base(tmp_path)
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [adapter], tmp_path / "out.safetensors", fan_in_fan_out=value)
+    assert info.value.code == "argument-invalid" and "fan_in_fan_out" in str(info.value)
+    assert not (tmp_path / "out.safetensors").exists()

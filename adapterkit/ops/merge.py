@@ -188,7 +188,7 @@ def merge_checkpoint(
     planned = dict(keys)
     if tie is not None and not tie.stored:  # plan as if the output embedding were there
         planned[tie.output_key] = keys[tie.input_key]
-    loaded = [orientation.for_checkpoint(a, planned, config=config, fan_in_fan_out=fan_in_fan_out, where=ckpt.path) for a in loaded]
+    loaded = orientation.for_checkpoints(loaded, planned, config=config, fan_in_fan_out=fan_in_fan_out, where=ckpt.path)
     touched, replaced = _touches(loaded, planned)
     sources: dict[str, str] = {}  # output key -> the base key its bytes come from
     files: dict[str, bytes] = {}

@@ -31,7 +31,7 @@ flag (``combine``'s ``fan_in_fan_out``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -240,6 +240,22 @@ def for_checkpoint(adapter: Adapter, checkpoint_keys: Mapping[str, tuple[str, tu
     return with_orientation(adapter, decide(adapter, shapes, config=config, fan_in_fan_out=fan_in_fan_out, where=where))
 
 
+def for_checkpoints(adapters: Sequence[Adapter], checkpoint_keys: Mapping[str, tuple[str, tuple[int, ...]]], *,
+                    config: Mapping[str, Any] | None = None, fan_in_fan_out: Orientation = None, where: Any = None) -> list[Adapter]:
+    """:func:`for_checkpoint` of each adapter.  A per-module ``fan_in_fan_out`` whose name matches
+    no module with an orientation in any of them is an ArgumentError (``argument-invalid``):
+    a misspelt name must not leave the module it meant to the automatic rules."""
+    option = parse_option(fan_in_fan_out)
+    if isinstance(option, dict):
+        names = [m for a in adapters for m in oriented_modules(a)]
+        for given in option:
+            if not any(m == given or m.endswith("." + given) for m in names):
+                raise ArgumentError("fan_in_fan_out names a module that no adapter has (as a Linear or Conv1D module)",
+                                    key=f"fan_in_fan_out[{given}]", expected=f"one of {sorted(names)[:4]}{' ...' if len(names) > 4 else ''}",
+                                    actual=given)
+    return [for_checkpoint(a, checkpoint_keys, config=config, fan_in_fan_out=option, where=where) for a in adapters]
+
+
 def with_orientation(adapter: Adapter, orientation: Mapping[str, bool]) -> Adapter:
     """``adapter`` with the given modules' ``fan_in_fan_out`` set (its config and tensors
     unchanged: only the per-module views a merge reads).  The adapter itself is returned when
@@ -254,4 +270,4 @@ def with_orientation(adapter: Adapter, orientation: Mapping[str, bool]) -> Adapt
     return new
 
 
-__all__ = ["CONV1D_MODELS", "CONV1D_NAMES", "conv1d_names", "decide", "for_checkpoint", "oriented_modules", "parse_option", "with_orientation"]
+__all__ = ["CONV1D_MODELS", "CONV1D_NAMES", "conv1d_names", "decide", "for_checkpoint", "for_checkpoints", "oriented_modules", "parse_option", "with_orientation"]

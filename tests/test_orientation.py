@@ -246,8 +246,8 @@ def test_combine_first_and_second_adapter_needs_the_orientation_and_loads_in_pef
         adapterkit.combine([a, b], [0.75, -0.5], "linear")
     assert info.value.code == "orientation-unknown" and info.value.key == "transformer.h.0.attn.c_attn"
     assert "fan_in_fan_out" in str(info.value)
-    result = adapterkit.combine([a, b], [0.75, -0.5], "linear", fan_in_fan_out=True)
-    assert result.config.fan_in_fan_out is True
+    result = adapterkit.combine([b, a], [-0.5, 0.75], "linear", fan_in_fan_out=True)
+    assert result.config.fan_in_fan_out is True  # said, though the first adapter's says false
     adapterkit.save(result, tmp_path / "ab")
     ours = _peft_delta(gpt2, tmp_path / "ab")
     da, db = _peft_delta(gpt2, first), _peft_delta(gpt2, second)

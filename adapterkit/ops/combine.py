@@ -39,6 +39,10 @@ Where ours deliberately differs from PEFT 0.21.2 (each has a test showing both):
   * target_modules given as a list in one adapter and a regex in another are joined (the list
     as the regex PEFT's list rule amounts to); PEFT refuses the mix, for IA3 too.
   * PEFT's ``svd_full_matrices``/``svd_driver`` only choose torch's SVD routine; not offered.
+  * adapters whose saved ``fan_in_fan_out`` disagree on a module (PEFT's first and second
+    adapters on GPT-2) are refused (``orientation-unknown``) unless ``fan_in_fan_out`` names the
+    orientation: PEFT follows the live layer, which a file does not show (``ops.orientation``);
+    the factors themselves combine alike in either orientation.
   * ``modules_to_save`` and trained biases (``bias="all"|"lora_only"``) are refused: a whole
     module is a replacement, not a delta, and has no weighted sum; PEFT writes the *base*
     module under the first adapter's ``modules_to_save``, dropping the trained one.  Base layers

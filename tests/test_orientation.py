@@ -79,7 +79,7 @@ def save_base(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def two_adapters(make, path: Path, second_targets: list[str], *, ia3: bool = False) -> Path:
+def two_adapters(make, path: Path, second_targets: list[str], *, ia3: bool = False, dora: bool = False) -> Path:
     """PEFT's own files: ``default`` (fan_in_fan_out=True, on the Conv1D layers) and ``second``
     added with ``add_adapter`` with the default flag, saved in ``path/second``."""
     with warnings.catch_warnings():
@@ -89,7 +89,7 @@ def two_adapters(make, path: Path, second_targets: list[str], *, ia3: bool = Fal
             second = IA3Config(target_modules=second_targets, feedforward_modules=[])
         else:
             first = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)
-            second = LoraConfig(r=2, lora_alpha=6, target_modules=second_targets)
+            second = LoraConfig(r=2, lora_alpha=6, target_modules=second_targets, use_dora=dora)
         model = get_peft_model(make(), first)
         model.add_adapter("second", second)
         _fill(model, 1, "default")
@@ -131,6 +131,14 @@ def test_second_adapter_from_add_adapter_merges_as_peft(tmp_path: Path, targets:
     original = shards(base)
     for key, value in shards(tmp_path / "back").items():
         torch.testing.assert_close(value, original[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_second_dora_adapter_merges_as_peft(tmp_path: Path) -> None:
+    """DoRA's norm is taken per output row of the (out, in) weight: the transposed one for Conv1D."""
+    base = save_base(gpt2(), tmp_path / "base")
+    second = two_adapters(gpt2, tmp_path / "adapters", ["c_attn", "attn.c_proj"], dora=True)
+    merge_checkpoint(base, [second], tmp_path / "out")
+    assert_merged_like_peft(tmp_path / "out", peft_merged(gpt2, second))
 
 
 def test_second_ia3_adapter_merges_as_peft(tmp_path: Path) -> None:

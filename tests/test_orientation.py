@@ -320,3 +320,40 @@ def test_a_bad_or_misspelt_orientation_is_an_argument_error(tmp_path: Path, valu
         merge_checkpoint(base, [adapter], tmp_path / "out.safetensors", fan_in_fan_out=value)
     assert info.value.code == "argument-invalid" and "fan_in_fan_out" in str(info.value)
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("config", [None, {"model_type": "qwen", "auto_map": {"AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"}},
+                                    {"model_type": "gpt_bigcode"}, {"architectures": ["GPT2LMHeadModel"]}],
+                         ids=["no-config", "remote-code", "bigcode", "gpt2-by-architecture"])
+def test_what_config_json_decides_for_a_square_c_proj(tmp_path: Path, config) -> None:
+    """c_proj is Conv1D in GPT-2 and nn.Linear in GPT-BigCode and in remote-code Qwen: only a
+    config.json naming a transformers model decides it; remote code (auto_map) does not."""
+    g = torch.Generator().manual_seed(11)
+    W = torch.randn(4, 4, generator=g)
+    base = tmp_path / "base"
+    base.mkdir()
+    save_file({"h.0.attn.c_proj.weight": W}, str(base / "model.safetensors"))
+    if config is not None:
+        (base / "config.json").write_text(json.dumps(config))
+    A, B = torch.randn(2, 4, generator=g), torch.randn(4, 2, generator=g)
+    adapter = adapterkit.Adapter.from_tensors(adapterkit.LoraConfig(r=2, lora_alpha=2, target_modules=("c_proj",)),
+                                              {"base_model.model.h.0.attn.c_proj.lora_A.weight": A,
+                                               "base_model.model.h.0.attn.c_proj.lora_B.weight": B})
+    if config is None or "auto_map" in config:
+        with pytest.raises(AdapterkitError) as info:
+            merge_checkpoint(base, [adapter], tmp_path / "out")
+        assert info.value.code == "orientation-unknown" and info.value.key == "h.0.attn.c_proj"
+        return
+    merge_checkpoint(base, [adapter], tmp_path / "out")
+    transposed = "architectures" in config
+    want = W + ((B @ A).T if transposed else B @ A)
+    torch.testing.assert_close(shards(tmp_path / "out")["h.0.attn.c_proj.weight"], want, rtol=0, atol=1e-6)
+
+
+def test_first_adapter_without_config_keeps_its_flag_where_the_names_agree(tmp_path: Path) -> None:
+    """PEFT's first adapter on GPT-2 saves true: with no config.json, the square attn.c_proj is
+    transposed because the flag and the Conv1D name agree (the others by shape)."""
+    base = _single_file(gpt2(), tmp_path / "base" / "model.safetensors")
+    two_adapters(gpt2, tmp_path / "adapters", ["attn.c_proj"])
+    merge_checkpoint(base, [tmp_path / "adapters"], tmp_path / "out")
+    assert_merged_like_peft(tmp_path / "out", peft_merged(gpt2, tmp_path / "adapters"))

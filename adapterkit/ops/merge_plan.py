@@ -173,6 +173,10 @@ def plan_merge(adapter: Adapter, checkpoint_keys: CheckpointKeys) -> MergePlan:
         checkpoint_keys: checkpoint key -> (dtype name, shape) of every base tensor; dtype
             names are safetensors' (``F32``, ``BF16``, ...) or torch's (``float32``).
 
+    The orientation of 2-D weights is each module view's ``fan_in_fan_out``: the adapter's saved
+    flag, unless the adapter went through ``ops.orientation.for_checkpoint`` (as
+    ``merge_checkpoint`` does), which decides it per module as PEFT does.
+
     Returns:
         A complete plan; nothing is ever left out silently.
 

@@ -784,3 +784,19 @@ def test_info_on_a_folder_that_is_neither_still_says_not_an_adapter(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     result = _info(tmp_path)
     assert result.exit_code == 2 and "[not-an-adapter]" in result.output, result.output
+
+
+def test_an_index_of_model_safetensors_alone_is_read_and_kept(bases, tmp_path):
+    """model.safetensors beside an index naming only it: one reading, so not ambiguous (an index
+    naming other shards beside a stray model.safetensors still is: test_not_a_checkpoint)."""
+    base = Path(shutil.copytree(bases["single"], tmp_path / "base"))
+    with safe_open(base / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    (base / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(sorted(keys), "model.safetensors")},
+                                         indent=2, sort_keys=True) + "\n")
+    ckpt = open_checkpoint(base)
+    assert ckpt.index is not None and [p.name for p in ckpt.shards] == ["model.safetensors"]
+    out = copy_through(ckpt, tmp_path / "out")
+    assert sorted(p.name for p in out.glob("model*")) == ["model.safetensors", INDEX]
+    assert tree(out)["model.safetensors"] == tree(base)["model.safetensors"]
+    assert open_checkpoint(out).keys() == ckpt.keys()

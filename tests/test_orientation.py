@@ -357,3 +357,15 @@ def test_first_adapter_without_config_keeps_its_flag_where_the_names_agree(tmp_p
     two_adapters(gpt2, tmp_path / "adapters", ["attn.c_proj"])
     merge_checkpoint(base, [tmp_path / "adapters"], tmp_path / "out")
     assert_merged_like_peft(tmp_path / "out", peft_merged(gpt2, tmp_path / "adapters"))
+
+
+def test_cli_combine_refuses_by_name_and_takes_the_option(tmp_path: Path) -> None:
+    second = two_adapters(gpt2, tmp_path / "adapters", ["attn.c_proj"])
+    args = ["combine", str(tmp_path / "adapters"), str(second), "--method", "cat", "-o", str(tmp_path / "ab")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert "\n" not in line and "orientation-unknown" in line and "transformer.h.0.attn.c_proj" in line and "--fan-in-fan-out" in line
+    result = CliRunner().invoke(main, [*args, "--fan-in-fan-out", "true"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ab" / "adapter_config.json").read_text())["fan_in_fan_out"] is True

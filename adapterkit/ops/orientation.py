@@ -215,7 +215,8 @@ def decide(adapter: Adapter, base_shapes: Mapping[str, tuple[int, ...] | None], 
         more = f" ({len(undecided)} modules: {', '.join(f'`{m}`' for m in undecided[:4])}{', ...' if len(undecided) > 4 else ''})" if len(undecided) > 1 else ""
         raise UnsupportedError(
             f"cannot tell whether the base weight of `{first}` is stored (out, in) as nn.Linear or (in, out) as transformers' "
-            f"Conv1D: it is square, no config.json names the model, and {why}{more}; say which with {OPTION}",
+            f"Conv1D: it is square, no config.json names a transformers model (remote code does not say), and {why}{more}; "
+            f"say which with {OPTION}",
             code="orientation-unknown", path=where if where is not None else adapter.source, key=first,
             expected="fan_in_fan_out=true|false", actual="undecided",
         )

@@ -251,6 +251,18 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
+def _check_orientation(_ctx: Any, _param: Any, value: str) -> str:
+    """--fan-in-fan-out's syntax, checked before torch is imported (ops.orientation reads it)."""
+    bools = ("true", "false")
+    if value.strip().lower() in ("auto", *bools):
+        return value
+    for item in value.split(","):
+        name, sep, flag = item.partition("=")
+        if not sep or not name.strip() or flag.strip().lower() not in bools:
+            raise click.BadParameter(f"{item!r}: expected auto, true, false or MODULE=true|false,...", param_hint="--fan-in-fan-out")
+    return value
+
+
 def _parse_size(text: str | None) -> int | None:
     """``5GB`` (10^9, as transformers counts), ``2GiB``, or a number of bytes."""
     if text is None:
@@ -295,6 +307,7 @@ def _merge_command(direction: str):
                               "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false) or merge into the "
                               "shared matrix (PEFT's merge_and_unload: changes the other embedding too)."),
             click.option("--fan-in-fan-out", "fan_in_fan_out", default="auto", show_default=True, metavar="auto|true|false|MODULE=BOOL,...",
+                         callback=_check_orientation,
                          help="How square 2-D base weights are stored, as PEFT decides per layer: true = (in, out) as "
                               "transformers' Conv1D (GPT-2), false = (out, in) as nn.Linear; MODULE=BOOL per module (name or "
                               "suffix). auto decides from config.json and the shapes, and refuses where they cannot tell."),

@@ -369,3 +369,17 @@ def test_cli_combine_refuses_by_name_and_takes_the_option(tmp_path: Path) -> Non
     result = CliRunner().invoke(main, [*args, "--fan-in-fan-out", "true"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ab" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
+
+
+@pytest.mark.parametrize("value", ["sideways", "attn.c_proj=maybe", "=true"])
+def test_cli_bad_orientation_is_a_usage_error_before_torch(value: str) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom adapterkit.cli import main\ntry:\n"
+            f"    main(['merge', 'base', 'lora', 'out', '--fan-in-fan-out', {value!r}], prog_name='adapterkit')\n"
+            "except SystemExit as e:\n    print('exit', e.code)\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines() == ["exit 2", "no torch"], proc.stdout + proc.stderr
+    assert "--fan-in-fan-out" in proc.stderr and "expected auto, true, false" in proc.stderr

@@ -147,8 +147,10 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
             raise
         try:  # a model checkpoint (what `adapterkit merge` writes): summarise it instead
             summary = describe_checkpoint(path)
-        except AdapterkitError:
-            raise exc from None
+        except AdapterkitError as checkpoint_exc:
+            if checkpoint_exc.code == "not-a-checkpoint":
+                raise exc from None
+            raise  # a checkpoint, broken: its own problem (a truncated or missing shard, naming the file)
         if plot is not None:
             raise click.UsageError("--plot draws an adapter's spectrum; PATH is a model checkpoint", ctx=click.get_current_context()) from None
         click.echo(json.dumps(summary, indent=2) if as_json else render_checkpoint(summary))
@@ -249,6 +251,18 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
+def _check_orientation(_ctx: Any, _param: Any, value: str) -> str:
+    """--fan-in-fan-out's syntax, checked before torch is imported (ops.orientation reads it)."""
+    bools = ("true", "false")
+    if value.strip().lower() in ("auto", *bools):
+        return value
+    for item in value.split(","):
+        name, sep, flag = item.partition("=")
+        if not sep or not name.strip() or flag.strip().lower() not in bools:
+            raise click.BadParameter(f"{item!r}: expected auto, true, false or MODULE=true|false,...", param_hint="--fan-in-fan-out")
+    return value
+
+
 def _parse_size(text: str | None) -> int | None:
     """``5GB`` (10^9, as transformers counts), ``2GiB``, or a number of bytes."""
     if text is None:
@@ -292,6 +306,11 @@ def _merge_command(direction: str):
                          help="When the base ties lm_head to its input embeddings and an adapter changes either: untie them "
                               "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false) or merge into the "
                               "shared matrix (PEFT's merge_and_unload: changes the other embedding too)."),
+            click.option("--fan-in-fan-out", "fan_in_fan_out", default="auto", show_default=True, metavar="auto|true|false|MODULE=BOOL,...",
+                         callback=_check_orientation,
+                         help="How square 2-D base weights are stored, as PEFT decides per layer: true = (in, out) as "
+                              "transformers' Conv1D (GPT-2), false = (out, in) as nn.Linear; MODULE=BOOL per module (name or "
+                              "suffix). auto decides from config.json and the shapes, and refuses where they cannot tell."),
             click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists."),
             click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
         ]
@@ -305,7 +324,7 @@ _DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
 
 
 def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
-               push: dict[str, Any] | None = None) -> Any:
+               push: dict[str, Any] | None = None, fan_in_fan_out: str = "auto") -> Any:
     base, given, weights, out = _merge_inputs(paths, adapters, weights, "MERGED" if direction == "unmerge" else "BASE")
     size = _parse_size(max_shard_size)
     for p in (base, *given):
@@ -317,6 +336,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
     report = merge_checkpoint(
         base, given, out, weights=weights, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
         max_shard_size=size, safe=safe, overwrite=overwrite, unmerge=direction == "unmerge", tied_embeddings=tied_embeddings,
+        fan_in_fan_out=fan_in_fan_out,
     )
     if as_json:
         click.echo(json.dumps({
@@ -343,7 +363,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @handles_errors
 def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
-          push_to=None, token=None, private=False) -> None:
+          push_to=None, token=None, private=False, fan_in_fan_out="auto") -> None:
     """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
     sharded index, or one .safetensors file) and write OUT: the same sharding and index, every
     other file of BASE (config, tokenizer, ...) copied, and what was merged recorded in each
@@ -360,13 +380,15 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
       adapterkit merge org/base org/my-lora merged --push-to me/merged-model   # Hub repo ids in and out
     """
     push = None if push_to is None else {"repo_id": push_to, "token": token, "private": private}
-    _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, push)
+    _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, push,
+               fan_in_fan_out)
 
 
 @main.command(short_help="Take merged adapters back out of a checkpoint (the inverse of merge).")
 @_merge_command("unmerge")
 @handles_errors
-def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json) -> None:
+def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
+            fan_in_fan_out="auto") -> None:
     """Take adapters back out of the merged checkpoint MERGED and write OUT: the inverse of
     `adapterkit merge` with the same adapters and weights.  Exact up to rounding for LoRA;
     IA3 (division by the scaling) and modules_to_save (the base tensor is gone) are lossy and
@@ -377,7 +399,8 @@ def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_
       adapterkit unmerge merged-model my-lora base-again
       adapterkit unmerge merged base-again --adapter a --weight 0.7 --adapter b --weight 0.3
     """
-    _run_merge("unmerge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json)
+    _run_merge("unmerge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
+               fan_in_fan_out=fan_in_fan_out)
 
 
 
@@ -416,11 +439,15 @@ def _rank_text(adapter: Any) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of DARE's random masks (one generator per module).")
 @click.option("--svd-clamp", type=float, default=None, metavar="Q", help="Clamp the SVD factors at their Q-quantile, as PEFT does.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the math, e.g. cuda.")
+@click.option("--fan-in-fan-out", "fan_in_fan_out", type=click.Choice(["true", "false"]), default=None,
+              help="The result's fan_in_fan_out (true: the 2-D modules' base weights are (in, out), as transformers' "
+                   "Conv1D); needed where the adapters' saved flags disagree on a module.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handles_errors
 def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, method: str, rank: int | None, density: float | None,
-                    majority_sign: str, seed: int, svd_clamp: float | None, device: str, overwrite: bool, as_json: bool) -> None:
+                    majority_sign: str, seed: int, svd_clamp: float | None, device: str, overwrite: bool, as_json: bool,
+                    fan_in_fan_out: str | None = None) -> None:
     """Combine the LoRA (or IA3) ADAPTERS with weights into one adapter written to OUT, with
     the methods of PEFT's add_weighted_adapter: cat and linear (exactly the weighted sum of the
     ΔW's), svd (its best rank-k approximation, from the factors), ties, dare_linear, dare_ties,
@@ -452,7 +479,8 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
 
     start = time.perf_counter()
     inputs = [load(p) for p in adapters]
-    result = combine(inputs, given, method, rank=rank, density=density, majority_sign=majority_sign, seed=seed,
+    orient = None if fan_in_fan_out is None else fan_in_fan_out == "true"
+    result = combine(inputs, given, method, rank=rank, density=density, majority_sign=majority_sign, seed=seed, fan_in_fan_out=orient,
                      svd_clamp=svd_clamp, device=device, names=[str(p) for p in adapters])
     written = save(result, out, overwrite=overwrite)
     seconds = time.perf_counter() - start

@@ -44,7 +44,7 @@ MUTANTS = [
     ("linear: rank ignored (stored exactly)", COMBINE, '        if method == "svd" or req.rank is not None:', '        if method == "svd":'),
     ("bias under pruning: plain weighted sum", COMBINE, "    bias = merge_tensors(op, biases, [t.weight for t in terms], **kw) if with_bias else None",
      "    bias = sum(t.weight * b for t, b in zip(terms, biases)) if with_bias else None"),
-    ("fan_in_fan_out disagreement not caught", COMBINE, "        if adapter.config.fan_in_fan_out != other.config.fan_in_fan_out:", "        if False:"),
+    ("fan_in_fan_out disagreement not caught", COMBINE, "            if name in seen and seen[name][0] != flag:", "            if False:"),
     ("scoping differs: union of targets kept anyway", COMBINE, "        out[\"target_modules\"] = tuple(modules)  # full names", "        pass  # full names"),
     ("saved base layers: disagreement not caught", COMBINE, "            if key in kept and not torch.equal(kept[key][0], tensor):", "            if False:"),
     ("weights: count not checked", COMBINE, "    if len(weights) != len(adapters):", "    if False:"),

@@ -23,6 +23,12 @@ TIED_TESTS = ["tests/test_merge.py::test_tied_embeddings_untie", "tests/test_mer
               "tests/test_merge.py::test_tied_embeddings_without_config_or_with_a_stored_lm_head", "tests/test_merge.py::test_tied_embeddings_refusals",
               "tests/test_merge_math.py::test_find_tied_embeddings", "tests/test_checkpoint.py::test_placement_puts_a_new_tensor_in_the_shard_of_a_base_key"]
 
+ORIENT = "adapterkit/ops/orientation.py"
+ORIENT_TESTS = ["tests/test_orientation.py"]
+CKPT_TESTS = ["tests/test_checkpoint.py::test_single_shard_with_index_round_trips_with_its_index",
+              "tests/test_checkpoint.py::test_merge_into_single_shard_with_index_is_readable_by_adapterkit_and_transformers",
+              "tests/test_checkpoint.py::test_info_names_a_truncated_shard", "tests/test_checkpoint.py::test_info_names_a_missing_shard"]
+
 # (name, file, old text, new text)
 MUTANTS = [
     ("lora: fan_in_fan_out shape not transposed", LORA, "shape = (a[1], b[0]) if view.fan_in_fan_out else (b[0], a[1])", "shape = (b[0], a[1])"),
@@ -48,8 +54,8 @@ MUTANTS = [
     ("dora: scaled merge allowed", LORA, "        if weight != 1:\n            raise UnsupportedError(\n                \"DoRA defines", "        if False:\n            raise UnsupportedError(\n                \"DoRA defines"),
     ("lora: unmerge adds", LORA, 'out = {"weight": W - delta_weight(', 'out = {"weight": W + delta_weight('),
     ("lora: delta rounded to the adapter's dtype", LORA, "delta = delta_weight(adapter, module, device=W.device, dtype=W.dtype)", "delta = delta_weight(adapter, module, device=W.device).to(W.dtype)"),
-    ("ia3: fan_in_fan_out axis swapped", IA3, "return (s.T if cfg.fan_in_fan_out else s), s", "return (s if cfg.fan_in_fan_out else s.T), s"),
-    ("ia3: 2-D scale always transposed", IA3, "return (s.T if cfg.fan_in_fan_out else s), s", "return s.T, s"),
+    ("ia3: fan_in_fan_out axis swapped", IA3, "return (s.T if view.fan_in_fan_out else s), s", "return (s if view.fan_in_fan_out else s.T), s"),
+    ("ia3: 2-D scale always transposed", IA3, "return (s.T if view.fan_in_fan_out else s), s", "return s.T, s"),
     ("ia3: conv feedforward axis swapped", IA3, "return (s if view.is_feedforward else s.transpose(0, 1)), s", "return (s.transpose(0, 1) if view.is_feedforward else s), s"),
     ("ia3: feedforward bias scaled too", IA3, "    if not view.is_feedforward:\n        out[\"bias\"] = ((size,), False)", "    if True:\n        out[\"bias\"] = ((size,), False)"),
     ("ia3: bias never scaled", IA3, '        out["bias"] = torch.mul(t["bias"], s.reshape(t["bias"].shape))', '        out["bias"] = t["bias"]'),
@@ -78,6 +84,17 @@ MUTANTS = [
     ("tied: shared leaves lm_head's modules unmerged", OPS, "        touched.setdefault(tie.input_key, []).append((i, type(target)(target.module, roles)))", "        pass", TIED_TESTS),
     ("tied: untied lm_head placed in the first shard", "adapterkit/checkpoint/writer.py",
      "by_name[self.base.shard_of(placed.get(key, key)).name].append(key)", "by_name[names[0] if key in placed else self.base.shard_of(key).name].append(key)", TIED_TESTS),
+    # per-module orientation (issue 17 point 3) and the checkpoint edges (point 8)
+    ("orientation: config.json's model ignored", ORIENT, "        if known is not None:\n            out[name] = short in known", "        if False:\n            out[name] = short in known", ORIENT_TESTS),
+    ("orientation: the model's Conv1D names ignored", ORIENT, "            out[name] = short in known", "            out[name] = bool(view.fan_in_fan_out)", ORIENT_TESTS),
+    ("orientation: an (in, out) shape read as (out, in)", ORIENT, "        if tuple(shape) == natural[::-1]:\n            return True", "        if tuple(shape) == natural[::-1]:\n            return False", ORIENT_TESTS),
+    ("orientation: a square weight's saved flag trusted", ORIENT, "        elif bool(view.fan_in_fan_out) == (short in CONV1D_NAMES):", "        elif True:", ORIENT_TESTS),
+    ("orientation: the caller's answer ignored", ORIENT, "        if given is not None:\n            out[name] = given", "        if False:\n            out[name] = given", ORIENT_TESTS),
+    ("orientation: a misspelt module tolerated", ORIENT, "            if not any(m == given or m.endswith(\".\" + given) for m in names):", "            if False:", ORIENT_TESTS),
+    ("orientation: combine's flag not written", "adapterkit/ops/combine.py", "    if flag is not None and result.config.fan_in_fan_out != flag:", "    if False:", ORIENT_TESTS),
+    ("checkpoint: one indexed shard loses its index", "adapterkit/checkpoint/writer.py",
+     "self._indexed = len(groups) > 1 or (max_shard_size is None and base.index is not None)", "self._indexed = len(groups) > 1", CKPT_TESTS),
+    ("info: a broken checkpoint reported as not an adapter", "adapterkit/cli.py", '            if checkpoint_exc.code == "not-a-checkpoint":', "            if True:", CKPT_TESTS),
     ("plan: first problem only", PLAN, "    if problems:\n        raise _base_mismatch(adapter, problems, rule_name)", "    if problems:\n        raise _base_mismatch(adapter, problems[:1], rule_name)"),
 ]
 

@@ -698,3 +698,105 @@ def test_durable_write_syncs_every_file_and_folder(bases, tmp_path, monkeypatch)
     synced.clear()
     copy_through(ckpt, tmp_path / "fast", durable=False)
     assert synced == []
+
+
+# ---------------------------------------------------------------------------------------------
+# a base with an index and one shard (issue 17): the layout is kept, and readable
+
+
+def single_shard_with_index(model_dir: Path, folder: Path) -> Path:
+    """``model_dir``'s model.safetensors as ``model-00001-of-00001.safetensors`` beside an index
+    (as some tools publish checkpoints), with its other files."""
+    shutil.copytree(model_dir, folder)
+    shard = "model-00001-of-00001.safetensors"
+    (folder / "model.safetensors").rename(folder / shard)
+    with safe_open(folder / shard, "pt") as f:
+        keys = list(f.keys())
+        sizes = [f.get_tensor(k) for k in keys]
+    index = {"metadata": {"total_parameters": sum(t.numel() for t in sizes),
+                          "total_size": sum(t.numel() * t.element_size() for t in sizes)},
+             "weight_map": dict.fromkeys(sorted(keys), shard)}
+    (folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def test_single_shard_with_index_round_trips_with_its_index(bases, tmp_path):
+    base = single_shard_with_index(bases["single"], tmp_path / "base")
+    out = copy_through(open_checkpoint(base), tmp_path / "out")
+    assert tree(out) == tree(base)  # the shard under its name, and the index beside it
+    assert open_checkpoint(out).keys() == open_checkpoint(base).keys()
+
+
+def test_merge_into_single_shard_with_index_is_readable_by_adapterkit_and_transformers(bases, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import adapterkit
+    from adapterkit.ops import merge_checkpoint
+
+    base = single_shard_with_index(bases["single"], tmp_path / "base")
+    name = "model.layers.0.self_attn.q_proj"
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(2, 16, generator=g), torch.randn(16, 2, generator=g)
+    adapter = adapterkit.Adapter.from_tensors(
+        adapterkit.LoraConfig(r=2, lora_alpha=4, target_modules=("q_proj",)),
+        {f"base_model.model.{name}.lora_A.weight": A, f"base_model.model.{name}.lora_B.weight": B})
+    merge_checkpoint(base, [adapter], tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.safetensors*")) == ["model-00001-of-00001.safetensors", INDEX]
+    assert json.loads((out / INDEX).read_text())["weight_map"] == json.loads((base / INDEX).read_text())["weight_map"]
+    ckpt = open_checkpoint(out)  # adapterkit reads its own output
+    want = llama().state_dict()[f"{name}.weight"] + 2 * (B @ A)
+    torch.testing.assert_close(ckpt.read(f"{name}.weight"), want, rtol=0, atol=1e-6)
+    got = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    torch.testing.assert_close(got[f"{name}.weight"], want, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# `adapterkit info` on a broken checkpoint names the checkpoint's problem, as merge does
+
+
+def _info(path: Path):
+    from click.testing import CliRunner
+
+    from adapterkit.cli import main
+
+    return CliRunner().invoke(main, ["info", str(path)])
+
+
+def test_info_names_a_truncated_shard(base):
+    shard = sorted(base.glob("model-*.safetensors"))[1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])
+    result = _info(base)
+    assert result.exit_code == 2, result.output
+    assert "[truncated-file]" in result.output and shard.name in result.output and "not-an-adapter" not in result.output
+
+
+def test_info_names_a_missing_shard(base):
+    shard = sorted(base.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    result = _info(base)
+    assert result.exit_code == 2, result.output
+    assert "[checkpoint-invalid]" in result.output and shard.name in result.output and "not-an-adapter" not in result.output
+
+
+def test_info_on_a_folder_that_is_neither_still_says_not_an_adapter(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    result = _info(tmp_path)
+    assert result.exit_code == 2 and "[not-an-adapter]" in result.output, result.output
+
+
+def test_an_index_of_model_safetensors_alone_is_read_and_kept(bases, tmp_path):
+    """model.safetensors beside an index naming only it: one reading, so not ambiguous (an index
+    naming other shards beside a stray model.safetensors still is: test_not_a_checkpoint)."""
+    base = Path(shutil.copytree(bases["single"], tmp_path / "base"))
+    with safe_open(base / "model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    (base / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(sorted(keys), "model.safetensors")},
+                                         indent=2, sort_keys=True) + "\n")
+    ckpt = open_checkpoint(base)
+    assert ckpt.index is not None and [p.name for p in ckpt.shards] == ["model.safetensors"]
+    out = copy_through(ckpt, tmp_path / "out")
+    assert sorted(p.name for p in out.glob("model*")) == ["model.safetensors", INDEX]
+    assert tree(out)["model.safetensors"] == tree(base)["model.safetensors"]
+    assert open_checkpoint(out).keys() == ckpt.keys()

@@ -721,8 +721,11 @@ def test_layer_type_mismatch_and_fan_in_fan_out_mismatch():
         f"{P}m.q.lora_embedding_A": torch.ones(2, 3), f"{P}m.q.lora_embedding_B": torch.ones(4, 2)})
     err = raised([tiny(), emb], W, "cat")
     assert err.code == "adapters-incompatible" and "embedding" in str(err) and "linear" in str(err)
+    # PEFT ignores the saved flag (it follows the layer), so a disagreement is not incompatibility: the
+    # right flag is unknown without the base, refused unless fan_in_fan_out names it
     err = raised([tiny(), tiny(fan_in_fan_out=True)], W, "cat")
-    assert err.code == "adapters-incompatible" and err.key == "fan_in_fan_out" and "adapters[1]" in str(err)
+    assert err.code == "orientation-unknown" and err.key == "m.q" and "adapters[1]" in str(err) and "fan_in_fan_out" in str(err)
+    assert combine([tiny(), tiny(fan_in_fan_out=True)], W, "cat", fan_in_fan_out=True).config.fan_in_fan_out is True
 
 
 def test_kind_errors():

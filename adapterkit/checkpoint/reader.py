@@ -284,6 +284,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if path.is_dir():
         single, index_path = path / SINGLE_NAME, path / INDEX_NAME
         if single.exists() and index_path.exists():
+            index = _read_index(index_path)
+            if set(index["weight_map"].values()) == {SINGLE_NAME}:  # an index of the one file: nothing ambiguous
+                return _open_sharded(path, index_path)
             raise _invalid(f"both {SINGLE_NAME} and {INDEX_NAME}: which weights are meant is ambiguous; remove one",
                            path, expected="one of them", actual="both")
         if index_path.exists():

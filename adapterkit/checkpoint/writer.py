@@ -195,6 +195,9 @@ class CheckpointWriter:
             raise _mismatch("a checkpoint's __metadata__ format must be 'pt'", out, "__metadata__.format", expected="pt", actual=meta["format"])
         self._placement = dict(placement or {})
         groups = self._assign(max_shard_size)
+        # an index beside several shards, or beside the base's one indexed shard when its sharding
+        # is kept (model-00001-of-00001.safetensors is only found through its index)
+        self._indexed = len(groups) > 1 or (max_shard_size is None and base.index is not None)
         if form == "file" and len(groups) != 1:
             raise WriteError("a .safetensors output holds one shard; this plan needs several (name a directory)",
                              code="form-mismatch", path=out, expected="1 shard", actual=f"{len(groups)} shards")
@@ -421,7 +424,7 @@ class CheckpointWriter:
                 shard.close(self.durable)
         staging = self._staging
         if self.form == "dir":
-            if len(self._shards) > 1:
+            if self._indexed:
                 self._write_file(staging / INDEX_NAME, index_json(self._weight_map(), self._index_metadata()))
             self._copy_extra_files()
             for name, data in files.items():

@@ -63,6 +63,7 @@ class IA3Module:
     key: str
     is_feedforward: bool
     store: TensorStore
+    fan_in_fan_out: bool = False  # the base weight is (in, out), as transformers' Conv1D (2-D ia3_l only)
 
     @property
     def ia3_l(self) -> torch.Tensor:
@@ -80,7 +81,7 @@ def modules(adapter: Adapter) -> dict[str, IA3Module]:
     for key in sorted(adapter.tensors):
         parsed = parse_key(key)
         if parsed:
-            out[parsed[0]] = IA3Module(parsed[0], key, cfg.is_feedforward(parsed[0]), adapter.tensors)
+            out[parsed[0]] = IA3Module(parsed[0], key, cfg.is_feedforward(parsed[0]), adapter.tensors, bool(cfg.fan_in_fan_out))
     return out
 
 
@@ -124,13 +125,12 @@ def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]
 def merge_shapes(adapter: Adapter, module: str) -> dict[str, tuple[tuple[int | None, ...], bool]]:
     """The base tensors a merge of ``module`` reads: the weight, whose scaled dimension
     ``ia3_l`` fixes (the output for ordinary modules, the input for feedforward ones, swapped
-    under fan_in_fan_out for 2-D weights), and — optional — the bias of an ordinary module."""
-    cfg: IA3Config = adapter.config  # type: ignore[assignment]
+    under the module's fan_in_fan_out for 2-D weights), and — optional — the bias of an ordinary module."""
     view: IA3Module = adapter.module(module)
     shape = tuple(adapter.meta(view.key).shape)
     if len(shape) == 2:
         size = shape[1] if view.is_feedforward else shape[0]
-        scaled_dim = (0 if view.is_feedforward else 1) if cfg.fan_in_fan_out else (1 if view.is_feedforward else 0)
+        scaled_dim = (0 if view.is_feedforward else 1) if view.fan_in_fan_out else (1 if view.is_feedforward else 0)
         want: list[int | None] = [None, None]
     else:
         size = shape[1]
@@ -150,13 +150,12 @@ def merge_roles(adapter: Adapter, module: str) -> tuple[str, ...]:
 
 def _scale(adapter: Adapter, module: str, W: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(s shaped to broadcast over W, s as stored) where s = l for weight=1, else 1 + weight·(l − 1)."""
-    cfg: IA3Config = adapter.config  # type: ignore[assignment]
     view: IA3Module = adapter.module(module)
     s = view.ia3_l.to(device=W.device, dtype=W.dtype)
     if weight != 1:
         s = 1 + weight * (s - 1)
     if s.dim() == 2:
-        return (s.T if cfg.fan_in_fan_out else s), s
+        return (s.T if view.fan_in_fan_out else s), s
     return (s if view.is_feedforward else s.transpose(0, 1)), s
 
 

@@ -39,6 +39,10 @@ Where ours deliberately differs from PEFT 0.21.2 (each has a test showing both):
   * target_modules given as a list in one adapter and a regex in another are joined (the list
     as the regex PEFT's list rule amounts to); PEFT refuses the mix, for IA3 too.
   * PEFT's ``svd_full_matrices``/``svd_driver`` only choose torch's SVD routine; not offered.
+  * adapters whose saved ``fan_in_fan_out`` disagree on a module (PEFT's first and second
+    adapters on GPT-2) are refused (``orientation-unknown``) unless ``fan_in_fan_out`` names the
+    orientation: PEFT follows the live layer, which a file does not show (``ops.orientation``);
+    the factors themselves combine alike in either orientation.
   * ``modules_to_save`` and trained biases (``bias="all"|"lora_only"``) are refused: a whole
     module is a replacement, not a delta, and has no weighted sum; PEFT writes the *base*
     module under the first adapter's ``modules_to_save``, dropping the trained one.  Base layers
@@ -78,6 +82,7 @@ from ..kinds.patterns import matches_modules_to_save
 from ..linalg import dense_svd, factored_svd
 from ..progress import progress
 from .lowrank import ModuleFactors, all_factors, module_tensors, scaling_one_config
+from .orientation import oriented_modules, with_orientation
 from .task_arithmetic import SIGN_RULES, merge_tensors
 
 METHODS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
@@ -265,15 +270,38 @@ def _check_lora(adapters: Sequence[Adapter]) -> None:
                 "combine cannot express DoRA: its magnitude vector rescales W + ΔW by a norm that changes with ΔW, "
                 "so DoRA adapters have no weighted sum", path=_label(adapter, i), key="use_dora", expected=False, actual=True,
             )
-    with_linear = [(i, a) for i, a in enumerate(adapters) if any(m.layer_type == "linear" for m in a.modules.values())]
-    for i, adapter in with_linear[1:]:
-        j, other = with_linear[0]
-        if adapter.config.fan_in_fan_out != other.config.fan_in_fan_out:
-            raise TensorError(
-                f"fan_in_fan_out differs from {_label(other, j)}'s: the adapters were made for different layer types",
-                code="adapters-incompatible", path=_label(adapter, i), key="fan_in_fan_out",
-                expected=other.config.fan_in_fan_out, actual=adapter.config.fan_in_fan_out,
-            )
+
+
+def _orient(adapters: Sequence[Adapter], fan_in_fan_out: bool | None) -> tuple[list[Adapter], bool | None]:
+    """The adapters with one orientation per 2-D module, and the result's ``fan_in_fan_out``.
+
+    PEFT ignores the saved flag (a Conv1D layer is transposed whatever it says, and it saves
+    ``false`` for a second adapter on one), so adapters may disagree on it for one module: the
+    factors combine alike in either orientation, but which flag is right is unknown without the
+    base, so that is refused unless ``fan_in_fan_out`` says it (it then holds for every 2-D
+    module).  The result's flag: ``fan_in_fan_out``, else the modules' common one (None where
+    different modules carry different flags: the first adapter's stays, as in PEFT's own
+    adapters that target Conv1D and Linear layers at once).
+    """
+    if fan_in_fan_out is not None:
+        return [with_orientation(a, dict.fromkeys(oriented_modules(a), bool(fan_in_fan_out))) for a in adapters], bool(fan_in_fan_out)
+    seen: dict[str, tuple[bool, int]] = {}
+    for i, adapter in enumerate(adapters):
+        for name in oriented_modules(adapter):
+            flag = bool(adapter.module(name).fan_in_fan_out)
+            if name in seen and seen[name][0] != flag:
+                j = seen[name][1]
+                raise UnsupportedError(
+                    f"module `{name}` has fan_in_fan_out={str(seen[name][0]).lower()} in {_label(adapters[j], j)} and "
+                    f"{str(flag).lower()} here; PEFT decides the orientation by the layer (a transformers Conv1D is "
+                    "transposed whatever the flag; it saves false for a second adapter added to one), so one flag is "
+                    "wrong and the adapters alone do not say which: say it with fan_in_fan_out "
+                    "(CLI: --fan-in-fan-out true|false)", code="orientation-unknown", path=_label(adapter, i), key=name,
+                    expected=seen[name][0], actual=flag,
+                )
+            seen.setdefault(name, (flag, i))
+    flags = {flag for flag, _ in seen.values()}
+    return list(adapters), (flags.pop() if len(flags) == 1 else None)
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -410,7 +438,7 @@ _COMBINERS: dict[str, Callable[[Sequence[Adapter], list[float], _Request], Adapt
 def combine(
     adapters: Sequence[Adapter], weights: Sequence[float], method: str = "svd", *, rank: int | None = None,
     density: float | None = None, majority_sign: str = "total", seed: int = 0, svd_clamp: float | None = None,
-    device: Any = "cpu", names: Sequence[str | Path] | None = None,
+    device: Any = "cpu", names: Sequence[str | Path] | None = None, fan_in_fan_out: bool | None = None,
 ) -> Adapter:
     """A new adapter combining ``adapters`` with ``weights`` (PEFT's ``add_weighted_adapter``;
     the module doc lists the methods and where ours deliberately differs from PEFT).
@@ -431,6 +459,9 @@ def combine(
             device's generator (CPU and CUDA draw differently).
         names: what to record as the inputs in the result's recipe, one per adapter (the paths or
             repo ids the user gave); default: each adapter's source, or ``adapters[i]``.
+        fan_in_fan_out: the orientation of every 2-D module's base weight (True: (in, out), as
+            transformers' Conv1D), and the result's flag; needed only where the adapters' saved
+            flags disagree on a module (None: they must agree; see ``_orient``).
 
     Returns:
         An Adapter held in memory (no source), valid, that PEFT loads: the first adapter's
@@ -444,7 +475,9 @@ def combine(
         TensorError: ``adapters-incompatible`` for different kinds, or a module whose layer type
             or shapes differ between adapters (both named).
         UnsupportedError: ``not-supported`` for DoRA, prompt-learning adapters, modules_to_save,
-            IA3 with a method other than linear; ``device-unavailable`` for a bad device.
+            IA3 with a method other than linear; ``device-unavailable`` for a bad device;
+            ``orientation-unknown`` where the adapters' fan_in_fan_out disagree on a module
+            and ``fan_in_fan_out`` is not given.
     """
     weights = _check_arguments(adapters, weights, method, rank, density, majority_sign, seed, svd_clamp)
     kinds = {a.peft_type for a in adapters}
@@ -459,7 +492,10 @@ def combine(
                                path=_label(adapters[0], 0), key="peft_type", expected="LORA | IA3", actual=adapters[0].peft_type)
     req = _Request(method, rank, 1.0 if density is None else float(density), majority_sign, seed, svd_clamp, resolve_device(device))
     labels = _names(adapters, names)
-    result = combiner(adapters, weights, req)
+    oriented, flag = _orient(adapters, fan_in_fan_out)
+    result = combiner(oriented, weights, req)
+    if flag is not None and result.config.fan_in_fan_out != flag:
+        result = replace(result, config=replace(result.config, fan_in_fan_out=flag))
     return replace(result, recipe=(_step(adapters, labels, weights, req, density),))
 
 

@@ -32,6 +32,7 @@ from ..hub.paths import local_path
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
 from ..progress import progress_bytes
+from . import orientation
 from .merge_plan import TIE_CHANGES_MATH, TiedEmbeddings, find_tied_embeddings, plan_merge
 from .pipeline import Pipeline
 
@@ -148,6 +149,7 @@ def merge_checkpoint(
     durable: bool = True,
     unmerge: bool = False,
     tied_embeddings: str = "untie",
+    fan_in_fan_out: bool | str | dict[str, bool] | None = "auto",
 ) -> MergeReport:
     """Merge ``adapters`` (each scaled by its weight, default 1) into the checkpoint ``base`` and
     write ``out``; with ``unmerge=True`` take them out instead (exact up to rounding for LoRA;
@@ -159,6 +161,11 @@ def merge_checkpoint(
     ``tie_word_embeddings: false`` in ``config.json``, so the merged model computes what the
     adapter-attached model does; ``"shared"`` merges both into the one shared matrix, as
     PEFT's ``merge_and_unload`` does (which changes the other embedding too).
+
+    ``fan_in_fan_out`` says how 2-D base weights are stored, per module as PEFT decides it (a
+    transformers Conv1D is (in, out) whatever the adapter's saved flag): ``"auto"`` (the default)
+    decides from ``config.json`` and the shapes, and refuses (``orientation-unknown``) where they
+    cannot tell; True / False, or {module name or suffix: bool}, say it (``ops.orientation``).
 
     Raises:
         AdapterkitError subclasses: an adapter that cannot be merged (prompt kinds), modules
@@ -176,10 +183,12 @@ def merge_checkpoint(
     if tied_embeddings not in TIED_POLICIES:
         raise UnsupportedError("unknown tied_embeddings policy", key="tied_embeddings", expected=" | ".join(TIED_POLICIES), actual=tied_embeddings)
     keys = {k: (ckpt.info(k).dtype, tuple(ckpt.info(k).shape)) for k in ckpt.keys()}
-    tie = find_tied_embeddings(keys, _read_config(ckpt))
+    config = _read_config(ckpt)
+    tie = find_tied_embeddings(keys, config)
     planned = dict(keys)
     if tie is not None and not tie.stored:  # plan as if the output embedding were there
         planned[tie.output_key] = keys[tie.input_key]
+    loaded = orientation.for_checkpoints(loaded, planned, config=config, fan_in_fan_out=fan_in_fan_out, where=ckpt.path)
     touched, replaced = _touches(loaded, planned)
     sources: dict[str, str] = {}  # output key -> the base key its bytes come from
     files: dict[str, bytes] = {}

@@ -156,6 +156,15 @@ def find_tied_embeddings(keys: CheckpointKeys, config: dict | None) -> TiedEmbed
     return TiedEmbeddings(inputs[0], output, bool(outputs), config if isinstance(config, dict) else None)
 
 
+def weight_keys(adapter: Adapter, checkpoint_keys: CheckpointKeys) -> dict[str, str | None]:
+    """module -> the checkpoint key of its weight under the rule ``plan_merge`` chooses (None
+    where the rule gives none); reads the header only."""
+    modules = sorted(adapter.modules)
+    names = [f"{m}.weight" for m in modules] + sorted(adapter.kind.whole_module_tensors(adapter).values())
+    _, rule = _choose_rule(names, checkpoint_keys)
+    return {m: rule(f"{m}.weight") for m in modules}
+
+
 def plan_merge(adapter: Adapter, checkpoint_keys: CheckpointKeys) -> MergePlan:
     """Map every module of ``adapter`` (and its whole-module tensors) onto ``checkpoint_keys``.
 
@@ -163,6 +172,10 @@ def plan_merge(adapter: Adapter, checkpoint_keys: CheckpointKeys) -> MergePlan:
         adapter: the adapter to merge (only its header is read).
         checkpoint_keys: checkpoint key -> (dtype name, shape) of every base tensor; dtype
             names are safetensors' (``F32``, ``BF16``, ...) or torch's (``float32``).
+
+    The orientation of 2-D weights is each module view's ``fan_in_fan_out``: the adapter's saved
+    flag, unless the adapter went through ``ops.orientation.for_checkpoint`` (as
+    ``merge_checkpoint`` does), which decides it per module as PEFT does.
 
     Returns:
         A complete plan; nothing is ever left out silently.

@@ -34,10 +34,11 @@ import copy
 import math
 import warnings
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -93,9 +94,35 @@ PROMPT_WORDS = ("prompt", "prefix", "p_tuning", "virtual token")
 # (case name, check) -> refused feature, or "" for a pass; printed by ``summary``
 RESULTS: dict[tuple[str, str], str] = {}
 
-# Known gaps other parts of issue 17 close: (case name prefix or name, check) -> reason.
-# The lead removes these marks once the fixes are merged (strict: a fixed case turns XPASS -> fail).
-XFAIL: dict[tuple[str, str], str] = {}
+# Known gaps that other parts of issue 17 close: case name -> (checks, reason), marked
+# xfail(strict=True); the lead removes a mark once the fix is merged (a fixed check turns XPASS,
+# which fails).  Every other failure of the matrix is a bug.
+ALORA = "issue 17: aLoRA (alora_invocation_tokens): merges must be refused as PEFT refuses them; attach applies the LoRA at every position"
+TOKENS = "issue 17: trainable tokens (trainable_token_indices) not implemented (a row delta of the embedding) nor refused by name: model-mismatch/base-mismatch"
+VELORA = "issue 17: VeLoRA (velora_config) is plain LoRA at inference; attach/merge/combine blame the model (model-mismatch/base-mismatch)"
+KASA = "issue 17: KaSA (kasa_config, lora_diag) not refused by name: model-mismatch/base-mismatch/adapters-incompatible"
+MONTECLORA = "issue 17: MonteCLoRA (monteclora_config) not refused by name: model-mismatch/base-mismatch/adapters-incompatible"
+MHA = "issue 17: LoRA on nn.MultiheadAttention not refused by name: model-mismatch/base-mismatch"
+BDLORA = "issue 17: BD-LoRA (use_bdlora) with block-diagonal lora_B not refused by name: shape-mismatch calls the file malformed"
+TARGET_PARAMETERS = "issue 17: target_parameters merges offline but attach refuses it with model-mismatch"
+CONV1D = "issue 17: per-layer fan_in_fan_out for Conv1D: a second adapter (add_adapter) or Conv1D+Linear targets save fan_in_fan_out false"
+XFAIL: dict[str, tuple[tuple[str, ...], str]] = {
+    **{c: (("attach", "merge_and_unload", "offline_merge", "combine"), ALORA)
+       for c in [f"{arch}_{name}" for arch in ("gemma3", "gpt2", "gptj", "llama", "mistral", "opt", "qwen2") for name in ("alora", "alora_never_invoked")]},
+    **{c: (("validate", "load", "scaling", "save_dir", "save_file", "attach", "merge_and_unload", "offline_merge", "combine"), BDLORA)
+       for c in ["bd_lora_b_only", "bd_lora_both_a_and_b"]},
+    **{c: (("combine",), CONV1D) for c in ["embedding_transformers_conv1d_1_lora", "embedding_transformers_conv1d_3_lora", "gpt2_lora"]},
+    "transformers_conv1d_2_ia3": (("offline_merge",), CONV1D),
+    "vanilla_mlp_1_lora_with_kasa": (("attach", "merge_and_unload", "offline_merge", "combine"), KASA),
+    **{c: (("attach", "merge_and_unload", "offline_merge", "combine"), MHA) for c in ["mha_1_lora", "mha_2_lora"]},
+    "vanilla_mlp_1_lora_with_monteclora": (("attach", "merge_and_unload", "offline_merge", "combine"), MONTECLORA),
+    **{c: (("attach", "merge_and_unload"), TARGET_PARAMETERS) for c in ["mlp_1_using_nn_parameter_lora", "mlp_2_using_nn_parameter_lora"]},
+    **{c: (("attach", "merge_and_unload", "offline_merge", "combine"), TOKENS)
+       for c in ["embedding_transformers_conv1d_1_lora_trainable_tokens", "multi_lora_trainable_tokens_different", "multi_lora_trainable_tokens_same",
+                 *[f"{arch}_lora_trainable_tokens" for arch in ("gemma3", "gpt2", "gptj", "llama", "mistral", "opt", "qwen2")]]},
+    **{c: (("attach", "merge_and_unload", "offline_merge", "combine"), VELORA)
+       for c in ["vanilla_mlp_10_lora_with_velora_random", "vanilla_mlp_11_lora_with_velora_batch_average", "vanilla_mlp_12_lora_with_velora_batch_average_once"]},
+}
 
 
 def summary() -> str:
@@ -108,6 +135,9 @@ def summary() -> str:
              f"{sum(refused.values())} refused by name, {sum(differences.values())} deliberate differences"]
     lines += [f"  refused, {feature}: {n}" for feature, n in sorted(refused.items())]
     lines += [f"  difference, {what}: {n}" for what, n in sorted(differences.items())]
+    gaps = Counter(reason.split(":")[1].strip() for checks, reason in XFAIL.values() for _ in checks)
+    lines.append(f"  xfail (known gaps of issue 17, whole matrix): {sum(gaps.values())}")
+    lines += [f"    {reason}: {n}" for reason, n in sorted(gaps.items())]
     return "\n".join(lines)
 
 
@@ -211,7 +241,9 @@ def build(case: MatrixCase, root: Path) -> Built:
             set_active_everywhere(model, names)
         model.eval()
         output = run(model, inputs_for(case.model))
-        model.save_pretrained(root / "peft")
+        # the model card (README.md) is not compared, and writing it costs more than the rest of a case
+        with mock.patch.object(PeftModel, "create_or_update_model_card", lambda self, output_dir: None):
+            model.save_pretrained(root / "peft")
     finally:
         ctx.__exit__(None, None, None)
     dirs = [root / "peft" if n == "default" else root / "peft" / n for n in names]
@@ -223,8 +255,13 @@ _BASES: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("peft_matrix")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and on a busy machine by far
+    try:
+        yield tmp_path_factory.mktemp("peft_matrix")
+    finally:
+        torch.set_num_threads(threads)
 
 
 def built(case: MatrixCase, workdir: Path) -> Built:
@@ -495,13 +532,12 @@ CHECK_FUNCTIONS: dict[str, Callable[..., None]] = {
 
 
 def _xfail_reason(case: MatrixCase, check: str) -> str | None:
-    for (name, chk), reason in XFAIL.items():
-        if chk in (check, "*") and (case.name == name or case.name.startswith(name)):
-            return reason
-    return None
+    checks, reason = XFAIL.get(case.name, ((), ""))
+    return reason if check in checks else None
 
 
 def _params() -> list[Any]:
+    assert set(XFAIL) <= {c.name for c in CASES}, set(XFAIL) - {c.name for c in CASES}
     params = []
     for case in CASES:
         for check in (CHECKS if case.supported_kind else KIND_CHECKS):

@@ -453,8 +453,9 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
     ΔW's), svd (its best rank-k approximation, from the factors), ties, dare_linear, dare_ties,
     magnitude_prune (on the A's and B's apart, as PEFT) and their *_svd forms (on the dense ΔW's,
     then an SVD).  The modules are the union of the adapters'; the result has scaling 1 and loads
-    in PEFT.  Unlike PEFT: rsLoRA, lora_bias and rank patterns come out right, and DoRA adapters
-    and modules_to_save are refused.  IA3 combines by linear only.
+    in PEFT.  Unlike PEFT: results with rank patterns reload and modules_to_save is refused
+    (adapterkit/differences.py lists every difference); DoRA is refused, as in PEFT.  IA3
+    combines by linear only.
 
     \b
     Examples:

@@ -1,4 +1,4 @@
-"""Interop with real PEFT (pinned 0.21.2): PEFT -> adapterkit, adapterkit -> PEFT, and the
+"""Interop with real PEFT (pinned 0.22.0): PEFT -> adapterkit, adapterkit -> PEFT, and the
 facts of REFERENCE.md that adapterkit relies on, checked against PEFT's behaviour.
 
 Every case of ``peft_models.CASES`` builds a tiny base model from a config under a fixed

@@ -2,7 +2,7 @@
 
 Each wrapper holds the original module (``base_layer`` / ``original_module``) and, per
 adapter name, that adapter's tensors as ``nn.Parameter`` (so they train, and
-``extract_from_model`` reads them back).  Forward passes follow PEFT 0.21.2's layers
+``extract_from_model`` reads them back).  Forward passes follow PEFT 0.22.0's layers
 operation for operation (``peft/tuners/lora/layer.py``, ``lora/dora.py``, ``ia3/layer.py``),
 so outputs agree with ``PeftModel`` to float rounding.
 

@@ -46,7 +46,7 @@ def _step(wrapper: AdapterLayer, record: AttachedAdapter, path: str, current: di
     """The base tensors after merging (``undo``: unmerging) one adapter, in the base dtype.
 
     A DoRA merge normalises by ‖W + ΔW‖ of the *unmerged* weight (``unmerged``: the base with
-    no adapter merged), as the forward pass does and PEFT 0.21.2's merge does, so that merging
+    no adapter merged), as the forward pass does and PEFT 0.22.0's merge does, so that merging
     several DoRA adapters in turn gives the attached model's outputs; the factor is kept for undo.
     """
     flip = _flipped(wrapper, record)

@@ -1,6 +1,6 @@
 """Which modules of a model an adapter goes into, checked before anything is changed.
 
-``plan(model, adapter)`` selects exactly the modules PEFT 0.21.2 would adapt
+``plan(model, adapter)`` selects exactly the modules PEFT 0.22.0 would adapt
 (``check_target_module_exists``: ``exclude_modules``, ``modules_to_save`` exclusion,
 ``target_modules`` as a full regex or names/dot-suffixes, ``layers_to_transform`` /
 ``layers_pattern``), compares them with the adapter's modules and shapes, and either returns

@@ -2,7 +2,7 @@
 
 ``check(adapter, consumer)`` lists every rule of the consumer the adapter breaks, each a
 :class:`Problem` with code ``profile-violation`` (``peft``: the validation problems that stop a
-reload, with their own codes), the rule in the message (``[vllm/rank-pattern] ...``) and the
+reload, with their own codes), the rule in the message (``[vllm/scaling] ...``) and the
 module or config field as key.  ``export(adapter, consumer)`` rewrites a LoRA adapter so that it
 obeys the consumer without changing any module's ΔW:
 

@@ -38,6 +38,7 @@ MUTANTS = [
     ("checkpoint: hidden files below the top level fetched", REMOTE, "not _hidden(n) and not n.endswith(OTHER_WEIGHTS)", 'not n.startswith(".") and not n.endswith(OTHER_WEIGHTS)', ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("repo id: '..' and '--' inside allowed", REPO_ID, '_PART = r"(?!.*(?:--|\\.\\.))', '_PART = r"', ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("repo id: a name ending in .git accepted", REPO_ID, "(?<!\\.git)", "", ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("repo id: an absolute revision accepted", REPO_ID, "(?!/)(?!.*//)[^@", "[^@", ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("repo id: control characters in the revision", REPO_ID, "[^@\\s\\x00-\\x1f\\x7f\\\\]", "[^@\\s\\x00\\\\]", ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("repo id: '_' at either end refused (huggingface_hub accepts it)", REPO_ID, "[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?",
      "[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?", ["tests/test_hub.py", "tests/test_hub_names.py"]),

@@ -73,6 +73,16 @@ def test_a_revision_with_a_control_character_is_not_a_repo_id(c, tmp_path, monke
     assert parse_repo_id("org/name@refs/pr/1").revision == "refs/pr/1"
 
 
+@pytest.mark.parametrize("text", ["org/name@/etc/passwd", "org/name@main/", "org/name@refs//pr/1", "org/name@/"])
+def test_a_revision_is_a_relative_ref(text, tmp_path, monkeypatch):
+    """git refuses a ref starting or ending with '/' or holding '//'; offline, the revision names a
+    file under the cache's refs/ folder, so an absolute one must never get there."""
+    monkeypatch.chdir(tmp_path)
+    assert parse_repo_id(text) is None and as_repo(text) is None
+    assert parse_repo_id("org/name@refs/pr/1").revision == "refs/pr/1"
+    assert parse_repo_id("org/name@v1.0-rc_2").revision == "v1.0-rc_2"
+
+
 @pytest.mark.parametrize("text", ["org/a..b", "org/name@v..1", "org/name@a/../b", "org/name@../x", "org/..@main"])
 def test_dotdot_anywhere_is_not_a_repo_id(text, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

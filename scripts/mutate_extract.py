@@ -54,6 +54,8 @@ MUTANTS = [
     ("check: vLLM --max-lora-rank warning missing", EXPORT, 'if consumer == "vllm" and max_rank is None and top[0] > cfg.r:', "if False:", ["tests/test_export.py", "tests/test_vllm_rules.py"]),
     ("export: vLLM padded to one rank", EXPORT, 'PADDED = ("tgi", "llama.cpp")  # engines', "PADDED = ENGINES  # engines", ["tests/test_export.py", "tests/test_vllm_rules.py"]),
     ("export: vLLM r not the largest rank", EXPORT, "lora_bias=cfg.lora_bias, default_rank=target, **changes)", "lora_bias=cfg.lora_bias, default_rank=pad_to, **changes)", ["tests/test_export.py", "tests/test_vllm_rules.py"]),
+    ("check: vLLM said to read lora_B.bias", EXPORT, "    if cfg.lora_bias:  # vLLM too", '    if cfg.lora_bias and consumer != "vllm":  # vLLM too', ["tests/test_export.py", "tests/test_vllm_rules.py"]),
+    ("export: vLLM keeps lora_B.bias", EXPORT, '            if "bias" in view.keys:\n                refuse("lora_B.bias', '            if consumer != "vllm" and "bias" in view.keys:\n                refuse("lora_B.bias', ["tests/test_export.py", "tests/test_vllm_rules.py"]),
     ("cli check: a warning fails the check", "adapterkit/cli.py", "    sys.exit(1 if violations else 0)", "    sys.exit(1 if problems else 0)", ["tests/test_export.py", "tests/test_vllm_rules.py"]),
     ("check: llama.cpp divides alpha by the global r", EXPORT, "        return cfg.lora_alpha / rank\n", "        return cfg.lora_alpha / cfg.r\n"),
     ("check: rsLoRA scaling taken as alpha / r", EXPORT, "return cfg.lora_alpha / math.sqrt(cfg.r) if cfg.use_rslora else cfg.lora_alpha / cfg.r", "return cfg.lora_alpha / cfg.r"),
@@ -71,7 +73,7 @@ MUTANTS = [
     ("export: max_rank truncates silently", EXPORT, "    if target is not None and max_rank is not None and target > max_rank:\n", "    if False:\n"),
     ("export: modules_to_save tensors dropped", EXPORT, "            if adapter.kind.parse_key(key) is None:\n                refuse(", "            if False:\n                refuse("),
     ("export: DoRA folded for engines", EXPORT, "        if cfg.use_dora:\n            first =", "        if False:\n            first ="),
-    ("export: TGI keeps lora_B.bias", EXPORT, 'if consumer != "vllm" and "bias" in view.keys:', 'if consumer == "llama.cpp" and "bias" in view.keys:'),
+    ("export: TGI keeps lora_B.bias", EXPORT, '            if "bias" in view.keys:\n                refuse("lora_B.bias', '            if consumer == "llama.cpp" and "bias" in view.keys:\n                refuse("lora_B.bias'),
     ("export: peft DoRA loses the magnitude", EXPORT, "            tensors[mag] = adapter.tensors[mag]\n", "            pass\n"),
     ("export: vllm bias not reset", EXPORT, 'changes: dict[str, Any] = {"bias": "none"} if consumer == "vllm" else {}', "changes: dict[str, Any] = {}"),
 ]

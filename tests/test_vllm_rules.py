@@ -47,6 +47,9 @@ def vllm_deltas(path: Path) -> dict[str, torch.Tensor]:
     scaling = helper["lora_alpha"] / (math.sqrt(helper["r"]) if helper.get("use_rslora") else helper["r"])
     tensors = load_file(path / "adapter_model.safetensors")
     out = {}
+    for key in tensors:  # utils.py parse_fine_tuned_lora_name: anything else is "unsupported LoRA weight"
+        if not key.endswith((".lora_A.weight", ".lora_B.weight", ".lora_embedding_A", ".lora_embedding_B")):
+            raise ValueError(f"{key} is unsupported LoRA weight")
     for key, A in tensors.items():
         if key.endswith(".lora_A.weight"):
             B = tensors[key.replace(".lora_A.", ".lora_B.")]
@@ -162,3 +165,21 @@ def test_max_lora_rank_warning_and_cli(tmp_path):
     assert res.exit_code == 0 and json.loads(res.output)["complies"] is True
     res = CliRunner().invoke(main, ["check", str(path), "--for", "vllm", "--max-rank", str(top - 1)])
     assert res.exit_code == 1 and "[vllm/max-rank]" in res.output
+
+
+def test_lora_bias_is_not_served(tmp_path):
+    """vLLM's loader refuses a ``lora_B.bias`` tensor: the check says so, the export refuses by key."""
+    from adapterkit.errors import UnsupportedError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(llama(bias=True), PeftLoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], lora_bias=True))
+        randomize_adapter(model)
+        model.save_pretrained(tmp_path / "a")
+    with pytest.raises(ValueError, match="unsupported LoRA weight"):
+        vllm_deltas(tmp_path / "a")
+    a = adapterkit.load(tmp_path / "a")
+    assert [p.message.split("]")[0] for p in errors(a)] == ["[vllm/lora-bias"]
+    with pytest.raises(UnsupportedError) as err:
+        export(a, "vllm")
+    assert err.value.code == "not-supported" and err.value.key.endswith("q_proj.lora_B.bias")

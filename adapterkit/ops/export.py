@@ -13,7 +13,7 @@ obeys the consumer without changing any module's ΔW:
     the largest of them, smaller ones get anchored patterns of equal rank and alpha for PEFT;
   * for ``peft`` the ranks stay, with anchored patterns (``lowrank.scaling_one_config``).
 
-What vLLM does with ranks and scaling (read in vLLM's ``vllm/lora/``, 0.11 to 0.33):
+What vLLM does with ranks and scaling (read in vLLM's ``vllm/lora/``; the same at every recent commit read):
 ``peft_helper.py`` ``PEFTHelper.from_dict`` keeps only the dataclass's fields (``r``,
 ``lora_alpha``, ``use_rslora``, ...), so ``rank_pattern`` and ``alpha_pattern`` are dropped;
 ``PEFTHelper.__post_init__`` computes one ``vllm_lora_scaling_factor`` = ``lora_alpha / r``
@@ -29,8 +29,10 @@ every module: what PEFT computes exactly when every module's PEFT scaling equals
 one (adapterkit's operation outputs, at scaling 1 everywhere, do), whatever the ranks.
 
 What an engine cannot express raises :class:`UnsupportedError` naming the module or key:
-DoRA, ``modules_to_save`` and other whole tensors, convolutions, ``lora_bias`` (TGI,
-llama.cpp), a rank above ``max_rank``.  Nothing is dropped.
+DoRA, ``modules_to_save`` and other whole tensors, convolutions, ``lora_bias`` (vLLM's
+``parse_fine_tuned_lora_name`` refuses ``lora_B.bias`` as an unsupported weight, and
+``PEFTHelper.validate_legal`` any ``bias`` but "none"), a rank above ``max_rank``.  Nothing is
+dropped.
 
 Rounding: the fold is computed in fp64 and stored in the input dtype, so each stored entry of
 B·scaling is rounded once: |ΔW' − ΔW| ≤ u·|scaling|·(|B|·|A|)
@@ -114,13 +116,12 @@ def check(adapter: Adapter, consumer: str, *, max_rank: int | None = None) -> li
         add("bias", "vLLM rejects bias other than 'none'", "bias", "none", cfg.bias)
     if consumer == "llama.cpp" and cfg.use_rslora:
         add("rslora", "llama.cpp ignores use_rslora (scale alpha / r)", "use_rslora", False, True)
-    lora_bias_ok = consumer == "vllm"
-    if cfg.lora_bias and not lora_bias_ok:
+    if cfg.lora_bias:  # vLLM too: vllm/lora/utils.py parse_fine_tuned_lora_name raises "unsupported LoRA weight"
         add("lora-bias", f"{consumer} does not read lora_B.bias", "lora_bias", False, True)
     for key in adapter.tensors:
         parsed = adapter.kind.parse_key(key)
         if parsed is None:
-            add("extra-tensor", f"{consumer} reads only LoRA factor tensors (lora_A/B, lora_embedding_A/B{', lora_B.bias' if lora_bias_ok else ''})",
+            add("extra-tensor", f"{consumer} reads only LoRA factor tensors (lora_A/B, lora_embedding_A/B)",
                 key, "a LoRA factor", key)
     by_type: dict[str, dict[int, str]] = {}
     top = (0, "")  # the largest module rank and its first module
@@ -190,7 +191,7 @@ def _export(adapter: Adapter, consumer: str, max_rank: int | None) -> Adapter:
         for name, view in views.items():
             if view.layer_type.startswith("conv"):
                 refuse(f"LoRA on convolutions is not served (`{name}`)", view.keys["lora_A"], "linear | embedding", view.layer_type)
-            if consumer != "vllm" and "bias" in view.keys:
+            if "bias" in view.keys:
                 refuse("lora_B.bias is not read", view.keys["bias"], None, "lora_B.bias")
     elif cfg.use_dora:
         return _peft_dora(adapter)

@@ -35,6 +35,7 @@ MUTANTS = [
     ("names: empty components allowed", REMOTE, 'any(p in ("", ".", "..") for p in parts)', 'any(p in (".", "..") for p in parts)', ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("names: '.' components allowed", REMOTE, 'any(p in ("", ".", "..") for p in parts)', 'any(p in ("", "..") for p in parts)', ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("names: shard names of the index not checked", REMOTE, "        check_name(str(shard), ref)\n", "", ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("fetch: a hidden top-level single file taken for the adapter", REMOTE, 'not n.startswith(("model", "."))', 'not n.startswith("model")', ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("checkpoint: hidden files below the top level fetched", REMOTE, "not _hidden(n) and not n.endswith(OTHER_WEIGHTS)", 'not n.startswith(".") and not n.endswith(OTHER_WEIGHTS)', ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("repo id: '..' and '--' inside allowed", REPO_ID, '_PART = r"(?!.*(?:--|\\.\\.))', '_PART = r"', ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("repo id: a name ending in .git accepted", REPO_ID, "(?<!\\.git)", "", ["tests/test_hub.py", "tests/test_hub_names.py"]),

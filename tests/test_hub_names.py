@@ -137,6 +137,7 @@ def test_hidden_folders_below_the_top_level_are_never_fetched():
               "a/b/.cache/adapter_model.bin", ".git/adapter_config.json"]
     assert adapter_files([*top, *hidden, "README.md"]) == sorted([*top, "README.md"])
     assert adapter_files(hidden) == []
+    assert adapter_files([".trash.safetensors", "mine.safetensors", "sub/other.safetensors"]) == ["mine.safetensors"]  # single files
     named = ["second/adapter_config.json", "second/adapter_model.safetensors"]
     assert adapter_files([*named, *hidden]) == named
     files = ["model.safetensors", "config.json", "tokenizer/vocab.json", "tokenizer/.cache/vocab.json.lock", ".cache/x",

@@ -166,7 +166,7 @@ def adapter_files(names: list[str]) -> list[str]:
     that are not a model's."""
     found = [n for n in names if PurePosixPath(n).name in ADAPTER_FILES and not _hidden(n)]
     if not found:
-        found = [n for n in names if _top(n) and n.endswith(".safetensors") and not n.startswith("model")]
+        found = [n for n in names if _top(n) and n.endswith(".safetensors") and not n.startswith(("model", "."))]
     if found and CARD_NAME in names:
         found.append(CARD_NAME)
     return sorted(found)

@@ -670,9 +670,9 @@ def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank:
     """List every rule of the consumer that the adapter at PATH breaks: vLLM and TGI ignore
     rank_pattern/alpha_pattern (one lora_alpha/r scales every module; vLLM takes each module's
     rank from its tensors, so ranks may differ where every module's scaling is that one) and
-    reject DoRA and modules_to_save, TGI needs one rank per module type, llama.cpp keeps one
-    global alpha and ignores rsLoRA, PEFT needs a valid adapter.  Warnings (e.g. the
-    --max-lora-rank vLLM needs) are listed but do not fail the check.
+    reject DoRA, modules_to_save and lora_B.bias, TGI needs one rank per module type,
+    llama.cpp keeps one global alpha and ignores rsLoRA, PEFT needs a valid adapter.  Warnings
+    (e.g. the --max-lora-rank vLLM needs) are listed but do not fail the check.
     Exit 0 complies, 1 violations listed, 2 error.  `adapterkit convert SRC OUT --for CONSUMER`
     writes a compliant copy with the same ΔW.
 

@@ -226,7 +226,7 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
       adapterkit convert my-lora my-lora.safetensors      # one file, config inside
       adapterkit convert my-lora.safetensors my-lora-peft  # PEFT's directory layout
       adapterkit convert multi out --adapter-name second --overwrite
-      adapterkit convert my-lora my-lora-vllm --for vllm   # scaling folded, one rank
+      adapterkit convert my-lora my-lora-vllm --for vllm   # scaling folded, r = the largest rank
     """
     from .io.forms import infer_form
 
@@ -697,8 +697,11 @@ def _export_for(adapter: Any, consumer: str, form: str) -> Any:
 @handles_errors
 def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank: int | None, as_json: bool) -> None:
     """List every rule of the consumer that the adapter at PATH breaks: vLLM and TGI ignore
-    rank_pattern/alpha_pattern and reject DoRA and modules_to_save, TGI needs one rank per module
-    type, llama.cpp keeps one global alpha and ignores rsLoRA, PEFT needs a valid adapter.
+    rank_pattern/alpha_pattern (one lora_alpha/r scales every module; vLLM takes each module's
+    rank from its tensors, so ranks may differ where every module's scaling is that one) and
+    reject DoRA, modules_to_save and lora_B.bias, TGI needs one rank per module type,
+    llama.cpp keeps one global alpha and ignores rsLoRA, PEFT needs a valid adapter.  Warnings
+    (e.g. the --max-lora-rank vLLM needs) are listed but do not fail the check.
     Exit 0 complies, 1 violations listed, 2 error.  `adapterkit convert SRC OUT --for CONSUMER`
     writes a compliant copy with the same ΔW.
 
@@ -713,15 +716,17 @@ def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank:
     from .ops.export import check
 
     problems = check(load(path, adapter_name=adapter_name), consumer, max_rank=max_rank)
+    violations = [p for p in problems if p.severity == "error"]
     if as_json:
-        click.echo(json.dumps({"path": str(path), "for": consumer, "complies": not problems,
+        click.echo(json.dumps({"path": str(path), "for": consumer, "complies": not violations,
                                "problems": [_problem_json(p) for p in problems]}, indent=2))
     else:
         for p in problems:
             click.echo(str(p))
-        verdict = "complies" if not problems else "does NOT comply"
-        click.echo(f"{path}: {verdict} with {consumer} ({_plural(len(problems), 'violation')})")
-    sys.exit(1 if problems else 0)
+        verdict = "complies" if not violations else "does NOT comply"
+        warned = f", {_plural(len(problems) - len(violations), 'warning')}" if len(problems) > len(violations) else ""
+        click.echo(f"{path}: {verdict} with {consumer} ({_plural(len(violations), 'violation')}{warned})")
+    sys.exit(1 if violations else 0)
 
 
 # ----------------------------------------------------------------------------- extracting a LoRA from a fine-tuned checkpoint

@@ -62,7 +62,7 @@ CODES: dict[str, tuple[str, str]] = {
     "adapter-name-taken": ("ArgumentError", "an adapter of that name is already attached to the model"),
     "adapter-not-attached": ("NotFoundError", "no adapter of that name is attached to the model"),
     "digest-mismatch": ("TensorError", "the config or a tensor differs from what the file's content digest records; the message names the first that differs"),
-    "profile-violation": ("UnsupportedError", "the adapter breaks a rule of the serving engine it is checked for (vLLM, TGI, llama.cpp); the message names the rule, e.g. [vllm/rank-pattern]"),
+    "profile-violation": ("UnsupportedError", "the adapter breaks a rule of the serving engine it is checked for (vLLM, TGI, llama.cpp); the message names the rule, e.g. [vllm/scaling]"),
     # the Hugging Face Hub (adapterkit.hub: push, pull, repo ids where a path is accepted)
     "hub-unauthorized": ("HubError", "the Hub refused the token or its absence (401/403): pass --token, set HF_TOKEN or log in"),
     "hub-not-found": ("HubError", "no such repo, revision or file on the Hub (404)"),

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # the Hub's rule for a namespace and a repo name: letters, digits, '-', '_', '.'; no '--' or '..',
-# not starting or ending with '-' or '.'; at most 96 characters each
-_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_REPO_ID = re.compile(rf"(?P<repo>{_PART}/{_PART})(?:@(?P<rev>[^@\s\x00\\]+))?")
+# not starting or ending with '-' or '.', not ending with '.git'; at most 96 characters each
+# (huggingface_hub.utils.validate_repo_id).  A revision is a git ref: no control character, no
+# '/' first, last or doubled (an absolute revision would name a file outside the cache offline).
+_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"(?P<repo>{_PART}/{_PART})(?<!\.git)(?:@(?P<rev>(?!/)(?!.*//)[^@\s\x00-\x1f\x7f\\]+(?<!/)))?")
 
 
 @dataclass(frozen=True)

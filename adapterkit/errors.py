@@ -56,6 +56,7 @@ CODES: dict[str, tuple[str, str]] = {
     "base-dtype-unsupported": ("UnsupportedError", "a base checkpoint tensor is integer or quantized; merging needs F16, BF16, F32 or F64"),
     "tied-embeddings": ("UnsupportedError", "the adapter changes lm_head, which the checkpoint ties to the input embeddings"),
     "argument-invalid": ("ArgumentError", "an operation's argument is out of range or inconsistent (a rank or budget <= 0, a weight count that differs from the adapter count, an unknown method)"),
+    "merge-record": ("ArgumentError", "the checkpoint's merge record refuses it: an adapter merged already (merge --again), or an unmerge of an adapter, weight or order the record does not hold (unmerge --force)"),
     "adapters-incompatible": ("TensorError", "adapters that cannot be combined: different kinds, or one module with disagreeing shapes"),
     "model-mismatch": ("TensorError", "a model does not fit the adapter it is attached to; the message lists every offending module"),
     "adapter-name-taken": ("ArgumentError", "an adapter of that name is already attached to the model"),
@@ -83,7 +84,7 @@ API_CODES = frozenset({
     # model checkpoints (adapterkit.checkpoint): inputs and outputs of merging, not adapter files
     "not-a-checkpoint", "checkpoint-invalid", "checkpoint-unsupported", "plan-mismatch",
     # merging adapters into checkpoints (adapterkit.ops.merge_plan)
-    "base-mismatch", "base-tensor-missing", "base-shape-mismatch", "base-dtype-unsupported", "tied-embeddings",
+    "base-mismatch", "base-tensor-missing", "base-shape-mismatch", "base-dtype-unsupported", "tied-embeddings", "merge-record",
     # low-rank surgery (adapterkit.ops: combine, resize, rebalance, prune)
     "argument-invalid", "adapters-incompatible",
     # attaching adapters to torch models (adapterkit.inject)

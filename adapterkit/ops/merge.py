@@ -175,9 +175,10 @@ class _Tensors:
     """The fp32 values of the base tensors a merge has touched but not yet written.
 
     A module's roles may lie anywhere in the file (a bias before its weight): when the first
-    of them comes up, every module touching it is applied (each exactly once, adapters in
-    order — reversed for unmerge), reading its other roles early and keeping their new values
-    here until their turn to be written.  Memory: the roles of the modules in flight.
+    of them comes up, every module touching it or its other roles is applied (each exactly
+    once, adapters in order — reversed for unmerge), reading its other roles early and keeping
+    their new values here until their turn to be written.  Memory: the roles of the modules in
+    flight.
     """
 
     def __init__(self, direction: str, adapters: list[Adapter], weights: list[float], touched, replaced, read, device) -> None:
@@ -202,9 +203,24 @@ class _Tensors:
                 self.originals[key] = self.values[key]
         return self.values[key]
 
+    def _module_group(self, key: str) -> list[tuple[int, Any]]:
+        """Every (adapter, target) touching ``key`` or, in turn, another role of those targets
+        (a bias that comes before its weight in the file), in adapter order: the adapters on one
+        module apply in the order listed, whichever of its tensors comes up first."""
+        found: list[tuple[int, Any]] = []
+        seen: set[tuple[int, str]] = set()
+        pending = [key]
+        while pending:
+            for i, target in self.touched.get(pending.pop(0), []):
+                if (i, target.module) not in seen:
+                    seen.add((i, target.module))
+                    found.append((i, target))
+                    pending.extend(target.roles.values())
+        return sorted(found, key=lambda item: item[0])  # stable: one adapter's targets as listed
+
     def take(self, key: str) -> torch.Tensor | None:
         """The new fp32 value of ``key`` (None: unchanged, copy the base's bytes)."""
-        order = self.touched.get(key, [])
+        order = self._module_group(key)
         for i, target in (reversed(order) if self.direction == "unmerge" else order):
             if (i, target.module) in self.applied:
                 continue

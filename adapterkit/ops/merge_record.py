@@ -187,7 +187,8 @@ def plan_unmerge(record: Sequence[Entry], digests: Sequence[str], adapters: Sequ
                               f"{held}{why}); --force (force=True) unmerges it anyway", path=path, key=MERGED_KEY,
                               expected="an adapter the merge record holds", actual=d)
             out_weights[i] = 1.0 if weights is None else float(weights[i])
-            old = next((k for k in reversed(legacy) if k not in used and record[k].adapter == str(a.source) and record[k].kind == a.peft_type), None)
+            places = {str(a.source), str(a.source.parent)} if a.source is not None else set()  # the file, or its folder
+            old = next((k for k in reversed(legacy) if k not in used and record[k].adapter in places and record[k].kind == a.peft_type), None)
             if old is not None:
                 used.add(old)
                 notes.append(f"forced: dropped the old record entry {record[old].label()} (no digest to check)")

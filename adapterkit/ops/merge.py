@@ -7,6 +7,23 @@ applied, a ``modules_to_save`` tensor swapped in), cast once to its stored dtype
 tensors, whatever the model's size.  The output keeps the base's sharding and index,
 carries every other file of the base, records what was merged in each shard's metadata
 and in ``README.md``, and appears whole or not at all (``CheckpointWriter``).
+
+Several adapters.  ``merge_checkpoint(base, [a, b], out)`` computes PEFT's model with ``a``
+and ``b`` loaded and active in that order (``set_adapter([a, b])``; PEFT 0.22.0's layer
+forward, which its ``merge_and_unload`` follows): on one module each LoRA adds its ΔW, IA3
+scales what the layer computes so far (weight and bias; a feedforward IA3 its input), and
+DoRA takes its norm over the *base* weight plus its own ΔW only and scales what came before
+it: W' = m/‖W₀ + ΔW‖·(W + ΔW), b' = b₀ + m/‖W₀ + ΔW‖·(b − b₀).  LoRA-family and IA3 adapters,
+which PEFT cannot hold in one ``PeftModel``, are taken as PEFT's layers injected one inside
+the other in the listed order (``inject_adapter_in_model``, the first innermost), which is the
+same rule.  Merging one after the other (two ``merge`` commands) gives the same except for
+DoRA: the second command's DoRA takes its norm over what the first wrote,
+‖W + ΔW_first + ΔW_dora‖.  What PEFT cannot activate together is refused by name
+(``_refuse_conflicts``).  tests/test_merge_multi.py checks every pairing against PEFT.
+
+The merge record (``merge_record``) is read before anything is written: merging an adapter
+it holds needs ``again=True``; ``unmerge=True`` takes each adapter's weight from it, refuses
+what it does not hold (``force=True`` goes past) and takes adapters out newest first.
 """
 
 from __future__ import annotations
@@ -266,7 +283,16 @@ def merge_checkpoint(
 ) -> MergeReport:
     """Merge ``adapters`` (each scaled by its weight, default 1) into the checkpoint ``base`` and
     write ``out``; with ``unmerge=True`` take them out instead (exact up to rounding for LoRA;
-    IA3 and DoRA are lossy).
+    IA3 and DoRA are lossy).  Several adapters give PEFT's model with them all active, in the
+    order given (see the module docstring for what that means and what two merges one after
+    the other give instead).
+
+    The merge record: ``merge`` refuses an adapter the base's record already holds (or one
+    listed twice) unless ``again``; ``unmerge`` takes the weights from the record when
+    ``weights`` is None, and refuses an adapter the record does not hold, other weights, or one
+    a later merge still in place does not commute with, unless ``force``.  ``dtype`` is also
+    written into ``config.json`` (``dtype``/``torch_dtype``); integer and bool tensors keep
+    their dtype.
 
     ``tied_embeddings`` says what happens when the checkpoint ties its output embedding
     (``lm_head``) to its input embedding and an adapter changes either: ``"untie"`` (the
@@ -278,7 +304,9 @@ def merge_checkpoint(
     Raises:
         AdapterkitError subclasses: an adapter that cannot be merged (prompt kinds), modules
         with no or mismatched base tensors (all listed at once), non-float base tensors,
-        NaN/Inf in a merged tensor with ``safe`` (naming it), output rules as ``save``.
+        NaN/Inf in a merged tensor with ``safe`` (naming it), output rules as ``save``;
+        ``not-supported`` for adapters PEFT cannot hold active together; ``merge-record``
+        (ArgumentError) for what the merge record refuses.
     """
     started = time.perf_counter()
     direction = "unmerge" if unmerge else "merge"

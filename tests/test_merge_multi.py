@@ -87,10 +87,14 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_adapter(kind: str, module: str, slot: int, path: Path) -> Path:
+    return save_adapter(config(kind, module, slot), 100 + slot, path)
+
+
+def save_adapter(cfg, seed: int, path: Path, make=base_model) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = get_peft_model(base_model(), config(kind, module, slot))
-        randomize(model, 100 + slot)
+        model = get_peft_model(make(), cfg)
+        randomize(model, seed)
         model.save_pretrained(path)
     return path
 
@@ -113,13 +117,13 @@ def load_nested(model: torch.nn.Module, adapter: Path, name: str) -> None:
             params[target].copy_(value)
 
 
-def oracle(kinds: tuple[str, str], paths: tuple[Path, Path], configs, order: tuple[int, int]):
+def oracle(kinds: tuple[str, str], paths: tuple[Path, Path], configs, order: tuple[int, int], make=base_model):
     """(logits, merge_and_unload state dict or None) of PEFT with both adapters active in ``order``."""
     inputs = token_input()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if (kinds[0] in LORA_FAMILY) == (kinds[1] in LORA_FAMILY):  # one PEFT type: one PeftModel
-            model = PeftModel.from_pretrained(base_model(), paths[order[0]], adapter_name="first")
+            model = PeftModel.from_pretrained(make(), paths[order[0]], adapter_name="first")
             model.load_adapter(paths[order[1]], adapter_name="second")
             model.base_model.set_adapter(["first", "second"])
             model.eval()
@@ -127,7 +131,7 @@ def oracle(kinds: tuple[str, str], paths: tuple[Path, Path], configs, order: tup
                 logits = model(**inputs).logits
                 merged = model.merge_and_unload().state_dict()
             return logits, merged
-        model = base_model()
+        model = make()
         for n, i in (("first", order[0]), ("second", order[1])):
             model = inject_adapter_in_model(configs[i], model, adapter_name=n)
             load_nested(model, paths[i], n)
@@ -274,3 +278,49 @@ def test_ia3_adapters_disagreeing_on_feedforward_are_refused(saved_base, tmp_pat
     with pytest.raises(AdapterkitError) as info:
         merge_checkpoint(saved_base, [paths_out[0], paths_ff[1]], tmp_path / "x")
     assert info.value.code == "not-supported" and "feedforward" in str(info.value) and "q_proj" in str(info.value)
+
+
+def gpt2_model() -> torch.nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=64)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+OTHER_LAYERS = {
+    # GPT-2's Conv1D (weights stored transposed: fan_in_fan_out), c_attn has a bias
+    "gpt2_conv1d": (gpt2_model, {
+        "lora": lambda: LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True),
+        "dora": lambda: LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True, use_dora=True),
+        "ia3": lambda: IA3Config(target_modules=["c_attn"], feedforward_modules=[], fan_in_fan_out=True),
+    }),
+    # an embedding: DoRA's norm per embedding dimension; both adapters save the same base layer
+    "llama_embedding": (base_model, {
+        "lora": lambda: LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens"]),
+        "dora": lambda: LoraConfig(r=2, lora_alpha=4, target_modules=["embed_tokens"], use_dora=True),
+    }),
+}
+OTHER_CASES = [(layer, a, b) for layer, (_, kinds) in OTHER_LAYERS.items() for a, b in itertools.product(kinds, repeat=2)
+               if "dora" in (a, b)]
+
+
+@pytest.mark.parametrize(("layer", "first", "second"), OTHER_CASES, ids=[f"{c[0]}-{c[1]}+{c[2]}" for c in OTHER_CASES])
+def test_dora_with_another_adapter_on_conv1d_and_embedding(layer, first, second, tmp_path) -> None:
+    make, kinds = OTHER_LAYERS[layer]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make().save_pretrained(tmp_path / "base")
+    configs = [kinds[first](), kinds[second]()]
+    paths = (save_adapter(configs[0], 200, tmp_path / "a", make), save_adapter(configs[1], 201, tmp_path / "b", make))
+    merge_checkpoint(tmp_path / "base", list(paths), tmp_path / "out")
+    logits, _ = oracle((first, second), paths, configs, (0, 1), make)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**token_input()).logits, logits, rtol=1e-5, atol=1e-5)

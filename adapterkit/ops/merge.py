@@ -423,7 +423,7 @@ def _config_dtype(ckpt, files: dict[str, bytes], out_dtype: str, notes: list[str
 
     rewrite(config, "")
     if found:
-        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()  # utf-8
         notes.append(f"config.json: {', '.join(found)} set to {name}")
 
 

@@ -705,7 +705,8 @@ def _readme(ckpt, direction: str, record: list[dict[str, Any]], notes: list[str]
     lines = [f"## {'Merged' if direction == 'merge' else 'Unmerged'} with adapterkit", ""]
     for r in record:
         lines.append(f"- {r['kind']} adapter `{r['adapter']}`, weight {r['weight']:g}"
-                     + (f" (trained on `{r['base_model']}`)" if r.get("base_model") else ""))
+                     + (f" (trained on `{r['base_model']}`)" if r.get("base_model") else "")
+                     + (f", content digest `{r['digest']}`" if r.get("digest") else ""))
     lines += [f"- {n[0].upper()}{n[1:]}" for n in notes]
     lines += ["", f"Each shard's safetensors metadata records the same under `{MERGED_KEY if direction == 'merge' else 'adapterkit.unmerged'}`.", ""]
     section = "\n".join(lines)

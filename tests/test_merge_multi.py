@@ -211,7 +211,8 @@ def test_two_adapters_merge_to_peft_with_both_active(kinds, shared, order, saved
 
 def test_peft_refuses_what_merge_refuses(tmp_path_factory) -> None:
     """The refusals above are PEFT's: it cannot activate two modules_to_save adapters of one
-    module, nor load an adapter onto a module another saves whole (either order)."""
+    module, nor load an adapter onto a module another saves whole (either order), nor an IA3
+    adapter whose feedforward choice differs from the first one's on a module."""
     paths, _ = built(("mts", "mts"), True, tmp_path_factory.getbasetemp())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -225,6 +226,11 @@ def test_peft_refuses_what_merge_refuses(tmp_path_factory) -> None:
                 model = PeftModel.from_pretrained(base_model(), p[first], adapter_name="first")
                 with pytest.raises((ValueError, TypeError)):
                     model.load_adapter(p[second], adapter_name="second")
+        # IA3 adapters disagreeing on feedforward: the layer keeps the first one's shape for ia3_l
+        p, _ = built(("ia3", "ia3_ff"), True, tmp_path_factory.getbasetemp())
+        model = PeftModel.from_pretrained(base_model(), p[0], adapter_name="first")
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            model.load_adapter(p[1], adapter_name="second")
 
 
 def test_merging_one_after_the_other_differs_for_dora(saved_base, tmp_path) -> None:

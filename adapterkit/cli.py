@@ -297,7 +297,7 @@ def _merge_command(direction: str):
         options = [
             click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path)),
             click.option("--adapter", "adapters", multiple=True, type=click.Path(path_type=Path), help="An adapter (repeatable), after the positional one."),
-            click.option("--weight", "weights", multiple=True, type=float, help="Its weight (repeatable, one per adapter in order; default 1)."),
+            click.option("--weight", "weights", multiple=True, type=float, help="Its weight (repeatable, one per adapter in order; default 1, or for unmerge the one the merge record holds)."),
             click.option("--device", default=None, help="torch device for the fp32 math, e.g. cuda."),
             click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32", "fp64"]), default=None, help="Store floating-point tensors in this dtype (default: as in the base)."),
             click.option("--max-shard-size", default=None, help="Reshard: e.g. 5GB, 500MB (default: the base's sharding)."),
@@ -314,6 +314,12 @@ def _merge_command(direction: str):
             click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists."),
             click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
         ]
+        if direction == "merge":
+            options.append(click.option("--again", is_flag=True, help="Merge an adapter the base's merge record already holds "
+                                                                       "(or one listed twice): it is then applied twice."))
+        else:
+            options.append(click.option("--force", is_flag=True, help="Unmerge what the merge record does not hold: an adapter "
+                                                                       "not recorded, other weights than recorded, or out of order."))
         for option in reversed(options):
             func = option(func)
         return func
@@ -324,7 +330,9 @@ _DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
 
 
 def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
-               push: dict[str, Any] | None = None, fan_in_fan_out: str = "auto") -> Any:
+               push: dict[str, Any] | None = None, fan_in_fan_out: str = "auto", again: bool = False,
+               force: bool = False) -> Any:
+    explicit = bool(weights)  # unmerge: without --weight, the weights come from the merge record
     base, given, weights, out = _merge_inputs(paths, adapters, weights, "MERGED" if direction == "unmerge" else "BASE")
     size = _parse_size(max_shard_size)
     for p in (base, *given):
@@ -334,9 +342,9 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
     from .ops.merge import merge_checkpoint
 
     report = merge_checkpoint(
-        base, given, out, weights=weights, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
+        base, given, out, weights=weights if explicit else None, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
         max_shard_size=size, safe=safe, overwrite=overwrite, unmerge=direction == "unmerge", tied_embeddings=tied_embeddings,
-        fan_in_fan_out=fan_in_fan_out,
+        fan_in_fan_out=fan_in_fan_out, again=again, force=force,
     )
     if as_json:
         click.echo(json.dumps({
@@ -362,7 +370,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
 @click.option("--token", default=None, envvar=None, help="Hub token for --push-to (default: HF_TOKEN or the stored login).")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @handles_errors
-def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
+def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, again=False,
           push_to=None, token=None, private=False, fan_in_fan_out="auto") -> None:
     """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
     sharded index, or one .safetensors file) and write OUT: the same sharding and index, every
@@ -371,6 +379,13 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
     is computed in fp32 (on --device) and cast once.  BASE is never modified; OUT appears whole
     or not at all.  LoRA (incl. DoRA, lora_bias, Conv1D, embeddings, convolutions), IA3 and
     modules_to_save merge; prompt-learning adapters have no weights to merge into.
+
+    Several adapters give PEFT's model with them all active, in the order named
+    (set_adapter([a, b])): DoRA's norm is over the base weight and its own change only.  Two
+    merge commands one after the other differ there (the second DoRA's norm then includes the
+    first merge).  What PEFT cannot activate together is refused (two modules_to_save of one
+    module, a module saved whole by one and adapted by the other).  An adapter the base's
+    merge record already holds is refused unless --again.
 
     \b
     Examples:
@@ -381,26 +396,29 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
     """
     push = None if push_to is None else {"repo_id": push_to, "token": token, "private": private}
     _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, push,
-               fan_in_fan_out)
+               fan_in_fan_out, again=again)
 
 
 @main.command(short_help="Take merged adapters back out of a checkpoint (the inverse of merge).")
 @_merge_command("unmerge")
 @handles_errors
-def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
+def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, force=False,
             fan_in_fan_out="auto") -> None:
     """Take adapters back out of the merged checkpoint MERGED and write OUT: the inverse of
-    `adapterkit merge` with the same adapters and weights.  Exact up to rounding for LoRA;
-    IA3 (division by the scaling) and modules_to_save (the base tensor is gone) are lossy and
-    reported so; DoRA cannot be unmerged from a checkpoint (the norm it divided by is gone).
+    `adapterkit merge`.  The weights come from MERGED's merge record (each adapter known by
+    its content digest); an adapter the record does not hold, other weights, or a merge that
+    a later one still merged does not commute with (IA3 or DoRA after it on a shared tensor)
+    are refused unless --force; adapters are taken out newest first.  Exact up to rounding
+    for LoRA; IA3 (division by the scaling) and modules_to_save (the base tensor is gone) are
+    lossy and reported so; DoRA cannot be unmerged from a checkpoint (the norm it divided by is gone).
 
     \b
     Examples:
       adapterkit unmerge merged-model my-lora base-again
-      adapterkit unmerge merged base-again --adapter a --weight 0.7 --adapter b --weight 0.3
+      adapterkit unmerge merged base-again --adapter a --adapter b
     """
     _run_merge("unmerge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
-               fan_in_fan_out=fan_in_fan_out)
+               fan_in_fan_out=fan_in_fan_out, force=force)
 
 
 

@@ -50,7 +50,7 @@ MUTANTS = [
      "norm = torch.linalg.norm(W + 1 * delta, dim=1).to(W.dtype)\n        return (m[: norm.shape[0]] / norm).view(-1, 1)"),
     ("dora: conv norm over the output channels", LORA, "norm = (W + 1 * delta).norm(p=2, dim=tuple(range(1, W.dim())), keepdim=True).transpose(1, 0)",
      "norm = (W + 1 * delta).norm(p=2, dim=tuple(range(0, W.dim() - 1)), keepdim=True).transpose(1, 0)"),
-    ("dora: merged as plain LoRA", LORA, 'out = {"weight": _dora_factor(view, W, delta) * (W + delta)}', 'out = {"weight": W + delta}'),
+    ("dora: merged as plain LoRA", LORA, 'out = {"weight": factor * (W + delta)}', 'out = {"weight": W + delta}'),
     ("dora: scaled merge allowed", LORA, "        if weight != 1:\n            raise UnsupportedError(\n                \"DoRA defines", "        if False:\n            raise UnsupportedError(\n                \"DoRA defines"),
     ("lora: unmerge adds", LORA, 'out = {"weight": W - delta_weight(', 'out = {"weight": W + delta_weight('),
     ("lora: delta rounded to the adapter's dtype", LORA, "delta = delta_weight(adapter, module, device=W.device, dtype=W.dtype)", "delta = delta_weight(adapter, module, device=W.device).to(W.dtype)"),

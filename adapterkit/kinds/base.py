@@ -248,10 +248,13 @@ class Kind:
         self._mergeable(adapter, module)
         return self.merge_shapes(adapter, module)  # type: ignore[misc]
 
-    def merge_module(self, adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
-        """The kind's ``merge``; raises UnsupportedError (``not-supported``) where there is none."""
+    def merge_module(self, adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None,
+                     base: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The kind's ``merge``; raises UnsupportedError (``not-supported``) where there is none.
+        ``base``: the module's tensors before other adapters of the same merge changed them."""
         self._mergeable(adapter, module)
-        return self.merge(adapter, module, dict(targets), weight=weight, device=device)  # type: ignore[misc]
+        extra = {} if base is None else {"base": dict(base)}
+        return self.merge(adapter, module, dict(targets), weight=weight, device=device, **extra)  # type: ignore[misc]
 
     def unmerge_module(self, adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
         """The kind's ``unmerge``; raises UnsupportedError (``not-supported``) where there is none."""

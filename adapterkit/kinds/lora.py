@@ -368,7 +368,8 @@ def _dora_factor(view: LoraModule, W: torch.Tensor, delta: torch.Tensor) -> torc
 dora_factor = _dora_factor  # public: adapterkit.inject keeps it to unmerge a DoRA merge, as PEFT caches the norm
 
 
-def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None,
+          base: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The module's base tensors with the adapter merged in, computed in fp32 (fp64 for fp64 targets).
 
     ``targets`` holds the base tensors in the checkpoint's layout, keyed by role (see
@@ -376,6 +377,12 @@ def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, we
     ``lora_bias``.  DoRA: PEFT's (m / ‖W + ΔW‖)·(W + ΔW); only weight=1 is defined (PEFT has
     no scaled DoRA).  For weight=1 the result is PEFT's ``merge`` computed in fp32 (bit-identical
     for fp32 bases).
+
+    ``base``: the module's tensors before the other adapters of the same merge changed
+    ``targets`` (None: ``targets`` are those).  PEFT's layer with several active adapters
+    computes DoRA's norm over the base weight plus its own ΔW alone — ‖W₀ + ΔW‖ — and scales
+    what the adapters before it made of the layer: W' = m/‖W₀ + ΔW‖·(W + ΔW) and, for the bias,
+    b' = b₀ + m/‖W₀ + ΔW‖·(b − b₀) (its forward scales their outputs, not the base bias).
 
     Raises:
         NotFoundError: ``base-tensor-missing`` when a required role is absent.
@@ -392,7 +399,12 @@ def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, we
                 "DoRA defines no scaled merge: ‖W + ΔW‖ is not linear in the adapter's weight", key=module,
                 path=adapter.source, expected="weight=1", actual=f"weight={weight}",
             )
-        out = {"weight": _dora_factor(view, W, delta) * (W + delta)}
+        b = None if base is None or "weight" not in base else prepare_targets(adapter, module, base, merge_shapes(adapter, module), device)
+        factor = _dora_factor(view, W if b is None else b["weight"], delta)
+        out = {"weight": factor * (W + delta)}
+        if base is not None and targets.get("bias") is not None and base.get("bias") is not None:
+            b0 = base["bias"].to(device=W.device, dtype=W.dtype)
+            out["bias"] = b0 + factor.reshape(-1) * (targets["bias"].to(device=W.device, dtype=W.dtype) - b0)
     else:
         out = {"weight": W + delta * weight}
     if "bias" in t:

@@ -72,6 +72,7 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
+from ..io.outputs import derived
 from ..io.recipe import step
 from ..kinds.lora import PREFIX
 from ..kinds.patterns import matches_modules_to_save
@@ -460,7 +461,8 @@ def combine(
     req = _Request(method, rank, 1.0 if density is None else float(density), majority_sign, seed, svd_clamp, resolve_device(device))
     labels = _names(adapters, names)
     result = combiner(adapters, weights, req)
-    return replace(result, recipe=(_step(adapters, labels, weights, req, density),))
+    result = replace(result, recipe=(_step(adapters, labels, weights, req, density),))
+    return derived(result, [(f"input adapter {i + 1}", a) for i, a in enumerate(adapters)])  # save never writes over them
 
 
 def _names(adapters: Sequence[Adapter], names: Sequence[str | Path] | None) -> list[str]:

@@ -29,6 +29,7 @@ from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
 from ..errors import FormatError, TensorError, UnsupportedError
 from ..hub.paths import local_path
+from ..io.outputs import adapter_inputs, check_output, checkpoint_inputs
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
 from ..progress import progress_bytes
@@ -170,6 +171,8 @@ def merge_checkpoint(
     device = resolve_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(local_path(base, "checkpoint"))
     loaded = [_as_adapter(a) for a in adapters]
+    check_output(out, [*checkpoint_inputs(ckpt, "merged checkpoint" if unmerge else "base checkpoint"),  # before any work
+                       *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])
     weights = [1.0] * len(loaded) if weights is None else [float(w) for w in weights]
     if len(weights) != len(loaded):
         raise UnsupportedError("one weight per adapter", key="weights", expected=len(loaded), actual=len(weights))

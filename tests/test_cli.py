@@ -349,7 +349,8 @@ def test_info_mentions_other_adapters_in_the_folder(tmp_path):
     assert data["kind"] == "IA3" and data["other_adapters"] == [".", "third"]
     alone = json.loads(run("info", multi / "third", "--json").output)
     assert alone["other_adapters"] == []
-    assert run("convert", multi, multi / "one.safetensors").exit_code == 0  # a single file stands alone
+    assert run("convert", multi, tmp_path / "one.safetensors").exit_code == 0  # not into the input's folder: overwrite-input
+    (tmp_path / "one.safetensors").rename(multi / "one.safetensors")  # a single file stands alone
     assert json.loads(run("info", multi / "one.safetensors", "--json").output)["other_adapters"] == []
 
 

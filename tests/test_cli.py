@@ -174,6 +174,7 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     ["extract", "/no/such/base", "/no/such/ft", "out", "--rank", "2"],
     ["check", "--help"], ["check", "x", "--for", "bogus"], ["check", "/no/such/path", "--for", "vllm"],
     ["convert", "src", "out", "--for", "bogus"],
+    ["info", "./nope/adapter"], ["info", "./org/name"], ["merge", "./nope", "org/lora", "out"],  # paths by their shape: no Hub, no torch
 ])
 def test_help_version_and_usage_errors_do_not_import_torch(args):
     code = (

@@ -191,3 +191,29 @@ def test_library_writers_are_guarded_too(world, tmp_path):
     # and what is not an input stays writable
     adapterkit.save(resized, tmp_path / "elsewhere")
     assert merge_checkpoint(base, [lora], tmp_path / "merged").changed == 2
+
+
+def test_repo_id_inputs_protect_their_cache_folder(tmp_path, monkeypatch):
+    """A repo id's input is the cache snapshot its files were read from (and the blobs behind its
+    links); pull reads the cache too."""
+    from test_hub import checkpoint_files, make_lora
+    from test_hub import hub as hub_fixture
+
+    hub = hub_fixture.__wrapped__(tmp_path, monkeypatch)
+    server = next(hub)
+    try:
+        server.add("org/lora", {p.name: p.read_bytes() for p in make_lora(tmp_path / "src" / "lora").iterdir()})
+        server.add("org/base", checkpoint_files(tmp_path / "src"))
+        cache = tmp_path / "cache"
+        assert run("pull", "org/lora", tmp_path / "pulled").exit_code == 0  # fills the cache
+        before = snapshot(cache)
+        snap = next((cache / "models--org--lora" / "snapshots").iterdir())
+        for args in (["pull", "org/lora", cache], ["pull", "org/lora", snap], ["pull", "org/lora", cache / "x"],
+                     ["merge", "org/base", "org/lora", snap], ["merge", "org/base", "org/lora", cache / "models--org--lora"],
+                     ["convert", "org/lora", snap / "x"], ["resize", "org/lora", cache / "models--org--lora" / "blobs", "--rank", "1"]):
+            res = run(*args, "--overwrite")
+            assert res.exit_code == 2 and res.output.rstrip().endswith("[overwrite-input]"), (args, res.output)
+        after = snapshot(cache)
+        assert {k: v for k, v in after.items() if "org--base" not in k} == before  # (merge fetched org/base meanwhile)
+    finally:
+        next(hub, None)

@@ -94,9 +94,9 @@ def adapter_inputs(adapter: Adapter, role: str = "adapter") -> list[Input]:
     if source is not None:
         if source.name in DIR_WEIGHTS:
             found.append((role, source.parent))
-        else:
-            found.append((role, source))
-            found.append((f"{role}'s config", source.parent / CONFIG_NAME))
+        # the files themselves too: behind links (a Hub cache snapshot) they live elsewhere
+        found.append((role, source))
+        found.append((f"{role}'s config", source.parent / CONFIG_NAME))
     return found + [(r, Path(p)) for r, p in adapter.inputs]
 
 

@@ -265,22 +265,6 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
     click.echo(f"wrote {written} ({adapter.peft_type}, {_plural(len(adapter.tensors), 'tensor')}, form={named})")
 
 
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def _parse_size(text: str | None) -> int | None:
-    """``5GB`` (10^9, as transformers counts), ``2GiB``, or a number of bytes."""
-    if text is None:
-        return None
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
-    unit = m[2].upper() if m else ""
-    if not m or unit not in _SIZE_UNITS or float(m[1]) <= 0:
-        raise click.BadParameter(f"{text!r} is not a size such as 5GB, 500MB, 2GiB or a number of bytes", param_hint="--max-shard-size")
-    return int(float(m[1]) * _SIZE_UNITS[unit])
-
-
 def _merge_inputs(paths: tuple[Path, ...], adapters: tuple[Path, ...], weights: tuple[float, ...], what: str) -> tuple[Path, list[Path], list[float], Path]:
     """(base, adapters, weights, out) from ``BASE [ADAPTER] OUT`` plus ``--adapter``/``--weight``."""
     if len(paths) not in (2, 3):
@@ -290,23 +274,25 @@ def _merge_inputs(paths: tuple[Path, ...], adapters: tuple[Path, ...], weights: 
     if not given:
         raise click.UsageError("name an adapter: a positional ADAPTER or --adapter PATH", ctx=click.get_current_context())
     if weights and len(weights) != len(given):
-        raise click.UsageError(
-            f"{len(weights)} --weight for {len(given)} adapters: give one per adapter (positional first), or none for 1.0 each",
-            ctx=click.get_current_context(),
-        )
+        from .errors import ArgumentError
+
+        raise ArgumentError(f"{len(weights)} --weight for {len(given)} adapters: give one per adapter (positional first), or none for 1.0 each",
+                            key="--weight", expected=f"{len(given)} or none", actual=len(weights))
     return base, given, list(weights) or [1.0] * len(given), out
 
 
 def _merge_command(direction: str):
     def decorate(func):
         options = [
-            click.argument("paths", nargs=-1, required=True, type=click.Path()),
+            click.argument("paths", nargs=-1, required=True, type=click.Path(),
+                           metavar=f"{'MERGED' if direction == 'unmerge' else 'BASE'} [ADAPTER] OUT"),
             click.option("--adapter", "adapters", multiple=True, type=INPUT, help="An adapter (repeatable), after the positional one."),
             click.option("--weight", "weights", multiple=True, type=float, help="Its weight (repeatable, one per adapter in order; default 1)."),
             click.option("--device", default=None, help="torch device for the fp32 math, e.g. cuda."),
             click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32", "fp64"]), default=None, help="Store floating-point tensors in this dtype (default: as in the base)."),
             click.option("--max-shard-size", default=None, help="Reshard: e.g. 5GB, 500MB (default: the base's sharding)."),
-            click.option("--safe/--no-safe", default=True, show_default=True, help="Refuse to write a tensor holding NaN or Inf."),
+            click.option("--safe/--no-safe", default=True, show_default=True,
+                         help="Refuse NaN or Inf in an adapter or a merged tensor (PEFT's safe_merge); --no-safe writes them."),
             click.option("--tied-embeddings", type=click.Choice(["untie", "shared"]), default="untie", show_default=True,
                          help="When the base ties lm_head to its input embeddings and an adapter changes either: untie them "
                               "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false) or merge into the "
@@ -326,7 +312,9 @@ _DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
 def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
                push: dict[str, Any] | None = None) -> Any:
     base, given, weights, out = _merge_inputs(paths, adapters, weights, "MERGED" if direction == "unmerge" else "BASE")
-    size = _parse_size(max_shard_size)
+    from .arguments import parse_size
+
+    size = parse_size(max_shard_size)
     base, given, out = _require(base), [_require(p) for p in given], Path(out)
     _guard(out, ("MERGED" if direction == "unmerge" else "BASE", base), *(("ADAPTER", p) for p in given))
     if push is not None:
@@ -424,7 +412,7 @@ def _rank_text(adapter: Any) -> str:
     return str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}..{ranks[-1]}"
 
 
-@main.command("combine", short_help="Combine adapters into one (PEFT's add_weighted_adapter methods).")
+@main.command("combine", options_metavar="-o OUT [OPTIONS]", short_help="Combine adapters into one (PEFT's add_weighted_adapter methods).")
 @click.argument("adapters", nargs=-1, required=True, type=INPUT)
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Where to write the result (*.safetensors = one file, else a PEFT directory).")
 @click.option("--weights", default=None, metavar="W1,W2,...", help="One weight per adapter, comma-separated, any sign (default: 1 each).")
@@ -455,6 +443,9 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
       adapterkit combine a b c --weights 1,1,-0.5 --method dare_ties --density 0.3 --seed 7 -o abc
     """
     given = _parse_weights(weights, len(adapters))
+    from .arguments import check_combine
+
+    check_combine(len(adapters), given, method, rank, density, svd_clamp)
     adapters = tuple(_require(p) for p in adapters)
     _guard(out, *(("ADAPTERS", p) for p in adapters))
     import time
@@ -567,6 +558,9 @@ def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, o
       adapterkit resize my-lora canonical --rank 64      # at its own rank: lossless, balanced factors
     """
     _one_of(rank=rank, energy=energy, sv_ratio=sv_ratio)
+    from .arguments import check_resize
+
+    check_resize(rank, energy, sv_ratio)
     src = _require(src)
     _guard(out, ("IN", src))
     from .ops.resize import resize as run
@@ -595,6 +589,10 @@ def rebalance(src: Path, out: Path, adapter_name: str | None, device: str | None
       adapterkit rebalance my-lora out --budget 20000000 --json
     """
     _one_of(budget=budget, rank=rank)
+    from .arguments import positive_int
+
+    positive_int("--budget", budget)
+    positive_int("--rank", rank)
     src = _require(src)
     _guard(out, ("IN", src))
     from .ops.rebalance import rebalance as run
@@ -641,6 +639,10 @@ def prune(src: Path, out: Path, adapter_name: str | None, device: str | None, ov
     wanted = _parse_layers(layers)
     if modules is None and wanted is None and min_energy is None and keep_fraction is None:
         raise click.UsageError("give at least one of --modules, --layers, --min-energy, --keep-fraction", ctx=click.get_current_context())
+    from .arguments import fraction
+
+    fraction("--min-energy", min_energy, zero=True)
+    fraction("--keep-fraction", keep_fraction)
     src = _require(src)
     _guard(out, ("IN", src))
     from .ops.prune import prune as run
@@ -742,6 +744,9 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
       adapterkit extract base ft ft-lora.safetensors --energy 0.99 --targets 'self_attn' --device cuda
     """
     _one_of(rank=rank, energy=energy)
+    from .arguments import check_resize
+
+    check_resize(rank, energy, None)
     base = _require(base)
     finetuned = _require(finetuned)
     _guard(out, ("BASE", base), ("FINETUNED", finetuned))

@@ -262,11 +262,14 @@ def digest_problems(adapter: Adapter, config_data: Any, tensors: dict | None = N
     return [problem] if problem else []
 
 
-def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None, verify_digest: bool = True) -> Adapter:
+def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None, verify_digest: bool = True,
+         finite: bool = True) -> Adapter:
     """Read an adapter fully into memory, checking every rule including finite values and the
     content digest the file records (§5.5; hashing costs ~0.7 ms per MB of CPU time, spread over
     up to 4 threads).  ``verify_digest=False`` skips that one check, for a file already verified
-    (a server re-loading it per request); a malformed record is still refused.
+    (a server re-loading it per request); a malformed record is still refused.  ``finite=False``
+    skips the NaN/Inf check (``merge --no-safe``, as PEFT's ``safe_merge=False`` merges whatever
+    the adapter holds).
 
     Raises:
         AdapterkitError subclasses (see ``open_adapter``); ``digest-mismatch`` when the file's
@@ -282,10 +285,10 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
     if verify_digest and isinstance(store, LazyStore) and recorded(store.header.metadata, store.header.path) is not None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterkit-digest") as pool:  # hash while the values are checked
             digest = pool.submit(digest_problems, adapter, config_data, tensors)
-            values = value_problems(loaded)
+            values = value_problems(loaded) if finite else []
             raise_first_error(digest.result())  # the bytes first: a flipped bit may also make a NaN
     else:
-        values = value_problems(loaded)
+        values = value_problems(loaded) if finite else []
     raise_first_error(values)  # on the CPU buffer as read: one pass per dtype run
     if device is not None:
         loaded = Adapter(adapter.config, MemoryStore({k: v.to(device) for k, v in tensors.items()}), adapter.source, adapter.format_version,

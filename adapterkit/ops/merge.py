@@ -66,8 +66,9 @@ class MergeReport:
     notes: list[str] = field(default_factory=list)  # what else changed (embeddings untied)
 
 
-def _as_adapter(item: str | Path | Adapter) -> Adapter:
-    return item if isinstance(item, Adapter) else load(local_path(item, "adapter"))
+def _as_adapter(item: str | Path | Adapter, safe: bool = True) -> Adapter:
+    """``safe=False`` reads NaN/Inf values too: PEFT's ``safe_merge=False`` merges them."""
+    return item if isinstance(item, Adapter) else load(local_path(item, "adapter"), finite=safe)
 
 
 def _touches(adapters: list[Adapter], keys: dict[str, tuple[str, tuple[int, ...]]]):
@@ -161,6 +162,9 @@ def merge_checkpoint(
     adapter-attached model does; ``"shared"`` merges both into the one shared matrix, as
     PEFT's ``merge_and_unload`` does (which changes the other embedding too).
 
+    ``safe`` (PEFT's ``safe_merge``): refuse NaN/Inf in an adapter read here or in a merged
+    tensor; ``safe=False`` checks neither and writes what the sums give, as PEFT's unsafe merge.
+
     Raises:
         AdapterkitError subclasses: an adapter that cannot be merged (prompt kinds), modules
         with no or mismatched base tensors (all listed at once), non-float base tensors,
@@ -170,7 +174,7 @@ def merge_checkpoint(
     direction = "unmerge" if unmerge else "merge"
     device = resolve_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(local_path(base, "checkpoint"))
-    loaded = [_as_adapter(a) for a in adapters]
+    loaded = [_as_adapter(a, safe) for a in adapters]
     check_output(out, [*checkpoint_inputs(ckpt, "merged checkpoint" if unmerge else "base checkpoint"),  # before any work
                        *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])
     weights = [1.0] * len(loaded) if weights is None else [float(w) for w in weights]

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI_TESTS = ["tests/test_cli.py"]
 WRITE_TESTS = ["tests/test_errors.py", "tests/test_cli.py"]
 MERGE_TESTS = ["tests/test_merge.py", "tests/test_merge_stream.py"]
+GUARD_TESTS = ["tests/test_output_guard.py"]
 
 # (name, file, old text, new text, tests)
 MUTANTS = [
@@ -68,6 +69,20 @@ MUTANTS = [
     ("merge: README note not written", "adapterkit/ops/merge.py", "            files.update(_readme(ckpt, direction, record, notes))", "            pass", MERGE_TESTS),
     ("merge: --weight count not checked", "adapterkit/cli.py", "    if weights and len(weights) != len(given):", "    if False:", MERGE_TESTS),
     ("config file given: no hint", "adapterkit/io/reader.py", "    elif path.name == CONFIG_NAME:", "    elif False:", CLI_TESTS),
+    # the output guard (adapterkit/io/outputs.py) and the arguments checked before torch (issue 17)
+    ("guard: links not resolved", "adapterkit/io/outputs.py", "    return {Path(os.path.abspath(path)), Path(os.path.realpath(path))}",
+     "    return {Path(os.path.abspath(path))}", GUARD_TESTS),
+    ("guard: the folder an adapter was found in is not an input", "adapterkit/io/reader.py",
+     '            adapter = replace(adapter, inputs=(("folder holding the adapter", str(path)),))', "            pass", GUARD_TESTS),
+    ("guard: an operation's result forgets its inputs", "adapterkit/io/outputs.py",
+     "    return replace(result, inputs=tuple(dict.fromkeys(inputs)))", "    return result", GUARD_TESTS),
+    ("guard: a Hub snapshot's blobs unprotected", "adapterkit/io/outputs.py", "        found.append((role, source))\n", "", GUARD_TESTS),
+    ("guard: merge checks only the base", "adapterkit/ops/merge.py", '                       *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])',
+     "                       ])", GUARD_TESTS),
+    ("prune: layers no module is in ignored", "adapterkit/ops/prune.py", "        _check_layers(adapter, names, wanted)", "        pass", CLI_TESTS),
+    ("merge --no-safe still refuses NaN in the adapter", "adapterkit/ops/merge.py", 'load(local_path(item, "adapter"), finite=safe)',
+     'load(local_path(item, "adapter"))', CLI_TESTS),
+    ("combine: --density missing is left to the library (after torch)", "adapterkit/arguments.py", "        if density is None:\n", "        if False:\n", CLI_TESTS),
 ]
 
 

@@ -210,7 +210,8 @@ def test_repo_id_inputs_protect_their_cache_folder(tmp_path, monkeypatch):
         snap = next((cache / "models--org--lora" / "snapshots").iterdir())
         for args in (["pull", "org/lora", cache], ["pull", "org/lora", snap], ["pull", "org/lora", cache / "x"],
                      ["merge", "org/base", "org/lora", snap], ["merge", "org/base", "org/lora", cache / "models--org--lora"],
-                     ["convert", "org/lora", snap / "x"], ["resize", "org/lora", cache / "models--org--lora" / "blobs", "--rank", "1"]):
+                     ["convert", "org/lora", snap / "x"], ["resize", "org/lora", cache / "models--org--lora" / "blobs", "--rank", "1"],
+                     ["convert", "org/lora", (snap / "adapter_model.safetensors").resolve()]):  # the weights' blob itself
             res = run(*args, "--overwrite")
             assert res.exit_code == 2 and res.output.rstrip().endswith("[overwrite-input]"), (args, res.output)
         after = snapshot(cache)

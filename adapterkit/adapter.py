@@ -104,6 +104,9 @@ class Adapter:
         format_version: the adapterkit format version of the source, None for the PEFT profile.
         recipe: how adapterkit made it, oldest step first (``adapterkit.io.recipe``); provenance
             only, so ``==`` ignores it, as it ignores ``source``.
+        inputs: (role, path) of what an operation read to make it (``combine``'s adapters,
+            ``extract``'s checkpoints, ...): ``save`` never writes over, into or around them
+            (``adapterkit.io.outputs``); ignored by ``==``.
     """
 
     config: AdapterConfig
@@ -111,6 +114,7 @@ class Adapter:
     source: Path | None = None
     format_version: str | None = None
     recipe: tuple[dict[str, Any], ...] = ()
+    inputs: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_tensors(cls, config: AdapterConfig, tensors: Mapping[str, torch.Tensor]) -> Adapter:

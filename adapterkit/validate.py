@@ -126,8 +126,12 @@ def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Probl
     from .hub.paths import local_path
     from .io.reader import open_with_config
 
-    path = local_path(path, "adapter")
-
+    try:
+        path = local_path(path, "adapter")
+    except AdapterkitError as exc:
+        if exc.code != "file-not-found":  # the Hub's errors are raised
+            raise
+        return [Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual)]
     config_problems: list[Problem] = []
     try:
         adapter, config_data = open_with_config(path, adapter_name=adapter_name, strict=False, config_problems=config_problems)

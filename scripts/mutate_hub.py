@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TESTS = ["tests/test_hub.py"]
+TESTS = ["tests/test_hub.py", "tests/test_paths.py"]
 REPO_ID = "adapterkit/hub/repo_id.py"
 REMOTE = "adapterkit/hub/remote.py"
 PUSH = "adapterkit/hub/push.py"
@@ -23,7 +23,11 @@ CLI = "adapterkit/cli.py"
 
 # (name, file, old text, new text)
 MUTANTS = [
-    ("repo id: a local path no longer wins", REPO_ID, "    if os.path.lexists(Path(path)):\n        return None", "    if False:\n        return None"),
+    ("repo id: a local path no longer wins", REPO_ID, "    if os.path.lexists(Path(path)) or local_reason(path) is not None:\n        return None",
+     "    if False:\n        return None"),
+    ("repo id: ./ and an existing first part no longer mean a path", REPO_ID,
+     "    if os.path.lexists(Path(path)) or local_reason(path) is not None:", "    if os.path.lexists(Path(path)):"),
+    ("repo id: an existing first part no longer means a path", REPO_ID, "    if first and os.path.lexists(first):", "    if False:"),
     ("repo id: @revision dropped", REPO_ID, 'return RepoRef(m["repo"], m["rev"])', 'return RepoRef(m["repo"], None)'),
     ("names: '..' allowed", REMOTE, 'any(p in ("", ".", "..") for p in parts)', 'any(p in ("", ".") for p in parts)'),
     ("names: backslash allowed", REMOTE, '"\\\\" in name or ', ""),
@@ -77,7 +81,7 @@ MUTANTS = [
     ("card: no kind tag", CARD, "tags = [kind.lower(), *", "tags = [*"),
     ("card: tensors counted, not parameters", CARD, "{adapter.parameter_count():,}", "{len(adapter.tensors):,}"),
     ("card: merge card marked adapter", CARD, 'front_matter(base_model=base_model, relation="merge"', 'front_matter(base_model=base_model, relation="adapter"'),
-    ("cli: a repo id refused as a missing path", CLI, "and parse_repo_id(path) is None:", ":"),
+    ("cli: a repo id refused as a missing path", REPO_ID, "    if os.path.lexists(s) or as_repo(s) is not None:", "    if os.path.lexists(s):"),
     ("cli --push-to: base_model from the adapter even for a Hub base", CLI,
      "base_model = ref.repo_id if ref is not None else (trained_on[0] if trained_on else None)", "base_model = trained_on[0] if trained_on else None"),
     ("cli --push-to: checked only after the merge", CLI, '        _check_push_to(push["repo_id"], out)\n', "        pass\n"),

@@ -376,12 +376,12 @@ def test_cli_merge_and_unmerge(tmp_path: Path) -> None:
     assert [x["weight"] for x in data["adapters"]] == [0.5, 2.0] and data["changed"] == 4
     assert all(t.dtype == torch.bfloat16 for t in shards(tmp_path / "ab").values())
     res = run(main, ["merge", str(base), str(tmp_path / "x"), "--adapter", str(a), "--weight", "1", "--weight", "2"])
-    assert res.exit_code == 2 and "[usage]" in res.output and "--weight" in res.output
+    assert res.exit_code == 2 and "[argument-invalid]" in res.output and "--weight" in res.output
     res = run(main, ["merge", str(base), str(a), str(tmp_path / "r"), "--max-shard-size", "8KB"])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "r").glob("model-*.safetensors"))) > len(list(base.glob("model-*.safetensors")))
     res = run(main, ["merge", str(base), str(a), str(tmp_path / "s"), "--max-shard-size", "lots"])
-    assert res.exit_code == 2 and "[usage]" in res.output
+    assert res.exit_code == 2 and "[argument-invalid]" in res.output
     res = run(main, ["unmerge", str(tmp_path / "m"), str(a), str(tmp_path / "back")])
     assert res.exit_code == 0, res.output
     for key, value in shards(base).items():

@@ -66,6 +66,7 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
+from ..io.outputs import derived
 from ..io.recipe import step
 from ..kinds.lora import PREFIX
 from ..kinds.patterns import matches_modules_to_save
@@ -486,7 +487,8 @@ def combine(
     result = combiner(oriented, weights, req)
     if flag is not None and result.config.fan_in_fan_out != flag:
         result = replace(result, config=replace(result.config, fan_in_fan_out=flag))
-    return replace(result, recipe=(_step(adapters, labels, weights, req, density),))
+    result = replace(result, recipe=(_step(adapters, labels, weights, req, density),))
+    return derived(result, [(f"input adapter {i + 1}", a) for i, a in enumerate(adapters)])  # save never writes over them
 
 
 def _names(adapters: Sequence[Adapter], names: Sequence[str | Path] | None) -> list[str]:

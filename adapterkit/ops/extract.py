@@ -50,6 +50,7 @@ from ..checkpoint.reader import Checkpoint, open_checkpoint
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError
 from ..hub.paths import local_path
+from ..io.outputs import checkpoint_inputs
 from ..io.recipe import step
 from ..kinds.lora import PREFIX, LoraConfig
 from ..linalg import dense_svd, randomized_svd, select_rank
@@ -289,4 +290,5 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
                           bias="all" if any(k.endswith(".bias") for k in whole) else "none")
     cfg = scaling_one_config(template, {r.name: r.rank for r in records}, lora_bias=False)
     report = ExtractReport(tuple(sorted(records, key=lambda r: r.name)), rule, tuple(unchanged), not_extracted, tuple(whole))
-    return replace(Adapter.from_tensors(cfg, tensors), recipe=(recorded,)), report
+    inputs = (*checkpoint_inputs(bck, "base checkpoint"), *checkpoint_inputs(fck, "fine-tuned checkpoint"))  # save never writes over them
+    return replace(Adapter.from_tensors(cfg, tensors), recipe=(recorded,), inputs=tuple((r, str(p)) for r, p in inputs)), report

@@ -46,6 +46,7 @@ from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
 from ..errors import FormatError, TensorError, UnsupportedError
 from ..hub.paths import local_path
+from ..io.outputs import adapter_inputs, check_output, checkpoint_inputs
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
 from ..kinds.patterns import matches_modules_to_save
@@ -84,8 +85,9 @@ class MergeReport:
     notes: list[str] = field(default_factory=list)  # what else changed (embeddings untied)
 
 
-def _as_adapter(item: str | Path | Adapter) -> Adapter:
-    return item if isinstance(item, Adapter) else load(local_path(item, "adapter"))
+def _as_adapter(item: str | Path | Adapter, safe: bool = True) -> Adapter:
+    """``safe=False`` reads NaN/Inf values too: PEFT's ``safe_merge=False`` merges them."""
+    return item if isinstance(item, Adapter) else load(local_path(item, "adapter"), finite=safe)
 
 
 def _touches(adapters: list[Adapter], keys: dict[str, tuple[str, tuple[int, ...]]]):
@@ -307,6 +309,9 @@ def merge_checkpoint(
     decides from ``config.json`` and the shapes, and refuses (``orientation-unknown``) where they
     cannot tell; True / False, or {module name or suffix: bool}, say it (``ops.orientation``).
 
+    ``safe`` (PEFT's ``safe_merge``): refuse NaN/Inf in an adapter read here or in a merged
+    tensor; ``safe=False`` checks neither and writes what the sums give, as PEFT's unsafe merge.
+
     Raises:
         AdapterkitError subclasses: an adapter that cannot be merged (prompt kinds), modules
         with no or mismatched base tensors (all listed at once), non-float base tensors,
@@ -318,7 +323,9 @@ def merge_checkpoint(
     direction = "unmerge" if unmerge else "merge"
     device = resolve_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(local_path(base, "checkpoint"))
-    loaded = [_as_adapter(a) for a in adapters]
+    loaded = [_as_adapter(a, safe) for a in adapters]
+    check_output(out, [*checkpoint_inputs(ckpt, "merged checkpoint" if unmerge else "base checkpoint"),  # before any work
+                       *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])
     if weights is not None and len(weights) != len(loaded):
         raise UnsupportedError("one weight per adapter", key="weights", expected=len(loaded), actual=len(weights))
     history = merge_record.read(ckpt)

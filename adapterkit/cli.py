@@ -288,10 +288,11 @@ def _merge_command(direction: str):
             click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32", "fp64"]), default=None, help="Store floating-point tensors in this dtype (default: as in the base)."),
             click.option("--max-shard-size", default=None, help="Reshard: e.g. 5GB, 500MB (default: the base's sharding)."),
             click.option("--safe/--no-safe", default=True, show_default=True, help="Refuse to write a tensor holding NaN or Inf."),
-            click.option("--tied-embeddings", type=click.Choice(["untie", "shared"]), default="untie", show_default=True,
+            click.option("--tied-embeddings", type=click.Choice(["untie", "shared"]), default=None,
                          help="When the base ties lm_head to its input embeddings and an adapter changes either: untie them "
-                              "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false) or merge into the "
-                              "shared matrix (PEFT's merge_and_unload: changes the other embedding too)."),
+                              "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false; the default where "
+                              "config.json says tied) or merge into the shared matrix (PEFT's merge_and_unload: changes the "
+                              "other embedding too).  Without a config.json the tie is unknown: giving either says it is tied."),
             click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists."),
             click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
         ]

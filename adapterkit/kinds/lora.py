@@ -255,6 +255,10 @@ def check(adapter: Adapter) -> list[Problem]:
                 add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT saves configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
     whole_unknown = {"modules_to_save", "target_modules", "bias"} & cfg.unknown
     grouped = {k for parts in groups.values() for k in parts.values()}  # exactly the keys parse_key accepts
+    for name in sorted(groups):  # PEFT wraps the module: its own bias is then `base_layer.bias`
+        if PREFIX + name + ".bias" in adapter.tensors:
+            add("unexpected-key", f"`{name}` has LoRA factors, so PEFT loads its bias from `{name}.base_layer.bias` and ignores "
+                f"`{name}.bias`", PREFIX + name + ".bias", expected=PREFIX + name + ".base_layer.bias", actual=PREFIX + name + ".bias")
     for key in adapter.tensors:
         if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key):
             add("unexpected-key", "tensor is neither a LoRA tensor nor part of modules_to_save", key, expected=f"{PREFIX}<module>.{{{','.join(PARTS)}}}", actual=key, severity="warning")

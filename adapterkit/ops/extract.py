@@ -190,6 +190,11 @@ def _unknown_tie(side: _Side, role: str) -> str:
 
 def _check_pair(base: _Side, ft: _Side) -> None:
     bk, fk = set(base.src), set(ft.src)
+    unknown = {s.tie.output_key: (s, role) for s, role in ((base, "base"), (ft, "fine-tuned")) if s.tie is not None and not s.tie.known}
+    if bk != fk and bk ^ fk <= unknown.keys():  # the other says tied (or stores it): this one's tie decides
+        side, role = unknown[next(iter(bk ^ fk))]
+        raise UnsupportedError(f"the checkpoints differ by `{side.tie.output_key}`" + _unknown_tie(side, role),
+                               code="tied-embeddings", path=side.ck.path, key="tie_word_embeddings", expected="config.json", actual="unknown")
     if bk != fk:
         only_b, only_f = sorted(bk - fk), sorted(fk - bk)
         parts = []

@@ -208,3 +208,116 @@ def test_merge_without_config_does_not_guess_a_tie(tmp_path: Path) -> None:
     ours = load_file(tmp_path / "out.safetensors")
     theirs = peft_model.merge_and_unload().state_dict()
     assert_same_tensors(ours, {k: v for k, v in theirs.items()})
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = nn.Module()
+        self.mlp.fc = nn.Linear(8, 8)
+
+
+class _Tower(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.layers = nn.ModuleList([_Block()])
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.layers[0].mlp.fc(self.fc(x)))
+
+
+class SharedNames(nn.Module):
+    """Modules sharing short names: `fc` and `vision.fc`, `layers.0.mlp.fc` and
+    `vision.layers.0.mlp.fc`, `norm` and `vision.norm` (a list of full names in target_modules or
+    modules_to_save would select both of each pair in PEFT)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.layers = nn.ModuleList([_Block()])
+        self.norm = nn.LayerNorm(8)
+        self.vision = _Tower()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vision(self.norm(self.layers[0].mlp.fc(self.fc(x))))
+
+
+def shared_names() -> nn.Module:
+    torch.manual_seed(0)
+    return SharedNames().eval()
+
+
+def _save_state(model: nn.Module, path: Path) -> Path:
+    path.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def _adapted(make, adapter: Path) -> tuple[set[str], torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PeftModel.from_pretrained(make(), adapter).eval()
+    names = {n.removeprefix("base_model.model.") for n, m in model.named_modules() if "default" in getattr(m, "lora_A", {})}
+    with torch.no_grad():
+        return names, model(X)
+
+
+X = torch.randn(3, 8, generator=torch.Generator().manual_seed(9))
+
+
+@pytest.mark.parametrize("targets, extracted", [(None, {"fc", "layers.0.mlp.fc"}), ("^layers", {"layers.0.mlp.fc"})])
+def test_target_modules_select_exactly_the_extracted_modules(tmp_path: Path, targets: str | None, extracted: set[str]) -> None:
+    """Only `fc` and `layers.0.mlp.fc` changed (weights and biases): PEFT must adapt exactly the
+    extracted modules, not their namesakes under `vision`, and compute the fine-tune."""
+    base = _save_state(shared_names(), tmp_path / "base")
+    tuned = shared_names()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name in ("fc", "layers.0.mlp.fc"):
+            for p in tuned.get_submodule(name).parameters():
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    ft = _save_state(tuned, tmp_path / "ft")
+    adapter, report = extract(base, ft, rank=FULL, targets=targets, save_changed=targets is None)
+    assert {m.name for m in report.modules} == extracted
+    out = adapterkit.save(adapter, tmp_path / "lora")
+    assert adapterkit.validate(out) == []
+    adapted, y = _adapted(shared_names, out)
+    assert adapted == extracted
+    if targets is None:  # everything changed was stored: PEFT computes the fine-tune
+        with torch.no_grad():
+            torch.testing.assert_close(y, tuned(X), atol=1e-5, rtol=0)
+        merge_checkpoint(base, [out], tmp_path / "merged")
+        assert_same_tensors(shards(tmp_path / "merged"), shards(ft))
+
+
+@pytest.mark.parametrize("targets", [None, "^layers"])
+def test_modules_to_save_namesakes_are_stored_whole(tmp_path: Path, targets: str | None) -> None:
+    """`norm.weight` changed: PEFT wraps `norm` and `vision.norm` for modules_to_save=["norm"] and
+    reads every tensor of both (on main: a KeyError for the missing ones).  With --targets '^layers'
+    and `fc` changed too, modules_to_save=["fc"] also wraps `layers.0.mlp.fc`, which PEFT then
+    does not adapt: it is stored whole instead, and said so."""
+    base = _save_state(shared_names(), tmp_path / "base")
+    tuned = shared_names()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        tuned.norm.weight.add_(torch.randn(8, generator=g))
+        for name in ("fc", "layers.0.mlp.fc"):
+            tuned.get_submodule(name).weight.add_(torch.randn(8, 8, generator=g) * 0.3)
+    ft = _save_state(tuned, tmp_path / "ft")
+    adapter, report = extract(base, ft, rank=FULL, targets=targets, save_changed=True)
+    out = adapterkit.save(adapter, tmp_path / "lora")
+    assert [p.code for p in adapterkit.validate(out)] == (["empty-adapter"] if targets else [])  # a warning
+    if targets is None:
+        adapted, y = _adapted(shared_names, out)
+        assert adapted == {m.name for m in report.modules} == {"fc", "layers.0.mlp.fc"}
+        with torch.no_grad():
+            torch.testing.assert_close(y, tuned(X), atol=1e-5, rtol=0)
+    else:  # nothing left for LoRA: PEFT refuses such an adapter loudly, and the report says why
+        assert report.modules == () and any("layers.0.mlp.fc" in n for n in report.notes)
+        assert any("PEFT" in n and "no LoRA" in n for n in report.notes)
+        with pytest.raises(ValueError, match="No modules were targeted"):
+            _adapted(shared_names, out)
+    merge_checkpoint(base, [out], tmp_path / "merged")
+    assert_same_tensors(shards(tmp_path / "merged"), shards(ft))

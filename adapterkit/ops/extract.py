@@ -382,6 +382,9 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
     notes = _tie_notes(bside, fside, set(saved))
     if layout.dropped:
         notes.append(f"stored whole instead of extracted (PEFT adapts no module inside a modules_to_save module): {', '.join(layout.dropped)}")
+    if not records and layout.whole:
+        notes.append("no LoRA factors left (no module has any): PEFT refuses to load such an adapter (no module targeted); "
+                     "`adapterkit merge` applies it")
     template = LoraConfig(target_modules=layout.target_modules, base_model_name_or_path=str(base),
                           modules_to_save=layout.modules_to_save, bias=layout.bias)
     cfg = scaling_one_config(template, {r.name: r.rank for r in records}, lora_bias=False)

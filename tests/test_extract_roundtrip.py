@@ -174,7 +174,7 @@ def test_extract_refuses_an_embedding_whose_tie_no_config_states(tmp_path: Path)
     """Single files carry no config.json: a changed input embedding without an output embedding
     may be tied or not, and PEFT computes different models: storing it is refused, not guessed."""
     base = save(tied_llama(), tmp_path / "base")
-    ft = save(perturb(tied_llama()), tmp_path / "ft")
+    save(perturb(tied_llama()), tmp_path / "ft")
     for d in ("base", "ft"):
         (tmp_path / f"{d}.safetensors").write_bytes((tmp_path / d / "model.safetensors").read_bytes())
     _, report = extract(tmp_path / "base.safetensors", tmp_path / "ft.safetensors", rank=FULL)
@@ -303,6 +303,7 @@ def test_modules_to_save_namesakes_are_stored_whole(tmp_path: Path, targets: str
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():
         tuned.norm.weight.add_(torch.randn(8, generator=g))
+        tuned.vision.fc.bias.add_(torch.randn(8, generator=g))  # a bias alone: stored as it is, bias="all"
         for name in ("fc", "layers.0.mlp.fc"):
             tuned.get_submodule(name).weight.add_(torch.randn(8, 8, generator=g) * 0.3)
     ft = _save_state(tuned, tmp_path / "ft")
@@ -310,6 +311,8 @@ def test_modules_to_save_namesakes_are_stored_whole(tmp_path: Path, targets: str
     out = adapterkit.save(adapter, tmp_path / "lora")
     assert [p.code for p in adapterkit.validate(out)] == (["empty-adapter"] if targets else [])  # a warning
     if targets is None:
+        assert adapter.config.modules_to_save == ["norm"] and adapter.config.bias == "all"
+        assert "base_model.model.vision.fc.bias" in adapter.tensors and "base_model.model.vision.norm.bias" in adapter.tensors
         adapted, y = _adapted(shared_names, out)
         assert adapted == {m.name for m in report.modules} == {"fc", "layers.0.mlp.fc"}
         with torch.no_grad():

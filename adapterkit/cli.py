@@ -753,6 +753,8 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
         f"{len(report.unchanged)} unchanged, {len(report.saved_whole)} saved whole ({whole / 1e6:.2f} MB), "
         f"{len(report.not_extracted)} changed not extracted ({left / 1e6:.2f} MB); {time.perf_counter() - start:.1f} s"
     )
+    for note in report.notes:
+        click.echo(f"note: {note}")
 
 
 

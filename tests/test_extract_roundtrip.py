@@ -131,6 +131,11 @@ def test_tied_embeddings_kept_by_the_fine_tune(tmp_path: Path) -> None:
     out = tmp_path / "lora"
     assert adapterkit.validate(out) == []
     torch.testing.assert_close(peft_logits(tied_llama, out), logits(tuned), atol=1e-4, rtol=0)
+    # a LoRA on either tied embedding would leave the other unchanged in PEFT: refused by name
+    for targets in ("lm_head|q_proj", "embed_tokens"):
+        with pytest.raises(AdapterkitError) as info:
+            extract(base, ft, rank=FULL, targets=targets)
+        assert info.value.code == "not-supported" and "tied" in str(info.value)
     for policy in ([], ["--tied-embeddings", "untie"], ["--tied-embeddings", "shared"]):
         merged = tmp_path / f"merged{len(policy)}{policy[-1] if policy else ''}"
         res = runner.invoke(main, ["merge", str(base), str(out), str(merged), *policy])

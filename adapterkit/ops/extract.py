@@ -40,7 +40,9 @@ both as equal ``modules_to_save`` copies (PEFT then computes the fine-tune; ``me
 the tie); one that untied them stores whichever changed (``merge`` unties them as the
 fine-tune did).  Where no config.json says whether an input embedding without an output
 embedding is tied, storing it whole is refused (``tied-embeddings``) rather than guessed.
-An embedding tied to another cannot be a LoRA target (PEFT would change only one of them).
+An embedding tied to another cannot be a LoRA target (PEFT would change only one of them),
+nor can any module named like an embedding (``embed``, ``wte``, ``wpe``, ``shared``): PEFT's
+LoRA layout differs between ``nn.Embedding`` and ``nn.Linear``, which a checkpoint does not tell.
 
 Output dtype: the factors are stored in the base tensor's own float dtype (a bf16 model gives
 a bf16 adapter, as PEFT would train it); whole tensors are stored as the fine-tuned ones are.
@@ -75,6 +77,7 @@ DENSE_LIMIT = 1024
 SKETCH_START = 32
 _BLOCK = 16 << 20
 _EXCLUDED_LAST = re.compile(r"embed|^(lm_head|wte|wpe|shared)$")
+_EMBEDDING_LIKE = re.compile(r"embed|^(wte|wpe|shared)$")  # nn.Embedding or not: a checkpoint does not say
 
 
 @dataclass(frozen=True)
@@ -352,6 +355,12 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
         if torch.equal(b.reshape(-1).view(torch.uint8), f.reshape(-1).view(torch.uint8)):  # bitwise: NaNs, -0.0
             unchanged.append(key)
             continue
+        if _EMBEDDING_LIKE.search(module.rsplit(".", 1)[-1]):
+            raise UnsupportedError(
+                f"`{module}` looks like an embedding: PEFT keeps a LoRA on an nn.Embedding as lora_embedding_A/B "
+                "(transposed) and on an nn.Linear as lora_A/B, and a checkpoint does not say which it is; leave it out of "
+                "--targets (--save-changed stores it whole)", code="not-supported", path=base, key="targets",
+                expected="no embedding among the targets", actual=module)
         delta = f.to(device=dev, dtype=torch.float32)
         delta.sub_(b.to(device=dev))  # bf16/fp16 base cast on the fly: no fp32 copy of it
         del b, f

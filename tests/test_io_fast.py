@@ -120,7 +120,7 @@ def test_zero_size_tensors_in_a_run(tmp_path):
     ts = lora_tensors(2, torch.float32)
     ts[P + "layers.0.q.weight"] = torch.empty(0, 3)
     ts[P + "layers.1.q.weight"] = torch.empty(4, 0)
-    ts[P + "layers.1.q.bias"] = torch.randn(2, 1, 3)  # an extra 3-D tensor (unexpected-key is only a warning)
+    ts[P + "layers.1.k.bias"] = torch.randn(2, 1, 3)  # an extra 3-D tensor of no LoRA module (unexpected-key is only a warning)
     d = write_dir(tmp_path / "d", ts)
     assert non_finite(d) == []
     loaded = ak.load(d)

@@ -175,6 +175,31 @@ def test_tied_base_untied_fine_tune(tmp_path: Path) -> None:
     assert info.value.code == "tied-embeddings"
 
 
+def test_untied_base_tied_fine_tune(tmp_path: Path) -> None:
+    """A fine-tune that ties what the base keeps apart (no lm_head stored, config tied): its
+    lm_head is its embedding; PEFT on the untied base computes it, and merge writes both as
+    equal tensors under the base's (untied) config, which computes the fine-tune too."""
+    torch.manual_seed(0)
+    base = save(LlamaForCausalLM(LlamaConfig(**SMALL, tie_word_embeddings=False)).eval(), tmp_path / "base")
+    tuned = perturb(tied_llama())
+    ft = save(tuned, tmp_path / "ft")
+    adapter, report = extract(base, ft, rank=FULL, save_changed=True)
+    assert any("ties" in n for n in report.notes)
+    out = adapterkit.save(adapter, tmp_path / "lora")
+
+    def untied() -> nn.Module:
+        return LlamaForCausalLM.from_pretrained(base).eval()
+
+    torch.testing.assert_close(peft_logits(untied, out), logits(tuned), atol=1e-4, rtol=0)
+    merge_checkpoint(base, [out], tmp_path / "merged")
+    merged = shards(tmp_path / "merged")
+    assert torch.equal(merged["lm_head.weight"], merged["model.embed_tokens.weight"])
+    assert_same_tensors({k: v for k, v in merged.items() if k != "lm_head.weight"}, shards(ft))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.testing.assert_close(logits(LlamaForCausalLM.from_pretrained(tmp_path / "merged").eval()), logits(tuned), atol=1e-4, rtol=0)
+
+
 def test_extract_refuses_an_embedding_whose_tie_no_config_states(tmp_path: Path) -> None:
     """Single files carry no config.json: a changed input embedding without an output embedding
     may be tied or not, and PEFT computes different models: storing it is refused, not guessed."""

@@ -89,13 +89,13 @@ def test_qwen2_biases_of_lora_modules_load_in_peft(tmp_path: Path) -> None:
     tuned = perturb(qwen2())
     ft = save(tuned, tmp_path / "ft")
     adapter, report = extract(base, ft, rank=FULL, save_changed=True)
+    out = adapterkit.save(adapter, tmp_path / "lora")
+    torch.testing.assert_close(peft_logits(qwen2, out), logits(tuned), atol=1e-4, rtol=0)
     keys = set(adapter.tensors)
     assert "base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias" in keys
     assert "base_model.model.model.layers.0.self_attn.q_proj.bias" not in keys
     assert adapter.config.bias == "all" and report.not_extracted == {}
-    out = adapterkit.save(adapter, tmp_path / "lora")
     assert adapterkit.validate(out) == [] and check(adapterkit.load(out), "peft") == []
-    torch.testing.assert_close(peft_logits(qwen2, out), logits(tuned), atol=1e-4, rtol=0)
     merge_checkpoint(base, [out], tmp_path / "merged")
     assert_same_tensors(shards(tmp_path / "merged"), shards(ft))
 

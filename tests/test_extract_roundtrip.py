@@ -115,6 +115,12 @@ def test_a_stray_bias_beside_lora_factors_is_reported(tmp_path: Path) -> None:
     assert "base_layer.bias" in problems[0].message
     res = CliRunner().invoke(main, ["check", str(tmp_path / "peft"), "--for", "peft"])
     assert res.exit_code == 2 and "base_layer.bias" in res.output, res.output  # the strict load names it
+    # a base weight saved under the wrapped module's own name is ignored by PEFT alike
+    del tensors[good.replace(".base_layer", "")]
+    stray = "base_model.model.model.layers.0.self_attn.q_proj.weight"
+    tensors[stray] = torch.zeros(16, 16)
+    save_file(tensors, tmp_path / "peft" / "adapter_model.safetensors", metadata={"format": "pt"})
+    assert [(p.code, p.severity, p.key) for p in adapterkit.validate(tmp_path / "peft")] == [("unexpected-key", "error", stray)]
 
 
 def test_tied_embeddings_kept_by_the_fine_tune(tmp_path: Path) -> None:

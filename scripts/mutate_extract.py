@@ -51,6 +51,7 @@ MUTANTS = [
     ("extract: LoRA kept inside a modules_to_save module", LAYOUT, 'dropped = sorted(t for t in extracted if any(re.match(rf"(^|.*\\.){m}($|\\..*)", t) for m in roots))', "dropped: list[str] = []"),
     ("extract: a tied output embedding not seen", EXTRACT, "        if tie is not None and tie.known and key == tie.input_key:\n", "        if False:\n"),
     ("extract: an embedding of unknown tie stored anyway", EXTRACT, "        if side.tie is not None and not side.tie.known and side.tie.input_key in whole:\n", "        if False:\n"),
+    ("validate: a LoRA module's own bias/weight key not reported", "adapterkit/kinds/lora.py", '        if PREFIX + name + "." + param in adapter.tensors:\n', "        if False:\n"),
     ("extract: a tied embedding extracted as LoRA", EXTRACT, "        if is_target and key in tied:\n", "        if False:\n"),
     ("extract: embedding-like targets extracted as Linear LoRA", EXTRACT, "        if _EMBEDDING_LIKE.search(module.rsplit(\".\", 1)[-1]):\n", "        if False:\n"),
     ("extract: NaN check skipped", EXTRACT, "        if not bool(torch.isfinite(delta).all()):\n", "        if False:\n"),

@@ -307,10 +307,11 @@ def _merge_command(direction: str):
             click.option("--max-shard-size", default=None, help="Reshard: e.g. 5GB, 500MB (default: the base's sharding)."),
             click.option("--safe/--no-safe", default=True, show_default=True,
                          help="Refuse NaN or Inf in an adapter or a merged tensor (PEFT's safe_merge); --no-safe writes them."),
-            click.option("--tied-embeddings", type=click.Choice(["untie", "shared"]), default="untie", show_default=True,
+            click.option("--tied-embeddings", type=click.Choice(["untie", "shared"]), default=None,
                          help="When the base ties lm_head to its input embeddings and an adapter changes either: untie them "
-                              "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false) or merge into the "
-                              "shared matrix (PEFT's merge_and_unload: changes the other embedding too)."),
+                              "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false; the default where "
+                              "config.json says tied) or merge into the shared matrix (PEFT's merge_and_unload: changes the "
+                              "other embedding too).  Without a config.json the tie is unknown: giving either says it is tied."),
             click.option("--fan-in-fan-out", "fan_in_fan_out", default="auto", show_default=True, metavar="auto|true|false|MODULE=BOOL,...",
                          callback=_check_orientation,
                          help="How square 2-D base weights are stored, as PEFT decides per layer: true = (in, out) as "
@@ -826,6 +827,8 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
         f"{len(report.unchanged)} unchanged, {len(report.saved_whole)} saved whole ({whole / 1e6:.2f} MB), "
         f"{len(report.not_extracted)} changed not extracted ({left / 1e6:.2f} MB); {time.perf_counter() - start:.1f} s"
     )
+    for note in report.notes:
+        click.echo(f"note: {note}")
 
 
 

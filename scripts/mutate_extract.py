@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TESTS = ["tests/test_extract.py", "tests/test_export.py"]
+TESTS = ["tests/test_extract.py", "tests/test_export.py", "tests/test_extract_roundtrip.py"]
 EXTRACT = "adapterkit/ops/extract.py"
+LAYOUT = "adapterkit/ops/extract_layout.py"
 EXPORT = "adapterkit/ops/export.py"
 
 # (name, file, old text, new text)
@@ -42,7 +43,17 @@ MUTANTS = [
     ("extract: embeddings targeted by default", EXTRACT, '_EXCLUDED_LAST = re.compile(r"embed|^(lm_head|wte|wpe|shared)$")', '_EXCLUDED_LAST = re.compile(r"^(lm_head|wte|wpe|shared)$")'),
     ("extract: targets matched from the start only", EXTRACT, "pattern.search(module) is not None", "pattern.match(module) is not None"),
     ("extract: 1-D weights targeted", EXTRACT, "is_target = (len(info.shape) == 2 and", "is_target = (len(info.shape) >= 1 and"),
-    ("extract: biases saved as modules_to_save", EXTRACT, "mts = sorted({k.rsplit(\".\", 1)[0] for k in whole if not k.endswith(\".bias\")})", "mts = sorted({k.rsplit(\".\", 1)[0] for k in whole})"),
+    ("extract: biases saved as modules_to_save", LAYOUT, 'if "." in k and not k.endswith(".bias") and', 'if "." in k and'),
+    ("extract: a LoRA module's bias under its own key (PEFT ignores it)", LAYOUT, 'whole[f"{PREFIX}{module}.base_layer.{param}"] = k', "whole[PREFIX + k] = k"),
+    ("extract: modules_to_save namesakes not stored whole", LAYOUT, "wrapped = sorted(n for n in modules if any(_ends_with(n, m) for m in roots))", "wrapped = list(roots)"),
+    ("extract: modules_to_save without their unchanged tensors", LAYOUT, "whole = {PREFIX + k: k for k in keys if k.startswith(inside)}", "whole = {PREFIX + k: k for k in keys if k.startswith(inside) and k in changed}"),
+    ("extract: target_modules always a list of names", LAYOUT, "    if chosen & suffixes:\n", "    if False:\n"),
+    ("extract: LoRA kept inside a modules_to_save module", LAYOUT, 'dropped = sorted(t for t in extracted if any(re.match(rf"(^|.*\\.){m}($|\\..*)", t) for m in roots))', "dropped: list[str] = []"),
+    ("extract: a tied output embedding not seen", EXTRACT, "        if tie is not None and tie.known and key == tie.input_key:\n", "        if False:\n"),
+    ("extract: an embedding of unknown tie stored anyway", EXTRACT, "        if side.tie is not None and not side.tie.known and side.tie.input_key in whole:\n", "        if False:\n"),
+    ("validate: a LoRA module's own bias/weight key not reported", "adapterkit/kinds/lora.py", '        if PREFIX + name + "." + param in adapter.tensors:\n', "        if False:\n"),
+    ("extract: a tied embedding extracted as LoRA", EXTRACT, "        if is_target and key in tied:\n", "        if False:\n"),
+    ("extract: embedding-like targets extracted as Linear LoRA", EXTRACT, "        if _EMBEDDING_LIKE.search(module.rsplit(\".\", 1)[-1]):\n", "        if False:\n"),
     ("extract: NaN check skipped", EXTRACT, "        if not bool(torch.isfinite(delta).all()):\n", "        if False:\n"),
     ("extract: factors stored in fp32 always", EXTRACT, "A.to(device=\"cpu\", dtype=info.torch_dtype).contiguous()", "A.to(device=\"cpu\", dtype=torch.float32).contiguous()"),
     ("extract: dtype mismatch accepted", EXTRACT, "        if b.dtype != f.dtype:\n", "        if False:\n"),

@@ -255,6 +255,11 @@ def check(adapter: Adapter) -> list[Problem]:
                 add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT saves configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
     whole_unknown = {"modules_to_save", "target_modules", "bias"} & cfg.unknown
     grouped = {k for parts in groups.values() for k in parts.values()}  # exactly the keys parse_key accepts
+    for name, param in ((n, p) for n in sorted(groups) for p in ("weight", "bias")):  # PEFT wraps the module as base_layer
+        if PREFIX + name + "." + param in adapter.tensors:
+            add("unexpected-key", f"`{name}` has LoRA factors, so PEFT loads its {param} from `{name}.base_layer.{param}` and "
+                f"ignores `{name}.{param}`", PREFIX + name + "." + param, expected=f"{PREFIX}{name}.base_layer.{param}",
+                actual=PREFIX + name + "." + param)
     for key in adapter.tensors:
         if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key):
             add("unexpected-key", "tensor is neither a LoRA tensor nor part of modules_to_save", key, expected=f"{PREFIX}<module>.{{{','.join(PARTS)}}}", actual=key, severity="warning")

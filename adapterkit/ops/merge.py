@@ -279,7 +279,7 @@ def merge_checkpoint(
     overwrite: bool = False,
     durable: bool = True,
     unmerge: bool = False,
-    tied_embeddings: str = "untie",
+    tied_embeddings: str | None = None,
     fan_in_fan_out: bool | str | dict[str, bool] | None = "auto",
     again: bool = False,
     force: bool = False,
@@ -302,7 +302,13 @@ def merge_checkpoint(
     default) writes the output embedding as a tensor of its own and sets
     ``tie_word_embeddings: false`` in ``config.json``, so the merged model computes what the
     adapter-attached model does; ``"shared"`` merges both into the one shared matrix, as
-    PEFT's ``merge_and_unload`` does (which changes the other embedding too).
+    PEFT's ``merge_and_unload`` does (which changes the other embedding too).  None (the
+    default) is ``"untie"`` where ``config.json`` says the embeddings are tied; where no config
+    says either way (an input embedding and no output embedding stored) the tie is unknown,
+    and a merge that changes either is refused (``tied-embeddings``) unless a policy is given,
+    which then takes the model as tied.  Where the adapters replace both embeddings by equal
+    tensors and change them no other way (``extract --save-changed`` of a fine-tune that kept
+    the tie), the tie is kept under either policy.
 
     ``fan_in_fan_out`` says how 2-D base weights are stored, per module as PEFT decides it (a
     transformers Conv1D is (in, out) whatever the adapter's saved flag): ``"auto"`` (the default)
@@ -339,7 +345,7 @@ def merge_checkpoint(
     else:
         weights = [1.0] * len(loaded) if weights is None else [float(w) for w in weights]
         notes += merge_record.check_merge(history, digests, loaded, again=again, path=ckpt.path)
-    if tied_embeddings not in TIED_POLICIES:
+    if tied_embeddings is not None and tied_embeddings not in TIED_POLICIES:
         raise UnsupportedError("unknown tied_embeddings policy", key="tied_embeddings", expected=" | ".join(TIED_POLICIES), actual=tied_embeddings)
     keys = {k: (ckpt.info(k).dtype, tuple(ckpt.info(k).shape)) for k in ckpt.keys()}
     config = _read_config(ckpt)
@@ -352,7 +358,11 @@ def merge_checkpoint(
     sources: dict[str, str] = {}  # output key -> the base key its bytes come from
     files: dict[str, bytes] = {}
     if tie is not None and any(k in touched or k in replaced for k in (tie.input_key, tie.output_key)):
-        if tied_embeddings == "untie":
+        if not tie.known and tied_embeddings is None:
+            raise _unknown_tie(ckpt, tie)
+        if _replaced_alike(tie, touched, replaced, loaded):
+            _keep_tie(tie, replaced, notes)
+        elif (tied_embeddings or "untie") == "untie":
             keys = _untie(ckpt, keys, tie, replaced, sources, files, notes)
         else:
             _share(tie, touched, replaced, notes)
@@ -446,6 +456,34 @@ def _base_layer(replacement: tuple[int, str]) -> bool:
     """Whether a whole-tensor replacement is a saved base layer (PEFT saves embedding layers
     it adapts), which PEFT loads into the shared matrix, rather than a modules_to_save copy."""
     return replacement[1].endswith(".base_layer.weight")
+
+
+def _unknown_tie(ckpt, tie: TiedEmbeddings) -> UnsupportedError:
+    """The refusal of a merge that depends on a tie no config.json states."""
+    return UnsupportedError(
+        f"an adapter changes `{tie.input_key}` or `{tie.output_key}`, the checkpoint stores no `{tie.output_key}` and no "
+        "config.json says whether it is tied to the input embedding (tie_word_embeddings): untying would add "
+        f"`{tie.output_key}`, sharing changes the one matrix. If the model ties them, say how to merge: "
+        "tied_embeddings='untie' or 'shared' (--tied-embeddings untie | shared; 'shared' is also exact for a model without "
+        "an output layer); or put the model's config.json beside the checkpoint",
+        code="tied-embeddings", path=ckpt.path, key="tie_word_embeddings", expected="config.json or --tied-embeddings", actual="unknown",
+    )
+
+
+def _replaced_alike(tie: TiedEmbeddings, touched: dict, replaced: dict, adapters: list[Adapter]) -> bool:
+    """Whether both embeddings are replaced by equal tensors and changed in no other way: the
+    merged model then ties them as the base did, whatever the policy."""
+    if tie.input_key in touched or tie.output_key in touched or tie.input_key not in replaced or tie.output_key not in replaced:
+        return False
+    (i, a), (j, b) = replaced[tie.input_key], replaced[tie.output_key]
+    return torch.equal(adapters[i].tensors[a], adapters[j].tensors[b])
+
+
+def _keep_tie(tie: TiedEmbeddings, replaced: dict, notes: list[str]) -> None:
+    """Both embeddings become the one tensor the adapters store for each: the tie stays."""
+    if not tie.stored:
+        replaced.pop(tie.output_key)
+    notes.append(f"`{tie.input_key}` and `{tie.output_key}`, which it is tied to, are replaced by equal tensors: they stay tied")
 
 
 def _untie(ckpt, keys: dict, tie: TiedEmbeddings, replaced: dict, sources: dict[str, str], files: dict[str, bytes],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import AdapterkitError, Problem
+from .kinds.features import problems as feature_problems
 
 if TYPE_CHECKING:  # torch is imported where tensors are read, so that importing adapterkit stays cheap
     import torch
@@ -33,6 +34,7 @@ def structural_problems(adapter: Adapter) -> list[Problem]:
         if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:  # adapter tensors only (§6)
             problems.append(Problem("dtype-unsupported", "adapter tensors must be floating point", key=key, expected=" | ".join(ALLOWED_DTYPES), actual=dtype))
     problems += adapter.kind.check(adapter)
+    problems += feature_problems(adapter)
     src = str(adapter.source) if adapter.source else None
     return [p if p.path else Problem(p.code, p.message, p.severity, src, p.key, p.expected, p.actual) for p in problems]
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import TensorError, UnsupportedError
+from ..kinds.features import ATTACH, require
 from ..kinds.patterns import layer_index, matches_modules_to_save
 from .layers import AdapterLayer, IA3Layer, LoraLayer, SavedModule, features, layer_type
 
@@ -132,9 +133,11 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             adapter has no tensors, a module of a type the kind cannot adapt, a shape mismatch,
             a ``modules_to_save`` entry the model lacks.
         UnsupportedError: ``not-supported`` for ``target_modules="all-linear"`` (PEFT expands it
-            before saving, so files never hold it).
+            before saving, so files never hold it), and for a PEFT feature attach does not
+            implement (``adapterkit.kinds.features``), naming its config field.
     """
     cfg = adapter.config
+    require(adapter, ATTACH, what="attach")
     if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear":
         raise UnsupportedError("target_modules='all-linear' is expanded by PEFT before saving; name the modules", key="target_modules", path=adapter.source)
     lora = adapter.peft_type == "LORA"

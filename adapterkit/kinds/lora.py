@@ -35,6 +35,7 @@ from .base import (
     Kind,
     schema_field,
 )
+from .features import feature_shaped, feature_tensor
 from .merging import prepare_targets, whole_module_names
 from .patterns import matches_modules_to_save, matches_target, pattern_key, pattern_value
 
@@ -187,7 +188,10 @@ def check(adapter: Adapter) -> list[Problem]:
     groups = _grouped(adapter)
     meta = adapter.tensors.meta
     rank_unknown = bool({"r", "rank_pattern"} & cfg.unknown)  # an invalid config value, reported already
+    own_shapes = feature_shaped(adapter)  # BD-LoRA, expert parameters: reported as features instead
     for name, parts in sorted(groups.items()):
+        if name in own_shapes:
+            continue
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
         a_part, b_part = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
         if embedding and ({"lora_A.weight", "lora_B.weight", "lora_B.bias"} & parts.keys()):
@@ -256,7 +260,7 @@ def check(adapter: Adapter) -> list[Problem]:
     whole_unknown = {"modules_to_save", "target_modules", "bias"} & cfg.unknown
     grouped = {k for parts in groups.values() for k in parts.values()}  # exactly the keys parse_key accepts
     for key in adapter.tensors:
-        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key):
+        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key) and feature_tensor(key) is None:
             add("unexpected-key", "tensor is neither a LoRA tensor nor part of modules_to_save", key, expected=f"{PREFIX}<module>.{{{','.join(PARTS)}}}", actual=key, severity="warning")
     if not groups:
         add("empty-adapter", "the adapter has no LoRA tensors", None, severity="warning")
@@ -460,7 +464,7 @@ def whole_tensors(adapter: Adapter) -> dict[str, str]:
     """adapter key -> base-relative name of the tensors stored whole: ``modules_to_save``,
     trained biases (``bias="all"``/``"lora_only"``) and saved base layers.  PEFT's wrapper
     names (``.base_layer``) are removed: ``base_model.model.m.q.base_layer.bias`` -> ``m.q.bias``."""
-    return whole_module_names(adapter, PREFIX, parse_key)
+    return {k: v for k, v in whole_module_names(adapter, PREFIX, parse_key).items() if feature_tensor(k) is None}
 
 
 def factor_norm(A: torch.Tensor, B: torch.Tensor) -> float:

@@ -31,6 +31,7 @@ from ..errors import FormatError, TensorError, UnsupportedError
 from ..hub.paths import local_path
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
+from ..kinds.features import require_all
 from ..progress import progress_bytes
 from .merge_plan import TIE_CHANGES_MATH, TiedEmbeddings, find_tied_embeddings, plan_merge
 from .pipeline import Pipeline
@@ -170,6 +171,7 @@ def merge_checkpoint(
     device = resolve_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(local_path(base, "checkpoint"))
     loaded = [_as_adapter(a) for a in adapters]
+    require_all(loaded, direction, what=direction)  # a PEFT feature merging does not implement: by name
     weights = [1.0] * len(loaded) if weights is None else [float(w) for w in weights]
     if len(weights) != len(loaded):
         raise UnsupportedError("one weight per adapter", key="weights", expected=len(loaded), actual=len(weights))

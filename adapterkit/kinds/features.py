@@ -250,7 +250,7 @@ def problems(adapter: Adapter) -> list[Problem]:
         refused = sorted(u.field.refused_by)
         out.append(Problem(
             "feature-unsupported", f"unsupported feature {u.text()}; refused by {', '.join(refused)}",
-            "warning", None, u.key,
+            "warning", None, u.field.name,
         ))
     return out
 

@@ -226,9 +226,102 @@ def test_plain_at_inference_variants_attach_as_peft(saved, name):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(PLAIN_AT_INFERENCE))
-def test_plain_at_inference_variants_resize_keeps_delta(saved, name):
-    adapter = adapterkit.load(saved[name])
-    small, _ = adapterkit.resize(adapter, rank=8)
-    for module in adapter.modules:
-        torch.testing.assert_close(small.delta_weight(module), adapter.delta_weight(module), rtol=1e-5, atol=1e-6)
+# ----------------------------------------------------------------------------- target_parameters
+
+
+class Mix(nn.Module):
+    """A 2-D parameter used as x @ P, not as a Linear's weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.P = nn.Parameter(torch.randn(8, 6) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ self.P)
+
+
+class Experts(nn.Module):
+    """A 3-D expert stack (experts, in, out), as transformers' MoE layers hold them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack = nn.Parameter(torch.randn(2, 6, 6) * 0.3)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + torch.einsum("bi,eio->bo", h, self.stack)
+
+
+class ParamNet(nn.Module):
+    def __init__(self, experts: bool = False) -> None:
+        super().__init__()
+        self.mix = Mix()
+        self.experts = Experts() if experts else nn.Identity()
+        self.lin = nn.Linear(6, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.experts(self.mix(x)))
+
+
+def param_net(experts: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    return ParamNet(experts).eval()
+
+
+def _peft_params(path, targets, base=param_net, **kw) -> nn.Module:
+    return _save_peft(base, dict(target_modules=[], target_parameters=targets, r=2, **kw), path)
+
+
+@pytest.mark.parametrize("targets", [["mix.P"], ["mix.P", "lin.weight"]])
+def test_target_parameters_attach_matches_peft(tmp_path, targets):
+    _peft_params(tmp_path / "a", targets)
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(param_net(), tmp_path / "a").eval()
+        with torch.no_grad():
+            expected = peft_model(x)
+        merged_peft = peft_model.merge_and_unload().state_dict()
+    model = param_net()
+    adapter = adapterkit.load(tmp_path / "a")
+    adapterkit.attach(model, adapter)
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+        with adapterkit.disabled(model):
+            assert torch.equal(model(x), param_net()(x))
+    assert adapterkit.extract_from_model(model) == adapter
+    merged = adapterkit.merge_and_unload(model).state_dict()
+    assert merged.keys() == merged_peft.keys()
+    for key in merged:
+        torch.testing.assert_close(merged[key], merged_peft[key], rtol=0, atol=1e-7)
+
+
+def test_target_parameters_two_active_adapters_add_up_as_peft(tmp_path):
+    _peft_params(tmp_path / "a", ["mix.P"])
+    _save_peft(param_net, dict(target_modules=[], target_parameters=["mix.P"], r=3, lora_alpha=5), tmp_path / "b")
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(param_net(), tmp_path / "a", adapter_name="a")
+        peft_model.load_adapter(tmp_path / "b", adapter_name="b")
+        peft_model.base_model.set_adapter(["a", "b"])
+        with torch.no_grad():
+            expected = peft_model(x)
+    model = param_net()
+    adapterkit.attach(model, adapterkit.load(tmp_path / "a"), name="a")
+    adapterkit.attach(model, adapterkit.load(tmp_path / "b"), name="b", activate=False)
+    adapterkit.set_active(model, ["a", "b"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=1e-6)
+
+
+def test_target_parameters_on_expert_stacks_is_refused_by_name(tmp_path, checkpoints):
+    _peft_params(tmp_path / "a", ["experts.stack"], base=lambda: param_net(experts=True))
+    problems = adapterkit.validate(tmp_path / "a")
+    assert [p.code for p in problems] == ["feature-unsupported"] and problems[0].key == "target_parameters", problems
+    adapter = adapterkit.load(tmp_path / "a")
+    _refused(lambda: adapterkit.attach(param_net(experts=True), adapter), "target_parameters")
+    _refused(lambda: adapterkit.resize(adapter, rank=1), "target_parameters")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in param_net(experts=True).state_dict().items()}, str(tmp_path / "base.safetensors"))
+    _refused(lambda: merge_checkpoint(tmp_path / "base.safetensors", [adapter], tmp_path / "out.safetensors"), "target_parameters")

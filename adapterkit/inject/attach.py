@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..errors import ArgumentError, UnsupportedError
-from .layers import AdapterLayer, IA3Layer, SavedModule
+from .layers import AdapterLayer, IA3Layer, ParamLoraLayer, SavedModule
 from .plan import plan, walk
 from .state import AttachedAdapter, check_name_free, lookup, model_state, registry
 
@@ -57,7 +57,10 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
     for wrap in changes.wraps:
         wrapper = modules[wrap.path]
         if not isinstance(wrapper, AdapterLayer):
-            wrapper = IA3Layer(wrapper, wrap.is_feedforward) if wrap.layer_cls is IA3Layer else wrap.layer_cls(wrapper)
+            if wrap.param is not None:
+                wrapper = ParamLoraLayer(wrapper, wrap.param)
+            else:
+                wrapper = IA3Layer(wrapper, wrap.is_feedforward) if wrap.layer_cls is IA3Layer else wrap.layer_cls(wrapper)
             replace(model, wrap.path, wrapper)
         tensors = {}
         for key, attr in wrap.keys.items():
@@ -75,6 +78,10 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
     for key, base_name in changes.base_keys.items():
         record.keys[key] = (None, "base", base_name)
         record.dtypes[key] = adapter.tensors[key].dtype
+    for key in changes.kept_keys:  # a variant's training state (VeLoRA, MonteCLoRA): unused at inference, given back
+        record.keys[key] = (None, "kept", "")
+        record.dtypes[key] = adapter.tensors[key].dtype
+        record.extra.setdefault("kept", {})[key] = adapter.tensors[key].detach().clone()
     registry(model)[name] = record
     if activate:
         set_active(model, [name])

@@ -185,6 +185,32 @@ class LoraLayer(AdapterLayer):
         return scale * result + dora
 
 
+class ParamLoraLayer(LoraLayer):
+    """LoRA on one 2-D parameter of a module (PEFT's ``target_parameters``, its ``ParamWrapper``):
+    the module runs with ``param + Σ ΔW`` over the live adapters, ΔW = (B·A)·scaling in the
+    parameter's shape and dtype, as PEFT's parametrization computes it."""
+
+    def __init__(self, base_layer: nn.Module, param_name: str) -> None:
+        super().__init__(base_layer)
+        self.kind = "param"
+        self.param_name = param_name
+
+    def delta(self, name: str) -> torch.Tensor:
+        param = getattr(self.base_layer, self.param_name)
+        A, B = self.lora_A[name], self.lora_B[name]
+        return ((B @ A) * self.scaling[name]).to(param.device, param.dtype)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        live = self.live()
+        if not live:
+            return self.base_layer(*args, **kwargs)
+        delta = None
+        for name in live:
+            delta = self.delta(name) if delta is None else delta + self.delta(name)
+        param = getattr(self.base_layer, self.param_name)
+        return torch.func.functional_call(self.base_layer, {self.param_name: param + delta}, args, kwargs)
+
+
 class IA3Layer(AdapterLayer):
     """IA3 on nn.Linear, transformers' Conv1D and nn.Conv2d/3d: scales the output, or the input
     of a feedforward module."""

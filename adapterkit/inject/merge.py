@@ -18,7 +18,7 @@ from ..adapter import Adapter
 from ..errors import TensorError, UnsupportedError
 from ..kinds.lora import dora_factor
 from .attach import replace, wrappers
-from .layers import AdapterLayer, LoraLayer, SavedModule
+from .layers import AdapterLayer, LoraLayer, ParamLoraLayer, SavedModule
 from .state import AttachedAdapter, ModelState, active_names, lookup, model_state
 
 
@@ -35,6 +35,8 @@ def _flipped(wrapper: AdapterLayer, record: AttachedAdapter) -> bool:
 
 def _targets(wrapper: AdapterLayer, flip: bool) -> dict[str, torch.Tensor]:
     base = wrapper.base_layer
+    if isinstance(wrapper, ParamLoraLayer):  # target_parameters: the parameter is the weight
+        return {"weight": getattr(base, wrapper.param_name).detach()}
     out = {"weight": base.weight.detach().T if flip else base.weight.detach()}
     if getattr(base, "bias", None) is not None:
         out["bias"] = base.bias.detach()
@@ -83,7 +85,8 @@ def _unmerged(wrapper: AdapterLayer, path: str, state: ModelState) -> dict[str, 
 def _write(wrapper: AdapterLayer, values: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for role, value in values.items():
-            getattr(wrapper.base_layer, role).copy_(value)
+            name = wrapper.param_name if isinstance(wrapper, ParamLoraLayer) and role == "weight" else role
+            getattr(wrapper.base_layer, name).copy_(value)
 
 
 def merge(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ..errors import TensorError, UnsupportedError
-from ..kinds.features import ATTACH, require
+from ..kinds.features import ATTACH, feature_tensor, require
 from ..kinds.patterns import layer_index, matches_modules_to_save
-from .layers import AdapterLayer, IA3Layer, LoraLayer, SavedModule, features, layer_type
+from .layers import AdapterLayer, IA3Layer, LoraLayer, ParamLoraLayer, SavedModule, features, layer_type
 
 if TYPE_CHECKING:
     from ..adapter import Adapter
@@ -40,12 +40,14 @@ class Wrap:
     keys: dict[str, str]  # tensor key -> wrapper attribute ("saved:<param>" for a modules_to_save copy)
     scaling: float | None = None
     is_feedforward: bool = False
+    param: str | None = None  # target_parameters: the parameter of the module LoRA goes on
 
 
 @dataclass
 class Plan:
     wraps: list[Wrap] = field(default_factory=list)
     base_keys: dict[str, str] = field(default_factory=dict)  # tensor key -> base-relative name
+    kept_keys: list[str] = field(default_factory=list)  # a variant's training state, kept for extract
 
 
 def walk(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -146,7 +148,10 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
     views = adapter.modules
     offenders: list[str] = []
     result = Plan()
-    for name in sorted(set(views) - set(targeted)):
+    params = _targeted_parameters(adapter, modules, targeted) if lora else {}
+    for name, param in params.items():
+        _plan_parameter(adapter, modules[name], name, param, result, offenders)
+    for name in sorted(set(views) - set(targeted) - set(params)):
         where = "the model has no module" if name not in modules else "the config does not target the model's module"
         offenders.append(f"{where} `{name}`, which the adapter has tensors for")
     for name in targeted:
@@ -187,6 +192,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             else:
                 result.wraps.append(Wrap(name, IA3Layer, {view.key: "ia3_l"}, is_feedforward=view.is_feedforward))
     _plan_whole(model, adapter, modules, result, offenders)
+    result.kept_keys = [k for k in adapter.tensors if feature_tensor(k) is not None]
     if offenders:
         raise TensorError(
             f"the model does not fit the adapter ({len(offenders)} problem(s)): " + "; ".join(offenders),
@@ -194,6 +200,61 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             actual=f"{type(model).__name__}",
         )
     return result
+
+
+def _targeted_parameters(adapter: Adapter, modules: dict[str, nn.Module], targeted: list[str]) -> dict[str, str]:
+    """module path -> the parameter ``target_parameters`` puts LoRA on (PEFT's match: the
+    parameter's full name equals an entry or ends with ``.`` + entry).
+
+    Raises:
+        UnsupportedError: ``not-supported`` (key ``target_parameters``) for what attach does not
+            implement: several parameters of one module (PEFT nests its wrappers), a module that
+            ``target_modules`` adapts too, a parameter that is not 2-D (expert stacks).
+    """
+    entries = tuple(adapter.config.extra.get("target_parameters") or ())
+    if not entries:
+        return {}
+    found: dict[str, list[str]] = {}
+    for path, module in modules.items():
+        base = module.base_layer if isinstance(module, AdapterLayer) else module
+        for pname, _ in base.named_parameters(recurse=False):
+            full = f"{path}.{pname}"
+            if full in entries or any(full.endswith("." + e) for e in entries):
+                found.setdefault(path, []).append(pname)
+
+    def refuse(message: str, actual: Any) -> UnsupportedError:
+        return UnsupportedError(f"attach does not implement LoRA on parameters (`target_parameters`) {message}", path=adapter.source,
+                                key="target_parameters", expected="one 2-D parameter per module, in no module target_modules adapts", actual=actual)
+
+    for path, names in found.items():
+        if len(names) > 1:
+            raise refuse(f"on several parameters of one module (`{path}`)", names)
+        if path in targeted:
+            raise refuse(f"on a module target_modules adapts too (`{path}`)", path)
+        base = modules[path].base_layer if isinstance(modules[path], AdapterLayer) else modules[path]
+        if getattr(base, names[0]).dim() != 2:
+            raise refuse(f"on a {getattr(base, names[0]).dim()}-D parameter (`{path}.{names[0]}`)", tuple(getattr(base, names[0]).shape))
+    return {path: names[0] for path, names in found.items()}
+
+
+def _plan_parameter(adapter: Adapter, module: nn.Module, name: str, param: str, result: Plan, offenders: list[str]) -> None:
+    """One ``target_parameters`` module: LoRA factors of the parameter's (out, in) shape."""
+    views = adapter.modules
+    if isinstance(module, AdapterLayer) and not (isinstance(module, ParamLoraLayer) and module.param_name == param):
+        offenders.append(f"`{name}` already carries an adapter on something else than its parameter {param!r}")
+        return
+    if name not in views:
+        offenders.append(f"target_parameters names `{name}.{param}` but the adapter has no tensors for it")
+        return
+    view = views[name]
+    base = module.base_layer if isinstance(module, AdapterLayer) else module
+    out_f, in_f = getattr(base, param).shape
+    want = {"lora_A": (view.rank, in_f), "lora_B": (out_f, view.rank)}
+    bad = [f"{view.keys[role]} has shape {tuple(adapter.meta(view.keys[role]).shape)}, the parameter `{name}.{param}` needs {want.get(role, 'no such tensor')}"
+           for role in view.keys if tuple(adapter.meta(view.keys[role]).shape) != want.get(role)]
+    offenders.extend(f"`{name}`: {b}" for b in bad)
+    if not bad:
+        result.wraps.append(Wrap(name, ParamLoraLayer, {view.keys[role]: _LORA_ATTR[role] for role in view.keys}, scaling=view.scaling, param=param))
 
 
 def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module], result: Plan, offenders: list[str]) -> None:

@@ -16,7 +16,7 @@ A field may be refused by some operations only (``refused_by``): aLoRA is refuse
 unmerge (PEFT refuses: "aLoRA does not support merging.") and in attach and the low-rank
 operations, whose results could not keep its position rule. ``target_parameters`` on 2-D
 parameters merges like a Linear module's LoRA (PEFT's ``ParamWrapper`` adds B·A·scaling to the
-parameter); attach does not implement PEFT's parametrization and refuses it.
+parameter); attach wraps the parameter's module as PEFT's parametrization does (2-D only).
 
 Fields a later PEFT adds are not in the table; they are kept and ignored, as before.  Tensors
 a feature adds beside a module's LoRA factors (KaSA's ``lora_diag``, VeLoRA's
@@ -52,7 +52,11 @@ class Field:
     status: str
     feature: str = ""
     effect: str = ""
-    refused_by: frozenset[str] = ALL_OPERATIONS  # for UNSUPPORTED fields
+    refused_by: frozenset[str] = frozenset()  # the operations that refuse it (every one for UNSUPPORTED)
+
+    def __post_init__(self) -> None:
+        if self.status == UNSUPPORTED and not self.refused_by:
+            object.__setattr__(self, "refused_by", ALL_OPERATIONS)
     tensors: tuple[str, ...] = ()  # key parts (after the module name) the feature adds
 
 
@@ -108,8 +112,7 @@ LORA = dict([
        "replaces rows of an embedding by token_adapter.trainable_tokens_delta",
        tensors=("token_adapter.trainable_tokens_delta",)),
     _f("target_parameters", "0.17.0", IMPLEMENTED, "LoRA on parameters (target_parameters)",
-       "adds B·A·scaling to a parameter through a parametrization; attach does not implement it",
-       refused_by=frozenset({ATTACH})),
+       "adds B·A·scaling to a 2-D parameter (PEFT's ParamWrapper); 3-D expert parameters are unsupported"),
     _f("arrow_config", "0.18.0", UNSUPPORTED, "Arrow routing", "routes each token among LoRA experts"),
     _f("use_qalora", "0.16.0", UNSUPPORTED, "QALoRA", "pools the input in groups before lora_A (GPTQ layers)"),
     _f("megatron_config", "0.7.0", UNSUPPORTED, "Megatron parallel LoRA", "LoRA on Megatron's parallel linear layers"),
@@ -190,7 +193,7 @@ def _uses(adapter: Adapter) -> list[Use]:
         f = table.get(name)
         if f is None or f.status == INERT or not _set(value):
             continue
-        if f.status == UNSUPPORTED or (f.status == IMPLEMENTED and f.refused_by != ALL_OPERATIONS):
+        if f.refused_by:
             found.append(Use(f, key=name))
     if cfg.peft_type == "LORA":
         found += _structural_uses(adapter)

@@ -45,8 +45,11 @@ REFUSED = {
     "kasa": (llama, dict(target_modules=["q_proj"], r=2, kasa_config=KasaConfig()), "kasa_config"),
     "bdlora": (llama, dict(target_modules=["q_proj", "o_proj"], r=4, use_bdlora=BdLoraConfig(
         target_modules_bd_a=["q_proj"], target_modules_bd_b=["o_proj"], nblocks=2)), "use_bdlora"),
-    "trainable_tokens": (llama, dict(target_modules=["q_proj"], trainable_token_indices=[1, 5, 7]), "trainable_token_indices"),
     "mha": (mha_net, dict(target_modules=["attn", "lin"], r=2), "target_modules"),
+}
+TOKENS = {
+    "tokens": dict(target_modules=["q_proj"], trainable_token_indices=[1, 5, 7]),
+    "tokens_dict": dict(target_modules=["q_proj"], trainable_token_indices={"embed_tokens": [2, 3], "lm_head": [0, 9]}),
 }
 PLAIN_AT_INFERENCE = {
     "velora": dict(target_modules=["q_proj", "v_proj"], velora_config=VeloraConfig(num_groups=4)),
@@ -76,6 +79,9 @@ def saved(tmp_path_factory):
         _save_peft(base, kwargs, root / name)
         out[name] = root / name
     for name, kwargs in PLAIN_AT_INFERENCE.items():
+        _save_peft(llama, kwargs, root / name)
+        out[name] = root / name
+    for name, kwargs in TOKENS.items():
         _save_peft(llama, kwargs, root / name)
         out[name] = root / name
     return out
@@ -325,3 +331,97 @@ def test_target_parameters_on_expert_stacks_is_refused_by_name(tmp_path, checkpo
 
     save_file({k: v.contiguous() for k, v in param_net(experts=True).state_dict().items()}, str(tmp_path / "base.safetensors"))
     _refused(lambda: merge_checkpoint(tmp_path / "base.safetensors", [adapter], tmp_path / "out.safetensors"), "target_parameters")
+
+
+# ----------------------------------------------------------------------------- trainable tokens
+
+
+def _peft_logits_and_merged(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = PeftModel.from_pretrained(llama(), path).eval()
+        with torch.no_grad():
+            logits = model(**token_input()).logits
+        return logits, model.merge_and_unload().state_dict()
+
+
+@pytest.mark.parametrize("name", sorted(TOKENS))
+def test_trainable_tokens_merge_as_peft(saved, checkpoints, name, tmp_path):
+    from safetensors.torch import load_file
+
+    _, expected = _peft_logits_and_merged(saved[name])
+    merge_checkpoint(checkpoints["llama"], [saved[name]], tmp_path / "m")
+    got = load_file(str(tmp_path / "m" / "model.safetensors"))
+    assert got.keys() == expected.keys()
+    changed = [k for k in got if not torch.equal(got[k], llama().state_dict()[k])]
+    assert any("embed_tokens" in k for k in changed)
+    for key, value in got.items():
+        assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("name", sorted(TOKENS))
+def test_trainable_tokens_attach_as_peft(saved, name):
+    logits, merged_peft = _peft_logits_and_merged(saved[name])
+    model = llama()
+    adapter = adapterkit.load(saved[name])
+    adapterkit.attach(model, adapter)
+    with torch.no_grad():
+        assert torch.equal(model(**token_input()).logits, logits)
+        with adapterkit.disabled(model):
+            assert torch.equal(model(**token_input()).logits, llama()(**token_input()).logits)
+    assert adapterkit.extract_from_model(model) == adapter
+    adapterkit.merge(model)
+    adapterkit.unmerge(model)  # the replaced rows come back
+    base = llama().state_dict()
+    assert all(torch.equal(v, base[k]) for k, v in adapterkit.unload(model).state_dict().items() if "embed" in k or "lm_head" in k)
+    model = llama()
+    adapterkit.attach(model, adapter)
+    merged = adapterkit.merge_and_unload(model).state_dict()
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert torch.equal(merged[key], merged_peft[key]), key
+
+
+def test_trainable_tokens_refusals_name_the_field(saved, checkpoints, tmp_path):
+    adapter = adapterkit.load(saved["tokens"])
+    _refused(lambda: merge_checkpoint(checkpoints["llama"], [adapter], tmp_path / "u", unmerge=True), "trainable_token_indices")
+    _refused(lambda: adapterkit.resize(adapter, rank=2), "trainable_token_indices")
+    _refused(lambda: adapterkit.combine([adapter, adapter], [0.5, 0.5], "cat"), "trainable_token_indices")
+    problems = adapterkit.validate(saved["tokens"])
+    assert [p.code for p in problems] == ["feature-unsupported"] and problems[0].key == "trainable_token_indices"
+    # a model whose lm_head shares the embedding: PEFT ties a token adapter to lm_head, attach refuses
+    tied = llama()
+    tied.lm_head.weight = tied.model.embed_tokens.weight
+    _refused(lambda: adapterkit.attach(tied, adapter), "trainable_token_indices")
+
+
+def tied_llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_trainable_tokens_on_tied_embeddings_merge_shared_as_peft(tmp_path):
+    from safetensors.torch import load_file
+
+    _save_peft(tied_llama, TOKENS["tokens"], tmp_path / "a")
+    tied_llama().save_pretrained(tmp_path / "base", safe_serialization=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = PeftModel.from_pretrained(tied_llama(), tmp_path / "a").eval()
+        with torch.no_grad():
+            logits = peft_model(**token_input()).logits
+        expected = peft_model.merge_and_unload()
+    _refused(lambda: merge_checkpoint(tmp_path / "base", [tmp_path / "a"], tmp_path / "untied"), "trainable_token_indices")
+    merge_checkpoint(tmp_path / "base", [tmp_path / "a"], tmp_path / "m", tied_embeddings="shared")
+    got = load_file(str(tmp_path / "m" / "model.safetensors"))
+    want = expected.state_dict()
+    for key, value in got.items():
+        assert torch.equal(value, want[key]), key
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**token_input()).logits, logits, rtol=0, atol=1e-5)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..errors import ArgumentError, UnsupportedError
-from .layers import AdapterLayer, IA3Layer, ParamLoraLayer, SavedModule
+from .layers import AdapterLayer, IA3Layer, ParamLoraLayer, SavedModule, TokenLayer
 from .plan import plan, walk
 from .state import AttachedAdapter, check_name_free, lookup, model_state, registry
 
@@ -59,6 +59,8 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
         if not isinstance(wrapper, AdapterLayer):
             if wrap.param is not None:
                 wrapper = ParamLoraLayer(wrapper, wrap.param)
+            elif wrap.indices is not None:
+                wrapper = TokenLayer(wrapper)
             else:
                 wrapper = IA3Layer(wrapper, wrap.is_feedforward) if wrap.layer_cls is IA3Layer else wrap.layer_cls(wrapper)
             replace(model, wrap.path, wrapper)
@@ -75,6 +77,8 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
         wrapper.add(name, tensors)
         if wrap.scaling is not None:
             wrapper.scaling[name] = wrap.scaling
+        if wrap.indices is not None:
+            wrapper.set_rows(name, wrap.indices)
     for key, base_name in changes.base_keys.items():
         record.keys[key] = (None, "base", base_name)
         record.dtypes[key] = adapter.tensors[key].dtype

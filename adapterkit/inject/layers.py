@@ -211,6 +211,57 @@ class ParamLoraLayer(LoraLayer):
         return torch.func.functional_call(self.base_layer, {self.param_name: param + delta}, args, kwargs)
 
 
+class TokenLayer(AdapterLayer):
+    """Trainable tokens on nn.Embedding or nn.Linear (PEFT's ``TrainableTokensLayer``): the
+    module computes with its weight whose rows ``indices[name]`` are replaced by the adapter's
+    values (``index_copy``), live adapters in order.  The replaced rows are kept to unmerge."""
+
+    parts = ("tokens",)
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.kind = layer_type(base_layer)
+        self.tokens = nn.ParameterDict()
+        self.indices: dict[str, tuple[int, ...]] = {}
+        self.originals: dict[str, torch.Tensor] = {}
+
+    def set_rows(self, name: str, indices: tuple[int, ...]) -> None:
+        self.indices[name] = tuple(indices)
+        weight = self.base_layer.weight
+        self.originals[name] = weight.detach()[torch.tensor(indices, dtype=torch.long, device=weight.device)].clone()
+
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        self.indices.pop(name, None)
+        self.originals.pop(name, None)
+
+    def weight_with(self, names: list[str]) -> torch.Tensor:
+        W = self.base_layer.weight
+        seen: set[int] = set()
+        for name in names:
+            if seen & set(self.indices[name]):
+                from ..errors import UnsupportedError
+
+                raise UnsupportedError("active trainable-token adapters replace the same rows (PEFT refuses this too)",
+                                       key="trainable_token_indices", actual=sorted(seen & set(self.indices[name])))
+            seen |= set(self.indices[name])
+            index = torch.tensor(self.indices[name], dtype=torch.long, device=W.device)
+            W = W.index_copy(0, index, self.tokens[name].to(W))
+        return W
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        live = self.live()
+        if not live:
+            return self.base_layer(x, *args, **kwargs)
+        base, W = self.base_layer, self.weight_with(live)
+        if self.kind == "linear":
+            return F.linear(x, W, base.bias)
+        result = F.embedding(x, W, padding_idx=base.padding_idx, max_norm=base.max_norm, norm_type=base.norm_type,
+                             scale_grad_by_freq=base.scale_grad_by_freq, sparse=base.sparse)
+        embed_scale = getattr(base, "embed_scale", None)
+        return result if embed_scale is None else result * torch.as_tensor(embed_scale).to(result.dtype)
+
+
 class IA3Layer(AdapterLayer):
     """IA3 on nn.Linear, transformers' Conv1D and nn.Conv2d/3d: scales the output, or the input
     of a feedforward module."""

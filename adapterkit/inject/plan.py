@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import TensorError, UnsupportedError
 from ..kinds.features import ATTACH, feature_tensor, require
 from ..kinds.patterns import layer_index, matches_modules_to_save
-from .layers import AdapterLayer, IA3Layer, LoraLayer, ParamLoraLayer, SavedModule, features, layer_type
+from .layers import AdapterLayer, IA3Layer, LoraLayer, ParamLoraLayer, SavedModule, TokenLayer, features, layer_type
 
 if TYPE_CHECKING:
     from ..adapter import Adapter
@@ -41,6 +41,7 @@ class Wrap:
     scaling: float | None = None
     is_feedforward: bool = False
     param: str | None = None  # target_parameters: the parameter of the module LoRA goes on
+    indices: tuple[int, ...] | None = None  # trainable tokens: the rows replaced
 
 
 @dataclass
@@ -151,7 +152,10 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
     params = _targeted_parameters(adapter, modules, targeted) if lora else {}
     for name, param in params.items():
         _plan_parameter(adapter, modules[name], name, param, result, offenders)
-    for name in sorted(set(views) - set(targeted) - set(params)):
+    tokens = {n for n, v in views.items() if v.layer_type == "tokens"}
+    for name in sorted(tokens):
+        _plan_tokens(model, adapter, modules, name, result, offenders)
+    for name in sorted(set(views) - set(targeted) - set(params) - tokens):
         where = "the model has no module" if name not in modules else "the config does not target the model's module"
         offenders.append(f"{where} `{name}`, which the adapter has tensors for")
     for name in targeted:
@@ -255,6 +259,42 @@ def _plan_parameter(adapter: Adapter, module: nn.Module, name: str, param: str, 
     offenders.extend(f"`{name}`: {b}" for b in bad)
     if not bad:
         result.wraps.append(Wrap(name, ParamLoraLayer, {view.keys[role]: _LORA_ATTR[role] for role in view.keys}, scaling=view.scaling, param=param))
+
+
+def _plan_tokens(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module], name: str, result: Plan, offenders: list[str]) -> None:
+    """Trainable tokens on ``name``: an nn.Embedding (or nn.Linear) with at least the rows named.
+
+    Raises:
+        UnsupportedError: ``not-supported`` (key ``trainable_token_indices``) when another module
+            shares the weight (a tied lm_head: PEFT ties a token adapter to it, attach does not).
+    """
+    view = adapter.modules[name]
+    module = modules.get(name)
+    if module is None:
+        offenders.append(f"the model has no module `{name}`, which the adapter has trainable tokens for")
+        return
+    if isinstance(module, AdapterLayer) and not isinstance(module, TokenLayer):
+        offenders.append(f"`{name}` already carries an adapter of another kind ({type(module).__name__})")
+        return
+    base = module.base_layer if isinstance(module, AdapterLayer) else module
+    kind = layer_type(base)
+    if kind not in ("embedding", "linear"):
+        offenders.append(f"`{name}` is a {type(base).__name__}; trainable tokens go on an nn.Embedding or nn.Linear")
+        return
+    shared = [p for p, m in modules.items() if p != name and getattr(m.base_layer if isinstance(m, AdapterLayer) else m, "weight", None) is base.weight]
+    if shared:
+        raise UnsupportedError(
+            f"attach does not implement trainable tokens (`trainable_token_indices`) on `{name}`, whose weight `{shared[0]}` shares "
+            "(PEFT ties a token adapter to it)", path=adapter.source, key="trainable_token_indices",
+            expected="an embedding no other module shares", actual=shared,
+        )
+    rows, dim = base.weight.shape
+    shape = tuple(adapter.meta(view.key).shape)
+    if shape != (len(view.indices), dim) or (view.indices and max(view.indices) >= rows):
+        offenders.append(f"`{name}`: {view.key} has shape {shape} for rows up to {max(view.indices, default=0)}, "
+                         f"the model's {type(base).__name__} has weight {tuple(base.weight.shape)}")
+        return
+    result.wraps.append(Wrap(name, TokenLayer, {view.key: "tokens"}, indices=view.indices))
 
 
 def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module], result: Plan, offenders: list[str]) -> None:

@@ -108,9 +108,10 @@ LORA = dict([
        tensors=("lora_diag",)),
     _f("use_bdlora", "0.19.0", UNSUPPORTED, "BD-LoRA (block-diagonal LoRA)",
        "lora_A or lora_B is block-diagonal, stored compact"),
-    _f("trainable_token_indices", "0.15.0", UNSUPPORTED, "trainable tokens",
-       "replaces rows of an embedding by token_adapter.trainable_tokens_delta",
-       tensors=("token_adapter.trainable_tokens_delta",)),
+    _f("trainable_token_indices", "0.15.0", IMPLEMENTED, "trainable tokens",
+       "replaces rows of an embedding by token_adapter.trainable_tokens_delta: merged and attached; it has no ΔW "
+       "(a replacement), and unmerging a checkpoint refuses it (the replaced rows are not in the adapter)",
+       tensors=("token_adapter.trainable_tokens_delta",), refused_by=frozenset({LOWRANK})),
     _f("target_parameters", "0.17.0", IMPLEMENTED, "LoRA on parameters (target_parameters)",
        "adds B·A·scaling to a 2-D parameter (PEFT's ParamWrapper); 3-D expert parameters are unsupported"),
     _f("arrow_config", "0.18.0", UNSUPPORTED, "Arrow routing", "routes each token among LoRA experts"),
@@ -250,9 +251,11 @@ def problems(adapter: Adapter) -> list[Problem]:
     """``feature-unsupported`` warnings, one per unsupported feature the adapter uses."""
     out = []
     for u in uses(adapter):
-        refused = sorted(u.field.refused_by)
+        refused = ", ".join(sorted(u.field.refused_by))
+        text = f"unsupported feature {u.text()}; refused by {refused}" if u.field.status == UNSUPPORTED else \
+            f"feature {u.text()}; not supported by {refused}"
         out.append(Problem(
-            "feature-unsupported", f"unsupported feature {u.text()}; refused by {', '.join(refused)}",
+            "feature-unsupported", text,
             "warning", None, u.field.name,
         ))
     return out
@@ -278,6 +281,24 @@ def _short(cfg: Any, u: Use) -> Any:
     value = cfg.extra.get(u.field.name, getattr(cfg, u.field.name, None))
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def require_separable(adapter: Adapter, module: str) -> None:
+    """Refuse untying a checkpoint's embeddings for trainable tokens on one of them: PEFT ties
+    the output embedding's rows to the input embedding's (a tied token adapter), so both change.
+
+    Raises:
+        UnsupportedError: ``not-supported`` naming ``trainable_token_indices``; ``--tied-embeddings
+            shared`` computes what PEFT's model does.
+    """
+    view = adapter.modules.get(module)
+    if view is not None and view.layer_type == "tokens":
+        raise UnsupportedError(
+            f"trainable tokens on `{module}`, which the checkpoint ties to the other embedding: PEFT replaces the rows "
+            "of both; untying would change one only (--tied-embeddings shared merges into the one shared matrix, as PEFT)",
+            code="not-supported", path=adapter.source, key="trainable_token_indices",
+            expected="--tied-embeddings shared", actual="--tied-embeddings untie",
+        )
 
 
 def require_all(adapters: Iterable[Adapter], operation: str, *, what: str | None = None) -> None:

@@ -103,7 +103,9 @@ def check(adapter: Adapter, consumer: str, *, max_rank: int | None = None) -> li
                 key, "a LoRA factor", key)
     by_type: dict[str, dict[int, str]] = {}
     for name, view in adapter.modules.items():
-        rank = int(adapter.meta(view.keys["lora_A"]).shape[0]) if "lora_A" in view.keys else view.rank
+        if "lora_A" not in view.keys:  # trainable tokens: flagged as an extra tensor above
+            continue
+        rank = int(adapter.meta(view.keys["lora_A"]).shape[0])
         if view.layer_type.startswith("conv"):
             add("layer-type", f"{consumer} does not serve LoRA on convolutions (`{name}` is {view.layer_type})", name, "linear | embedding", view.layer_type)
         if consumer != "llama.cpp" and rank != cfg.r:

@@ -31,7 +31,7 @@ from ..errors import FormatError, TensorError, UnsupportedError
 from ..hub.paths import local_path
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
-from ..kinds.features import require_all
+from ..kinds.features import require_all, require_separable
 from ..progress import progress_bytes
 from .merge_plan import TIE_CHANGES_MATH, TiedEmbeddings, find_tied_embeddings, plan_merge
 from .pipeline import Pipeline
@@ -188,6 +188,8 @@ def merge_checkpoint(
     notes: list[str] = []
     if tie is not None and any(k in touched or k in replaced for k in (tie.input_key, tie.output_key)):
         if tied_embeddings == "untie":
+            for i, target in touched.get(tie.input_key, []) + touched.get(tie.output_key, []):
+                require_separable(loaded[i], target.module)  # trainable tokens change the tied rows of both
             keys = _untie(ckpt, keys, tie, replaced, sources, files, notes)
         else:
             _share(tie, touched, replaced, notes)

@@ -19,6 +19,7 @@ from .devices import resolve_device
 from .io.digest import DIGEST_KEY
 from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
+from .kinds.features import feature_tensor
 from .progress import progress
 from .validate import structural_problems, value_problems
 
@@ -28,7 +29,7 @@ PEFT_PREFIX = "base_model.model."
 def _whole_modules(adapter: Adapter) -> dict[str, Any]:
     """Tensors stored whole (``modules_to_save``, trained biases, saved embeddings): keys the
     kind's grammar does not parse, grouped by module."""
-    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None]
+    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None and feature_tensor(k) is None]
     modules = sorted({k.removeprefix(PEFT_PREFIX).rsplit(".", 1)[0] for k in keys})
     return {
         "modules": modules,

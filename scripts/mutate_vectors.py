@@ -333,7 +333,7 @@ MUTANTS: list[Mutant] = [
       "    infos = {k: i for k, i in infos.items() if k.endswith(_parts)}\n"
       "    return Header(path, dict(metadata), infos, data_start)"),
     M("R8.8-1", "no warning for keys outside the grammar", LO,
-      '        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key):', '        if False:'),
+      '        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key) and feature_tensor(key) is None:', '        if False:'),
     M("R8.8-1", "modules_to_save names matched without a dot boundary", PA, "    return any(m == n or m.endswith(\".\" + n) for m in modules for n in names)",
       "    return any(m.endswith(n) for m in modules for n in names)"),
     # §9 IA3

@@ -386,6 +386,11 @@ def test_trainable_tokens_refusals_name_the_field(saved, checkpoints, tmp_path):
     _refused(lambda: merge_checkpoint(checkpoints["llama"], [adapter], tmp_path / "u", unmerge=True), "trainable_token_indices")
     _refused(lambda: adapterkit.resize(adapter, rank=2), "trainable_token_indices")
     _refused(lambda: adapterkit.combine([adapter, adapter], [0.5, 0.5], "cat"), "trainable_token_indices")
+    _refused(lambda: adapter.delta_weight("model.embed_tokens"), "trainable_token_indices")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_layer = PeftModel.from_pretrained(llama(), saved["tokens"]).base_model.model.model.layers[0].self_attn.q_proj
+        assert torch.equal(adapter.delta_weight("model.layers.0.self_attn.q_proj"), peft_layer.get_delta_weight("default"))
     problems = adapterkit.validate(saved["tokens"])
     assert [p.code for p in problems] == ["feature-unsupported"] and problems[0].key == "trainable_token_indices"
     # a model whose lm_head shares the embedding: PEFT ties a token adapter to lm_head, attach refuses

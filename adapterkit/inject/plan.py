@@ -152,7 +152,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
     params = _targeted_parameters(adapter, modules, targeted) if lora else {}
     for name, param in params.items():
         _plan_parameter(adapter, modules[name], name, param, result, offenders)
-    tokens = {n for n, v in views.items() if v.layer_type == "tokens"}
+    tokens = {n for n, v in views.items() if getattr(v, "layer_type", None) == "tokens"}
     for name in sorted(tokens):
         _plan_tokens(model, adapter, modules, name, result, offenders)
     for name in sorted(set(views) - set(targeted) - set(params) - tokens):

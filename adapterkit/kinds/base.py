@@ -226,7 +226,7 @@ class Kind:
     def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
         from .features import LOWRANK, require
 
-        require(adapter, LOWRANK, what="delta_weight")
+        require(adapter, LOWRANK, what="delta_weight", unsupported_only=True)
         if self.delta_weight is None:
             raise UnsupportedError(
                 f"{self.peft_type} adapters have no delta weight independent of the base weights",

@@ -12,11 +12,16 @@ and ``kasa_config`` appeared after 0.20.0, so 0.22.0 is an upper bound there), a
                 operation that would use it refuses with ``not-supported`` naming the field;
                 ``validate``/``info`` report ``feature-unsupported`` (a warning: the file is valid).
 
-A field may be refused by some operations only (``refused_by``): aLoRA is refused in merge and
-unmerge (PEFT refuses: "aLoRA does not support merging.") and in attach and the low-rank
-operations, whose results could not keep its position rule. ``target_parameters`` on 2-D
-parameters merges like a Linear module's LoRA (PEFT's ``ParamWrapper`` adds B·A·scaling to the
-parameter); attach wraps the parameter's module as PEFT's parametrization does (2-D only).
+An implemented field may still be refused by some operations (``refused_by``): trainable tokens
+replace embedding rows, which has no ΔW for the low-rank operations (and an unmerged checkpoint
+cannot get the replaced rows back: ``kinds.lora.unmerge`` refuses it per module).  aLoRA is refused
+everywhere: PEFT cannot merge it ("aLoRA does not support merging."), attach does not implement
+its position rule (the LoRA applies from the invocation tokens onward), and a low-rank result
+would mix it with other adapters.  ``target_parameters`` on 2-D parameters merges like a Linear
+module's LoRA (PEFT's ``ParamWrapper`` adds B·A·scaling to the parameter) and attaches as PEFT's
+parametrization does; on 3-D expert stacks (r rows of lora_A per expert) it is refused.
+nn.MultiheadAttention (PEFT saves its ``out_proj`` under ``<attn>.base_layer.out_proj``) is
+refused by name in every operation.
 
 Fields a later PEFT adds are not in the table; they are kept and ignored, as before.  Tensors
 a feature adds beside a module's LoRA factors (KaSA's ``lora_diag``, VeLoRA's
@@ -261,13 +266,15 @@ def problems(adapter: Adapter) -> list[Problem]:
     return out
 
 
-def require(adapter: Adapter, operation: str, *, what: str | None = None) -> None:
-    """Refuse ``operation`` on an adapter that uses a feature it does not implement.
+def require(adapter: Adapter, operation: str, *, what: str | None = None, unsupported_only: bool = False) -> None:
+    """Refuse ``operation`` on an adapter that uses a feature it does not implement
+    (``unsupported_only``: only the unsupported features, not the implemented ones some
+    operations refuse, which the caller refuses per module).
 
     Raises:
         UnsupportedError: ``not-supported`` naming the config field and the feature.
     """
-    found = uses(adapter, operation)
+    found = [u for u in uses(adapter, operation) if not unsupported_only or u.field.status == UNSUPPORTED]
     if found:
         u = found[0]
         raise UnsupportedError(
@@ -292,7 +299,7 @@ def require_separable(adapter: Adapter, module: str) -> None:
             shared`` computes what PEFT's model does.
     """
     view = adapter.modules.get(module)
-    if view is not None and view.layer_type == "tokens":
+    if getattr(view, "layer_type", None) == "tokens":
         raise UnsupportedError(
             f"trainable tokens on `{module}`, which the checkpoint ties to the other embedding: PEFT replaces the rows "
             "of both; untying would change one only (--tied-embeddings shared merges into the one shared matrix, as PEFT)",

@@ -358,6 +358,9 @@ def delta_weight(adapter: Adapter, module: str, *, device: Any = None, dtype: to
     embeddings, (out, in, *k) for convolutions (groups=1).
     """
     view: LoraModule = adapter.module(module)
+    if isinstance(view, TokenRows):
+        raise UnsupportedError("trainable tokens replace rows of the embedding; they have no ΔW independent of the base",
+                               key="trainable_token_indices", path=adapter.source)
     a_raw, b_raw = view.lora_A, view.lora_B
     store_dtype = b_raw.dtype if view.layer_type == "linear" else a_raw.dtype
     ct = _compute_dtype(b_raw if view.layer_type == "linear" else a_raw)

@@ -19,7 +19,7 @@ from .devices import resolve_device
 from .io.digest import DIGEST_KEY
 from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
-from .kinds.features import feature_tensor
+from .kinds.features import changes_delta, feature_tensor
 from .progress import progress
 from .validate import structural_problems, value_problems
 
@@ -61,7 +61,8 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
     if per_module:
         held = _in_memory(adapter)  # one read of the data serves the value checks and the statistics
         problems += value_problems(held)
-        for name in progress(modules, desc="modules", total=len(modules)):
+        # ‖ΔW‖ from the factors would be wrong for a feature that changes ΔW (KaSA's lora_diag, BD-LoRA's blocks)
+        for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):
             stats[name] = held.kind.stats(held, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)
     whole = _whole_modules(adapter)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import AdapterkitError, Problem
-from .kinds.features import problems as feature_problems
 
 if TYPE_CHECKING:  # torch is imported where tensors are read, so that importing adapterkit stays cheap
     import torch
@@ -33,6 +32,8 @@ def structural_problems(adapter: Adapter) -> list[Problem]:
         dtype = meta(key).dtype
         if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:  # adapter tensors only (§6)
             problems.append(Problem("dtype-unsupported", "adapter tensors must be floating point", key=key, expected=" | ".join(ALLOWED_DTYPES), actual=dtype))
+    from .kinds.features import problems as feature_problems  # here: importing validate stays torch-free
+
     problems += adapter.kind.check(adapter)
     problems += feature_problems(adapter)
     src = str(adapter.source) if adapter.source else None

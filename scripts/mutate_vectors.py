@@ -398,7 +398,7 @@ MUTANTS: list[Mutant] = [
       "VERSION_KEY: UNDIGESTED_VERSION}"),
     M("R11-2", "an unknown minor version refused", VS, "    if m[1] != str(SUPPORTED_MAJOR):", "    if m[1] != str(SUPPORTED_MAJOR) or m[2] != '0':"),
     # §12 warnings
-    M("R12-1", "empty-adapter only when the file holds no tensor at all", LO, "    if not groups:\n        add(\"empty-adapter\"",
+    M("R12-1", "empty-adapter only when the file holds no tensor at all", LO, "    if not groups and not _token_modules(adapter):\n        add(\"empty-adapter\"",
       "    if not adapter.tensors:\n        add(\"empty-adapter\""),
     M("R12-1", "no pattern-order warning", LO, "            if winner != after_save and pattern[winner] != pattern[after_save]:", "            if False:"),
     M("R12-1", "no pattern-unmatched warning", LO, "            if not any(pattern_key([pkey], n) == pkey for n in names):", "            if False:"),

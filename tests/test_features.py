@@ -131,6 +131,12 @@ def test_info_reports_unsupported_feature(saved, name):
     assert not [p for p in summary["problems"] if p["code"] == "unexpected-key"]
 
 
+def test_info_gives_no_factor_norms_for_a_feature_that_changes_delta(saved):
+    summary = describe(adapterkit.load(saved["kasa"]))
+    assert summary["per_module"] == {}  # ‖B·A‖ ignores lora_diag: not shown as if it were ‖ΔW‖
+    assert summary["values_checked"]
+
+
 @pytest.mark.parametrize("name", sorted(PLAIN_AT_INFERENCE))
 def test_variant_tensors_are_not_unexpected_keys(saved, name):
     assert adapterkit.validate(saved[name]) == []
@@ -226,10 +232,12 @@ def test_plain_at_inference_variants_attach_as_peft(saved, name):
         with torch.no_grad():
             expected = peft_model(**inputs).logits
     model = llama()
-    adapterkit.attach(model, adapterkit.load(saved[name]))
+    adapter = adapterkit.load(saved[name])
+    adapterkit.attach(model, adapter)
     with torch.no_grad():
         got = model(**inputs).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert adapterkit.extract_from_model(model) == adapter  # the variant's training tensors come back too
 
 
 # ----------------------------------------------------------------------------- target_parameters

@@ -252,6 +252,12 @@ def feature_shaped(adapter: Adapter) -> set[str]:
     return {u.key.removeprefix("base_model.model.").removesuffix(".lora_A.weight") for u in uses(adapter) if u.field is _EXPERTS}
 
 
+def changes_delta(adapter: Adapter) -> bool:
+    """Whether the adapter uses an unsupported feature, so that figures computed from its LoRA
+    factors alone (``info``'s per-module ‖ΔW‖) would misstate it."""
+    return any(u.field.status == UNSUPPORTED for u in uses(adapter))
+
+
 def problems(adapter: Adapter) -> list[Problem]:
     """``feature-unsupported`` warnings, one per unsupported feature the adapter uses."""
     out = []

@@ -438,3 +438,28 @@ def test_trainable_tokens_on_tied_embeddings_merge_shared_as_peft(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**token_input()).logits, logits, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the table covers PEFT 0.22.0
+
+
+@pytest.mark.parametrize("peft_type, cls_name", [
+    ("LORA", "LoraConfig"), ("IA3", "IA3Config"), ("PROMPT_TUNING", "PromptTuningConfig"),
+    ("PREFIX_TUNING", "PrefixTuningConfig"), ("P_TUNING", "PromptEncoderConfig"),
+])
+def test_every_peft_config_field_has_a_status(peft_type, cls_name):
+    """A field PEFT adds (a new variant) must get a row: implemented, inert or unsupported."""
+    import dataclasses
+
+    from adapterkit.kinds import KINDS
+    from adapterkit.kinds.features import FIELDS, IMPLEMENTED, INERT, UNSUPPORTED
+
+    table = FIELDS.get(peft_type, FIELDS["PROMPT_LEARNING"])
+    typed = {f.name for f in KINDS[peft_type].config.typed_fields()}
+    for f in dataclasses.fields(getattr(peft, cls_name)):
+        row = table.get(f.name)
+        assert f.name in typed or row is not None, f"{cls_name}.{f.name} has no row in kinds/features.py"
+        if row is not None:
+            assert row.status in (IMPLEMENTED, INERT, UNSUPPORTED) and row.since
+            if f.metadata.get("is_lora_variant"):  # PEFT's variants change the forward pass: never inert
+                assert row.status != INERT, f.name

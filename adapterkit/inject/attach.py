@@ -28,7 +28,9 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
 
     LoRA (lora_B.bias, DoRA, rsLoRA, rank/alpha patterns) goes on nn.Linear, transformers'
     Conv1D, nn.Embedding and nn.Conv1d/2d/3d; IA3 on nn.Linear, Conv1D and nn.Conv2d/3d;
-    ``modules_to_save`` become per-adapter copies of their module.  The modules adapted are
+    ``modules_to_save`` become per-adapter copies of their module; ``target_parameters`` puts
+    LoRA on 2-D parameters and ``trainable_token_indices`` replaces embedding rows, as PEFT does;
+    a PEFT feature attach does not implement is refused by name (``kinds/features.py``).  The modules adapted are
     exactly those PEFT would pick from the adapter's config.  With ``activate`` (default) the
     new adapter becomes the only active one; otherwise it waits for ``set_active``.
 

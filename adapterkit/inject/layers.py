@@ -1,4 +1,5 @@
-"""The wrapper modules that put LoRA, IA3 and ``modules_to_save`` into a torch model.
+"""The wrapper modules that put LoRA, IA3 and ``modules_to_save`` into a torch model (and
+LoRA on a parameter, PEFT's ``target_parameters``, and trainable tokens, ``trainable_token_indices``).
 
 Each wrapper holds the original module (``base_layer`` / ``original_module``) and, per
 adapter name, that adapter's tensors as ``nn.Parameter`` (so they train, and

@@ -3,7 +3,8 @@
 ``plan(model, adapter)`` selects exactly the modules PEFT 0.21.2 would adapt
 (``check_target_module_exists``: ``exclude_modules``, ``modules_to_save`` exclusion,
 ``target_modules`` as a full regex or names/dot-suffixes, ``layers_to_transform`` /
-``layers_pattern``), compares them with the adapter's modules and shapes, and either returns
+``layers_pattern``; ``target_parameters``; the embeddings of ``trainable_token_indices``),
+compares them with the adapter's modules and shapes, and either returns
 the complete list of changes or raises one error naming every offender.
 """
 

@@ -281,6 +281,9 @@ def require(adapter: Adapter, operation: str, *, what: str | None = None, unsupp
         UnsupportedError: ``not-supported`` naming the config field and the feature.
     """
     found = [u for u in uses(adapter, operation) if not unsupported_only or u.field.status == UNSUPPORTED]
+    if not found and operation == UNMERGE and any(getattr(v, "layer_type", None) == "tokens" for v in adapter.modules.values()):
+        found = [Use(LORA["trainable_token_indices"], "the rows they replaced are not in the adapter (PEFT unmerges "
+                     "only from the originals its live module keeps)")]
     if found:
         u = found[0]
         raise UnsupportedError(

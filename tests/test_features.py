@@ -463,3 +463,41 @@ def test_every_peft_config_field_has_a_status(peft_type, cls_name):
             assert row.status in (IMPLEMENTED, INERT, UNSUPPORTED) and row.since
             if f.metadata.get("is_lora_variant"):  # PEFT's variants change the forward pass: never inert
                 assert row.status != INERT, f.name
+
+
+class TwoParams(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.P = nn.Parameter(torch.randn(8, 6) * 0.3)
+        self.Q = nn.Parameter(torch.randn(6, 6) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.P @ self.Q
+
+
+class TwoParamNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix = TwoParams()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(x)
+
+
+def two_param_net() -> nn.Module:
+    torch.manual_seed(0)
+    return TwoParamNet().eval()
+
+
+def test_target_parameters_on_two_parameters_of_one_module_is_refused_by_name(tmp_path):
+    """PEFT nests one wrapper per parameter (keys `mix.base_layer.lora_*` and `mix.lora_*`): not
+    a base module `mix.base_layer` missing from the checkpoint, but a feature refused by name."""
+    _save_peft(two_param_net, dict(target_modules=[], target_parameters=["mix.P", "mix.Q"], r=2), tmp_path / "a")
+    problems = adapterkit.validate(tmp_path / "a")
+    assert [p.code for p in problems] == ["feature-unsupported"] and problems[0].key == "target_parameters", problems
+    adapter = adapterkit.load(tmp_path / "a")
+    _refused(lambda: adapterkit.attach(two_param_net(), adapter), "target_parameters")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in two_param_net().state_dict().items()}, str(tmp_path / "base.safetensors"))
+    _refused(lambda: merge_checkpoint(tmp_path / "base.safetensors", [adapter], tmp_path / "out.safetensors"), "target_parameters")

@@ -182,6 +182,11 @@ _EXPERTS = Field("target_parameters", "0.17.0", UNSUPPORTED, "LoRA on 3-D expert
                  "lora_A holds r rows per expert; ΔW is one (in, out) block per expert")
 
 
+_NESTED = Field("target_parameters", "0.17.0", UNSUPPORTED, "LoRA on several parameters of one module (target_parameters)",
+                "PEFT nests one wrapper per parameter (`<module>.base_layer.lora_A`); which factor goes on which "
+                "parameter is not in the file")
+
+
 def uses(adapter: Adapter, operation: str | None = None) -> list[Use]:
     """The unsupported features ``adapter`` uses (those ``operation`` refuses, or all), from its
     config and tensor names; reads no tensor data."""
@@ -219,6 +224,10 @@ def _structural_uses(adapter: Adapter) -> list[Use]:
             out.append(Use(_MHA, f"`{name[: -len('.base_layer.out_proj')]}` is a MultiheadAttention adapted by PEFT; "
                            "adapterkit does not merge or attach LoRA on it", key=name))
     if _set(cfg.extra.get("target_parameters")):
+        nested = sorted(n for n in names if n.endswith(".base_layer") or n == "base_layer")
+        if nested:
+            out.append(Use(_NESTED, f"`{nested[0].removesuffix('base_layer').rstrip('.') or '(root)'}` has LoRA on several parameters",
+                           key=nested[0]))
         for name in sorted(names):
             a_key = next((k for k in (f"base_model.model.{name}.lora_A.weight",) if k in adapter.tensors), None)
             if a_key is None:

@@ -76,6 +76,7 @@ CODES: dict[str, tuple[str, str]] = {
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
     "empty-adapter": ("", "the adapter has no adapter tensors"),
+    "feature-unsupported": ("", "the adapter uses a PEFT feature adapterkit does not implement (the message names the config field); operations that would use it refuse with not-supported"),
 }
 
 # Codes of the library API (writing, operations, devices, look-ups), not of the file format:

@@ -19,6 +19,7 @@ from .devices import resolve_device
 from .io.digest import DIGEST_KEY
 from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
+from .kinds.features import changes_delta, feature_tensor
 from .progress import progress
 from .validate import structural_problems, value_problems
 
@@ -28,7 +29,7 @@ PEFT_PREFIX = "base_model.model."
 def _whole_modules(adapter: Adapter) -> dict[str, Any]:
     """Tensors stored whole (``modules_to_save``, trained biases, saved embeddings): keys the
     kind's grammar does not parse, grouped by module."""
-    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None]
+    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None and feature_tensor(k) is None]
     modules = sorted({k.removeprefix(PEFT_PREFIX).rsplit(".", 1)[0] for k in keys})
     return {
         "modules": modules,
@@ -60,7 +61,8 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
     if per_module:
         held = _in_memory(adapter)  # one read of the data serves the value checks and the statistics
         problems += value_problems(held)
-        for name in progress(modules, desc="modules", total=len(modules)):
+        # ‖ΔW‖ from the factors would be wrong for a feature that changes ΔW (KaSA's lora_diag, BD-LoRA's blocks)
+        for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):
             stats[name] = held.kind.stats(held, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)
     whole = _whole_modules(adapter)

@@ -32,7 +32,10 @@ def structural_problems(adapter: Adapter) -> list[Problem]:
         dtype = meta(key).dtype
         if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:  # adapter tensors only (§6)
             problems.append(Problem("dtype-unsupported", "adapter tensors must be floating point", key=key, expected=" | ".join(ALLOWED_DTYPES), actual=dtype))
+    from .kinds.features import problems as feature_problems  # here: importing validate stays torch-free
+
     problems += adapter.kind.check(adapter)
+    problems += feature_problems(adapter)
     src = str(adapter.source) if adapter.source else None
     return [p if p.path else Problem(p.code, p.message, p.severity, src, p.key, p.expected, p.actual) for p in problems]
 

@@ -45,7 +45,7 @@ MUTANTS = [
     ("validate: a missing named adapter is 'invalid' (exit 1)", "adapterkit/cli.py", '"ambiguous-adapter", "adapter-not-found"}', '"ambiguous-adapter"}', CLI_TESTS),
     ("info never exits 1", "adapterkit/cli.py", 'sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)', "sys.exit(0)", CLI_TESTS),
     ("info skips value checks", "adapterkit/info.py", "        problems += value_problems(held)\n", "", CLI_TESTS),
-    ("info counts no whole-module tensors", "adapterkit/info.py", "    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None]", "    keys = []", CLI_TESTS),
+    ("info counts no whole-module tensors", "adapterkit/info.py", "    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None and feature_tensor(k) is None]", "    keys = []", CLI_TESTS),
     ("info: other adapters include the one opened", "adapterkit/io/reader.py", "    return [n for n in names if not (root / n).samefile(opened)]", "    return names", CLI_TESTS),
     ("info: no variants", "adapterkit/kinds/lora.py", '"variants": [name for name, on in flags.items() if on],', '"variants": [],', CLI_TESTS),
     ("info prints None base model", "adapterkit/info.py", "{summary['base_model'] or '(not recorded)'}", "{summary['base_model']}", CLI_TESTS),

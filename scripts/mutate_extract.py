@@ -82,7 +82,7 @@ MUTANTS = [
     ("export: no zero padding to the largest rank", EXPORT, "    target = max(ranks.values(), default=cfg.r) if consumer in ENGINES else None\n", "    target = None\n"),
     ("export: padding with ones", EXPORT, "A = torch.cat([A, A.new_zeros(k - f.rank, A.shape[1])], dim=0)", "A = torch.cat([A, A.new_ones(k - f.rank, A.shape[1])], dim=0)"),
     ("export: max_rank truncates silently", EXPORT, "    if target is not None and max_rank is not None and target > max_rank:\n", "    if False:\n"),
-    ("export: modules_to_save tensors dropped", EXPORT, "            if adapter.kind.parse_key(key) is None:\n                refuse(", "            if False:\n                refuse("),
+    ("export: modules_to_save tensors dropped", EXPORT, "            if adapter.kind.parse_key(key) is None and feature_tensor(key) is None:  # VeLoRA's: training state only\n                refuse(", "            if False:\n                refuse("),
     ("export: DoRA folded for engines", EXPORT, "        if cfg.use_dora:\n            first =", "        if False:\n            first ="),
     ("export: TGI keeps lora_B.bias", EXPORT, '            if "bias" in view.keys:\n                refuse("lora_B.bias', '            if consumer == "llama.cpp" and "bias" in view.keys:\n                refuse("lora_B.bias'),
     ("export: peft DoRA loses the magnitude", EXPORT, "            tensors[mag] = adapter.tensors[mag]\n", "            pass\n"),

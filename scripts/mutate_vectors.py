@@ -333,7 +333,7 @@ MUTANTS: list[Mutant] = [
       "    infos = {k: i for k, i in infos.items() if k.endswith(_parts)}\n"
       "    return Header(path, dict(metadata), infos, data_start)"),
     M("R8.8-1", "no warning for keys outside the grammar", LO,
-      '        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key):', '        if False:'),
+      '        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key) and feature_tensor(key) is None:', '        if False:'),
     M("R8.8-1", "modules_to_save names matched without a dot boundary", PA, "    return any(m == n or m.endswith(\".\" + n) for m in modules for n in names)",
       "    return any(m.endswith(n) for m in modules for n in names)"),
     # §9 IA3
@@ -398,7 +398,7 @@ MUTANTS: list[Mutant] = [
       "VERSION_KEY: UNDIGESTED_VERSION}"),
     M("R11-2", "an unknown minor version refused", VS, "    if m[1] != str(SUPPORTED_MAJOR):", "    if m[1] != str(SUPPORTED_MAJOR) or m[2] != '0':"),
     # §12 warnings
-    M("R12-1", "empty-adapter only when the file holds no tensor at all", LO, "    if not groups:\n        add(\"empty-adapter\"",
+    M("R12-1", "empty-adapter only when the file holds no tensor at all", LO, "    if not groups and not _token_modules(adapter):\n        add(\"empty-adapter\"",
       "    if not adapter.tensors:\n        add(\"empty-adapter\""),
     M("R12-1", "no pattern-order warning", LO, "            if winner != after_save and pattern[winner] != pattern[after_save]:", "            if False:"),
     M("R12-1", "no pattern-unmatched warning", LO, "            if not any(pattern_key([pkey], n) == pkey for n in names):", "            if False:"),

@@ -53,6 +53,7 @@ import torch
 from ..adapter import Adapter
 from ..errors import ArgumentError, Problem, UnsupportedError
 from ..io.recipe import step, with_step
+from ..kinds.features import LOWRANK, feature_tensor, require
 from ..kinds.lora import LoraConfig
 from .lowrank import all_factors, module_factors, module_tensors, scaling_one_config
 
@@ -126,7 +127,9 @@ def check(adapter: Adapter, consumer: str, *, max_rank: int | None = None) -> li
     by_type: dict[str, dict[int, str]] = {}
     top = (0, "")  # the largest module rank and its first module
     for name, view in adapter.modules.items():
-        rank = int(adapter.meta(view.keys["lora_A"]).shape[0]) if "lora_A" in view.keys else view.rank
+        if "lora_A" not in view.keys:  # trainable tokens: flagged as an extra tensor above
+            continue
+        rank = int(adapter.meta(view.keys["lora_A"]).shape[0])
         if view.layer_type.startswith("conv"):
             add("layer-type", f"{consumer} does not serve LoRA on convolutions (`{name}` is {view.layer_type})", name, "linear | embedding", view.layer_type)
         if consumer == "tgi" and rank != cfg.r:
@@ -174,6 +177,7 @@ def _export(adapter: Adapter, consumer: str, max_rank: int | None) -> Adapter:
             raise_first_error(check(adapter, "peft"))
             return adapter
         raise UnsupportedError(f"{consumer} serves LoRA adapters only", path=src, key="peft_type", expected="LORA", actual=adapter.peft_type)
+    require(adapter, LOWRANK, what=f"export for {consumer}")
     cfg: LoraConfig = adapter.config  # type: ignore[assignment]
     if consumer in ENGINES:
         def refuse(message: str, key: str | None, expected: Any = None, actual: Any = None) -> None:
@@ -184,7 +188,7 @@ def _export(adapter: Adapter, consumer: str, max_rank: int | None) -> Adapter:
             first = next((v.keys["magnitude"] for v in views.values() if "magnitude" in v.keys), "use_dora")
             refuse("DoRA cannot be served: its magnitude rescales W + ΔW by a norm that depends on W", first, False, True)
         for key in adapter.tensors:
-            if adapter.kind.parse_key(key) is None:
+            if adapter.kind.parse_key(key) is None and feature_tensor(key) is None:  # VeLoRA's: training state only
                 refuse("this tensor (modules_to_save or another whole tensor) cannot be served; nothing is dropped silently", key, "a LoRA factor", key)
         if cfg.modules_to_save:
             refuse("modules_to_save cannot be served", "modules_to_save", None, cfg.modules_to_save)

@@ -49,6 +49,7 @@ from ..hub.paths import local_path
 from ..io.outputs import adapter_inputs, check_output, checkpoint_inputs
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
+from ..kinds.features import require_all, require_separable
 from ..kinds.patterns import matches_modules_to_save
 from ..progress import progress_bytes
 from . import merge_record, orientation
@@ -330,6 +331,7 @@ def merge_checkpoint(
     device = resolve_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(local_path(base, "checkpoint"))
     loaded = [_as_adapter(a, safe) for a in adapters]
+    require_all(loaded, direction, what=direction)  # a PEFT feature merging does not implement: by name
     check_output(out, [*checkpoint_inputs(ckpt, "merged checkpoint" if unmerge else "base checkpoint"),  # before any work
                        *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])
     if weights is not None and len(weights) != len(loaded):
@@ -363,6 +365,8 @@ def merge_checkpoint(
         if _replaced_alike(tie, touched, replaced, loaded):
             _keep_tie(tie, replaced, notes)
         elif (tied_embeddings or "untie") == "untie":
+            for i, target in touched.get(tie.input_key, []) + touched.get(tie.output_key, []):
+                require_separable(loaded[i], target.module)  # trainable tokens change the tied rows of both
             keys = _untie(ckpt, keys, tie, replaced, sources, files, notes)
         else:
             _share(tie, touched, replaced, notes)

@@ -31,6 +31,7 @@ from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, UnsupportedError
 from ..io.recipe import step, with_step
+from ..kinds.features import LOWRANK, feature_tensor, require
 from ..kinds.lora import PREFIX
 from ..kinds.patterns import layer_index, pattern_key
 
@@ -181,6 +182,8 @@ def prune(adapter: Adapter, *, modules: str | None = None, layers: Iterable[int]
         raise UnsupportedError(f"{adapter.peft_type} adapters have no modules to prune", path=adapter.source,
                                expected="LORA or IA3", actual=adapter.peft_type)
     names = sorted(adapter.modules)
+    if min_energy is not None or keep_fraction is not None:  # energies are ΔW's: a feature changing it is refused
+        require(adapter, LOWRANK, what="prune by energy")
     shares = _shares(adapter, names, resolve_device(device)) if min_energy is not None or keep_fraction is not None else {}
     top = set(sorted(names, key=lambda n: (-shares[n], n))[: math.ceil(keep_fraction * len(names))]) if keep_fraction is not None else set(names)
     if wanted is not None:
@@ -203,6 +206,8 @@ def prune(adapter: Adapter, *, modules: str | None = None, layers: Iterable[int]
         parsed = adapter.kind.parse_key(key)
         if parsed is not None and parsed[0] in dropped:
             continue
+        if parsed is None and feature_tensor(key) is not None and any(key.startswith(f"{PREFIX}{d}.") for d in dropped):
+            continue  # a tensor a LoRA variant adds to a dropped module (VeLoRA's lora_velora_embed, KaSA's lora_diag)
         new = key
         if parsed is None and WRAPPER in key and key.startswith(PREFIX) and key[len(PREFIX): key.index(WRAPPER)] in dropped:
             new = key.replace(WRAPPER, ".", 1)

@@ -94,32 +94,9 @@ PROMPT_WORDS = ("prompt", "prefix", "p_tuning", "virtual token")
 # (case name, check) -> refused feature, or "" for a pass; printed by ``summary``
 RESULTS: dict[tuple[str, str], str] = {}
 
-# Known gaps that other parts of issue 17 close: case name -> (checks, reason), marked
-# xfail(strict=True); the lead removes a mark once the fix is merged (a fixed check turns XPASS,
-# which fails).  Every other failure of the matrix is a bug.
-ALORA = "issue 17: aLoRA (alora_invocation_tokens): merges must be refused as PEFT refuses them; attach applies the LoRA at every position"
-TOKENS = "issue 17: trainable tokens (trainable_token_indices) not implemented (a row delta of the embedding) nor refused by name: model-mismatch/base-mismatch"
-VELORA = "issue 17: VeLoRA (velora_config) is plain LoRA at inference; attach/merge/combine blame the model (model-mismatch/base-mismatch)"
-KASA = "issue 17: KaSA (kasa_config, lora_diag) not refused by name: model-mismatch/base-mismatch/adapters-incompatible"
-MONTECLORA = "issue 17: MonteCLoRA (monteclora_config) not refused by name: model-mismatch/base-mismatch/adapters-incompatible"
-MHA = "issue 17: LoRA on nn.MultiheadAttention not refused by name: model-mismatch/base-mismatch"
-BDLORA = "issue 17: BD-LoRA (use_bdlora) with block-diagonal lora_B not refused by name: shape-mismatch calls the file malformed"
-TARGET_PARAMETERS = "issue 17: target_parameters merges offline but attach refuses it with model-mismatch"
-XFAIL: dict[str, tuple[tuple[str, ...], str]] = {
-    **{c: (("attach", "merge_and_unload", "offline_merge", "combine"), ALORA)
-       for c in [f"{arch}_{name}" for arch in ("gemma3", "gpt2", "gptj", "llama", "mistral", "opt", "qwen2") for name in ("alora", "alora_never_invoked")]},
-    **{c: (("validate", "load", "scaling", "save_dir", "save_file", "attach", "merge_and_unload", "offline_merge", "combine"), BDLORA)
-       for c in ["bd_lora_b_only", "bd_lora_both_a_and_b"]},
-    "vanilla_mlp_1_lora_with_kasa": (("attach", "merge_and_unload", "offline_merge", "combine"), KASA),
-    **{c: (("attach", "merge_and_unload", "offline_merge", "combine"), MHA) for c in ["mha_1_lora", "mha_2_lora"]},
-    "vanilla_mlp_1_lora_with_monteclora": (("attach", "merge_and_unload", "offline_merge", "combine"), MONTECLORA),
-    **{c: (("attach", "merge_and_unload"), TARGET_PARAMETERS) for c in ["mlp_1_using_nn_parameter_lora", "mlp_2_using_nn_parameter_lora"]},
-    **{c: (("attach", "merge_and_unload", "offline_merge", "combine"), TOKENS)
-       for c in ["embedding_transformers_conv1d_1_lora_trainable_tokens", "multi_lora_trainable_tokens_different", "multi_lora_trainable_tokens_same",
-                 *[f"{arch}_lora_trainable_tokens" for arch in ("gemma3", "gpt2", "gptj", "llama", "mistral", "opt", "qwen2")]]},
-    **{c: (("attach", "merge_and_unload", "offline_merge", "combine"), VELORA)
-       for c in ["vanilla_mlp_10_lora_with_velora_random", "vanilla_mlp_11_lora_with_velora_batch_average", "vanilla_mlp_12_lora_with_velora_batch_average_once"]},
-}
+# Cases a known gap of adapterkit fails, as {case: (checks, reason)}: xfail(strict=True), so that
+# a fix shows as XPASS and its entry must go.  Empty: every case passes or is refused by name.
+XFAIL: dict[str, tuple[tuple[str, ...], str]] = {}
 
 
 def summary() -> str:
@@ -132,9 +109,10 @@ def summary() -> str:
              f"{sum(refused.values())} refused by name, {sum(differences.values())} deliberate differences"]
     lines += [f"  refused, {feature}: {n}" for feature, n in sorted(refused.items())]
     lines += [f"  difference, {what}: {n}" for what, n in sorted(differences.items())]
-    gaps = Counter(reason.split(":")[1].strip() for checks, reason in XFAIL.values() for _ in checks)
-    lines.append(f"  xfail (known gaps of issue 17, whole matrix): {sum(gaps.values())}")
-    lines += [f"    {reason}: {n}" for reason, n in sorted(gaps.items())]
+    gaps = Counter(reason for checks, reason in XFAIL.values() for _ in checks)
+    if gaps:
+        lines.append(f"  xfail (known gaps, whole matrix): {sum(gaps.values())}")
+        lines += [f"    {reason}: {n}" for reason, n in sorted(gaps.items())]
     return "\n".join(lines)
 
 

@@ -67,18 +67,18 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
         "REQUIRED (only PEFT-profile files lack it)",
         {"type": "string", "pattern": r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?![\s\S])"},
         "format version `MAJOR.MINOR`, the whole string (decimal, no leading zeros, no whitespace); this version writes "
-        "`1.1` (`1.0` files, without a digest, stay valid); a major other than 1 is `version-unsupported` (§5.2 rule 7), "
+        "`1.2` (`1.0` and `1.1` files stay valid); a major other than 1 is `version-unsupported` (§5.2 rule 7), "
         "not a schema error",
     ),
     (
         "adapterkit.config",
         "REQUIRED in the single-file form; absent in the directory form",
         {"type": "string", "contentMediaType": "application/json"},
-        "the adapter config as compact JSON with sorted keys",
+        "the adapter config as compact JSON, keys sorted except in the pattern objects (§4.2)",
     ),
     (
         "adapterkit.digest",
-        "REQUIRED of 1.1 writers, with `adapterkit.digests`; OPTIONAL for readers (absent in 1.0 files)",
+        "REQUIRED of writers of 1.1 and later, with `adapterkit.digests`; OPTIONAL for readers",
         {"type": "string", "pattern": r"^sha256:[0-9a-f]{64}(?![\s\S])"},
         "the content digest (§5.5): SHA-256 over the config and every tensor, independent of form and tensor order",
     ),
@@ -86,7 +86,8 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
         "adapterkit.digests",
         "present exactly when `adapterkit.digest` is",
         {"type": "string", "pattern": r"^(?:[0-9a-f]{64})+(?![\s\S])"},
-        "the entry digests the content digest combines (§5.5): the config's, then each tensor's in sorted key order, as hex",
+        "the entry digests the content digest combines (§5.5): the config's, then each tensor's in code-point order of "
+        "the keys, as hex",
     ),
     (
         "adapterkit.recipe",
@@ -99,8 +100,8 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
                 "properties": {"op": {"type": "string", "minLength": 1}, "adapterkit": {"type": "string"}},
             },
         }},
-        "how adapterkit made the adapter (§5.6): a JSON array of steps as compact JSON with sorted keys; provenance "
-        "only, not part of the adapter's content",
+        "how adapterkit made the adapter (§5.6): a JSON array of steps as compact JSON with sorted keys, non-ASCII "
+        "characters as they are; provenance only, not part of the adapter's content",
     ),
 ]
 
@@ -1299,9 +1300,10 @@ def recipe_valid_vectors(add: Callable[..., None]) -> None:
     """Valid vectors of the member rules of ``adapterkit.recipe`` (§5.6)."""
     cfg = lora(r=2, lora_alpha=2, target_modules=["q_proj"])
     steps = [{"adapterkit": "", "op": "quantize"},
-             {"adapterkit": "0.1.0", "extra": {"nested": [1, None, True]}, "inputs": None, "op": "resize", "rank": "sixteen"}]
+             {"op": "resize", "rank": "sixteen", "inputs": None, "extra": {"nested": [1, None, True]}, "adapterkit": "0.1.0"}]
     add("recipe_member_rules", "recipe steps checked only for a non-empty string `op` and a string `adapterkit`: an op "
-        "outside the listed ones, an empty adapterkit, and members of any type are valid", "file", cfg, linear(Q, 2, 6, 4, 160),
+        "outside the listed ones, an empty adapterkit, and members of any type are valid (written with sorted keys, whatever "
+        "the order they were given in)", "file", cfg, linear(Q, 2, 6, 4, 160),
         recipe=steps)
     steps = [{"adapterkit": "0.1.0", "inputs": ["./mod\u00e8le-lora", "org/\U0001f600-lora"], "method": "cat", "op": "combine",
               "weights": [1, 1]}]

@@ -1151,6 +1151,9 @@ def digest_invalid_vectors(add: Callable[..., None]) -> None:
     add("digest_entries_tampered", "metadata-invalid", "adapterkit.digests with the config's entry zeroed: the entries no longer "
         "combine to adapterkit.digest (found from the header alone)",
         {F: st_bytes(dict(adapter.tensors), {**meta, "adapterkit.digests": "0" * 64 + meta["adapterkit.digests"][64:]})})
+    add("digest_entries_partial", "metadata-invalid", "adapterkit.digests with one hex digit more than whole entries (the "
+        "entries, cut into 64-digit pieces, leave a partial one)",
+        {F: st_bytes(dict(adapter.tensors), {**meta, "adapterkit.digests": meta["adapterkit.digests"] + "0"})})
     add("digest_without_entries", "metadata-invalid", "adapterkit.digest without adapterkit.digests",
         {F: st_bytes(dict(adapter.tensors), {k: v for k, v in meta.items() if k != "adapterkit.digests"})})
 
@@ -1193,7 +1196,7 @@ ESCAPES_CONFIG_TEXT = (
     '"base_model_name_or_path":"org/mod\u00e8le-\U0001f600",'
     '"note":"tab\\t quote\\" backslash\\\\ ctl\\u0001 del\\u007f slash\\/ \u00e9",'
     '"\\uff5e":1,"\U0001f600":2,"x_small":0.00001,"x_big":1e16,"x_float":16.0,"x_hundred":1E2,"x_neg_zero":-0,'
-    '"x_int_309_digits":1' + "0" * 308 + "}"
+    '"x_nested":{"b":[{"d":1,"c":2}],"a":null},"x_int_309_digits":1' + "0" * 308 + "}"
 )
 
 
@@ -1216,9 +1219,9 @@ def order_valid_vectors(add: Callable[..., None]) -> None:
     t = linear(Q, 2, 6, 4, 150)
     meta = {"format": "pt", "adapterkit.version": VERSION, **digest_metadata(config_digest(parsed, VERSION), _entries(t))}
     add("digest_config_escapes", "directory form whose adapter_config.json holds raw UTF-8, escapes (\\/, \\u007f), member names "
-        "U+FF5E and U+1F600, and numbers written 8E0, 0.00001, 1e16, 1E2, -0 and a 309-digit integer: its canonical JSON "
-        "(§5.5) is 8.0, 1e-05, 1e+16, 100.0, -0.0 and the integer's digits, with \\uXXXX escapes in lowercase hex, U+007F and / "
-        "as they are, U+FF5E's member before U+1F600's", "dir", parsed, t, write="raw", path=".", format_version=VERSION,
+        "U+FF5E and U+1F600, a nested object with unsorted members, and numbers written 8E0, 0.00001, 1e16, 1E2, -0 and a "
+        "309-digit integer: its canonical JSON (§5.5) is 8.0, 1e-05, 1e+16, 100.0, -0.0 and the integer's digits, with \\uXXXX "
+        "escapes in lowercase hex (U+007F too), / as it is, U+FF5E's member before U+1F600's, every object but the patterns sorted", "dir", parsed, t, write="raw", path=".", format_version=VERSION,
         files={"adapter_config.json": ESCAPES_CONFIG_TEXT.encode("utf-8"), "adapter_model.safetensors": st_bytes(t, meta)})
     adapter = non_ascii_adapter()
     add("digest_non_ascii_keys", "tensor keys whose modules end in U+FF5E and U+1F600: code-point (UTF-8 byte) order puts "
@@ -1301,10 +1304,12 @@ def recipe_valid_vectors(add: Callable[..., None]) -> None:
     cfg = lora(r=2, lora_alpha=2, target_modules=["q_proj"])
     steps = [{"adapterkit": "", "op": "quantize"},
              {"op": "resize", "rank": "sixteen", "inputs": None, "extra": {"nested": [1, None, True]}, "adapterkit": "0.1.0"}]
+    t = linear(Q, 2, 6, 4, 160)
+    text = json.dumps(steps, separators=(",", ":"))  # members in the order above, not sorted
     add("recipe_member_rules", "recipe steps checked only for a non-empty string `op` and a string `adapterkit`: an op "
-        "outside the listed ones, an empty adapterkit, and members of any type are valid (written with sorted keys, whatever "
-        "the order they were given in)", "file", cfg, linear(Q, 2, 6, 4, 160),
-        recipe=steps)
+        "outside the listed ones, an empty adapterkit, and members of any type are valid; stored with unsorted members, "
+        "which a writer sorts when it saves the adapter again", "file", cfg, t, write="raw", path="adapter.safetensors",
+        recipe=steps, files={"adapter.safetensors": st_bytes(t, {**file_meta(cfg.to_dict()), "adapterkit.recipe": text})})
     steps = [{"adapterkit": "0.1.0", "inputs": ["./mod\u00e8le-lora", "org/\U0001f600-lora"], "method": "cat", "op": "combine",
               "weights": [1, 1]}]
     add("recipe_non_ascii", "a recipe naming inputs with non-ASCII characters: the recipe text keeps them as they are "

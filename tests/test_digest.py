@@ -549,3 +549,28 @@ def test_a_1_1_digest_still_verifies_and_the_same_record_in_a_1_2_file_does_not(
     with pytest.raises(AdapterkitError) as info:
         adapterkit.load(new)
     assert (info.value.code, info.value.key) == ("digest-mismatch", "config")
+
+
+@pytest.mark.parametrize(("version", "kept"), [(None, False), ("1.0", False), ("1.1", False), ("1.2", True), ("1.7", True),
+                                                ("1.10", True), ("1." + "9" * 5000, True)])
+def test_which_files_hash_the_pattern_order(version, kept):
+    """[R5.5-3]: 1.2 and every later minor of major 1 hash the stored order; 1.0, 1.1 and PEFT-profile files sort."""
+    from adapterkit.io.version import digest_keeps_pattern_order
+
+    assert digest_keeps_pattern_order(version) is kept
+
+
+def test_rewriting_a_1_1_file_keeps_the_order_and_records_a_1_2_digest(tmp_path):
+    """convert of a 1.1 adapter whose config keeps the pattern order (PEFT 0.22.0's layout): the 1.2 output keeps
+    the order (1.1 writers sorted it, changing v_proj's scaling) and its digest hashes it."""
+    old = adapterkit.load(_legacy_dir(tmp_path, "1.1"))
+    for out in (tmp_path / "new", tmp_path / "new.safetensors", tmp_path / "plain"):
+        adapterkit.save(old, out, digest=out.name != "plain")
+        text = metadata(out)["adapterkit.config"] if out.suffix else (out / "adapter_config.json").read_text()
+        assert list(json.loads(text)["alpha_pattern"]) == ["v_proj", ".*"]
+        assert adapterkit.load(out).module("model.layers.0.v_proj").scaling == 12 / 2
+    weights = tmp_path / "new" / "adapter_model.safetensors"
+    meta = metadata(weights)
+    assert meta["adapterkit.version"] == "1.2"
+    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(weights, (tmp_path / "new" / "adapter_config.json").read_text(), "1.2")
+    assert metadata(tmp_path / "plain" / "adapter_model.safetensors")["adapterkit.version"] == "1.0"

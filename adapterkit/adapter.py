@@ -24,7 +24,7 @@ from .errors import NotFoundError
 from .io.safetensors_file import DTYPE_NAMES, DTYPES, Header, read_tensor
 from .kinds.base import AdapterConfig, Kind
 
-FORMAT_VERSION = "1.1"  # the adapterkit format version this library writes (1.1: with the content digest)
+FORMAT_VERSION = "1.2"  # the adapterkit format version this library writes (1.1: the content digest; 1.2: pattern order kept)
 
 
 @dataclass(frozen=True)

@@ -169,5 +169,5 @@ def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
         if (problem := _non_finite(key, t, str(adapter.source))) is not None:
             values.append(problem)
         del t
-    found = mismatch(entries, config_digest(config_data), now, str(adapter.source)) if entries is not None else None
+    found = mismatch(entries, config_digest(config_data, adapter.format_version), now, str(adapter.source)) if entries is not None else None
     return ([found] if found else []) + values

@@ -258,7 +258,7 @@ def digest_problems(adapter: Adapter, config_data: Any, tensors: dict | None = N
         return []
     held = tensors if tensors is not None else {key: store[key] for key in store}
     entries_now = tensor_entries((key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t)) for key, t in held.items())
-    problem = mismatch(entries, config_digest(config_data), entries_now, str(adapter.source))
+    problem = mismatch(entries, config_digest(config_data, adapter.format_version), entries_now, str(adapter.source))
     return [problem] if problem else []
 
 

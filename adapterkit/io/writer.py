@@ -28,6 +28,7 @@ from . import safetensors_file
 from .atomic import discard, install, staging_folder, write_atomic
 from .digest import HASH_THREADS, config_digest, digest_metadata, placeholder_metadata, tensor_digest
 from .forms import resolve_form
+from .jsontext import peft_key_order
 from .outputs import adapter_inputs, check_output
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .recipe import RECIPE_KEY
@@ -38,8 +39,10 @@ UNDIGESTED_VERSION = "1.0"  # what ``save(digest=False)`` writes: the last versi
 
 
 def config_json(adapter: Adapter) -> str:
-    """``adapter_config.json`` text exactly as PEFT writes it (indent 2, sorted keys)."""
-    return json.dumps(adapter.config.to_dict(), indent=2, sort_keys=True)
+    """``adapter_config.json`` text exactly as PEFT 0.22.0 writes it: indent 2, every object's
+    keys sorted except those of ``rank_pattern``/``alpha_pattern``, whose order decides which key
+    applies ([R4.1-1])."""
+    return json.dumps(peft_key_order(adapter.config.to_dict()), indent=2)
 
 
 def _check_target(path: Path, adapter: Adapter, overwrite: bool) -> None:
@@ -59,7 +62,7 @@ class DigestingEncoder:
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], config: dict) -> None:
         self.tensors, self.metadata = tensors, dict(metadata)
-        self.config_entry = config_digest(config)
+        self.config_entry = config_digest(config, self.metadata[VERSION_KEY])
         self.head, self.order = encode_header(tensors, {**self.metadata, **placeholder_metadata(len(tensors))})
         self.pending: dict[str, Future] = {}
 
@@ -147,7 +150,7 @@ def save(
     config = adapter.config.to_dict()
     weights = WEIGHTS_NAME if form == "dir" else path.name
     if form == "file":
-        metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        metadata[CONFIG_KEY] = json.dumps(peft_key_order(config), separators=(",", ":"))  # [R4.2-1]
     encoder = DigestingEncoder(tensors, metadata, config) if digest else None
     patches = {weights: encoder.patch} if encoder else {}
     if form == "dir":

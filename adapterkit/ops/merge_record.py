@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapter import Adapter
+from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import ArgumentError, FormatError
 from ..io.digest import combine, config_digest, tensor_entries
 from ..io.safetensors_file import DTYPE_NAMES, tensor_bytes
@@ -47,7 +47,7 @@ def adapter_digest(adapter: Adapter) -> str:
     entries = tensor_entries(
         (key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t)) for key, t in ((k, adapter.tensors[k]) for k in adapter.tensors)
     )
-    return combine([config_digest(adapter.config.to_dict())] + [entries[k] for k in sorted(entries)])
+    return combine([config_digest(adapter.config.to_dict(), FORMAT_VERSION)] + [entries[k] for k in sorted(entries)])
 
 
 @dataclass

@@ -61,7 +61,7 @@ MUTANTS = [
      "    order = list(range(n))", RECORD_TESTS),
     ("record: unmerged entries kept in the record", RECORD, "    remaining = [e for j, e in enumerate(record) if j not in used]",
      "    remaining = list(record)", RECORD_TESTS),
-    ("record: digest of the config as stored ignored", RECORD, "    return combine([config_digest(adapter.config.to_dict())] + [entries[k] for k in sorted(entries)])",
+    ("record: digest of the config as stored ignored", RECORD, "    return combine([config_digest(adapter.config.to_dict(), FORMAT_VERSION)] + [entries[k] for k in sorted(entries)])",
      "    return combine([entries[k] for k in sorted(entries)])", RECORD_TESTS),
     ("record: forced unmerge of an old entry keeps it", RECORD, "                used.add(old)\n", "", RECORD_TESTS),
     ("dtype: integer and bool tensors cast", OPS, "    plan = {k: (out_dtype if out_dtype and dt in FLOAT_DTYPES else dt, shape) for k, (dt, shape) in keys.items()}",

@@ -61,6 +61,8 @@ MUTANTS = [
     ("dora embedding: embed_scale inside the weight norm", LAYERS,
      "norm = torch.linalg.norm(base.weight.T + scaling * lora_weight.detach(), dim=1)",
      "norm = torch.linalg.norm((base.weight.T + scaling * lora_weight.detach()) * (1 if embed_scale is None else torch.as_tensor(embed_scale)), dim=1)", EDGE_TESTS),
+    ("plan: a trained base tensor blamed on the model", PLAN, "                overwrites.append(key)\n", "                offenders.append(key)\n",
+     ["tests/test_extract_roundtrip.py"]),
     ("embedding: embed_scale only as a buffer", LAYERS, 'embed_scale = getattr(base, "embed_scale", None)\n        if name not in self.lora_magnitude:',
      'embed_scale = base._buffers.get("embed_scale")\n        if name not in self.lora_magnitude:', EDGE_TESTS),
     ("plan: children of modules_to_save targeted", PLAN, 'rf"(^|.*\\.){m}($|\\..*)", name)', 'rf"(^|.*\\.){m}$", name)', EDGE_TESTS),

@@ -360,3 +360,30 @@ def test_modules_to_save_namesakes_are_stored_whole(tmp_path: Path, targets: str
             _adapted(shared_names, out)
     merge_checkpoint(base, [out], tmp_path / "merged")
     assert_same_tensors(shards(tmp_path / "merged"), shards(ft))
+
+
+def test_attach_of_trained_base_tensors_is_refused_by_name_not_blamed_on_the_model(tmp_path: Path) -> None:
+    """PEFT overwrites the model's biases with an extract's `base_layer.bias` (and a bias="all"
+    adapter's trained biases) on loading; attach never overwrites base weights, so it refuses
+    by name (not-supported, naming the key) — not `model-mismatch`, which would blame a model
+    that fits.  Where the stored tensors equal the model's, it attaches."""
+    base = save(qwen2(), tmp_path / "base")
+    tuned = perturb(qwen2())
+    adapter, _ = extract(base, save(tuned, tmp_path / "ft"), rank=FULL, save_changed=True)
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.attach(qwen2(), adapter)
+    assert info.value.code == "not-supported" and ".base_layer.bias" in str(info.value) and "adapterkit merge" in str(info.value)
+    with pytest.raises(AdapterkitError) as info:  # a model that does not fit is still a model mismatch
+        adapterkit.attach(tied_llama(), adapter)
+    assert info.value.code == "model-mismatch"
+    peft_model = get_peft_model(qwen2(), LoraConfig(r=2, target_modules=["q_proj"], bias="all", init_lora_weights=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model.save_pretrained(tmp_path / "untrained_bias")
+    trained = adapterkit.load(tmp_path / "untrained_bias")
+    torch.testing.assert_close(logits(adapterkit.attach(qwen2(), trained)), logits(peft_model), atol=1e-5, rtol=0)
+    key = next(k for k in trained.tensors if k.endswith("q_proj.base_layer.bias") or k.endswith("q_proj.bias"))
+    moved = adapterkit.Adapter.from_tensors(trained.config, {**trained.tensors, key: trained.tensors[key] + 1})
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.attach(qwen2(), moved)
+    assert info.value.code == "not-supported" and key in str(info.value)

@@ -196,13 +196,23 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
                 offenders.append(f"`{name}`: {view.key} has shape {actual}, the model's {type(base).__name__} needs {shape}")
             else:
                 result.wraps.append(Wrap(name, IA3Layer, {view.key: "ia3_l"}, is_feedforward=view.is_feedforward))
-    _plan_whole(model, adapter, modules, result, offenders)
+    overwrites: list[str] = []
+    _plan_whole(model, adapter, modules, result, offenders, overwrites)
     result.kept_keys = [k for k in adapter.tensors if feature_tensor(k) is not None]
     if offenders:
         raise TensorError(
             f"the model does not fit the adapter ({len(offenders)} problem(s)): " + "; ".join(offenders),
             code="model-mismatch", path=adapter.source, expected="the modules and shapes the adapter was trained on",
             actual=f"{type(model).__name__}",
+        )
+    if overwrites:  # the model fits; what attach does not do is replace its base tensors
+        raise UnsupportedError(
+            f"the adapter stores {len(overwrites)} base tensor(s) whole with other values than the model's (a trained bias, "
+            "bias='all'|'lora_only', or extract's `base_layer.bias`): PEFT overwrites the model's tensors with them on "
+            "loading; attach never overwrites base weights (disabled() could not restore them): merge the adapter into "
+            "the checkpoint with `adapterkit merge`, or load it with PEFT: " + ", ".join(overwrites),
+            code="not-supported", path=adapter.source, key=overwrites[0], expected="base tensors equal to the model's",
+            actual="trained base tensors",
         )
     return result
 
@@ -298,9 +308,11 @@ def _plan_tokens(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Modul
     result.wraps.append(Wrap(name, TokenLayer, {view.key: "tokens"}, indices=view.indices))
 
 
-def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module], result: Plan, offenders: list[str]) -> None:
+def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module], result: Plan, offenders: list[str],
+                overwrites: list[str]) -> None:
     """``modules_to_save`` copies, and the tensors PEFT stores whole (saved base layers, trained
-    biases), which must equal what the model holds: attach never overwrites base weights."""
+    biases), which must equal what the model holds: attach never overwrites base weights (the
+    keys of those that differ go to ``overwrites``, a refusal by name, not a model mismatch)."""
     cfg = adapter.config
     saved_names = tuple(cfg.modules_to_save or ())
     whole = adapter.kind.whole_tensors(adapter)
@@ -340,6 +352,9 @@ def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module
         if not isinstance(held, torch.Tensor) or tuple(held.shape) != tuple(adapter.meta(key).shape) or not torch.equal(
             held.detach().cpu(), adapter.tensors[key].to(held.dtype)
         ):
-            offenders.append(f"{key} (stored whole: a trained bias or a saved base layer) differs from the model's `{base_name}`; attach does not overwrite base weights")
+            if isinstance(held, torch.Tensor) and tuple(held.shape) == tuple(adapter.meta(key).shape):
+                overwrites.append(key)
+            else:
+                offenders.append(f"{key} (stored whole: a trained bias or a saved base layer) does not fit the model's `{base_name}`")
             continue
         result.base_keys[key] = base_name

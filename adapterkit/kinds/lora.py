@@ -308,7 +308,7 @@ def check(adapter: Adapter) -> list[Problem]:
         for name in names:
             winner, after_save = pattern_key(pattern, name), pattern_key(saved_order, name)
             if winner != after_save and pattern[winner] != pattern[after_save]:
-                add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT saves configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
+                add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT before 0.22 and adapterkit format 1.1 and earlier saved configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
     whole_unknown = {"modules_to_save", "target_modules", "bias"} & cfg.unknown
     grouped = {k for parts in groups.values() for k in parts.values()}  # exactly the keys parse_key accepts
     for name, param in ((n, p) for n in sorted(groups) for p in ("weight", "bias")):  # PEFT wraps the module as base_layer

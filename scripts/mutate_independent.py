@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-HUB = ["tests/test_hub.py"]
-ATTACH = ["tests/test_attach.py", "tests/test_peft_interop.py"]
+HUB = ["tests/test_hub_names.py", "tests/test_paths.py", "tests/test_hub.py"]
+ATTACH = ["tests/test_attach_edges.py", "tests/test_attach.py", "tests/test_peft_interop.py"]
 COMBINE = ["tests/test_combine.py"]
 DEFAULT_TESTS = ["tests/test_merge.py"]
 
@@ -25,24 +25,28 @@ MUTANTS = [
     # ------------------------------------------------------------------ hub
     ("hub: a repo id may contain '..' (only '--' refused)",
      "adapterkit/hub/repo_id.py",
-     r'_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9]',
-     r'_PART = r"(?!.*--)[A-Za-z0-9]', HUB),
+     r'_PART = r"(?!.*(?:--|\.\.))[A-Za-z0-9_]',
+     r'_PART = r"(?!.*--)[A-Za-z0-9_]', HUB),
     ("hub: repo id parts of 97 characters accepted (off by one)",
      "adapterkit/hub/repo_id.py",
-     "(?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?",
-     "(?:[A-Za-z0-9._-]{0,95}[A-Za-z0-9])?", HUB),
-    ("hub: a revision may contain whitespace",
+     "(?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?",
+     "(?:[A-Za-z0-9._-]{0,95}[A-Za-z0-9_])?", HUB),
+    ("hub: a repo name ending in .git accepted",
      "adapterkit/hub/repo_id.py",
-     r"(?:@(?P<rev>[^@\s\x00\\]+))?",
-     r"(?:@(?P<rev>[^@\x00\\]+))?", HUB),
-    ("hub: a dangling link no longer wins over a repo id (exists, not lexists)",
+     r'(?P<repo>{_PART}/{_PART})(?<!\.git)(?:@',
+     r'(?P<repo>{_PART}/{_PART})(?:@', HUB),
+    ("hub: a revision with a doubled '/' accepted",
      "adapterkit/hub/repo_id.py",
-     "if os.path.lexists(Path(path)):",
-     "if os.path.exists(Path(path)):", HUB),
-    ("hub: remote names with control characters accepted",
+     r"(?P<rev>(?!/)(?!.*//)[^@",
+     r"(?P<rev>(?!/)[^@", HUB),
+    ("hub: a path whose first folder exists locally is still read as a repo id (only a file counts)",
+     "adapterkit/hub/repo_id.py",
+     "    if first and os.path.lexists(first):\n",
+     "    if first and os.path.lexists(first) and os.path.isfile(first):\n", HUB),
+    ("hub: remote names with DEL or C1 control characters accepted (only C0 refused)",
      "adapterkit/hub/remote.py",
-     'or any(p in ("", ".", "..") for p in parts) or any(ord(c) < 32 for c in name))',
-     'or any(p in ("", ".", "..") for p in parts))', HUB),
+     'any(unicodedata.category(c) == "Cc" for c in name)',
+     'any(ord(c) < 32 for c in name)', HUB),
     ("hub: remote names with an empty or '.' component accepted (only '..' refused)",
      "adapterkit/hub/remote.py",
      'or any(p in ("", ".", "..") for p in parts) or',
@@ -67,10 +71,6 @@ MUTANTS = [
      "adapterkit/hub/remote.py",
      '    if env.get("HF_HUB_CACHE"):\n        cache = Path(env["HF_HUB_CACHE"])\n    elif env.get("HF_HOME"):\n        cache = Path(env["HF_HOME"]) / "hub"',
      '    if env.get("HF_HOME"):\n        cache = Path(env["HF_HOME"]) / "hub"\n    elif env.get("HF_HUB_CACHE"):\n        cache = Path(env["HF_HUB_CACHE"])', HUB),
-    ("hub: model.safetensors preferred over a sharded index in a checkpoint repo",
-     "adapterkit/hub/remote.py",
-     "    if INDEX_NAME in names:\n        weights = [INDEX_NAME, *shards_of(INDEX_NAME)]\n    elif SINGLE_NAME in names:\n        weights = [SINGLE_NAME]",
-     "    if SINGLE_NAME in names:\n        weights = [SINGLE_NAME]\n    elif INDEX_NAME in names:\n        weights = [INDEX_NAME, *shards_of(INDEX_NAME)]", HUB),
     ("hub: push to org/name@rev accepted (revision silently dropped)",
      "adapterkit/hub/push.py",
      "if ref is None or ref.revision is not None:",
@@ -87,6 +87,14 @@ MUTANTS = [
      "adapterkit/hub/push.py",
      "if p.is_file() and p.name != CARD_NAME:",
      "if p.is_file():", HUB),
+    ("hub: pull installs a checkpoint without opening it (shard headers unchecked)",
+     "adapterkit/hub/pull.py",
+     "        raise_first_error(validate(root))\n    else:\n        from ..checkpoint import open_checkpoint\n\n        open_checkpoint(root)\n",
+     "        raise_first_error(validate(root))\n", HUB),
+    ("hub: offline, a revision given as a commit sha is looked up as a ref name",
+     "adapterkit/hub/remote.py",
+     'commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else None',
+     "commit = None", HUB),
     # ------------------------------------------------------------------ attach
     ("attach: exclude_modules list matched by endswith without the dot boundary",
      "adapterkit/inject/plan.py",

@@ -24,7 +24,7 @@ from .errors import NotFoundError
 from .io.safetensors_file import DTYPE_NAMES, DTYPES, Header, read_tensor
 from .kinds.base import AdapterConfig, Kind
 
-FORMAT_VERSION = "1.1"  # the adapterkit format version this library writes (1.1: with the content digest)
+FORMAT_VERSION = "1.2"  # the adapterkit format version this library writes (1.1: the content digest; 1.2: pattern order kept)
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,9 @@ class Adapter:
         format_version: the adapterkit format version of the source, None for the PEFT profile.
         recipe: how adapterkit made it, oldest step first (``adapterkit.io.recipe``); provenance
             only, so ``==`` ignores it, as it ignores ``source``.
+        inputs: (role, path) of what an operation read to make it (``combine``'s adapters,
+            ``extract``'s checkpoints, ...): ``save`` never writes over, into or around them
+            (``adapterkit.io.outputs``); ignored by ``==``.
     """
 
     config: AdapterConfig
@@ -111,6 +114,7 @@ class Adapter:
     source: Path | None = None
     format_version: str | None = None
     recipe: tuple[dict[str, Any], ...] = ()
+    inputs: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_tensors(cls, config: AdapterConfig, tensors: Mapping[str, torch.Tensor]) -> Adapter:

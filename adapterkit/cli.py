@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import AdapterkitError, NotFoundError
+from .errors import AdapterkitError
 
 CONSUMERS = ("vllm", "tgi", "llama.cpp", "peft")  # adapterkit.ops.export.CONSUMERS (not imported: no torch for --help)
 USAGE_CODES = {"file-not-found", "not-an-adapter", "ambiguous-adapter", "adapter-not-found"}
@@ -57,13 +57,29 @@ def handles_errors(func):
     return wrapper
 
 
-def _require(path: Path) -> None:
-    """A missing input is reported before the library (and torch) is imported; a Hub repo id
-    (``org/name[@revision]``, when no such local path exists) is fetched by the library."""
-    from .hub.repo_id import parse_repo_id
+def _require(text: str | Path) -> Path:
+    """The input the user named, as a Path.  A missing local path is ``file-not-found`` before the
+    library (and torch) is imported; a Hub repo id (``org/name[@revision]``, when no such local
+    path exists and the text is not a path by its shape: ``./``, ``../``, ``/``, ``~``, or a first
+    part that exists here) is fetched by the library (``adapterkit.hub.repo_id``).  Decided on the
+    text as typed: ``Path`` would forget a leading ``./``."""
+    from .hub.repo_id import missing_path
 
-    if not path.exists() and not path.is_symlink() and parse_repo_id(path) is None:
-        raise NotFoundError("no such file or directory", path=path)
+    missing = missing_path(text)
+    if missing is not None:
+        raise missing
+    return Path(text)
+
+
+def _guard(out: Path, *inputs: tuple[str, Path | None]) -> None:
+    """The output guard (``adapterkit.io.outputs``) on the paths as the user named them, with the
+    argument names as roles, before torch is imported; the library checks again what it read."""
+    from .io.outputs import check_output
+
+    check_output(out, inputs)
+
+
+INPUT = click.Path()  # an input path or repo id, kept as typed (see _require)
 
 
 class Group(click.Group):
@@ -108,7 +124,7 @@ adapter_name_option = click.option(
 
 
 @main.command(short_help="Summarise an adapter: kind, format, variants, ranks, sizes, ‖ΔW‖.")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=INPUT)
 @adapter_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--no-modules", is_flag=True, help="Skip per-module statistics and value checks (no tensor data is read).")
@@ -135,7 +151,9 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
       adapterkit info merged-model
       adapterkit info my-lora --plot spectrum.png
     """
-    _require(path)
+    path = _require(path)
+    if plot is not None:
+        _guard(plot, ("PATH", path))
     from .hub.paths import local_path
     from .info import describe, describe_checkpoint, render, render_checkpoint
     from .io.reader import open_adapter
@@ -173,7 +191,7 @@ def _problem_json(p: Any) -> dict[str, Any]:
 
 
 @main.command(short_help="Check every rule of the spec; report all problems at once.")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=INPUT)
 @adapter_name_option
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 @handles_errors
@@ -188,7 +206,7 @@ def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
       adapterkit validate my-lora
       adapterkit validate adapter.safetensors --json
     """
-    _require(path)
+    path = _require(path)
     from .validate import validate as run_validate
 
     problems = run_validate(path, adapter_name=adapter_name)
@@ -206,7 +224,7 @@ def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
 
 
 @main.command(short_help="Rewrite an adapter as a PEFT directory or one .safetensors file.")
-@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("src", type=INPUT)
 @click.argument("out", type=click.Path(path_type=Path))
 @adapter_name_option
 @click.option("--form", type=click.Choice(["dir", "file"]), default=None,
@@ -226,7 +244,7 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
       adapterkit convert my-lora my-lora.safetensors      # one file, config inside
       adapterkit convert my-lora.safetensors my-lora-peft  # PEFT's directory layout
       adapterkit convert multi out --adapter-name second --overwrite
-      adapterkit convert my-lora my-lora-vllm --for vllm   # scaling folded, one rank
+      adapterkit convert my-lora my-lora-vllm --for vllm   # scaling folded, r = the largest rank
     """
     from .io.forms import infer_form
 
@@ -237,7 +255,8 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
             f"anything else a directory); rename OUT or drop --form",
             ctx=click.get_current_context(),
         )
-    _require(src)
+    src = _require(src)
+    _guard(out, ("SRC", src))
     from .hub.paths import load
     from .io.writer import save
 
@@ -246,9 +265,6 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
         adapter = _export_for(adapter, consumer, named)
     written = save(adapter, out, form=named, overwrite=overwrite)
     click.echo(f"wrote {written} ({adapter.peft_type}, {_plural(len(adapter.tensors), 'tensor')}, form={named})")
-
-
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 def _check_orientation(_ctx: Any, _param: Any, value: str) -> str:
@@ -263,19 +279,6 @@ def _check_orientation(_ctx: Any, _param: Any, value: str) -> str:
     return value
 
 
-def _parse_size(text: str | None) -> int | None:
-    """``5GB`` (10^9, as transformers counts), ``2GiB``, or a number of bytes."""
-    if text is None:
-        return None
-    import re
-
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", text)
-    unit = m[2].upper() if m else ""
-    if not m or unit not in _SIZE_UNITS or float(m[1]) <= 0:
-        raise click.BadParameter(f"{text!r} is not a size such as 5GB, 500MB, 2GiB or a number of bytes", param_hint="--max-shard-size")
-    return int(float(m[1]) * _SIZE_UNITS[unit])
-
-
 def _merge_inputs(paths: tuple[Path, ...], adapters: tuple[Path, ...], weights: tuple[float, ...], what: str) -> tuple[Path, list[Path], list[float], Path]:
     """(base, adapters, weights, out) from ``BASE [ADAPTER] OUT`` plus ``--adapter``/``--weight``."""
     if len(paths) not in (2, 3):
@@ -285,27 +288,30 @@ def _merge_inputs(paths: tuple[Path, ...], adapters: tuple[Path, ...], weights: 
     if not given:
         raise click.UsageError("name an adapter: a positional ADAPTER or --adapter PATH", ctx=click.get_current_context())
     if weights and len(weights) != len(given):
-        raise click.UsageError(
-            f"{len(weights)} --weight for {len(given)} adapters: give one per adapter (positional first), or none for 1.0 each",
-            ctx=click.get_current_context(),
-        )
+        from .errors import ArgumentError
+
+        raise ArgumentError(f"{len(weights)} --weight for {len(given)} adapters: give one per adapter (positional first), or none for 1.0 each",
+                            key="--weight", expected=f"{len(given)} or none", actual=len(weights))
     return base, given, list(weights) or [1.0] * len(given), out
 
 
 def _merge_command(direction: str):
     def decorate(func):
         options = [
-            click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path)),
-            click.option("--adapter", "adapters", multiple=True, type=click.Path(path_type=Path), help="An adapter (repeatable), after the positional one."),
-            click.option("--weight", "weights", multiple=True, type=float, help="Its weight (repeatable, one per adapter in order; default 1)."),
+            click.argument("paths", nargs=-1, required=True, type=click.Path(),
+                           metavar=f"{'MERGED' if direction == 'unmerge' else 'BASE'} [ADAPTER] OUT"),
+            click.option("--adapter", "adapters", multiple=True, type=INPUT, help="An adapter (repeatable), after the positional one."),
+            click.option("--weight", "weights", multiple=True, type=float, help="Its weight (repeatable, one per adapter in order; default 1, or for unmerge the one the merge record holds)."),
             click.option("--device", default=None, help="torch device for the fp32 math, e.g. cuda."),
             click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32", "fp64"]), default=None, help="Store floating-point tensors in this dtype (default: as in the base)."),
             click.option("--max-shard-size", default=None, help="Reshard: e.g. 5GB, 500MB (default: the base's sharding)."),
-            click.option("--safe/--no-safe", default=True, show_default=True, help="Refuse to write a tensor holding NaN or Inf."),
-            click.option("--tied-embeddings", type=click.Choice(["untie", "shared"]), default="untie", show_default=True,
+            click.option("--safe/--no-safe", default=True, show_default=True,
+                         help="Refuse NaN or Inf in an adapter or a merged tensor (PEFT's safe_merge); --no-safe writes them."),
+            click.option("--tied-embeddings", type=click.Choice(["untie", "shared"]), default=None,
                          help="When the base ties lm_head to its input embeddings and an adapter changes either: untie them "
-                              "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false) or merge into the "
-                              "shared matrix (PEFT's merge_and_unload: changes the other embedding too)."),
+                              "(exact: lm_head gets its own tensor, config.json tie_word_embeddings false; the default where "
+                              "config.json says tied) or merge into the shared matrix (PEFT's merge_and_unload: changes the "
+                              "other embedding too).  Without a config.json the tie is unknown: giving either says it is tied."),
             click.option("--fan-in-fan-out", "fan_in_fan_out", default="auto", show_default=True, metavar="auto|true|false|MODULE=BOOL,...",
                          callback=_check_orientation,
                          help="How square 2-D base weights are stored, as PEFT decides per layer: true = (in, out) as "
@@ -314,6 +320,12 @@ def _merge_command(direction: str):
             click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists."),
             click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
         ]
+        if direction == "merge":
+            options.append(click.option("--again", is_flag=True, help="Merge an adapter the base's merge record already holds "
+                                                                       "(or one listed twice): it is then applied twice."))
+        else:
+            options.append(click.option("--force", is_flag=True, help="Unmerge what the merge record does not hold: an adapter "
+                                                                       "not recorded, other weights than recorded, or out of order."))
         for option in reversed(options):
             func = option(func)
         return func
@@ -324,19 +336,23 @@ _DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
 
 
 def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
-               push: dict[str, Any] | None = None, fan_in_fan_out: str = "auto") -> Any:
+               push: dict[str, Any] | None = None, fan_in_fan_out: str = "auto", again: bool = False,
+               force: bool = False) -> Any:
+    explicit = bool(weights)  # unmerge: without --weight, the weights come from the merge record
     base, given, weights, out = _merge_inputs(paths, adapters, weights, "MERGED" if direction == "unmerge" else "BASE")
-    size = _parse_size(max_shard_size)
-    for p in (base, *given):
-        _require(p)
+    from .arguments import parse_size
+
+    size = parse_size(max_shard_size)
+    base, given, out = _require(base), [_require(p) for p in given], Path(out)
+    _guard(out, ("MERGED" if direction == "unmerge" else "BASE", base), *(("ADAPTER", p) for p in given))
     if push is not None:
         _check_push_to(push["repo_id"], out)
     from .ops.merge import merge_checkpoint
 
     report = merge_checkpoint(
-        base, given, out, weights=weights, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
+        base, given, out, weights=weights if explicit else None, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
         max_shard_size=size, safe=safe, overwrite=overwrite, unmerge=direction == "unmerge", tied_embeddings=tied_embeddings,
-        fan_in_fan_out=fan_in_fan_out,
+        fan_in_fan_out=fan_in_fan_out, again=again, force=force,
     )
     if as_json:
         click.echo(json.dumps({
@@ -362,7 +378,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
 @click.option("--token", default=None, envvar=None, help="Hub token for --push-to (default: HF_TOKEN or the stored login).")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @handles_errors
-def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
+def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, again=False,
           push_to=None, token=None, private=False, fan_in_fan_out="auto") -> None:
     """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
     sharded index, or one .safetensors file) and write OUT: the same sharding and index, every
@@ -371,6 +387,13 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
     is computed in fp32 (on --device) and cast once.  BASE is never modified; OUT appears whole
     or not at all.  LoRA (incl. DoRA, lora_bias, Conv1D, embeddings, convolutions), IA3 and
     modules_to_save merge; prompt-learning adapters have no weights to merge into.
+
+    Several adapters give PEFT's model with them all active, in the order named
+    (set_adapter([a, b])): DoRA's norm is over the base weight and its own change only.  Two
+    merge commands one after the other differ there (the second DoRA's norm then includes the
+    first merge).  What PEFT cannot activate together is refused (two modules_to_save of one
+    module, a module saved whole by one and adapted by the other).  An adapter the base's
+    merge record already holds is refused unless --again.
 
     \b
     Examples:
@@ -381,26 +404,29 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
     """
     push = None if push_to is None else {"repo_id": push_to, "token": token, "private": private}
     _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, push,
-               fan_in_fan_out)
+               fan_in_fan_out, again=again)
 
 
 @main.command(short_help="Take merged adapters back out of a checkpoint (the inverse of merge).")
 @_merge_command("unmerge")
 @handles_errors
-def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
+def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, force=False,
             fan_in_fan_out="auto") -> None:
     """Take adapters back out of the merged checkpoint MERGED and write OUT: the inverse of
-    `adapterkit merge` with the same adapters and weights.  Exact up to rounding for LoRA;
-    IA3 (division by the scaling) and modules_to_save (the base tensor is gone) are lossy and
-    reported so; DoRA cannot be unmerged from a checkpoint (the norm it divided by is gone).
+    `adapterkit merge`.  The weights come from MERGED's merge record (each adapter known by
+    its content digest); an adapter the record does not hold, other weights, or a merge that
+    a later one still merged does not commute with (IA3 or DoRA after it on a shared tensor)
+    are refused unless --force; adapters are taken out newest first.  Exact up to rounding
+    for LoRA; IA3 (division by the scaling) and modules_to_save (the base tensor is gone) are
+    lossy and reported so; DoRA cannot be unmerged from a checkpoint (the norm it divided by is gone).
 
     \b
     Examples:
       adapterkit unmerge merged-model my-lora base-again
-      adapterkit unmerge merged base-again --adapter a --weight 0.7 --adapter b --weight 0.3
+      adapterkit unmerge merged base-again --adapter a --adapter b
     """
     _run_merge("unmerge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
-               fan_in_fan_out=fan_in_fan_out)
+               fan_in_fan_out=fan_in_fan_out, force=force)
 
 
 
@@ -428,8 +454,8 @@ def _rank_text(adapter: Any) -> str:
     return str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}..{ranks[-1]}"
 
 
-@main.command("combine", short_help="Combine adapters into one (PEFT's add_weighted_adapter methods).")
-@click.argument("adapters", nargs=-1, required=True, type=click.Path(path_type=Path))
+@main.command("combine", options_metavar="-o OUT [OPTIONS]", short_help="Combine adapters into one (PEFT's add_weighted_adapter methods).")
+@click.argument("adapters", nargs=-1, required=True, type=INPUT)
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Where to write the result (*.safetensors = one file, else a PEFT directory).")
 @click.option("--weights", default=None, metavar="W1,W2,...", help="One weight per adapter, comma-separated, any sign (default: 1 each).")
 @click.option("--method", type=click.Choice(COMBINE_METHODS), default="svd", show_default=True, help="How to combine (see the description above).")
@@ -453,8 +479,9 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
     ΔW's), svd (its best rank-k approximation, from the factors), ties, dare_linear, dare_ties,
     magnitude_prune (on the A's and B's apart, as PEFT) and their *_svd forms (on the dense ΔW's,
     then an SVD).  The modules are the union of the adapters'; the result has scaling 1 and loads
-    in PEFT.  Unlike PEFT: rsLoRA, lora_bias and rank patterns come out right, and DoRA adapters
-    and modules_to_save are refused.  IA3 combines by linear only.
+    in PEFT.  Unlike PEFT: results with rank patterns reload and modules_to_save is refused
+    (adapterkit/differences.py lists every difference); DoRA is refused, as in PEFT.  IA3
+    combines by linear only.
 
     \b
     Examples:
@@ -463,14 +490,11 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
       adapterkit combine a b c --weights 1,1,-0.5 --method dare_ties --density 0.3 --seed 7 -o abc
     """
     given = _parse_weights(weights, len(adapters))
-    for p in adapters:
-        _require(p)
-    from .errors import WriteError
+    from .arguments import check_combine
 
-    for p in adapters:  # the adapters are read whole before writing, but an input is never replaced
-        if out.resolve() == p.resolve() or p.resolve().is_relative_to(out.resolve()):
-            raise WriteError("refusing to write over an input adapter", code="overwrite-input", path=out,
-                             expected="a path that is not (and does not hold) an input", actual=str(p))
+    check_combine(len(adapters), given, method, rank, density, svd_clamp)
+    adapters = tuple(_require(p) for p in adapters)
+    _guard(out, *(("ADAPTERS", p) for p in adapters))
     import time
 
     from .hub.paths import load
@@ -502,7 +526,7 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
 def _surgery_options(func):
     """IN OUT plus the options resize, rebalance and prune share."""
     options = [
-        click.argument("src", metavar="IN", type=click.Path(path_type=Path)),
+        click.argument("src", metavar="IN", type=INPUT),
         click.argument("out", type=click.Path(path_type=Path)),
         adapter_name_option,
         click.option("--device", default=None, help="torch device for the fp32 math, e.g. cuda (default: cpu)."),
@@ -582,7 +606,11 @@ def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, o
       adapterkit resize my-lora canonical --rank 64      # at its own rank: lossless, balanced factors
     """
     _one_of(rank=rank, energy=energy, sv_ratio=sv_ratio)
-    _require(src)
+    from .arguments import check_resize
+
+    check_resize(rank, energy, sv_ratio)
+    src = _require(src)
+    _guard(out, ("IN", src))
     from .ops.resize import resize as run
 
     _, report, written = _surgery(src, out, adapter_name, overwrite,
@@ -609,7 +637,12 @@ def rebalance(src: Path, out: Path, adapter_name: str | None, device: str | None
       adapterkit rebalance my-lora out --budget 20000000 --json
     """
     _one_of(budget=budget, rank=rank)
-    _require(src)
+    from .arguments import positive_int
+
+    positive_int("--budget", budget)
+    positive_int("--rank", rank)
+    src = _require(src)
+    _guard(out, ("IN", src))
     from .ops.rebalance import rebalance as run
 
     _, report, written = _surgery(src, out, adapter_name, overwrite,
@@ -654,7 +687,12 @@ def prune(src: Path, out: Path, adapter_name: str | None, device: str | None, ov
     wanted = _parse_layers(layers)
     if modules is None and wanted is None and min_energy is None and keep_fraction is None:
         raise click.UsageError("give at least one of --modules, --layers, --min-energy, --keep-fraction", ctx=click.get_current_context())
-    _require(src)
+    from .arguments import fraction
+
+    fraction("--min-energy", min_energy, zero=True)
+    fraction("--keep-fraction", keep_fraction)
+    src = _require(src)
+    _guard(out, ("IN", src))
     from .ops.prune import prune as run
 
     adapter, report, written = _surgery(src, out, adapter_name, overwrite, lambda a: run(
@@ -688,7 +726,7 @@ def _export_for(adapter: Any, consumer: str, form: str) -> Any:
 
 
 @main.command("check", short_help="Check an adapter against a serving engine's rules (vLLM, TGI, llama.cpp, PEFT).")
-@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("path", type=INPUT)
 @click.option("--for", "consumer", type=click.Choice(CONSUMERS), required=True, help="The consumer whose rules apply.")
 @adapter_name_option
 @click.option("--max-rank", type=click.IntRange(min=1), default=None, help="The engine's maximum rank (vLLM's --max-lora-rank).")
@@ -696,8 +734,11 @@ def _export_for(adapter: Any, consumer: str, form: str) -> Any:
 @handles_errors
 def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank: int | None, as_json: bool) -> None:
     """List every rule of the consumer that the adapter at PATH breaks: vLLM and TGI ignore
-    rank_pattern/alpha_pattern and reject DoRA and modules_to_save, TGI needs one rank per module
-    type, llama.cpp keeps one global alpha and ignores rsLoRA, PEFT needs a valid adapter.
+    rank_pattern/alpha_pattern (one lora_alpha/r scales every module; vLLM takes each module's
+    rank from its tensors, so ranks may differ where every module's scaling is that one) and
+    reject DoRA, modules_to_save and lora_B.bias, TGI needs one rank per module type,
+    llama.cpp keeps one global alpha and ignores rsLoRA, PEFT needs a valid adapter.  Warnings
+    (e.g. the --max-lora-rank vLLM needs) are listed but do not fail the check.
     Exit 0 complies, 1 violations listed, 2 error.  `adapterkit convert SRC OUT --for CONSUMER`
     writes a compliant copy with the same ΔW.
 
@@ -707,28 +748,30 @@ def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank:
       adapterkit check my-lora --for tgi --json
       adapterkit check my-lora --for vllm --max-rank 16
     """
-    _require(path)
+    path = _require(path)
     from .hub.paths import load
     from .ops.export import check
 
     problems = check(load(path, adapter_name=adapter_name), consumer, max_rank=max_rank)
+    violations = [p for p in problems if p.severity == "error"]
     if as_json:
-        click.echo(json.dumps({"path": str(path), "for": consumer, "complies": not problems,
+        click.echo(json.dumps({"path": str(path), "for": consumer, "complies": not violations,
                                "problems": [_problem_json(p) for p in problems]}, indent=2))
     else:
         for p in problems:
             click.echo(str(p))
-        verdict = "complies" if not problems else "does NOT comply"
-        click.echo(f"{path}: {verdict} with {consumer} ({_plural(len(problems), 'violation')})")
-    sys.exit(1 if problems else 0)
+        verdict = "complies" if not violations else "does NOT comply"
+        warned = f", {_plural(len(problems) - len(violations), 'warning')}" if len(problems) > len(violations) else ""
+        click.echo(f"{path}: {verdict} with {consumer} ({_plural(len(violations), 'violation')}{warned})")
+    sys.exit(1 if violations else 0)
 
 
 # ----------------------------------------------------------------------------- extracting a LoRA from a fine-tuned checkpoint
 
 
 @main.command(short_help="Extract a LoRA from a fine-tuned checkpoint (truncated SVD of the difference).")
-@click.argument("base", type=click.Path(path_type=Path))
-@click.argument("finetuned", type=click.Path(path_type=Path))
+@click.argument("base", type=INPUT)
+@click.argument("finetuned", type=INPUT)
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--rank", type=int, default=None, help="This rank for every extracted module.")
 @click.option("--energy", type=float, default=None, help="Per module, the smallest rank keeping this fraction of ‖ΔW‖² (0-1].")
@@ -754,8 +797,12 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
       adapterkit extract base ft ft-lora.safetensors --energy 0.99 --targets 'self_attn' --device cuda
     """
     _one_of(rank=rank, energy=energy)
-    _require(base)
-    _require(finetuned)
+    from .arguments import check_resize
+
+    check_resize(rank, energy, None)
+    base = _require(base)
+    finetuned = _require(finetuned)
+    _guard(out, ("BASE", base), ("FINETUNED", finetuned))
     import time
 
     from .io.writer import save
@@ -780,6 +827,8 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
         f"{len(report.unchanged)} unchanged, {len(report.saved_whole)} saved whole ({whole / 1e6:.2f} MB), "
         f"{len(report.not_extracted)} changed not extracted ({left / 1e6:.2f} MB); {time.perf_counter() - start:.1f} s"
     )
+    for note in report.notes:
+        click.echo(f"note: {note}")
 
 
 
@@ -819,7 +868,7 @@ def _read_text(path: Path) -> str:
 
 
 @main.command(short_help="Publish an adapter to the Hugging Face Hub: validate, write a card, upload.")
-@click.argument("adapter", type=click.Path(path_type=Path))
+@click.argument("adapter", type=INPUT)
 @click.argument("repo_id")
 @adapter_name_option
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
@@ -842,7 +891,7 @@ def push(adapter: Path, repo_id: str, adapter_name: str | None, private: bool, r
       adapterkit push my-lora.safetensors me/my-lora --private --revision dev
       adapterkit push my-lora me/my-lora --create-pr --commit-message "rank 16" --json
     """
-    _require(adapter)
+    adapter = _require(adapter)
     from .hub.push import push as run
     from .hub.push import target_repo
 
@@ -917,8 +966,8 @@ def _percent(x: float | None, bound: float | None = None) -> str:
 
 
 @main.command("diff", short_help="Compare two adapters module by module: overlap, subspace angles, sign conflicts.")
-@click.argument("a", type=click.Path(path_type=Path))
-@click.argument("b", type=click.Path(path_type=Path))
+@click.argument("a", type=INPUT)
+@click.argument("b", type=INPUT)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (angles in radians).")
 @click.option("--device", default=None, help="torch device for the math, e.g. cuda (default: cpu).")
 @click.option("--conflict", type=click.Choice(["block", "sample", "off"]), default="block", show_default=True,
@@ -943,8 +992,8 @@ def diff_command(a: Path, b: Path, as_json: bool, device: str | None, conflict: 
       adapterkit diff my-lora other-lora --conflict sample --top 10
       adapterkit diff big-a big-b --device cuda --json
     """
-    _require(a)
-    _require(b)
+    a = _require(a)
+    b = _require(b)
     from .inspect.diff import diff as run
     from .io.reader import load
 

@@ -57,12 +57,13 @@ CODES: dict[str, tuple[str, str]] = {
     "tied-embeddings": ("UnsupportedError", "the adapter changes lm_head, which the checkpoint ties to the input embeddings"),
     "orientation-unknown": ("UnsupportedError", "the checkpoint does not tell whether a module's square weight is stored (out, in) or, as transformers' Conv1D, (in, out); fan_in_fan_out (--fan-in-fan-out) says it"),
     "argument-invalid": ("ArgumentError", "an operation's argument is out of range or inconsistent (a rank or budget <= 0, a weight count that differs from the adapter count, an unknown method)"),
+    "merge-record": ("ArgumentError", "the checkpoint's merge record refuses it: an adapter merged already (merge --again), or an unmerge of an adapter, weight or order the record does not hold (unmerge --force)"),
     "adapters-incompatible": ("TensorError", "adapters that cannot be combined: different kinds, or one module with disagreeing shapes"),
     "model-mismatch": ("TensorError", "a model does not fit the adapter it is attached to; the message lists every offending module"),
     "adapter-name-taken": ("ArgumentError", "an adapter of that name is already attached to the model"),
     "adapter-not-attached": ("NotFoundError", "no adapter of that name is attached to the model"),
     "digest-mismatch": ("TensorError", "the config or a tensor differs from what the file's content digest records; the message names the first that differs"),
-    "profile-violation": ("UnsupportedError", "the adapter breaks a rule of the serving engine it is checked for (vLLM, TGI, llama.cpp); the message names the rule, e.g. [vllm/rank-pattern]"),
+    "profile-violation": ("UnsupportedError", "the adapter breaks a rule of the serving engine it is checked for (vLLM, TGI, llama.cpp); the message names the rule, e.g. [vllm/scaling]"),
     # the Hugging Face Hub (adapterkit.hub: push, pull, repo ids where a path is accepted)
     "hub-unauthorized": ("HubError", "the Hub refused the token or its absence (401/403): pass --token, set HF_TOKEN or log in"),
     "hub-not-found": ("HubError", "no such repo, revision or file on the Hub (404)"),
@@ -75,6 +76,7 @@ CODES: dict[str, tuple[str, str]] = {
     "pattern-unmatched": ("", "a rank_pattern/alpha_pattern key matches no module"),
     "pattern-order": ("", "two pattern keys match one module and PEFT's sorted save changes which wins"),
     "empty-adapter": ("", "the adapter has no adapter tensors"),
+    "feature-unsupported": ("", "the adapter uses a PEFT feature adapterkit does not implement (the message names the config field); operations that would use it refuse with not-supported"),
 }
 
 # Codes of the library API (writing, operations, devices, look-ups), not of the file format:
@@ -85,7 +87,7 @@ API_CODES = frozenset({
     "not-a-checkpoint", "checkpoint-invalid", "checkpoint-unsupported", "plan-mismatch",
     # merging adapters into checkpoints (adapterkit.ops.merge_plan)
     "base-mismatch", "base-tensor-missing", "base-shape-mismatch", "base-dtype-unsupported", "tied-embeddings",
-    "orientation-unknown",
+    "orientation-unknown", "merge-record",
     # low-rank surgery (adapterkit.ops: combine, resize, rebalance, prune)
     "argument-invalid", "adapters-incompatible",
     # attaching adapters to torch models (adapterkit.inject)

@@ -19,6 +19,7 @@ from .devices import resolve_device
 from .io.digest import DIGEST_KEY
 from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
+from .kinds.features import changes_delta, feature_tensor
 from .progress import progress
 from .validate import structural_problems, value_problems
 
@@ -28,7 +29,7 @@ PEFT_PREFIX = "base_model.model."
 def _whole_modules(adapter: Adapter) -> dict[str, Any]:
     """Tensors stored whole (``modules_to_save``, trained biases, saved embeddings): keys the
     kind's grammar does not parse, grouped by module."""
-    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None]
+    keys = [k for k in adapter.tensors if adapter.kind.parse_key(k) is None and feature_tensor(k) is None]
     modules = sorted({k.removeprefix(PEFT_PREFIX).rsplit(".", 1)[0] for k in keys})
     return {
         "modules": modules,
@@ -60,7 +61,8 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
     if per_module:
         held = _in_memory(adapter)  # one read of the data serves the value checks and the statistics
         problems += value_problems(held)
-        for name in progress(modules, desc="modules", total=len(modules)):
+        # ‖ΔW‖ from the factors would be wrong for a feature that changes ΔW (KaSA's lora_diag, BD-LoRA's blocks)
+        for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):
             stats[name] = held.kind.stats(held, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)
     whole = _whole_modules(adapter)
@@ -151,21 +153,29 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _record_entry(entry: Any) -> dict[str, Any]:
+    """A merge record entry for display: the tensors it changed counted, not listed."""
+    out = {"adapter": entry.adapter, "kind": entry.kind, "weight": entry.weight, "base_model": entry.base_model,
+           "digest": entry.digest}
+    if not entry.legacy:
+        out["tensors_changed"] = len(entry.added) + len(entry.changed)
+    return out
+
+
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """A JSON-ready dict describing a model checkpoint: shards, tensors, dtypes, parameters,
     bytes, and what adapterkit merged into it (from the shards' metadata).  Reads no tensor data."""
-    import json
-
     from .checkpoint import open_checkpoint
     from .hub.paths import local_path
+    from .ops import merge_record
 
     ckpt = open_checkpoint(local_path(path, "checkpoint"))
     infos = [ckpt.info(k) for k in ckpt.keys()]
     merged: dict[str, Any] = {}
-    for shard in ckpt.shards:
-        for key in ("adapterkit.merged", "adapterkit.unmerged"):
-            if key in ckpt.metadata(shard):
-                merged[key.split(".")[1]] = json.loads(ckpt.metadata(shard)[key])
+    for key in (merge_record.MERGED_KEY, merge_record.UNMERGED_KEY):
+        text = next((ckpt.metadata(s)[key] for s in ckpt.shards if key in ckpt.metadata(s)), None)
+        if text is not None:
+            merged[key.split(".")[1]] = [_record_entry(e) for e in merge_record.parse(text, ckpt.shards[0])]
     return {
         "path": str(ckpt.path),
         "kind": "model checkpoint",
@@ -194,5 +204,7 @@ def render_checkpoint(summary: dict[str, Any]) -> str:
         lines.append(f"other files:     {', '.join(summary['files'])}")
     for what, record in summary["adapterkit"].items():
         for r in record:
-            lines.append(f"{what + ':':<16} {r['kind']} adapter {r['adapter']}, weight {r['weight']:g}")
+            digest = f", digest {r['digest']}" if r.get("digest") else ", no digest (recorded by an older adapterkit)"
+            changed = f", {r['tensors_changed']} tensors" if "tensors_changed" in r else ""
+            lines.append(f"{what + ':':<16} {r['kind']} adapter {r['adapter']}, weight {r['weight']:g}{digest}{changed}")
     return "\n".join(lines)

@@ -32,7 +32,10 @@ def structural_problems(adapter: Adapter) -> list[Problem]:
         dtype = meta(key).dtype
         if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:  # adapter tensors only (§6)
             problems.append(Problem("dtype-unsupported", "adapter tensors must be floating point", key=key, expected=" | ".join(ALLOWED_DTYPES), actual=dtype))
+    from .kinds.features import problems as feature_problems  # here: importing validate stays torch-free
+
     problems += adapter.kind.check(adapter)
+    problems += feature_problems(adapter)
     src = str(adapter.source) if adapter.source else None
     return [p if p.path else Problem(p.code, p.message, p.severity, src, p.key, p.expected, p.actual) for p in problems]
 
@@ -126,8 +129,12 @@ def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Probl
     from .hub.paths import local_path
     from .io.reader import open_with_config
 
-    path = local_path(path, "adapter")
-
+    try:
+        path = local_path(path, "adapter")
+    except AdapterkitError as exc:
+        if exc.code != "file-not-found":  # the Hub's errors are raised
+            raise
+        return [Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual)]
     config_problems: list[Problem] = []
     try:
         adapter, config_data = open_with_config(path, adapter_name=adapter_name, strict=False, config_problems=config_problems)
@@ -162,5 +169,5 @@ def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
         if (problem := _non_finite(key, t, str(adapter.source))) is not None:
             values.append(problem)
         del t
-    found = mismatch(entries, config_digest(config_data), now, str(adapter.source)) if entries is not None else None
+    found = mismatch(entries, config_digest(config_data, adapter.format_version), now, str(adapter.source)) if entries is not None else None
     return ([found] if found else []) + values

@@ -41,7 +41,7 @@ import torch
 import adapterkit
 from adapterkit import Adapter, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
 from adapterkit.errors import API_CODES, CODES
-from adapterkit.io.digest import config_digest, digest_metadata, tensor_digest
+from adapterkit.io.digest import combine, config_digest, digest_metadata, tensor_digest
 from adapterkit.io.safetensors_file import DTYPE_NAMES, encode, tensor_bytes
 from adapterkit.kinds import KINDS
 
@@ -67,18 +67,18 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
         "REQUIRED (only PEFT-profile files lack it)",
         {"type": "string", "pattern": r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?![\s\S])"},
         "format version `MAJOR.MINOR`, the whole string (decimal, no leading zeros, no whitespace); this version writes "
-        "`1.1` (`1.0` files, without a digest, stay valid); a major other than 1 is `version-unsupported` (§5.2 rule 7), "
+        "`1.2` (`1.0` and `1.1` files stay valid); a major other than 1 is `version-unsupported` (§5.2 rule 7), "
         "not a schema error",
     ),
     (
         "adapterkit.config",
         "REQUIRED in the single-file form; absent in the directory form",
         {"type": "string", "contentMediaType": "application/json"},
-        "the adapter config as compact JSON with sorted keys",
+        "the adapter config as compact JSON, keys sorted except in the pattern objects (§4.2)",
     ),
     (
         "adapterkit.digest",
-        "REQUIRED of 1.1 writers, with `adapterkit.digests`; OPTIONAL for readers (absent in 1.0 files)",
+        "REQUIRED of writers of 1.1 and later, with `adapterkit.digests`; OPTIONAL for readers",
         {"type": "string", "pattern": r"^sha256:[0-9a-f]{64}(?![\s\S])"},
         "the content digest (§5.5): SHA-256 over the config and every tensor, independent of form and tensor order",
     ),
@@ -86,7 +86,8 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
         "adapterkit.digests",
         "present exactly when `adapterkit.digest` is",
         {"type": "string", "pattern": r"^(?:[0-9a-f]{64})+(?![\s\S])"},
-        "the entry digests the content digest combines (§5.5): the config's, then each tensor's in sorted key order, as hex",
+        "the entry digests the content digest combines (§5.5): the config's, then each tensor's in code-point order of "
+        "the keys, as hex",
     ),
     (
         "adapterkit.recipe",
@@ -99,8 +100,8 @@ METADATA_KEYS: list[tuple[str, str, dict[str, Any], str]] = [
                 "properties": {"op": {"type": "string", "minLength": 1}, "adapterkit": {"type": "string"}},
             },
         }},
-        "how adapterkit made the adapter (§5.6): a JSON array of steps as compact JSON with sorted keys; provenance "
-        "only, not part of the adapter's content",
+        "how adapterkit made the adapter (§5.6): a JSON array of steps as compact JSON with sorted keys, non-ASCII "
+        "characters as they are; provenance only, not part of the adapter's content",
     ),
 ]
 
@@ -494,6 +495,8 @@ def valid_vectors() -> list[dict[str, Any]]:
         {"prompt_embeddings": dyadic((4, 6), 51)})
     more_valid_vectors(add)
     digest_valid_vectors(add)
+    order_valid_vectors(add)
+    recipe_valid_vectors(add)
     return vs
 
 
@@ -798,15 +801,15 @@ def invalid_vectors() -> list[dict[str, Any]]:
     add("int_dtype", "dtype-unsupported", "LoRA factors stored as I32",
         {F: st_bytes({k: v.mul(8).to(torch.int32) for k, v in good_t.items()}, meta)})
     add("recipe_not_json", "metadata-invalid", "adapterkit.recipe is not JSON",
-        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "[{\"op\":"})})
+        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "[{\"op\":"})}, requires="recipe")
     add("recipe_not_array", "metadata-invalid", "adapterkit.recipe is a JSON object, not an array of steps",
-        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "{\"adapterkit\":\"0.1.0\",\"op\":\"resize\"}"})})
+        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "{\"adapterkit\":\"0.1.0\",\"op\":\"resize\"}"})}, requires="recipe")
     add("recipe_step_without_op", "metadata-invalid", "a step of adapterkit.recipe lacks `op`",
-        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "[{\"adapterkit\":\"0.1.0\",\"rank\":2}]"})})
+        {F: st_bytes(good_t, {**meta, "adapterkit.recipe": "[{\"adapterkit\":\"0.1.0\",\"rank\":2}]"})}, requires="recipe")
     add("recipe_dir_step_not_object", "metadata-invalid", "directory form whose adapterkit.recipe holds a string, not a step",
         {"adapter_config.json": peft_config_text(base),
          "adapter_model.safetensors": st_bytes(good_t, {"format": "pt", "adapterkit.version": VERSION, "adapterkit.recipe": "[\"resize\"]"})},
-        path=".")
+        path=".", requires="recipe")
     add("version_major_2", "version-unsupported", "adapterkit.version 2.0: an unknown major version",
         {F: st_bytes(good_t, file_meta(base, "2.0"))})
     add("version_malformed", "metadata-invalid", "adapterkit.version `1` lacks the minor part",
@@ -878,6 +881,8 @@ def invalid_vectors() -> list[dict[str, Any]]:
         {F: st_bytes({"prompt_embeddings": dyadic((3, 16), 1)}, file_meta(prefix))})
     more_invalid_vectors(add, base, good_t, meta)
     digest_invalid_vectors(add)
+    order_invalid_vectors(add)
+    recipe_invalid_vectors(add, good_t, meta)
     return vs
 
 
@@ -1109,7 +1114,7 @@ def digest_valid_vectors(add: Callable[..., None]) -> None:
     add("digest_config_without_defaults", "a 1.1 file whose adapterkit.config omits the fields that have defaults: the digest "
         "covers the config as stored, not with the defaults filled in", "file", minimal, t, write="raw",
         path="adapter.safetensors", format_version=VERSION,
-        files={"adapter.safetensors": st_bytes(t, {**file_meta(minimal, VERSION), **digest_metadata(config_digest(minimal), entries)})})
+        files={"adapter.safetensors": st_bytes(t, {**file_meta(minimal, VERSION), **digest_metadata(config_digest(minimal, VERSION), entries)})})
     add("version_1_0", "a format 1.0 single file: no content digest, valid", "file", cfg, t, write="raw",
         path="adapter.safetensors", files=saved(adapter, "file", digest=False))
     add("version_1_1_without_digest", "a format 1.1 file without a content digest: valid (a reader accepts files without one)",
@@ -1129,15 +1134,15 @@ def digest_invalid_vectors(add: Callable[..., None]) -> None:
     flipped = bytearray(file)
     flipped[len(file) - len(data) + begin] ^= 1  # the lowest mantissa bit of lora_B's first element: still finite
     add("digest_flipped_byte", "digest-mismatch", f"one bit of `{V}.lora_B.weight`'s data flipped: the mismatch names that tensor",
-        {F: bytes(flipped)})
+        {F: bytes(flipped)}, key=b_key)
     files = saved(adapter, "dir")
     config = json.loads(files["adapter_config.json"])
     add("digest_config_changed", "digest-mismatch", "directory form whose adapter_config.json says lora_alpha 8 instead of 4 after "
         "the digest was recorded: the mismatch names `config`",
-        {**files, "adapter_config.json": peft_config_text({**config, "lora_alpha": 8})}, path=".")
+        {**files, "adapter_config.json": peft_config_text({**config, "lora_alpha": 8})}, path=".", key="config")
     tensors = {k: v for k, v in adapter.tensors.items() if k != f"{P}score.bias"}
     add("digest_tensor_removed", "digest-mismatch", "`score.bias` removed from the file (the header and data rewritten, the "
-        "digest kept): the digest records a tensor the file lacks", {F: st_bytes(tensors, meta)})
+        "digest kept): the digest records a tensor the file lacks", {F: st_bytes(tensors, meta)}, key=None)
     add("digest_malformed", "metadata-invalid", "adapterkit.digest in upper-case hex",
         {F: st_bytes(dict(adapter.tensors), {**meta, "adapterkit.digest": meta["adapterkit.digest"].upper().replace("SHA256", "sha256")})})
     add("digest_entries_upper_case", "metadata-invalid", "adapterkit.digests in upper-case hex (the entries still combine to "
@@ -1146,8 +1151,197 @@ def digest_invalid_vectors(add: Callable[..., None]) -> None:
     add("digest_entries_tampered", "metadata-invalid", "adapterkit.digests with the config's entry zeroed: the entries no longer "
         "combine to adapterkit.digest (found from the header alone)",
         {F: st_bytes(dict(adapter.tensors), {**meta, "adapterkit.digests": "0" * 64 + meta["adapterkit.digests"][64:]})})
+    add("digest_entries_partial", "metadata-invalid", "adapterkit.digests with one hex digit more than whole entries (the "
+        "entries, cut into 64-digit pieces, leave a partial one)",
+        {F: st_bytes(dict(adapter.tensors), {**meta, "adapterkit.digests": meta["adapterkit.digests"] + "0"})})
     add("digest_without_entries", "metadata-invalid", "adapterkit.digest without adapterkit.digests",
         {F: st_bytes(dict(adapter.tensors), {k: v for k, v in meta.items() if k != "adapterkit.digests"})})
+
+
+def _flip(file: bytes, key: str, edit: Callable[[bytearray, int], None] | None = None) -> bytes:
+    """``file`` with the lowest bit of ``key``'s first byte flipped (or ``edit(buffer, offset)`` applied
+    at the offset of ``key``'s data in the file)."""
+    header, data = split_st(file)
+    at = len(file) - len(data) + header[key]["data_offsets"][0]
+    out = bytearray(file)
+    if edit is None:
+        out[at] ^= 1
+    else:
+        edit(out, at)
+    return bytes(out)
+
+
+def _entries(t: dict[str, torch.Tensor]) -> dict[str, bytes]:
+    return {k: tensor_digest(k, DTYPE_NAMES[v.dtype], tuple(v.shape), tensor_bytes(v)) for k, v in t.items()}
+
+
+# the pattern-order adapter: each pattern's stored order gives other values than its sorted order
+ORDER_CFG: dict[str, Any] = {"r": 4, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"],
+                             "rank_pattern": {"q_proj": 2, r"layers\.0\..*": 3}, "alpha_pattern": {"v_proj": 12, ".*": 8}}
+ORDER_WARNINGS = ["pattern-order", "pattern-order"]  # q_proj's rank and v_proj's alpha depend on the order
+NON_ASCII_MODULES = ("model.layers.0.m\uff5e", "model.layers.0.m\U0001f600")  # code points: U+FF5E first; UTF-16: U+1F600 first
+
+
+def order_adapter() -> Adapter:
+    return Adapter.from_tensors(lora(**ORDER_CFG), {**linear(Q, 2, 6, 4, 140), **linear(V, 3, 6, 4, 142)})
+
+
+def non_ascii_adapter() -> Adapter:
+    cfg = lora(r=2, lora_alpha=2, target_modules=["q_proj"])
+    return Adapter.from_tensors(cfg, {**linear(NON_ASCII_MODULES[0], 2, 6, 4, 152), **linear(NON_ASCII_MODULES[1], 2, 6, 4, 154)})
+
+
+ESCAPES_CONFIG_TEXT = (
+    '{"peft_type":"LORA","r":2,"lora_alpha":8E0,"target_modules":["q_proj"],'
+    '"base_model_name_or_path":"org/mod\u00e8le-\U0001f600",'
+    '"note":"tab\\t quote\\" backslash\\\\ ctl\\u0001 del\\u007f slash\\/ \u00e9",'
+    '"\\uff5e":1,"\U0001f600":2,"x_small":0.00001,"x_big":1e16,"x_float":16.0,"x_hundred":1E2,"x_neg_zero":-0,'
+    '"x_nested":{"b":[{"d":1,"c":2}],"a":null},"x_int_309_digits":1' + "0" * 308 + "}"
+)
+
+
+def order_valid_vectors(add: Callable[..., None]) -> None:
+    """Valid vectors of format 1.2 (§4.1, §4.2, §5.5): pattern order kept, canonical JSON, code-point order."""
+    adapter = order_adapter()
+    cfg, t = adapter.config, dict(adapter.tensors)
+    add("pattern_order_file", "format 1.2: rank_pattern {q_proj: 2, layers\\.0\\..*: 3} and alpha_pattern {v_proj: 12, .*: 8} "
+        "in that order, not sorted: q_proj has rank 2 (sorted order: 3) and v_proj scaling 12/3 (sorted: 8/3); the writer keeps "
+        "the order in adapterkit.config and the digest hashes it", "file", cfg, t, warnings=ORDER_WARNINGS)
+    add("pattern_order_dir", "the same adapter in the directory form: adapter_config.json keeps the patterns' order, byte for "
+        "byte as PEFT 0.22.0 writes it", "dir", cfg, t, warnings=ORDER_WARNINGS)
+    conf = cfg.to_dict()
+    meta11 = {"format": "pt", "adapterkit.version": "1.1", **digest_metadata(config_digest(conf, "1.1"), _entries(t))}
+    add("digest_1_1_pattern_order", "a format 1.1 directory form whose adapter_config.json keeps the patterns' order (as PEFT "
+        "0.22.0 writes it): its digest, recorded by 1.1's rule, hashes the config with every object sorted, and verifies", "dir",
+        cfg, t, write="raw", path=".", format_version="1.1", warnings=ORDER_WARNINGS,
+        files={"adapter_config.json": saved(adapter, "dir")["adapter_config.json"], "adapter_model.safetensors": st_bytes(t, meta11)})
+    parsed = json.loads(ESCAPES_CONFIG_TEXT, parse_int=lambda x: -0.0 if x == "-0" else int(x))
+    t = linear(Q, 2, 6, 4, 150)
+    meta = {"format": "pt", "adapterkit.version": VERSION, **digest_metadata(config_digest(parsed, VERSION), _entries(t))}
+    add("digest_config_escapes", "directory form whose adapter_config.json holds raw UTF-8, escapes (\\/, \\u007f), member names "
+        "U+FF5E and U+1F600, a nested object with unsorted members, and numbers written 8E0, 0.00001, 1e16, 1E2, -0 and a "
+        "309-digit integer: its canonical JSON (§5.5) is 8.0, 1e-05, 1e+16, 100.0, -0.0 and the integer's digits, with \\uXXXX "
+        "escapes in lowercase hex (U+007F too), / as it is, U+FF5E's member before U+1F600's, every object but the patterns sorted", "dir", parsed, t, write="raw", path=".", format_version=VERSION,
+        files={"adapter_config.json": ESCAPES_CONFIG_TEXT.encode("utf-8"), "adapter_model.safetensors": st_bytes(t, meta)})
+    adapter = non_ascii_adapter()
+    add("digest_non_ascii_keys", "tensor keys whose modules end in U+FF5E and U+1F600: code-point (UTF-8 byte) order puts "
+        "U+FF5E first, UTF-16 order the other; the header, the data and the entry digests follow code points", "file",
+        adapter.config, dict(adapter.tensors))
+    cfg = lora(r=2, lora_alpha=2, target_modules=["q_proj"], modules_to_save=["score"])
+    e4m3 = torch.tensor([0x7C, 0x7E, 0xFE, 0x78, 0x01], dtype=torch.uint8).view(torch.float8_e4m3fn)
+    e5m2 = torch.tensor([0x7B, 0xFB, 0x3C], dtype=torch.uint8).view(torch.float8_e5m2)
+    add("f8_whole_module", "modules_to_save tensors in F8_E4M3 (bytes 7c 7e fe 78 01: 256, 448, -448, 128 and 2^-9, all finite "
+        "in E4M3, whose only non-finite bytes are 7f and ff) and F8_E5M2 (7b fb 3c: 57344, -57344, 1)", "file", cfg,
+        {**linear(Q, 2, 6, 4, 156), f"{P}score.weight": e4m3, f"{P}score.bias": e5m2})
+
+
+def order_invalid_vectors(add: Callable[..., None]) -> None:
+    """Invalid vectors of format 1.2's digest rules (§5.5) and of the FP8 encodings (§5.2, §6)."""
+    F = "adapter.safetensors"
+    file = saved(order_adapter(), "file")[F]
+    header, data = split_st(file)
+    meta = header["__metadata__"]
+    conf = json.loads(meta["adapterkit.config"])
+    conf["alpha_pattern"] = dict(reversed(list(conf["alpha_pattern"].items())))
+    swapped = {**header, "__metadata__": {**meta, "adapterkit.config": json.dumps(conf, separators=(",", ":"))}}
+    add("digest_pattern_reordered", "digest-mismatch", "`pattern_order_file` with alpha_pattern's two keys swapped after the "
+        "digest was recorded: v_proj's scaling becomes 8/3, another adapter, so the mismatch names `config`",
+        {F: raw_st(swapped, data)}, key="config")
+    d = digest_adapter()
+    t, conf = dict(d.tensors), d.config.to_dict()
+    b_key = f"{P}{V}.lora_B.weight"
+    meta10 = {**file_meta(conf, V1_0), **digest_metadata(config_digest(conf, V1_0), _entries(t))}
+    add("digest_1_0_flipped_byte", "digest-mismatch", "a format 1.0 file that records a content digest (1.0 writers write none; "
+        f"a reader checks one wherever it is recorded) with one bit of `{V}.lora_B.weight` flipped",
+        {F: _flip(st_bytes(t, meta10), b_key)}, key=b_key)
+    peft_meta = {"format": "pt", **digest_metadata(config_digest(conf, None), _entries(t))}
+    add("digest_peft_profile_flipped_byte", "digest-mismatch", "a PEFT-profile directory (no adapterkit.version) whose weights "
+        f"record a content digest, with one bit of `{V}.lora_B.weight` flipped",
+        {"adapter_config.json": peft_config_text(conf), "adapter_model.safetensors": _flip(st_bytes(t, peft_meta), b_key)},
+        path=".", key=b_key)
+    file = saved(d, "file")[F]
+    header, data = split_st(file)
+    meta = header["__metadata__"]
+    hexes = [meta["adapterkit.digests"][i : i + 64] for i in range(0, len(meta["adapterkit.digests"]), 64)]
+    hexes[1], hexes[2] = hexes[2], hexes[1]
+    out_of_order = {**meta, "adapterkit.digests": "".join(hexes), "adapterkit.digest": combine(bytes.fromhex(h) for h in hexes)}
+    add("digest_entries_out_of_order", "digest-mismatch", "adapterkit.digests with the first two tensor entries swapped and "
+        "adapterkit.digest recomputed to match: a consistent record, but not the content's (the entries follow code-point "
+        "order), so the mismatch names the first key recorded at another place", {F: raw_st({**header, "__metadata__": out_of_order}, data)},
+        key=sorted(t)[0])
+
+    def to_inf(buf: bytearray, at: int) -> None:
+        buf[at + 3], buf[at + 2] = 0x7F, buf[at + 2] | 0x80  # exponent all ones: F32 +Inf or NaN
+
+    add("digest_before_values", "digest-mismatch", f"`{V}.lora_B.weight`'s first value made non-finite after the digest was "
+        "recorded: the digest is checked before the tensor values", {F: _flip(file, b_key, to_inf)}, key=b_key,
+        errors=["digest-mismatch", "non-finite"])
+    bad = {**conf, "r": 4}
+    broken = {**meta, "adapterkit.config": json.dumps(bad, sort_keys=True, separators=(",", ":")),
+              "adapterkit.digest": meta["adapterkit.digest"].upper().replace("SHA256", "sha256")}
+    add("digest_malformed_before_shape", "metadata-invalid", "adapterkit.digest in upper-case hex and a config r=4 that the "
+        "rank-2 tensors contradict: the record is checked from the header alone right after `format`, before the config and "
+        "the shapes", {F: raw_st({**header, "__metadata__": broken}, data)})
+    extra = {**t, f"{P}score.scale": dyadic((1,), 136)}
+    add("digest_tensor_added", "digest-mismatch", "`score.scale` added to `digest_file` (the header and data rewritten, the "
+        "digest kept): the mismatch names the added tensor", {F: st_bytes(extra, meta)}, key=f"{P}score.scale")
+    file = saved(non_ascii_adapter(), "file")[F]
+    first, second = (f"{P}{m}.lora_A.weight" for m in NON_ASCII_MODULES)
+    add("digest_non_ascii_first_key", "digest-mismatch", "`digest_non_ascii_keys` with one bit flipped in both lora_A tensors: "
+        "the mismatch names the U+FF5E module's, first in code-point order (UTF-16 order would name U+1F600's)",
+        {F: _flip(_flip(file, first), second)}, key=first)
+    cfg = lora(r=2, lora_alpha=2, target_modules=["q_proj"], modules_to_save=["score"]).to_dict()
+    for name, dtype, raw, what in (
+        ("non_finite_f8_e4m3", torch.float8_e4m3fn, [0x38, 0x7F], "F8_E4M3 byte 7f, its NaN"),
+        ("non_finite_f8_e5m2", torch.float8_e5m2, [0x3C, 0x7C], "F8_E5M2 byte 7c, +Inf (finite, 256, in E4M3)"),
+    ):
+        tensors = {**linear(Q, 2, 6, 4, 158), f"{P}score.weight": torch.tensor(raw, dtype=torch.uint8).view(dtype)}
+        add(name, "non-finite", f"a modules_to_save tensor holding {what}", {F: st_bytes(tensors, file_meta(cfg))})
+
+
+def recipe_valid_vectors(add: Callable[..., None]) -> None:
+    """Valid vectors of the member rules of ``adapterkit.recipe`` (§5.6)."""
+    cfg = lora(r=2, lora_alpha=2, target_modules=["q_proj"])
+    steps = [{"adapterkit": "", "op": "quantize"},
+             {"op": "resize", "rank": "sixteen", "inputs": None, "extra": {"nested": [1, None, True]}, "adapterkit": "0.1.0"}]
+    t = linear(Q, 2, 6, 4, 160)
+    text = json.dumps(steps, separators=(",", ":"))  # members in the order above, not sorted
+    add("recipe_member_rules", "recipe steps checked only for a non-empty string `op` and a string `adapterkit`: an op "
+        "outside the listed ones, an empty adapterkit, and members of any type are valid; stored with unsorted members, "
+        "which a writer sorts when it saves the adapter again", "file", cfg, t, write="raw", path="adapter.safetensors",
+        recipe=steps, files={"adapter.safetensors": st_bytes(t, {**file_meta(cfg.to_dict()), "adapterkit.recipe": text})})
+    steps = [{"adapterkit": "0.1.0", "inputs": ["./mod\u00e8le-lora", "org/\U0001f600-lora"], "method": "cat", "op": "combine",
+              "weights": [1, 1]}]
+    add("recipe_non_ascii", "a recipe naming inputs with non-ASCII characters: the recipe text keeps them as they are "
+        "(not \\uXXXX), and the header then escapes them", "file", cfg, linear(Q, 2, 6, 4, 162), recipe=steps)
+    t = linear(Q, 2, 6, 4, 164)
+    add("recipe_empty_array", "adapterkit.recipe `[]`: an array of no steps is valid (a writer writes no key instead)", "file",
+        cfg, t, write="raw", path="adapter.safetensors",
+        files={"adapter.safetensors": st_bytes(t, {**file_meta(cfg.to_dict()), "adapterkit.recipe": "[]"})})
+    d = digest_adapter()
+    header, data = split_st(saved(d, "file")["adapter.safetensors"])
+    header["__metadata__"]["adapterkit.recipe"] = json.dumps(steps, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    add("recipe_added_after_digest", "`digest_file` with a recipe added and its digest kept: the digest does not cover the "
+        "recipe", "file", d.config, dict(d.tensors), write="raw", path="adapter.safetensors", format_version=VERSION,
+        recipe=steps, files={"adapter.safetensors": raw_st(header, data)})
+
+
+def recipe_invalid_vectors(add: Callable[..., None], good_t: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Invalid vectors of the member rules of ``adapterkit.recipe`` (§5.6); a reader that does not read recipes
+    reads them as valid (``requires: recipe``)."""
+    F = "adapter.safetensors"
+    for name, text, what in (
+        ("recipe_step_without_adapterkit", '[{"op":"resize","rank":2}]', "a step lacks `adapterkit`"),
+        ("recipe_op_empty", '[{"adapterkit":"0.1.0","op":""}]', "a step's `op` is the empty string"),
+        ("recipe_op_not_string", '[{"adapterkit":"0.1.0","op":3}]', "a step's `op` is a number"),
+        ("recipe_adapterkit_not_string", '[{"adapterkit":1,"op":"resize"}]', "a step's `adapterkit` is a number"),
+        ("recipe_nan", '[{"adapterkit":"0.1.0","op":"resize","rank":NaN}]', "a step's member holds NaN, which is not JSON"),
+        ("recipe_duplicate_member", '[{"adapterkit":"0.1.0","op":"resize","op":"prune"}]', "a step names `op` twice"),
+        ("recipe_second_step_bad", '[{"adapterkit":"0.1.0","op":"resize"},{"adapterkit":"0.1.0"}]',
+         "the first step is well-formed, the second lacks `op`: every element is checked"),
+    ):
+        add(name, "metadata-invalid", f"adapterkit.recipe: {what}", {F: st_bytes(good_t, {**meta, "adapterkit.recipe": text})},
+            requires="recipe")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1174,23 +1368,29 @@ def vectors() -> dict[str, bytes]:
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 (root / rel).write_bytes(data)
             exp = {"description": v["description"], "form": v["form"], "path": v["path"], "code": v["code"]}
-            exp.update({k: v[k] for k in ("adapter_name", "requires") if k in v})
+            exp.update({k: v[k] for k in ("adapter_name", "requires", "key", "errors") if k in v})
             (root / "expected.json").write_bytes(dump_json(exp))
-            _check_invalid(v["name"], root / v["path"], v["code"], v.get("adapter_name"))
+            _check_invalid(v["name"], root / v["path"], v["code"], v.get("adapter_name"), v.get("key", _NO_KEY), v.get("errors"))
         out.update(_collect(Path(tmp), "vectors"))
     return out
 
 
-def _check_invalid(name: str, path: Path, code: str, adapter_name: str | None) -> None:
+_NO_KEY = object()  # an invalid vector that does not name the part at fault
+
+
+def _check_invalid(name: str, path: Path, code: str, adapter_name: str | None, key: Any = _NO_KEY,
+                   errors: list[str] | None = None) -> None:
     try:
         adapterkit.load(path, adapter_name=adapter_name)
     except adapterkit.AdapterkitError as exc:
         if exc.code != code:
             raise AssertionError(f"invalid vector {name}: load raised {exc.code}, expected {code}: {exc}") from exc
+        if key is not _NO_KEY and exc.key != key:
+            raise AssertionError(f"invalid vector {name}: load named {exc.key!r}, expected {key!r}") from exc
     else:
         raise AssertionError(f"invalid vector {name}: load succeeded, expected {code}")
     codes = [p.code for p in adapterkit.validate(path, adapter_name=adapter_name) if p.severity == "error"]
-    if set(codes) != {code}:
+    if sorted(set(codes)) != (errors or [code]):
         raise AssertionError(f"invalid vector {name}: validate gave {codes}, expected {code}")
 
 

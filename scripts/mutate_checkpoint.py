@@ -16,6 +16,7 @@ from mutate_cli import run_all
 
 TESTS = ["tests/test_checkpoint.py"]
 R, W, L = "adapterkit/checkpoint/reader.py", "adapterkit/checkpoint/writer.py", "adapterkit/checkpoint/layout.py"
+GUARD = "adapterkit/io/outputs.py"  # the output guard the writer calls
 
 # (name, file, old text, new text)
 MUTANTS = [
@@ -44,8 +45,10 @@ MUTANTS = [
     ("output-exists not re-checked at commit (an output that appeared meanwhile is replaced)", W,
      "        _check_absent(self.out, self.overwrite)\n        install(staging, self.out, overwrite=self.overwrite)",
      "        install(staging, self.out, overwrite=True)"),
-    ("an output holding the base may be replaced", W, " or p.is_relative_to(target)", ""),
-    ("an output inside the base is allowed", W, "    inside = base.path.is_dir() and target.is_relative_to(inputs[0])", "    inside = False"),
+    ("an output holding the base may be replaced", GUARD, "            if i.is_relative_to(o):\n                return \"holds\"",
+     "            if False:\n                return \"holds\""),
+    ("an output inside the base is allowed", GUARD, "            if o.is_relative_to(i):\n                return \"lies inside\"",
+     "            if False:\n                return \"lies inside\""),
     ("greedy split: an oversized tensor closes the current shard first", L,
      "        if size > max_shard_size:\n            shards.append([key])",
      "        if size > max_shard_size:\n            if current:\n                shards.append(current)\n                current, used = [], 0\n            shards.append([key])"),

@@ -15,6 +15,7 @@ from pathlib import Path
 TESTS = ["tests/test_combine.py"]
 COMBINE = "adapterkit/ops/combine.py"
 OPS = "adapterkit/ops/task_arithmetic.py"
+CLI = "adapterkit/cli.py"
 
 # (name, file, old text, new text)
 MUTANTS = [
@@ -57,6 +58,9 @@ MUTANTS = [
     ("dare: no rescale by 1/density", OPS, "return t * mask / density", "return t * mask"),
     ("dare: global generator", OPS, "mask = torch.bernoulli(torch.full_like(t, density), generator=generator)", "mask = torch.bernoulli(torch.full_like(t, density))"),
     ("magnitude prune: keeps the smallest", OPS, "k=int(density * t.numel()), largest=True)", "k=int(density * t.numel()), largest=False)"),
+    ("clamp: svd_clamp=0 taken as no clamp", COMBINE, "clamp_factors(B, A, clamp) if clamp is not None else (B, A)", "clamp_factors(B, A, clamp) if clamp else (B, A)"),
+    ("clamp: svd_clamp=0 not checked", COMBINE, "    if svd_clamp is not None:\n        if isinstance(svd_clamp, bool)", "    if svd_clamp:\n        if isinstance(svd_clamp, bool)"),
+    ("clamp: --svd-clamp 0 dropped by the CLI", CLI, "svd_clamp=svd_clamp, device=device", "svd_clamp=svd_clamp or None, device=device"),
 ]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TESTS = ["tests/test_hub.py"]
+TESTS = ["tests/test_hub.py", "tests/test_paths.py"]
 REPO_ID = "adapterkit/hub/repo_id.py"
 REMOTE = "adapterkit/hub/remote.py"
 PUSH = "adapterkit/hub/push.py"
@@ -23,12 +23,30 @@ CLI = "adapterkit/cli.py"
 
 # (name, file, old text, new text)
 MUTANTS = [
-    ("repo id: a local path no longer wins", REPO_ID, "    if os.path.lexists(Path(path)):\n        return None", "    if False:\n        return None"),
+    ("repo id: a local path no longer wins", REPO_ID, "    if os.path.lexists(Path(path)) or local_reason(path) is not None:\n        return None",
+     "    if False:\n        return None"),
+    ("repo id: ./ and an existing first part no longer mean a path", REPO_ID,
+     "    if os.path.lexists(Path(path)) or local_reason(path) is not None:", "    if os.path.lexists(Path(path)):"),
+    ("repo id: an existing first part no longer means a path", REPO_ID, "    if first and os.path.lexists(first):", "    if False:"),
     ("repo id: @revision dropped", REPO_ID, 'return RepoRef(m["repo"], m["rev"])', 'return RepoRef(m["repo"], None)'),
     ("names: '..' allowed", REMOTE, 'any(p in ("", ".", "..") for p in parts)', 'any(p in ("", ".") for p in parts)'),
     ("names: backslash allowed", REMOTE, '"\\\\" in name or ', ""),
     ("names: drive letter allowed", REMOTE, "_DRIVE.match(name)", "False"),
     ("names: not checked before downloading", REMOTE, "    for name in names:\n        check_name(name, ref)\n", ""),
+    ("names: control characters above 31 (DEL, C1) allowed", REMOTE, 'any(unicodedata.category(c) == "Cc" for c in name)', "any(ord(c) < 32 for c in name)", ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("names: control characters allowed", REMOTE, 'or any(unicodedata.category(c) == "Cc" for c in name))', ")", ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("names: hidden only at the top level", REMOTE, 'return any(p.startswith(".") for p in name.split("/"))', 'return name.startswith(".")', ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("names: empty components allowed", REMOTE, 'any(p in ("", ".", "..") for p in parts)', 'any(p in (".", "..") for p in parts)', ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("names: '.' components allowed", REMOTE, 'any(p in ("", ".", "..") for p in parts)', 'any(p in ("", "..") for p in parts)', ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("names: shard names of the index not checked", REMOTE, "        check_name(str(shard), ref)\n", "", ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("fetch: a hidden top-level single file taken for the adapter", REMOTE, 'not n.startswith(("model", "."))', 'not n.startswith("model")', ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("checkpoint: hidden files below the top level fetched", REMOTE, "not _hidden(n) and not n.endswith(OTHER_WEIGHTS)", 'not n.startswith(".") and not n.endswith(OTHER_WEIGHTS)', ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("repo id: '..' and '--' inside allowed", REPO_ID, '_PART = r"(?!.*(?:--|\\.\\.))', '_PART = r"', ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("repo id: a name ending in .git accepted", REPO_ID, "(?<!\\.git)", "", ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("repo id: an absolute revision accepted", REPO_ID, "(?!/)(?!.*//)[^@", "[^@", ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("repo id: control characters in the revision", REPO_ID, "[^@\\s\\x00-\\x1f\\x7f\\\\]", "[^@\\s\\x00\\\\]", ["tests/test_hub.py", "tests/test_hub_names.py"]),
+    ("repo id: '_' at either end refused (huggingface_hub accepts it)", REPO_ID, "[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?",
+     "[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?", ["tests/test_hub.py", "tests/test_hub_names.py"]),
     ("errors: 403 not unauthorized", REMOTE, "if status in (401, 403):", "if status == 401:"),
     ("errors: 500 not unavailable", REMOTE, "(status >= 500 or status == 429)", "(status > 500 or status == 429)"),
     ("errors: connection refused not unavailable", REMOTE, "if status is None and _is_transport(exc):", "if False:"),
@@ -63,7 +81,7 @@ MUTANTS = [
     ("card: no kind tag", CARD, "tags = [kind.lower(), *", "tags = [*"),
     ("card: tensors counted, not parameters", CARD, "{adapter.parameter_count():,}", "{len(adapter.tensors):,}"),
     ("card: merge card marked adapter", CARD, 'front_matter(base_model=base_model, relation="merge"', 'front_matter(base_model=base_model, relation="adapter"'),
-    ("cli: a repo id refused as a missing path", CLI, "and parse_repo_id(path) is None:", ":"),
+    ("cli: a repo id refused as a missing path", REPO_ID, "    if os.path.lexists(s) or as_repo(s) is not None:", "    if os.path.lexists(s):"),
     ("cli --push-to: base_model from the adapter even for a Hub base", CLI,
      "base_model = ref.repo_id if ref is not None else (trained_on[0] if trained_on else None)", "base_model = trained_on[0] if trained_on else None"),
     ("cli --push-to: checked only after the merge", CLI, '        _check_push_to(push["repo_id"], out)\n', "        pass\n"),

@@ -20,6 +20,7 @@ ATTACH = "adapterkit/inject/attach.py"
 PROMPT = "adapterkit/inject/prompt_forward.py"
 LORA_TESTS = ["tests/test_attach.py"]
 PROMPT_TESTS = ["tests/test_attach_prompt.py"]
+EDGE_TESTS = ["tests/test_attach_edges.py"]  # scaled embeddings, targets inside modules_to_save, nested disabled()
 
 # (name, file, old text, new text, tests)
 MUTANTS = [
@@ -56,6 +57,15 @@ MUTANTS = [
      "    return original(inputs_embeds=torch.cat((inputs_embeds, p), dim=1), **kw)", PROMPT_TESTS),
     ("prefix: position ids not shifted", PROMPT, "            kw[\"position_ids\"] = kw[\"position_ids\"] + config.num_virtual_tokens", "            kw[\"position_ids\"] = kw[\"position_ids\"]", PROMPT_TESTS),
     ("classifier: token type ids not padded", PROMPT, "    if family == \"classifier\" and kw.get(\"token_type_ids\") is not None:", "    if False:", PROMPT_TESTS),
+    ("dora embedding: embed_scale ignored", LAYERS, "        if embed_scale is not None:\n            dora = dora * torch.as_tensor(embed_scale).to(dora.dtype)\n", "", EDGE_TESTS),
+    ("dora embedding: embed_scale inside the weight norm", LAYERS,
+     "norm = torch.linalg.norm(base.weight.T + scaling * lora_weight.detach(), dim=1)",
+     "norm = torch.linalg.norm((base.weight.T + scaling * lora_weight.detach()) * (1 if embed_scale is None else torch.as_tensor(embed_scale)), dim=1)", EDGE_TESTS),
+    ("embedding: embed_scale only as a buffer", LAYERS, 'embed_scale = getattr(base, "embed_scale", None)', 'embed_scale = base._buffers.get("embed_scale")', EDGE_TESTS),
+    ("plan: children of modules_to_save targeted", PLAN, 'rf"(^|.*\\.){m}($|\\..*)", name)', 'rf"(^|.*\\.){m}$", name)', EDGE_TESTS),
+    ("plan: modules_to_save excluded by suffix only", PLAN, 'if saved and any(re.match(rf"(^|.*\\.){m}($|\\..*)", name) for m in saved):',
+     "if saved and any(name.endswith(m) for m in saved):", EDGE_TESTS),
+    ("disabled: an inner exit re-enables", ATTACH, "            w.disabled = flag", "            w.disabled = False", EDGE_TESTS),
 ]
 
 

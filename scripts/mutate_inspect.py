@@ -57,7 +57,7 @@ MUTANTS = [
     ("spectrum: default budgets include R", SPECTRUM, "for d in (8, 4, 2)}", "for d in (8, 4, 2, 1)}", PLOT_TESTS),
     ("spectrum: budget of one rank per module", SPECTRUM, "budget = avg * sum(costs)", "budget = avg + sum(costs)", PLOT_TESTS),
     ("plot: existing output replaced", SPECTRUM, "    if (path.exists() or path.is_symlink()) and not overwrite:", "    if False:", PLOT_TESTS),
-    ("plot: may overwrite the adapter it shows", SPECTRUM, "if adapter.source is not None and same_file(path, adapter.source):", "if False:", PLOT_TESTS),
+    ("plot: may overwrite the adapter it shows", SPECTRUM, "    check_output(path, adapter_inputs(adapter, \"adapter shown\"))", "    pass", PLOT_TESTS),
     ("plot: extra checked after computing (no one-line error)", SPECTRUM, "    except ImportError:\n", "    except ModuleNotFoundError as exc:\n        raise exc\n    except ImportError:\n", PLOT_TESTS),
     ("cli: info --plot ignored", CLI, '        summary["plot"] = _plot_spectrum(adapter, plot, device, overwrite)', '        summary["plot"] = {"modules": 1}', PLOT_TESTS),
 ]

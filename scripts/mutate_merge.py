@@ -21,7 +21,8 @@ COMMON = "adapterkit/kinds/merging.py"
 OPS = "adapterkit/ops/merge.py"
 TIED_TESTS = ["tests/test_merge.py::test_tied_embeddings_untie", "tests/test_merge.py::test_tied_embeddings_shared_equals_peft",
               "tests/test_merge.py::test_tied_embeddings_without_config_or_with_a_stored_lm_head", "tests/test_merge.py::test_tied_embeddings_refusals",
-              "tests/test_merge_math.py::test_find_tied_embeddings", "tests/test_checkpoint.py::test_placement_puts_a_new_tensor_in_the_shard_of_a_base_key"]
+              "tests/test_merge_math.py::test_find_tied_embeddings", "tests/test_checkpoint.py::test_placement_puts_a_new_tensor_in_the_shard_of_a_base_key",
+              "tests/test_extract_roundtrip.py"]
 
 ORIENT = "adapterkit/ops/orientation.py"
 ORIENT_TESTS = ["tests/test_orientation.py"]
@@ -50,7 +51,7 @@ MUTANTS = [
      "norm = torch.linalg.norm(W + 1 * delta, dim=1).to(W.dtype)\n        return (m[: norm.shape[0]] / norm).view(-1, 1)"),
     ("dora: conv norm over the output channels", LORA, "norm = (W + 1 * delta).norm(p=2, dim=tuple(range(1, W.dim())), keepdim=True).transpose(1, 0)",
      "norm = (W + 1 * delta).norm(p=2, dim=tuple(range(0, W.dim() - 1)), keepdim=True).transpose(1, 0)"),
-    ("dora: merged as plain LoRA", LORA, 'out = {"weight": _dora_factor(view, W, delta) * (W + delta)}', 'out = {"weight": W + delta}'),
+    ("dora: merged as plain LoRA", LORA, 'out = {"weight": factor * (W + delta)}', 'out = {"weight": W + delta}'),
     ("dora: scaled merge allowed", LORA, "        if weight != 1:\n            raise UnsupportedError(\n                \"DoRA defines", "        if False:\n            raise UnsupportedError(\n                \"DoRA defines"),
     ("lora: unmerge adds", LORA, 'out = {"weight": W - delta_weight(', 'out = {"weight": W + delta_weight('),
     ("lora: delta rounded to the adapter's dtype", LORA, "delta = delta_weight(adapter, module, device=W.device, dtype=W.dtype)", "delta = delta_weight(adapter, module, device=W.device).to(W.dtype)"),
@@ -79,6 +80,10 @@ MUTANTS = [
     ("tied: ambiguous input embeddings tolerated", PLAN, "    if len(inputs) != 1 or len(outputs) > 1:", "    if not inputs or len(outputs) > 1:", TIED_TESTS),
     ("tied: config.json not updated", OPS, '        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\\n").encode("utf-8")\n', "", TIED_TESTS),
     ("tied: untied lm_head starts from the stored bytes", OPS, "        ordered[tie.output_key] = keys[tie.input_key]\n    else:", "        ordered[tie.output_key] = keys[tie.output_key]\n        sources.pop(tie.output_key)\n    else:", TIED_TESTS),
+    ("tied: an unknown tie taken as known", PLAN, "known=said is True)", "known=True)", TIED_TESTS),
+    ("tied: an unknown tie merged without a policy", OPS, "        if not tie.known and tied_embeddings is None:\n", "        if False:\n", TIED_TESTS),
+    ("tied: embeddings replaced alike untied anyway", OPS, "    return torch.equal(adapters[i].tensors[a], adapters[j].tensors[b])", "    return False", TIED_TESTS),
+    ("tied: embeddings replaced differently kept tied", OPS, "    return torch.equal(adapters[i].tensors[a], adapters[j].tensors[b])", "    return True", TIED_TESTS),
     ("tied: model whose math depends on the tie untied anyway", OPS, "    if model_type in TIE_CHANGES_MATH:", "    if False:", TIED_TESTS),
     ("tied: saved base layers taken for modules_to_save", OPS, '    return replacement[1].endswith(".base_layer.weight")', "    return False", TIED_TESTS),
     ("tied: shared leaves lm_head's modules unmerged", OPS, "        touched.setdefault(tie.input_key, []).append((i, type(target)(target.module, roles)))", "        pass", TIED_TESTS),

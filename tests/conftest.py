@@ -28,3 +28,13 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="no CUDA GPU here")
         for item in marked:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The PEFT matrix's summary (cases, checks, refusals by feature) when it ran."""
+    import sys
+
+    matrix = sys.modules.get("test_peft_matrix")
+    text = matrix.summary() if matrix is not None else ""
+    if text:
+        terminalreporter.write_line(text)

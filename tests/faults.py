@@ -531,7 +531,8 @@ COMMANDS = [
     Command("merge", ("merge", "{base}", "{a}", "{out}"), ("merge", "{base}", "{b}", "{out}"), "out", checkpoint=True),
     Command("merge-file", ("merge", "{base}", "{a}", "{out}", "--max-shard-size", "1GB"),
             ("merge", "{base}", "{b}", "{out}", "--max-shard-size", "1GB"), "out.safetensors", checkpoint=True),
-    Command("unmerge", ("unmerge", "{merged}", "{a}", "{out}"), ("unmerge", "{merged}", "{b}", "{out}"), "out", checkpoint=True),
+    # {merged} carries no merge record (written here, not by merge): --force takes the adapter out anyway
+    Command("unmerge", ("unmerge", "{merged}", "{a}", "{out}", "--force"), ("unmerge", "{merged}", "{b}", "{out}", "--force"), "out", checkpoint=True),
     Command("combine", ("combine", "{a}", "{b}", "--method", "cat", "-o", "{out}"),
             ("combine", "{a}", "{b}", "--method", "cat", "--weights", "1,-1", "-o", "{out}"), "out"),
     Command("resize", ("resize", "{a}", "{out}", "--rank", "2"), ("resize", "{a}", "{out}", "--rank", "3"), "out"),

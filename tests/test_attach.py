@@ -1,4 +1,4 @@
-"""adapterkit.attach and friends against real PEFT (0.21.2) on tiny models built from configs.
+"""adapterkit.attach and friends against real PEFT (0.22.0) on tiny models built from configs.
 
 Each case of ``peft_models.CASES`` (LoRA and IA3) is saved by PEFT with random adapter values,
 then loaded twice into a fresh base model: by ``PeftModel.from_pretrained`` and by
@@ -355,7 +355,7 @@ def test_two_active_adapters_equal_peft(name: str, saved) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peft_model.base_model.merge_adapter(["a", "b"])
-    # DoRA: each merge normalises by ‖W + ΔW‖ of the unmerged W, as forward does (PEFT 0.21.2 too)
+    # DoRA: each merge normalises by ‖W + ΔW‖ of the unmerged W, as forward does (PEFT 0.22.0 too)
     assert max_diff(run(model, inputs), run(peft_model, inputs)) <= TOL
     assert max_diff(run(model, inputs), ours) <= TOL
     base = {k: v.clone() for k, v in case.base().state_dict().items()}

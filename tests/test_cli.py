@@ -174,6 +174,7 @@ def _fresh_python(code: str) -> subprocess.CompletedProcess:
     ["extract", "/no/such/base", "/no/such/ft", "out", "--rank", "2"],
     ["check", "--help"], ["check", "x", "--for", "bogus"], ["check", "/no/such/path", "--for", "vllm"],
     ["convert", "src", "out", "--for", "bogus"],
+    ["info", "./nope/adapter"], ["info", "./org/name"], ["merge", "./nope", "org/lora", "out"],  # paths by their shape: no Hub, no torch
 ])
 def test_help_version_and_usage_errors_do_not_import_torch(args):
     code = (
@@ -349,7 +350,8 @@ def test_info_mentions_other_adapters_in_the_folder(tmp_path):
     assert data["kind"] == "IA3" and data["other_adapters"] == [".", "third"]
     alone = json.loads(run("info", multi / "third", "--json").output)
     assert alone["other_adapters"] == []
-    assert run("convert", multi, multi / "one.safetensors").exit_code == 0  # a single file stands alone
+    assert run("convert", multi, tmp_path / "one.safetensors").exit_code == 0  # not into the input's folder: overwrite-input
+    (tmp_path / "one.safetensors").rename(multi / "one.safetensors")  # a single file stands alone
     assert json.loads(run("info", multi / "one.safetensors", "--json").output)["other_adapters"] == []
 
 
@@ -460,3 +462,142 @@ def test_validate_a_missing_named_adapter_is_a_usage_error(tmp_path):
     assert res.exit_code == 2 and "[adapter-not-found]" in res.output and res.output.startswith("adapterkit: error:")
     res = run("validate", path / "missing")
     assert res.exit_code == 2 and "[file-not-found]" in res.output
+
+
+# ----------------------------------------------------------------------------- usage lines, arguments before torch (issue 17 point 8)
+
+USAGE_LINES = {
+    "info": "PATH", "validate": "PATH", "convert": "SRC OUT", "merge": "BASE [ADAPTER] OUT", "unmerge": "MERGED [ADAPTER] OUT",
+    "combine": "-o OUT [OPTIONS] ADAPTERS...", "resize": "IN OUT", "rebalance": "IN OUT", "prune": "IN OUT", "check": "PATH",
+    "extract": "BASE FINETUNED OUT", "push": "ADAPTER REPO_ID", "pull": "REPO OUT", "diff": "A B",
+}
+
+
+def test_every_usage_line_names_its_arguments():
+    assert set(USAGE_LINES) == set(main.commands)
+    for name, args in USAGE_LINES.items():
+        usage = CliRunner().invoke(main, [name, "--help"], prog_name="adapterkit").output.splitlines()[0]
+        assert usage.startswith(f"Usage: adapterkit {name} ") and usage.endswith(args) and "PATHS" not in usage, usage
+
+
+BAD_ARGUMENTS = [
+    ["resize", "in", "out", "--rank", "0"], ["resize", "in", "out", "--rank", "-3"], ["resize", "in", "out", "--energy", "0"],
+    ["resize", "in", "out", "--energy", "1.5"], ["resize", "in", "out", "--energy", "nan"], ["resize", "in", "out", "--sv-ratio", "0.5"],
+    ["rebalance", "in", "out", "--budget", "-5"], ["rebalance", "in", "out", "--budget", "0"], ["rebalance", "in", "out", "--rank", "0"],
+    ["extract", "a", "b", "out", "--rank", "0"], ["extract", "a", "b", "out", "--energy", "2"],
+    ["combine", "a", "b", "-o", "out", "--weights", "1,2,3"], ["combine", "a", "b", "-o", "out", "--weights", "1,inf"],
+    ["combine", "a", "b", "-o", "out", "--method", "ties"], ["combine", "a", "b", "-o", "out", "--method", "dare_linear_svd"],
+    ["combine", "a", "b", "-o", "out", "--method", "magnitude_prune", "--density", "0"],
+    ["combine", "a", "b", "-o", "out", "--method", "dare_ties", "--density", "1.5"], ["combine", "a", "b", "-o", "out", "--density", "0.5"],
+    ["combine", "a", "b", "-o", "out", "--rank", "0"], ["combine", "a", "b", "-o", "out", "--method", "cat", "--rank", "2"],
+    ["combine", "a", "b", "-o", "out", "--svd-clamp", "2"], ["combine", "a", "b", "-o", "out", "--method", "cat", "--svd-clamp", "0.9"],
+    ["merge", "base", "a", "out", "--max-shard-size", "lots"], ["merge", "base", "a", "out", "--max-shard-size", "0"],
+    ["merge", "base", "a", "out", "--max-shard-size", "0.1B"], ["merge", "base", "out", "--adapter", "a", "--weight", "1", "--weight", "2"],
+    ["unmerge", "base", "a", "out", "--weight", "1", "--weight", "2"],
+    ["prune", "in", "out", "--keep-fraction", "0"], ["prune", "in", "out", "--min-energy", "2"],
+]
+
+
+def test_bad_numeric_arguments_are_argument_invalid_before_torch():
+    """One fresh process runs every case (the paths do not exist: the arguments come first)."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from adapterkit.cli import main\n"
+        f"for args in {BAD_ARGUMENTS!r}:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            main(args, prog_name='adapterkit')\n"
+        "        except SystemExit as e:\n"
+        "            print(e.code, err.getvalue().strip())\n"
+        "print('torch imported' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    proc = _fresh_python(code)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "no torch", proc.stdout + proc.stderr
+    assert len(lines) == len(BAD_ARGUMENTS) + 1, proc.stdout + proc.stderr
+    for args, line in zip(BAD_ARGUMENTS, lines):
+        assert line.startswith("2 adapterkit: error: --") and line.endswith("[argument-invalid]"), (args, line)
+
+
+def test_the_library_refuses_the_same_arguments(tmp_path):
+    """The CLI's early checks (adapterkit/arguments.py) and the operations agree."""
+    import importlib
+
+    import adapterkit.arguments as early
+
+    ops_combine = importlib.import_module("adapterkit.ops.combine")
+
+    assert early.FACTOR_METHODS == ops_combine.FACTOR_METHODS and early.DENSITY_METHODS == ops_combine.DENSITY_METHODS
+    a = adapterkit.load(_lora(tmp_path))
+    for call in (lambda: adapterkit.resize(a, rank=0), lambda: adapterkit.resize(a, energy=1.5), lambda: adapterkit.resize(a, sv_ratio=0.5),
+                 lambda: adapterkit.rebalance(a, budget=-5), lambda: adapterkit.combine([a, a], [1.0, 2.0, 3.0], "svd"),
+                 lambda: adapterkit.combine([a, a], [1.0, 1.0], "ties"), lambda: adapterkit.combine([a, a], [1.0, 1.0], "cat", rank=2),
+                 lambda: adapterkit.combine([a, a], [1.0, 1.0], "svd", svd_clamp=2.0),
+                 lambda: adapterkit.prune(a, keep_fraction=0.0), lambda: adapterkit.prune(a, min_energy=2.0)):
+        with pytest.raises(adapterkit.AdapterkitError) as err:
+            call()
+        assert err.value.code == "argument-invalid", err.value
+
+
+def _three_layer_lora(tmp_path: Path) -> Path:
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for i in range(3):
+        tensors[f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight"] = torch.randn(2, 8, generator=g)
+        tensors[f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.weight"] = torch.randn(8, 2, generator=g)
+    out = tmp_path / "three"
+    adapterkit.save(Adapter.from_tensors(LoraConfig(r=2, lora_alpha=4, target_modules=("q_proj",)), tensors), out)
+    return out
+
+
+def test_prune_layers_that_do_not_exist_is_an_error_naming_those_that_do(tmp_path):
+    src = _three_layer_lora(tmp_path)
+    res = run("prune", src, tmp_path / "out", "--layers", "7")
+    assert res.exit_code == 2 and res.output.rstrip().endswith("[argument-invalid]"), res.output
+    assert "no module of the adapter is in layer 7; its layers are 0-2" in res.output
+    assert not (tmp_path / "out").exists()
+    res = run("prune", src, tmp_path / "out", "--layers", "1,3-4")
+    assert res.exit_code == 2 and "layer 3-4; its layers are 0-2" in res.output, res.output
+    with pytest.raises(adapterkit.AdapterkitError) as err:
+        adapterkit.prune(adapterkit.load(src), layers=[5])
+    assert err.value.code == "argument-invalid" and err.value.key == "layers"
+    res = run("prune", src, tmp_path / "out", "--layers", "1", "--json")  # an existing layer still works
+    assert res.exit_code == 0 and sorted(json.loads(res.output)["dropped"]) == ["model.layers.1.self_attn.q_proj"], res.output
+
+
+def test_no_safe_merges_nan_as_peft_safe_merge_false_does(tmp_path):
+    """--safe (the default) refuses a NaN in the adapter as PEFT's safe_merge=True does; --no-safe
+    writes what PEFT's safe_merge=False merge gives, NaN included."""
+    import warnings
+
+    pytest.importorskip("peft")
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+    from peft_models import llama, shards
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        llama().save_pretrained(tmp_path / "base")
+        model = get_peft_model(llama(), PeftLoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+                    if "layers.0.self_attn.q_proj.lora_B" in name:
+                        p[1, 0] = float("nan")
+        model.save_pretrained(tmp_path / "nan-lora")
+        with pytest.raises(ValueError, match="NaN"):
+            PeftModel.from_pretrained(llama(), tmp_path / "nan-lora").merge_and_unload(safe_merge=True)
+        theirs = PeftModel.from_pretrained(llama(), tmp_path / "nan-lora").merge_and_unload(safe_merge=False).state_dict()
+    res = run("merge", tmp_path / "base", tmp_path / "nan-lora", tmp_path / "safe")
+    assert res.exit_code == 2 and "[non-finite]" in res.output and not (tmp_path / "safe").exists(), res.output
+    res = run("merge", tmp_path / "base", tmp_path / "nan-lora", tmp_path / "unsafe", "--no-safe")
+    assert res.exit_code == 0, res.output
+    ours = shards(tmp_path / "unsafe")
+    assert set(ours) == {k for k in theirs if k != "lm_head.weight"} | ({"lm_head.weight"} & set(ours))
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.isnan(ours[q][1]).all() and not torch.isnan(ours[q][0]).any()  # row 1 of B·A is NaN, as in PEFT's
+    for key, value in ours.items():
+        torch.testing.assert_close(value, theirs[key], rtol=0, atol=0, equal_nan=True, msg=key)

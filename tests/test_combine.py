@@ -202,6 +202,18 @@ def test_svd_clamp_equals_peft(llama_pair, tmp_path):
     assert any(not torch.allclose(unclamped.delta_weight(n), theirs[n]) for n in theirs)  # the clamp bites
 
 
+def test_svd_clamp_zero_equals_peft(llama_pair, tmp_path):
+    """svd_clamp=0 is a clamp (PEFT tests ``clamp is not None``): hi is the 0-quantile, the
+    smallest signed entry of U·S and Vh, so every factor entry is clamped; not "no clamp"."""
+    model, (a, b) = llama_pair
+    peft_add_weighted(model, W, "clamped0", "ties_svd", density=0.7, svd_clamp=0)
+    theirs = peft_deltas(model, "clamped0")
+    ours = combine([a, b], W, "ties_svd", density=0.7, svd_clamp=0)
+    assert_deltas(reloaded_deltas(llama, ours, tmp_path / "ours"), theirs)
+    unclamped = combine([a, b], W, "ties_svd", density=0.7)
+    assert all(not torch.allclose(unclamped.delta_weight(n), theirs[n]) for n in theirs)  # q=0 changes every module
+
+
 @pytest.mark.parametrize("sign", ["total", "frequency"])
 def test_majority_sign_equals_peft(sign, tmp_path):
     model = two_adapter_model(llama, LLAMA_A, LLAMA_A, seeds=(3, 4))
@@ -651,14 +663,16 @@ def test_quantile_with_repeated_values(values):
         assert torch.equal(quantile(x, q, limit=0), torch.quantile(x, q)), (values, q)
 
 
-def test_svd_clamp_of_the_factored_svd(llama_pair):
-    """Clamp by hand (torch.quantile of the signed entries of U·S and Vh, then both clamped)."""
+@pytest.mark.parametrize("q", [0.8, 0.0])
+def test_svd_clamp_of_the_factored_svd(llama_pair, q):
+    """Clamp by hand (torch.quantile of the signed entries of U·S and Vh, then both clamped);
+    q=0 clamps too (to the smallest entry), it is not "no clamp"."""
     _, (a, b) = llama_pair
     plain = combine([a, b], W, "svd", rank=5)
-    clamped = combine([a, b], W, "svd", rank=5, svd_clamp=0.8)
+    clamped = combine([a, b], W, "svd", rank=5, svd_clamp=q)
     for name in plain.modules:
         B, A = (plain.tensors[f"{P}{name}.lora_{x}.weight"] for x in "BA")
-        hi = torch.quantile(torch.cat([B.flatten(), A.flatten()]), 0.8)
+        hi = torch.quantile(torch.cat([B.flatten(), A.flatten()]), q)
         assert torch.equal(clamped.tensors[f"{P}{name}.lora_B.weight"], B.clamp(-hi, hi))
         assert torch.equal(clamped.tensors[f"{P}{name}.lora_A.weight"], A.clamp(-hi, hi))
 
@@ -695,6 +709,8 @@ def raised(*args: Any, **kwargs: Any) -> AdapterkitError:
     ({"method": "svd", "density": 0.5}, "density"),
     ({"method": "ties", "density": 0.5, "majority_sign": "mean"}, "majority_sign"),
     ({"method": "cat", "svd_clamp": 0.9}, "svd_clamp"),
+    ({"method": "cat", "svd_clamp": 0.0}, "svd_clamp"),  # 0 is a clamp, refused where no SVD is computed
+    ({"method": "svd", "svd_clamp": -0.5}, "svd_clamp"),
     ({"method": "svd", "svd_clamp": 1.5}, "svd_clamp"),
     ({"method": "dare_linear", "density": 0.5, "seed": 1.5}, "seed"),
 ])
@@ -829,6 +845,11 @@ def test_cli_combine_writes_what_the_library_returns(tmp_path):
     summary = json.loads(res.output)
     assert summary["modules"] == 2 and summary["ranks"] == "4" and [x["weight"] for x in summary["adapters"]] == [1.0, 1.0]
     assert adapterkit.load(tmp_path / "ab") == combine([a, b], [1.0, 1.0], "svd", rank=4, svd_clamp=0.9)
+    res = cli("combine", tmp_path / "a", tmp_path / "b.safetensors", "--method", "svd", "--rank", "4", "--svd-clamp", "0",
+              "-o", tmp_path / "ab0")
+    assert res.exit_code == 0, res.output
+    zero = combine([a, b], [1.0, 1.0], "svd", rank=4, svd_clamp=0)
+    assert adapterkit.load(tmp_path / "ab0") == zero != combine([a, b], [1.0, 1.0], "svd", rank=4)
 
 
 @pytest.mark.parametrize("args, code", [

@@ -57,10 +57,24 @@ def _field(b: bytes) -> bytes:
     return _u64(len(b)) + b
 
 
-def reference_digest(weights: Path, config_text: str) -> tuple[str, str]:
+def _sorted_but_patterns(value):
+    """Every object's members sorted, the values of rank_pattern/alpha_pattern/paca_indices_pattern
+    kept as they are (spec §5.5 [R5.5-3] from format 1.2 on; PEFT 0.22.0's on-disk order)."""
+    if isinstance(value, dict):
+        return {k: v if k in ("rank_pattern", "alpha_pattern", "paca_indices_pattern") else _sorted_but_patterns(v)
+                for k, v in sorted(value.items())}
+    return [_sorted_but_patterns(v) for v in value] if isinstance(value, list) else value
+
+
+def reference_digest(weights: Path, config_text: str, version: str = "1.1") -> tuple[str, str]:
     """(adapterkit.digest, adapterkit.digests) from the words of spec §5.5, over the file as the
-    safetensors library reads it."""
-    canon = json.dumps(json.loads(config_text), sort_keys=True, separators=(",", ":")).encode()
+    safetensors library reads it; ``version``: the file's format version, which picks the
+    canonical JSON (1.1: every object sorted; 1.2: the pattern objects in stored order)."""
+    config = json.loads(config_text)
+    if version == "1.1":
+        canon = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    else:
+        canon = json.dumps(_sorted_but_patterns(config), separators=(",", ":")).encode()
     entries = [hashlib.sha256(_field(b"adapterkit.config/1") + _field(canon)).digest()]
     names = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64"}
     with safe_open(str(weights), "pt") as f:
@@ -98,7 +112,7 @@ def test_save_then_validate_passes_in_both_forms(tmp_path):
         adapterkit.save(a, out)
         assert adapterkit.validate(out) == []
         loaded = adapterkit.load(out)
-        assert loaded.format_version == "1.1"
+        assert loaded.format_version == "1.2"
         assert all(torch.equal(loaded.tensors[k], a.tensors[k]) for k in a.tensors)
 
 
@@ -106,10 +120,10 @@ def test_digest_equals_the_reference_implementation(tmp_path):
     a = _adapter()
     file, folder = adapterkit.save(a, tmp_path / "a.safetensors"), adapterkit.save(a, tmp_path / "dir")
     meta = metadata(file)
-    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(file, meta["adapterkit.config"])
+    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(file, meta["adapterkit.config"], "1.2")
     weights = folder / "adapter_model.safetensors"
     dmeta = metadata(weights)
-    assert (dmeta["adapterkit.digest"], dmeta["adapterkit.digests"]) == reference_digest(weights, (folder / "adapter_config.json").read_text())
+    assert (dmeta["adapterkit.digest"], dmeta["adapterkit.digests"]) == reference_digest(weights, (folder / "adapter_config.json").read_text(), "1.2")
     assert len(meta["adapterkit.digests"]) == 64 * (1 + len(a.tensors))
 
 
@@ -129,7 +143,7 @@ def test_any_adapter_matches_the_reference(tmp_path_factory, adapter, form):
     weights = out if form == "file" else out / "adapter_model.safetensors"
     meta = metadata(weights)
     config = meta["adapterkit.config"] if form == "file" else (out / "adapter_config.json").read_text()
-    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(weights, config)
+    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(weights, config, "1.2")
     assert adapterkit.validate(out) == []
 
 
@@ -153,7 +167,7 @@ def test_safetensors_and_peft_style_readers_see_the_metadata(tmp_path):
     folder = adapterkit.save(_adapter(), tmp_path / "dir")
     with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "pt" and meta["adapterkit.version"] == "1.1"
+    assert meta["format"] == "pt" and meta["adapterkit.version"] == "1.2"
     assert meta["adapterkit.digest"].startswith("sha256:")
 
 
@@ -258,7 +272,7 @@ def test_reordered_file_keeps_the_digest(tmp_path):
     moved.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(chunks))
     assert moved.read_bytes() != out.read_bytes()
     assert adapterkit.validate(moved) == []
-    assert reference_digest(moved, header["__metadata__"]["adapterkit.config"])[0] == header["__metadata__"]["adapterkit.digest"]
+    assert reference_digest(moved, header["__metadata__"]["adapterkit.config"], "1.2")[0] == header["__metadata__"]["adapterkit.digest"]
     again = adapterkit.save(adapterkit.load(moved), tmp_path / "again.safetensors")
     assert again.read_bytes() == out.read_bytes()
 
@@ -346,9 +360,9 @@ def test_files_without_a_digest_stay_valid(tmp_path):
     a = _adapter()
     meta = {k: v for k, v in metadata(adapterkit.save(a, tmp_path / "a.safetensors")).items() if not k.startswith("adapterkit.digest")}
     out = tmp_path / "plain.safetensors"
-    save_file({k: a.tensors[k].contiguous() for k in a.tensors}, str(out), metadata=meta)  # says 1.1, records no digest
+    save_file({k: a.tensors[k].contiguous() for k in a.tensors}, str(out), metadata=meta)  # says 1.2, records no digest
     assert adapterkit.validate(out) == []
-    assert adapterkit.load(out).format_version == "1.1"
+    assert adapterkit.load(out).format_version == "1.2"
 
 
 # ---------------------------------------------------------------------------- command line
@@ -382,3 +396,181 @@ def test_validate_command_reports_the_mismatch(tmp_path):
     res = runner.invoke(main, ["validate", str(out), "--json"])
     problems = json.loads(res.output)["problems"]
     assert [(p["code"], p["key"]) for p in problems] == [("digest-mismatch", key)]
+
+
+# ---------------------------------------------------------------------------- exact texts of digest-mismatch
+
+
+def _entry_hex(key: str, t: torch.Tensor) -> str:
+    """A tensor's entry digest in hex, from the words of spec §5.5 [R5.5-2]."""
+    names = {torch.float32: "F32", torch.bfloat16: "BF16"}
+    data = t.contiguous().view(torch.uint8).numpy().tobytes()
+    head = _field(b"adapterkit.tensor/1") + _field(key.encode()) + _field(names[t.dtype].encode())
+    head += _u64(t.dim()) + b"".join(_u64(d) for d in t.shape) + _u64(len(data))
+    return hashlib.sha256(head + data).hexdigest()
+
+
+def _flip_first_byte(path: Path, key: str) -> None:
+    header, start = split(path)
+    raw = bytearray(path.read_bytes())
+    raw[start + header[key]["data_offsets"][0]] ^= 1
+    path.write_bytes(bytes(raw))
+
+
+def test_digest_mismatch_names_the_tensor_in_these_words(tmp_path):
+    out = adapterkit.save(_adapter(), tmp_path / "a.safetensors")
+    key = P + "v_proj.lora_B.weight"
+    recorded = metadata(out)["adapterkit.digests"]
+    keys = sorted(_adapter().tensors)
+    was = recorded[64 * (1 + keys.index(key)) :][:16]
+    _flip_first_byte(out, key)
+    with safe_open(str(out), "pt") as f:
+        now = _entry_hex(key, f.get_tensor(key))[:16]
+    want = (f"{out}: {key}: the tensor differs from the one the content digest records (bytes, dtype or shape) "
+            f"(expected entry {was}..., got entry {now}...) [digest-mismatch]")
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.load(out)
+    assert str(info.value) == want
+    assert [str(p) for p in adapterkit.validate(out)] == ["error: " + want]
+
+
+def test_digest_mismatch_names_the_config_in_these_words(tmp_path):
+    folder = adapterkit.save(_adapter(), tmp_path / "dir")
+    weights = folder / "adapter_model.safetensors"
+    was = metadata(weights)["adapterkit.digests"][:16]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["lora_alpha"] = 8
+    text = json.dumps(config, indent=2)
+    (folder / "adapter_config.json").write_text(text)
+    canon = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":")).encode()  # no pattern objects: sorted throughout
+    now = hashlib.sha256(_field(b"adapterkit.config/1") + _field(canon)).hexdigest()[:16]
+    want = (f"{weights}: config: the config differs from the one the content digest records "
+            f"(expected entry {was}..., got entry {now}...) [digest-mismatch]")
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.load(folder)
+    assert str(info.value) == want
+
+
+def test_digest_mismatch_for_a_removed_tensor_in_these_words(tmp_path):
+    from safetensors.torch import save_file
+
+    out = adapterkit.save(_adapter(), tmp_path / "a.safetensors")
+    meta = metadata(out)
+    with safe_open(str(out), "pt") as f:
+        kept = {k: f.get_tensor(k) for k in f.keys() if k != "base_model.model.score.bias"}
+    save_file(kept, str(out), metadata=meta)
+    want = f"{out}: tensors the content digest records are missing (expected 6 tensors, got 5 tensors) [digest-mismatch]"
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.load(out)
+    assert str(info.value) == want
+
+
+def test_entries_recorded_out_of_order_are_a_mismatch_naming_the_first_misplaced_key(tmp_path):
+    """[R5.5-1] fixes the entries' order (code points of the keys); a record that holds every entry but
+    in another order combines to another digest than the content's, so it does not identify it."""
+    from safetensors.torch import save_file
+
+    out = adapterkit.save(_adapter(), tmp_path / "a.safetensors")
+    meta = metadata(out)
+    hexes = [meta["adapterkit.digests"][i : i + 64] for i in range(0, len(meta["adapterkit.digests"]), 64)]
+    hexes[2], hexes[3] = hexes[3], hexes[2]
+    whole = hashlib.sha256(_field(b"adapterkit.digest/1") + _u64(len(hexes)) + bytes.fromhex("".join(hexes))).hexdigest()
+    with safe_open(str(out), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(out), metadata={**meta, "adapterkit.digests": "".join(hexes), "adapterkit.digest": "sha256:" + whole})
+    second = sorted(tensors)[1]
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.load(out)
+    assert (info.value.code, info.value.key) == ("digest-mismatch", second)
+    assert str(info.value) == (f"{out}: {second}: the content digest records this tensor's entry out of code-point order of the keys "
+                               f"(expected entry {hexes[3][:16]}... at place 2, got entry {hexes[2][:16]}...) [digest-mismatch]")
+
+
+# ---------------------------------------------------------------------------- pattern order (format 1.2)
+
+
+def _patterned(alpha_pattern: dict) -> Adapter:
+    """Two rank-2 modules; ``alpha_pattern``'s order decides v_proj's alpha (12 first, else 8)."""
+    g = torch.Generator().manual_seed(5)
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=("q_proj", "v_proj"), alpha_pattern=alpha_pattern)
+    return Adapter.from_tensors(cfg, {P + f"{m}_proj.lora_{ab}.weight": torch.randn(*shape, generator=g)
+                                      for m in "qv" for ab, shape in (("A", (2, 6)), ("B", (4, 2)))})
+
+
+@pytest.mark.parametrize("form", ["file", "dir"])
+def test_pattern_order_is_kept_on_disk_and_is_part_of_the_digest(tmp_path, form):
+    """PEFT 0.22.0 applies the first matching pattern key in stored order and keeps that order on disk;
+    two adapters whose alpha_pattern differs only in order are different adapters, so they are written
+    as such and get different digests (spec §5.5, format 1.2)."""
+    first, second = _patterned({"v_proj": 12, ".*": 8}), _patterned({".*": 8, "v_proj": 12})
+    name = "a.safetensors" if form == "file" else "a"
+    a, b = adapterkit.save(first, tmp_path / "1" / name), adapterkit.save(second, tmp_path / "2" / name)
+    weights = [p if form == "file" else p / "adapter_model.safetensors" for p in (a, b)]
+    texts = [metadata(w)["adapterkit.config"] if form == "file" else (p / "adapter_config.json").read_text() for w, p in zip(weights, (a, b))]
+    assert [list(json.loads(t)["alpha_pattern"]) for t in texts] == [["v_proj", ".*"], [".*", "v_proj"]]
+    digests = [(metadata(w)["adapterkit.digest"], metadata(w)["adapterkit.digests"]) for w in weights]
+    assert digests == [reference_digest(w, t, "1.2") for w, t in zip(weights, texts)]
+    assert digests[0][0] != digests[1][0]
+    v = "model.layers.0.v_proj"
+    assert [adapterkit.load(p).module(v).scaling for p in (a, b)] == [12 / 2, 8 / 2]
+    assert [metadata(w)["adapterkit.version"] for w in weights] == ["1.2", "1.2"]
+
+
+def test_the_two_forms_of_a_patterned_adapter_have_one_digest(tmp_path):
+    adapter = _patterned({"v_proj": 12, ".*": 8})
+    file = adapterkit.save(adapter, tmp_path / "a.safetensors")
+    folder = adapterkit.save(adapter, tmp_path / "dir")
+    assert metadata(file)["adapterkit.digest"] == metadata(folder / "adapter_model.safetensors")["adapterkit.digest"]
+
+
+def _legacy_dir(tmp_path: Path, version: str) -> Path:
+    """A directory whose adapter_config.json keeps the pattern order (as PEFT 0.22.0 writes it) and whose
+    weights record the digest as format 1.1 defined it: the config hashed with every object sorted."""
+    from safetensors.torch import save_file
+
+    adapter = _patterned({"v_proj": 12, ".*": 8})
+    folder = tmp_path / version
+    folder.mkdir()
+    text = json.dumps({**adapter.config.to_dict(), "alpha_pattern": {"v_proj": 12, ".*": 8}}, indent=2)
+    (folder / "adapter_config.json").write_text(text)
+    tensors = {k: adapter.tensors[k].contiguous() for k in adapter.tensors}
+    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt", "adapterkit.version": version})
+    digest, digests = reference_digest(folder / "adapter_model.safetensors", text, "1.1")
+    save_file(tensors, str(folder / "adapter_model.safetensors"),
+              metadata={"format": "pt", "adapterkit.version": version, "adapterkit.digest": digest, "adapterkit.digests": digests})
+    return folder
+
+
+def test_a_1_1_digest_still_verifies_and_the_same_record_in_a_1_2_file_does_not(tmp_path):
+    old = _legacy_dir(tmp_path, "1.1")
+    assert [p.code for p in adapterkit.validate(old) if p.severity == "error"] == []
+    assert adapterkit.load(old).module("model.layers.0.v_proj").scaling == 12 / 2  # the stored order applies
+    new = _legacy_dir(tmp_path, "1.2")  # 1.2 hashes the stored order: the sorted-order record is not this content's
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.load(new)
+    assert (info.value.code, info.value.key) == ("digest-mismatch", "config")
+
+
+@pytest.mark.parametrize(("version", "kept"), [(None, False), ("1.0", False), ("1.1", False), ("1.2", True), ("1.7", True),
+                                                ("1.10", True), ("1." + "9" * 5000, True)])
+def test_which_files_hash_the_pattern_order(version, kept):
+    """[R5.5-3]: 1.2 and every later minor of major 1 hash the stored order; 1.0, 1.1 and PEFT-profile files sort."""
+    from adapterkit.io.version import digest_keeps_pattern_order
+
+    assert digest_keeps_pattern_order(version) is kept
+
+
+def test_rewriting_a_1_1_file_keeps_the_order_and_records_a_1_2_digest(tmp_path):
+    """convert of a 1.1 adapter whose config keeps the pattern order (PEFT 0.22.0's layout): the 1.2 output keeps
+    the order (1.1 writers sorted it, changing v_proj's scaling) and its digest hashes it."""
+    old = adapterkit.load(_legacy_dir(tmp_path, "1.1"))
+    for out in (tmp_path / "new", tmp_path / "new.safetensors", tmp_path / "plain"):
+        adapterkit.save(old, out, digest=out.name != "plain")
+        text = metadata(out)["adapterkit.config"] if out.suffix else (out / "adapter_config.json").read_text()
+        assert list(json.loads(text)["alpha_pattern"]) == ["v_proj", ".*"]
+        assert adapterkit.load(out).module("model.layers.0.v_proj").scaling == 12 / 2
+    weights = tmp_path / "new" / "adapter_model.safetensors"
+    meta = metadata(weights)
+    assert meta["adapterkit.version"] == "1.2"
+    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(weights, (tmp_path / "new" / "adapter_config.json").read_text(), "1.2")
+    assert metadata(tmp_path / "plain" / "adapter_model.safetensors")["adapterkit.version"] == "1.0"

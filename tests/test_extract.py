@@ -352,8 +352,13 @@ def test_default_targets_biases_scalars_and_save_changed(tmp_path: Path) -> None
     assert report.not_extracted == {} and set(report.saved_whole) == {"m.lin.bias", "m.embed_tokens.weight", "lm_head.weight"}
     assert adapter.config.modules_to_save == ["lm_head", "m.embed_tokens"] and adapter.config.bias == "all"
     assert adapterkit.validate(adapterkit.save(adapter, tmp_path / "out")) == []
-    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1, targets=r"embed|lin")
-    assert [m.name for m in report.modules] == ["m.embed_tokens", "m.lin"]
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1, targets=r"head|lin")
+    assert [m.name for m in report.modules] == ["lm_head", "m.lin"]
+    # an embedding's LoRA layout depends on its layer type (nn.Embedding: lora_embedding_A/B), which
+    # a checkpoint does not say: lora_A/B on an nn.Embedding would be ignored by PEFT, so it is refused
+    with pytest.raises(AdapterkitError) as info:
+        extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1, targets=r"embed|lin")
+    assert info.value.code == "not-supported" and "m.embed_tokens" in str(info.value)
 
 
 def test_cli_targets_and_save_changed(pair, tmp_path: Path) -> None:

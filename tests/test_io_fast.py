@@ -116,17 +116,17 @@ def test_mixed_dtypes_every_bad_tensor_reported_in_key_order(tmp_path):
 
 
 def test_zero_size_tensors_in_a_run(tmp_path):
-    # r=0 is not a valid config rank, so the empty tensors are extra whole-module tensors
+    # r=0 is not a valid config rank, so the empty tensors are extra whole-module tensors (of modules without LoRA factors)
     ts = lora_tensors(2, torch.float32)
-    ts[P + "layers.0.q.weight"] = torch.empty(0, 3)
-    ts[P + "layers.1.q.weight"] = torch.empty(4, 0)
-    ts[P + "layers.1.q.bias"] = torch.randn(2, 1, 3)  # an extra 3-D tensor (unexpected-key is only a warning)
+    ts[P + "layers.0.qw.weight"] = torch.empty(0, 3)
+    ts[P + "layers.1.qw.weight"] = torch.empty(4, 0)
+    ts[P + "layers.1.k.bias"] = torch.randn(2, 1, 3)  # an extra 3-D tensor of no LoRA module (unexpected-key is only a warning)
     d = write_dir(tmp_path / "d", ts)
     assert non_finite(d) == []
     loaded = ak.load(d)
     for k, t in ts.items():  # strides as torch makes them, a 0 dim counting as 1
         assert same(loaded.tensors[k], t) and loaded.tensors[k].stride() == t.stride()
-    assert loaded.tensors[P + "layers.1.q.weight"].stride() == (1, 1)
+    assert loaded.tensors[P + "layers.1.qw.weight"].stride() == (1, 1)
     ts[key(1, "B")][3, 1] = float("nan")  # after the empty ones in the layout
     write_dir(d, ts)
     assert non_finite(d) == [(key(1, "B"), "1 non-finite of 8")]

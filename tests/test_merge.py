@@ -288,15 +288,19 @@ def test_tied_embeddings_shared_equals_peft(name: str, tmp_path: Path) -> None:
 
 
 def test_tied_embeddings_without_config_or_with_a_stored_lm_head(tmp_path: Path) -> None:
-    """A single-file base has no config.json: the structure (an input embedding, no lm_head)
-    says tied, and lm_head.weight is written, with a note that no config was updated.  A
+    """A single-file base has no config.json: the tie is unknown, so merge refuses to guess;
+    told it is tied (an explicit policy), lm_head.weight is written, with a note that no config
+    was updated.  A
     config that ties them while the file stores an lm_head anyway: transformers loads the
     embedding there, so the untied lm_head starts from the embedding, not the stored bytes."""
     base = save_base(tied_llama(), tmp_path / "base", shard=None)
     adapter = make_adapter(tied_llama, tmp_path / "adapter", seed=12, r=2, lora_alpha=4, target_modules=["lm_head"])
     single = tmp_path / "base.safetensors"
     single.write_bytes((base / "model.safetensors").read_bytes())
-    report = merge_checkpoint(single, [adapter], tmp_path / "out.safetensors")
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(single, [adapter], tmp_path / "out.safetensors")
+    assert info.value.code == "tied-embeddings" and "no config.json" in str(info.value)
+    report = merge_checkpoint(single, [adapter], tmp_path / "out.safetensors", tied_embeddings="untie")
     assert any("no config.json came with the checkpoint" in n for n in report.notes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -376,12 +380,12 @@ def test_cli_merge_and_unmerge(tmp_path: Path) -> None:
     assert [x["weight"] for x in data["adapters"]] == [0.5, 2.0] and data["changed"] == 4
     assert all(t.dtype == torch.bfloat16 for t in shards(tmp_path / "ab").values())
     res = run(main, ["merge", str(base), str(tmp_path / "x"), "--adapter", str(a), "--weight", "1", "--weight", "2"])
-    assert res.exit_code == 2 and "[usage]" in res.output and "--weight" in res.output
+    assert res.exit_code == 2 and "[argument-invalid]" in res.output and "--weight" in res.output
     res = run(main, ["merge", str(base), str(a), str(tmp_path / "r"), "--max-shard-size", "8KB"])
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "r").glob("model-*.safetensors"))) > len(list(base.glob("model-*.safetensors")))
     res = run(main, ["merge", str(base), str(a), str(tmp_path / "s"), "--max-shard-size", "lots"])
-    assert res.exit_code == 2 and "[usage]" in res.output
+    assert res.exit_code == 2 and "[argument-invalid]" in res.output
     res = run(main, ["unmerge", str(tmp_path / "m"), str(a), str(tmp_path / "back")])
     assert res.exit_code == 0, res.output
     for key, value in shards(base).items():

@@ -533,12 +533,15 @@ def test_plan_expected_shapes_from_header_only(built: Callable[[str], Built]) ->
 
 
 def test_find_tied_embeddings() -> None:
-    """config.json's tie_word_embeddings decides; without it the structure does (an input
-    embedding and no output embedding); an ambiguous pair is no tie."""
+    """config.json's tie_word_embeddings decides; without it nothing is guessed: an input
+    embedding and no output embedding is a tie of unknown status (known=False), a stored pair is
+    taken as stored; an ambiguous pair is no tie."""
     embed, head, q = ("model.embed_tokens.weight", ("BF16", (64, 16))), ("lm_head.weight", ("BF16", (64, 16))), ("model.q.weight", ("BF16", (16, 16)))
     alone, both = dict([embed, q]), dict([embed, head, q])
-    assert find_tied_embeddings(alone, None) == TiedEmbeddings("model.embed_tokens.weight", "lm_head.weight", False, None)
-    assert find_tied_embeddings(alone, {"model_type": "llama"}) == TiedEmbeddings("model.embed_tokens.weight", "lm_head.weight", False, {"model_type": "llama"})
+    assert find_tied_embeddings(alone, None) == TiedEmbeddings("model.embed_tokens.weight", "lm_head.weight", False, None, known=False)
+    assert find_tied_embeddings(alone, {"model_type": "llama"}) == TiedEmbeddings("model.embed_tokens.weight", "lm_head.weight", False, {"model_type": "llama"}, known=False)
+    assert find_tied_embeddings(alone, {"tie_word_embeddings": "yes"}).known is False  # not a bool: unknown
+    assert find_tied_embeddings(alone, {"tie_word_embeddings": True}).known is True
     assert find_tied_embeddings(alone, {"tie_word_embeddings": False}) is None
     assert find_tied_embeddings(both, None) is None
     assert find_tied_embeddings(both, {"tie_word_embeddings": True}) == TiedEmbeddings("model.embed_tokens.weight", "lm_head.weight", True, {"tie_word_embeddings": True})

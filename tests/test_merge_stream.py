@@ -110,7 +110,7 @@ CASES = {
     "fp16": (torch.float16, {}),
     "fp32": (torch.float32, {}),
     "two_adapters_weighted": (torch.bfloat16, {"two": True, "weights": [0.5, -1.25]}),
-    "unmerge": (torch.bfloat16, {"unmerge": True}),
+    "unmerge": (torch.bfloat16, {"unmerge": True, "force": True}),  # the base records no merge: forced
     "to_fp32": (torch.bfloat16, {"dtype": "F32"}),
     "fp32_to_bf16": (torch.float32, {"dtype": "BF16"}),
 }

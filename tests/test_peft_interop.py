@@ -1,4 +1,4 @@
-"""Interop with real PEFT (pinned 0.21.2): PEFT -> adapterkit, adapterkit -> PEFT, and the
+"""Interop with real PEFT (pinned 0.22.0): PEFT -> adapterkit, adapterkit -> PEFT, and the
 facts of REFERENCE.md that adapterkit relies on, checked against PEFT's behaviour.
 
 Every case of ``peft_models.CASES`` builds a tiny base model from a config under a fixed
@@ -296,23 +296,24 @@ def test_non_default_adapter_name(name: str, tmp_path: Path) -> None:
     """PEFT saves a non-default adapter in a subfolder; it loads by name, by subfolder and
     (single subfolder) by the parent; written back it loads in PEFT under that name."""
     case = CASES_BY_NAME[name]
+    saved = tmp_path / "peft"  # the output below goes beside it: never into the folder an adapter was found in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_peft_model(case, adapter_name="other")
-        model.save_pretrained(str(tmp_path))
-    assert (tmp_path / "other" / "adapter_config.json").is_file()
-    assert not (tmp_path / "adapter_config.json").exists()
+        model.save_pretrained(str(saved))
+    assert (saved / "other" / "adapter_config.json").is_file()
+    assert not (saved / "adapter_config.json").exists()
     state = get_peft_model_state_dict(model, adapter_name="other")
-    by_name = adapterkit.load(tmp_path, adapter_name="other")
+    by_name = adapterkit.load(saved, adapter_name="other")
     assert_same_tensors(by_name.tensors, state)
-    assert adapterkit.load(tmp_path / "other") == by_name
-    assert adapterkit.load(tmp_path) == by_name
-    assert adapterkit.validate(tmp_path, adapter_name="other") == []
+    assert adapterkit.load(saved / "other") == by_name
+    assert adapterkit.load(saved) == by_name
+    assert adapterkit.validate(saved, adapter_name="other") == []
 
     out = tmp_path / "ak"
     adapterkit.save(by_name, out)
     got, msgs = peft_load(case, out, adapter_name="other")
-    want, base_msgs = peft_load(case, tmp_path, subfolder="other", adapter_name="other")
+    want, base_msgs = peft_load(case, saved, subfolder="other", adapter_name="other")
     assert msgs == base_msgs
     assert torch.equal(got, want)
 

@@ -329,3 +329,75 @@ def test_a_step_holds_paths_as_the_strings_given_and_drops_unset_parameters():
     s = step("combine", inputs=[Path("a/b"), "org/x@v1"], base=Path("base"), rank=None, seed=0)
     assert s == {"op": "combine", "inputs": ["a/b", "org/x@v1"], "base": "base", "seed": 0, "adapterkit": V}
     assert json.loads(json.dumps(s)) == s
+
+
+# ----------------------------------------------------------------------------- the exact words of a step
+
+_STEPS = [
+    ({"op": "combine", "method": "svd", "inputs": ["org/a", "./b"], "weights": [0.7, 0.3], "rank": 16, "adapterkit": "0.1.0"},
+     "combine by svd (rank 16) of `org/a` ×0.7, `./b` ×0.3 [adapterkit 0.1.0]"),
+    ({"op": "combine", "method": "dare_ties", "inputs": ["a", "b"], "weights": [1.0, -0.5], "density": 0.4, "seed": 3,
+      "majority_sign": "frequency", "svd_clamp": 0.99, "adapterkit": "0.1.0"},
+     "combine by dare_ties (density 0.4, seed 3, majority sign `frequency`, svd clamp 0.99) of `a` ×1, `b` ×-0.5 [adapterkit 0.1.0]"),
+    ({"op": "extract", "base": "org/base", "finetuned": "./ft", "rank": 8, "targets": ["q_proj", "v_proj"], "save_changed": True,
+      "adapterkit": "0.1.0"},
+     "extract `./ft` − `org/base` (rank 8, targets [`q_proj`, `v_proj`], save changed yes) [adapterkit 0.1.0]"),
+    ({"op": "resize", "rank": 4, "adapterkit": "0.1.0"}, "resize to rank 4 [adapterkit 0.1.0]"),
+    ({"op": "resize", "energy": 0.95, "balanced": False, "adapterkit": "0.1.0"},
+     "resize keeping energy 0.95, unbalanced factors (B = U·Σ, A = Vᵀ) [adapterkit 0.1.0]"),
+    ({"op": "resize", "sv_ratio": 10.0, "balanced": True, "adapterkit": "0.1.0"}, "resize by σ ratio 10 [adapterkit 0.1.0]"),
+    ({"op": "rebalance", "budget": 300, "adapterkit": "0.1.0"}, "rebalance to a budget of 300 parameters [adapterkit 0.1.0]"),
+    ({"op": "rebalance", "rank": 4.5, "balanced": False, "adapterkit": "0.1.0"},
+     "rebalance to average rank 4.5, unbalanced factors (B = U·Σ, A = Vᵀ) [adapterkit 0.1.0]"),
+    ({"op": "prune", "layers": [0, 1], "min_energy": 0.00001, "keep_fraction": 0.5, "adapterkit": "0.1.0"},
+     "prune (layers [0, 1], min energy 1e-05, keep fraction 0.5) [adapterkit 0.1.0]"),
+    ({"op": "export", "consumer": "vllm", "max_rank": 64, "adapterkit": "0.1.0"}, "export for vllm (max rank 64) [adapterkit 0.1.0]"),
+    ({"op": "quantize", "bits": 4, "adapterkit": "0.1.0"}, "quantize (bits 4) [adapterkit 0.1.0]"),
+]
+
+
+@pytest.mark.parametrize(("step", "text"), _STEPS, ids=[f"{s['op']}-{i}" for i, (s, _) in enumerate(_STEPS)])
+def test_each_step_is_described_in_these_words(step, text):
+    """The one line a step becomes (info, model card): the operation, its rule, the parameters given in
+    their recorded order (names with spaces, booleans yes/no, floats shortest, strings in backticks),
+    the inputs with their weights in order, and the adapterkit version last."""
+    from adapterkit.io.recipe import describe
+
+    assert describe(step) == text
+
+
+_NESTED = (
+    {"op": "combine", "method": "cat", "inputs": ["x", "y"], "weights": [1, 1],
+     "input_recipes": [[{"op": "resize", "rank": 2, "adapterkit": "0.1.0"}], []], "adapterkit": "0.1.0"},
+    {"op": "resize", "rank": 2, "adapterkit": "0.1.0"},
+)
+_NESTED_LINES = [
+    "1. combine by cat of `x` ×1, `y` ×1 [adapterkit 0.1.0]",
+    "   - `x` was made by:",
+    "     1. resize to rank 2 [adapterkit 0.1.0]",
+    "2. resize to rank 2 [adapterkit 0.1.0]",
+]
+
+
+def test_a_recipe_is_a_numbered_list_with_each_inputs_own_recipe_indented_under_its_step():
+    from adapterkit.io.recipe import lines
+
+    assert lines(_NESTED) == _NESTED_LINES
+
+
+def test_info_and_the_model_card_show_the_recipe_in_these_words(tmp_path):
+    import dataclasses
+
+    made = dataclasses.replace(lora(1), recipe=_NESTED)
+    path = adapterkit.save(made, tmp_path / "made")
+    text = ok("info", path, "--no-modules").output.splitlines()
+    at = text.index("made by:")
+    assert text[at + 1 : at + 1 + len(_NESTED_LINES)] == ["  " + line for line in _NESTED_LINES]
+    assert len(text) == at + 1 + len(_NESTED_LINES) or not text[at + 1 + len(_NESTED_LINES)].startswith("  ")
+    card = adapter_card(adapterkit.load(path), "org/made").splitlines()
+    start = card.index("## How it was made")
+    end = start + 2 + len(_NESTED_LINES)
+    assert card[start:end] == ["## How it was made", "", *_NESTED_LINES]
+    assert card[end:end + 1] in ([], [""])  # nothing more in the list
+    plain = adapter_card(lora(1), "org/plain").splitlines()
+    assert "How it was made: not recorded (the adapter's files carry no adapterkit.recipe)." in plain

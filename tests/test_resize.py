@@ -435,8 +435,9 @@ def test_prune_exclude_modules_forms():
             t[f"{P}{n}.lora_A.weight"], t[f"{P}{n}.lora_B.weight"] = torch.ones(1, 2), torch.ones(2, 1)
         return Adapter.from_tensors(LoraConfig(r=1, lora_alpha=1, target_modules=("q",), exclude_modules=exclude), t)
 
-    out, _ = adapterkit.prune(lora(["a.0.q", "a.1.q"], exclude=("lm_head",)), layers=[1])
-    assert layer_index("a.1.q") is None and out.config.exclude_modules == ("lm_head",)  # PEFT: no index before two components
+    with pytest.raises(AdapterkitError, match=r"no module of the adapter is in layer 1; its layers are none \(no module has a layer index\)"):
+        adapterkit.prune(lora(["a.0.q", "a.1.q"], exclude=("lm_head",)), layers=[1])  # not a silent copy
+    assert layer_index("a.1.q") is None  # PEFT: no index before two components
     with pytest.raises(AdapterkitError, match="give at least one"):
         adapterkit.prune(lora(["a.0.q"]))
     out, _ = adapterkit.prune(lora(["m.a.0.q", "m.a.1.q"], exclude=("lm_head",)), layers=[1])

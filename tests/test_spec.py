@@ -251,3 +251,44 @@ def test_generated_files_are_up_to_date():
     files = make_spec.generate()
     assert make_spec.differences(files) == [], "stale spec files: run `python scripts/make_spec.py`"
     assert make_spec.generate() == files, "generation is not deterministic"
+
+
+# ----------------------------------------------------------------------------- [R4.1-1], [R4.2-1] against PEFT 0.22.0
+
+
+def test_configs_are_written_as_peft_0_22_writes_them_with_the_pattern_order_kept(tmp_path):
+    """PEFT 0.22.0 writes adapter_config.json with every object's keys sorted except the values of
+    rank_pattern/alpha_pattern, whose order decides the first match.  adapterkit's directory form is
+    byte-identical to save_pretrained's, its single-file form holds the same object compactly, and
+    PEFT reloads adapterkit's directory with the ranks and scalings it trained."""
+    import warnings
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft_models import llama, randomize_adapter
+
+    cfg = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 2, r"layers\.0\..*": 3},
+                     alpha_pattern={"v_proj": 12, ".*": 8})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = get_peft_model(llama(), cfg)
+        randomize_adapter(model)
+        model.save_pretrained(str(tmp_path / "peft"))
+    peft_text = (tmp_path / "peft" / "adapter_config.json").read_text()
+    assert list(json.loads(peft_text)["rank_pattern"]) == ["q_proj", r"layers\.0\..*"]  # the premise: PEFT keeps the order
+    ours = adapterkit.load(tmp_path / "peft")
+    folder = adapterkit.save(ours, tmp_path / "ak")
+    assert (folder / "adapter_config.json").read_text() == peft_text
+    file = adapterkit.save(ours, tmp_path / "ak.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as f:
+        embedded = f.metadata()["adapterkit.config"]
+    assert embedded == json.dumps(json.loads(peft_text), separators=(",", ":"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reloaded = PeftModel.from_pretrained(llama(), str(folder))
+    layers = {n: m for n, m in reloaded.named_modules() if hasattr(m, "r") and isinstance(m.r, dict) and "default" in m.r}
+    got = {n.removeprefix("base_model.model."): (m.r["default"], m.scaling["default"]) for n, m in layers.items()}
+    assert got == {name: (adapterkit.load(folder).module(name).rank, adapterkit.load(folder).module(name).scaling) for name in got}
+    assert got["model.layers.0.self_attn.q_proj"] == (2, 8 / 2) and got["model.layers.0.self_attn.v_proj"] == (3, 12 / 3)

@@ -27,6 +27,7 @@ import torch
 from ..errors import FormatError, WriteError
 from ..io.atomic import discard, install, staging_folder
 from ..io.forms import resolve_form
+from ..io.outputs import check_output, checkpoint_inputs
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES, TensorInfo, tensor_bytes
 from .layout import INDEX_NAME, SINGLE_NAME, ShardLayout, index_json, nbytes, shard_layout, shard_names, split_greedy
 from .reader import Checkpoint
@@ -55,16 +56,9 @@ def _check_plan(plan: Mapping[str, tuple[str, tuple[int, ...]]], out: Path) -> d
 
 
 def _check_target(out: Path, base: Checkpoint, overwrite: bool) -> None:
-    """Refuse an output that is, lies inside, or holds the base (or one of its shards), and an
-    existing output unless ``overwrite``."""
-    target = out.resolve()
-    inputs = [base.path.resolve(), *(s.resolve() for s in base.shards)]
-    inside = base.path.is_dir() and target.is_relative_to(inputs[0])
-    if inside or any(target == p or p.is_relative_to(target) for p in inputs):
-        raise WriteError(
-            "refusing to write over, into or around the base checkpoint", code="overwrite-input", path=out,
-            expected="a path outside the base checkpoint's folders", actual=str(base.path),
-        )
+    """Refuse an output that is, lies inside, or holds the base (its folder or one of its shards;
+    ``adapterkit.io.outputs``), and an existing output unless ``overwrite``."""
+    check_output(out, checkpoint_inputs(base, "base checkpoint"))
     _check_absent(out, overwrite)
 
 

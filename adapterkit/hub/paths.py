@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .repo_id import as_repo
+from .repo_id import as_repo, missing_path
 
 if TYPE_CHECKING:
     from ..adapter import Adapter
@@ -22,10 +22,14 @@ def local_path(path: str | Path, want: str = "any", *, token: str | None = None)
 
     Raises:
         HubError: the Hub refused, failed, or is offline without the files (see ``hub.remote.fetch``).
-        NotFoundError: the repo holds no adapter / checkpoint.
+        NotFoundError: the repo holds no adapter / checkpoint; ``file-not-found`` for a local
+            path that does not exist (see ``adapterkit.hub.repo_id``).
     """
     ref = as_repo(path)
     if ref is None:
+        missing = missing_path(path)
+        if missing is not None:  # never a Hub look-up (adapterkit.hub.repo_id: paths come first)
+            raise missing
         return Path(path)
     from .remote import fetch
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArgumentError, WriteError
-from .remote import check_name, fetch
+from ..io.outputs import check_output
+from .remote import check_name, fetch, settings
 from .repo_id import parse_repo_id
 
 
@@ -49,7 +50,8 @@ def pull(repo: str, out: str | Path, *, overwrite: bool = False, token: str | No
     ``overwrite``, which replaces it whole.
 
     Raises:
-        ArgumentError: ``repo`` is not a repo id.  WriteError: output-exists, write-failed.
+        ArgumentError: ``repo`` is not a repo id.  WriteError: output-exists, write-failed,
+        overwrite-input (``out`` is, holds or lies inside the cache folder the files come from).
         HubError: see ``hub.remote.fetch``.  The adapter's first validation error, or the
         checkpoint's (checkpoint-invalid, ...), with nothing written.
     """
@@ -57,10 +59,12 @@ def pull(repo: str, out: str | Path, *, overwrite: bool = False, token: str | No
     if ref is None:
         raise ArgumentError("not a repo id", key="repo", expected="org/name or org/name@revision", actual=repr(str(repo)))
     out = Path(out)
+    check_output(out, [("Hugging Face cache", settings(token).cache_dir)])  # what pull reads from; never written over
     if os.path.lexists(out) and not overwrite:
         raise WriteError("output exists; pass overwrite=True (--overwrite) to replace it whole", code="output-exists",
                          path=out, expected="a path that does not exist", actual="existing " + ("directory" if out.is_dir() else "file"))
     got = fetch(ref, "any", token=token)
+    check_output(out, [(f"Hub cache of {ref}", got.root), *((f"Hub cache of {ref}", got.root / n) for n in got.files)])
     _check(got.root, got.kind)
     from ..io.atomic import discard, install, staging_folder
 

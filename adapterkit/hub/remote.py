@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -61,14 +62,16 @@ def settings(token: str | None = None) -> Settings:
 
 
 def check_name(name: str, ref: RepoRef | str) -> str:
-    """``name`` if it is a safe relative POSIX path inside the repo; else ``hub-unsafe-path``."""
+    """``name`` if it is a safe relative POSIX path inside the repo; else ``hub-unsafe-path``:
+    empty, absolute, a drive, a backslash, an empty, ``.`` or ``..`` component, or a control
+    character (Unicode category Cc: C0, DEL and C1, which a terminal may act on)."""
     parts = name.split("/")
     bad = (not name or "\\" in name or "\x00" in name or name.startswith("/") or _DRIVE.match(name)
-           or any(p in ("", ".", "..") for p in parts) or any(ord(c) < 32 for c in name))
+           or any(p in ("", ".", "..") for p in parts) or any(unicodedata.category(c) == "Cc" for c in name))
     if bad:
         raise HubError("the Hub listed a file name that could write outside the download folder; nothing was written",
                        code="hub-unsafe-path", path=str(ref), key=repr(name)[1:-1][:200],
-                       expected="a relative path without '..', '\\\\', NUL or a drive", actual="a hostile name")
+                       expected="a relative path without '..', '\\\\', control characters or a drive", actual="a hostile name")
     return name
 
 
@@ -163,7 +166,7 @@ def adapter_files(names: list[str]) -> list[str]:
     that are not a model's."""
     found = [n for n in names if PurePosixPath(n).name in ADAPTER_FILES and not _hidden(n)]
     if not found:
-        found = [n for n in names if _top(n) and n.endswith(".safetensors") and not n.startswith("model")]
+        found = [n for n in names if _top(n) and n.endswith(".safetensors") and not n.startswith(("model", "."))]
     if found and CARD_NAME in names:
         found.append(CARD_NAME)
     return sorted(found)

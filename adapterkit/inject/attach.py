@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..errors import ArgumentError, UnsupportedError
-from .layers import AdapterLayer, IA3Layer, SavedModule
+from .layers import AdapterLayer, IA3Layer, ParamLoraLayer, SavedModule, TokenLayer
 from .plan import plan, walk
 from .state import AttachedAdapter, check_name_free, lookup, model_state, registry
 
@@ -28,7 +28,9 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
 
     LoRA (lora_B.bias, DoRA, rsLoRA, rank/alpha patterns) goes on nn.Linear, transformers'
     Conv1D, nn.Embedding and nn.Conv1d/2d/3d; IA3 on nn.Linear, Conv1D and nn.Conv2d/3d;
-    ``modules_to_save`` become per-adapter copies of their module.  The modules adapted are
+    ``modules_to_save`` become per-adapter copies of their module; ``target_parameters`` puts
+    LoRA on 2-D parameters and ``trainable_token_indices`` replaces embedding rows, as PEFT does;
+    a PEFT feature attach does not implement is refused by name (``kinds/features.py``).  The modules adapted are
     exactly those PEFT would pick from the adapter's config.  With ``activate`` (default) the
     new adapter becomes the only active one; otherwise it waits for ``set_active``.
 
@@ -57,7 +59,12 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
     for wrap in changes.wraps:
         wrapper = modules[wrap.path]
         if not isinstance(wrapper, AdapterLayer):
-            wrapper = IA3Layer(wrapper, wrap.is_feedforward) if wrap.layer_cls is IA3Layer else wrap.layer_cls(wrapper)
+            if wrap.param is not None:
+                wrapper = ParamLoraLayer(wrapper, wrap.param)
+            elif wrap.indices is not None:
+                wrapper = TokenLayer(wrapper)
+            else:
+                wrapper = IA3Layer(wrapper, wrap.is_feedforward) if wrap.layer_cls is IA3Layer else wrap.layer_cls(wrapper)
             replace(model, wrap.path, wrapper)
         tensors = {}
         for key, attr in wrap.keys.items():
@@ -72,9 +79,15 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
         wrapper.add(name, tensors)
         if wrap.scaling is not None:
             wrapper.scaling[name] = wrap.scaling
+        if wrap.indices is not None:
+            wrapper.set_rows(name, wrap.indices)
     for key, base_name in changes.base_keys.items():
         record.keys[key] = (None, "base", base_name)
         record.dtypes[key] = adapter.tensors[key].dtype
+    for key in changes.kept_keys:  # a variant's training state (VeLoRA, MonteCLoRA): unused at inference, given back
+        record.keys[key] = (None, "kept", "")
+        record.dtypes[key] = adapter.tensors[key].dtype
+        record.extra.setdefault("kept", {})[key] = adapter.tensors[key].detach().clone()
     registry(model)[name] = record
     if activate:
         set_active(model, [name])

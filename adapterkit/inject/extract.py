@@ -31,6 +31,8 @@ def extract_from_model(model: nn.Module, name: str = "default") -> Adapter:
         if part == "base":
             module_path, _, param = sub.rpartition(".")
             t = getattr(base_module(model, module_path) if module_path else model, param)
+        elif part == "kept":
+            t = record.extra["kept"][key]
         elif part == "saved":
             t = layers[path].modules_to_save[name].state_dict(keep_vars=True)[sub]
         else:

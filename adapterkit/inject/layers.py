@@ -1,8 +1,9 @@
-"""The wrapper modules that put LoRA, IA3 and ``modules_to_save`` into a torch model.
+"""The wrapper modules that put LoRA, IA3 and ``modules_to_save`` into a torch model (and
+LoRA on a parameter, PEFT's ``target_parameters``, and trainable tokens, ``trainable_token_indices``).
 
 Each wrapper holds the original module (``base_layer`` / ``original_module``) and, per
 adapter name, that adapter's tensors as ``nn.Parameter`` (so they train, and
-``extract_from_model`` reads them back).  Forward passes follow PEFT 0.21.2's layers
+``extract_from_model`` reads them back).  Forward passes follow PEFT 0.22.0's layers
 operation for operation (``peft/tuners/lora/layer.py``, ``lora/dora.py``, ``ia3/layer.py``),
 so outputs agree with ``PeftModel`` to float rounding.
 
@@ -183,6 +184,83 @@ class LoraLayer(AdapterLayer):
         if embed_scale is not None:
             dora = dora * torch.as_tensor(embed_scale).to(dora.dtype)
         return scale * result + dora
+
+
+class ParamLoraLayer(LoraLayer):
+    """LoRA on one 2-D parameter of a module (PEFT's ``target_parameters``, its ``ParamWrapper``):
+    the module runs with ``param + Σ ΔW`` over the live adapters, ΔW = (B·A)·scaling in the
+    parameter's shape and dtype, as PEFT's parametrization computes it."""
+
+    def __init__(self, base_layer: nn.Module, param_name: str) -> None:
+        super().__init__(base_layer)
+        self.kind = "param"
+        self.param_name = param_name
+
+    def delta(self, name: str) -> torch.Tensor:
+        param = getattr(self.base_layer, self.param_name)
+        A, B = self.lora_A[name], self.lora_B[name]
+        return ((B @ A) * self.scaling[name]).to(param.device, param.dtype)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        live = self.live()
+        if not live:
+            return self.base_layer(*args, **kwargs)
+        delta = None
+        for name in live:
+            delta = self.delta(name) if delta is None else delta + self.delta(name)
+        param = getattr(self.base_layer, self.param_name)
+        return torch.func.functional_call(self.base_layer, {self.param_name: param + delta}, args, kwargs)
+
+
+class TokenLayer(AdapterLayer):
+    """Trainable tokens on nn.Embedding or nn.Linear (PEFT's ``TrainableTokensLayer``): the
+    module computes with its weight whose rows ``indices[name]`` are replaced by the adapter's
+    values (``index_copy``), live adapters in order.  The replaced rows are kept to unmerge."""
+
+    parts = ("tokens",)
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.kind = layer_type(base_layer)
+        self.tokens = nn.ParameterDict()
+        self.indices: dict[str, tuple[int, ...]] = {}
+        self.originals: dict[str, torch.Tensor] = {}
+
+    def set_rows(self, name: str, indices: tuple[int, ...]) -> None:
+        self.indices[name] = tuple(indices)
+        weight = self.base_layer.weight
+        self.originals[name] = weight.detach()[torch.tensor(indices, dtype=torch.long, device=weight.device)].clone()
+
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        self.indices.pop(name, None)
+        self.originals.pop(name, None)
+
+    def weight_with(self, names: list[str]) -> torch.Tensor:
+        W = self.base_layer.weight
+        seen: set[int] = set()
+        for name in names:
+            if seen & set(self.indices[name]):
+                from ..errors import UnsupportedError
+
+                raise UnsupportedError("active trainable-token adapters replace the same rows (PEFT refuses this too)",
+                                       key="trainable_token_indices", actual=sorted(seen & set(self.indices[name])))
+            seen |= set(self.indices[name])
+            index = torch.tensor(self.indices[name], dtype=torch.long, device=W.device)
+            W = W.index_copy(0, index, self.tokens[name].to(W))
+        return W
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        live = self.live()
+        if not live:
+            return self.base_layer(x, *args, **kwargs)
+        base, W = self.base_layer, self.weight_with(live)
+        if self.kind == "linear":
+            return F.linear(x, W, base.bias)
+        result = F.embedding(x, W, padding_idx=base.padding_idx, max_norm=base.max_norm, norm_type=base.norm_type,
+                             scale_grad_by_freq=base.scale_grad_by_freq, sparse=base.sparse)
+        embed_scale = getattr(base, "embed_scale", None)
+        return result if embed_scale is None else result * torch.as_tensor(embed_scale).to(result.dtype)
 
 
 class IA3Layer(AdapterLayer):

@@ -18,7 +18,7 @@ from ..adapter import Adapter
 from ..errors import TensorError, UnsupportedError
 from ..kinds.lora import dora_factor
 from .attach import replace, wrappers
-from .layers import AdapterLayer, LoraLayer, SavedModule
+from .layers import AdapterLayer, LoraLayer, ParamLoraLayer, SavedModule, TokenLayer
 from .state import AttachedAdapter, ModelState, active_names, lookup, model_state
 
 
@@ -35,6 +35,10 @@ def _flipped(wrapper: AdapterLayer, record: AttachedAdapter) -> bool:
 
 def _targets(wrapper: AdapterLayer, flip: bool) -> dict[str, torch.Tensor]:
     base = wrapper.base_layer
+    if isinstance(wrapper, TokenLayer):
+        return {"weight": base.weight.detach()}
+    if isinstance(wrapper, ParamLoraLayer):  # target_parameters: the parameter is the weight
+        return {"weight": getattr(base, wrapper.param_name).detach()}
     out = {"weight": base.weight.detach().T if flip else base.weight.detach()}
     if getattr(base, "bias", None) is not None:
         out["bias"] = base.bias.detach()
@@ -46,9 +50,14 @@ def _step(wrapper: AdapterLayer, record: AttachedAdapter, path: str, current: di
     """The base tensors after merging (``undo``: unmerging) one adapter, in the base dtype.
 
     A DoRA merge normalises by ‖W + ΔW‖ of the *unmerged* weight (``unmerged``: the base with
-    no adapter merged), as the forward pass does and PEFT 0.21.2's merge does, so that merging
+    no adapter merged), as the forward pass does and PEFT 0.22.0's merge does, so that merging
     several DoRA adapters in turn gives the attached model's outputs; the factor is kept for undo.
     """
+    if isinstance(wrapper, TokenLayer):  # rows replaced; unmerge puts the kept originals back
+        W = current["weight"]
+        index = torch.tensor(wrapper.indices[record.name], dtype=torch.long, device=W.device)
+        rows = wrapper.originals[record.name] if undo else wrapper.tokens[record.name].detach()
+        return {"weight": W.index_copy(0, index, rows.to(W))}
     flip = _flipped(wrapper, record)
     adapter = _module_adapter(record, path, wrapper)
     targets = {k: (v.T if flip and k == "weight" else v) for k, v in current.items()}
@@ -83,7 +92,8 @@ def _unmerged(wrapper: AdapterLayer, path: str, state: ModelState) -> dict[str, 
 def _write(wrapper: AdapterLayer, values: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for role, value in values.items():
-            getattr(wrapper.base_layer, role).copy_(value)
+            name = wrapper.param_name if isinstance(wrapper, ParamLoraLayer) and role == "weight" else role
+            getattr(wrapper.base_layer, name).copy_(value)
 
 
 def merge(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:

@@ -1,9 +1,10 @@
 """Which modules of a model an adapter goes into, checked before anything is changed.
 
-``plan(model, adapter)`` selects exactly the modules PEFT 0.21.2 would adapt
+``plan(model, adapter)`` selects exactly the modules PEFT 0.22.0 would adapt
 (``check_target_module_exists``: ``exclude_modules``, ``modules_to_save`` exclusion,
 ``target_modules`` as a full regex or names/dot-suffixes, ``layers_to_transform`` /
-``layers_pattern``), compares them with the adapter's modules and shapes, and either returns
+``layers_pattern``; ``target_parameters``; the embeddings of ``trainable_token_indices``),
+compares them with the adapter's modules and shapes, and either returns
 the complete list of changes or raises one error naming every offender.
 """
 
@@ -18,8 +19,9 @@ import torch
 from torch import nn
 
 from ..errors import TensorError, UnsupportedError
+from ..kinds.features import ATTACH, feature_tensor, require
 from ..kinds.patterns import layer_index, matches_modules_to_save
-from .layers import AdapterLayer, IA3Layer, LoraLayer, SavedModule, features, layer_type
+from .layers import AdapterLayer, IA3Layer, LoraLayer, ParamLoraLayer, SavedModule, TokenLayer, features, layer_type
 
 if TYPE_CHECKING:
     from ..adapter import Adapter
@@ -39,12 +41,15 @@ class Wrap:
     keys: dict[str, str]  # tensor key -> wrapper attribute ("saved:<param>" for a modules_to_save copy)
     scaling: float | None = None
     is_feedforward: bool = False
+    param: str | None = None  # target_parameters: the parameter of the module LoRA goes on
+    indices: tuple[int, ...] | None = None  # trainable tokens: the rows replaced
 
 
 @dataclass
 class Plan:
     wraps: list[Wrap] = field(default_factory=list)
     base_keys: dict[str, str] = field(default_factory=dict)  # tensor key -> base-relative name
+    kept_keys: list[str] = field(default_factory=list)  # a variant's training state, kept for extract
 
 
 def walk(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
@@ -132,9 +137,11 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             adapter has no tensors, a module of a type the kind cannot adapt, a shape mismatch,
             a ``modules_to_save`` entry the model lacks.
         UnsupportedError: ``not-supported`` for ``target_modules="all-linear"`` (PEFT expands it
-            before saving, so files never hold it).
+            before saving, so files never hold it), and for a PEFT feature attach does not
+            implement (``adapterkit.kinds.features``), naming its config field.
     """
     cfg = adapter.config
+    require(adapter, ATTACH, what="attach")
     if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear":
         raise UnsupportedError("target_modules='all-linear' is expanded by PEFT before saving; name the modules", key="target_modules", path=adapter.source)
     lora = adapter.peft_type == "LORA"
@@ -143,7 +150,13 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
     views = adapter.modules
     offenders: list[str] = []
     result = Plan()
-    for name in sorted(set(views) - set(targeted)):
+    params = _targeted_parameters(adapter, modules, targeted) if lora else {}
+    for name, param in params.items():
+        _plan_parameter(adapter, modules[name], name, param, result, offenders)
+    tokens = {n for n, v in views.items() if getattr(v, "layer_type", None) == "tokens"}
+    for name in sorted(tokens):
+        _plan_tokens(model, adapter, modules, name, result, offenders)
+    for name in sorted(set(views) - set(targeted) - set(params) - tokens):
         where = "the model has no module" if name not in modules else "the config does not target the model's module"
         offenders.append(f"{where} `{name}`, which the adapter has tensors for")
     for name in targeted:
@@ -184,6 +197,7 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             else:
                 result.wraps.append(Wrap(name, IA3Layer, {view.key: "ia3_l"}, is_feedforward=view.is_feedforward))
     _plan_whole(model, adapter, modules, result, offenders)
+    result.kept_keys = [k for k in adapter.tensors if feature_tensor(k) is not None]
     if offenders:
         raise TensorError(
             f"the model does not fit the adapter ({len(offenders)} problem(s)): " + "; ".join(offenders),
@@ -191,6 +205,97 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             actual=f"{type(model).__name__}",
         )
     return result
+
+
+def _targeted_parameters(adapter: Adapter, modules: dict[str, nn.Module], targeted: list[str]) -> dict[str, str]:
+    """module path -> the parameter ``target_parameters`` puts LoRA on (PEFT's match: the
+    parameter's full name equals an entry or ends with ``.`` + entry).
+
+    Raises:
+        UnsupportedError: ``not-supported`` (key ``target_parameters``) for what attach does not
+            implement: several parameters of one module (PEFT nests its wrappers), a module that
+            ``target_modules`` adapts too, a parameter that is not 2-D (expert stacks).
+    """
+    entries = tuple(adapter.config.extra.get("target_parameters") or ())
+    if not entries:
+        return {}
+    found: dict[str, list[str]] = {}
+    for path, module in modules.items():
+        base = module.base_layer if isinstance(module, AdapterLayer) else module
+        for pname, _ in base.named_parameters(recurse=False):
+            full = f"{path}.{pname}"
+            if full in entries or any(full.endswith("." + e) for e in entries):
+                found.setdefault(path, []).append(pname)
+
+    def refuse(message: str, actual: Any) -> UnsupportedError:
+        return UnsupportedError(f"attach does not implement LoRA on parameters (`target_parameters`) {message}", path=adapter.source,
+                                key="target_parameters", expected="one 2-D parameter per module, in no module target_modules adapts", actual=actual)
+
+    for path, names in found.items():
+        if len(names) > 1:
+            raise refuse(f"on several parameters of one module (`{path}`)", names)
+        if path in targeted:
+            raise refuse(f"on a module target_modules adapts too (`{path}`)", path)
+        base = modules[path].base_layer if isinstance(modules[path], AdapterLayer) else modules[path]
+        if getattr(base, names[0]).dim() != 2:
+            raise refuse(f"on a {getattr(base, names[0]).dim()}-D parameter (`{path}.{names[0]}`)", tuple(getattr(base, names[0]).shape))
+    return {path: names[0] for path, names in found.items()}
+
+
+def _plan_parameter(adapter: Adapter, module: nn.Module, name: str, param: str, result: Plan, offenders: list[str]) -> None:
+    """One ``target_parameters`` module: LoRA factors of the parameter's (out, in) shape."""
+    views = adapter.modules
+    if isinstance(module, AdapterLayer) and not (isinstance(module, ParamLoraLayer) and module.param_name == param):
+        offenders.append(f"`{name}` already carries an adapter on something else than its parameter {param!r}")
+        return
+    if name not in views:
+        offenders.append(f"target_parameters names `{name}.{param}` but the adapter has no tensors for it")
+        return
+    view = views[name]
+    base = module.base_layer if isinstance(module, AdapterLayer) else module
+    out_f, in_f = getattr(base, param).shape
+    want = {"lora_A": (view.rank, in_f), "lora_B": (out_f, view.rank)}
+    bad = [f"{view.keys[role]} has shape {tuple(adapter.meta(view.keys[role]).shape)}, the parameter `{name}.{param}` needs {want.get(role, 'no such tensor')}"
+           for role in view.keys if tuple(adapter.meta(view.keys[role]).shape) != want.get(role)]
+    offenders.extend(f"`{name}`: {b}" for b in bad)
+    if not bad:
+        result.wraps.append(Wrap(name, ParamLoraLayer, {view.keys[role]: _LORA_ATTR[role] for role in view.keys}, scaling=view.scaling, param=param))
+
+
+def _plan_tokens(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module], name: str, result: Plan, offenders: list[str]) -> None:
+    """Trainable tokens on ``name``: an nn.Embedding (or nn.Linear) with at least the rows named.
+
+    Raises:
+        UnsupportedError: ``not-supported`` (key ``trainable_token_indices``) when another module
+            shares the weight (a tied lm_head: PEFT ties a token adapter to it, attach does not).
+    """
+    view = adapter.modules[name]
+    module = modules.get(name)
+    if module is None:
+        offenders.append(f"the model has no module `{name}`, which the adapter has trainable tokens for")
+        return
+    if isinstance(module, AdapterLayer) and not isinstance(module, TokenLayer):
+        offenders.append(f"`{name}` already carries an adapter of another kind ({type(module).__name__})")
+        return
+    base = module.base_layer if isinstance(module, AdapterLayer) else module
+    kind = layer_type(base)
+    if kind not in ("embedding", "linear"):
+        offenders.append(f"`{name}` is a {type(base).__name__}; trainable tokens go on an nn.Embedding or nn.Linear")
+        return
+    shared = [p for p, m in modules.items() if p != name and getattr(m.base_layer if isinstance(m, AdapterLayer) else m, "weight", None) is base.weight]
+    if shared:
+        raise UnsupportedError(
+            f"attach does not implement trainable tokens (`trainable_token_indices`) on `{name}`, whose weight `{shared[0]}` shares "
+            "(PEFT ties a token adapter to it)", path=adapter.source, key="trainable_token_indices",
+            expected="an embedding no other module shares", actual=shared,
+        )
+    rows, dim = base.weight.shape
+    shape = tuple(adapter.meta(view.key).shape)
+    if shape != (len(view.indices), dim) or (view.indices and max(view.indices) >= rows):
+        offenders.append(f"`{name}`: {view.key} has shape {shape} for rows up to {max(view.indices, default=0)}, "
+                         f"the model's {type(base).__name__} has weight {tuple(base.weight.shape)}")
+        return
+    result.wraps.append(Wrap(name, TokenLayer, {view.key: "tokens"}, indices=view.indices))
 
 
 def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module], result: Plan, offenders: list[str]) -> None:

@@ -4,7 +4,7 @@ A prompt adapter changes the model's *inputs*, not its weights: prompt tuning an
 prepend ``num_virtual_tokens`` embeddings to ``inputs_embeds`` (attention mask extended,
 labels padded with -100 for causal LMs); prefix tuning hands every attention layer
 ``num_virtual_tokens`` extra keys and values through the model's cache.  The stored
-``prompt_embeddings`` are used as is, as PEFT 0.21.2 uses them after ``from_pretrained``
+``prompt_embeddings`` are used as is, as PEFT 0.22.0 uses them after ``from_pretrained``
 (for P-tuning and projected prefixes the file holds the encoder's output).
 
 The model instance is patched reversibly: ``forward`` (and ``generate`` /

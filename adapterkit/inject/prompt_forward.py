@@ -1,4 +1,4 @@
-"""The inputs a prompt adapter feeds the model, as PEFT 0.21.2 builds them (inference mode).
+"""The inputs a prompt adapter feeds the model, as PEFT 0.22.0 builds them (inference mode).
 
 Plain functions used by :mod:`adapterkit.inject.prompt`'s patched methods: the stored
 ``prompt_embeddings`` (V, token_dim) or, for prefix tuning, (V, 2 · num_layers · token_dim)

@@ -41,7 +41,8 @@ class AttachedAdapter:
             live tensor is: part "lora_A" | "lora_B" | "bias" | "magnitude" | "ia3_l" of a wrapper,
             "saved" (sub-name: the parameter of the module's ``modules_to_save`` copy) or "base"
             (a tensor the adapter stores whole and the model already holds; module path: None,
-            sub-name: its base-relative name).
+            sub-name: its base-relative name) or "kept" (a LoRA variant's training state, unused
+            at inference, kept in ``extra["kept"]``).
         dtypes: tensor key -> the dtype it was stored in (extract gives that dtype back).
         source: the file the adapter was read from, if any.
         detach_fn / extract_fn: set by kinds that do not use the wrapper layers.

@@ -23,7 +23,8 @@ from typing import Any
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import UnsupportedError, WriteError
-from ..io.atomic import same_file, write_new
+from ..io.atomic import write_new
+from ..io.outputs import adapter_inputs, check_output
 from ..linalg import select_rank
 from ..ops.lowrank import _lora_only
 from ..ops.rebalance import allocate
@@ -145,12 +146,11 @@ def plot_spectrum(adapter: Adapter, path: str | Path, *, device: Any = "cpu", av
         UnsupportedError: ``extra-missing`` without matplotlib (``pip install 'adapterkit[plot]'``);
             ``not-supported`` for a non-LoRA or DoRA adapter.
         WriteError: ``output-exists`` when ``path`` exists and not ``overwrite``;
-            ``overwrite-input`` when it is the adapter's own file; ``write-failed``.
+            ``overwrite-input`` when it is, holds or lies inside the adapter's files; ``write-failed``.
     """
     path = Path(path)
     _matplotlib()
-    if adapter.source is not None and same_file(path, adapter.source):
-        raise WriteError("the plot would overwrite the adapter it shows", code="overwrite-input", path=path)
+    check_output(path, adapter_inputs(adapter, "adapter shown"))  # never over, into or around it
     if path.is_dir():
         raise WriteError("the plot's path is a directory", code="write-failed", path=path, expected="a file name", actual="directory")
     if (path.exists() or path.is_symlink()) and not overwrite:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, Problem
+from .jsontext import peft_key_order
+from .version import digest_keeps_pattern_order
 
 DIGEST_KEY = "adapterkit.digest"
 DIGESTS_KEY = "adapterkit.digests"
@@ -45,15 +47,22 @@ def _field(data: bytes) -> bytes:
     return _u64(len(data)) + data
 
 
-def canonical_config(config: Any) -> bytes:
-    """The canonical JSON of a parsed config: sorted keys, no whitespace, non-ASCII escaped
-    (the text a single-file writer stores as ``adapterkit.config``, [R4.2-1])."""
+def canonical_config(config: Any, version: str | None) -> bytes:
+    """The canonical JSON of a parsed config in a file of format ``version`` ([R5.5-3]): no
+    whitespace, non-ASCII escaped, members sorted at every level except, from format 1.2 on,
+    those of ``rank_pattern``/``alpha_pattern``, which keep their stored order (the first
+    matching key wins, so their order is content).  Files of 1.1 and before hash every object
+    sorted, as 1.1 defined it, so their digests verify as they always did.  From 1.2 on it is
+    the text a single-file writer stores as ``adapterkit.config`` ([R4.2-1])."""
+    if digest_keeps_pattern_order(version):
+        return json.dumps(peft_key_order(config), separators=(",", ":")).encode("ascii")
     return json.dumps(config, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
-def config_digest(config: Any) -> bytes:
-    """Entry digest of a parsed config (a JSON object): SHA-256(field(tag) field(canonical JSON))."""
-    return hashlib.sha256(_field(_TAG_CONFIG) + _field(canonical_config(config))).digest()
+def config_digest(config: Any, version: str | None) -> bytes:
+    """Entry digest of a parsed config (a JSON object) in a file of format ``version``:
+    SHA-256(field(tag) field(canonical JSON))."""
+    return hashlib.sha256(_field(_TAG_CONFIG) + _field(canonical_config(config, version))).digest()
 
 
 def tensor_prefix(key: str, dtype: str, shape: tuple[int, ...] | list[int], nbytes: int) -> bytes:
@@ -138,7 +147,9 @@ def mismatch(
 
     A recomputed tensor entry counts as differing when it is not among the recorded ones (an
     entry digest covers the key, so this names changed and added tensors alike); when every
-    recomputed entry is recorded but the counts differ, a recorded tensor is missing."""
+    recomputed entry is recorded but the counts differ, a recorded tensor is missing; when the
+    entries are all there but in another order, the first key recorded at another place is
+    named (the record is not this content's: [R5.5-1] fixes code-point order)."""
     if config_entry != entries[0]:
         return Problem("digest-mismatch", "the config differs from the one the content digest records", path=path,
                        key=CONFIG_ENTRY, expected=f"entry {entries[0].hex()[:16]}...", actual=f"entry {config_entry.hex()[:16]}...")
@@ -152,4 +163,9 @@ def mismatch(
     if len(entries) - 1 != len(tensor_entries):
         return Problem("digest-mismatch", "tensors the content digest records are missing", path=path,
                        expected=f"{len(entries) - 1} tensors", actual=f"{len(tensor_entries)} tensors")
+    for i, key in enumerate(sorted(tensor_entries)):  # every entry recorded, but not in code-point order of the keys
+        if tensor_entries[key] != entries[1 + i]:
+            return Problem("digest-mismatch", "the content digest records this tensor's entry out of code-point order of the keys",
+                           path=path, key=key, expected=f"entry {tensor_entries[key].hex()[:16]}... at place {1 + i}",
+                           actual=f"entry {entries[1 + i].hex()[:16]}...")
     return None

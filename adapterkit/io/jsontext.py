@@ -8,6 +8,10 @@ no character and have no UTF-8 form, and reads ``-0`` as the integer 0, where th
 safetensors library (serde_json) reads a float.  ``loads_strict`` refuses all of
 these, so that every reader sees one meaning for one text, and no text the
 safetensors library refuses is accepted here.
+
+It also holds the one key order adapterkit writes configs in (``peft_key_order``): PEFT 0.22.0's,
+every object's members sorted except those of the pattern objects, whose order decides which
+key applies (spec §4.1, §8.3).
 """
 
 from __future__ import annotations
@@ -95,6 +99,24 @@ def _check_strings(value: Any) -> None:
                 s.encode("utf-8")
             except UnicodeEncodeError:
                 raise ValueError(f"string {s[:40]!r} holds an unpaired surrogate (no UTF-8 form)") from None
+
+
+# Config members whose value keeps its member order when a config is written: the first matching
+# key of a pattern wins, so sorting them would change the adapter (PEFT 0.22.0's
+# CONFIG_KEYS_WITH_PRESERVED_ORDER in peft/config.py).
+PRESERVED_ORDER = frozenset({"rank_pattern", "alpha_pattern", "paca_indices_pattern"})
+
+
+def peft_key_order(value: Any) -> Any:
+    """``value`` with every object's members in code-point order of their names, at every level,
+    except that the value of a member named in :data:`PRESERVED_ORDER` (at any level) is kept
+    exactly as given: what PEFT 0.22.0's ``_sort_keys`` does before it writes
+    ``adapter_config.json`` (spec §4.1, [R4.1-1])."""
+    if isinstance(value, dict):
+        return {k: v if k in PRESERVED_ORDER else peft_key_order(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [peft_key_order(item) for item in value]
+    return value
 
 
 def json_equal(a: Any, b: Any) -> bool:

@@ -12,6 +12,7 @@ Resolution of a path:
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,8 @@ def open_with_config(
             raise NotFoundError("no adapter weights", code="weights-missing", path=folder, expected=f"{WEIGHTS_NAME} or {BIN_NAME}", actual="absent")
         data = _read_config_file(config_path)
         adapter = _from_weights(weights, data, config_path, config_problems)
+        if folder != path:  # found in a subfolder: the folder named is an input too (adapterkit.io.outputs)
+            adapter = replace(adapter, inputs=(("folder holding the adapter", str(path)),))
     elif path.suffix == ".safetensors":
         header = read_header(path)
         if CONFIG_KEY in header.metadata:
@@ -255,15 +258,18 @@ def digest_problems(adapter: Adapter, config_data: Any, tensors: dict | None = N
         return []
     held = tensors if tensors is not None else {key: store[key] for key in store}
     entries_now = tensor_entries((key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t)) for key, t in held.items())
-    problem = mismatch(entries, config_digest(config_data), entries_now, str(adapter.source))
+    problem = mismatch(entries, config_digest(config_data, adapter.format_version), entries_now, str(adapter.source))
     return [problem] if problem else []
 
 
-def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None, verify_digest: bool = True) -> Adapter:
+def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None, verify_digest: bool = True,
+         finite: bool = True) -> Adapter:
     """Read an adapter fully into memory, checking every rule including finite values and the
     content digest the file records (§5.5; hashing costs ~0.7 ms per MB of CPU time, spread over
     up to 4 threads).  ``verify_digest=False`` skips that one check, for a file already verified
-    (a server re-loading it per request); a malformed record is still refused.
+    (a server re-loading it per request); a malformed record is still refused.  ``finite=False``
+    skips the NaN/Inf check (``merge --no-safe``, as PEFT's ``safe_merge=False`` merges whatever
+    the adapter holds).
 
     Raises:
         AdapterkitError subclasses (see ``open_adapter``); ``digest-mismatch`` when the file's
@@ -275,16 +281,16 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
     store = adapter.tensors
     tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
     device = resolve_device(device)
-    loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe)
+    loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe, adapter.inputs)
     if verify_digest and isinstance(store, LazyStore) and recorded(store.header.metadata, store.header.path) is not None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterkit-digest") as pool:  # hash while the values are checked
             digest = pool.submit(digest_problems, adapter, config_data, tensors)
-            values = value_problems(loaded)
+            values = value_problems(loaded) if finite else []
             raise_first_error(digest.result())  # the bytes first: a flipped bit may also make a NaN
     else:
-        values = value_problems(loaded)
+        values = value_problems(loaded) if finite else []
     raise_first_error(values)  # on the CPU buffer as read: one pass per dtype run
     if device is not None:
         loaded = Adapter(adapter.config, MemoryStore({k: v.to(device) for k, v in tensors.items()}), adapter.source, adapter.format_version,
-                         adapter.recipe)
+                         adapter.recipe, adapter.inputs)
     return loaded

@@ -49,8 +49,11 @@ def step(op: str, **params: Any) -> Step:
 
 
 def with_step(result: Adapter, source: Adapter, s: Step) -> Adapter:
-    """``result`` whose recipe is ``source``'s followed by ``s`` (an operation on ``source`` made it)."""
-    return replace(result, recipe=(*source.recipe, s))
+    """``result`` whose recipe is ``source``'s followed by ``s`` (an operation on ``source`` made it),
+    and which records ``source``'s files as its input (``save`` never writes over them)."""
+    from .outputs import derived
+
+    return derived(replace(result, recipe=(*source.recipe, s)), [("input adapter", source)])
 
 
 def encode(recipe: Sequence[Step]) -> str:

@@ -16,6 +16,18 @@ from ..errors import FormatError, VersionError
 VERSION_KEY = "adapterkit.version"
 SUPPORTED_MAJOR = 1
 _VERSION = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
+# The first minor version whose content digest hashes the config with the pattern objects in
+# their stored order (spec §5.5 [R5.5-3]); earlier files (and files without a version) hash it
+# with every object sorted, as version 1.1 defined it.
+PATTERN_ORDER_MINOR = 2
+
+
+def digest_keeps_pattern_order(version: str | None) -> bool:
+    """Whether a file of format ``version`` (None: the PEFT profile) hashes its config's
+    ``rank_pattern``/``alpha_pattern`` in stored order (1.2 and later minors of major 1) or
+    sorted (1.0, 1.1, no version).  ``version`` has passed :func:`check_version`."""
+    m = _VERSION.fullmatch(version or "")
+    return m is not None and m[1] == str(SUPPORTED_MAJOR) and (len(m[2]) > 1 or int(m[2]) >= PATTERN_ORDER_MINOR)  # no int() of a 5000-digit minor
 
 
 def check_version(metadata: dict[str, str], path: Path | None) -> str | None:

@@ -25,9 +25,11 @@ import torch
 from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
 from . import safetensors_file
-from .atomic import discard, install, same_file, staging_folder, write_atomic
+from .atomic import discard, install, staging_folder, write_atomic
 from .digest import HASH_THREADS, config_digest, digest_metadata, placeholder_metadata, tensor_digest
 from .forms import resolve_form
+from .jsontext import peft_key_order
+from .outputs import adapter_inputs, check_output
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .recipe import RECIPE_KEY
 from .recipe import encode as encode_recipe
@@ -37,30 +39,16 @@ UNDIGESTED_VERSION = "1.0"  # what ``save(digest=False)`` writes: the last versi
 
 
 def config_json(adapter: Adapter) -> str:
-    """``adapter_config.json`` text exactly as PEFT writes it (indent 2, sorted keys)."""
-    return json.dumps(adapter.config.to_dict(), indent=2, sort_keys=True)
+    """``adapter_config.json`` text exactly as PEFT 0.22.0 writes it: indent 2, every object's
+    keys sorted except those of ``rank_pattern``/``alpha_pattern``, whose order decides which key
+    applies ([R4.1-1])."""
+    return json.dumps(peft_key_order(adapter.config.to_dict()), indent=2)
 
 
-def _contains(outer: Path, inner: Path) -> bool:
-    """True when ``inner`` is ``outer`` or lies inside it (after resolving links)."""
-    try:
-        return inner.resolve().is_relative_to(outer.resolve())
-    except OSError:
-        return False
-
-
-def _check_target(path: Path, form: str, source: Path | None, overwrite: bool) -> None:
-    """Refuse a target that would destroy the input, clash with the form, or replace
-    something that exists without ``overwrite``."""
-    if source is not None:
-        if form == "dir":
-            targets = [path / WEIGHTS_NAME, path / CONFIG_NAME]
-            if same_file(path, source.parent) or any(same_file(t, source) for t in targets):
-                raise WriteError("refusing to write into the directory the adapter was read from", code="overwrite-input", path=path, expected="a different directory", actual=str(source.parent))
-        elif same_file(path, source):
-            raise WriteError("refusing to overwrite the input", code="overwrite-input", path=path, expected="a different file", actual=str(source))
-        if os.path.lexists(path) and path.is_dir() and _contains(path, source):
-            raise WriteError("refusing to replace a directory that holds the input", code="overwrite-input", path=path, expected="a path outside the input's folders", actual=str(source))
+def _check_target(path: Path, adapter: Adapter, overwrite: bool) -> None:
+    """Refuse a target that is, holds or lies inside what the adapter was read or made from
+    (``adapterkit.io.outputs``), or that exists without ``overwrite``."""
+    check_output(path, adapter_inputs(adapter, "input adapter"))
     if os.path.lexists(path):
         if not overwrite:
             kind = "directory" if path.is_dir() else "file"
@@ -74,7 +62,7 @@ class DigestingEncoder:
 
     def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], config: dict) -> None:
         self.tensors, self.metadata = tensors, dict(metadata)
-        self.config_entry = config_digest(config)
+        self.config_entry = config_digest(config, self.metadata[VERSION_KEY])
         self.head, self.order = encode_header(tensors, {**self.metadata, **placeholder_metadata(len(tensors))})
         self.pending: dict[str, Future] = {}
 
@@ -140,7 +128,8 @@ def save(
     1.1; ``digest=False`` writes a format 1.0 file without one.  Returns the path written.
 
     Raises:
-        WriteError: ``overwrite-input`` when the target is (or holds) the adapter's source,
+        WriteError: ``overwrite-input`` when the target is, holds or lies inside what the adapter
+            was read from or made from (``Adapter.inputs``; see ``adapterkit.io.outputs``),
             ``output-exists``, ``form-mismatch``, or ``write-failed``; other
             AdapterkitErrors for an invalid adapter.
     """
@@ -149,7 +138,7 @@ def save(
     path = Path(path)
     form = resolve_form(path, form)
     raise_first_error(structural_problems(adapter))
-    _check_target(path, form, adapter.source, overwrite)
+    _check_target(path, adapter, overwrite)
     try:
         tensors = {k: adapter.tensors[k] for k in adapter.tensors}
     except AdapterkitError as exc:
@@ -161,7 +150,7 @@ def save(
     config = adapter.config.to_dict()
     weights = WEIGHTS_NAME if form == "dir" else path.name
     if form == "file":
-        metadata[CONFIG_KEY] = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        metadata[CONFIG_KEY] = json.dumps(peft_key_order(config), separators=(",", ":"))  # [R4.2-1]
     encoder = DigestingEncoder(tensors, metadata, config) if digest else None
     patches = {weights: encoder.patch} if encoder else {}
     if form == "dir":

@@ -224,6 +224,9 @@ class Kind:
     no_merge_reason: str = "adapters have no weights to merge into a checkpoint"
 
     def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
+        from .features import LOWRANK, require
+
+        require(adapter, LOWRANK, what="delta_weight", unsupported_only=True)
         if self.delta_weight is None:
             raise UnsupportedError(
                 f"{self.peft_type} adapters have no delta weight independent of the base weights",
@@ -231,9 +234,12 @@ class Kind:
             )
         return self.delta_weight(adapter, module, device=device, dtype=dtype)
 
-    def _mergeable(self, adapter: Adapter, module: str | None) -> None:
+    def _mergeable(self, adapter: Adapter, module: str | None, operation: str = "merge") -> None:
+        from .features import require
+
         if self.merge is None or self.merge_shapes is None:
             raise UnsupportedError(f"{self.peft_type} {self.no_merge_reason}", key=module, path=adapter.source)
+        require(adapter, operation)
 
     def merge_roles(self, adapter: Adapter, module: str) -> tuple[str, ...]:
         """The base tensors ("weight", "bias") a merge of ``module`` reads (and may change).
@@ -248,14 +254,17 @@ class Kind:
         self._mergeable(adapter, module)
         return self.merge_shapes(adapter, module)  # type: ignore[misc]
 
-    def merge_module(self, adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
-        """The kind's ``merge``; raises UnsupportedError (``not-supported``) where there is none."""
+    def merge_module(self, adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None,
+                     base: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The kind's ``merge``; raises UnsupportedError (``not-supported``) where there is none.
+        ``base``: the module's tensors before other adapters of the same merge changed them."""
         self._mergeable(adapter, module)
-        return self.merge(adapter, module, dict(targets), weight=weight, device=device)  # type: ignore[misc]
+        extra = {} if base is None else {"base": dict(base)}
+        return self.merge(adapter, module, dict(targets), weight=weight, device=device, **extra)  # type: ignore[misc]
 
     def unmerge_module(self, adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
         """The kind's ``unmerge``; raises UnsupportedError (``not-supported``) where there is none."""
-        self._mergeable(adapter, module)
+        self._mergeable(adapter, module, "unmerge")
         if self.unmerge is None:
             raise UnsupportedError(f"{self.peft_type} adapters cannot be unmerged", key=module, path=adapter.source)
         return self.unmerge(adapter, module, dict(targets), weight=weight, device=device)
@@ -265,6 +274,7 @@ class Kind:
         """The kind's ``row_delta`` for ``module`` (None where the kind or the module has none)."""
         if self.row_delta is None or self.merge is None or (unmerge and self.unmerge is None):
             return None
+        self._mergeable(adapter, module, "unmerge" if unmerge else "merge")
         return self.row_delta(adapter, module, weight=weight, unmerge=unmerge, device=device)
 
     def whole_module_tensors(self, adapter: Adapter) -> dict[str, str]:

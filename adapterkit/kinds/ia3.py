@@ -159,10 +159,12 @@ def _scale(adapter: Adapter, module: str, W: torch.Tensor, weight: float) -> tup
     return (s if view.is_feedforward else s.transpose(0, 1)), s
 
 
-def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None,
+          base: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """PEFT's IA3 merge in fp32 (fp64 for fp64 targets): W scaled by ``ia3_l`` along its output
     dimension (ordinary modules) or input dimension (feedforward), and, for ordinary modules,
-    the bias scaled too when ``targets`` holds one.
+    the bias scaled too when ``targets`` holds one.  ``base`` (what other adapters of the same
+    merge started from) is not needed: IA3 scales whatever the layer computes so far.
 
     ``weight`` interpolates linearly between the base and the full merge: the scale is
     1 + weight·(l − 1), so W' = W + weight·(W·diag(l) − W), as LoRA's W + weight·ΔW; weight=1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, Problem, UnsupportedError
+from ..errors import ConfigError, Problem, TensorError, UnsupportedError
 from .base import (
     BOOL,
     NUM_PATTERN,
@@ -35,6 +35,7 @@ from .base import (
     Kind,
     schema_field,
 )
+from .features import feature_shaped, feature_tensor
 from .merging import prepare_targets, whole_module_names
 from .patterns import matches_modules_to_save, matches_target, pattern_key, pattern_value
 
@@ -127,6 +128,55 @@ class LoraModule:
         return self.store[self.keys["magnitude"]] if "magnitude" in self.keys else None
 
 
+@dataclass(frozen=True)
+class TokenRows:
+    """Trainable tokens (``trainable_token_indices``): new values for some rows of an embedding
+    (or of a Linear's weight), ``token_adapter.trainable_tokens_delta`` of shape (len(indices), dim).
+    PEFT's merge replaces the rows (``index_copy``); it adds nothing."""
+
+    name: str
+    indices: tuple[int, ...]
+    key: str
+    store: TensorStore
+    layer_type: str = "tokens"
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {"tokens": self.key}
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self.store[self.key]
+
+
+TOKENS_PART = "token_adapter.trainable_tokens_delta"
+
+
+def token_indices(cfg: LoraConfig, module: str) -> tuple[int, ...] | None:
+    """The rows ``trainable_token_indices`` names for ``module``: a list applies to the input
+    embedding (the module the tensor is saved under), a dict maps module names (or suffixes)."""
+    spec = cfg.extra.get("trainable_token_indices")
+    if isinstance(spec, list):
+        return tuple(spec)
+    if isinstance(spec, dict):
+        for name, rows in spec.items():
+            if module == name or module.endswith("." + name):
+                return tuple(rows)
+    return None
+
+
+def _token_modules(adapter: Adapter) -> dict[str, TokenRows]:
+    cfg: LoraConfig = adapter.config  # type: ignore[assignment]
+    out = {}
+    for key in adapter.tensors:
+        if key.startswith(PREFIX) and key.endswith("." + TOKENS_PART):
+            name = key[len(PREFIX): -len(TOKENS_PART) - 1]
+            rows = token_indices(cfg, name)
+            if rows is not None:
+                out[name] = TokenRows(name, rows, key, adapter.tensors)
+    return out
+
+
 _ROLE = {
     "lora_A.weight": "lora_A",
     "lora_embedding_A": "lora_A",
@@ -174,7 +224,10 @@ def modules(adapter: Adapter) -> dict[str, LoraModule]:
             keys={_ROLE[p]: k for p, k in parts.items()},
             store=adapter.tensors,
         )
-    return out
+    for name, rows in _token_modules(adapter).items():
+        if name not in out:  # LoRA and trainable tokens on one module: PEFT refuses to build it
+            out[name] = rows
+    return dict(sorted(out.items()))
 
 
 def check(adapter: Adapter) -> list[Problem]:
@@ -187,7 +240,10 @@ def check(adapter: Adapter) -> list[Problem]:
     groups = _grouped(adapter)
     meta = adapter.tensors.meta
     rank_unknown = bool({"r", "rank_pattern"} & cfg.unknown)  # an invalid config value, reported already
+    own_shapes = feature_shaped(adapter)  # BD-LoRA, expert parameters: reported as features instead
     for name, parts in sorted(groups.items()):
+        if name in own_shapes:
+            continue
         embedding = "lora_embedding_A" in parts or "lora_embedding_B" in parts
         a_part, b_part = ("lora_embedding_A", "lora_embedding_B") if embedding else ("lora_A.weight", "lora_B.weight")
         if embedding and ({"lora_A.weight", "lora_B.weight", "lora_B.bias"} & parts.keys()):
@@ -255,10 +311,25 @@ def check(adapter: Adapter) -> list[Problem]:
                 add("pattern-order", f"{field_name} keys {winner!r} and {after_save!r} both match `{name}`; PEFT saves configs with sorted keys, after which {after_save!r} wins", f"{field_name}[{winner!r}]", severity="warning")
     whole_unknown = {"modules_to_save", "target_modules", "bias"} & cfg.unknown
     grouped = {k for parts in groups.values() for k in parts.values()}  # exactly the keys parse_key accepts
+    for name, param in ((n, p) for n in sorted(groups) for p in ("weight", "bias")):  # PEFT wraps the module as base_layer
+        if PREFIX + name + "." + param in adapter.tensors:
+            add("unexpected-key", f"`{name}` has LoRA factors, so PEFT loads its {param} from `{name}.base_layer.{param}` and "
+                f"ignores `{name}.{param}`", PREFIX + name + "." + param, expected=f"{PREFIX}{name}.base_layer.{param}",
+                actual=PREFIX + name + "." + param)
     for key in adapter.tensors:
-        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key):
+        if key not in grouped and not whole_unknown and not _whole_module_ok(cfg, key) and feature_tensor(key) is None:
             add("unexpected-key", "tensor is neither a LoRA tensor nor part of modules_to_save", key, expected=f"{PREFIX}<module>.{{{','.join(PARTS)}}}", actual=key, severity="warning")
-    if not groups:
+    for key in adapter.tensors:
+        if key.startswith(PREFIX) and key.endswith("." + TOKENS_PART) and "trainable_token_indices" not in cfg.unknown:
+            module = key[len(PREFIX): -len(TOKENS_PART) - 1]
+            rows, shape = token_indices(cfg, module), adapter.meta(key).shape
+            if rows is None:
+                add("unexpected-key", f"trainable tokens for `{module}` but config trainable_token_indices names no rows of it", key,
+                    expected=f"trainable_token_indices naming `{module}`", actual=cfg.extra.get("trainable_token_indices"))
+            elif len(shape) != 2 or shape[0] != len(rows):
+                add("shape-mismatch", f"trainable tokens for `{module}`: one row per index of trainable_token_indices", key,
+                    expected=f"({len(rows)}, dim)", actual=shape)
+    if not groups and not _token_modules(adapter):
         add("empty-adapter", "the adapter has no LoRA tensors", None, severity="warning")
     return problems
 
@@ -292,6 +363,9 @@ def delta_weight(adapter: Adapter, module: str, *, device: Any = None, dtype: to
     embeddings, (out, in, *k) for convolutions (groups=1).
     """
     view: LoraModule = adapter.module(module)
+    if isinstance(view, TokenRows):
+        raise UnsupportedError("trainable tokens replace rows of the embedding; they have no ΔW independent of the base",
+                               key="trainable_token_indices", path=adapter.source)
     a_raw, b_raw = view.lora_A, view.lora_B
     store_dtype = b_raw.dtype if view.layer_type == "linear" else a_raw.dtype
     ct = _compute_dtype(b_raw if view.layer_type == "linear" else a_raw)
@@ -326,6 +400,8 @@ def merge_shapes(adapter: Adapter, module: str) -> dict[str, tuple[tuple[int | N
     weight (out, in) — (in, out) with fan_in_fan_out —, (vocab, dim) for embeddings,
     (out, in, *k) for convolutions; bias (out,) when the module has ``lora_B.bias``."""
     view: LoraModule = adapter.module(module)
+    if isinstance(view, TokenRows):  # rows replaced in the (rows, dim) weight
+        return {"weight": ((None, adapter.meta(view.key).shape[1]), True)}
     a = tuple(adapter.meta(view.keys["lora_A"]).shape)
     b = tuple(adapter.meta(view.keys["lora_B"]).shape)
     if view.layer_type == "linear":
@@ -368,7 +444,8 @@ def _dora_factor(view: LoraModule, W: torch.Tensor, delta: torch.Tensor) -> torc
 dora_factor = _dora_factor  # public: adapterkit.inject keeps it to unmerge a DoRA merge, as PEFT caches the norm
 
 
-def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
+def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None,
+          base: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The module's base tensors with the adapter merged in, computed in fp32 (fp64 for fp64 targets).
 
     ``targets`` holds the base tensors in the checkpoint's layout, keyed by role (see
@@ -376,6 +453,12 @@ def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, we
     ``lora_bias``.  DoRA: PEFT's (m / ‖W + ΔW‖)·(W + ΔW); only weight=1 is defined (PEFT has
     no scaled DoRA).  For weight=1 the result is PEFT's ``merge`` computed in fp32 (bit-identical
     for fp32 bases).
+
+    ``base``: the module's tensors before the other adapters of the same merge changed
+    ``targets`` (None: ``targets`` are those).  PEFT's layer with several active adapters
+    computes DoRA's norm over the base weight plus its own ΔW alone — ‖W₀ + ΔW‖ — and scales
+    what the adapters before it made of the layer: W' = m/‖W₀ + ΔW‖·(W + ΔW) and, for the bias,
+    b' = b₀ + m/‖W₀ + ΔW‖·(b − b₀) (its forward scales their outputs, not the base bias).
 
     Raises:
         NotFoundError: ``base-tensor-missing`` when a required role is absent.
@@ -385,6 +468,8 @@ def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, we
     view: LoraModule = adapter.module(module)
     t = prepare_targets(adapter, module, targets, merge_shapes(adapter, module), device)
     W = t["weight"]
+    if isinstance(view, TokenRows):
+        return {"weight": _replace_rows(adapter, view, W, weight)}
     delta = delta_weight(adapter, module, device=W.device, dtype=W.dtype)
     if view.magnitude is not None:
         if weight != 1:
@@ -392,7 +477,12 @@ def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, we
                 "DoRA defines no scaled merge: ‖W + ΔW‖ is not linear in the adapter's weight", key=module,
                 path=adapter.source, expected="weight=1", actual=f"weight={weight}",
             )
-        out = {"weight": _dora_factor(view, W, delta) * (W + delta)}
+        b = None if base is None or "weight" not in base else prepare_targets(adapter, module, base, merge_shapes(adapter, module), device)
+        factor = _dora_factor(view, W if b is None else b["weight"], delta)
+        out = {"weight": factor * (W + delta)}
+        if base is not None and targets.get("bias") is not None and base.get("bias") is not None:
+            b0 = base["bias"].to(device=W.device, dtype=W.dtype)
+            out["bias"] = b0 + factor.reshape(-1) * (targets["bias"].to(device=W.device, dtype=W.dtype) - b0)
     else:
         out = {"weight": W + delta * weight}
     if "bias" in t:
@@ -433,6 +523,19 @@ def row_delta(adapter: Adapter, module: str, *, weight: float = 1.0, unmerge: bo
     return fill
 
 
+def _replace_rows(adapter: Adapter, view: TokenRows, W: torch.Tensor, weight: float) -> torch.Tensor:
+    """W with the rows of ``trainable_token_indices`` replaced, PEFT's ``index_copy``."""
+    if weight != 1:
+        raise UnsupportedError("trainable tokens replace rows; they have no scaled merge", key=view.name, path=adapter.source,
+                               expected="weight=1", actual=f"weight={weight}")
+    index = torch.tensor(view.indices, dtype=torch.long, device=W.device)
+    if len(view.indices) and (int(index.max()) >= W.shape[0] or int(index.min()) < 0):
+        raise TensorError(f"trainable tokens name row {int(index.max())} of `{view.name}`, which has {W.shape[0]} rows",
+                          code="base-shape-mismatch", path=adapter.source, key=view.name,
+                          expected=f"more than {int(index.max())} rows", actual=tuple(W.shape))
+    return W.index_copy(0, index, view.values.to(device=W.device, dtype=W.dtype))
+
+
 def unmerge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, weight: float = 1.0, device: Any = None) -> dict[str, torch.Tensor]:
     """The inverse of ``merge``: W − weight·ΔW (and the bias likewise), exact up to fp32 rounding.
 
@@ -443,6 +546,11 @@ def unmerge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, 
         NotFoundError / TensorError: as ``merge``.
     """
     view: LoraModule = adapter.module(module)
+    if isinstance(view, TokenRows):
+        raise UnsupportedError(
+            "trainable tokens replace rows of the embedding; the rows they replaced are not in the adapter "
+            "(PEFT unmerges only from the originals it keeps in the live module)", key="trainable_token_indices", path=adapter.source,
+        )
     if view.magnitude is not None:
         raise UnsupportedError(
             "a DoRA merge cannot be undone from the merged weights: the norm ‖W + ΔW‖ it divided by is not "
@@ -460,7 +568,7 @@ def whole_tensors(adapter: Adapter) -> dict[str, str]:
     """adapter key -> base-relative name of the tensors stored whole: ``modules_to_save``,
     trained biases (``bias="all"``/``"lora_only"``) and saved base layers.  PEFT's wrapper
     names (``.base_layer``) are removed: ``base_model.model.m.q.base_layer.bias`` -> ``m.q.bias``."""
-    return whole_module_names(adapter, PREFIX, parse_key)
+    return {k: v for k, v in whole_module_names(adapter, PREFIX, parse_key).items() if feature_tensor(k) is None}
 
 
 def factor_norm(A: torch.Tensor, B: torch.Tensor) -> float:
@@ -472,6 +580,8 @@ def factor_norm(A: torch.Tensor, B: torch.Tensor) -> float:
 
 def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]:
     view: LoraModule = adapter.module(module)
+    if isinstance(view, TokenRows):
+        return {"rows": len(view.indices)}
     A, B = view.lora_A.to(device), view.lora_B.to(device)
     return {"rank": view.rank, "scaling": view.scaling, "delta_norm": abs(view.scaling) * factor_norm(A, B)}
 

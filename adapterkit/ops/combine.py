@@ -18,35 +18,25 @@ SVD factors follow PEFT's convention (B = U·diag(S), A = Vh) and ``svd_clamp`` 
 PEFT does.  IA3: ``linear`` only, ia3_l = Σ wᵢ·lᵢ over the adapters that hold the module
 (PEFT's rule: an absent module contributes nothing, not the identity 1).
 
-Where ours deliberately differs from PEFT 0.21.2 (each has a test showing both):
-  * rsLoRA inputs: the result has scaling 1 (``lowrank.scaling_one_config``); PEFT copies
-    ``use_rslora``, so its result is √r times too large.
-  * ``lora_bias``: combined (below); PEFT writes a zero bias.
-  * ``rank_pattern``/``alpha_pattern``: results carry anchored per-module patterns and reload;
-    PEFT's factor-space results (linear, ties, dare_*, magnitude_prune) do not reload.
-  * ``linear`` is the exact weighted sum; PEFT's mixes A's and B's separately (cross terms).
-  * DoRA inputs are refused (``not-supported``); PEFT combines them silently wrong.
-  * ``svd`` uses the factors; the ``svd_clamp`` quantile works above torch.quantile's 16M limit.
-  * different ranks: the factor-space TIES/DARE/magnitude_prune zero-pad to the largest rank
-    (PEFT refuses unequal ranks; with equal ranks the two agree).
+Where ours deliberately differs from PEFT (the ``linear`` method, rank patterns that reload,
+different ranks zero-padded, ranks above min(out, in), one adapter, DARE seeded per module, list
+and regex targets joined, ``modules_to_save`` refused, the 16M quantile limit, the SVD routine
+options, ``target_parameters``): :mod:`adapterkit.differences` lists each case, with the test
+that shows PEFT's result beside ours.  Details of ours that those entries rely on:
+  * the result has scaling 1 (``lowrank.scaling_one_config``), so rsLoRA inputs give an
+    adapter without ``use_rslora`` (PEFT 0.22.0 computes the same ΔW).
   * DARE masks come from one generator per module, seeded from (``seed``, module name)
-    (:func:`module_seed`), so results do not depend on module order or on global RNG state.
-    Per module, masks are drawn in PEFT's order and layout (all A's, then all B's; or the ΔW's
-    as PEFT lays them out, (B·A)ᵀ for embeddings and fan_in_fan_out), then the biases' masks, so
-    a module matches PEFT's result when PEFT's global generator is seeded with its module seed.
-  * a single adapter gets the method asked for (PEFT switches to ``linear``).
-  * a rank above min(out, in) zero-pads the factors (PEFT's SVD then builds mismatched factors).
-  * target_modules given as a list in one adapter and a regex in another are joined (the list
-    as the regex PEFT's list rule amounts to); PEFT refuses the mix, for IA3 too.
-  * PEFT's ``svd_full_matrices``/``svd_driver`` only choose torch's SVD routine; not offered.
+    (:func:`module_seed`).  Per module, masks are drawn in PEFT's order and layout (all A's,
+    then all B's; or the ΔW's as PEFT lays them out, (B·A)ᵀ for embeddings and fan_in_fan_out),
+    then the biases' masks, so a module matches PEFT's result when PEFT's global generator is
+    seeded with its module seed.
+  * DoRA inputs and trained biases (``bias="all"|"lora_only"``) are refused (``not-supported``),
+    as PEFT 0.22.0 refuses DoRA.  Base layers PEFT saves beside targeted embeddings are copies
+    of the base and are kept (they must agree).
   * adapters whose saved ``fan_in_fan_out`` disagree on a module (PEFT's first and second
     adapters on GPT-2) are refused (``orientation-unknown``) unless ``fan_in_fan_out`` names the
     orientation: PEFT follows the live layer, which a file does not show (``ops.orientation``);
     the factors themselves combine alike in either orientation.
-  * ``modules_to_save`` and trained biases (``bias="all"|"lora_only"``) are refused: a whole
-    module is a replacement, not a delta, and has no weighted sum; PEFT writes the *base*
-    module under the first adapter's ``modules_to_save``, dropping the trained one.  Base layers
-    PEFT saves beside targeted embeddings are copies of the base and are kept (they must agree).
 
 Bias (``lora_bias``): the bias of the result is Σ wᵢ·sᵢ·biasᵢ for cat, linear and svd, and for
 the TIES/DARE/magnitude family the same operator applied to the vectors sᵢ·biasᵢ with weights
@@ -76,6 +66,7 @@ import torch
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
+from ..io.outputs import derived
 from ..io.recipe import step
 from ..kinds.lora import PREFIX
 from ..kinds.patterns import matches_modules_to_save
@@ -496,7 +487,8 @@ def combine(
     result = combiner(oriented, weights, req)
     if flag is not None and result.config.fan_in_fan_out != flag:
         result = replace(result, config=replace(result.config, fan_in_fan_out=flag))
-    return replace(result, recipe=(_step(adapters, labels, weights, req, density),))
+    result = replace(result, recipe=(_step(adapters, labels, weights, req, density),))
+    return derived(result, [(f"input adapter {i + 1}", a) for i, a in enumerate(adapters)])  # save never writes over them
 
 
 def _names(adapters: Sequence[Adapter], names: Sequence[str | Path] | None) -> list[str]:

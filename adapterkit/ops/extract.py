@@ -27,9 +27,22 @@ Default targets: every 2-D floating ``.weight`` except embeddings and the output
 
 Bit-identical tensors are skipped (``unchanged``); tensors that are not targets are compared
 16 MB at a time, so an unchanged embedding is never held whole.  Changed tensors that are not targets
-(norms, biases, embeddings, ...) are stored whole with ``save_changed`` — weights of other
-modules as ``modules_to_save`` (key ``base_model.model.<module>.<param>``), biases under
-``bias="all"`` — else listed in ``not_extracted`` with their size in bytes.
+(norms, biases, embeddings, ...) are stored whole with ``save_changed`` under the keys PEFT
+loads (``ops.extract_layout``): a module with a changed weight as ``modules_to_save``, with all
+its tensors; the bias of a LoRA module as ``<module>.base_layer.bias`` and other biases as
+``<module>.bias`` under ``bias="all"`` — else they are listed in ``not_extracted`` with their
+size in bytes.  ``target_modules`` selects exactly the extracted modules when PEFT reads it.
+
+Tied embeddings.  A checkpoint whose ``config.json`` says ``tie_word_embeddings: true`` has
+an output embedding (``lm_head.weight``, usually not stored) that *is* its input embedding;
+extract compares it as such.  A fine-tune that kept the tie and changed the embedding stores
+both as equal ``modules_to_save`` copies (PEFT then computes the fine-tune; ``merge`` keeps
+the tie); one that untied them stores whichever changed (``merge`` unties them as the
+fine-tune did).  Where no config.json says whether an input embedding without an output
+embedding is tied, storing it whole is refused (``tied-embeddings``) rather than guessed.
+An embedding tied to another cannot be a LoRA target (PEFT would change only one of them),
+nor can any module named like an embedding (``embed``, ``wte``, ``wpe``, ``shared``): PEFT's
+LoRA layout differs between ``nn.Embedding`` and ``nn.Linear``, which a checkpoint does not tell.
 
 Output dtype: the factors are stored in the base tensor's own float dtype (a bf16 model gives
 a bf16 adapter, as PEFT would train it); whole tensors are stored as the fine-tuned ones are.
@@ -48,19 +61,24 @@ import torch
 from ..adapter import Adapter
 from ..checkpoint.reader import Checkpoint, open_checkpoint
 from ..devices import resolve_device
-from ..errors import ArgumentError, TensorError
+from ..errors import ArgumentError, TensorError, UnsupportedError
 from ..hub.paths import local_path
+from ..io.outputs import checkpoint_inputs
 from ..io.recipe import step
 from ..kinds.lora import PREFIX, LoraConfig
 from ..linalg import dense_svd, randomized_svd, select_rank
 from ..progress import progress
+from .extract_layout import peft_layout
 from .lowrank import scaling_one_config
+from .merge import _read_config
+from .merge_plan import TiedEmbeddings, find_tied_embeddings
 
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 DENSE_LIMIT = 1024
 SKETCH_START = 32
 _BLOCK = 16 << 20
 _EXCLUDED_LAST = re.compile(r"embed|^(lm_head|wte|wpe|shared)$")
+_EMBEDDING_LIKE = re.compile(r"embed|^(wte|wpe|shared)$")  # nn.Embedding or not: a checkpoint does not say
 
 
 @dataclass(frozen=True)
@@ -89,13 +107,16 @@ class ModuleExtract:
 class ExtractReport:
     """Per-module records, and the tensors left out: ``unchanged`` (bit-identical keys),
     ``not_extracted`` (changed, not targets, not saved: key -> bytes), ``saved_whole``
-    (changed tensors stored whole under ``save_changed``)."""
+    (tensors stored whole under ``save_changed``: the changed ones, and the other tensors of
+    the modules stored whole); ``notes``: what else a user must
+    know (tied embeddings, modules stored whole instead of extracted)."""
 
     modules: tuple[ModuleExtract, ...]
     rule: str
     unchanged: tuple[str, ...] = ()
     not_extracted: dict[str, int] = field(default_factory=dict)
     saved_whole: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def energy(self) -> float:
@@ -122,6 +143,7 @@ class ExtractReport:
             "modules": [{"name": m.name, "shape": list(m.shape), "rank": m.rank, "energy_kept": m.energy_kept,
                          "relative_error": m.error, "method": m.method} for m in self.modules],
             "unchanged": list(self.unchanged), "not_extracted": dict(self.not_extracted), "saved_whole": list(self.saved_whole),
+            "notes": list(self.notes),
         }
 
 
@@ -139,8 +161,44 @@ def _rule(rank: int | None, energy: float | None, base: Path) -> str:
     return f"{key}={value}"
 
 
-def _check_pair(base: Checkpoint, ft: Checkpoint) -> None:
-    bk, fk = set(base.keys()), set(ft.keys())
+@dataclass(frozen=True)
+class _Side:
+    """One checkpoint as the model sees it: ``src`` maps every key the model has to the stored
+    key holding its value (a tied output embedding -> its input embedding)."""
+
+    ck: Checkpoint
+    tie: TiedEmbeddings | None
+    src: dict[str, str]
+
+    def info(self, key: str):
+        return self.ck.info(self.src[key])
+
+
+def _side(ck: Checkpoint) -> _Side:
+    tie = find_tied_embeddings({k: (ck.info(k).dtype, tuple(ck.info(k).shape)) for k in ck.keys()}, _read_config(ck))
+    src: dict[str, str] = {}
+    for key in ck.keys():
+        src[key] = key
+        if tie is not None and tie.known and key == tie.input_key:
+            src[tie.output_key] = key  # transformers puts the input embedding there, stored or not
+    return _Side(ck, tie, src)
+
+
+def _unknown_tie(side: _Side, role: str) -> str:
+    tie = side.tie
+    if tie is None or tie.known:
+        return ""
+    return (f" (no config.json of the {role} says whether its `{tie.output_key}` is tied to `{tie.input_key}`"
+            " (tie_word_embeddings): put the model's config.json beside it)")
+
+
+def _check_pair(base: _Side, ft: _Side) -> None:
+    bk, fk = set(base.src), set(ft.src)
+    unknown = {s.tie.output_key: (s, role) for s, role in ((base, "base"), (ft, "fine-tuned")) if s.tie is not None and not s.tie.known}
+    if bk != fk and bk ^ fk <= unknown.keys():  # the other says tied (or stores it): this one's tie decides
+        side, role = unknown[next(iter(bk ^ fk))]
+        raise UnsupportedError(f"the checkpoints differ by `{side.tie.output_key}`" + _unknown_tie(side, role),
+                               code="tied-embeddings", path=side.ck.path, key="tie_word_embeddings", expected="config.json", actual="unknown")
     if bk != fk:
         only_b, only_f = sorted(bk - fk), sorted(fk - bk)
         parts = []
@@ -148,30 +206,53 @@ def _check_pair(base: Checkpoint, ft: Checkpoint) -> None:
             parts.append(f"only in the base: {', '.join(only_b[:20])}{' ...' if len(only_b) > 20 else ''}")
         if only_f:
             parts.append(f"only in the fine-tuned: {', '.join(only_f[:20])}{' ...' if len(only_f) > 20 else ''}")
-        raise TensorError("the checkpoints have different tensors; " + "; ".join(parts), code="base-mismatch",
-                          path=ft.path, expected=f"{len(bk)} keys of the base", actual=f"{len(only_b)} missing, {len(only_f)} extra")
-    for key in base.keys():
+        raise TensorError("the checkpoints have different tensors; " + "; ".join(parts) + _unknown_tie(base, "base")
+                          + _unknown_tie(ft, "fine-tuned"), code="base-mismatch", path=ft.ck.path,
+                          expected=f"{len(bk)} keys of the base", actual=f"{len(only_b)} missing, {len(only_f)} extra")
+    for key in base.src:
         b, f = base.info(key), ft.info(key)
         if tuple(b.shape) != tuple(f.shape):
-            raise TensorError("shapes differ between the checkpoints", code="base-shape-mismatch", path=ft.path, key=key,
+            raise TensorError("shapes differ between the checkpoints", code="base-shape-mismatch", path=ft.ck.path, key=key,
                               expected=tuple(b.shape), actual=tuple(f.shape))
         if b.dtype != f.dtype:
-            raise TensorError("dtypes differ between the checkpoints", code="base-mismatch", path=ft.path, key=key,
+            raise TensorError("dtypes differ between the checkpoints", code="base-mismatch", path=ft.ck.path, key=key,
                               expected=b.dtype, actual=f.dtype)
 
 
-def _same(base: Checkpoint, ft: Checkpoint, key: str, nbytes: int) -> bool:
+def _same(base: _Side, ft: _Side, key: str, nbytes: int) -> bool:
     """Whether ``key`` holds the same bytes in both, read a block of at most 16 MB at a time."""
     size = min(_BLOCK, nbytes)
     a, b = bytearray(size), bytearray(size)
     ta, tb = torch.frombuffer(a, dtype=torch.uint8) if size else None, torch.frombuffer(b, dtype=torch.uint8) if size else None
     for start in range(0, nbytes, _BLOCK):
         n = min(_BLOCK, nbytes - start)
-        base.read_into(key, memoryview(a)[:n], start)
-        ft.read_into(key, memoryview(b)[:n], start)
+        base.ck.read_into(base.src[key], memoryview(a)[:n], start)
+        ft.ck.read_into(ft.src[key], memoryview(b)[:n], start)
         if not torch.equal(ta[:n], tb[:n]):  # type: ignore[index]
             return False
     return True
+
+
+def _tied_keys(*sides: _Side) -> set[str]:
+    """The keys of embeddings tied to each other (known ties) in either checkpoint."""
+    return {k for s in sides if s.tie is not None and s.tie.known for k in (s.tie.input_key, s.tie.output_key)}
+
+
+def _tie_notes(base: _Side, ft: _Side, saved: set[str]) -> list[str]:
+    """What the extract means for tied embeddings it stores whole."""
+    bt, ftie = (s.tie if s.tie is not None and s.tie.known else None for s in (base, ft))
+    tie = bt or ftie
+    if tie is None or not ({tie.input_key, tie.output_key} & saved):
+        return []
+    pair = f"`{tie.output_key}` and `{tie.input_key}`"
+    if bt and ftie:
+        return [f"the fine-tune keeps {pair} tied: both are stored as equal modules_to_save copies, which PEFT loads and "
+                "`adapterkit merge` writes back as one tied matrix"]
+    if bt:
+        return [f"the fine-tune unties {pair}, which the base ties: PEFT computes it with the stored copies, and "
+                "`adapterkit merge` unties them (tie_word_embeddings false), as the fine-tune does"]
+    return [f"the fine-tune ties {pair}, which the base keeps apart: both are stored as equal copies; `adapterkit merge` "
+            "writes them as two equal tensors (the base's config, untied)"]
 
 
 def default_target(module: str) -> bool:
@@ -244,49 +325,79 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
     except re.error as exc:
         raise ArgumentError(f"targets is not a valid regex: {exc}", path=base, key="targets", actual=targets) from None
     dev = resolve_device(device)
-    bck, fck = open_checkpoint(local_path(base, "checkpoint")), open_checkpoint(local_path(finetuned, "checkpoint"))
-    _check_pair(bck, fck)
+    bside, fside = _side(open_checkpoint(local_path(base, "checkpoint"))), _side(open_checkpoint(local_path(finetuned, "checkpoint")))
+    _check_pair(bside, fside)
+    tied = _tied_keys(bside, fside)
     tensors: dict[str, torch.Tensor] = {}
     records: list[ModuleExtract] = []
     unchanged: list[str] = []
     not_extracted: dict[str, int] = {}
     whole: list[str] = []
-    keys = bck.keys()
+    keys = list(bside.src)
     for key in progress(keys, desc="extract", total=len(keys)):
-        info = bck.info(key)
+        info = bside.info(key)
         module = key.removesuffix(".weight")
         is_target = (len(info.shape) == 2 and key.endswith(".weight") and info.dtype in FLOAT_DTYPES
-                     and (default_target(module) if pattern is None else pattern.search(module) is not None))
+                     and (default_target(module) and key not in tied if pattern is None else pattern.search(module) is not None))
+        if is_target and key in tied:
+            raise UnsupportedError(
+                f"`{module}` is tied to the other embedding: a LoRA on it would leave the other unchanged in PEFT; "
+                "leave it out of --targets (--save-changed stores a changed embedding whole, tie included)",
+                code="not-supported", path=base, key="targets", expected="no tied embedding", actual=module)
         if not is_target:  # compared a block at a time: an unchanged embedding is never held whole
-            if _same(bck, fck, key, info.nbytes):
+            if _same(bside, fside, key, info.nbytes):
                 unchanged.append(key)
             elif save_changed:
-                tensors[PREFIX + key] = fck.read(key)
                 whole.append(key)
             else:
                 not_extracted[key] = info.nbytes
             continue
-        b, f = bck.read(key), fck.read(key)
+        b, f = bside.ck.read(bside.src[key]), fside.ck.read(fside.src[key])
         if torch.equal(b.reshape(-1).view(torch.uint8), f.reshape(-1).view(torch.uint8)):  # bitwise: NaNs, -0.0
             unchanged.append(key)
             continue
+        if _EMBEDDING_LIKE.search(module.rsplit(".", 1)[-1]):
+            raise UnsupportedError(
+                f"`{module}` looks like an embedding: PEFT keeps a LoRA on an nn.Embedding as lora_embedding_A/B "
+                "(transposed) and on an nn.Linear as lora_A/B, and a checkpoint does not say which it is; leave it out of "
+                "--targets (--save-changed stores it whole)", code="not-supported", path=base, key="targets",
+                expected="no embedding among the targets", actual=module)
         delta = f.to(device=dev, dtype=torch.float32)
         delta.sub_(b.to(device=dev))  # bf16/fp16 base cast on the fly: no fp32 copy of it
         del b, f
         if not bool(torch.isfinite(delta).all()):
             bad = int((~torch.isfinite(delta)).sum())
             raise TensorError("the difference holds NaN or Inf (a non-finite value in either checkpoint); it has no SVD",
-                              code="non-finite", path=fck.shard_of(key), key=key, expected="finite values",
+                              code="non-finite", path=fside.ck.shard_of(fside.src[key]), key=key, expected="finite values",
                               actual=f"{bad} non-finite of {delta.numel()}")
         B, A, record = _decompose(delta, module, rank, energy)
         del delta
         tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=info.torch_dtype).contiguous()
         tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=info.torch_dtype).contiguous()
         records.append(record)
-    names = sorted(r.name for r in records)
-    mts = sorted({k.rsplit(".", 1)[0] for k in whole if not k.endswith(".bias")})
-    template = LoraConfig(target_modules=names, base_model_name_or_path=str(base), modules_to_save=mts or None,
-                          bias="all" if any(k.endswith(".bias") for k in whole) else "none")
+    for side, role in ((bside, "base"), (fside, "fine-tuned")):
+        if side.tie is not None and not side.tie.known and side.tie.input_key in whole:
+            raise UnsupportedError(
+                f"`{side.tie.input_key}` changed and is to be stored whole, but no config.json of the {role} says whether "
+                f"`{side.tie.output_key}` is tied to it (tie_word_embeddings), and PEFT and merge compute different models "
+                "for a tied and an untied one: put the model's config.json beside the checkpoint",
+                code="tied-embeddings", path=side.ck.path, key="tie_word_embeddings", expected="config.json", actual="unknown")
+    layout = peft_layout(keys, [r.name for r in records], whole)
+    for r in layout.dropped:
+        del tensors[f"{PREFIX}{r}.lora_A.weight"], tensors[f"{PREFIX}{r}.lora_B.weight"]
+    records = [r for r in records if r.name not in layout.dropped]
+    for akey, key in layout.whole.items():
+        tensors[akey] = fside.ck.read(fside.src[key])
+    saved = sorted(set(layout.whole.values()))
+    notes = _tie_notes(bside, fside, set(saved))
+    if layout.dropped:
+        notes.append(f"stored whole instead of extracted (PEFT adapts no module inside a modules_to_save module): {', '.join(layout.dropped)}")
+    if not records and layout.whole:
+        notes.append("no LoRA factors left (no module has any): PEFT refuses to load such an adapter (no module targeted); "
+                     "`adapterkit merge` applies it")
+    template = LoraConfig(target_modules=layout.target_modules, base_model_name_or_path=str(base),
+                          modules_to_save=layout.modules_to_save, bias=layout.bias)
     cfg = scaling_one_config(template, {r.name: r.rank for r in records}, lora_bias=False)
-    report = ExtractReport(tuple(sorted(records, key=lambda r: r.name)), rule, tuple(unchanged), not_extracted, tuple(whole))
-    return replace(Adapter.from_tensors(cfg, tensors), recipe=(recorded,)), report
+    report = ExtractReport(tuple(sorted(records, key=lambda r: r.name)), rule, tuple(unchanged), not_extracted, tuple(saved), tuple(notes))
+    inputs = (*checkpoint_inputs(bside.ck, "base checkpoint"), *checkpoint_inputs(fside.ck, "fine-tuned checkpoint"))  # save never writes over them
+    return replace(Adapter.from_tensors(cfg, tensors), recipe=(recorded,), inputs=tuple((r, str(p)) for r, p in inputs)), report

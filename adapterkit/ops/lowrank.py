@@ -30,6 +30,7 @@ import torch
 
 from ..adapter import Adapter
 from ..errors import UnsupportedError
+from ..kinds.features import LOWRANK, require
 from ..kinds.lora import PREFIX, LoraConfig, LoraModule
 
 
@@ -73,6 +74,7 @@ def _lora_only(adapter: Adapter, what: str) -> LoraConfig:
     if adapter.peft_type != "LORA":
         raise UnsupportedError(f"{what} works on LoRA adapters", code="not-supported", path=adapter.source,
                                expected="LORA", actual=adapter.peft_type)
+    require(adapter, LOWRANK, what=what)
     cfg: LoraConfig = adapter.config  # type: ignore[assignment]
     if cfg.use_dora:
         raise UnsupportedError(

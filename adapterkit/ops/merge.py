@@ -7,6 +7,23 @@ applied, a ``modules_to_save`` tensor swapped in), cast once to its stored dtype
 tensors, whatever the model's size.  The output keeps the base's sharding and index,
 carries every other file of the base, records what was merged in each shard's metadata
 and in ``README.md``, and appears whole or not at all (``CheckpointWriter``).
+
+Several adapters.  ``merge_checkpoint(base, [a, b], out)`` computes PEFT's model with ``a``
+and ``b`` loaded and active in that order (``set_adapter([a, b])``; PEFT 0.22.0's layer
+forward, which its ``merge_and_unload`` follows): on one module each LoRA adds its ΔW, IA3
+scales what the layer computes so far (weight and bias; a feedforward IA3 its input), and
+DoRA takes its norm over the *base* weight plus its own ΔW only and scales what came before
+it: W' = m/‖W₀ + ΔW‖·(W + ΔW), b' = b₀ + m/‖W₀ + ΔW‖·(b − b₀).  LoRA-family and IA3 adapters,
+which PEFT cannot hold in one ``PeftModel``, are taken as PEFT's layers injected one inside
+the other in the listed order (``inject_adapter_in_model``, the first innermost), which is the
+same rule.  Merging one after the other (two ``merge`` commands) gives the same except for
+DoRA: the second command's DoRA takes its norm over what the first wrote,
+‖W + ΔW_first + ΔW_dora‖.  What PEFT cannot activate together is refused by name
+(``_refuse_conflicts``).  tests/test_merge_multi.py checks every pairing against PEFT.
+
+The merge record (``merge_record``) is read before anything is written: merging an adapter
+it holds needs ``again=True``; ``unmerge=True`` takes each adapter's weight from it, refuses
+what it does not hold (``force=True`` goes past) and takes adapters out newest first.
 """
 
 from __future__ import annotations
@@ -29,16 +46,19 @@ from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
 from ..errors import FormatError, TensorError, UnsupportedError
 from ..hub.paths import local_path
+from ..io.outputs import adapter_inputs, check_output, checkpoint_inputs
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
+from ..kinds.features import require_all, require_separable
+from ..kinds.patterns import matches_modules_to_save
 from ..progress import progress_bytes
-from . import orientation
+from . import merge_record, orientation
 from .merge_plan import TIE_CHANGES_MATH, TiedEmbeddings, find_tied_embeddings, plan_merge
 from .pipeline import Pipeline
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 ROW_DTYPES = ("F16", "BF16", "F32")  # stored dtypes merged a block of rows at a time (fp32 math)
-MERGED_KEY = "adapterkit.merged"
+MERGED_KEY = merge_record.MERGED_KEY
 CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows: a few MB, which stay in the CPU's cache
 # Blocks are a multiple of this many rows, so that they start on the row tiles of the sgemm
 # kernels (MKL, OpenBLAS: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32 or 48 rows): each block's B·A is then
@@ -66,32 +86,119 @@ class MergeReport:
     notes: list[str] = field(default_factory=list)  # what else changed (embeddings untied)
 
 
-def _as_adapter(item: str | Path | Adapter) -> Adapter:
-    return item if isinstance(item, Adapter) else load(local_path(item, "adapter"))
+def _as_adapter(item: str | Path | Adapter, safe: bool = True) -> Adapter:
+    """``safe=False`` reads NaN/Inf values too: PEFT's ``safe_merge=False`` merges them."""
+    return item if isinstance(item, Adapter) else load(local_path(item, "adapter"), finite=safe)
 
 
 def _touches(adapters: list[Adapter], keys: dict[str, tuple[str, tuple[int, ...]]]):
-    """checkpoint key -> [(adapter index, module target)], and checkpoint key -> (adapter index, adapter key)
-    for ``modules_to_save`` replacements (the last adapter that saves a tensor wins)."""
+    """checkpoint key -> [(adapter index, module target)], checkpoint key -> (adapter index, adapter key)
+    for tensors stored whole, and per adapter its targets (module -> role -> checkpoint key).
+
+    Several adapters on one module compose as PEFT's layer with them all active, in the listed
+    order: a target whose module an earlier adapter's target changed the bias of reads the bias
+    too (DoRA scales what came before, bias included).  Combinations PEFT cannot activate
+    together are refused (:func:`_refuse_conflicts`)."""
+    plans = [plan_merge(adapter, keys) for adapter in adapters]
+    _refuse_conflicts(adapters, plans)
     touched: dict[str, list[tuple[int, Any]]] = {}
     replaced: dict[str, tuple[int, str]] = {}
-    for i, adapter in enumerate(adapters):
-        plan = plan_merge(adapter, keys)
+    bias_of: dict[str, str] = {}  # weight key -> bias key, once an adapter before has changed the bias
+    per_adapter: list[dict[str, dict[str, str]]] = []
+    for i, plan in enumerate(plans):
+        mine: dict[str, dict[str, str]] = {}
         for target in plan.targets:
-            for ckpt_key in target.roles.values():
+            roles = dict(target.roles)
+            weight_key = roles.get("weight")
+            if weight_key in bias_of and "bias" not in roles:
+                roles["bias"] = bias_of[weight_key]
+                target = type(target)(target.module, roles)
+            if weight_key is not None and "bias" in roles:
+                bias_of[weight_key] = roles["bias"]
+            mine[target.module] = roles
+            for ckpt_key in roles.values():
                 touched.setdefault(ckpt_key, []).append((i, target))
         for ckpt_key, adapter_key in plan.replacements.items():
             replaced[ckpt_key] = (i, adapter_key)
-    return touched, replaced
+        per_adapter.append(mine)
+    return touched, replaced, per_adapter
+
+
+def _saved_whole(adapter: Adapter, adapter_key: str) -> bool:
+    """Whether a tensor stored whole is a ``modules_to_save`` copy (PEFT wraps the module, one
+    active adapter at a time) rather than a base tensor PEFT saves beside the adapter (a trained
+    bias, an adapted embedding's base layer), which it loads into the one shared base module."""
+    name = adapter.kind.whole_module_tensors(adapter).get(adapter_key)
+    return name is not None and matches_modules_to_save(getattr(adapter.config, "modules_to_save", None), "." + name, ".")
+
+
+def _refuse_conflicts(adapters: list[Adapter], plans: list) -> None:
+    """Refuse, by name, adapters that PEFT cannot hold active together on one module.
+
+    - two adapters that save one module whole (``modules_to_save``): PEFT's wrapper activates
+      one adapter at a time (``set_adapter`` raises);
+    - one adapter saving a module whole that another adapts: PEFT refuses to load the second
+      (either order);
+    - two adapters replacing one base tensor (trained biases, saved base layers) with different
+      values: PEFT keeps one copy, the one loaded last, which a merge cannot know;
+    - two IA3 adapters that disagree on whether a module is feedforward: PEFT's layer keeps the
+      first adapter's flag for every adapter.
+
+    Raises:
+        UnsupportedError: ``not-supported``, naming both adapters, the module and why.
+    """
+    def refuse(i: int, j: int, key: str, why: str) -> UnsupportedError:
+        return UnsupportedError(
+            f"adapters `{adapters[i].source}` and `{adapters[j].source}` cannot be merged together: {why}; "
+            "merge them one after the other (two merge commands) if that is what you mean",
+            key=key, expected="adapters PEFT can hold active together", actual=f"both change `{key}`",
+        )
+
+    saved: dict[str, tuple[int, str]] = {}  # checkpoint key -> (adapter, adapter key) of a tensor stored whole
+    for i, plan in enumerate(plans):
+        for ckpt_key, akey in plan.replacements.items():
+            if ckpt_key in saved:
+                j, other = saved[ckpt_key]
+                whole = _saved_whole(adapters[j], other) or _saved_whole(adapters[i], akey)
+                if whole:
+                    raise refuse(j, i, ckpt_key, f"both save the module of `{ckpt_key}` whole (modules_to_save), and PEFT "
+                                                "activates one adapter at a time on such a module (set_adapter raises)")
+                if not torch.equal(adapters[j].tensors[other], adapters[i].tensors[akey]):
+                    raise refuse(j, i, ckpt_key, f"both store the base tensor `{ckpt_key}` (a trained bias or a saved base layer) "
+                                                "with different values, and PEFT keeps one copy: whichever adapter it loaded last")
+            saved[ckpt_key] = (i, akey)
+    modules: dict[str, list[tuple[int, str]]] = {}  # a module's weight key -> (adapter, module name)
+    for i, plan in enumerate(plans):
+        for target in plan.targets:
+            if "weight" in target.roles:
+                modules.setdefault(target.roles["weight"], []).append((i, target.module))
+    for i, plan in enumerate(plans):
+        for ckpt_key, akey in plan.replacements.items():
+            if not _saved_whole(adapters[i], akey):
+                continue
+            owner = ckpt_key.rsplit(".", 1)[0]
+            for j, module in (t for k, ts in modules.items() if k.rsplit(".", 1)[0] == owner for t in ts):
+                if j != i:
+                    raise refuse(i, j, ckpt_key, f"one saves `{owner}` whole (modules_to_save) and the other adapts it "
+                                                f"(`{module}`); PEFT refuses to load the second of them")
+    for key, users in modules.items():
+        flags = {i: getattr(adapters[i].module(m), "is_feedforward", None) for i, m in users}
+        seen = {(adapters[i].peft_type, f): i for i, f in flags.items() if f is not None}
+        for (kind, flag), i in seen.items():
+            j = seen.get((kind, not flag))
+            if j is not None:
+                raise refuse(min(i, j), max(i, j), key, f"they disagree on whether `{key.rsplit('.', 1)[0]}` is a feedforward module "
+                                                        "(IA3 scales its input or its output); PEFT's layer keeps the first adapter's choice for all")
 
 
 class _Tensors:
     """The fp32 values of the base tensors a merge has touched but not yet written.
 
     A module's roles may lie anywhere in the file (a bias before its weight): when the first
-    of them comes up, every module touching it is applied (each exactly once, adapters in
-    order — reversed for unmerge), reading its other roles early and keeping their new values
-    here until their turn to be written.  Memory: the roles of the modules in flight.
+    of them comes up, every module touching it or its other roles is applied (each exactly
+    once, adapters in order — reversed for unmerge), reading its other roles early and keeping
+    their new values here until their turn to be written.  Memory: the roles of the modules in
+    flight.
     """
 
     def __init__(self, direction: str, adapters: list[Adapter], weights: list[float], touched, replaced, read, device) -> None:
@@ -100,6 +207,9 @@ class _Tensors:
         self.values: dict[str, torch.Tensor] = {}
         self.changed: set[str] = set()
         self.applied: set[tuple[int, str]] = set()
+        # a merged key's value before any module changed it, where several adapters change it:
+        # PEFT's DoRA takes its norm over the base weight, whatever the adapters before it did
+        self.originals: dict[str, torch.Tensor] = {}
 
     def _current(self, key: str) -> torch.Tensor:
         if key not in self.values:
@@ -109,19 +219,40 @@ class _Tensors:
                 self.changed.add(key)
             else:
                 self.values[key] = self.read(key).to(device=self.device, dtype=torch.float32)
+            if self.direction == "merge" and len(self.touched.get(key, ())) > 1:
+                self.originals[key] = self.values[key]
         return self.values[key]
+
+    def _module_group(self, key: str) -> list[tuple[int, Any]]:
+        """Every (adapter, target) touching ``key`` or, in turn, another role of those targets
+        (a bias that comes before its weight in the file), in adapter order: the adapters on one
+        module apply in the order listed, whichever of its tensors comes up first."""
+        found: list[tuple[int, Any]] = []
+        seen: set[tuple[int, str]] = set()
+        pending = [key]
+        while pending:
+            for i, target in self.touched.get(pending.pop(0), []):
+                if (i, target.module) not in seen:
+                    seen.add((i, target.module))
+                    found.append((i, target))
+                    pending.extend(target.roles.values())
+        return sorted(found, key=lambda item: item[0])  # stable: one adapter's targets as listed
 
     def take(self, key: str) -> torch.Tensor | None:
         """The new fp32 value of ``key`` (None: unchanged, copy the base's bytes)."""
-        order = self.touched.get(key, [])
+        order = self._module_group(key)
         for i, target in (reversed(order) if self.direction == "unmerge" else order):
             if (i, target.module) in self.applied:
                 continue
             self.applied.add((i, target.module))
             roles = {role: self._current(ck) for role, ck in target.roles.items()}
             kind = self.adapters[i].kind
-            fn = kind.merge_module if self.direction == "merge" else kind.unmerge_module
-            new = fn(self.adapters[i], target.module, roles, weight=self.weights[i], device=self.device)
+            if self.direction == "merge":
+                base = {role: self.originals[ck] for role, ck in target.roles.items() if ck in self.originals}
+                new = kind.merge_module(self.adapters[i], target.module, roles, weight=self.weights[i], device=self.device,
+                                        base=base or None)
+            else:
+                new = kind.unmerge_module(self.adapters[i], target.module, roles, weight=self.weights[i], device=self.device)
             for role, ck in target.roles.items():
                 if role in new:
                     self.values[ck] = new[role]
@@ -129,6 +260,7 @@ class _Tensors:
         if key in self.replaced:
             self._current(key)
         value = self.values.pop(key, None)
+        self.originals.pop(key, None)
         if key in self.changed:
             self.changed.discard(key)
             return value
@@ -148,39 +280,74 @@ def merge_checkpoint(
     overwrite: bool = False,
     durable: bool = True,
     unmerge: bool = False,
-    tied_embeddings: str = "untie",
+    tied_embeddings: str | None = None,
     fan_in_fan_out: bool | str | dict[str, bool] | None = "auto",
+    again: bool = False,
+    force: bool = False,
 ) -> MergeReport:
     """Merge ``adapters`` (each scaled by its weight, default 1) into the checkpoint ``base`` and
     write ``out``; with ``unmerge=True`` take them out instead (exact up to rounding for LoRA;
-    IA3 and DoRA are lossy).
+    IA3 and DoRA are lossy).  Several adapters give PEFT's model with them all active, in the
+    order given (see the module docstring for what that means and what two merges one after
+    the other give instead).
+
+    The merge record: ``merge`` refuses an adapter the base's record already holds (or one
+    listed twice) unless ``again``; ``unmerge`` takes the weights from the record when
+    ``weights`` is None, and refuses an adapter the record does not hold, other weights, or one
+    a later merge still in place does not commute with, unless ``force``.  ``dtype`` is also
+    written into ``config.json`` (``dtype``/``torch_dtype``); integer and bool tensors keep
+    their dtype.
 
     ``tied_embeddings`` says what happens when the checkpoint ties its output embedding
     (``lm_head``) to its input embedding and an adapter changes either: ``"untie"`` (the
     default) writes the output embedding as a tensor of its own and sets
     ``tie_word_embeddings: false`` in ``config.json``, so the merged model computes what the
     adapter-attached model does; ``"shared"`` merges both into the one shared matrix, as
-    PEFT's ``merge_and_unload`` does (which changes the other embedding too).
+    PEFT's ``merge_and_unload`` does (which changes the other embedding too).  None (the
+    default) is ``"untie"`` where ``config.json`` says the embeddings are tied; where no config
+    says either way (an input embedding and no output embedding stored) the tie is unknown,
+    and a merge that changes either is refused (``tied-embeddings``) unless a policy is given,
+    which then takes the model as tied.  Where the adapters replace both embeddings by equal
+    tensors and change them no other way (``extract --save-changed`` of a fine-tune that kept
+    the tie), the tie is kept under either policy.
 
     ``fan_in_fan_out`` says how 2-D base weights are stored, per module as PEFT decides it (a
     transformers Conv1D is (in, out) whatever the adapter's saved flag): ``"auto"`` (the default)
     decides from ``config.json`` and the shapes, and refuses (``orientation-unknown``) where they
     cannot tell; True / False, or {module name or suffix: bool}, say it (``ops.orientation``).
 
+    ``safe`` (PEFT's ``safe_merge``): refuse NaN/Inf in an adapter read here or in a merged
+    tensor; ``safe=False`` checks neither and writes what the sums give, as PEFT's unsafe merge.
+
     Raises:
         AdapterkitError subclasses: an adapter that cannot be merged (prompt kinds), modules
         with no or mismatched base tensors (all listed at once), non-float base tensors,
-        NaN/Inf in a merged tensor with ``safe`` (naming it), output rules as ``save``.
+        NaN/Inf in a merged tensor with ``safe`` (naming it), output rules as ``save``;
+        ``not-supported`` for adapters PEFT cannot hold active together; ``merge-record``
+        (ArgumentError) for what the merge record refuses.
     """
     started = time.perf_counter()
     direction = "unmerge" if unmerge else "merge"
     device = resolve_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(local_path(base, "checkpoint"))
-    loaded = [_as_adapter(a) for a in adapters]
-    weights = [1.0] * len(loaded) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(loaded):
+    loaded = [_as_adapter(a, safe) for a in adapters]
+    require_all(loaded, direction, what=direction)  # a PEFT feature merging does not implement: by name
+    check_output(out, [*checkpoint_inputs(ckpt, "merged checkpoint" if unmerge else "base checkpoint"),  # before any work
+                       *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])
+    if weights is not None and len(weights) != len(loaded):
         raise UnsupportedError("one weight per adapter", key="weights", expected=len(loaded), actual=len(weights))
-    if tied_embeddings not in TIED_POLICIES:
+    history = merge_record.read(ckpt)
+    digests = [merge_record.adapter_digest(a) for a in loaded]
+    notes: list[str] = []
+    if unmerge:  # the record gives the weights and the order (newest merge taken out first)
+        undo = merge_record.plan_unmerge(history, digests, loaded, weights, force=force, path=ckpt.path)
+        loaded, digests = [loaded[i] for i in undo.order], [digests[i] for i in undo.order]
+        weights, kept = [undo.weights[i] for i in undo.order], undo.remaining
+        notes += undo.notes
+    else:
+        weights = [1.0] * len(loaded) if weights is None else [float(w) for w in weights]
+        notes += merge_record.check_merge(history, digests, loaded, again=again, path=ckpt.path)
+    if tied_embeddings is not None and tied_embeddings not in TIED_POLICIES:
         raise UnsupportedError("unknown tied_embeddings policy", key="tied_embeddings", expected=" | ".join(TIED_POLICIES), actual=tied_embeddings)
     keys = {k: (ckpt.info(k).dtype, tuple(ckpt.info(k).shape)) for k in ckpt.keys()}
     config = _read_config(ckpt)
@@ -189,12 +356,17 @@ def merge_checkpoint(
     if tie is not None and not tie.stored:  # plan as if the output embedding were there
         planned[tie.output_key] = keys[tie.input_key]
     loaded = orientation.for_checkpoints(loaded, planned, config=config, fan_in_fan_out=fan_in_fan_out, where=ckpt.path)
-    touched, replaced = _touches(loaded, planned)
+    touched, replaced, targets = _touches(loaded, planned)
     sources: dict[str, str] = {}  # output key -> the base key its bytes come from
     files: dict[str, bytes] = {}
-    notes: list[str] = []
     if tie is not None and any(k in touched or k in replaced for k in (tie.input_key, tie.output_key)):
-        if tied_embeddings == "untie":
+        if not tie.known and tied_embeddings is None:
+            raise _unknown_tie(ckpt, tie)
+        if _replaced_alike(tie, touched, replaced, loaded):
+            _keep_tie(tie, replaced, notes)
+        elif (tied_embeddings or "untie") == "untie":
+            for i, target in touched.get(tie.input_key, []) + touched.get(tie.output_key, []):
+                require_separable(loaded[i], target.module)  # trainable tokens change the tied rows of both
             keys = _untie(ckpt, keys, tie, replaced, sources, files, notes)
         else:
             _share(tie, touched, replaced, notes)
@@ -202,12 +374,21 @@ def merge_checkpoint(
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise UnsupportedError("--dtype must be a floating-point dtype", key="dtype", expected=" | ".join(FLOAT_DTYPES), actual=out_dtype)
     plan = {k: (out_dtype if out_dtype and dt in FLOAT_DTYPES else dt, shape) for k, (dt, shape) in keys.items()}
-    record = [
-        {"adapter": str(a.source) if a.source else None, "kind": a.peft_type, "weight": w,
-         "base_model": a.config.base_model_name_or_path}
-        for a, w in zip(loaded, weights)
-    ]
-    metadata = {"format": "pt", MERGED_KEY if direction == "merge" else "adapterkit.unmerged": json.dumps(record, sort_keys=True)}
+    if out_dtype is not None:
+        _config_dtype(ckpt, files, out_dtype, notes)
+    entries = []
+    for a, w, d, mine in zip(loaded, weights, digests, targets):
+        plan_keys = {ck for ck, (i, _) in replaced.items() if loaded[i] is a}
+        added, changed = merge_record.effects(a, mine, plan_keys)
+        entries.append(merge_record.Entry(str(a.source) if a.source else None, a.peft_type, w, a.config.base_model_name_or_path,
+                                          d, added, changed))
+    record = [{k: v for k, v in e.to_json().items() if k not in ("added", "changed")} for e in entries]
+    after = kept if unmerge else [*history, *entries]
+    metadata = {"format": "pt"}
+    if after:
+        metadata[MERGED_KEY] = merge_record.dumps(after)
+    if unmerge:
+        metadata[merge_record.UNMERGED_KEY] = merge_record.dumps(entries)
     if notes:
         metadata["adapterkit.notes"] = json.dumps(notes)
     report = MergeReport(Path(out), record, notes=notes)
@@ -242,10 +423,71 @@ def _read_config(ckpt) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+# safetensors dtype -> the name transformers writes in config.json ("dtype"; "torch_dtype" before 4.56)
+TORCH_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+CONFIG_DTYPE_KEYS = ("dtype", "torch_dtype")
+
+
+def _config_dtype(ckpt, files: dict[str, bytes], out_dtype: str, notes: list[str]) -> None:
+    """Make config.json name the dtype the output stores (transformers' ``from_pretrained`` loads
+    in the config's ``dtype``, or ``torch_dtype`` in configs written before 4.56: a stale one
+    would load bf16 weights as fp32).  Every ``dtype``/``torch_dtype`` member is rewritten, those
+    of sub-configs (``text_config``, ...) included; a config naming none is left as it is
+    (transformers then reads the dtype off the weights)."""
+    if "config.json" in files:
+        config = json.loads(files["config.json"])
+    else:
+        config = _read_config(ckpt)
+    if not isinstance(config, dict):
+        return
+    name, found = TORCH_NAMES[out_dtype], []
+
+    def rewrite(node: dict, where: str) -> None:
+        for key, value in node.items():
+            if key in CONFIG_DTYPE_KEYS and isinstance(value, str) and value != name:
+                node[key] = name
+                found.append(where + key)
+            elif isinstance(value, dict):
+                rewrite(value, f"{where}{key}.")
+
+    rewrite(config, "")
+    if found:
+        files["config.json"] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()  # utf-8
+        notes.append(f"config.json: {', '.join(found)} set to {name}")
+
+
 def _base_layer(replacement: tuple[int, str]) -> bool:
     """Whether a whole-tensor replacement is a saved base layer (PEFT saves embedding layers
     it adapts), which PEFT loads into the shared matrix, rather than a modules_to_save copy."""
     return replacement[1].endswith(".base_layer.weight")
+
+
+def _unknown_tie(ckpt, tie: TiedEmbeddings) -> UnsupportedError:
+    """The refusal of a merge that depends on a tie no config.json states."""
+    return UnsupportedError(
+        f"an adapter changes `{tie.input_key}` or `{tie.output_key}`, the checkpoint stores no `{tie.output_key}` and no "
+        "config.json says whether it is tied to the input embedding (tie_word_embeddings): untying would add "
+        f"`{tie.output_key}`, sharing changes the one matrix. If the model ties them, say how to merge: "
+        "tied_embeddings='untie' or 'shared' (--tied-embeddings untie | shared; 'shared' is also exact for a model without "
+        "an output layer); or put the model's config.json beside the checkpoint",
+        code="tied-embeddings", path=ckpt.path, key="tie_word_embeddings", expected="config.json or --tied-embeddings", actual="unknown",
+    )
+
+
+def _replaced_alike(tie: TiedEmbeddings, touched: dict, replaced: dict, adapters: list[Adapter]) -> bool:
+    """Whether both embeddings are replaced by equal tensors and changed in no other way: the
+    merged model then ties them as the base did, whatever the policy."""
+    if tie.input_key in touched or tie.output_key in touched or tie.input_key not in replaced or tie.output_key not in replaced:
+        return False
+    (i, a), (j, b) = replaced[tie.input_key], replaced[tie.output_key]
+    return torch.equal(adapters[i].tensors[a], adapters[j].tensors[b])
+
+
+def _keep_tie(tie: TiedEmbeddings, replaced: dict, notes: list[str]) -> None:
+    """Both embeddings become the one tensor the adapters store for each: the tie stays."""
+    if not tie.stored:
+        replaced.pop(tie.output_key)
+    notes.append(f"`{tie.input_key}` and `{tie.output_key}`, which it is tied to, are replaced by equal tensors: they stay tied")
 
 
 def _untie(ckpt, keys: dict, tie: TiedEmbeddings, replaced: dict, sources: dict[str, str], files: dict[str, bytes],
@@ -520,7 +762,8 @@ def _readme(ckpt, direction: str, record: list[dict[str, Any]], notes: list[str]
     lines = [f"## {'Merged' if direction == 'merge' else 'Unmerged'} with adapterkit", ""]
     for r in record:
         lines.append(f"- {r['kind']} adapter `{r['adapter']}`, weight {r['weight']:g}"
-                     + (f" (trained on `{r['base_model']}`)" if r.get("base_model") else ""))
+                     + (f" (trained on `{r['base_model']}`)" if r.get("base_model") else "")
+                     + (f", content digest `{r['digest']}`" if r.get("digest") else ""))
     lines += [f"- {n[0].upper()}{n[1:]}" for n in notes]
     lines += ["", f"Each shard's safetensors metadata records the same under `{MERGED_KEY if direction == 'merge' else 'adapterkit.unmerged'}`.", ""]
     section = "\n".join(lines)

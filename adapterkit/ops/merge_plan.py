@@ -118,13 +118,18 @@ class TiedEmbeddings:
         output_key: the output embedding's key (``lm_head.weight``), which is usually absent.
         stored: whether ``output_key`` is in the checkpoint anyway (transformers ignores it
             when it ties the two on loading).
-        config: the parsed ``config.json`` that says so, or None (the structure says so).
+        config: the parsed ``config.json`` that says so, or None.
+        known: whether ``config.json`` says ``tie_word_embeddings: true``; False when no
+            config says either way and the structure allows a tie (an input embedding, no
+            output embedding stored): the tie is then unknown, and a merge that depends on
+            it must be told (``tied_embeddings``) rather than guess.
     """
 
     input_key: str
     output_key: str
     stored: bool
     config: dict | None = None
+    known: bool = True  # False: no config.json says so; the structure only allows a tie
 
 
 # models whose computation changes with ``tie_word_embeddings`` beyond sharing the matrix
@@ -140,8 +145,10 @@ def find_tied_embeddings(keys: CheckpointKeys, config: dict | None) -> TiedEmbed
     """Whether the checkpoint ties its output embedding to its input embedding.
 
     ``config`` (the checkpoint's ``config.json``) decides when it says
-    ``tie_word_embeddings``; otherwise (no config, or one written before transformers
-    stored the default) the structure does: an input embedding and no output embedding.
+    ``tie_word_embeddings``.  Otherwise (no config, or one written before transformers
+    stored the default) nothing is guessed: a checkpoint storing an output embedding is
+    taken as it is (untied), and one with an input embedding and no output embedding —
+    tied, or a model without an output layer — gives a tie with ``known=False``.
     The pair must be unambiguous (one input embedding; one output embedding, or none, which
     is then ``lm_head.weight``): otherwise there is nothing to tie, and None is returned.
     """
@@ -151,9 +158,10 @@ def find_tied_embeddings(keys: CheckpointKeys, config: dict | None) -> TiedEmbed
         return None
     output = outputs[0] if outputs else "lm_head.weight"
     said = config.get("tie_word_embeddings") if isinstance(config, dict) else None
+    said = said if isinstance(said, bool) else None
     if said is False or (said is None and outputs):
         return None
-    return TiedEmbeddings(inputs[0], output, bool(outputs), config if isinstance(config, dict) else None)
+    return TiedEmbeddings(inputs[0], output, bool(outputs), config if isinstance(config, dict) else None, known=said is True)
 
 
 def weight_keys(adapter: Adapter, checkpoint_keys: CheckpointKeys) -> dict[str, str | None]:

@@ -31,6 +31,7 @@ from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, UnsupportedError
 from ..io.recipe import step, with_step
+from ..kinds.features import LOWRANK, feature_tensor, require
 from ..kinds.lora import PREFIX
 from ..kinds.patterns import layer_index, pattern_key
 
@@ -129,6 +130,27 @@ def _check(adapter: Adapter, modules: str | None, layers: Iterable[int] | None, 
     return regex, wanted  # type: ignore[return-value]
 
 
+def _check_layers(adapter: Adapter, names: list[str], wanted: set[int]) -> None:
+    """Refuse layer indices no module has: a typo would silently drop nothing."""
+    present = {i for i in (layer_index(n, getattr(adapter.config, "layers_pattern", None)) for n in names) if i is not None}
+    absent = sorted(wanted - present)
+    if absent:
+        have = _ranges(sorted(present)) if present else "none (no module has a layer index)"
+        raise ArgumentError(f"no module of the adapter is in layer {_ranges(absent)}; its layers are {have}", path=adapter.source,
+                            key="layers", expected=f"layers among {have}", actual=_ranges(absent))
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> ``0-2,5``."""
+    parts: list[str] = []
+    for v in values:
+        if parts and v == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{v}"
+        else:
+            parts.append(str(v))
+    return ",".join(parts)
+
+
 def prune(adapter: Adapter, *, modules: str | None = None, layers: Iterable[int] | None = None, min_energy: float | None = None,
           keep_fraction: float | None = None, device: Any = "cpu") -> tuple[Adapter, PruneReport]:
     """The adapter without the modules any of the given rules drops.
@@ -148,8 +170,9 @@ def prune(adapter: Adapter, *, modules: str | None = None, layers: Iterable[int]
         (the pruned adapter, a :class:`PruneReport`).
 
     Raises:
-        ArgumentError: ``argument-invalid`` for no rule, an invalid regex or value, or rules that
-            drop every module (an empty adapter is of no use).
+        ArgumentError: ``argument-invalid`` for no rule, an invalid regex or value, a layer that
+            no module is in (naming the layers there are), or rules that drop every module (an
+            empty adapter is of no use).
         UnsupportedError: ``not-supported`` for kinds without modules (prompt learning), and for
             the energy rules on kinds without a ΔW of their own (IA3).
     """
@@ -159,8 +182,12 @@ def prune(adapter: Adapter, *, modules: str | None = None, layers: Iterable[int]
         raise UnsupportedError(f"{adapter.peft_type} adapters have no modules to prune", path=adapter.source,
                                expected="LORA or IA3", actual=adapter.peft_type)
     names = sorted(adapter.modules)
+    if min_energy is not None or keep_fraction is not None:  # energies are ΔW's: a feature changing it is refused
+        require(adapter, LOWRANK, what="prune by energy")
     shares = _shares(adapter, names, resolve_device(device)) if min_energy is not None or keep_fraction is not None else {}
     top = set(sorted(names, key=lambda n: (-shares[n], n))[: math.ceil(keep_fraction * len(names))]) if keep_fraction is not None else set(names)
+    if wanted is not None:
+        _check_layers(adapter, names, wanted)
     dropped: dict[str, str] = {}
     for name in names:
         index = layer_index(name, getattr(cfg, "layers_pattern", None)) if wanted is not None else None
@@ -179,6 +206,8 @@ def prune(adapter: Adapter, *, modules: str | None = None, layers: Iterable[int]
         parsed = adapter.kind.parse_key(key)
         if parsed is not None and parsed[0] in dropped:
             continue
+        if parsed is None and feature_tensor(key) is not None and any(key.startswith(f"{PREFIX}{d}.") for d in dropped):
+            continue  # a tensor a LoRA variant adds to a dropped module (VeLoRA's lora_velora_embed, KaSA's lora_diag)
         new = key
         if parsed is None and WRAPPER in key and key.startswith(PREFIX) and key[len(PREFIX): key.index(WRAPPER)] in dropped:
             new = key.replace(WRAPPER, ".", 1)

@@ -2,7 +2,7 @@
 
 Each operator takes same-shape tensors T₁..Tₙ (one per adapter: dense ΔW's, or lora_A's, or
 lora_B's) and their weights w₁..wₙ, and returns one tensor, with the definitions of PEFT's
-``peft.utils.merge_utils`` (0.21.2), in PEFT's order of operations:
+``peft.utils.merge_utils`` (0.22.0), in PEFT's order of operations:
 
   linear            Σ wᵢ·Tᵢ                                  (task arithmetic)
   magnitude_prune   Σ wᵢ·prune(Tᵢ): keep the int(density·numel) entries of largest |Tᵢ|

@@ -349,6 +349,41 @@ def test_offline_reads_the_cache_and_fails_clearly_without_it(hub, tmp_path, mon
     assert len(hub.log) == seen
 
 
+def test_an_adapter_in_a_subfolder_is_fetched_from_its_commit(hub, tmp_path):
+    # the cache keeps one/adapter_config.json at snapshots/<commit>/one/: the commit is not the file's parent folder
+    src = make_lora(tmp_path / "lora")
+    hub.add("org/nested", {f"one/{p.name}": p.read_bytes() for p in src.iterdir()})
+    assert run("validate", "org/nested").exit_code == 0
+    res = run("pull", "org/nested", tmp_path / "out")
+    assert res.exit_code == 0, res.output
+    for p in src.iterdir():
+        assert (tmp_path / "out" / "one" / p.name).read_bytes() == p.read_bytes()
+    assert adapterkit.load("org/nested") == adapterkit.load(src)
+
+
+@pytest.mark.parametrize("value", ["0", "false", "FALSE", "no", "off", ""])
+def test_hf_hub_offline_set_to_a_false_value_still_fetches(hub, tmp_path, monkeypatch, value):
+    # huggingface_hub reads HF_HUB_OFFLINE as true only for 1/ON/YES/TRUE (constants._is_true)
+    src = make_lora(tmp_path / "lora")
+    hub.add("org/lora", {p.name: p.read_bytes() for p in src.iterdir()})
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    assert adapterkit.load("org/lora") == adapterkit.load(src)  # the cache is empty: only the Hub can answer
+    assert "adapter_model.safetensors" in hub.fetched()
+
+
+def test_offline_a_commit_sha_revision_is_read_from_the_cache(hub, tmp_path, monkeypatch):
+    src = make_lora(tmp_path / "lora")
+    sha = hub.add("org/lora", {p.name: p.read_bytes() for p in src.iterdir()})
+    assert run("validate", "org/lora").exit_code == 0  # online: fills snapshots/<sha>/ and refs/main
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", closed_port())
+    seen = len(hub.log)
+    assert adapterkit.load(f"org/lora@{sha}") == adapterkit.load(src)  # no refs/<sha> file: the sha is the snapshot
+    assert run("validate", f"org/lora@{sha}").exit_code == 0
+    one_line_error(run("validate", f"org/lora@{'0' * 40}"), "hub-offline")  # a sha the cache does not hold
+    assert len(hub.log) == seen
+
+
 @pytest.mark.parametrize("name", ["../evil", "/etc/evil", "a/../../evil", "dir\\..\\evil", "C:/evil", "a//evil", "./evil", "evil\x00.txt"])
 def test_a_hostile_file_name_is_refused_before_anything_is_written(hub, tmp_path, monkeypatch, name):
     hub.add("org/lora", {p.name: p.read_bytes() for p in make_lora(tmp_path / "lora").iterdir()})
@@ -470,6 +505,9 @@ def test_merge_push_to_publishes_with_a_merge_card(hub, tmp_path, base_from_hub)
     assert meta["base_model_relation"] == "merge" and meta["library_name"] == "peft"
     assert meta["base_model"] == ("org/base" if base_from_hub else "org/trained-on")
     assert "lora" in meta["tags"] and "adapterkit" in meta["tags"]
+    # the Hub's model tree reads base_model:<relation>:<id>; a merged model's relation is merge, not adapter
+    assert f"base_model:merge:{meta['base_model']}" in meta["tags"]
+    assert not [t for t in meta["tags"] if t.startswith("base_model:adapter:")]
     assert "weight 1" in files["README.md"].decode()
     local_card = (tmp_path / "merged" / "README.md").read_text()  # OUT is not modified by the push
     assert "Merged with adapterkit" in local_card and "base_model_relation" not in local_card

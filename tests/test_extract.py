@@ -409,3 +409,63 @@ def test_non_finite_difference_is_an_adapterkit_error(tmp_path: Path) -> None:
     with pytest.raises(AdapterkitError) as info:
         extract(tmp_path / "base.safetensors", tmp_path / "ft.safetensors", rank=2)
     assert info.value.code == "non-finite" and "m.q.weight" in str(info.value)
+
+
+def test_default_targets_exclude_only_exact_head_names(tmp_path: Path) -> None:
+    """The default rule excludes a last name containing ``embed`` or equal to ``lm_head``, ``wte``,
+    ``wpe``, ``shared``: Qwen2-MoE's ``shared_expert_gate`` or a ``shared_proj`` are Linear layers
+    like any other and are extracted (exactly: rank 1 is their full rank here)."""
+    g = torch.Generator().manual_seed(0)
+    names = ["mlp.shared_expert_gate", "mlp.shared_proj", "mlp.wte_proj", "lm_head_proj"]
+    base = {f"{n}.weight": torch.randn(1, 6, generator=g) for n in names}
+    ft = {k: v + torch.randn(1, 6, generator=g) for k, v in base.items()}
+    save_file(base, tmp_path / "b.safetensors")
+    save_file(ft, tmp_path / "f.safetensors")
+    adapter, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=1)
+    assert sorted(m.name for m in report.modules) == sorted(names)
+    assert report.not_extracted == {} and report.unchanged == ()
+    for n in names:
+        torch.testing.assert_close(adapter.delta_weight(n), ft[f"{n}.weight"] - base[f"{n}.weight"], atol=1e-6, rtol=0)
+
+
+def test_rank_above_a_quarter_of_a_large_matrix_uses_the_exact_svd(tmp_path: Path) -> None:
+    """min(m, n) = 1030 > 1024 and rank 300 > 1030 / 4: the randomized path is not taken; the
+    factors hold the best rank-300 approximation (Eckart-Young, from torch.linalg.svdvals)."""
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(1100, 1030, generator=g)
+    F = W + torch.randn(1100, 1030, generator=g) * 0.1  # flat spectrum: a sketch is visibly worse
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": F}, tmp_path / "f.safetensors")
+    adapter, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=300)
+    (rec,) = report.modules
+    delta = (F - W).double()
+    S2 = torch.linalg.svdvals(delta).square()
+    best = float((S2[300:].sum() / S2.sum()).sqrt())  # the smallest relative error any rank-300 B·A has
+    err = float((delta - adapter.delta_weight("x").double()).norm() / delta.norm())
+    assert rec.method == "dense" and rec.rank == 300
+    assert abs(err - best) < 1e-5 and abs(rec.error - best) < 1e-5
+
+
+def test_an_embedding_of_unknown_tie_adds_no_output_embedding_to_the_report(tmp_path: Path) -> None:
+    """Single files (no config.json) storing an input embedding and no lm_head: the tie is
+    unknown, so the report names only stored keys (no `lm_head.weight` beside the embedding);
+    with a config.json saying tied on one side only, the pair is refused (``tied-embeddings``)."""
+    g = torch.Generator().manual_seed(0)
+    base = {"model.embed_tokens.weight": torch.randn(10, 6, generator=g), "model.up_proj.weight": torch.randn(4, 6, generator=g)}
+    ft = {"model.embed_tokens.weight": base["model.embed_tokens.weight"].clone(), "model.up_proj.weight": base["model.up_proj.weight"] + 1}
+    moved = {**ft, "model.embed_tokens.weight": base["model.embed_tokens.weight"] + 1}
+    save_file(base, tmp_path / "b.safetensors")
+    save_file(ft, tmp_path / "f.safetensors")
+    save_file(moved, tmp_path / "moved.safetensors")
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", rank=4)
+    assert report.unchanged == ("model.embed_tokens.weight",) and report.not_extracted == {}
+    assert [m.name for m in report.modules] == ["model.up_proj"]
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "moved.safetensors", rank=4)
+    assert report.unchanged == () and report.not_extracted == {"model.embed_tokens.weight": 240}
+    tied = tmp_path / "tied"
+    tied.mkdir()
+    save_file(base, tied / "model.safetensors")
+    (tied / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
+    with pytest.raises(AdapterkitError) as info:
+        extract(tied, tmp_path / "f.safetensors", rank=4)
+    assert info.value.code == "tied-embeddings" and "fine-tuned" in str(info.value)

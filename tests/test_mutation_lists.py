@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"mutate_cli": 30, "mutate_checkpoint": 20, "mutate_merge": 40, "mutate_combine": 30, "mutate_resize": 25, "mutate_inject": 20,
            "mutate_extract": 40, "mutate_hub": 35, "mutate_digest": 30, "mutate_fault": 19, "mutate_inspect": 35, "mutate_fuzz": 25,
-           "mutate_recipe": 45, "mutate_fault2": 10, "mutate_merge_multi": 25, "mutate_features": 15, "mutate_independent": 85}
+           "mutate_recipe": 45, "mutate_fault2": 10, "mutate_merge_multi": 25, "mutate_features": 15, "mutate_independent": 85, "mutate_independent2": 20}
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

@@ -112,15 +112,18 @@ class LayeredNet(nn.Module):
         return self.pooler(x)
 
 
-def test_layers_to_transform_leaves_a_target_outside_the_layers(tmp_path):
-    """`pooler.dense` has no layer index: PEFT does not target it under layers_to_transform."""
-    config = LoraConfig(r=2, lora_alpha=4, target_modules=["dense"], layers_to_transform=[1])
+@pytest.mark.parametrize("layers", [[1], 1, 0], ids=["list", "int", "layer-0"])
+def test_layers_to_transform_leaves_a_target_outside_the_layers(tmp_path, layers):
+    """`pooler.dense` has no layer index: PEFT does not target it under layers_to_transform; an
+    int (0 included: not "no restriction") names one layer."""
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=["dense"], layers_to_transform=layers)
     peft_model, ours, saved = peft_and_ours(LayeredNet, config, tmp_path)
-    assert sorted(saved.modules) == ["encoder.layers.1.dense"]
+    kept = layers[0] if isinstance(layers, list) else layers
+    assert sorted(saved.modules) == [f"encoder.layers.{kept}.dense"]
     theirs = peft_model(X)
     assert max_diff(theirs, LayeredNet()(X)) > 1e-2
     assert max_diff(ours(X), theirs) <= TOL
-    assert type(ours.pooler.dense) is nn.Linear and type(ours.encoder.layers[0].dense) is nn.Linear  # left as they were
+    assert type(ours.pooler.dense) is nn.Linear and type(ours.encoder.layers[1 - kept].dense) is nn.Linear  # left as they were
 
 
 # ----------------------------------------------------------------------------- target_parameters at a dot boundary

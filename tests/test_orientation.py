@@ -383,3 +383,19 @@ def test_cli_bad_orientation_is_a_usage_error_before_torch(value: str) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines() == ["exit 2", "no torch"], proc.stdout + proc.stderr
     assert "--fan-in-fan-out" in proc.stderr and "expected auto, true, false" in proc.stderr
+
+
+def test_a_per_module_orientation_names_whole_name_components(tmp_path: Path) -> None:
+    """`fc=true` names modules called `fc` (or ending in `.fc`), as PEFT's list targets match:
+    it says nothing of `c_fc`, whose square weight then stays undecided and is refused by name."""
+    g = torch.Generator().manual_seed(5)
+    base = tmp_path / "base.safetensors"
+    save_file({"h.fc.weight": torch.randn(4, 4, generator=g), "h.c_fc.weight": torch.randn(4, 4, generator=g)}, str(base))
+    tensors = {f"base_model.model.h.{m}.lora_{x}.weight": torch.randn(*shape, generator=g)
+               for m in ("fc", "c_fc") for x, shape in (("A", (2, 4)), ("B", (4, 2)))}
+    adapter = adapterkit.Adapter.from_tensors(adapterkit.LoraConfig(r=2, lora_alpha=4, target_modules=("fc", "c_fc")), tensors)
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [adapter], tmp_path / "out.safetensors", fan_in_fan_out="fc=true")
+    assert info.value.code == "orientation-unknown" and "h.c_fc" in str(info.value)
+    merge_checkpoint(base, [adapter], tmp_path / "out.safetensors", fan_in_fan_out="fc=true,c_fc=false")
+    assert (tmp_path / "out.safetensors").exists()

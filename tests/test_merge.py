@@ -412,3 +412,22 @@ def test_two_adapters_changing_weight_and_bias_of_one_module(tmp_path: Path) -> 
     merge_checkpoint(tmp_path / "ab", [a, b], tmp_path / "back", weights=[0.5, 2.0], unmerge=True)
     for key, value in original.items():
         torch.testing.assert_close(shards(tmp_path / "back")[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_both_embeddings_stored_without_config_are_two_matrices(tmp_path: Path) -> None:
+    """No config.json, but the checkpoint stores lm_head.weight beside the input embedding: the
+    two are separate matrices (a tied model stores one), so a LoRA on lm_head merges into lm_head
+    alone, with no tie policy asked for."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(4)
+    emb, head = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
+    base = tmp_path / "base.safetensors"
+    save_file({"model.embed_tokens.weight": emb, "lm_head.weight": head}, str(base))
+    A, B = torch.randn(2, 4, generator=g), torch.randn(10, 2, generator=g)
+    adapter = adapterkit.Adapter.from_tensors(adapterkit.LoraConfig(r=2, lora_alpha=2, target_modules=("lm_head",)),
+                                              {"base_model.model.lm_head.lora_A.weight": A, "base_model.model.lm_head.lora_B.weight": B})
+    merge_checkpoint(base, [adapter], tmp_path / "out.safetensors")
+    out = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.equal(out["model.embed_tokens.weight"], emb)
+    torch.testing.assert_close(out["lm_head.weight"], head + B @ A, rtol=0, atol=1e-6)

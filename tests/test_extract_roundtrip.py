@@ -387,3 +387,18 @@ def test_attach_of_trained_base_tensors_is_refused_by_name_not_blamed_on_the_mod
     with pytest.raises(AdapterkitError) as info:
         adapterkit.attach(qwen2(), moved)
     assert info.value.code == "not-supported" and key in str(info.value)
+
+
+@pytest.mark.parametrize(("chosen", "others"), [({"fc"}, {"block.fc", "head"}), ({"block.fc"}, {"x.block.fc", "fc"}),
+                                                ({"a.q", "b.k"}, {"c.a.q", "v"}), ({"q"}, {"k", "v"})])
+def test_exact_targets_select_exactly_the_chosen_modules_in_peft(chosen: set[str], others: set[str]) -> None:
+    """PEFT's own matcher (check_target_module_exists) applied to the written target_modules
+    selects the chosen modules and no other, whatever the names' suffixes (a top-level `fc`
+    beside `block.fc` included)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from adapterkit.ops.extract_layout import exact_targets
+
+    targets = exact_targets(sorted(chosen), chosen | others)
+    config = LoraConfig(target_modules=targets)
+    assert {m for m in chosen | others if check_target_module_exists(config, m)} == chosen

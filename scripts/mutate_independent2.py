@@ -56,7 +56,7 @@ MUTANTS = [
      'suffixes.update(".".join(parts[i:]) for i in range(1, len(parts)))',
      'suffixes.update(".".join(parts[i:]) for i in range(1, len(parts) - 1))', EXTRACT),
     ("extract: energy threshold strict, no tolerance", "adapterkit/ops/extract.py",
-     "reached = (cum >= energy * total * (1 - 1e-12)).nonzero()",
+     "reached = (cum >= energy * total * (1 - slack)).nonzero()",
      "reached = (cum > energy * total).nonzero()", EXTRACT),
     ("extract: rank not capped at min(out, in)", "adapterkit/ops/extract.py",
      "k = min(rank, small)", "k = rank", EXTRACT),

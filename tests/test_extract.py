@@ -260,6 +260,23 @@ def test_energy_on_a_large_matrix_grows_a_randomized_sketch(tmp_path: Path, true
     assert abs(err - rec.error) < 1e-4 and err**2 <= 1 - 0.9999 + 1e-6
 
 
+@pytest.mark.parametrize(("m", "n", "true_rank"), [(16, 16, 4), (64, 48, 4), (300, 260, 7), (1100, 1030, 5)])
+def test_energy_one_on_an_exact_low_rank_fp32_change_keeps_its_rank(tmp_path: Path, m: int, n: int, true_rank: int) -> None:
+    """energy=1.0 asks for all of ΔW: an exact rank-r change stored in fp32 has rank r, and the
+    fp32 SVD's rounding (its k values hold 1 - O(ε) of ‖ΔW‖², not all of it) must not read as
+    missing energy that only more rank can supply."""
+    g = torch.Generator().manual_seed(m + true_rank)
+    W = torch.randn(m, n, generator=g) * 0.02
+    F = W + torch.randn(m, true_rank, generator=g) @ torch.randn(true_rank, n, generator=g) * 0.01
+    save_file({"x.weight": W}, tmp_path / "b.safetensors")
+    save_file({"x.weight": F}, tmp_path / "f.safetensors")
+    S = torch.linalg.svdvals((F - W).double())
+    assert float(S[true_rank:].square().sum() / S.square().sum()) < 1e-12  # exact rank r, from first principles
+    _, report = extract(tmp_path / "b.safetensors", tmp_path / "f.safetensors", energy=1.0)
+    (rec,) = report.modules
+    assert rec.rank == true_rank and rec.energy_kept > 1 - 1e-6
+
+
 def test_energy_is_a_fraction_of_the_whole_difference_not_of_the_sketch(tmp_path: Path) -> None:
     # ΔW = U·diag(σ)·Vᵀ with σ² = 100, 25, 4, 1 and sixty equal σ² = 0.01: the first sketch (32)
     # holds 130.28 of 130.6, enough for energy 0.9969 (130.195), which needs 20 of the equal

@@ -431,3 +431,31 @@ def test_both_embeddings_stored_without_config_are_two_matrices(tmp_path: Path) 
     out = load_file(str(tmp_path / "out.safetensors"))
     assert torch.equal(out["model.embed_tokens.weight"], emb)
     torch.testing.assert_close(out["lm_head.weight"], head + B @ A, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_tied_embeddings_replaced_alike_stay_tied(stored: bool, tmp_path: Path) -> None:
+    """Both tied embeddings saved whole with equal values: the merged model keeps the tie and
+    both hold the saved tensor.  A base that stores lm_head.weight anyway gets the new value
+    there too (not its old bytes); one that does not store it gets no lm_head.weight."""
+    base = save_base(tied_llama(), tmp_path / "base", shard=None)
+    if stored:
+        state = load_file(base / "model.safetensors")
+        state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+        from safetensors.torch import save_file
+        save_file(state, base / "model.safetensors", metadata={"format": "pt"})
+    adapter = make_adapter(tied_llama, tmp_path / "adapter", seed=14, r=2, lora_alpha=2, target_modules=["q_proj"],
+                           modules_to_save=["embed_tokens", "lm_head"])
+    saved = load_file(adapter / "adapter_model.safetensors")
+    new = saved["base_model.model.model.embed_tokens.weight"]
+    saved["base_model.model.lm_head.weight"] = new.clone()
+    from safetensors.torch import save_file
+    save_file(saved, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
+    report = merge_checkpoint(base, [adapter], tmp_path / "out")
+    ours = shards(tmp_path / "out")
+    assert torch.equal(ours["model.embed_tokens.weight"], new)
+    assert ("lm_head.weight" in ours) is stored
+    if stored:
+        assert torch.equal(ours["lm_head.weight"], new)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is True
+    assert any("they stay tied" in n for n in report.notes)

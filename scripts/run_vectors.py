@@ -2,7 +2,7 @@
 """Run the conformance vectors of ``spec/v1/vectors`` against the ``adapterkit`` on the path.
 
 This is the harness ``tests/test_spec.py`` uses for every vector and the one
-``scripts/mutate_vectors.py`` runs against deliberately broken copies of the reader,
+``tests/mutation/run.py vectors`` runs against deliberately broken copies of the reader,
 so both judge a reader by exactly the same checks (spec §14):
 
 * a valid vector loads (``adapter_name`` passed when the vector names one) with exactly

@@ -1,5 +1,5 @@
 """adapterkit.attach / merge / extract_from_model against PEFT 0.22.0 where a mutation batch
-(scripts/mutate_independent.py) left plausible bugs alive: name matching at a ``.`` boundary
+(tests/mutation/lists/independent.py) left plausible bugs alive: name matching at a ``.`` boundary
 (``exclude_modules``, ``target_parameters``), ``layers_to_transform`` with a target outside the
 numbered layers, trainable tokens on a scaled embedding, a ``modules_to_save`` entry matching a
 module and its child, and a DoRA merged after a LoRA on one module.

@@ -1,6 +1,6 @@
 """Mutation check of the content digest (spec §5.5): does tests/test_digest.py catch plausible bugs?
 
-Usage: python scripts/mutate_digest.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py digest [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); tests/test_digest.py then runs against the copy.  A mutant
@@ -8,9 +8,6 @@ is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 TESTS = ["tests/test_digest.py"]
 DIGEST = "adapterkit/io/digest.py"
@@ -87,13 +84,4 @@ MUTANTS = [
      '        "digest": None,'),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

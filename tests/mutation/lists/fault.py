@@ -1,6 +1,6 @@
 """Mutation check of atomic installs and staging: does tests/test_faults.py catch plausible bugs?
 
-Usage: python scripts/mutate_fault.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py fault [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); tests/test_faults.py then runs against the copy.  A mutant
@@ -8,9 +8,6 @@ is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 TESTS = ["tests/test_faults.py"]
 ATOMIC = "adapterkit/io/atomic.py"
@@ -66,13 +63,4 @@ MUTANTS = [
      [F + "test_write_new_turns_a_failed_install_into_write_failed"]),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

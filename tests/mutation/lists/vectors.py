@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Mutation testing of the conformance vectors: does every rule of spec/v1 have a vector that
 fails on a reader (or writer) that skips or misreads it?
 
@@ -10,35 +9,18 @@ directory, the patch is applied to the copy (the real files are never touched), 
 PYTHONPATH is the copy.  A mutant is *killed* when at least one vector fails.  A rule is
 *pinned* when it has at least one mutant and every one of its mutants is killed.
 
-The script refuses to run when a patch no longer applies (its ``old`` text must occur exactly
+The harness refuses to run when a patch no longer applies (its ``old`` text must occur exactly
 once), when a mutated file does not compile, when the unmutated copy fails a vector, or when
 a rule id of the README has no mutant: the list has to follow the code and the text.
 
 Usage:
-  python scripts/mutate_vectors.py                 # table and summary; exit 1 unless every rule is pinned
-  python scripts/mutate_vectors.py -k '^R5.2|^R8' -j 4   # only the rules of §5.2 and §8, 4 at a time
+  python tests/mutation/run.py vectors                       # table and summary; exit 1 unless every rule is pinned
+  python tests/mutation/run.py vectors --rules '^R5.2|^R8' -j 4   # only the rules of §5.2 and §8, 4 at a time
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "adapterkit"
-README = ROOT / "spec" / "v1" / "README.md"
-VECTORS = ROOT / "spec" / "v1" / "vectors"
-RUNNER = ROOT / "scripts" / "run_vectors.py"
-RULE_DEF = re.compile(r"\*\*\[(R[0-9.]+-[0-9]+)\]\*\*")
 
 
 @dataclass(frozen=True)
@@ -54,6 +36,7 @@ M = Mutant
 SF, RD, VS, JS, BF, WR = "io/safetensors_file.py", "io/reader.py", "io/version.py", "io/jsontext.py", "io/bin_file.py", "io/writer.py"
 LO, IA, PL, BA, PA, VA = "kinds/lora.py", "kinds/ia3.py", "kinds/prompt_learning.py", "kinds/base.py", "kinds/patterns.py", "validate.py"
 DG = "io/digest.py"
+RUNS = "vectors"  # tests/mutation/run.py runs the conformance vectors, not pytest, against each mutant
 V2 = '    return json.dumps(peft_key_order(config), separators=(",", ":")).encode("ascii")'  # the 1.2 canonical JSON
 
 MUTANTS: list[Mutant] = [
@@ -498,82 +481,3 @@ MUTANTS: list[Mutant] = [
     M("R12-1", "no pattern-order warning", LO, "            if winner != after_save and pattern[winner] != pattern[after_save]:", "            if False:"),
     M("R12-1", "no pattern-unmatched warning", LO, "            if not any(pattern_key([pkey], n) == pkey for n in names):", "            if False:"),
 ]
-
-
-def rules_in_readme() -> list[str]:
-    return list(dict.fromkeys(RULE_DEF.findall(README.read_text(encoding="utf-8"))))
-
-
-def mutated_text(mutant: Mutant) -> str:
-    """The mutated file's text.  Raises SystemExit when the patch does not apply or compile."""
-    path = PACKAGE / mutant.file
-    text = path.read_text(encoding="utf-8")
-    if text.count(mutant.old) != 1:
-        raise SystemExit(f"mutant {mutant.rule} '{mutant.name}': its old text occurs {text.count(mutant.old)} times in {mutant.file}")
-    text = text.replace(mutant.old, mutant.new)
-    try:
-        compile(text, str(path), "exec")
-    except SyntaxError as exc:
-        raise SystemExit(f"mutant {mutant.rule} '{mutant.name}' does not compile: {exc}") from exc
-    return text
-
-
-def make_copy(dest: Path, mutant: Mutant | None) -> None:
-    shutil.copytree(PACKAGE, dest / "adapterkit", ignore=shutil.ignore_patterns("__pycache__"))
-    if mutant is not None:
-        (dest / "adapterkit" / mutant.file).write_text(mutated_text(mutant), encoding="utf-8")
-
-
-def run(mutant: Mutant | None, vectors: Path) -> list[str]:
-    """The vectors that fail against a copy of adapterkit with ``mutant`` applied."""
-    with tempfile.TemporaryDirectory(prefix="adapterkit-mutant-") as tmp:
-        make_copy(Path(tmp), mutant)
-        env = {**os.environ, "PYTHONPATH": tmp, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.run([sys.executable, str(RUNNER), "-q", str(vectors)], cwd=tmp, env=env,
-                              capture_output=True, text=True, timeout=600)
-    failed = proc.stdout.split()
-    if proc.returncode != 0 and not failed:
-        failed = [f"(runner crashed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode})"]
-    return failed
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-k", "--rules", default="", help="only rules whose id matches this regular expression (re.match)")
-    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("-v", "--verbose", action="store_true", help="list the vectors that kill each mutant")
-    parser.add_argument("--vectors", type=Path, default=VECTORS)
-    args = parser.parse_args(argv)
-    rules = rules_in_readme()
-    mutants = [m for m in MUTANTS if re.match(args.rules, m.rule)]
-    unknown = sorted({m.rule for m in MUTANTS} - set(rules))
-    if unknown:
-        raise SystemExit(f"mutants name rule ids the README does not define: {unknown}")
-    for m in mutants:  # every patch applies and compiles, before anything runs
-        mutated_text(m)
-    start = time.monotonic()
-    baseline = run(None, args.vectors)
-    if baseline:
-        raise SystemExit(f"the unmutated copy already fails: {baseline}")
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda m: run(m, args.vectors), mutants))
-    by_rule: dict[str, list[tuple[Mutant, list[str]]]] = {r: [] for r in rules if re.match(args.rules, r)}
-    for m, failed in zip(mutants, results):
-        by_rule[m.rule].append((m, failed))
-    print(f"{'rule':9} {'mutants':>7} {'killed':>6}  surviving mutants / killing vectors")
-    for rule, rows in by_rule.items():
-        killed = sum(1 for _, f in rows if f)
-        notes = [f"SURVIVES: {m.name}" for m, f in rows if not f] or ([] if rows else ["NO MUTANT"])
-        print(f"{rule:9} {len(rows):7} {killed:6}  {'; '.join(notes)}")
-        if args.verbose:
-            for m, f in rows:
-                print(f"{'':26}{m.name}: {', '.join(f[:3])}{' ...' if len(f) > 3 else ''}")
-    pinned = sum(1 for rows in by_rule.values() if rows and all(f for _, f in rows))
-    killed = sum(1 for f in results if f)
-    print(f"rules pinned {pinned} / {len(by_rule)}, mutants killed {killed} / {len(mutants)} "
-          f"({time.monotonic() - start:.0f} s, {args.jobs} jobs)")
-    return 0 if pinned == len(by_rule) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

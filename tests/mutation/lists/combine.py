@@ -1,6 +1,6 @@
 """Mutation check of combine: does tests/test_combine.py catch plausible bugs in adapterkit.ops.combine?
 
-Usage: python scripts/mutate_combine.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py combine [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); tests/test_combine.py then runs against the copy.  A
@@ -8,9 +8,6 @@ mutant is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 TESTS = ["tests/test_combine.py"]
 COMBINE = "adapterkit/ops/combine.py"
@@ -63,13 +60,4 @@ MUTANTS = [
     ("clamp: --svd-clamp 0 dropped by the CLI", CLI, "svd_clamp=svd_clamp, device=device", "svd_clamp=svd_clamp or None, device=device"),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

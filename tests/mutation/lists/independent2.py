@@ -1,9 +1,6 @@
 """Second independent mutation batch: plausible bugs written from the code alone (first line = description)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 MERGE = ["tests/test_merge.py", "tests/test_merge_multi.py", "tests/test_merge_record.py", "tests/test_orientation.py"]
 HUB = ["tests/test_hub.py", "tests/test_hub_names.py", "tests/test_paths.py"]
 ATTACH = ["tests/test_attach.py", "tests/test_attach_edges.py", "tests/test_attach_survivors.py", "tests/test_features.py"]
@@ -74,13 +71,4 @@ MUTANTS = [
      "rank = min((f.rank for fs in factors for f in fs.values()), default=adapters[0].config.r)", COMBINE),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], ["tests/test_merge.py"])
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = ['tests/test_merge.py']

@@ -1,6 +1,6 @@
 """Mutation check of resize, rebalance and prune: does tests/test_resize.py catch plausible bugs?
 
-Usage: python scripts/mutate_resize.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py resize [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); tests/test_resize.py then runs against the copy.  A mutant
@@ -8,9 +8,6 @@ is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 TESTS = ["tests/test_resize.py"]
 RESIZE = "adapterkit/ops/resize.py"
@@ -53,13 +50,4 @@ MUTANTS = [
     ("cli: result may be written over the input", CLI, "save(replace(result, source=given.source), out, overwrite=overwrite)", "save(result, out, overwrite=overwrite)"),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

@@ -1,6 +1,6 @@
 """Mutation check of Hub publishing and fetching: does tests/test_hub.py catch plausible bugs?
 
-Usage: python scripts/mutate_hub.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py hub [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); tests/test_hub.py then runs against the copy, talking to
@@ -9,9 +9,6 @@ and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 TESTS = ["tests/test_hub.py", "tests/test_paths.py"]
 REPO_ID = "adapterkit/hub/repo_id.py"
@@ -87,13 +84,4 @@ MUTANTS = [
     ("cli --push-to: checked only after the merge", CLI, '        _check_push_to(push["repo_id"], out)\n', "        pass\n"),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

@@ -1,18 +1,15 @@
 """Mutation check of pull's and info --plot's writes: does tests/test_faults.py catch plausible bugs?
 
-Usage: python scripts/mutate_fault2.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py fault2 [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the fault tests of the command it breaks then run against
 the copy (node ids: the whole file takes minutes).  A mutant is killed when a test fails.
 Prints one line per mutant and the score.  The mutants of ``io.atomic.write_new`` are in
-scripts/mutate_fault.py.
+tests/mutation/lists/fault.py.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 F = "tests/test_faults.py::"
 PULL = "adapterkit/hub/pull.py"
@@ -53,13 +50,4 @@ MUTANTS = [
     ("pull: EROFS in the cache left a Hub error", REMOTE, "errno.EDQUOT, errno.EROFS, errno.EACCES,", "errno.EDQUOT, errno.EACCES,", CACHE),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

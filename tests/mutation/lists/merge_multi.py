@@ -1,6 +1,6 @@
 """Mutation check of multi-adapter merges, the merge record and --dtype: do tests/test_merge_multi.py and tests/test_merge_record.py catch plausible bugs?
 
-Usage: python scripts/mutate_merge_multi.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py merge_multi [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the named tests then run against the copy.  A mutant
@@ -8,9 +8,6 @@ is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 OPS = "adapterkit/ops/merge.py"
 RECORD = "adapterkit/ops/merge_record.py"
@@ -71,13 +68,4 @@ MUTANTS = [
     ("dtype: config.json not written", OPS, "        _config_dtype(ckpt, files, out_dtype, notes)", "        pass", RECORD_TESTS),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0])
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = None

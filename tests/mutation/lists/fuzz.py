@@ -1,6 +1,6 @@
 """Mutation check of the hostile-input defences: does tests/test_fuzz.py catch plausible bugs?
 
-Usage: python scripts/mutate_fuzz.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py fuzz [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the named tests then run against the copy.  A mutant is
@@ -11,9 +11,6 @@ and the fuzz harness itself (scripts/fuzz.py).
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 T = "tests/test_fuzz.py"
 JS = "adapterkit/io/jsontext.py"
@@ -73,13 +70,4 @@ MUTANTS = [
     ("harness: a crash not counted", FZ, '        result.fail("allocation" if _allocation_failure(exc) else "crash", f"{what} [{step}]\\n{traceback.format_exc()}")\n', "", HARNESS_TESTS),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], [T])
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = [T]

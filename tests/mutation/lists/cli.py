@@ -1,6 +1,6 @@
 """Mutation check of the command line, writer and info: does the suite catch plausible bugs?
 
-Usage: python scripts/mutate_cli.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py cli [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the named test files then run against the copy.  A
@@ -9,14 +9,6 @@ mutant is killed when a test fails.  Prints one line per mutant and the score.
 
 from __future__ import annotations
 
-import argparse
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 CLI_TESTS = ["tests/test_cli.py"]
 WRITE_TESTS = ["tests/test_errors.py", "tests/test_cli.py"]
 MERGE_TESTS = ["tests/test_merge.py", "tests/test_merge_stream.py"]
@@ -85,43 +77,4 @@ MUTANTS = [
     ("combine: --density missing is left to the library (after torch)", "adapterkit/arguments.py", "        if density is None:\n", "        if False:\n", CLI_TESTS),
 ]
 
-
-def run_mutant(name: str, file: str, old: str, new: str, tests: list[str]) -> tuple[bool, str]:
-    with tempfile.TemporaryDirectory(prefix="ak-mutant-") as tmp:
-        copy = Path(tmp) / "repo"
-        shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.egg-info", "example-out"))
-        target = copy / file
-        text = target.read_text()
-        if text.count(old) != 1:
-            return False, f"patch does not apply ({text.count(old)} matches)"
-        target.write_text(text.replace(old, new))
-        # the tests that a mutation list still applies fail for every mutant (its patched text is gone): not a kill
-        env_python = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not test_mutation_list_still_applies", *tests]
-        proc = subprocess.run(env_python, cwd=copy, capture_output=True, text=True,
-                              env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin", "HOME": tmp})
-        return proc.returncode != 0, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
-
-
-def run_all(mutants, description: str, default_tests: list[str] | None = None) -> None:
-    """Run ``mutants`` ((name, file, old, new) or (name, file, old, new, tests)) and print the
-    score; ``--only SUBSTRING`` picks some.  The harness of every scripts/mutate_*.py."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--only", default="")
-    args = parser.parse_args()
-    killed = total = 0
-    for name, file, old, new, *rest in mutants:
-        if args.only not in name:
-            continue
-        total += 1
-        dead, detail = run_mutant(name, file, old, new, rest[0] if rest else default_tests)
-        killed += dead
-        print(f"{'KILLED ' if dead else 'SURVIVED'}  {name:<66} {detail}", flush=True)
-    print(f"mutants killed: {killed} / {total}")
-
-
-def main() -> None:
-    run_all(MUTANTS, __doc__.splitlines()[0])
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = None

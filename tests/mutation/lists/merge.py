@@ -1,6 +1,6 @@
 """Mutation check of the merge math and plan_merge: does tests/test_merge_math.py catch plausible bugs?
 
-Usage: python scripts/mutate_merge.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py merge [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the merge tests then run against the copy.  A mutant
@@ -9,7 +9,6 @@ is killed when a test fails.  Prints one line per mutant and the score.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,13 +102,4 @@ MUTANTS = [
     ("plan: first problem only", PLAN, "    if problems:\n        raise _base_mismatch(adapter, problems, rule_name)", "    if problems:\n        raise _base_mismatch(adapter, problems[:1], rule_name)"),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

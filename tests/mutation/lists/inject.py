@@ -1,7 +1,7 @@
 """Mutation check of attaching adapters to live models (adapterkit.inject): do
 tests/test_attach.py and tests/test_attach_prompt.py catch plausible bugs?
 
-Usage: python scripts/mutate_inject.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py inject [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the tests named for it then run against the copy.  A
@@ -9,9 +9,6 @@ mutant is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 LAYERS = "adapterkit/inject/layers.py"
 PLAN = "adapterkit/inject/plan.py"
@@ -71,13 +68,4 @@ MUTANTS = [
     ("disabled: an inner exit re-enables", ATTACH, "            w.disabled = flag", "            w.disabled = False", EDGE_TESTS),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0])
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = None

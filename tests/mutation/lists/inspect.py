@@ -1,6 +1,6 @@
 """Mutation check of diff and the spectrum plot: do tests/test_diff.py and tests/test_plot.py catch plausible bugs?
 
-Usage: python scripts/mutate_inspect.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py inspect [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the test files then run against the copy.  A mutant is
@@ -8,9 +8,6 @@ killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 DIFF_TESTS = ["tests/test_diff.py"]
 PLOT_TESTS = ["tests/test_plot.py"]
@@ -62,13 +59,4 @@ MUTANTS = [
     ("cli: info --plot ignored", CLI, '        summary["plot"] = _plot_spectrum(adapter, plot, device, overwrite)', '        summary["plot"] = {"modules": 1}', PLOT_TESTS),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0])
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = None

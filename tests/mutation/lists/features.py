@@ -1,7 +1,7 @@
 """Mutation check of the PEFT feature table and what uses it (adapterkit.kinds.features, the
 trainable-token and target_parameters paths): does tests/test_features.py catch plausible bugs?
 
-Usage: python scripts/mutate_features.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py features [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the tests named for it then run against the copy.  A
@@ -9,9 +9,6 @@ mutant is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 FEATURES = "adapterkit/kinds/features.py"
 LORA = "adapterkit/kinds/lora.py"
@@ -52,13 +49,4 @@ MUTANTS = [
     ("info: factor norms shown for KaSA", "adapterkit/info.py", "modules if not changes_delta(adapter) else []", "modules", TESTS),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0])
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = None

@@ -1,6 +1,6 @@
 """Mutation check of recipes (adapterkit.recipe): does tests/test_recipe.py catch plausible bugs?
 
-Usage: python scripts/mutate_recipe.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py recipe [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); tests/test_recipe.py then runs against the copy.  A mutant
@@ -8,9 +8,6 @@ is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 TESTS = ["tests/test_recipe.py"]
 RECIPE = "adapterkit/io/recipe.py"
@@ -118,13 +115,4 @@ MUTANTS = [
     ("info: recipe not in the text", INFO, '    if summary["recipe"]:\n        lines.append("made by:")', '    if False:\n        lines.append("made by:")'),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

@@ -1,6 +1,6 @@
 """Mutation check of extract and the serving profiles: do tests/test_extract.py and tests/test_export.py catch plausible bugs?
 
-Usage: python scripts/mutate_extract.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py extract [--only SUBSTRING]
 
 Each mutant is one textual patch (a plausible bug) applied to a temporary copy of the
 repository (never the real files); the two test files then run against the copy.  A mutant
@@ -8,9 +8,6 @@ is killed when a test fails.  Prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 TESTS = ["tests/test_extract.py", "tests/test_export.py", "tests/test_extract_roundtrip.py"]
 EXTRACT = "adapterkit/ops/extract.py"
@@ -89,13 +86,4 @@ MUTANTS = [
     ("export: vllm bias not reset", EXPORT, 'changes: dict[str, Any] = {"bias": "none"} if consumer == "vllm" else {}', "changes: dict[str, Any] = {}"),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

@@ -1,18 +1,12 @@
 """Mutation check of adapterkit.checkpoint: does tests/test_checkpoint.py catch plausible bugs?
 
-Usage: python scripts/mutate_checkpoint.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py checkpoint [--only SUBSTRING]
 
-Same harness as ``mutate_cli.py`` (each mutant patched into a temporary copy of the
+Run by ``tests/mutation/run.py`` (each mutant patched into a temporary copy of the
 repository, never the real files); prints one line per mutant and the score.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutate_cli import run_all
 
 TESTS = ["tests/test_checkpoint.py"]
 R, W, L = "adapterkit/checkpoint/reader.py", "adapterkit/checkpoint/writer.py", "adapterkit/checkpoint/layout.py"
@@ -65,10 +59,4 @@ MUTANTS = [
     ("writer: durable never fsyncs shards", W, "            if durable:\n                os.fsync(fd)", "            if False:\n                os.fsync(fd)"),
 ]
 
-
-def main() -> None:
-    run_all(MUTANTS, __doc__.splitlines()[0], TESTS)
-
-
-if __name__ == "__main__":
-    main()
+DEFAULT_TESTS = TESTS

@@ -1,19 +1,16 @@
 """Mutation check by an independent bug-writer (merge, hub, attach, extract, combine): does the suite catch plausible bugs?
 
-Usage: python scripts/mutate_independent.py [--only SUBSTRING]
+Usage: python tests/mutation/run.py independent [--only SUBSTRING]
 
 The mutants were written from the library code and the docs only (README, spec, the
 reference notes, issue 17), without reading the tests or the other mutation lists: each is a
 bug a competent developer could plausibly write, off the common path where possible (feature
-combinations, edge values, skipped checks).  Same harness as scripts/mutate_cli.py: one
+combinations, edge values, skipped checks).  Run by tests/mutation/run.py: one
 textual patch per mutant on a temporary copy of the repository, the named test files run
 against it, a failing test kills it.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 HUB = ["tests/test_hub_names.py", "tests/test_paths.py", "tests/test_hub.py"]
 SURVIVORS = ["tests/test_attach_survivors.py"]
@@ -396,13 +393,3 @@ MUTANTS = [
      'suffixes.update(".".join(parts[i:]) for i in range(2, len(parts)))', EXTRACT),
 ]
 
-
-def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mutate_cli import run_all
-
-    run_all(MUTANTS, __doc__.splitlines()[0], DEFAULT_TESTS)
-
-
-if __name__ == "__main__":
-    main()

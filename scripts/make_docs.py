@@ -106,12 +106,19 @@ def _default(param: click.Option, ctx: click.Context) -> str | None:
     return str(value)
 
 
+def _metavar(param: click.Parameter, ctx: click.Context) -> str:
+    try:
+        return param.make_metavar(ctx)
+    except TypeError:  # click < 8.2: make_metavar() takes no context
+        return param.make_metavar()  # type: ignore[call-arg]
+
+
 def _option(param: click.Option, ctx: click.Context) -> str:
     names = ", ".join(param.opts)
     if param.secondary_opts:
         names += " / " + ", ".join(param.secondary_opts)
     if not param.is_flag:
-        names += f" {param.make_metavar(ctx)}"
+        names += f" {_metavar(param, ctx)}"
     notes = []
     if param.required:
         notes.append("required")
@@ -134,7 +141,7 @@ def _argument(param: click.Argument, ctx: click.Context) -> str:
         notes.append("one or more" if param.required else "any number")
     elif param.nargs > 1:
         notes.append(f"{param.nargs} values")
-    return f"- `{param.make_metavar(ctx)}` ({', '.join(notes)})"
+    return f"- `{_metavar(param, ctx)}` ({', '.join(notes)})"
 
 
 def _params(command: click.Command, ctx: click.Context) -> list[str]:

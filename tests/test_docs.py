@@ -86,25 +86,45 @@ def test_the_pages_exist():
     assert {"README.md", "cli.md", "python.md", "format.md", "benchmarks.md", "development.md", "guide.md"} <= names
 
 
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives the page's headings: lower case, punctuation dropped, spaces to
+    dashes, a repeated heading suffixed -1, -2, ..."""
+    text = _FENCE.sub("", page.read_text(encoding="utf-8"))
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        if n:
+            seen[f"{slug}-{n}"] = 1
+    return set(seen)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_relative_links_resolve(page: Path):
     links = _links(page)
     assert links or page.name == "architecture.md", f"{page}: no links found (is the pattern right?)"
     broken = []
     for target in links:
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I) or target.startswith("#"):
-            continue  # a URL (https:, mailto:) or an anchor on the same page
-        path = target.split("#", 1)[0].split("?", 1)[0]
-        if not (page.parent / path).exists():
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):
+            continue  # a URL (https:, mailto:)
+        path, _, anchor = target.partition("#")
+        path = path.split("?", 1)[0]
+        file = page.parent / path if path else page
+        if not file.exists():
             broken.append(target)
-    assert broken == [], f"{page.relative_to(ROOT)}: links to missing files: {broken}"
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+            broken.append(target)
+    assert broken == [], f"{page.relative_to(ROOT)}: links to missing files or headings: {broken}"
 
 
-def test_the_link_pattern_sees_links_and_skips_code():
+def test_the_link_pattern_sees_links_and_skips_code(tmp_path):
     sample = "[a](x.md) ![img](y.png) `[no](z.md)`\n```\n[no](w.md)\n```\n[b](docs/v.md#part)\n"
-    page = Path("/nonexistent/page.md")
     text = _CODE.sub("", _FENCE.sub("", sample))
-    assert _LINK.findall(text) == ["x.md", "y.png", "docs/v.md#part"], page
+    assert _LINK.findall(text) == ["x.md", "y.png", "docs/v.md#part"]
+    page = tmp_path / "p.md"
+    page.write_text("# The Hub: push, pull\n## `adapterkit merge`\n## bench_io.py\n## Set-up\n## Set-up\n```\n# not a heading\n```\n")
+    assert _anchors(page) == {"the-hub-push-pull", "adapterkit-merge", "bench_iopy", "set-up", "set-up-1"}
 
 
 def _commands(text: str) -> list[str]:

@@ -16,7 +16,7 @@ REMOTE = "adapterkit/hub/remote.py"
 PUSH = "adapterkit/hub/push.py"
 PULL = "adapterkit/hub/pull.py"
 CARD = "adapterkit/hub/card.py"
-CLI = "adapterkit/cli.py"
+CLI = "adapterkit/cli/checkpoints.py"
 
 # (name, file, old text, new text)
 MUTANTS = [
@@ -79,7 +79,7 @@ MUTANTS = [
     ("card: tensors counted, not parameters", CARD, "{adapter.parameter_count():,}", "{len(adapter.tensors):,}"),
     ("card: merge card marked adapter", CARD, 'front_matter(base_model=base_model, relation="merge"', 'front_matter(base_model=base_model, relation="adapter"'),
     ("cli: a repo id refused as a missing path", REPO_ID, "    if os.path.lexists(s) or as_repo(s) is not None:", "    if os.path.lexists(s):"),
-    ("cli --push-to: base_model from the adapter even for a Hub base", CLI,
+    ("cli --push-to: base_model from the adapter even for a Hub base", PUSH,
      "base_model = ref.repo_id if ref is not None else (trained_on[0] if trained_on else None)", "base_model = trained_on[0] if trained_on else None"),
     ("cli --push-to: checked only after the merge", CLI, '        _check_push_to(push["repo_id"], out)\n', "        pass\n"),
 ]

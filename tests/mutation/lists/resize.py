@@ -14,7 +14,7 @@ RESIZE = "adapterkit/ops/resize.py"
 REBALANCE = "adapterkit/ops/rebalance.py"
 PRUNE = "adapterkit/ops/prune.py"
 PATTERNS = "adapterkit/kinds/patterns.py"
-CLI = "adapterkit/cli.py"
+CLI = "adapterkit/cli/surgery.py"
 
 # (name, file, old text, new text)
 MUTANTS = [

@@ -509,6 +509,7 @@ BAD_ARGUMENTS = [
     ["merge", "base", "a", "out", "--max-shard-size", "lots"], ["merge", "base", "a", "out", "--max-shard-size", "0"],
     ["merge", "base", "a", "out", "--max-shard-size", "0.1B"], ["merge", "base", "out", "--adapter", "a", "--weight", "1", "--weight", "2"],
     ["unmerge", "base", "a", "out", "--weight", "1", "--weight", "2"],
+    ["merge", "base", "a", "out", "--weight", "nan"], ["merge", "base", "out", "--adapter", "a", "--adapter", "b", "--weight", "1", "--weight", "inf"],
     ["prune", "in", "out", "--keep-fraction", "0"], ["prune", "in", "out", "--min-energy", "2"],
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ def _merge_inputs(paths: tuple[Path, ...], adapters: tuple[Path, ...], weights: 
 
         raise ArgumentError(f"{len(weights)} --weight for {len(given)} adapters: give one per adapter (positional first), or none for 1.0 each",
                             key="--weight", expected=f"{len(given)} or none", actual=len(weights))
+    if not all(math.isfinite(w) for w in weights):  # before torch's import, as the library refuses it after
+        from ..errors import ArgumentError
+
+        raise ArgumentError("weights must be finite numbers", key="--weight", expected="finite numbers", actual=list(weights))
     return base, given, list(weights) or [1.0] * len(given), out
 
 

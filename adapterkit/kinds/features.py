@@ -20,7 +20,8 @@ its position rule (the LoRA applies from the invocation tokens onward), and a lo
 would mix it with other adapters.  ``target_parameters`` on 2-D parameters merges like a Linear
 module's LoRA (PEFT's ``ParamWrapper`` adds B·A·scaling to the parameter) and attaches as PEFT's
 parametrization does; on 3-D expert stacks (r rows of lora_A per expert) it is refused.
-``lora_bias`` with DoRA is refused everywhere, as PEFT's config refuses it.
+``lora_bias`` with DoRA is refused by merge, unmerge and attach (where the bias meets DoRA's norm),
+as PEFT's config refuses it; the factor-space operations read B·A as for any DoRA.
 nn.MultiheadAttention (PEFT saves its ``out_proj`` under ``<attn>.base_layer.out_proj``) is
 refused by name in every operation.
 
@@ -190,7 +191,7 @@ _NESTED = Field("target_parameters", "0.17.0", UNSUPPORTED, "LoRA on several par
 
 _DORA_BIAS = Field("lora_bias", "0.14.0", UNSUPPORTED, "lora_bias with DoRA",
                    "PEFT refuses the combination (\"lora_bias=True is not supported for DoRA\"), so no PEFT model "
-                   "defines where the bias goes against DoRA's norm")
+                   "defines where the bias goes against DoRA's norm", refused_by=frozenset({MERGE, UNMERGE, ATTACH}))
 
 
 def uses(adapter: Adapter, operation: str | None = None) -> list[Use]:
@@ -272,7 +273,7 @@ def feature_shaped(adapter: Adapter) -> set[str]:
 def changes_delta(adapter: Adapter) -> bool:
     """Whether the adapter uses an unsupported feature, so that figures computed from its LoRA
     factors alone (``info``'s per-module ‖ΔW‖) would misstate it."""
-    return any(u.field.status == UNSUPPORTED for u in uses(adapter))
+    return any(LOWRANK in u.field.refused_by for u in uses(adapter))
 
 
 def problems(adapter: Adapter) -> list[Problem]:

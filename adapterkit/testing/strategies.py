@@ -57,14 +57,15 @@ def lora_adapters(
     modules_to_save: bool = True,
 ) -> Adapter:
     """A valid LoRA adapter: random modules, layer types, ranks, rank/alpha patterns,
-    dtype, rsLoRA, lora_bias, DoRA and modules_to_save, all mutually consistent."""
+    dtype, rsLoRA, lora_bias, DoRA and modules_to_save, all mutually consistent (never
+    lora_bias with DoRA: PEFT's config refuses the pair)."""
     names = draw(module_names(max_size=max_modules))
     types = {n: draw(st.sampled_from(tuple(layer_types))) for n in names}
     dtype = draw(dtypes if dtypes is not None else st.sampled_from(FLOAT_DTYPES))
     dora = draw(use_dora if use_dora is not None else st.booleans())
     rslora = draw(use_rslora if use_rslora is not None else st.booleans())
     has_linear_or_conv = any(t != "embedding" for t in types.values())
-    bias = draw(lora_bias if lora_bias is not None else st.booleans()) and has_linear_or_conv
+    bias = draw(lora_bias if lora_bias is not None else st.booleans()) and has_linear_or_conv and not dora  # PEFT refuses both
     r = draw(st.integers(1, max_rank))
     alpha = draw(st.sampled_from([1, 2, 8, 16, 0.5, 3.0]))
     rank_pattern, alpha_pattern = {}, {}

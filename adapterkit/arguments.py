@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ArgumentError
 
-# adapterkit.ops.combine's method families (a test keeps them equal)
+# adapterkit.ops.combining's method families (a test keeps them equal)
 FACTOR_METHODS = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
 DENSITY_METHODS = FACTOR_METHODS + tuple(m + "_svd" for m in FACTOR_METHODS)
 

@@ -155,8 +155,8 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
     if plot is not None:
         _guard(plot, ("PATH", path))
     from .hub.paths import local_path
-    from .info import describe, describe_checkpoint, render, render_checkpoint
     from .io.reader import open_adapter
+    from .summary import describe, describe_checkpoint, render, render_checkpoint
 
     try:
         adapter = open_adapter(local := local_path(path, "adapter"), adapter_name=adapter_name)
@@ -164,7 +164,7 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
         if exc.code != "not-an-adapter" or adapter_name:
             raise
         try:  # a model checkpoint (what `adapterkit merge` writes): summarise it instead
-            summary = describe_checkpoint(path)
+            summary = describe_checkpoint(local_path(path, "checkpoint"))
         except AdapterkitError as checkpoint_exc:
             if checkpoint_exc.code == "not-a-checkpoint":
                 raise exc from None
@@ -207,7 +207,7 @@ def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
       adapterkit validate adapter.safetensors --json
     """
     path = _require(path)
-    from .validate import validate as run_validate
+    from .api import validate as run_validate
 
     problems = run_validate(path, adapter_name=adapter_name)
     errors = [p for p in problems if p.severity == "error"]
@@ -347,7 +347,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
     _guard(out, ("MERGED" if direction == "unmerge" else "BASE", base), *(("ADAPTER", p) for p in given))
     if push is not None:
         _check_push_to(push["repo_id"], out)
-    from .ops.merge import merge_checkpoint
+    from .api import merge as merge_checkpoint
 
     report = merge_checkpoint(
         base, given, out, weights=weights if explicit else None, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
@@ -432,7 +432,7 @@ def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_
 
 # ----------------------------------------------------------------------------- combine
 
-# adapterkit.ops.combine.METHODS, spelled out here so that --help does not import torch (a test keeps them equal)
+# adapterkit.ops.combining.METHODS, spelled out here so that --help does not import torch (a test keeps them equal)
 COMBINE_METHODS = ("svd", "linear", "cat", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
                    "magnitude_prune", "magnitude_prune_svd")
 
@@ -499,7 +499,7 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
 
     from .hub.paths import load
     from .io.writer import save
-    from .ops.combine import combine
+    from .ops.combining import combine
 
     start = time.perf_counter()
     inputs = [load(p) for p in adapters]
@@ -611,7 +611,7 @@ def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, o
     check_resize(rank, energy, sv_ratio)
     src = _require(src)
     _guard(out, ("IN", src))
-    from .ops.resize import resize as run
+    from .ops.resizing import resize as run
 
     _, report, written = _surgery(src, out, adapter_name, overwrite,
                                   lambda a: run(a, rank=rank, energy=energy, sv_ratio=sv_ratio, balanced=balanced, device=device or "cpu"))
@@ -643,7 +643,7 @@ def rebalance(src: Path, out: Path, adapter_name: str | None, device: str | None
     positive_int("--rank", rank)
     src = _require(src)
     _guard(out, ("IN", src))
-    from .ops.rebalance import rebalance as run
+    from .ops.rebalancing import rebalance as run
 
     _, report, written = _surgery(src, out, adapter_name, overwrite,
                                   lambda a: run(a, budget=budget, rank=rank, balanced=balanced, device=device or "cpu"))
@@ -693,7 +693,7 @@ def prune(src: Path, out: Path, adapter_name: str | None, device: str | None, ov
     fraction("--keep-fraction", keep_fraction)
     src = _require(src)
     _guard(out, ("IN", src))
-    from .ops.prune import prune as run
+    from .ops.pruning import prune as run
 
     adapter, report, written = _surgery(src, out, adapter_name, overwrite, lambda a: run(
         a, modules=modules, layers=wanted, min_energy=min_energy, keep_fraction=keep_fraction, device=device or "cpu"))
@@ -805,8 +805,8 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
     _guard(out, ("BASE", base), ("FINETUNED", finetuned))
     import time
 
+    from .api import extract as run
     from .io.writer import save
-    from .ops.extract import extract as run
 
     start = time.perf_counter()
     adapter, report = run(base, finetuned, rank=rank, energy=energy, targets=targets, save_changed=save_changed, device=device or "cpu")
@@ -849,7 +849,7 @@ def _check_push_to(repo_id: str, out: Path) -> None:
 def _push_merged(base: Path, report: Any, push: dict[str, Any], as_json: bool) -> None:
     """Publish the merged checkpoint folder with a card marked base_model_relation: merge."""
     from .hub.card import merged_card
-    from .hub.push import upload_merged
+    from .hub.publish import upload_merged
     from .hub.repo_id import as_repo
 
     ref = as_repo(base)
@@ -892,8 +892,8 @@ def push(adapter: Path, repo_id: str, adapter_name: str | None, private: bool, r
       adapterkit push my-lora me/my-lora --create-pr --commit-message "rank 16" --json
     """
     adapter = _require(adapter)
-    from .hub.push import push as run
-    from .hub.push import target_repo
+    from .hub.publish import push as run
+    from .hub.publish import target_repo
 
     target_repo(repo_id)  # a bad repo id is refused before the adapter is read
     result = run(adapter, repo_id, private=private, revision=revision, commit_message=commit_message, create_pr=create_pr,
@@ -929,7 +929,7 @@ def pull(repo: str, out: Path, overwrite: bool, token: str | None, as_json: bool
 
     if parse_repo_id(repo) is None:
         raise click.BadParameter(f"{repo!r} is not a repo id such as org/name or org/name@revision", param_hint="REPO")
-    from .hub.pull import pull as run
+    from .hub.download import pull as run
 
     result = run(repo, out, overwrite=overwrite, token=token)
     if as_json:
@@ -942,7 +942,7 @@ def pull(repo: str, out: Path, overwrite: bool, token: str | None, as_json: bool
 
 def _plot_spectrum(adapter: Any, out: Path, device: str | None, overwrite: bool) -> dict[str, Any]:
     """`info --plot`: draw the spectrum; returns what --json reports about it."""
-    from .inspect.spectrum import plot_spectrum
+    from .inspect.spectra import plot_spectrum
 
     data = plot_spectrum(adapter, out, device=device or "cpu", overwrite=overwrite)
     return {"path": str(out), "modules": len(data.modules),
@@ -994,7 +994,7 @@ def diff_command(a: Path, b: Path, as_json: bool, device: str | None, conflict: 
     """
     a = _require(a)
     b = _require(b)
-    from .inspect.diff import diff as run
+    from .inspect.compare import diff as run
     from .io.reader import load
 
     report = run(load(a), load(b), device=device or "cpu", conflict=conflict, sample_rows=sample_rows, seed=seed)

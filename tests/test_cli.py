@@ -449,7 +449,7 @@ def test_public_names_resolve_lazily():
         "assert callable(adapterkit.validate) and callable(adapterkit.load)\n"
         "for name in adapterkit.__all__:\n"
         "    getattr(adapterkit, name)\n"
-        "import adapterkit.validate as v\n"
+        "import adapterkit.validation as v\n"
         "assert callable(adapterkit.validate)\n"
         "print('ok')\n"
     )
@@ -526,7 +526,7 @@ def test_the_library_refuses_the_same_arguments(tmp_path):
 
     import adapterkit.arguments as early
 
-    ops_combine = importlib.import_module("adapterkit.ops.combine")
+    ops_combine = importlib.import_module("adapterkit.ops.combining")
 
     assert early.FACTOR_METHODS == ops_combine.FACTOR_METHODS and early.DENSITY_METHODS == ops_combine.DENSITY_METHODS
     a = adapterkit.load(_lora(tmp_path))

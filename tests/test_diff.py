@@ -23,7 +23,7 @@ from adapterkit import Adapter, IA3Config, LoraConfig, PrefixTuningConfig, Promp
 from adapterkit.cli import main
 from adapterkit.errors import AdapterkitError
 
-diff_module = importlib.import_module("adapterkit.inspect.diff")  # the package's `diff` is the function
+diff_module = importlib.import_module("adapterkit.inspect.compare")  # the package's `diff` is the function
 
 P = "base_model.model."
 LAYERS = ("linear", "conv1d_gpt2", "embedding", "conv2d")

@@ -88,12 +88,29 @@ class AdapterConfig:
     """Fields shared by every kind.  Subclasses set ``peft_type`` and add their fields."""
 
     peft_type: ClassVar[str] = ""
+    _kind: ClassVar[Kind | None] = None  # set by the kind's Kind record (Kind.__post_init__)
     base_model_name_or_path: str | None = schema_field(None, OPT_STR, doc="base model id or path")
     task_type: str | None = schema_field(None, OPT_STR, doc="PEFT task type, e.g. CAUSAL_LM")
     extra: Mapping[str, Any] = field(default_factory=dict, compare=True)
     # fields whose value was invalid (lenient parsing for ``validate`` only): checks that
     # depend on them are skipped instead of reporting consequences of the one config error
     unknown: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    @property
+    def kind(self) -> Kind:
+        """The :class:`Kind` of this config (its ``Kind`` record registers itself on the config
+        class), so that the Adapter value reaches its kind without importing the registry.
+
+        Raises:
+            ConfigError: ``peft-type-unsupported`` for a config class no kind registered.
+        """
+        kind = type(self)._kind
+        if kind is None or kind.peft_type != self.peft_type:
+            raise ConfigError(
+                "unsupported peft_type", code="peft-type-unsupported", key="peft_type",
+                expected="a config class of adapterkit.kinds", actual=self.peft_type,
+            )
+        return kind
 
     @classmethod
     def typed_fields(cls) -> list[dataclasses.Field]:
@@ -222,6 +239,9 @@ class Kind:
     merge_shapes: Callable[[Adapter, str], dict[str, tuple[tuple[int | None, ...], bool]]] | None = None
     row_delta: Callable[..., Callable[[int, int, torch.Tensor], None] | None] | None = None
     no_merge_reason: str = "adapters have no weights to merge into a checkpoint"
+
+    def __post_init__(self) -> None:
+        self.config._kind = self  # what ``AdapterConfig.kind`` returns (a class attribute of the config)
 
     def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
         from .features import LOWRANK, require

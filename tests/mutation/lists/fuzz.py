@@ -18,7 +18,7 @@ SF = "adapterkit/io/safetensors_file.py"
 VS = "adapterkit/io/version.py"
 BF = "adapterkit/io/bin_file.py"
 CK = "adapterkit/checkpoint/reader.py"
-INFO = "adapterkit/info.py"
+INFO = "adapterkit/summary.py"
 VAL = "adapterkit/validate.py"
 FZ = "scripts/fuzz.py"
 

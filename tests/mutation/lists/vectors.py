@@ -240,8 +240,8 @@ MUTANTS: list[Mutant] = [
     M("R6-1", "only LoRA-style keys (base_model.model.) are adapter tensors", VA,
       "if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:",
       "if dtype not in ALLOWED_DTYPES and key.startswith('base_model.model.') and adapter.kind.parse_key(key) is not None:"),
-    M("R6-2", "finiteness checked only on adapter tensors", VA, "    return [p for key in adapter.tensors if (p := _non_finite(",
-      "    return [p for key in adapter.tensors if adapter.kind.parse_key(key) is not None and (p := _non_finite("),
+    M("R6-2", "finiteness checked only on adapter tensors", VA, "    return [p for key in adapter.tensors if (p := non_finite(",
+      "    return [p for key in adapter.tensors if adapter.kind.parse_key(key) is not None and (p := non_finite("),
     M("R6-2", "finiteness checked only on F32 tensors", VA, "    if not t.is_floating_point() or _all_finite(t):",
       "    if t.dtype != torch.float32 or _all_finite(t):"),
     # §7 config

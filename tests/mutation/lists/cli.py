@@ -29,8 +29,10 @@ MUTANTS = [
      "    from .io.reader import open_adapter\n    adapter = open_adapter(src, adapter_name=adapter_name)", CLI_TESTS),
     ("convert ignores --form contradiction", "adapterkit/cli.py", "    if form is not None and form != named:", "    if False:", CLI_TESTS),
     ("convert imports torch before usage checks", "adapterkit/cli.py", "    from .io.forms import infer_form\n", "    from .io.writer import infer_form\n", CLI_TESTS),
-    ("package imports torch eagerly", "adapterkit/__init__.py", "from .validate import validate  #", "import torch  # noqa\nfrom .validate import validate  #", CLI_TESTS),
-    ("validate function shadowed by its module", "adapterkit/__init__.py", "from .validate import validate  #", "from . import validate  #", CLI_TESTS),
+    ("package imports torch eagerly", "adapterkit/__init__.py", "from .errors import AdapterkitError, Problem\n",
+     "import torch  # noqa\nfrom .errors import AdapterkitError, Problem\n", CLI_TESTS),
+    ("validate function shadowed by its module", "adapterkit/__init__.py", "from .errors import AdapterkitError, Problem\n",
+     "from .errors import AdapterkitError, Problem\nfrom . import validation as validate  # noqa\n", CLI_TESTS),
     ("--debug exits 1", "adapterkit/cli.py", "            if _debug():\n                traceback.print_exc()", "            if _debug():\n                raise", CLI_TESTS),
     ("usage errors in click's multi-line form", "adapterkit/cli.py", "standalone_mode=False, **extra)", "standalone_mode=standalone_mode, **extra)", CLI_TESTS),
     ("missing path imports the library first", "adapterkit/cli.py", "    path = _require(path)\n    if plot is not None:\n", "    if plot is not None:\n", CLI_TESTS),
@@ -72,8 +74,8 @@ MUTANTS = [
     ("guard: merge checks only the base", "adapterkit/ops/merging.py", '                       *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])',
      "                       ])", GUARD_TESTS),
     ("prune: layers no module is in ignored", "adapterkit/ops/pruning.py", "        _check_layers(adapter, names, wanted)", "        pass", CLI_TESTS),
-    ("merge --no-safe still refuses NaN in the adapter", "adapterkit/ops/merging.py", 'load(local_path(item, "adapter"), finite=safe)',
-     'load(local_path(item, "adapter"))', CLI_TESTS),
+    ("merge --no-safe still refuses NaN in the adapter", "adapterkit/ops/merging.py", 'load(locate(item, "adapter"), finite=safe)',
+     'load(locate(item, "adapter"))', CLI_TESTS),
     ("combine: --density missing is left to the library (after torch)", "adapterkit/arguments.py", "        if density is None:\n", "        if False:\n", CLI_TESTS),
 ]
 

@@ -14,7 +14,7 @@ DIGEST = "adapterkit/io/digest.py"
 WRITER = "adapterkit/io/writer.py"
 READER = "adapterkit/io/reader.py"
 ATOMIC = "adapterkit/io/atomic.py"
-VALIDATE = "adapterkit/validate.py"
+VALIDATE = "adapterkit/validation.py"
 INFO = "adapterkit/summary.py"
 
 # (name, file, old text, new text)

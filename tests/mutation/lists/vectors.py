@@ -34,7 +34,7 @@ class Mutant:
 
 M = Mutant
 SF, RD, VS, JS, BF, WR = "io/safetensors_file.py", "io/reader.py", "io/version.py", "io/jsontext.py", "io/bin_file.py", "io/writer.py"
-LO, IA, PL, BA, PA, VA = "kinds/lora.py", "kinds/ia3.py", "kinds/prompt_learning.py", "kinds/base.py", "kinds/patterns.py", "validate.py"
+LO, IA, PL, BA, PA, VA = "kinds/lora.py", "kinds/ia3.py", "kinds/prompt_learning.py", "kinds/base.py", "kinds/patterns.py", "io/checks.py"
 DG = "io/digest.py"
 RUNS = "vectors"  # tests/mutation/run.py runs the conformance vectors, not pytest, against each mutant
 V2 = '    return json.dumps(peft_key_order(config), separators=(",", ":")).encode("ascii")'  # the 1.2 canonical JSON

@@ -290,9 +290,12 @@ def test_merged_output_equals_attached_output(adapter) -> None:
 def test_top_level_names_are_the_model_functions() -> None:
     import adapterkit.inject as inject
 
-    for name in ("attach", "detach", "set_active", "disabled", "merge", "unmerge", "merge_and_unload", "unload", "extract_from_model"):
+    for name in ("attach", "detach", "set_active", "disabled", "merge_attached", "unmerge_attached", "merge_and_unload", "unload",
+                 "extract_from_model"):
         assert getattr(adapterkit, name) is getattr(inject, name) and callable(getattr(adapterkit, name)), name
         assert name in adapterkit.__all__
+    # adapterkit.merge / unmerge are the CLI's checkpoint commands, not the live model's
+    assert adapterkit.merge is not inject.merge_attached and adapterkit.unmerge is not inject.unmerge_attached
 
 
 @pytest.mark.cuda

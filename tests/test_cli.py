@@ -522,11 +522,8 @@ def test_bad_numeric_arguments_are_argument_invalid_before_torch():
 
 def test_the_library_refuses_the_same_arguments(tmp_path):
     """The CLI's early checks (adapterkit/arguments.py) and the operations agree."""
-    import importlib
-
     import adapterkit.arguments as early
-
-    ops_combine = importlib.import_module("adapterkit.ops.combining")
+    import adapterkit.ops.combining as ops_combine
 
     assert early.FACTOR_METHODS == ops_combine.FACTOR_METHODS and early.DENSITY_METHODS == ops_combine.DENSITY_METHODS
     a = adapterkit.load(_lora(tmp_path))

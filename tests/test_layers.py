@@ -218,9 +218,9 @@ def _bound_names(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", sorted(m for m, (_, is_package) in modules().items() if is_package))
 def test_no_module_is_shadowed_by_a_name_of_its_package(package: str) -> None:
-    """``adapterkit.inspect.diff`` must be one thing: a package's ``__init__`` binds no name
-    that is also one of its submodules (else the attribute is the function or the module
-    depending on what was imported first)."""
+    """A package's ``__init__`` binds no name that is also one of its submodules: else the
+    attribute is the function or the module depending on what was imported first (as
+    ``adapterkit.inspect.diff`` was before the module became ``inspect.compare``)."""
     path, _ = modules()[package]
     submodules = {m.rpartition(".")[2] for m in modules() if m.rpartition(".")[0] == package}
     clash = sorted(_bound_names(path) & submodules - {"__main__"})

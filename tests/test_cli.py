@@ -480,6 +480,21 @@ def test_every_usage_line_names_its_arguments():
         assert usage.startswith(f"Usage: adapterkit {name} ") and usage.endswith(args) and "PATHS" not in usage, usage
 
 
+# the package adapterkit/cli/: one module per family of commands (issue 18); each stays a thin layer
+FAMILIES = {
+    "adapters": {"info", "validate", "convert", "check"}, "checkpoints": {"merge", "unmerge", "extract"},
+    "surgery": {"combine", "resize", "rebalance", "prune"}, "hub": {"push", "pull"}, "inspect": {"diff"},
+}
+
+
+def test_each_command_lives_in_its_family_module_and_no_module_grows_past_300_lines():
+    assert {n: f"adapterkit.cli.{family}" for family, names in FAMILIES.items() for n in names} == {
+        n: c.callback.__module__ for n, c in main.commands.items()}
+    package = Path(adapterkit.__file__).parent / "cli"
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in package.glob("*.py")}
+    assert max(sizes.values()) < 300, sizes
+
+
 BAD_ARGUMENTS = [
     ["resize", "in", "out", "--rank", "0"], ["resize", "in", "out", "--rank", "-3"], ["resize", "in", "out", "--energy", "0"],
     ["resize", "in", "out", "--energy", "1.5"], ["resize", "in", "out", "--energy", "nan"], ["resize", "in", "out", "--sv-ratio", "0.5"],
@@ -494,6 +509,7 @@ BAD_ARGUMENTS = [
     ["merge", "base", "a", "out", "--max-shard-size", "lots"], ["merge", "base", "a", "out", "--max-shard-size", "0"],
     ["merge", "base", "a", "out", "--max-shard-size", "0.1B"], ["merge", "base", "out", "--adapter", "a", "--weight", "1", "--weight", "2"],
     ["unmerge", "base", "a", "out", "--weight", "1", "--weight", "2"],
+    ["merge", "base", "a", "out", "--weight", "nan"], ["merge", "base", "out", "--adapter", "a", "--adapter", "b", "--weight", "1", "--weight", "inf"],
     ["prune", "in", "out", "--keep-fraction", "0"], ["prune", "in", "out", "--min-energy", "2"],
 ]
 

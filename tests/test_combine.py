@@ -877,7 +877,7 @@ def test_cli_combine_refuses_to_write_over_an_input(tmp_path):
 
 
 def test_cli_methods_and_help():
-    from adapterkit.cli import COMBINE_METHODS
+    from adapterkit.cli.surgery import COMBINE_METHODS
     from adapterkit.ops.combining import METHODS
 
     assert sorted(COMBINE_METHODS) == sorted(METHODS)

@@ -501,3 +501,36 @@ def test_target_parameters_on_two_parameters_of_one_module_is_refused_by_name(tm
 
     save_file({k: v.contiguous() for k, v in two_param_net().state_dict().items()}, str(tmp_path / "base.safetensors"))
     _refused(lambda: merge_checkpoint(tmp_path / "base.safetensors", [adapter], tmp_path / "out.safetensors"), "target_parameters")
+
+
+def test_lora_bias_with_dora_is_refused_by_name_as_peft_refuses_the_config(tmp_path, checkpoints):
+    """PEFT's LoraConfig raises for use_dora with lora_bias, so no PEFT model defines the
+    pair; a file carrying both (hand-made, or from another tool) is reported and refused by
+    name in every operation, never merged by a guess."""
+    with pytest.raises(ValueError, match="lora_bias=True is not supported for DoRA"):
+        LoraConfig(target_modules=["q_proj"], use_dora=True, lora_bias=True)
+    path = tmp_path / "dora_bias"
+    _save_peft(llama, dict(target_modules=["q_proj"], r=2, use_dora=True), path)
+    import json
+
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(path / "adapter_model.safetensors")
+    for key in [k for k in tensors if k.endswith("lora_B.weight")]:
+        tensors[key.replace("lora_B.weight", "lora_B.bias")] = torch.randn(tensors[key].shape[0])
+    save_file(tensors, path / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "adapter_config.json").read_text())
+    (path / "adapter_config.json").write_text(json.dumps(dict(config, lora_bias=True)))
+    problems = adapterkit.validate(path)
+    assert not [p for p in problems if p.severity == "error"], problems
+    assert [p.key for p in problems if p.code == "feature-unsupported"] == ["lora_bias"], problems
+    adapter = adapterkit.load(path)
+    out = tmp_path / "out"
+    for call in (lambda: merge_checkpoint(checkpoints["llama"], [path], out),
+                 lambda: merge_checkpoint(checkpoints["llama"], [path], out, unmerge=True),
+                 lambda: adapterkit.attach(llama(), adapter)):
+        assert "DoRA" in str(_refused(call, "lora_bias"))
+    assert not out.exists()
+    for call in (lambda: adapterkit.combine([adapter, adapter], [0.5, 0.5], "cat"), lambda: adapterkit.resize(adapter, rank=1)):
+        with pytest.raises(AdapterkitError) as info:  # DoRA alone is refused there already
+            call()
+        assert info.value.code == "not-supported" and info.value.key in ("use_dora", "lora_bias")

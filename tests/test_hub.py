@@ -566,3 +566,39 @@ def test_help_of_push_and_pull_does_not_import_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert res.returncode == 0, res.stderr
     assert "adapterkit push my-lora me/my-lora" in res.stdout and "adapterkit pull org/my-lora my-lora" in res.stdout
+
+
+HUB_ENVS = [
+    {"HF_HOME": "{tmp}/home"},
+    {"HF_HOME": "{tmp}/home", "HF_HUB_CACHE": "{tmp}/cache"},
+    {"HUGGINGFACE_HUB_CACHE": "{tmp}/legacy"},
+    {"HUGGINGFACE_HUB_CACHE": "{tmp}/legacy", "HF_HUB_CACHE": "{tmp}/cache"},
+    {"XDG_CACHE_HOME": "{tmp}/xdg"},
+    {"XDG_CACHE_HOME": "{tmp}/xdg", "HF_HOME": "$ADAPTERKIT_T/h"},
+    {"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "true"}, {"HF_HUB_OFFLINE": "On"}, {"HF_HUB_OFFLINE": "YES"},
+    {"HF_HUB_OFFLINE": "0"}, {"HF_HUB_OFFLINE": "no"}, {"HF_HUB_OFFLINE": ""},
+    {"TRANSFORMERS_OFFLINE": "1"}, {"TRANSFORMERS_OFFLINE": "1", "HF_HUB_OFFLINE": "0"}, {"TRANSFORMERS_OFFLINE": "1", "HF_HUB_OFFLINE": ""},
+]
+
+
+@pytest.mark.parametrize("env", HUB_ENVS, ids=lambda e: ",".join(f"{k}={v.rsplit('/', 1)[-1]}" for k, v in e.items()))
+def test_cache_and_offline_settings_are_huggingface_hubs(env, tmp_path, monkeypatch):
+    """The cache folder and offline mode are what huggingface_hub itself computes from the same
+    environment (its constants, read in a fresh interpreter since it reads them at import)."""
+    import subprocess
+    import sys
+
+    from adapterkit.hub.remote import settings
+
+    clean = {k: v for k, v in os.environ.items() if k not in (
+        "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    given = {k: v.replace("{tmp}", str(tmp_path)) for k, v in env.items()}
+    full = {**clean, **given, "ADAPTERKIT_T": str(tmp_path / "t")}
+    probe = "from huggingface_hub import constants as c; print(c.HF_HUB_CACHE); print(c.HF_HUB_OFFLINE)"
+    cache, offline = subprocess.run([sys.executable, "-c", probe], env=full, capture_output=True, text=True, check=True).stdout.splitlines()
+    for key in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {**given, "ADAPTERKIT_T": str(tmp_path / "t")}.items():
+        monkeypatch.setenv(key, value)
+    ours = settings()
+    assert (str(ours.cache_dir), ours.offline) == (cache, offline == "True")

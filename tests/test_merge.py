@@ -459,3 +459,21 @@ def test_tied_embeddings_replaced_alike_stay_tied(stored: bool, tmp_path: Path) 
         assert torch.equal(ours["lm_head.weight"], new)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["tie_word_embeddings"] is True
     assert any("they stay tied" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_weights_are_refused_before_any_work(weight: float, tmp_path: Path) -> None:
+    """A NaN weight would make every merged tensor NaN (written as is under safe=False), an
+    infinite one Inf: refused by name, nothing written, as combine refuses them."""
+    base = save_base(llama(), tmp_path / "base")
+    adapter = make_adapter(llama, tmp_path / "adapter", seed=15, r=2, lora_alpha=2, target_modules=["q_proj"])
+    for safe in (True, False):
+        with pytest.raises(AdapterkitError) as info:
+            merge_checkpoint(base, [adapter], tmp_path / "out", weights=[weight], safe=safe)
+        assert info.value.code == "argument-invalid" and "finite" in str(info.value)
+        assert not (tmp_path / "out").exists()
+    from click.testing import CliRunner
+
+    from adapterkit.cli import main
+    res = CliRunner().invoke(main, ["merge", str(base), str(adapter), str(tmp_path / "out"), "--weight", str(weight)])
+    assert res.exit_code == 2 and "[argument-invalid]" in res.output and not (tmp_path / "out").exists()

@@ -4,7 +4,7 @@ Nothing is uploaded unless the adapter validates.  A PEFT directory is uploaded 
 are (bit for bit); any other form (one .safetensors file, legacy .bin weights, an Adapter in
 memory) is written in PEFT's directory layout first, so the repo loads with
 ``PeftModel.from_pretrained``.  A token is passed to huggingface_hub and never printed or
-written.
+written.  ``push_merged`` publishes the checkpoint folder a merge wrote (``merge --push-to``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from ..adapter import Adapter
 from ..errors import ArgumentError
-from .card import adapter_card
+from .card import adapter_card, merged_card
 from .remote import CARD_NAME, api_for, translated
-from .repo_id import parse_repo_id
+from .repo_id import as_repo, parse_repo_id
 
 
 @dataclass
@@ -140,3 +140,21 @@ def upload_merged(folder: Path, repo_id: str, card: str, *, token: str | None = 
                 os.symlink(p.resolve(), dest)
         (staged / CARD_NAME).write_text(card, encoding="utf-8")
         return upload(staged, target, private=private, revision=revision, commit_message=commit_message, token=token)
+
+
+def push_merged(base: str | Path, report: Any, repo_id: str, *, token: str | None = None, private: bool = False) -> PushResult:
+    """Publish the checkpoint folder a merge wrote (``report``: what ``merge_checkpoint`` returned
+    for ``base``) to ``repo_id`` with a card marked ``base_model_relation: merge`` (``merged_card``),
+    the README.md the merge wrote after it.  The card's base_model is the base's repo id when the
+    base is one, else the base model the first adapter records (None when none does).
+
+    Raises:
+        ArgumentError: ``repo_id`` is not a repo id (see ``target_repo``).
+        HubError: the Hub refused or failed.
+    """
+    ref = as_repo(base)
+    trained_on = [a["base_model"] for a in report.adapters if a.get("base_model")]
+    base_model = ref.repo_id if ref is not None else (trained_on[0] if trained_on else None)
+    readme = Path(report.out) / CARD_NAME
+    card = merged_card(base_model, report.adapters, repo_id, readme.read_text(encoding="utf-8") if readme.is_file() else "")
+    return upload_merged(Path(report.out), repo_id, card, token=token, private=private)

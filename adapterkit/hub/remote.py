@@ -46,19 +46,23 @@ class Settings:
 
 
 def settings(token: str | None = None) -> Settings:
-    """``HF_ENDPOINT``, ``HF_HUB_CACHE`` (or ``HF_HOME``/hub), ``HF_HUB_OFFLINE`` read now;
-    ``token`` None leaves huggingface_hub's usual resolution (HF_TOKEN, the stored login)."""
+    """``HF_ENDPOINT``, the cache and offline mode read now, by huggingface_hub's own rules
+    (its ``constants``, which it reads once at import): the cache is ``HF_HUB_CACHE``, else
+    the legacy ``HUGGINGFACE_HUB_CACHE``, else ``HF_HOME``/hub (``HF_HOME`` defaulting to
+    ``$XDG_CACHE_HOME/huggingface``, then ``~/.cache/huggingface``), ``~`` and ``$VARS``
+    expanded; offline when ``HF_HUB_OFFLINE`` (or, unset or empty, ``TRANSFORMERS_OFFLINE``)
+    is 1/ON/YES/TRUE in any case.  ``token`` None leaves huggingface_hub's usual resolution
+    (HF_TOKEN, the stored login)."""
     env = os.environ
-    if env.get("HF_HUB_CACHE"):
-        cache = Path(env["HF_HUB_CACHE"])
-    elif env.get("HF_HOME"):
-        cache = Path(env["HF_HOME"]) / "hub"
-    else:
-        from huggingface_hub import constants
 
-        cache = Path(constants.HF_HUB_CACHE)
+    def expand(path: str) -> str:
+        return os.path.expandvars(os.path.expanduser(path))
+
+    home = expand(env.get("HF_HOME", os.path.join(env.get("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache")), "huggingface")))
+    cache = Path(expand(env.get("HF_HUB_CACHE", env.get("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub")))))
+    offline = (env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or "").upper() in _TRUE
     endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    return Settings(endpoint, cache.expanduser(), env.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE, token)
+    return Settings(endpoint, cache, offline, token)
 
 
 def check_name(name: str, ref: RepoRef | str) -> str:

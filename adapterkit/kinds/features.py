@@ -20,6 +20,7 @@ its position rule (the LoRA applies from the invocation tokens onward), and a lo
 would mix it with other adapters.  ``target_parameters`` on 2-D parameters merges like a Linear
 module's LoRA (PEFT's ``ParamWrapper`` adds B·A·scaling to the parameter) and attaches as PEFT's
 parametrization does; on 3-D expert stacks (r rows of lora_A per expert) it is refused.
+``lora_bias`` with DoRA is refused everywhere, as PEFT's config refuses it.
 nn.MultiheadAttention (PEFT saves its ``out_proj`` under ``<attn>.base_layer.out_proj``) is
 refused by name in every operation.
 
@@ -188,6 +189,11 @@ _NESTED = Field("target_parameters", "0.17.0", UNSUPPORTED, "LoRA on several par
                 "parameter is not in the file")
 
 
+_DORA_BIAS = Field("lora_bias", "0.14.0", UNSUPPORTED, "lora_bias with DoRA",
+                   "PEFT refuses the combination (\"lora_bias=True is not supported for DoRA\"), so no PEFT model "
+                   "defines where the bias goes against DoRA's norm")
+
+
 def uses(adapter: Adapter, operation: str | None = None) -> list[Use]:
     """The unsupported features ``adapter`` uses (those ``operation`` refuses, or all), from its
     config and tensor names; reads no tensor data."""
@@ -208,6 +214,8 @@ def _uses(adapter: Adapter) -> list[Use]:
         if f.refused_by:
             found.append(Use(f, key=name))
     if cfg.peft_type == "LORA":
+        if cfg.use_dora and cfg.lora_bias:
+            found.append(Use(_DORA_BIAS, key="lora_bias"))
         found += _structural_uses(adapter)
     return found
 

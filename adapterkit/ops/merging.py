@@ -44,7 +44,7 @@ from ..adapter import Adapter
 from ..checkpoint import CheckpointWriter, open_checkpoint
 from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
-from ..errors import FormatError, TensorError, UnsupportedError
+from ..errors import ArgumentError, FormatError, TensorError, UnsupportedError
 from ..io.outputs import adapter_inputs, check_output, checkpoint_inputs
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
@@ -351,6 +351,9 @@ def merge_checkpoint(
                        *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])
     if weights is not None and len(weights) != len(loaded):
         raise UnsupportedError("one weight per adapter", key="weights", expected=len(loaded), actual=len(weights))
+    if weights is not None and not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+        raise ArgumentError("weights must be finite numbers (a NaN or infinite weight would write a NaN checkpoint, or pass "
+                            "safe=False unnoticed)", key="weights", expected="finite numbers", actual=list(weights))
     history = merge_record.read(ckpt)
     digests = [merge_record.adapter_digest(a) for a in loaded]
     notes: list[str] = []

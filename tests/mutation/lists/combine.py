@@ -12,7 +12,7 @@ from __future__ import annotations
 TESTS = ["tests/test_combine.py"]
 COMBINE = "adapterkit/ops/combining.py"
 OPS = "adapterkit/ops/task_arithmetic.py"
-CLI = "adapterkit/cli.py"
+CLI = "adapterkit/cli/surgery.py"
 
 # (name, file, old text, new text)
 MUTANTS = [

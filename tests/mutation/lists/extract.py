@@ -64,7 +64,7 @@ MUTANTS = [
     ("export: vLLM r not the largest rank", EXPORT, "lora_bias=cfg.lora_bias, default_rank=target, **changes)", "lora_bias=cfg.lora_bias, default_rank=pad_to, **changes)", ["tests/test_export.py", "tests/test_vllm_rules.py"]),
     ("check: vLLM said to read lora_B.bias", EXPORT, "    if cfg.lora_bias:  # vLLM too", '    if cfg.lora_bias and consumer != "vllm":  # vLLM too', ["tests/test_export.py", "tests/test_vllm_rules.py"]),
     ("export: vLLM keeps lora_B.bias", EXPORT, '            if "bias" in view.keys:\n                refuse("lora_B.bias', '            if consumer != "vllm" and "bias" in view.keys:\n                refuse("lora_B.bias', ["tests/test_export.py", "tests/test_vllm_rules.py"]),
-    ("cli check: a warning fails the check", "adapterkit/cli.py", "    sys.exit(1 if violations else 0)", "    sys.exit(1 if problems else 0)", ["tests/test_export.py", "tests/test_vllm_rules.py"]),
+    ("cli check: a warning fails the check", "adapterkit/cli/adapters.py", "    sys.exit(1 if violations else 0)", "    sys.exit(1 if problems else 0)", ["tests/test_export.py", "tests/test_vllm_rules.py"]),
     ("check: llama.cpp divides alpha by the global r", EXPORT, "        return cfg.lora_alpha / rank\n", "        return cfg.lora_alpha / cfg.r\n"),
     ("check: rsLoRA scaling taken as alpha / r", EXPORT, "return cfg.lora_alpha / math.sqrt(cfg.r) if cfg.use_rslora else cfg.lora_alpha / cfg.r", "return cfg.lora_alpha / cfg.r"),
     ("check: DoRA not flagged", EXPORT, "    if cfg.use_dora:\n        add(", "    if False:\n        add("),

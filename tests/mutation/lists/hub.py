@@ -16,7 +16,7 @@ REMOTE = "adapterkit/hub/remote.py"
 PUSH = "adapterkit/hub/publish.py"
 PULL = "adapterkit/hub/download.py"
 CARD = "adapterkit/hub/card.py"
-CLI = "adapterkit/cli.py"
+CLI = "adapterkit/cli/checkpoints.py"
 
 # (name, file, old text, new text)
 MUTANTS = [
@@ -49,10 +49,11 @@ MUTANTS = [
     ("errors: connection refused not unavailable", REMOTE, "if status is None and _is_transport(exc):", "if False:"),
     ("errors: a missing revision called a missing repo", REMOTE, '("revision" if isinstance(exc, hf.RevisionNotFoundError) else', '("repo" if isinstance(exc, hf.RevisionNotFoundError) else'),
     ("errors: a failed download called offline", REMOTE, "if isinstance(exc, hf.LocalEntryNotFoundError) and cause is not None and cause is not exc:", "if False:"),
-    ("settings: HF_HUB_OFFLINE ignored", REMOTE, 'env.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE', "False"),
+    ("settings: HF_HUB_OFFLINE ignored", REMOTE, 'offline = (env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE") or "").upper() in _TRUE', "offline = False"),
     ("settings: endpoint read at import time", REMOTE, 'endpoint = (env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")',
      "from huggingface_hub import constants as hf_constants\n    endpoint = hf_constants.ENDPOINT"),
-    ("settings: HF_HUB_CACHE ignored", REMOTE, 'if env.get("HF_HUB_CACHE"):', "if False:"),
+    ("settings: HF_HUB_CACHE ignored", REMOTE, 'cache = Path(expand(env.get("HF_HUB_CACHE", env.get("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub")))))',
+     'cache = Path(expand(env.get("HUGGINGFACE_HUB_CACHE", os.path.join(home, "hub"))))'),
     ("fetch: every file of the repo", REMOTE, "found = [n for n in names if PurePosixPath(n).name in ADAPTER_FILES and not _hidden(n)]",
      "found = [n for n in names if not _hidden(n)]"),
     ("fetch: other weights of a checkpoint too", REMOTE, "not n.endswith(OTHER_WEIGHTS)", "True"),
@@ -79,7 +80,7 @@ MUTANTS = [
     ("card: tensors counted, not parameters", CARD, "{adapter.parameter_count():,}", "{len(adapter.tensors):,}"),
     ("card: merge card marked adapter", CARD, 'front_matter(base_model=base_model, relation="merge"', 'front_matter(base_model=base_model, relation="adapter"'),
     ("cli: a repo id refused as a missing path", REPO_ID, "    if os.path.lexists(s) or as_repo(s) is not None:", "    if os.path.lexists(s):"),
-    ("cli --push-to: base_model from the adapter even for a Hub base", CLI,
+    ("cli --push-to: base_model from the adapter even for a Hub base", PUSH,
      "base_model = ref.repo_id if ref is not None else (trained_on[0] if trained_on else None)", "base_model = trained_on[0] if trained_on else None"),
     ("cli --push-to: checked only after the merge", CLI, '        _check_push_to(push["repo_id"], out)\n', "        pass\n"),
 ]

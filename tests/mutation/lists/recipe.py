@@ -21,7 +21,7 @@ EXTRACT = "adapterkit/ops/extract.py"
 EXPORT = "adapterkit/ops/export.py"
 CARD = "adapterkit/hub/card.py"
 INFO = "adapterkit/summary.py"
-CLI = "adapterkit/cli.py"
+CLI = "adapterkit/cli/surgery.py"
 ADAPTER = "adapterkit/adapter.py"
 
 # (name, file, old text, new text)

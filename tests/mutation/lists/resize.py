@@ -14,7 +14,7 @@ RESIZE = "adapterkit/ops/resizing.py"
 REBALANCE = "adapterkit/ops/rebalancing.py"
 PRUNE = "adapterkit/ops/pruning.py"
 PATTERNS = "adapterkit/kinds/patterns.py"
-CLI = "adapterkit/cli.py"
+CLI = "adapterkit/cli/surgery.py"
 
 # (name, file, old text, new text)
 MUTANTS = [

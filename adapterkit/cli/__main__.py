@@ -1,0 +1,5 @@
+"""``python -m adapterkit.cli``: the same command as ``adapterkit``."""
+
+from . import main
+
+main()

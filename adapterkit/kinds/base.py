@@ -83,12 +83,15 @@ def schema_errors(value: Any, schema: dict) -> list[str]:
     return []
 
 
+# config class -> its Kind, filled as each kind's module builds its Kind record (Kind.__post_init__)
+_KIND_OF: dict[type, Kind] = {}
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     """Fields shared by every kind.  Subclasses set ``peft_type`` and add their fields."""
 
     peft_type: ClassVar[str] = ""
-    _kind: ClassVar[Kind | None] = None  # set by the kind's Kind record (Kind.__post_init__)
     base_model_name_or_path: str | None = schema_field(None, OPT_STR, doc="base model id or path")
     task_type: str | None = schema_field(None, OPT_STR, doc="PEFT task type, e.g. CAUSAL_LM")
     extra: Mapping[str, Any] = field(default_factory=dict, compare=True)
@@ -98,13 +101,13 @@ class AdapterConfig:
 
     @property
     def kind(self) -> Kind:
-        """The :class:`Kind` of this config (its ``Kind`` record registers itself on the config
+        """The :class:`Kind` of this config (each ``Kind`` record registers itself for its config
         class), so that the Adapter value reaches its kind without importing the registry.
 
         Raises:
             ConfigError: ``peft-type-unsupported`` for a config class no kind registered.
         """
-        kind = type(self)._kind
+        kind = next((_KIND_OF[c] for c in type(self).__mro__ if c in _KIND_OF), None)
         if kind is None or kind.peft_type != self.peft_type:
             raise ConfigError(
                 "unsupported peft_type", code="peft-type-unsupported", key="peft_type",
@@ -241,7 +244,7 @@ class Kind:
     no_merge_reason: str = "adapters have no weights to merge into a checkpoint"
 
     def __post_init__(self) -> None:
-        self.config._kind = self  # what ``AdapterConfig.kind`` returns (a class attribute of the config)
+        _KIND_OF[self.config] = self  # what ``AdapterConfig.kind`` returns
 
     def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
         from .features import LOWRANK, require

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .devices import resolve_device
+from .dtypes import DTYPE_NAMES, DTYPES
 from .errors import NotFoundError
-from .io.safetensors_file import DTYPE_NAMES, DTYPES, Header, read_tensor
-from .kinds.base import AdapterConfig, Kind
+
+if TYPE_CHECKING:  # the kinds sit above the value: it reaches its kind through its config (AdapterConfig.kind)
+    from .kinds.base import AdapterConfig, Kind
 
 FORMAT_VERSION = "1.2"  # the adapterkit format version this library writes (1.1: the content digest; 1.2: pattern order kept)
 
@@ -70,36 +72,14 @@ class MemoryStore(TensorStore):
         return TensorMeta(DTYPE_NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape))
 
 
-class LazyStore(TensorStore):
-    """Tensors of a safetensors file, each read from disk when asked for (not cached)."""
-
-    def __init__(self, header: Header) -> None:
-        self.header = header
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self.header.tensors:
-            raise KeyError(key)
-        return read_tensor(self.header, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.header.tensors)
-
-    def __len__(self) -> int:
-        return len(self.header.tensors)
-
-    def meta(self, key: str) -> TensorMeta:
-        """The header's own record (a ``TensorInfo``: dtype, shape, numel, nbytes like a
-        ``TensorMeta``), so the checks that ask for every key allocate nothing."""
-        return self.header.tensors[key]  # type: ignore[return-value]
-
-
 @dataclass(frozen=True, eq=False)
 class Adapter:
     """An adapter: ``config`` (one frozen dataclass per kind) and ``tensors`` (key -> tensor).
 
     Attributes:
         config: the kind's config dataclass (``LoraConfig``, ``IA3Config``, ...).
-        tensors: a :class:`TensorStore`; lazy when the adapter came from ``open_adapter``.
+        tensors: a :class:`TensorStore`; lazy (``adapterkit.io.lazy_store.LazyStore``) when the
+            adapter came from ``open_adapter``.
         source: the weights file it was read from, if any (never overwritten by ``save``).
         format_version: the adapterkit format version of the source, None for the PEFT profile.
         recipe: how adapterkit made it, oldest step first (``adapterkit.io.recipe``); provenance
@@ -122,9 +102,8 @@ class Adapter:
 
     @property
     def kind(self) -> Kind:
-        from .kinds import kind_of
-
-        return kind_of(self.config.peft_type)
+        """The kind's functions (``adapterkit.kinds``), as the config knows them."""
+        return self.config.kind
 
     @property
     def peft_type(self) -> str:

@@ -2,8 +2,8 @@
 (``--rank 0``, a ``--weights`` count that differs from the adapters, ``ties`` without
 ``--density``, ...) with ``argument-invalid`` before the library, and torch, is imported.
 
-The rules are the library's own (``ops.combine._check_arguments``, ``linalg.select_rank``,
-``ops.rebalance``, ``ops.prune._check``, ``checkpoint.writer``): the operations still check
+The rules are the library's own (``ops.combining._check_arguments``, ``linalg.select_rank``,
+``ops.rebalancing``, ``ops.pruning._check``, ``checkpoint.writer``): the operations still check
 every argument themselves; tests/test_cli.py holds both to the same values.  ``key`` names the
 option as the user typed it.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import ArgumentError
 
-# adapterkit.ops.combine's method families (a test keeps them equal)
+# adapterkit.ops.combining's method families (a test keeps them equal)
 FACTOR_METHODS = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
 DENSITY_METHODS = FACTOR_METHODS + tuple(m + "_svd" for m in FACTOR_METHODS)
 

@@ -240,7 +240,7 @@ def command(method: str, root: Path, out: Path) -> list[str]:
     if method == "ours":
         return [sys.executable, "-m", "adapterkit", "merge", str(root / "base"), str(root / "adapter"), str(out)]
     if method == "ours_nosync":
-        return [sys.executable, "-c", "import sys; from adapterkit.ops.merge import merge_checkpoint; "
+        return [sys.executable, "-c", "import sys; from adapterkit.ops.merging import merge_checkpoint; "
                 "merge_checkpoint(sys.argv[1], [sys.argv[2]], sys.argv[3], durable=False)", str(root / "base"), str(root / "adapter"), str(out)]
     return [sys.executable, __file__, "--child", method, str(root), str(out)]
 
@@ -283,7 +283,7 @@ def run_size(size: str, scratch: Path, args: argparse.Namespace) -> dict:
             runs[m].append(child(command(m, root, out), scratch / f"{m}.log"))
             print(f"[{size}] round {r + 1}: {m} {runs[m][-1][0]:.2f} s, {runs[m][-1][1] / MB:.0f} MB", file=sys.stderr)
     os.sync()
-    floor = child([sys.executable, "-c", "import adapterkit.cli, adapterkit.ops.merge"], scratch / "floor.log")
+    floor = child([sys.executable, "-c", "import adapterkit.cli, adapterkit.ops.merging"], scratch / "floor.log")
     proc = subprocess.run([sys.executable, __file__, "--child", "accuracy", str(root), "-"], check=True, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     result = {

@@ -40,9 +40,10 @@ import torch
 
 import adapterkit
 from adapterkit import Adapter, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
+from adapterkit.dtypes import DTYPE_NAMES
 from adapterkit.errors import API_CODES, CODES
 from adapterkit.io.digest import combine, config_digest, digest_metadata, tensor_digest
-from adapterkit.io.safetensors_file import DTYPE_NAMES, encode, tensor_bytes
+from adapterkit.io.safetensors_file import encode, tensor_bytes
 from adapterkit.kinds import KINDS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -266,19 +266,20 @@ def serve() -> None:
     import matplotlib.figure  # noqa: F401  (info --plot)
     import torch  # noqa: F401
 
+    import adapterkit.api
     import adapterkit.cli
-    import adapterkit.hub.pull
-    import adapterkit.inspect.spectrum
+    import adapterkit.hub.download
+    import adapterkit.inspect.spectra
     import adapterkit.io.reader
     import adapterkit.io.writer
-    import adapterkit.ops.combine
+    import adapterkit.ops.combining
     import adapterkit.ops.export
     import adapterkit.ops.extract
-    import adapterkit.ops.merge
-    import adapterkit.ops.prune
-    import adapterkit.ops.rebalance
-    import adapterkit.ops.resize
-    import adapterkit.validate  # noqa: F401
+    import adapterkit.ops.merging
+    import adapterkit.ops.pruning
+    import adapterkit.ops.rebalancing
+    import adapterkit.ops.resizing
+    import adapterkit.validation  # noqa: F401
 
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)

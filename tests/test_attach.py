@@ -133,9 +133,9 @@ def test_attached_equals_peft_then_merge_unmerge_extract(name: str, saved, tmp_p
     adapterkit.save(extracted, tmp_path / "again")
     assert adapterkit.load(tmp_path / "again") == adapter
     base_weights = {k: v.clone() for k, v in model.state_dict().items()}
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     assert max_diff(run(model, inputs), ours) <= TOL
-    adapterkit.unmerge(model)
+    adapterkit.unmerge_attached(model)
     for k, v in model.state_dict().items():
         assert float((v - base_weights[k]).norm() / max(float(base_weights[k].norm()), 1e-12)) <= 1e-6, k
 
@@ -174,7 +174,7 @@ def test_several_adapters_active_disabled_detach(saved) -> None:
     adapterkit.set_active(model, ["a", "b"])
     assert active_names(model) == ("a", "b")
     assert max_diff(run(model, inputs), theirs) <= TOL
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     assert max_diff(run(model, inputs), theirs) <= TOL
     with pytest.raises(AdapterkitError, match="not-supported"):
         adapterkit.set_active(model, ["a"])
@@ -195,7 +195,7 @@ def test_several_adapters_active_disabled_detach(saved) -> None:
 def test_unload_gives_the_base_back(saved) -> None:
     case = case_of("lora_modules_to_save")
     model = adapterkit.attach(case.base(), adapterkit.open_adapter(saved("lora_modules_to_save")))  # lazy tensors
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     with pytest.raises(AdapterkitError, match="not-supported"):  # would change what is active while merged
         adapterkit.attach(model, adapterkit.load(saved("lora_linear")), "other")
     assert set(registry(model)) == {"default"}
@@ -235,7 +235,7 @@ def test_safe_merge_refuses_non_finite(saved) -> None:
         layer.lora_B["default"][0, 0] = float("inf")
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(AdapterkitError, match="non-finite"):
-        adapterkit.merge(model)
+        adapterkit.merge_attached(model)
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
@@ -280,19 +280,22 @@ def test_merged_output_equals_attached_output(adapter) -> None:
     x = {name: torch.randn(3, shapes[name][1], generator=torch.Generator().manual_seed(0)) for name in shapes}
     layers = {name: model.get_submodule(name) for name in shapes}
     attached = {name: layers[name](x[name]) for name in shapes}
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     for name in shapes:
         assert torch.allclose(layers[name](x[name]), attached[name], atol=1e-4, rtol=1e-4)
-    adapterkit.unmerge(model)
+    adapterkit.unmerge_attached(model)
     assert adapterkit.extract_from_model(model) == adapter
 
 
 def test_top_level_names_are_the_model_functions() -> None:
     import adapterkit.inject as inject
 
-    for name in ("attach", "detach", "set_active", "disabled", "merge", "unmerge", "merge_and_unload", "unload", "extract_from_model"):
+    for name in ("attach", "detach", "set_active", "disabled", "merge_attached", "unmerge_attached", "merge_and_unload", "unload",
+                 "extract_from_model"):
         assert getattr(adapterkit, name) is getattr(inject, name) and callable(getattr(adapterkit, name)), name
         assert name in adapterkit.__all__
+    # adapterkit.merge / unmerge are the CLI's checkpoint commands, not the live model's
+    assert adapterkit.merge is not inject.merge_attached and adapterkit.unmerge is not inject.unmerge_attached
 
 
 @pytest.mark.cuda
@@ -307,7 +310,7 @@ def test_cuda_attached_equals_peft(name: str, saved) -> None:
     assert all(p.is_cuda for p in model.parameters())
     ours = run(model, inputs)
     assert max_diff(ours, theirs) <= 1e-4
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     assert max_diff(run(model, inputs), ours) <= 1e-4
     assert adapterkit.extract_from_model(model) == adapterkit.load(path)
 
@@ -322,7 +325,7 @@ def test_ia3_merged_output_equals_attached_output(adapter) -> None:
     model = adapterkit.attach(Tree(shapes), adapter)
     x = {name: torch.randn(2, shapes[name][1], generator=torch.Generator().manual_seed(0)) for name in shapes}
     attached = {name: model.get_submodule(name)(x[name]) for name in shapes}
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     for name in shapes:
         assert torch.allclose(model.get_submodule(name)(x[name]), attached[name], atol=1e-5, rtol=1e-5)
     plain = adapterkit.merge_and_unload(model)
@@ -351,7 +354,7 @@ def test_two_active_adapters_equal_peft(name: str, saved) -> None:
     adapterkit.set_active(model, ["a", "b"])
     ours = run(model, inputs)
     assert max_diff(ours, run(peft_model, inputs)) <= TOL
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peft_model.base_model.merge_adapter(["a", "b"])
@@ -359,8 +362,8 @@ def test_two_active_adapters_equal_peft(name: str, saved) -> None:
     assert max_diff(run(model, inputs), run(peft_model, inputs)) <= TOL
     assert max_diff(run(model, inputs), ours) <= TOL
     base = {k: v.clone() for k, v in case.base().state_dict().items()}
-    adapterkit.merge(model, "a")  # nothing left to merge: a no-op
-    adapterkit.unmerge(model)
+    adapterkit.merge_attached(model, "a")  # nothing left to merge: a no-op
+    adapterkit.unmerge_attached(model)
     assert max_diff(run(model, inputs), ours) <= TOL
     unloaded = adapterkit.unload(model).state_dict()
     for k, v in base.items():  # two DoRA factors divided out in turn: a little more rounding than one
@@ -396,9 +399,9 @@ def test_half_precision_merge_unmerge_bound(name: str, saved) -> None:
     case = case_of(name)
     model = adapterkit.attach(case.base(), adapterkit.load(saved(name)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     merged = {k: v.clone() for k, v in model.state_dict().items()}
-    adapterkit.unmerge(model)
+    adapterkit.unmerge_attached(model)
     changed = 0
     for k, v in model.state_dict().items():
         if not v.is_floating_point() or "lora_" in k:

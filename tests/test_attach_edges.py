@@ -95,10 +95,10 @@ def test_scaled_embedding_equals_peft(use_dora, as_buffer, tmp_path):
     assert max_diff(model(IDS), theirs) <= TOL
     with adapterkit.disabled(model), peft_model.disable_adapter():
         assert max_diff(model(IDS), base) <= TOL and max_diff(peft_model(IDS), base) <= TOL
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     peft_model.merge_adapter()
     assert max_diff(model(IDS), peft_model(IDS)) <= TOL and max_diff(model(IDS), theirs) <= TOL
-    adapterkit.unmerge(model)
+    adapterkit.unmerge_attached(model)
     peft_model.unmerge_adapter()
     ours_plain = adapterkit.merge_and_unload(model)
     theirs_plain = peft_model.merge_and_unload()
@@ -159,9 +159,9 @@ def test_targets_inside_a_module_saved_whole_equal_peft(case, tmp_path):
     assert max_diff(run(model, inputs), theirs) <= TOL
     with adapterkit.disabled(model):
         assert max_diff(run(model, inputs), run(llama(), inputs)) <= TOL
-    adapterkit.merge(model)
+    adapterkit.merge_attached(model)
     assert max_diff(run(model, inputs), theirs) <= TOL
-    adapterkit.unmerge(model)
+    adapterkit.unmerge_attached(model)
     back = adapterkit.extract_from_model(model, "default")
     assert back == saved
     ours_plain, theirs_plain = adapterkit.merge_and_unload(model), peft_model.merge_and_unload()
@@ -209,7 +209,7 @@ def test_nested_disabled_equals_peft(name, merged, tmp_path):
     ours = adapterkit.attach(case.base(), adapterkit.load(tmp_path))
     if merged:
         peft_model.merge_adapter()
-        adapterkit.merge(ours)
+        adapterkit.merge_attached(ours)
     inputs = case.inputs()
     theirs = stages(peft_model, peft_model.disable_adapter, inputs)
     got = stages(ours, lambda: adapterkit.disabled(ours), inputs)

@@ -501,7 +501,7 @@ def test_public_attach_reaches_prompts(name: str, saved: Callable[[str], Path]) 
         adapterkit.set_active(model, ["p", "q"])
     assert info.value.code == "argument-invalid"
     with pytest.raises(AdapterkitError) as info:
-        adapterkit.merge(model)
+        adapterkit.merge_attached(model)
     assert info.value.code == "not-supported"
     adapterkit.detach(model, "q")
     adapterkit.detach(model, "p")

@@ -171,7 +171,7 @@ def test_trainable_tokens_on_a_scaled_embedding_equal_peft(tmp_path):
     with torch.no_grad():
         theirs = peft_model(IDS)
         assert max_diff(ours(IDS), theirs) <= TOL
-        adapterkit.merge(ours)
+        adapterkit.merge_attached(ours)
         assert max_diff(ours(IDS), theirs) <= TOL
 
 
@@ -233,7 +233,7 @@ class Two(nn.Module):
 
 
 def test_dora_merged_after_a_lora_on_one_module_equals_peft(tmp_path):
-    """merge(model, "a") then merge(model, "b"): b's DoRA norm is over the weight without a merged
+    """merge_attached(model, "a") then merge_attached(model, "b"): b's DoRA norm is over the weight without a merged
     (the forward pass's), so the result equals PEFT merging both active adapters."""
     from peft import PeftModel
 
@@ -256,8 +256,8 @@ def test_dora_merged_after_a_lora_on_one_module_equals_peft(tmp_path):
     with torch.no_grad():
         theirs = peft_model(X)
         assert max_diff(ours(X), theirs) <= TOL
-        adapterkit.merge(ours, "a")
-        adapterkit.merge(ours, "b")
+        adapterkit.merge_attached(ours, "a")
+        adapterkit.merge_attached(ours, "b")
         assert max_diff(ours(X), theirs) <= TOL
         theirs_plain = peft_model.merge_and_unload()
         assert max_diff(theirs_plain(X), theirs) <= TOL

@@ -35,7 +35,7 @@ from peft_models import convnet, embnet, gpt2, llama  # noqa: E402
 import adapterkit  # noqa: E402
 from adapterkit import Adapter, IA3Config, LoraConfig, PromptTuningConfig, combine  # noqa: E402
 from adapterkit.errors import AdapterkitError  # noqa: E402
-from adapterkit.ops.combine import quantile  # noqa: E402
+from adapterkit.ops.combining import quantile  # noqa: E402
 
 P = "base_model.model."
 W = [0.7, -0.4]
@@ -569,7 +569,7 @@ def test_cat_and_linear_are_the_exact_weighted_sum(case, method):
             name = key[len(P): -len(".lora_B.bias")]
             torch.testing.assert_close(t, want_bias.get(name, torch.zeros_like(t)), rtol=1e-10, atol=1e-10)
     assert result.config.lora_bias == any(a.config.lora_bias for a in adapters)
-    from adapterkit.validate import structural_problems
+    from adapterkit.io.checks import structural_problems
 
     assert structural_problems(result) == []
 
@@ -619,7 +619,7 @@ def test_every_method_gives_a_valid_adapter_over_the_union(case, method, density
     ones the best rank-(max r) approximation of the weighted sum."""
     adapters, weights, parts = case
     result = combine(adapters, weights, method, density=density)
-    from adapterkit.validate import structural_problems, value_problems
+    from adapterkit.io.checks import structural_problems, value_problems
 
     assert structural_problems(result) + value_problems(result) == []
     assert set(result.modules) == {n for p in parts for n in p}
@@ -878,7 +878,7 @@ def test_cli_combine_refuses_to_write_over_an_input(tmp_path):
 
 def test_cli_methods_and_help():
     from adapterkit.cli.surgery import COMBINE_METHODS
-    from adapterkit.ops.combine import METHODS
+    from adapterkit.ops.combining import METHODS
 
     assert sorted(COMBINE_METHODS) == sorted(METHODS)
     text = cli("combine", "--help").output

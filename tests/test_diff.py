@@ -4,7 +4,6 @@ own factor helpers."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import subprocess
@@ -19,11 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import adapterkit
+import adapterkit.inspect.compare as diff_module
 from adapterkit import Adapter, IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 from adapterkit.cli import main
 from adapterkit.errors import AdapterkitError
-
-diff_module = importlib.import_module("adapterkit.inspect.diff")  # the package's `diff` is the function
 
 P = "base_model.model."
 LAYERS = ("linear", "conv1d_gpt2", "embedding", "conv2d")

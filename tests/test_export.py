@@ -22,9 +22,9 @@ import adapterkit
 from adapterkit import Adapter, LoraConfig
 from adapterkit.cli import main
 from adapterkit.errors import UnsupportedError
+from adapterkit.io.checks import structural_problems
 from adapterkit.ops.export import CONSUMERS, check, export
 from adapterkit.testing import strategies as aks
-from adapterkit.validate import structural_problems
 
 P = "base_model.model."
 ENGINES = ("vllm", "tgi", "llama.cpp")

@@ -16,8 +16,8 @@ from torch import nn
 
 import adapterkit
 from adapterkit.errors import AdapterkitError
-from adapterkit.info import describe
 from adapterkit.ops import merge_checkpoint
+from adapterkit.summary import describe
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
@@ -378,8 +378,8 @@ def test_trainable_tokens_attach_as_peft(saved, name):
         with adapterkit.disabled(model):
             assert torch.equal(model(**token_input()).logits, llama()(**token_input()).logits)
     assert adapterkit.extract_from_model(model) == adapter
-    adapterkit.merge(model)
-    adapterkit.unmerge(model)  # the replaced rows come back
+    adapterkit.merge_attached(model)
+    adapterkit.unmerge_attached(model)  # the replaced rows come back
     base = llama().state_dict()
     assert all(torch.equal(v, base[k]) for k, v in adapterkit.unload(model).state_dict().items() if "embed" in k or "lm_head" in k)
     model = llama()

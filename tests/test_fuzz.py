@@ -686,7 +686,7 @@ _MEASURE = r"""
 import json, resource, sys, os
 from pathlib import Path
 from click.testing import CliRunner
-import torch, adapterkit.info, adapterkit.validate, adapterkit.checkpoint
+import torch, adapterkit.summary, adapterkit.validation, adapterkit.checkpoint
 from adapterkit.cli import main
 
 def rss():

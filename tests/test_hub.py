@@ -531,13 +531,12 @@ def test_python_api_accepts_repo_ids(hub, tmp_path):
     assert adapterkit.open_adapter("org/lora") == adapterkit.load(src)
     pulled = adapterkit.pull("org/lora", tmp_path / "out")
     assert pulled.kind == "adapter" and pulled.commit == result.commit
-    from adapterkit.info import describe_checkpoint
-    from adapterkit.ops.merge import merge_checkpoint
-
     hub.add("org/base", checkpoint_files(tmp_path))
-    assert describe_checkpoint("org/base")["tensors"] == 3
-    report = merge_checkpoint("org/base", ["org/lora"], tmp_path / "merged")
+    assert adapterkit.info("org/base")["tensors"] == 3
+    report = adapterkit.merge("org/base", ["org/lora"], tmp_path / "merged")
     assert report.changed == 2
+    back = adapterkit.unmerge(tmp_path / "merged", ["org/lora"], tmp_path / "back")
+    assert back.changed == 2
     with pytest.raises(AdapterkitError) as info:
         adapterkit.pull("nonsense", tmp_path / "x")
     assert info.value.code == "argument-invalid"

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 import adapterkit as ak
 from adapterkit.errors import AdapterkitError
 from adapterkit.io import atomic, safetensors_file
+from adapterkit.io.checks import _spans, value_problems
 from adapterkit.io.safetensors_file import read_all, read_header, write_file
-from adapterkit.validate import _spans, value_problems
 
 P = "base_model.model."
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]

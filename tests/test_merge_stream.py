@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 import adapterkit
 import adapterkit.checkpoint.writer as writer_mod
-import adapterkit.ops.merge as merge_mod
+import adapterkit.ops.merging as merge_mod
 from adapterkit.checkpoint.reader import Checkpoint
 from adapterkit.errors import AdapterkitError, FormatError
 from adapterkit.kinds import lora

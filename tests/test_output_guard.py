@@ -21,7 +21,7 @@ import adapterkit
 from adapterkit import Adapter, LoraConfig
 from adapterkit.cli import main
 from adapterkit.errors import AdapterkitError
-from adapterkit.ops.merge import merge_checkpoint
+from adapterkit.ops.merging import merge_checkpoint
 
 PREFIX = "base_model.model."
 

@@ -18,7 +18,7 @@ import adapterkit
 from adapterkit import Adapter, IA3Config, LoraConfig
 from adapterkit.cli import main
 from adapterkit.errors import AdapterkitError
-from adapterkit.inspect.spectrum import spectrum
+from adapterkit.inspect.spectra import spectrum
 
 P = "base_model.model."
 PNG = b"\x89PNG\r\n\x1a\n"

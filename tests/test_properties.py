@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 import adapterkit
 from adapterkit import Adapter
+from adapterkit.io.checks import structural_problems, value_problems
 from adapterkit.io.safetensors_file import encode
 from adapterkit.kinds import config_from_dict
 from adapterkit.kinds.lora import factor_norm
 from adapterkit.testing import strategies as aks
-from adapterkit.validate import structural_problems, value_problems
 
 
 def _files(folder: Path) -> dict[str, bytes]:

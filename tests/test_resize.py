@@ -26,7 +26,7 @@ from adapterkit import Adapter, IA3Config, LoraConfig
 from adapterkit.cli import main
 from adapterkit.errors import AdapterkitError
 from adapterkit.kinds.patterns import layer_index
-from adapterkit.ops.rebalance import allocate
+from adapterkit.ops.rebalancing import allocate
 from adapterkit.testing import strategies as aks
 
 P = "base_model.model."

@@ -57,8 +57,8 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
     if plot is not None:
         _guard(plot, ("PATH", path))
     from ..hub.paths import local_path
-    from ..info import describe, describe_checkpoint, render, render_checkpoint
     from ..io.reader import open_adapter
+    from ..summary import describe, describe_checkpoint, render, render_checkpoint
 
     try:
         adapter = open_adapter(local := local_path(path, "adapter"), adapter_name=adapter_name)
@@ -66,7 +66,7 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
         if exc.code != "not-an-adapter" or adapter_name:
             raise
         try:  # a model checkpoint (what `adapterkit merge` writes): summarise it instead
-            summary = describe_checkpoint(path)
+            summary = describe_checkpoint(local_path(path, "checkpoint"))
         except AdapterkitError as checkpoint_exc:
             if checkpoint_exc.code == "not-a-checkpoint":
                 raise exc from None
@@ -107,7 +107,7 @@ def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
       adapterkit validate adapter.safetensors --json
     """
     path = _require(path)
-    from ..validate import validate as run_validate
+    from ..api import validate as run_validate
 
     problems = run_validate(path, adapter_name=adapter_name)
     errors = [p for p in problems if p.severity == "error"]

@@ -95,7 +95,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
     _guard(out, ("MERGED" if direction == "unmerge" else "BASE", base), *(("ADAPTER", p) for p in given))
     if push is not None:
         _check_push_to(push["repo_id"], out)
-    from ..ops.merge import merge_checkpoint
+    from ..api import merge as merge_checkpoint
 
     report = merge_checkpoint(
         base, given, out, weights=weights if explicit else None, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
@@ -213,8 +213,8 @@ def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: fl
     _guard(out, ("BASE", base), ("FINETUNED", finetuned))
     import time
 
+    from ..api import extract as run
     from ..io.writer import save
-    from ..ops.extract import extract as run
 
     start = time.perf_counter()
     adapter, report = run(base, finetuned, rank=rank, energy=energy, targets=targets, save_changed=save_changed, device=device or "cpu")
@@ -252,7 +252,7 @@ def _check_push_to(repo_id: str, out: Path) -> None:
 
 def _push_merged(base: Path, report: Any, push: dict[str, Any], as_json: bool) -> None:
     """Publish the merged checkpoint folder with a card marked base_model_relation: merge."""
-    from ..hub.push import push_merged
+    from ..hub.publish import push_merged
 
     result = push_merged(base, report, push["repo_id"], token=push["token"], private=push["private"])
     if as_json:

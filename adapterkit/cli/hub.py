@@ -34,8 +34,8 @@ def push(adapter: Path, repo_id: str, adapter_name: str | None, private: bool, r
       adapterkit push my-lora me/my-lora --create-pr --commit-message "rank 16" --json
     """
     adapter = _require(adapter)
-    from ..hub.push import push as run
-    from ..hub.push import target_repo
+    from ..hub.publish import push as run
+    from ..hub.publish import target_repo
 
     target_repo(repo_id)  # a bad repo id is refused before the adapter is read
     result = run(adapter, repo_id, private=private, revision=revision, commit_message=commit_message, create_pr=create_pr,
@@ -71,7 +71,7 @@ def pull(repo: str, out: Path, overwrite: bool, token: str | None, as_json: bool
 
     if parse_repo_id(repo) is None:
         raise click.BadParameter(f"{repo!r} is not a repo id such as org/name or org/name@revision", param_hint="REPO")
-    from ..hub.pull import pull as run
+    from ..hub.download import pull as run
 
     result = run(repo, out, overwrite=overwrite, token=token)
     if as_json:

@@ -12,7 +12,7 @@ from .conventions import INPUT, _require, handles_errors, print_json
 
 def _plot_spectrum(adapter: Any, out: Path, device: str | None, overwrite: bool) -> dict[str, Any]:
     """`info --plot`: draw the spectrum; returns what --json reports about it."""
-    from ..inspect.spectrum import plot_spectrum
+    from ..inspect.spectra import plot_spectrum
 
     data = plot_spectrum(adapter, out, device=device or "cpu", overwrite=overwrite)
     return {"path": str(out), "modules": len(data.modules),
@@ -64,7 +64,7 @@ def diff_command(a: Path, b: Path, as_json: bool, device: str | None, conflict: 
     """
     a = _require(a)
     b = _require(b)
-    from ..inspect.diff import diff as run
+    from ..inspect.compare import diff as run
     from ..io.reader import load
 
     report = run(load(a), load(b), device=device or "cpu", conflict=conflict, sample_rows=sample_rows, seed=seed)

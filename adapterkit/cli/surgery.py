@@ -20,7 +20,7 @@ from .conventions import (
     print_json,
 )
 
-# adapterkit.ops.combine.METHODS, spelled out here so that --help does not import torch (a test keeps them equal)
+# adapterkit.ops.combining.METHODS, spelled out here so that --help does not import torch (a test keeps them equal)
 COMBINE_METHODS = ("svd", "linear", "cat", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd", "dare_ties_svd",
                    "magnitude_prune", "magnitude_prune_svd")
 
@@ -87,7 +87,7 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
 
     from ..hub.paths import load
     from ..io.writer import save
-    from ..ops.combine import combine
+    from ..ops.combining import combine
 
     start = time.perf_counter()
     inputs = [load(p) for p in adapters]
@@ -178,7 +178,7 @@ def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, o
     check_resize(rank, energy, sv_ratio)
     src = _require(src)
     _guard(out, ("IN", src))
-    from ..ops.resize import resize as run
+    from ..ops.resizing import resize as run
 
     _, report, written = _surgery(src, out, adapter_name, overwrite,
                                   lambda a: run(a, rank=rank, energy=energy, sv_ratio=sv_ratio, balanced=balanced, device=device or "cpu"))
@@ -210,7 +210,7 @@ def rebalance(src: Path, out: Path, adapter_name: str | None, device: str | None
     positive_int("--rank", rank)
     src = _require(src)
     _guard(out, ("IN", src))
-    from ..ops.rebalance import rebalance as run
+    from ..ops.rebalancing import rebalance as run
 
     _, report, written = _surgery(src, out, adapter_name, overwrite,
                                   lambda a: run(a, budget=budget, rank=rank, balanced=balanced, device=device or "cpu"))
@@ -260,7 +260,7 @@ def prune(src: Path, out: Path, adapter_name: str | None, device: str | None, ov
     fraction("--keep-fraction", keep_fraction)
     src = _require(src)
     _guard(out, ("IN", src))
-    from ..ops.prune import prune as run
+    from ..ops.pruning import prune as run
 
     adapter, report, written = _surgery(src, out, adapter_name, overwrite, lambda a: run(
         a, modules=modules, layers=wanted, min_energy=min_energy, keep_fraction=keep_fraction, device=device or "cpu"))

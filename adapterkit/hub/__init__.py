@@ -17,11 +17,11 @@ __all__ = ["RepoRef", "local_path", "parse_repo_id", "pull", "push"]
 
 def __getattr__(name: str):
     if name == "push":
-        from .push import push
+        from .publish import push
 
         return push
     if name == "pull":
-        from .pull import pull
+        from .download import pull
 
         return pull
     raise AttributeError(f"module 'adapterkit.hub' has no attribute {name!r}")

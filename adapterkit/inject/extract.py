@@ -11,8 +11,7 @@ import torch
 from torch import nn
 
 from ..adapter import Adapter
-from .attach import wrappers
-from .plan import base_module
+from .plan import base_module, wrappers
 from .state import lookup
 
 

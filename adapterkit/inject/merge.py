@@ -1,4 +1,4 @@
-"""merge, unmerge, merge_and_unload, unload: folding attached adapters into a model's weights.
+"""merge_attached, unmerge_attached, merge_and_unload, unload: folding attached adapters into a model's weights.
 
 The arithmetic is the kinds' own (``Adapter.merge`` / ``Adapter.unmerge``), applied to an
 Adapter built from the wrapper's live (possibly trained) parameters; the model's weights are in
@@ -17,8 +17,8 @@ from torch import nn
 from ..adapter import Adapter
 from ..errors import TensorError, UnsupportedError
 from ..kinds.lora import dora_factor
-from .attach import replace, wrappers
 from .layers import AdapterLayer, LoraLayer, ParamLoraLayer, SavedModule, TokenLayer
+from .plan import replace, wrappers
 from .state import AttachedAdapter, ModelState, active_names, lookup, model_state
 
 
@@ -96,8 +96,9 @@ def _write(wrapper: AdapterLayer, values: dict[str, torch.Tensor]) -> None:
             getattr(wrapper.base_layer, name).copy_(value)
 
 
-def merge(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:
-    """Adds the effect of ``names`` (default: the active adapters) to the model's weights, in place.
+def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:
+    """Adds the effect of ``names`` (default: the active adapters) to the model's weights, in place
+    (PEFT's ``merge_adapter``; merging adapter files into a checkpoint is ``adapterkit.merge``).
 
     Later forwards skip merged adapters' extra computation.  ``safe`` computes every merged
     tensor first and refuses NaN/Inf before any weight changes.  ``modules_to_save`` copies
@@ -140,7 +141,7 @@ def merge(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: b
     return model
 
 
-def unmerge(model: nn.Module) -> nn.Module:
+def unmerge_attached(model: nn.Module) -> nn.Module:
     """Takes every merged adapter back out of the weights (last merged first), in place.
     Exact up to fp rounding for LoRA and DoRA; IA3 divides by its scales.
 
@@ -177,14 +178,14 @@ def _strip(model: nn.Module, keep_copies: bool) -> nn.Module:
 def merge_and_unload(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:
     """Merges ``names`` (default: the active adapters) and returns the plain model: no adapterkit
     module left, ``modules_to_save`` replaced by the active adapter's copy (as PEFT does).
-    Raises as :func:`merge`; nothing is changed when it raises."""
-    merge(model, names, safe=safe)
+    Raises as :func:`merge_attached`; nothing is changed when it raises."""
+    merge_attached(model, names, safe=safe)
     return _strip(model, keep_copies=True)
 
 
 def unload(model: nn.Module) -> nn.Module:
     """Removes every adapter without merging (merged ones are unmerged first) and returns the
     base model: the original modules, ``modules_to_save`` included."""
-    unmerge(model)
+    unmerge_attached(model)
     return _strip(model, keep_copies=False)
 

@@ -61,6 +61,20 @@ def walk(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
             yield from walk(child, path + ".")
 
 
+def replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Puts ``module`` at ``path`` (a ``walk`` path: no wrapper above it)."""
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, module)
+
+
+def wrappers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
+    """(path, wrapper) for every adapterkit wrapper in ``model``."""
+    for path, module in walk(model):
+        if isinstance(module, AdapterLayer):
+            yield path, module
+
+
 def base_module(model: nn.Module, path: str) -> nn.Module:
     """The module at ``path``, seen through wrappers (their base layer)."""
     module = model

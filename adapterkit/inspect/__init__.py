@@ -3,7 +3,7 @@ conflict) and ``spectrum`` / ``plot_spectrum`` (the singular values of every LoR
 
 from __future__ import annotations
 
-from .diff import DiffReport, ModuleDiff, diff
-from .spectrum import ModuleSpectrum, Spectrum, plot_spectrum, spectrum
+from .compare import DiffReport, ModuleDiff, diff
+from .spectra import ModuleSpectrum, Spectrum, plot_spectrum, spectrum
 
 __all__ = ["DiffReport", "ModuleDiff", "ModuleSpectrum", "Spectrum", "diff", "plot_spectrum", "spectrum"]

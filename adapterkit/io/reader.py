@@ -16,13 +16,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..adapter import Adapter, LazyStore, MemoryStore
+from ..adapter import Adapter, MemoryStore
 from ..devices import resolve_device
 from ..errors import ConfigError, FormatError, NotFoundError
 from ..kinds import config_from_dict
 from .bin_file import read_bin
+from .checks import raise_first_error, structural_problems, value_problems
 from .digest import config_digest, mismatch, recorded, tensor_entries
 from .jsontext import json_equal, loads_strict
+from .lazy_store import LazyStore
 from .recipe import RECIPE_KEY, decode
 from .safetensors_file import DTYPE_NAMES, Header, read_all, read_header, tensor_bytes
 from .version import SUPPORTED_MAJOR, VERSION_KEY, check_version
@@ -189,8 +191,6 @@ def open_with_config(
 ) -> tuple[Adapter, Any]:
     """:func:`open_adapter`, and the config as the file stores it (parsed JSON, before defaults
     are filled in): what the content digest covers (§5.5)."""
-    from ..validate import raise_first_error, structural_problems
-
     path = Path(path)
     if not path.exists():
         raise NotFoundError("no such file or directory", path=path)
@@ -275,8 +275,6 @@ def load(path: str | Path, *, adapter_name: str | None = None, device: Any = Non
         AdapterkitError subclasses (see ``open_adapter``); ``digest-mismatch`` when the file's
             content digest disagrees with its content; ``non-finite`` for NaN/Inf.
     """
-    from ..validate import raise_first_error, value_problems
-
     adapter, config_data = open_with_config(path, adapter_name=adapter_name)
     store = adapter.tensors
     tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)

@@ -33,7 +33,7 @@ Step = dict[str, Any]
 
 def step(op: str, **params: Any) -> Step:
     """One step: ``op``, the parameters that are not None (paths as strings), the adapterkit version."""
-    from .. import __version__
+    from .._version import __version__
 
     out: Step = {"op": op}
     for name, value in params.items():

@@ -26,26 +26,12 @@ from pathlib import Path
 
 import torch
 
+from ..dtypes import DTYPE_NAMES, DTYPES
 from ..errors import FormatError, NotFoundError, TensorError
 from .atomic import write_atomic
 from .jsontext import loads_strict
 from .version import check_version
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 _ITEMSIZE: dict[str, int] = {k: v.itemsize for k, v in DTYPES.items()}
 _BEGIN_END = operator.attrgetter("begin", "end")
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit (spec §5.2 rule 2)

@@ -26,6 +26,7 @@ from ..adapter import FORMAT_VERSION, Adapter
 from ..errors import AdapterkitError, WriteError
 from . import safetensors_file
 from .atomic import discard, install, staging_folder, write_atomic
+from .checks import raise_first_error, structural_problems
 from .digest import HASH_THREADS, config_digest, digest_metadata, placeholder_metadata, tensor_digest
 from .forms import resolve_form
 from .jsontext import peft_key_order
@@ -133,8 +134,6 @@ def save(
             ``output-exists``, ``form-mismatch``, or ``write-failed``; other
             AdapterkitErrors for an invalid adapter.
     """
-    from ..validate import raise_first_error, structural_problems
-
     path = Path(path)
     form = resolve_form(path, form)
     raise_first_error(structural_problems(adapter))

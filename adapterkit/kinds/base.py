@@ -83,6 +83,10 @@ def schema_errors(value: Any, schema: dict) -> list[str]:
     return []
 
 
+# config class -> its Kind, filled as each kind's module builds its Kind record (Kind.__post_init__)
+_KIND_OF: dict[type, Kind] = {}
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     """Fields shared by every kind.  Subclasses set ``peft_type`` and add their fields."""
@@ -94,6 +98,22 @@ class AdapterConfig:
     # fields whose value was invalid (lenient parsing for ``validate`` only): checks that
     # depend on them are skipped instead of reporting consequences of the one config error
     unknown: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    @property
+    def kind(self) -> Kind:
+        """The :class:`Kind` of this config (each ``Kind`` record registers itself for its config
+        class), so that the Adapter value reaches its kind without importing the registry.
+
+        Raises:
+            ConfigError: ``peft-type-unsupported`` for a config class no kind registered.
+        """
+        kind = next((_KIND_OF[c] for c in type(self).__mro__ if c in _KIND_OF), None)
+        if kind is None or kind.peft_type != self.peft_type:
+            raise ConfigError(
+                "unsupported peft_type", code="peft-type-unsupported", key="peft_type",
+                expected="a config class of adapterkit.kinds", actual=self.peft_type,
+            )
+        return kind
 
     @classmethod
     def typed_fields(cls) -> list[dataclasses.Field]:
@@ -222,6 +242,9 @@ class Kind:
     merge_shapes: Callable[[Adapter, str], dict[str, tuple[tuple[int | None, ...], bool]]] | None = None
     row_delta: Callable[..., Callable[[int, int, torch.Tensor], None] | None] | None = None
     no_merge_reason: str = "adapters have no weights to merge into a checkpoint"
+
+    def __post_init__(self) -> None:
+        _KIND_OF[self.config] = self  # what ``AdapterConfig.kind`` returns
 
     def delta(self, adapter: Adapter, module: str, device: Any = None, dtype: Any = None) -> torch.Tensor:
         from .features import LOWRANK, require

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Problem, UnsupportedError
+from .lora_keys import parse_key
 
 if TYPE_CHECKING:
     from ..adapter import Adapter
@@ -223,8 +224,6 @@ def _uses(adapter: Adapter) -> list[Use]:
 def _structural_uses(adapter: Adapter) -> list[Use]:
     """Features seen in the tensors only: nn.MultiheadAttention (PEFT saves its out_proj nested
     as ``<attn>.base_layer.out_proj``) and target_parameters on 3-D (experts) parameters."""
-    from .lora import parse_key
-
     cfg = adapter.config
     out: list[Use] = []
     names = {parsed[0] for k in adapter.tensors if (parsed := parse_key(k))}
@@ -262,8 +261,6 @@ def feature_shaped(adapter: Adapter) -> set[str]:
     """Modules whose factor shapes a feature defines, not ``r`` (BD-LoRA's compact blocks, one
     block of rank r per expert): their shapes are reported as that feature, not as malformed."""
     cfg = adapter.config
-    from .lora import parse_key
-
     names = {parsed[0] for k in adapter.tensors if (parsed := parse_key(k))}
     if _set(cfg.extra.get("use_bdlora")):
         return names

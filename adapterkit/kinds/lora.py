@@ -36,15 +36,13 @@ from .base import (
     schema_field,
 )
 from .features import feature_shaped, feature_tensor
+from .lora_keys import PARTS, PREFIX, parse_key
 from .merging import prepare_targets, whole_module_names
 from .patterns import matches_modules_to_save, matches_target, pattern_key, pattern_value
 
 if TYPE_CHECKING:
     from ..adapter import Adapter, TensorStore
 
-PREFIX = "base_model.model."
-PARTS = ("lora_A.weight", "lora_B.weight", "lora_B.bias", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
-_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>" + "|".join(re.escape(p) for p in PARTS) + r")$")
 
 
 @dataclass(frozen=True)
@@ -185,11 +183,6 @@ _ROLE = {
     "lora_B.bias": "bias",
     "lora_magnitude_vector": "magnitude",
 }
-
-
-def parse_key(key: str) -> tuple[str, str] | None:
-    m = _KEY.match(key)
-    return (m["module"], m["part"]) if m else None
 
 
 def _grouped(adapter: Adapter) -> dict[str, dict[str, str]]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .combine import combine
-from .merge import MergeReport, merge_checkpoint
+from .combining import combine
 from .merge_plan import MergePlan, ModuleTarget, plan_merge
-from .prune import PruneReport, prune
-from .rebalance import rebalance
-from .resize import ModuleResize, ResizeReport, resize
+from .merging import MergeReport, merge_checkpoint
+from .pruning import PruneReport, prune
+from .rebalancing import rebalance
+from .resizing import ModuleResize, ResizeReport, resize
 
 __all__ = [
     "MergePlan", "MergeReport", "ModuleResize", "ModuleTarget", "PruneReport", "ResizeReport", "combine", "merge_checkpoint",

@@ -91,7 +91,7 @@ def check(adapter: Adapter, consumer: str, *, max_rank: int | None = None) -> li
     consumer reads the adapter as PEFT means it.
     """
     _consumer(consumer)
-    from ..validate import structural_problems, value_problems
+    from ..io.checks import structural_problems, value_problems
 
     src = str(adapter.source) if adapter.source else None
     if consumer == "peft":
@@ -172,7 +172,7 @@ def _export(adapter: Adapter, consumer: str, max_rank: int | None) -> Adapter:
     src = adapter.source
     if adapter.peft_type != "LORA":
         if consumer == "peft":
-            from ..validate import raise_first_error
+            from ..io.checks import raise_first_error
 
             raise_first_error(check(adapter, "peft"))
             return adapter

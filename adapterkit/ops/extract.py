@@ -62,7 +62,6 @@ from ..adapter import Adapter
 from ..checkpoint.reader import Checkpoint, open_checkpoint
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
-from ..hub.paths import local_path
 from ..io.outputs import checkpoint_inputs
 from ..io.recipe import step
 from ..kinds.lora import PREFIX, LoraConfig
@@ -70,8 +69,8 @@ from ..linalg import dense_svd, randomized_svd, select_rank
 from ..progress import progress
 from .extract_layout import peft_layout
 from .lowrank import scaling_one_config
-from .merge import _read_config
 from .merge_plan import TiedEmbeddings, find_tied_embeddings
+from .merging import Locate, _read_config, local
 
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 DENSE_LIMIT = 1024
@@ -305,7 +304,8 @@ def _decompose(delta: torch.Tensor, name: str, rank: int | None, energy: float |
 
 
 def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None, energy: float | None = None,
-            targets: str | None = None, save_changed: bool = False, device: Any = "cpu") -> tuple[Adapter, ExtractReport]:
+            targets: str | None = None, save_changed: bool = False, device: Any = "cpu",
+            locate: Locate = local) -> tuple[Adapter, ExtractReport]:
     """A LoRA adapter approximating ``finetuned − base`` (see the module doc).
 
     Args:
@@ -315,6 +315,8 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
         targets: regex (``re.search``) on module names; default: all but embeddings and lm_head.
         save_changed: store changed non-target tensors whole (``modules_to_save`` / ``bias="all"``).
         device: where the fp32 math runs.
+        locate: turns ``base`` and ``finetuned`` into local paths (``ops.merging.Locate``); the
+            recipe and the config's ``base_model_name_or_path`` keep them as named.
 
     Returns:
         (the adapter, an :class:`ExtractReport`).
@@ -335,7 +337,7 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
     except re.error as exc:
         raise ArgumentError(f"targets is not a valid regex: {exc}", path=base, key="targets", actual=targets) from None
     dev = resolve_device(device)
-    bside, fside = _side(open_checkpoint(local_path(base, "checkpoint"))), _side(open_checkpoint(local_path(finetuned, "checkpoint")))
+    bside, fside = _side(open_checkpoint(locate(base, "checkpoint"))), _side(open_checkpoint(locate(finetuned, "checkpoint")))
     _check_pair(bside, fside)
     tied = _tied_keys(bside, fside)
     tensors: dict[str, torch.Tensor] = {}

@@ -1,4 +1,4 @@
-"""Mutation check of combine: does tests/test_combine.py catch plausible bugs in adapterkit.ops.combine?
+"""Mutation check of combine: does tests/test_combine.py catch plausible bugs in adapterkit.ops.combining?
 
 Usage: python tests/mutation/run.py combine [--only SUBSTRING]
 
@@ -10,7 +10,7 @@ mutant is killed when a test fails.  Prints one line per mutant and the score.
 from __future__ import annotations
 
 TESTS = ["tests/test_combine.py"]
-COMBINE = "adapterkit/ops/combine.py"
+COMBINE = "adapterkit/ops/combining.py"
 OPS = "adapterkit/ops/task_arithmetic.py"
 CLI = "adapterkit/cli/surgery.py"
 

@@ -14,8 +14,8 @@ DIGEST = "adapterkit/io/digest.py"
 WRITER = "adapterkit/io/writer.py"
 READER = "adapterkit/io/reader.py"
 ATOMIC = "adapterkit/io/atomic.py"
-VALIDATE = "adapterkit/validate.py"
-INFO = "adapterkit/info.py"
+VALIDATE = "adapterkit/validation.py"
+INFO = "adapterkit/summary.py"
 
 # (name, file, old text, new text)
 MUTANTS = [
@@ -72,8 +72,8 @@ MUTANTS = [
     ("open: record not checked from the header", READER, "    recorded(metadata, path)  # the content digest's", "    pass  # the content digest's"),
     ("validate: digest not checked (file-backed)", VALIDATE, "    found = mismatch(entries, config_digest(config_data, adapter.format_version), now, str(adapter.source)) if entries is not None else None",
      "    found = None"),
-    ("validate: NaN/Inf not reported for a file-backed adapter", VALIDATE, "        if (problem := _non_finite(key, t, str(adapter.source))) is not None:",
-     "        if (problem := _non_finite(key, t, str(adapter.source))) is not None and False:"),
+    ("validate: NaN/Inf not reported for a file-backed adapter", VALIDATE, "        if (problem := non_finite(key, t, str(adapter.source))) is not None:",
+     "        if (problem := non_finite(key, t, str(adapter.source))) is not None and False:"),
     ("validate: the digest's tensor entries not hashed", VALIDATE, "        if entries is not None:\n            now[key] =", "        if False:\n            now[key] ="),
     ("save: no digest written", WRITER, "    encoder = DigestingEncoder(tensors, metadata, config) if digest else None", "    encoder = None"),
     ("save: digest=False still says 1.1", WRITER, "VERSION_KEY: FORMAT_VERSION if digest else UNDIGESTED_VERSION}", "VERSION_KEY: FORMAT_VERSION}"),

@@ -12,9 +12,9 @@ tests/mutation/lists/fault.py.
 from __future__ import annotations
 
 F = "tests/test_faults.py::"
-PULL = "adapterkit/hub/pull.py"
+PULL = "adapterkit/hub/download.py"
 REMOTE = "adapterkit/hub/remote.py"
-SPECTRUM = "adapterkit/inspect/spectrum.py"
+SPECTRUM = "adapterkit/inspect/spectra.py"
 CLI = "adapterkit/cli/adapters.py"
 PLOT_RACE = [F + "test_concurrent_writers_without_overwrite[info-plot]", F + "test_sigkill_at_random_write_calls[info-plot]"]
 PLOT_ERRORS = [F + "test_injected_write_errors_are_one_line_write_failed[info-plot]", F + "test_a_read_only_target[info-plot]"]

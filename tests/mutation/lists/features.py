@@ -29,7 +29,7 @@ MUTANTS = [
      "            if rows != r and r > 0 and rows % r == 0 and _param_targeted(cfg, name):", "            if False:", TESTS),
     ("attach does not ask the table", PLAN, '    require(adapter, ATTACH, what="attach")\n', "", TESTS),
     ("low-rank operations do not ask the table", "adapterkit/ops/lowrank.py", "    require(adapter, LOWRANK, what=what)\n", "", TESTS),
-    ("prune by energy does not ask the table", "adapterkit/ops/prune.py", '        require(adapter, LOWRANK, what="prune by energy")\n', "        pass\n", TESTS),
+    ("prune by energy does not ask the table", "adapterkit/ops/pruning.py", '        require(adapter, LOWRANK, what="prune by energy")\n', "        pass\n", TESTS),
     ("target_parameters: scaling forgotten", LAYERS, "        return ((B @ A) * self.scaling[name]).to(param.device, param.dtype)",
      "        return (B @ A).to(param.device, param.dtype)", TESTS),
     ("target_parameters: the last active adapter only", LAYERS,
@@ -41,12 +41,12 @@ MUTANTS = [
      "    return W.index_add(0, index, view.values.to(device=W.device, dtype=W.dtype))", TESTS),
     ("tokens: dict form matched by the full name only", LORA, '            if module == name or module.endswith("." + name):',
      "            if module == name:", TESTS),
-    ("tokens: untied merge of a tied embedding", "adapterkit/ops/merge.py",
+    ("tokens: untied merge of a tied embedding", "adapterkit/ops/merging.py",
      "                require_separable(loaded[i], target.module)  # trainable tokens change the tied rows of both",
      "                pass", TESTS),
     ("tokens: attach ignores a weight shared with lm_head", PLAN, "    if shared:\n        raise UnsupportedError(",
      "    if False:\n        raise UnsupportedError(", TESTS),
-    ("info: factor norms shown for KaSA", "adapterkit/info.py", "modules if not changes_delta(adapter) else []", "modules", TESTS),
+    ("info: factor norms shown for KaSA", "adapterkit/summary.py", "modules if not changes_delta(adapter) else []", "modules", TESTS),
 ]
 
 DEFAULT_TESTS = None

@@ -18,8 +18,8 @@ SF = "adapterkit/io/safetensors_file.py"
 VS = "adapterkit/io/version.py"
 BF = "adapterkit/io/bin_file.py"
 CK = "adapterkit/checkpoint/reader.py"
-INFO = "adapterkit/info.py"
-VAL = "adapterkit/validate.py"
+INFO = "adapterkit/summary.py"
+VAL = "adapterkit/validation.py"
 FZ = "scripts/fuzz.py"
 
 JSON_TESTS = [f"{T}::test_surrogates_in_ignored_members", f"{T}::test_names_without_utf8", f"{T}::test_integers",

@@ -13,8 +13,8 @@ from __future__ import annotations
 TESTS = ["tests/test_hub.py", "tests/test_paths.py"]
 REPO_ID = "adapterkit/hub/repo_id.py"
 REMOTE = "adapterkit/hub/remote.py"
-PUSH = "adapterkit/hub/push.py"
-PULL = "adapterkit/hub/pull.py"
+PUSH = "adapterkit/hub/publish.py"
+PULL = "adapterkit/hub/download.py"
 CARD = "adapterkit/hub/card.py"
 CLI = "adapterkit/cli/checkpoints.py"
 

@@ -18,7 +18,7 @@ MUTANTS = [
     ("merge: stored lm_head without config read as tied", "adapterkit/ops/merge_plan.py",
      "if said is False or (said is None and outputs):",
      "if said is False:", MERGE),
-    ("merge: keep-tie pops the output replacement when stored", "adapterkit/ops/merge.py",
+    ("merge: keep-tie pops the output replacement when stored", "adapterkit/ops/merging.py",
      "    if not tie.stored:\n        replaced.pop(tie.output_key)",
      "    if tie.stored:\n        replaced.pop(tie.output_key)", [*MERGE, "tests/test_extract_roundtrip.py"]),
     # ---- hub
@@ -58,15 +58,15 @@ MUTANTS = [
     ("extract: rank not capped at min(out, in)", "adapterkit/ops/extract.py",
      "k = min(rank, small)", "k = rank", EXTRACT),
     # ---- combine
-    ("combine: lora_bias not multiplied by scaling", "adapterkit/ops/combine.py",
+    ("combine: lora_bias not multiplied by scaling", "adapterkit/ops/combining.py",
      "biases = [t.bias * t.scaling if t.bias is not None",
      "biases = [t.bias if t.bias is not None", COMBINE),
-    ("combine: factor methods lose the sign of a negative weight", "adapterkit/ops/combine.py",
+    ("combine: factor methods lose the sign of a negative weight", "adapterkit/ops/combining.py",
      "[math.sqrt(abs(w)) * (1 if w >= 0 else -1) for w in ws]",
      "[math.sqrt(abs(w)) for w in ws]", COMBINE),
     ("combine: default rank on a tie picks the smaller", "adapterkit/ops/lowrank.py",
      "key=lambda k: (counts[k], k))", "key=lambda k: (counts[k], -k))", COMBINE),
-    ("combine: svd default rank is the smallest input rank", "adapterkit/ops/combine.py",
+    ("combine: svd default rank is the smallest input rank", "adapterkit/ops/combining.py",
      "rank = max((f.rank for fs in factors for f in fs.values()), default=adapters[0].config.r)",
      "rank = min((f.rank for fs in factors for f in fs.values()), default=adapters[0].config.r)", COMBINE),
 ]

@@ -12,10 +12,10 @@ COMBINE = ["tests/test_combine.py", "tests/test_vllm_rules.py", "tests/test_diff
 
 MUTANTS = [
     # ---- merge
-    ("merge: DoRA after another adapter normed over the merged weight", "adapterkit/ops/merge.py",
+    ("merge: DoRA after another adapter normed over the merged weight", "adapterkit/ops/merging.py",
      'if self.direction == "merge" and len(self.touched.get(key, ())) > 1:',
      'if self.direction == "merge" and len(self.touched.get(key, ())) > 2:', MERGE),
-    ("merge: --dtype also casts integer and bool tensors", "adapterkit/ops/merge.py",
+    ("merge: --dtype also casts integer and bool tensors", "adapterkit/ops/merging.py",
      "plan = {k: (out_dtype if out_dtype and dt in FLOAT_DTYPES else dt, shape) for k, (dt, shape) in keys.items()}",
      "plan = {k: (out_dtype or dt, shape) for k, (dt, shape) in keys.items()}", MERGE),
     ("merge: unmerge ignores a later IA3/DoRA change on an added key", "adapterkit/ops/merge_record.py",
@@ -90,7 +90,7 @@ MUTANTS = [
     ("attach: children of a modules_to_save module wrapped too", "adapterkit/inject/plan.py",
      "    saved_modules = [n for n in saved_modules if not any(n.startswith(o + \".\") for o in saved_modules)]\n",
      "", ATTACH),
-    ("attach: leaving a nested disabled() re-enables every layer", "adapterkit/inject/attach.py",
+    ("attach: leaving a nested disabled() re-enables every layer", "adapterkit/inject/attaching.py",
      "        for w, flag in zip(layers, before[1]):\n"
      "            w.disabled = flag\n",
      "        for w in layers:\n"
@@ -132,19 +132,19 @@ MUTANTS = [
      "alpha_pattern=dict(pattern),",
      "alpha_pattern={},", EXTRACT),
     # ---- combine
-    ("combine: negative weights lose their sign on A (TIES/DARE)", "adapterkit/ops/combine.py",
+    ("combine: negative weights lose their sign on A (TIES/DARE)", "adapterkit/ops/combining.py",
      "[math.sqrt(abs(w)) * (1 if w >= 0 else -1) for w in ws]",
      "[math.sqrt(abs(w)) for w in ws]", COMBINE),
-    ("combine: svd default rank is the smallest input rank", "adapterkit/ops/combine.py",
+    ("combine: svd default rank is the smallest input rank", "adapterkit/ops/combining.py",
      "rank = max((f.rank for fs in factors for f in fs.values()), default=adapters[0].config.r)",
      "rank = min((f.rank for fs in factors for f in fs.values()), default=adapters[0].config.r)", COMBINE),
-    ("combine: svd_clamp=0 treated as no clamp", "adapterkit/ops/combine.py",
+    ("combine: svd_clamp=0 treated as no clamp", "adapterkit/ops/combining.py",
      "return clamp_factors(B, A, clamp) if clamp is not None else (B, A)",
      "return clamp_factors(B, A, clamp) if clamp else (B, A)", COMBINE),
-    ("combine: svd_clamp quantile of magnitudes, not signed values", "adapterkit/ops/combine.py",
+    ("combine: svd_clamp quantile of magnitudes, not signed values", "adapterkit/ops/combining.py",
      "hi = quantile(torch.cat([B.flatten(), A.flatten()]), q)",
      "hi = quantile(torch.cat([B.flatten(), A.flatten()]).abs(), q)", COMBINE),
-    ("combine: large-tensor quantile skips the upper neighbour", "adapterkit/ops/combine.py",
+    ("combine: large-tensor quantile skips the upper neighbour", "adapterkit/ops/combining.py",
      "if above > below and int((x <= low).sum()) <= above:",
      "if above > below and int((x <= low).sum()) < above:", COMBINE),
     ("combine: TIES sign election breaks ties towards minus", "adapterkit/ops/task_arithmetic.py",

@@ -13,7 +13,7 @@ from __future__ import annotations
 LAYERS = "adapterkit/inject/layers.py"
 PLAN = "adapterkit/inject/plan.py"
 MERGE = "adapterkit/inject/merge.py"
-ATTACH = "adapterkit/inject/attach.py"
+ATTACH = "adapterkit/inject/attaching.py"
 PROMPT = "adapterkit/inject/prompt_forward.py"
 LORA_TESTS = ["tests/test_attach.py"]
 PROMPT_TESTS = ["tests/test_attach_prompt.py"]

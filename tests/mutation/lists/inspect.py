@@ -11,8 +11,8 @@ from __future__ import annotations
 
 DIFF_TESTS = ["tests/test_diff.py"]
 PLOT_TESTS = ["tests/test_plot.py"]
-DIFF = "adapterkit/inspect/diff.py"
-SPECTRUM = "adapterkit/inspect/spectrum.py"
+DIFF = "adapterkit/inspect/compare.py"
+SPECTRUM = "adapterkit/inspect/spectra.py"
 CLI = "adapterkit/cli/inspect.py"
 CLI_INFO = "adapterkit/cli/adapters.py"
 

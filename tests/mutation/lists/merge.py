@@ -17,7 +17,7 @@ LORA = "adapterkit/kinds/lora.py"
 IA3 = "adapterkit/kinds/ia3.py"
 PLAN = "adapterkit/ops/merge_plan.py"
 COMMON = "adapterkit/kinds/merging.py"
-OPS = "adapterkit/ops/merge.py"
+OPS = "adapterkit/ops/merging.py"
 TIED_TESTS = ["tests/test_merge.py::test_tied_embeddings_untie", "tests/test_merge.py::test_tied_embeddings_shared_equals_peft",
               "tests/test_merge.py::test_tied_embeddings_without_config_or_with_a_stored_lm_head", "tests/test_merge.py::test_tied_embeddings_refusals",
               "tests/test_merge_math.py::test_find_tied_embeddings", "tests/test_checkpoint.py::test_placement_puts_a_new_tensor_in_the_shard_of_a_base_key",
@@ -95,7 +95,7 @@ MUTANTS = [
     ("orientation: a square weight's saved flag trusted", ORIENT, "        elif bool(view.fan_in_fan_out) == (short in CONV1D_NAMES):", "        elif True:", ORIENT_TESTS),
     ("orientation: the caller's answer ignored", ORIENT, "        if given is not None:\n            out[name] = given", "        if False:\n            out[name] = given", ORIENT_TESTS),
     ("orientation: a misspelt module tolerated", ORIENT, "            if not any(m == given or m.endswith(\".\" + given) for m in names):", "            if False:", ORIENT_TESTS),
-    ("orientation: combine's flag not written", "adapterkit/ops/combine.py", "    if flag is not None and result.config.fan_in_fan_out != flag:", "    if False:", ORIENT_TESTS),
+    ("orientation: combine's flag not written", "adapterkit/ops/combining.py", "    if flag is not None and result.config.fan_in_fan_out != flag:", "    if False:", ORIENT_TESTS),
     ("checkpoint: one indexed shard loses its index", "adapterkit/checkpoint/writer.py",
      "self._indexed = len(groups) > 1 or (max_shard_size is None and base.index is not None)", "self._indexed = len(groups) > 1", CKPT_TESTS),
     ("info: a broken checkpoint reported as not an adapter", "adapterkit/cli/adapters.py", '            if checkpoint_exc.code == "not-a-checkpoint":', "            if True:", CKPT_TESTS),

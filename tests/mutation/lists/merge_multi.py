@@ -9,7 +9,7 @@ is killed when a test fails.  Prints one line per mutant and the score.
 
 from __future__ import annotations
 
-OPS = "adapterkit/ops/merge.py"
+OPS = "adapterkit/ops/merging.py"
 RECORD = "adapterkit/ops/merge_record.py"
 LORA = "adapterkit/kinds/lora.py"
 MULTI = "tests/test_merge_multi.py"

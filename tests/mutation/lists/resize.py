@@ -10,9 +10,9 @@ is killed when a test fails.  Prints one line per mutant and the score.
 from __future__ import annotations
 
 TESTS = ["tests/test_resize.py"]
-RESIZE = "adapterkit/ops/resize.py"
-REBALANCE = "adapterkit/ops/rebalance.py"
-PRUNE = "adapterkit/ops/prune.py"
+RESIZE = "adapterkit/ops/resizing.py"
+REBALANCE = "adapterkit/ops/rebalancing.py"
+PRUNE = "adapterkit/ops/pruning.py"
 PATTERNS = "adapterkit/kinds/patterns.py"
 CLI = "adapterkit/cli/surgery.py"
 

@@ -34,7 +34,7 @@ class Mutant:
 
 M = Mutant
 SF, RD, VS, JS, BF, WR = "io/safetensors_file.py", "io/reader.py", "io/version.py", "io/jsontext.py", "io/bin_file.py", "io/writer.py"
-LO, IA, PL, BA, PA, VA = "kinds/lora.py", "kinds/ia3.py", "kinds/prompt_learning.py", "kinds/base.py", "kinds/patterns.py", "validate.py"
+LO, IA, PL, BA, PA, VA = "kinds/lora.py", "kinds/ia3.py", "kinds/prompt_learning.py", "kinds/base.py", "kinds/patterns.py", "io/checks.py"
 DG = "io/digest.py"
 RUNS = "vectors"  # tests/mutation/run.py runs the conformance vectors, not pytest, against each mutant
 V2 = '    return json.dumps(peft_key_order(config), separators=(",", ":")).encode("ascii")'  # the 1.2 canonical JSON
@@ -240,8 +240,8 @@ MUTANTS: list[Mutant] = [
     M("R6-1", "only LoRA-style keys (base_model.model.) are adapter tensors", VA,
       "if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:",
       "if dtype not in ALLOWED_DTYPES and key.startswith('base_model.model.') and adapter.kind.parse_key(key) is not None:"),
-    M("R6-2", "finiteness checked only on adapter tensors", VA, "    return [p for key in adapter.tensors if (p := _non_finite(",
-      "    return [p for key in adapter.tensors if adapter.kind.parse_key(key) is not None and (p := _non_finite("),
+    M("R6-2", "finiteness checked only on adapter tensors", VA, "    return [p for key in adapter.tensors if (p := non_finite(",
+      "    return [p for key in adapter.tensors if adapter.kind.parse_key(key) is not None and (p := non_finite("),
     M("R6-2", "finiteness checked only on F32 tensors", VA, "    if not t.is_floating_point() or _all_finite(t):",
       "    if t.dtype != torch.float32 or _all_finite(t):"),
     # §7 config

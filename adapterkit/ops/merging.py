@@ -45,7 +45,6 @@ from ..checkpoint import CheckpointWriter, open_checkpoint
 from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
 from ..errors import ArgumentError, FormatError, TensorError, UnsupportedError
-from ..hub.paths import local_path
 from ..io.outputs import adapter_inputs, check_output, checkpoint_inputs
 from ..io.reader import load
 from ..io.safetensors_file import DTYPE_NAMES, DTYPES
@@ -86,9 +85,21 @@ class MergeReport:
     notes: list[str] = field(default_factory=list)  # what else changed (embeddings untied)
 
 
-def _as_adapter(item: str | Path | Adapter, safe: bool = True) -> Adapter:
+Locate = Callable[[str | Path, str], Path]
+"""What an operation calls to turn an input as named into a local path, with what it must hold
+(``"adapter"`` or ``"checkpoint"``).  The operations take local paths (:func:`local`); the public
+functions (``adapterkit.api``) pass the Hub's ``local_path``, so that a repo id is fetched where
+the input is first needed, as the operation names it."""
+
+
+def local(path: str | Path, want: str) -> Path:
+    """The :data:`Locate` of local paths: ``path`` itself."""
+    return Path(path)
+
+
+def _as_adapter(item: str | Path | Adapter, safe: bool = True, locate: Locate = local) -> Adapter:
     """``safe=False`` reads NaN/Inf values too: PEFT's ``safe_merge=False`` merges them."""
-    return item if isinstance(item, Adapter) else load(local_path(item, "adapter"), finite=safe)
+    return item if isinstance(item, Adapter) else load(locate(item, "adapter"), finite=safe)
 
 
 def _touches(adapters: list[Adapter], keys: dict[str, tuple[str, tuple[int, ...]]]):
@@ -284,6 +295,7 @@ def merge_checkpoint(
     fan_in_fan_out: bool | str | dict[str, bool] | None = "auto",
     again: bool = False,
     force: bool = False,
+    locate: Locate = local,
 ) -> MergeReport:
     """Merge ``adapters`` (each scaled by its weight, default 1) into the checkpoint ``base`` and
     write ``out``; with ``unmerge=True`` take them out instead (exact up to rounding for LoRA;
@@ -319,6 +331,9 @@ def merge_checkpoint(
     ``safe`` (PEFT's ``safe_merge``): refuse NaN/Inf in an adapter read here or in a merged
     tensor; ``safe=False`` checks neither and writes what the sums give, as PEFT's unsafe merge.
 
+    ``base`` and the adapters named by path are local paths; ``locate`` (:data:`Locate`) turns
+    them into local paths otherwise (``adapterkit.merge`` passes the Hub's, for repo ids).
+
     Raises:
         AdapterkitError subclasses: an adapter that cannot be merged (prompt kinds), modules
         with no or mismatched base tensors (all listed at once), non-float base tensors,
@@ -329,8 +344,8 @@ def merge_checkpoint(
     started = time.perf_counter()
     direction = "unmerge" if unmerge else "merge"
     device = resolve_device(device) or torch.device("cpu")
-    ckpt = open_checkpoint(local_path(base, "checkpoint"))
-    loaded = [_as_adapter(a, safe) for a in adapters]
+    ckpt = open_checkpoint(locate(base, "checkpoint"))
+    loaded = [_as_adapter(a, safe, locate) for a in adapters]
     require_all(loaded, direction, what=direction)  # a PEFT feature merging does not implement: by name
     check_output(out, [*checkpoint_inputs(ckpt, "merged checkpoint" if unmerge else "base checkpoint"),  # before any work
                        *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])

@@ -13,7 +13,7 @@ ranks as anchored ``rank_pattern``/``alpha_pattern`` keys, rsLoRA off.  Tensors 
 LoRA factors (``modules_to_save``, trained biases) are carried unchanged.  Math in fp32 (fp64
 for fp64 factors) on ``device``; results stored in the input's dtype.
 
-``rebalance`` (``ops.rebalance``) shares the decomposition and the report.
+``rebalance`` (``ops.rebalancing``) shares the decomposition and the report.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from ..errors import ArgumentError
 from ..io.recipe import step, with_step
 from ..progress import progress
 from .lowrank import _lora_only
-from .resize import ResizeReport, decompose, finish, truncated
+from .resizing import ResizeReport, decompose, finish, truncated
 
 
 def _kept(energies: Sequence[list[float]], ranks: Sequence[int]) -> float:

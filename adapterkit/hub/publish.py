@@ -50,7 +50,8 @@ def target_repo(repo_id: str) -> str:
 
 def _checked(adapter_or_path: Adapter | str | Path, adapter_name: str | None, token: str | None) -> Adapter:
     """The adapter, after every check of ``validate`` (values too); raises the first error."""
-    from ..validate import raise_first_error, structural_problems, validate, value_problems
+    from ..io.checks import raise_first_error, structural_problems, value_problems
+    from ..validation import validate
     from .paths import load, local_path
 
     if isinstance(adapter_or_path, Adapter):

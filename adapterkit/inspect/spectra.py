@@ -27,8 +27,8 @@ from ..io.atomic import write_new
 from ..io.outputs import adapter_inputs, check_output
 from ..linalg import select_rank
 from ..ops.lowrank import _lora_only
-from ..ops.rebalance import allocate
-from ..ops.resize import decompose
+from ..ops.rebalancing import allocate
+from ..ops.resizing import decompose
 
 ENERGY_LEVELS = (0.90, 0.95, 0.99)
 

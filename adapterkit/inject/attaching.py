@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ArgumentError, UnsupportedError
 from .layers import AdapterLayer, IA3Layer, ParamLoraLayer, SavedModule, TokenLayer
-from .plan import plan, walk
+from .plan import plan, replace, walk, wrappers
 from .state import AttachedAdapter, check_name_free, lookup, model_state, registry
 
 if TYPE_CHECKING:
@@ -117,20 +117,6 @@ def _prompt_names(model: nn.Module, names: Sequence[str]) -> list[str]:
     return [n for n in names if registry(model)[n].extra.get("prompt")]
 
 
-def replace(model: nn.Module, path: str, module: nn.Module) -> None:
-    """Puts ``module`` at ``path`` (a ``walk`` path: no wrapper above it)."""
-    parent_path, _, child = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, child, module)
-
-
-def wrappers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
-    """(path, wrapper) for every adapterkit wrapper in ``model``."""
-    for path, module in walk(model):
-        if isinstance(module, AdapterLayer):
-            yield path, module
-
-
 def set_active(model: nn.Module, names: str | Sequence[str]) -> None:
     """Makes ``names`` the active adapters (an empty list: none).  The effects of several active
     LoRA adapters add up, as PEFT's ``set_adapter([...])``; IA3 scales multiply.
@@ -166,12 +152,12 @@ def set_active(model: nn.Module, names: str | Sequence[str]) -> None:
 def disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block the model computes its base outputs.  Merged adapters are unmerged
     first (and stay unmerged), as PEFT's ``disable_adapter`` does."""
-    from .merge import unmerge
+    from .merge import unmerge_attached
 
     state = model_state(model)
     layers = [w for _, w in wrappers(model)]
     if any(w.merged for w in layers):
-        unmerge(model)
+        unmerge_attached(model)
     before = state.disabled, [w.disabled for w in layers]
     prompted = any(r.extra.get("prompt") for r in registry(model).values())
     if prompted:

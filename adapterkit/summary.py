@@ -14,14 +14,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .adapter import Adapter, LazyStore, MemoryStore
+from .adapter import Adapter, MemoryStore
 from .devices import resolve_device
+from .io.checks import structural_problems, value_problems
 from .io.digest import DIGEST_KEY
+from .io.lazy_store import LazyStore
 from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
 from .kinds.features import changes_delta, feature_tensor
 from .progress import progress
-from .validate import structural_problems, value_problems
 
 PEFT_PREFIX = "base_model.model."
 
@@ -163,13 +164,13 @@ def _record_entry(entry: Any) -> dict[str, Any]:
 
 
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A JSON-ready dict describing a model checkpoint: shards, tensors, dtypes, parameters,
-    bytes, and what adapterkit merged into it (from the shards' metadata).  Reads no tensor data."""
+    """A JSON-ready dict describing the local model checkpoint ``path``: shards, tensors, dtypes,
+    parameters, bytes, and what adapterkit merged into it (from the shards' metadata).  Reads no
+    tensor data."""
     from .checkpoint import open_checkpoint
-    from .hub.paths import local_path
     from .ops import merge_record
 
-    ckpt = open_checkpoint(local_path(path, "checkpoint"))
+    ckpt = open_checkpoint(path)
     infos = [ckpt.info(k) for k in ckpt.keys()]
     merged: dict[str, Any] = {}
     for key in (merge_record.MERGED_KEY, merge_record.UNMERGED_KEY):

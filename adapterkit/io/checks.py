@@ -1,8 +1,9 @@
-"""Every MUST of the spec as a check that returns :class:`Problem` records.
+"""Every MUST of the spec that a reader enforces, as checks that return :class:`Problem` records.
 
-``structural_problems`` needs only headers and config (used by every reader);
-``value_problems`` reads tensor data (NaN/Inf).  ``validate(path)`` runs all, the content
-digest (§5.5) included, and returns every problem at once instead of stopping at the first.
+``structural_problems`` needs only headers and config (every reader runs it);
+``value_problems`` reads tensor data (NaN/Inf).  ``raise_first_error`` turns the first error
+into its exception.  ``adapterkit.validation.validate`` runs them all, the content digest
+(§5.5) included, and reports every problem at once instead of stopping at the first.
 """
 
 from __future__ import annotations
@@ -10,15 +11,14 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import AdapterkitError, Problem
+from ..errors import Problem
 
-if TYPE_CHECKING:  # torch is imported where tensors are read, so that importing adapterkit stays cheap
+if TYPE_CHECKING:  # torch is imported where tensors are read, so that importing this module stays cheap
     import torch
 
-    from .adapter import Adapter
+    from ..adapter import Adapter
 
 ALLOWED_DTYPES = ("F64", "F32", "F16", "BF16")
 _FIRST = operator.itemgetter(0)
@@ -32,7 +32,7 @@ def structural_problems(adapter: Adapter) -> list[Problem]:
         dtype = meta(key).dtype
         if dtype not in ALLOWED_DTYPES and adapter.kind.parse_key(key) is not None:  # adapter tensors only (§6)
             problems.append(Problem("dtype-unsupported", "adapter tensors must be floating point", key=key, expected=" | ".join(ALLOWED_DTYPES), actual=dtype))
-    from .kinds.features import problems as feature_problems  # here: importing validate stays torch-free
+    from ..kinds.features import problems as feature_problems  # here: importing this module stays torch-free
 
     problems += adapter.kind.check(adapter)
     problems += feature_problems(adapter)
@@ -94,17 +94,17 @@ def value_problems(adapter: Adapter) -> list[Problem]:
     tensors; only when that finds a non-finite value is each tensor checked to report it."""
     import torch
 
-    from .adapter import MemoryStore
+    from ..adapter import MemoryStore
 
     if isinstance(adapter.tensors, MemoryStore):
         with torch.no_grad():
             if _spans_finite(_spans(adapter.tensors.values())):
                 return []
     source = str(adapter.source) if adapter.source else None
-    return [p for key in adapter.tensors if (p := _non_finite(key, adapter.tensors[key], source)) is not None]
+    return [p for key in adapter.tensors if (p := non_finite(key, adapter.tensors[key], source)) is not None]
 
 
-def _non_finite(key: str, t: Any, source: str | None) -> Problem | None:
+def non_finite(key: str, t: Any, source: str | None) -> Problem | None:
     """``non-finite`` for one tensor holding NaN or Inf, else None."""
     import torch
 
@@ -120,54 +120,3 @@ def raise_first_error(problems: list[Problem]) -> None:
     for p in problems:
         if p.severity == "error":
             raise p.to_error()
-
-
-def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Problem]:
-    """All problems of the adapter at ``path`` (or repo id ``org/name[@revision]``): errors
-    (MUST violations) and warnings.  Raises HubError when a repo id cannot be fetched."""
-    from .adapter import LazyStore
-    from .hub.paths import local_path
-    from .io.reader import open_with_config
-
-    try:
-        path = local_path(path, "adapter")
-    except AdapterkitError as exc:
-        if exc.code != "file-not-found":  # the Hub's errors are raised
-            raise
-        return [Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual)]
-    config_problems: list[Problem] = []
-    try:
-        adapter, config_data = open_with_config(path, adapter_name=adapter_name, strict=False, config_problems=config_problems)
-    except AdapterkitError as exc:
-        return [*config_problems, Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual)]
-    problems = config_problems + structural_problems(adapter)
-    try:
-        if isinstance(adapter.tensors, LazyStore):
-            problems += _streamed_checks(adapter, config_data)
-        else:  # a .bin read into memory: no recorded digest
-            problems += value_problems(adapter)
-    except AdapterkitError as exc:
-        problems.append(Problem(exc.code, exc.message, "error", exc.path, exc.key, exc.expected, exc.actual))
-    return problems
-
-
-def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
-    """The content digest (§5.5) and NaN/Inf of a file-backed adapter in one read of its data,
-    one tensor at a time, so that validating holds a tensor or two, never the whole adapter:
-    ``digest-mismatch`` (first differing part) before the ``non-finite`` problems."""
-    from .io.digest import config_digest, mismatch, recorded, tensor_digest
-    from .io.safetensors_file import DTYPE_NAMES, tensor_bytes
-
-    store = adapter.tensors
-    entries = recorded(store.header.metadata, store.header.path)
-    now: dict[str, bytes] = {}
-    values: list[Problem] = []
-    for key in store:
-        t = store[key]
-        if entries is not None:
-            now[key] = tensor_digest(key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t))
-        if (problem := _non_finite(key, t, str(adapter.source))) is not None:
-            values.append(problem)
-        del t
-    found = mismatch(entries, config_digest(config_data, adapter.format_version), now, str(adapter.source)) if entries is not None else None
-    return ([found] if found else []) + values

@@ -35,7 +35,8 @@ class PullResult:
 def _check(root: Path, kind: str) -> None:
     """Raise the first error of the fetched adapter, or of the checkpoint's index and shards."""
     if kind == "adapter":
-        from ..validate import raise_first_error, validate
+        from ..io.checks import raise_first_error
+        from ..validation import validate
 
         raise_first_error(validate(root))
     else:

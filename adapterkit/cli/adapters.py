@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from ..errors import AdapterkitError
 from .conventions import (
     CONSUMERS,
     INPUT,
@@ -22,7 +20,6 @@ from .conventions import (
     handles_errors,
     print_json,
 )
-from .inspect import _plot_spectrum
 
 
 @click.command(short_help="Summarise an adapter: kind, format, variants, ranks, sizes, ‖ΔW‖.")
@@ -56,38 +53,25 @@ def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, 
     path = _require(path)
     if plot is not None:
         _guard(plot, ("PATH", path))
-    from ..hub.paths import local_path
-    from ..io.reader import open_adapter
-    from ..summary import describe, describe_checkpoint, render, render_checkpoint
+    from ..api import info as run_info
+    from ..errors import ArgumentError
+    from ..summary import render, render_checkpoint
 
     try:
-        adapter = open_adapter(local := local_path(path, "adapter"), adapter_name=adapter_name)
-    except AdapterkitError as exc:
-        if exc.code != "not-an-adapter" or adapter_name:
+        summary = run_info(path, adapter_name=adapter_name, no_modules=no_modules, device=device, plot=plot, overwrite=overwrite)
+    except ArgumentError as exc:
+        if exc.key != "plot":
             raise
-        try:  # a model checkpoint (what `adapterkit merge` writes): summarise it instead
-            summary = describe_checkpoint(local_path(path, "checkpoint"))
-        except AdapterkitError as checkpoint_exc:
-            if checkpoint_exc.code == "not-a-checkpoint":
-                raise exc from None
-            raise  # a checkpoint, broken: its own problem (a truncated or missing shard, naming the file)
-        if plot is not None:
-            raise click.UsageError("--plot draws an adapter's spectrum; PATH is a model checkpoint", ctx=click.get_current_context()) from None
-        if as_json:
-            print_json(summary)
-        else:
-            click.echo(render_checkpoint(summary))
-        return
-    summary = describe(adapter, device=device, per_module=not no_modules, path=local)
-    if plot is not None:
-        summary["plot"] = _plot_spectrum(adapter, plot, device, overwrite)
+        raise click.UsageError("--plot draws an adapter's spectrum; PATH is a model checkpoint", ctx=click.get_current_context()) from None
     if as_json:
         print_json(summary)
+    elif summary.get("kind") == "model checkpoint":
+        click.echo(render_checkpoint(summary))
     else:
         click.echo(render(summary))
     if plot is not None and not as_json:
         click.echo(f"spectrum plot:   {plot} ({_plural(summary['plot']['modules'], 'module')})")
-    sys.exit(1 if any(p["severity"] == "error" for p in summary["problems"]) else 0)
+    sys.exit(1 if any(p["severity"] == "error" for p in summary.get("problems", [])) else 0)
 
 
 @click.command(short_help="Check every rule of the spec; report all problems at once.")
@@ -155,28 +139,15 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
             f"anything else a directory); rename OUT or drop --form",
             ctx=click.get_current_context(),
         )
-    src = _require(src)
-    _guard(out, ("SRC", src))
-    from ..hub.paths import load
-    from ..io.writer import save
-
-    adapter = load(src, adapter_name=adapter_name)
-    if consumer is not None:
-        adapter = _export_for(adapter, consumer, named)
-    written = save(adapter, out, form=named, overwrite=overwrite)
-    click.echo(f"wrote {written} ({adapter.peft_type}, {_plural(len(adapter.tensors), 'tensor')}, form={named})")
-
-
-def _export_for(adapter: Any, consumer: str, form: str) -> Any:
-    """``export(adapter, consumer)``, saved as coming from the input (never overwrites it)."""
-    from dataclasses import replace
-
-    from ..ops.export import export
-
-    if consumer != "peft" and form == "file":
+    if consumer is not None and consumer != "peft" and named == "file":
         raise click.UsageError(f"{consumer} reads PEFT's directory layout; name OUT without .safetensors",
                                ctx=click.get_current_context())
-    return replace(export(adapter, consumer), source=adapter.source)
+    src = _require(src)
+    _guard(out, ("SRC", src))
+    from ..api import convert as run_convert
+
+    done = run_convert(src, out, adapter_name=adapter_name, form=named, overwrite=overwrite, consumer=consumer)
+    click.echo(f"wrote {done.path} ({done.adapter.peft_type}, {_plural(len(done.adapter.tensors), 'tensor')}, form={done.form})")
 
 
 @click.command("check", short_help="Check an adapter against a serving engine's rules (vLLM, TGI, llama.cpp, PEFT).")
@@ -203,10 +174,9 @@ def check_command(path: Path, consumer: str, adapter_name: str | None, max_rank:
       adapterkit check my-lora --for vllm --max-rank 16
     """
     path = _require(path)
-    from ..hub.paths import load
-    from ..ops.export import check
+    from ..api import check
 
-    problems = check(load(path, adapter_name=adapter_name), consumer, max_rank=max_rank)
+    problems = check(path, consumer, adapter_name=adapter_name, max_rank=max_rank)
     violations = [p for p in problems if p.severity == "error"]
     if as_json:
         print_json({"path": str(path), "for": consumer, "complies": not violations,

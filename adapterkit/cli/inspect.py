@@ -1,4 +1,4 @@
-"""Looking inside adapters (``adapterkit.inspect``): the ``diff`` command and ``info --plot``'s spectrum."""
+"""Looking inside adapters (``adapterkit.inspect``): the ``diff`` command."""
 
 from __future__ import annotations
 
@@ -8,16 +8,6 @@ from typing import Any
 import click
 
 from .conventions import INPUT, _require, handles_errors, print_json
-
-
-def _plot_spectrum(adapter: Any, out: Path, device: str | None, overwrite: bool) -> dict[str, Any]:
-    """`info --plot`: draw the spectrum; returns what --json reports about it."""
-    from ..inspect.spectra import plot_spectrum
-
-    data = plot_spectrum(adapter, out, device=device or "cpu", overwrite=overwrite)
-    return {"path": str(out), "modules": len(data.modules),
-            "ranks_keeping": {f"{level:.0%}": [m.ranks[level] for m in data.modules] for level in (0.90, 0.95, 0.99)},
-            "rebalance": [{"average_rank": avg, "budget": budget, "ranks": list(ranks)} for avg, budget, ranks in data.budgets]}
 
 
 def _degrees(angles: Any) -> str:

@@ -15,7 +15,7 @@ F = "tests/test_faults.py::"
 PULL = "adapterkit/hub/download.py"
 REMOTE = "adapterkit/hub/remote.py"
 SPECTRUM = "adapterkit/inspect/spectra.py"
-CLI = "adapterkit/cli/adapters.py"
+CLI = "adapterkit/api.py"
 PLOT_RACE = [F + "test_concurrent_writers_without_overwrite[info-plot]", F + "test_sigkill_at_random_write_calls[info-plot]"]
 PLOT_ERRORS = [F + "test_injected_write_errors_are_one_line_write_failed[info-plot]", F + "test_a_read_only_target[info-plot]"]
 PULL_RACE = [F + "test_concurrent_writers_without_overwrite[pull]", F + "test_concurrent_writers_with_overwrite[pull-over-old]"]
@@ -30,8 +30,8 @@ MUTANTS = [
      "    from ..io.atomic import write_atomic\n    write_atomic(path, [_draw(data, title)], durable=False)", PLOT_RACE),
     ("plot: always installed with overwrite", SPECTRUM, "[_draw(data, title)], overwrite=overwrite, durable=False)",
      "[_draw(data, title)], overwrite=True, durable=False)", PLOT_RACE),
-    ("cli: info --plot always overwrites", CLI, 'summary["plot"] = _plot_spectrum(adapter, plot, device, overwrite)',
-     'summary["plot"] = _plot_spectrum(adapter, plot, device, True)', PLOT_RACE),
+    ("cli: info --plot always overwrites", CLI, 'summary["plot"] = _plot(adapter, Path(plot), device, overwrite)',
+     'summary["plot"] = _plot(adapter, Path(plot), device, True)', PLOT_RACE),
     ("pull: install always replaces", PULL, "        install(staging, out, overwrite=overwrite)", "        install(staging, out, overwrite=True)", PULL_RACE),
     ("pull: the swapped-in staging folder kept", PULL, "        discard(staging.parent)", "        discard(staging)", PULL_ERRORS),
     ("pull: an OSError escapes as a bare OSError", PULL,

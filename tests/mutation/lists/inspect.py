@@ -14,7 +14,7 @@ PLOT_TESTS = ["tests/test_plot.py"]
 DIFF = "adapterkit/inspect/compare.py"
 SPECTRUM = "adapterkit/inspect/spectra.py"
 CLI = "adapterkit/cli/inspect.py"
-CLI_INFO = "adapterkit/cli/adapters.py"
+CLI_INFO = "adapterkit/api.py"
 
 # (name, file, old text, new text, tests)
 MUTANTS = [
@@ -57,7 +57,7 @@ MUTANTS = [
     ("plot: existing output replaced", SPECTRUM, "    if (path.exists() or path.is_symlink()) and not overwrite:", "    if False:", PLOT_TESTS),
     ("plot: may overwrite the adapter it shows", SPECTRUM, "    check_output(path, adapter_inputs(adapter, \"adapter shown\"))", "    pass", PLOT_TESTS),
     ("plot: extra checked after computing (no one-line error)", SPECTRUM, "    except ImportError:\n", "    except ModuleNotFoundError as exc:\n        raise exc\n    except ImportError:\n", PLOT_TESTS),
-    ("cli: info --plot ignored", CLI_INFO, '        summary["plot"] = _plot_spectrum(adapter, plot, device, overwrite)', '        summary["plot"] = {"modules": 1}', PLOT_TESTS),
+    ("cli: info --plot ignored", CLI_INFO, '        summary["plot"] = _plot(adapter, Path(plot), device, overwrite)', '        summary["plot"] = {"modules": 1}', PLOT_TESTS),
 ]
 
 DEFAULT_TESTS = None

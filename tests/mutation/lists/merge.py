@@ -98,7 +98,7 @@ MUTANTS = [
     ("orientation: combine's flag not written", "adapterkit/ops/combining.py", "    if flag is not None and result.config.fan_in_fan_out != flag:", "    if False:", ORIENT_TESTS),
     ("checkpoint: one indexed shard loses its index", "adapterkit/checkpoint/writer.py",
      "self._indexed = len(groups) > 1 or (max_shard_size is None and base.index is not None)", "self._indexed = len(groups) > 1", CKPT_TESTS),
-    ("info: a broken checkpoint reported as not an adapter", "adapterkit/cli/adapters.py", '            if checkpoint_exc.code == "not-a-checkpoint":', "            if True:", CKPT_TESTS),
+    ("info: a broken checkpoint reported as not an adapter", "adapterkit/api.py", '            if checkpoint_exc.code == "not-a-checkpoint":', "            if True:", CKPT_TESTS),
     ("plan: first problem only", PLAN, "    if problems:\n        raise _base_mismatch(adapter, problems, rule_name)", "    if problems:\n        raise _base_mismatch(adapter, problems[:1], rule_name)"),
 ]
 

@@ -113,6 +113,18 @@ def test_picture_and_refusing_an_existing_output(tmp_path):
     with pytest.raises(AdapterkitError) as err:
         adapterkit.plot_spectrum(adapter, out)
     assert err.value.code == "output-exists" and out.read_bytes() == before
+    import adapterkit.inspect.spectra as spectra
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the spectrum was computed before the existing output was refused")
+
+    original, spectra.spectrum = spectra.spectrum, no_work
+    try:  # refused before any work, not by the writer once the picture is drawn
+        with pytest.raises(AdapterkitError) as err:
+            adapterkit.plot_spectrum(adapter, out)
+        assert err.value.code == "output-exists"
+    finally:
+        spectra.spectrum = original
     adapterkit.plot_spectrum(adapter, out, overwrite=True)
     assert out.read_bytes().startswith(PNG)
     saved = tmp_path / "a.safetensors"

@@ -157,6 +157,8 @@ def convert(src: str | Path, out: str | Path, *, adapter_name: str | None = None
     from .io.writer import save
 
     named = infer_form(out)
+    if form is not None and form not in ("dir", "file"):
+        raise ArgumentError("unknown form", path=out, key="form", expected="dir | file", actual=form)
     if form is not None and form != named:
         raise ArgumentError(f"form {form!r} contradicts the output name {Path(out).name!r} (*.safetensors names one file; "
                             "anything else a directory)", path=out, key="form", expected=named, actual=form)

@@ -126,6 +126,9 @@ def test_convert_writes_what_the_command_writes(tmp_path):
         with pytest.raises(adapterkit.AdapterkitError) as err:
             adapterkit.convert(lora, tmp_path / "c.safetensors", **kwargs)
         assert err.value.code == "argument-invalid" and not (tmp_path / "c.safetensors").exists()
+    with pytest.raises(adapterkit.AdapterkitError) as err:  # not a form at all: named as such, not as a contradiction
+        adapterkit.convert(lora, tmp_path / "d", form="folder")
+    assert err.value.code == "argument-invalid" and err.value.expected == "dir | file" and not (tmp_path / "d").exists()
 
 
 def test_check_takes_a_path_or_an_adapter(tmp_path):

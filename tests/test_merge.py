@@ -477,3 +477,20 @@ def test_non_finite_weights_are_refused_before_any_work(weight: float, tmp_path:
     from adapterkit.cli import main
     res = CliRunner().invoke(main, ["merge", str(base), str(adapter), str(tmp_path / "out"), "--weight", str(weight)])
     assert res.exit_code == 2 and "[argument-invalid]" in res.output and not (tmp_path / "out").exists()
+
+
+def test_numpy_and_torch_scalar_weights_merge_as_floats(tmp_path: Path) -> None:
+    """The finite-weight check takes what float() takes: a numpy float32 or a 0-d tensor weight
+    merges exactly as the same Python float (it is not refused as 'not a number')."""
+    import numpy as np
+
+    base = save_base(llama(), tmp_path / "base")
+    adapter = make_adapter(llama, tmp_path / "adapter", seed=16, r=2, lora_alpha=2, target_modules=["q_proj"])
+    merge_checkpoint(base, [adapter], tmp_path / "plain", weights=[0.5])
+    for n, w in enumerate((np.float32(0.5), torch.tensor(0.5))):
+        merge_checkpoint(base, [adapter], tmp_path / f"o{n}", weights=[w])
+        ours, plain = shards(tmp_path / f"o{n}"), shards(tmp_path / "plain")
+        assert ours.keys() == plain.keys() and all(torch.equal(ours[k], plain[k]) for k in ours)
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [adapter], tmp_path / "bad", weights=["half"])
+    assert info.value.code == "argument-invalid" and not (tmp_path / "bad").exists()

@@ -351,7 +351,7 @@ def merge_checkpoint(
                        *(i for n, a in enumerate(loaded, 1) for i in adapter_inputs(a, f"adapter {n}"))])
     if weights is not None and len(weights) != len(loaded):
         raise UnsupportedError("one weight per adapter", key="weights", expected=len(loaded), actual=len(weights))
-    if weights is not None and not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+    if weights is not None and not all(_finite_number(w) for w in weights):
         raise ArgumentError("weights must be finite numbers (a NaN or infinite weight would write a NaN checkpoint, or pass "
                             "safe=False unnoticed)", key="weights", expected="finite numbers", actual=list(weights))
     history = merge_record.read(ckpt)
@@ -499,6 +499,16 @@ def _replaced_alike(tie: TiedEmbeddings, touched: dict, replaced: dict, adapters
         return False
     (i, a), (j, b) = replaced[tie.input_key], replaced[tie.output_key]
     return torch.equal(adapters[i].tensors[a], adapters[j].tensors[b])
+
+
+def _finite_number(value: Any) -> bool:
+    """A weight the merge can use: anything ``float()`` takes (numpy and torch scalars too), finite, not a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _keep_tie(tie: TiedEmbeddings, replaced: dict, notes: list[str]) -> None:

@@ -17,13 +17,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .devices import resolve_device
-from .dtypes import DTYPE_NAMES, DTYPES
+from .dtypes import ITEMSIZE
 from .errors import NotFoundError
 
 if TYPE_CHECKING:  # the kinds sit above the value: it reaches its kind through its config (AdapterConfig.kind)
+    import torch
+
     from .kinds.base import AdapterConfig, Kind
 
 FORMAT_VERSION = "1.2"  # the adapterkit format version this library writes (1.1: the content digest; 1.2: pattern order kept)
@@ -42,11 +42,12 @@ class TensorMeta:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * DTYPES[self.dtype].itemsize
+        return self.numel * ITEMSIZE[self.dtype]
 
 
-class TensorStore(Mapping[str, torch.Tensor]):
-    """Read-only mapping key -> tensor.  ``meta(key)`` never reads tensor data."""
+class TensorStore(Mapping[str, Any]):
+    """Read-only mapping key -> tensor (a torch tensor; a numpy array in the torch-free
+    inspection stores of ``adapterkit.io.array_store``).  ``meta(key)`` never reads tensor data."""
 
     def meta(self, key: str) -> TensorMeta:
         raise NotImplementedError
@@ -68,6 +69,8 @@ class MemoryStore(TensorStore):
         return len(self._tensors)
 
     def meta(self, key: str) -> TensorMeta:
+        from .dtypes import DTYPE_NAMES  # torch's dtypes: the tensors held here are torch's
+
         t = self._tensors[key]
         return TensorMeta(DTYPE_NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape))
 
@@ -169,6 +172,8 @@ class Adapter:
             return NotImplemented
         if self.config != other.config or set(self.tensors) != set(other.tensors):
             return False
+        import torch
+
         for key in self.tensors:
             a, b = self.tensors[key], other.tensors[key]
             if a.dtype != b.dtype or a.shape != b.shape:

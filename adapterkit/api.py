@@ -188,10 +188,11 @@ def check(adapter: Adapter | str | Path, consumer: str, *, adapter_name: str | N
     from .adapter import Adapter
     from .ops.export import check as check_adapter
 
-    if not isinstance(adapter, Adapter):
-        from .hub.paths import load
+    if not isinstance(adapter, Adapter):  # checked as load checks it, on numpy (no torch to import)
+        from .hub.paths import local_path
+        from .io.array_store import load_arrays
 
-        adapter = load(adapter, adapter_name=adapter_name)
+        adapter = load_arrays(local_path(adapter, "adapter"), adapter_name=adapter_name)
     return check_adapter(adapter, consumer, max_rank=max_rank)
 
 

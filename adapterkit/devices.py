@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import UnsupportedError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _first_sentence(message: str) -> str:
@@ -27,6 +28,8 @@ def resolve_device(device: Any) -> torch.device | None:
     """
     if device is None:
         return None
+    import torch
+
     try:
         dev = torch.device(device)
         torch.empty(0, device=dev)

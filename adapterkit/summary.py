@@ -40,27 +40,35 @@ def _whole_modules(adapter: Adapter) -> dict[str, Any]:
     }
 
 
-def _in_memory(adapter: Adapter) -> Adapter:
-    """``adapter`` with its tensors read into memory in one read (as ``load`` does)."""
+def _in_memory(adapter: Adapter, device: Any) -> tuple[Adapter, Any]:
+    """``adapter`` with its tensors read into memory in one read (as ``load`` does), and the
+    device for the statistics: numpy arrays and no device (the torch-free path) for a file
+    opened lazily when no ``device`` is asked for; else torch tensors (``device``: checked)."""
     if not isinstance(adapter.tensors, LazyStore):
-        return adapter
+        return adapter, resolve_device(device)
+    if device is None:
+        from .io.array_store import in_arrays
+
+        return in_arrays(adapter), None
+
     tensors = read_all(adapter.tensors.header)
-    return Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe)
+    return Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe), resolve_device(device)
 
 
 def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, path: str | Path | None = None) -> dict[str, Any]:
     """A JSON-ready dict describing ``adapter``.  Reads tensor data only with ``per_module``
-    (then also checking values); ``path`` is what the user named, to list other adapters there."""
+    (then also checking values); ``path`` is what the user named, to list other adapters there.
+    An adapter opened from a safetensors file is measured without torch unless ``device`` is
+    given (``adapterkit.arrays``: the same figures, fp64 products summed in another order)."""
     from .io.reader import other_adapters
 
     config = adapter.config.to_dict()
     dtypes = Counter(adapter.meta(k).dtype for k in adapter.tensors)
     modules = adapter.modules
     stats: dict[str, dict[str, float]] = {}
-    device = resolve_device(device)
     problems = [p for p in structural_problems(adapter) if p.severity == "warning"]
     if per_module:
-        held = _in_memory(adapter)  # one read of the data serves the value checks and the statistics
+        held, device = _in_memory(adapter, device)  # one read of the data serves the value checks and the statistics
         problems += value_problems(held)
         # ‖ΔW‖ from the factors would be wrong for a feature that changes ΔW (KaSA's lora_diag, BD-LoRA's blocks)
         for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):

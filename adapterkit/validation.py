@@ -8,11 +8,12 @@ stopping at the first, the content digest (§5.5) included.  Local paths only: t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from .errors import AdapterkitError, Problem
-from .io.checks import non_finite, structural_problems, value_problems
+from .io.checks import structural_problems, value_problems
 
 
 def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Problem]:
@@ -40,21 +41,46 @@ def validate(path: str | Path, *, adapter_name: str | None = None) -> list[Probl
 
 def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
     """The content digest (§5.5) and NaN/Inf of a file-backed adapter in one read of its data,
-    one tensor at a time, so that validating holds a tensor or two, never the whole adapter:
-    ``digest-mismatch`` (first differing part) before the ``non-finite`` problems."""
-    from .io.digest import config_digest, mismatch, recorded, tensor_digest
-    from .io.safetensors_file import DTYPE_NAMES, tensor_bytes
+    one tensor at a time from the raw bytes (no torch), so that validating holds a few tensors,
+    never the whole adapter: ``digest-mismatch`` (first differing part) before the ``non-finite``
+    problems.  Tensors are hashed on the digest's threads while the next ones are read."""
+    from .arrays import nonfinite_count
+    from .io.checks import _nonfinite_problem
+    from .io.digest import config_digest, mismatch, recorded, tensor_entries_streamed
 
-    store = adapter.tensors
-    entries = recorded(store.header.metadata, store.header.path)
-    now: dict[str, bytes] = {}
+    header = adapter.tensors.header
+    source = str(adapter.source)
+    entries = recorded(header.metadata, header.path)
     values: list[Problem] = []
-    for key in store:
-        t = store[key]
-        if entries is not None:
-            now[key] = tensor_digest(key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t))
-        if (problem := non_finite(key, t, str(adapter.source))) is not None:
-            values.append(problem)
-        del t
-    found = mismatch(entries, config_digest(config_data, adapter.format_version), now, str(adapter.source)) if entries is not None else None
-    return ([found] if found else []) + values
+
+    def each() -> Any:
+        for key, raw in _raw_tensors(header):
+            info = header.tensors[key]
+            if (problem := _nonfinite_problem(key, nonfinite_count(info.dtype, raw), info.numel, source)) is not None:
+                values.append(problem)
+            yield key, info.dtype, info.shape, raw
+
+    found = None
+    if entries is None:
+        for _ in each():
+            pass
+    else:
+        now = tensor_entries_streamed(each())
+        found = mismatch(entries, config_digest(config_data, adapter.format_version), now, source)
+    place = {key: i for i, key in enumerate(header.tensors)}  # reported in the header's order
+    return ([found] if found else []) + sorted(values, key=lambda p: place[p.key])
+
+
+def _raw_tensors(header: Any) -> Any:
+    """(key, raw bytes) of each tensor of ``header``'s file in file order, one read each."""
+    from .errors import FormatError
+
+    try:
+        with open(header.path, "rb", buffering=0) as f:
+            for info in sorted(header.tensors.values(), key=lambda i: i.begin):
+                raw = os.pread(f.fileno(), info.nbytes, header.data_start + info.begin) if info.nbytes else b""
+                if len(raw) != info.nbytes:
+                    raise FormatError("file changed while reading", code="truncated-file", path=header.path, key=info.key)
+                yield info.key, raw
+    except OSError as exc:
+        raise FormatError(f"cannot read tensors: {exc.strerror}", path=header.path) from exc

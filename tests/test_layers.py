@@ -25,7 +25,7 @@ PACKAGE = ROOT / "adapterkit"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("adapterkit.errors", "adapterkit._version", "adapterkit.devices", "adapterkit.progress",
                 "adapterkit.arguments", "adapterkit.differences", "adapterkit.linalg")),
-    ("value", ("adapterkit.adapter", "adapterkit.dtypes")),
+    ("value", ("adapterkit.adapter", "adapterkit.dtypes", "adapterkit.arrays")),
     ("kinds", ("adapterkit.kinds",)),
     ("io", ("adapterkit.io", "adapterkit.checkpoint")),
     ("operations", ("adapterkit.validation", "adapterkit.summary", "adapterkit.ops", "adapterkit.inject",

@@ -24,7 +24,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..io.safetensors_file import DTYPES, TensorInfo
+from ..dtypes import ITEMSIZE
+from ..io.safetensors_file import TensorInfo
 
 SINGLE_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -34,14 +35,14 @@ INDEX_NAME = "model.safetensors.index.json"
 _RANK = {name: i for i, name in enumerate(
     ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "F16", "BF16", "I32", "F32", "F64", "I64"),
 )}
-assert set(_RANK) == set(DTYPES)
+assert set(_RANK) == set(ITEMSIZE)
 
 Plan = Mapping[str, tuple[str, tuple[int, ...]]]
 
 
 def nbytes(dtype: str, shape: Sequence[int]) -> int:
     """Bytes of a tensor of ``dtype`` (a safetensors dtype name) and ``shape``."""
-    return math.prod(shape) * DTYPES[dtype].itemsize
+    return math.prod(shape) * ITEMSIZE[dtype]
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ from typing import Any
 
 import torch
 
+from ..dtypes import DTYPE_NAMES, DTYPES
 from ..errors import FormatError, WriteError
 from ..io.atomic import discard, install, staging_folder
 from ..io.forms import resolve_form
 from ..io.outputs import check_output, checkpoint_inputs
-from ..io.safetensors_file import DTYPE_NAMES, DTYPES, TensorInfo, tensor_bytes
+from ..io.safetensors_file import TensorInfo, tensor_bytes
 from .layout import INDEX_NAME, SINGLE_NAME, ShardLayout, index_json, nbytes, shard_layout, shard_names, split_greedy
 from .reader import Checkpoint
 

@@ -55,7 +55,10 @@ def diff_command(a: Path, b: Path, as_json: bool, device: str | None, conflict: 
     a = _require(a)
     b = _require(b)
     from ..inspect.compare import diff as run
-    from ..io.reader import load
+    if conflict == "off" and device is None:  # nothing torch-only to do: numpy arrays, no torch import
+        from ..io.array_store import load_arrays as load
+    else:
+        from ..io.reader import load
 
     report = run(load(a), load(b), device=device or "cpu", conflict=conflict, sample_rows=sample_rows, seed=seed)
     if as_json:

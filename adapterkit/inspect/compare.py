@@ -57,15 +57,17 @@ import math
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .. import arrays
 from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
 from ..ops.lowrank import ModuleFactors, module_factors
 from ..progress import progress
+
+if TYPE_CHECKING:
+    import torch
 
 BLOCK_ELEMENTS = 1 << 22  # entries of ΔW per row block of the sign count (16 MB in fp32)
 RANK_RTOL = 1e-10  # singular values below this fraction of the largest are zero (the numerical rank)
@@ -226,16 +228,18 @@ def _cosine(inner: float, na: float, nb: float) -> float | None:
 
 def _sign_conflicts(Ma: torch.Tensor, Mb: torch.Tensor) -> int:
     """Entries where both are non-zero with opposite signs (sign(), so no product can underflow)."""
+    import torch
+
     return int((torch.sign(Ma) * torch.sign(Mb) < 0).sum())
 
 
 def _dense_module(name: str, va: torch.Tensor, vb: torch.Tensor, opts: _Options, **extra: Any) -> ModuleDiff:
     """IA3 and prompt tensors: small enough to compare whole (fp64), the conflict counted exactly."""
-    na, nb, inner = float(va.norm()), float(vb.norm()), float((va * vb).sum())
+    na, nb, inner = arrays.norm(va), arrays.norm(vb), float((va * vb).sum())
     counted = opts.conflict != "off"
     return ModuleDiff(
         name, "both", tuple(va.shape), na, nb, inner, _cosine(inner, na, nb),
-        conflict=_sign_conflicts(va, vb) / va.numel() if counted and va.numel() else (0.0 if counted else None),
+        conflict=_sign_conflicts(va, vb) / arrays.numel(va) if counted and arrays.numel(va) else (0.0 if counted else None),
         conflict_bound=0.0 if counted else None, conflict_rows=(int(va.shape[0]) if va.ndim else 1) if counted else None, **extra,
     )
 
@@ -246,10 +250,10 @@ def _dense_module(name: str, va: torch.Tensor, vb: torch.Tensor, opts: _Options,
 def _gram_frame(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """From G = XᵀX: (P, R) with Q = X·P orthonormal and X = Q·R (P = WΛ^-½, R = Λ^½Wᵀ for
     G = WΛWᵀ); None unless every eigenvalue is at least :data:`GRAM_RCOND` of the largest."""
-    lam, W = torch.linalg.eigh(G)
-    if lam.numel() == 0 or float(lam[-1]) <= 0 or float(lam[0]) < GRAM_RCOND * float(lam[-1]):
+    lam, W = arrays.eigh(G)
+    if arrays.numel(lam) == 0 or float(lam[-1]) <= 0 or float(lam[0]) < GRAM_RCOND * float(lam[-1]):
         return None
-    root = lam.sqrt()
+    root = lam**0.5
     return W / root, root[:, None] * W.T
 
 
@@ -262,35 +266,37 @@ def _frames(Ya: torch.Tensor, Yb: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     fa, fb = _gram_frame(Ya @ Ya.T), _gram_frame(Yb @ Yb.T)
     if fa is not None and fb is not None:
         return fa[1], fb[1], fa[0].T @ cross @ fb[0], cross
-    Qa, Ra = torch.linalg.qr(Ya.T)
-    Qb, Rb = torch.linalg.qr(Yb.T)
+    Qa, Ra = arrays.qr(Ya.T)
+    Qb, Rb = arrays.qr(Yb.T)
     return Ra, Rb, Qa.T @ Qb, cross
 
 
 def _core(RB: torch.Tensor, RA: torch.Tensor, scaling: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """ΔW = Q_B·(scaling·R_B·R_Aᵀ)·Q_Aᵀ: the core's SVD gives ΔW's singular values and, in the
     frames' coordinates, the bases of its column and row spaces, cut at the numerical rank."""
-    Uc, S, Vch = torch.linalg.svd((RB @ RA.T) * scaling, full_matrices=False)
-    k = int((S > RANK_RTOL * S[0]).sum()) if S.numel() and float(S[0]) > 0 else 0
-    return Uc[:, :k], S[:k], Vch[:k].T, float(S.square().sum().sqrt())
+    Uc, S, Vch = arrays.svd((RB @ RA.T) * scaling)
+    k = int((S > RANK_RTOL * S[0]).sum()) if arrays.numel(S) and float(S[0]) > 0 else 0
+    return Uc[:, :k], S[:k], Vch[:k].T, math.sqrt(float((S**2).sum()))
 
 
 def _factors(adapter: Adapter, name: str, dev: torch.device | None) -> tuple[ModuleFactors, torch.Tensor, torch.Tensor]:
     """The module's factors, and Bᵀ (r×m) and A (r×n) in fp64, rows contiguous (the layout in
     which their Gram products run fastest; the scaling is applied to the cores)."""
     f = module_factors(adapter, name, device=dev, what="diff")
-    return f, f.B.T.to(torch.float64, memory_format=torch.contiguous_format), f.A.double()
+    return f, arrays.to_float(f.B.T, fp64=True, contiguous=True), arrays.to_float(f.A, fp64=True)
 
 
 def _angles(C: torch.Tensor) -> tuple[float, ...]:
     """Principal angles from the cross matrix of two orthonormal bases (ascending)."""
-    if C.numel() == 0:
+    if arrays.numel(C) == 0:
         return ()
-    return tuple(torch.arccos(torch.linalg.svdvals(C).clamp(0.0, 1.0)).tolist())
+    return arrays.angles(C)
 
 
 def _rows_conflict(fa: ModuleFactors, fb: ModuleFactors, rows: torch.Tensor | None) -> int:
     """Sign conflicts over ``rows`` of ΔW (all when None), in row blocks of ≤ BLOCK_ELEMENTS entries."""
+    import torch
+
     ct = torch.float64 if torch.float64 in (fa.B.dtype, fb.B.dtype) else torch.float32
     Ba, Aa = fa.B.to(ct) * fa.scaling, fa.A.to(ct)
     Bb, Ab = fb.B.to(ct) * fb.scaling, fb.A.to(ct)
@@ -322,6 +328,8 @@ def _lora_conflict(name: str, fa: ModuleFactors, fb: ModuleFactors, opts: _Optio
         return 0.0, 0.0, m
     if opts.conflict == "block" or m <= opts.sample_rows:
         return _rows_conflict(fa, fb, None) / (m * n), 0.0, m
+    import torch
+
     gen = torch.Generator().manual_seed((opts.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
     rows = torch.randperm(m, generator=gen)[:opts.sample_rows].sort().values
     k = int(rows.numel())
@@ -333,7 +341,7 @@ def _lora_norm(adapter: Adapter, name: str, opts: _Options) -> tuple[tuple[int, 
     RB, _, _, _ = _frames(Bt, Bt)
     RA, _, _, _ = _frames(A, A)
     _, S, _, norm = _core(RB, RA, f.scaling)
-    return f.shape, norm, int(S.numel())
+    return f.shape, norm, arrays.numel(S)
 
 
 def _lora_compare(a: Adapter, b: Adapter, name: str, opts: _Options) -> ModuleDiff:
@@ -348,14 +356,14 @@ def _lora_compare(a: Adapter, b: Adapter, name: str, opts: _Options) -> ModuleDi
     inner = fa.scaling * fb.scaling * float((GB * GA).sum())  # s_a·s_b·tr((B_aᵀB_b)(A_b A_aᵀ))
     col = Ua.T @ crossB @ Ub  # U_aᵀU_b: ka×kb
     row = Va.T @ crossA @ Vb  # V_aᵀV_b
-    eb = float(Sb.square().sum())
+    eb = float((Sb**2).sum())
     energy_col = energy_row = None
     if eb > 0:
-        energy_col = float((col * Sb[None, :]).square().sum()) / eb
-        energy_row = float((row * Sb[None, :]).square().sum()) / eb
+        energy_col = float(((col * Sb[None, :]) ** 2).sum()) / eb
+        energy_row = float(((row * Sb[None, :]) ** 2).sum()) / eb
     conflict, bound, rows = _lora_conflict(name, fa, fb, opts)
     return ModuleDiff(
-        name, "both", fa.shape, na, nb, inner, _cosine(inner, na, nb), int(Sa.numel()), int(Sb.numel()),
+        name, "both", fa.shape, na, nb, inner, _cosine(inner, na, nb), arrays.numel(Sa), arrays.numel(Sb),
         _angles(col), _angles(row), energy_col, energy_row, conflict, bound, rows,
     )
 
@@ -364,12 +372,12 @@ def _lora_compare(a: Adapter, b: Adapter, name: str, opts: _Options) -> ModuleDi
 
 
 def _ia3_vector(adapter: Adapter, name: str, opts: _Options) -> torch.Tensor:
-    return adapter.module(name).ia3_l.to(device=opts.device, dtype=torch.float64) - 1
+    return arrays.to_float(adapter.module(name).ia3_l, fp64=True, device=opts.device) - 1
 
 
 def _ia3_norm(adapter: Adapter, name: str, opts: _Options) -> tuple[tuple[int, ...], float, int | None]:
     v = _ia3_vector(adapter, name, opts)
-    return tuple(v.shape), float(v.norm()), None
+    return tuple(v.shape), arrays.norm(v), None
 
 
 def _ia3_compare(a: Adapter, b: Adapter, name: str, opts: _Options) -> ModuleDiff:
@@ -380,20 +388,20 @@ def _ia3_compare(a: Adapter, b: Adapter, name: str, opts: _Options) -> ModuleDif
 
 
 def _prompt_tensor(adapter: Adapter, name: str, opts: _Options) -> torch.Tensor:
-    return adapter.module(name).prompt_embeddings.to(device=opts.device, dtype=torch.float64)
+    return arrays.to_float(adapter.module(name).prompt_embeddings, fp64=True, device=opts.device)
 
 
 def _prompt_norm(adapter: Adapter, name: str, opts: _Options) -> tuple[tuple[int, ...], float, int | None]:
     e = _prompt_tensor(adapter, name, opts)
-    return tuple(e.shape), float(e.norm()), None
+    return tuple(e.shape), arrays.norm(e), None
 
 
 def _prompt_compare(a: Adapter, b: Adapter, name: str, opts: _Options) -> ModuleDiff:
     ea, eb = _prompt_tensor(a, name, opts), _prompt_tensor(b, name, opts)
     if ea.shape != eb.shape:
         raise _incompatible("the virtual-token embeddings' shape", a, b, name, tuple(ea.shape), tuple(eb.shape))
-    na, nb = ea.norm(dim=1), eb.norm(dim=1)
-    dots = (ea * eb).sum(dim=1)
+    na, nb = arrays.norm(ea, axis=1), arrays.norm(eb, axis=1)
+    dots = arrays.total(ea * eb, axis=1)
     tokens = tuple(_cosine(float(d), float(x), float(y)) for d, x, y in zip(dots, na, nb))
     return _dense_module(name, ea, eb, opts, token_cosines=tokens)
 
@@ -410,6 +418,24 @@ _KINDS: dict[str, tuple[_Norm, _Compare]] = {
 
 
 # ----------------------------------------------------------------------------- the public function
+
+
+def _device(a: Adapter, b: Adapter, device: Any, conflict: str) -> Any:
+    """The torch device of the math; None for the torch-free path, where both adapters hold the
+    numpy arrays of ``adapterkit.io.array_store`` (from ``load_arrays``): cosines, norms, angles
+    and energies only, on the CPU."""
+    from ..io.array_store import ArrayStore
+
+    numpy_sides = [x for x in (a, b) if isinstance(x.tensors, ArrayStore)]
+    if not numpy_sides:
+        return resolve_device(device)
+    if len(numpy_sides) == 1 or conflict != "off" or str(device or "cpu") != "cpu":
+        raise ArgumentError(
+            "adapters read without torch (load_arrays) compare on the CPU, both so, without sign conflicts; "
+            "read them with load() for the rest", key="conflict" if conflict != "off" else "device",
+            expected="conflict='off', device cpu, both adapters from load_arrays",
+            actual=f"conflict={conflict!r}, device={device!r}, {len(numpy_sides)} of 2 from load_arrays")
+    return None
 
 
 def diff(a: Adapter, b: Adapter, *, device: Any = "cpu", conflict: str = "block", sample_rows: int = 256, seed: int = 0,
@@ -446,7 +472,7 @@ def diff(a: Adapter, b: Adapter, *, device: Any = "cpu", conflict: str = "block"
     if a.peft_type not in _KINDS:
         raise UnsupportedError(f"diff does not compare {a.peft_type} adapters", path=_label(a, "A"), key="peft_type",
                                expected=" | ".join(_KINDS), actual=a.peft_type)
-    opts = _Options(resolve_device(device), conflict, sample_rows, seed, confidence)
+    opts = _Options(_device(a, b, device, conflict), conflict, sample_rows, seed, confidence)
     norm, compare = _KINDS[a.peft_type]
     names = sorted(set(a.modules) | set(b.modules))
     out = []

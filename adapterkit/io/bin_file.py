@@ -14,10 +14,12 @@ import pickle
 import pickletools
 import re
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import FormatError, NotFoundError, UnsafeFileError
+
+if TYPE_CHECKING:  # a .bin is torch's format: read_bin imports it, opening other adapters needs none
+    import torch
 
 _PICKLE_OPCODES = {op.code for op in pickletools.opcodes}
 
@@ -29,6 +31,8 @@ def read_bin(path: str | Path) -> dict[str, torch.Tensor]:
         UnsafeFileError: the pickle references anything but tensors (``unsafe-pickle``).
         FormatError: not a readable checkpoint, or not a mapping of str -> Tensor (``bin-invalid``).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise NotFoundError("no such file", path=path)

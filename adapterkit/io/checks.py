@@ -1,7 +1,8 @@
 """Every MUST of the spec that a reader enforces, as checks that return :class:`Problem` records.
 
 ``structural_problems`` needs only headers and config (every reader runs it);
-``value_problems`` reads tensor data (NaN/Inf).  ``raise_first_error`` turns the first error
+``value_problems`` reads tensor data (NaN/Inf): torch tensors with torch, the numpy arrays of the
+torch-free path (``adapterkit.io.array_store``) from their raw bits (``adapterkit.arrays``).  ``raise_first_error`` turns the first error
 into its exception.  ``adapterkit.validation.validate`` runs them all, the content digest
 (§5.5) included, and reports every problem at once instead of stopping at the first.
 """
@@ -13,6 +14,7 @@ import operator
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ..arrays import nonfinite_count
 from ..errors import Problem
 
 if TYPE_CHECKING:  # torch is imported where tensors are read, so that importing this module stays cheap
@@ -92,15 +94,18 @@ def value_problems(adapter: Adapter) -> list[Problem]:
 
     Tensors held in memory are first checked together, one pass per run of back-to-back
     tensors; only when that finds a non-finite value is each tensor checked to report it."""
-    import torch
-
     from ..adapter import MemoryStore
+
+    source = str(adapter.source) if adapter.source else None
+    store = adapter.tensors
+    if hasattr(store, "raw"):  # the torch-free path's store (``io.array_store``) holds the raw bytes: check the bits
+        return [p for key in store if (p := _nonfinite_problem(key, nonfinite_count(store.meta(key).dtype, store.raw(key)), store.meta(key).numel, source))]
+    import torch
 
     if isinstance(adapter.tensors, MemoryStore):
         with torch.no_grad():
             if _spans_finite(_spans(adapter.tensors.values())):
                 return []
-    source = str(adapter.source) if adapter.source else None
     return [p for key in adapter.tensors if (p := non_finite(key, adapter.tensors[key], source)) is not None]
 
 
@@ -112,8 +117,14 @@ def non_finite(key: str, t: Any, source: str | None) -> Problem | None:
         t = t.float()  # torch has no isfinite for float8 (which validation still reports as dtype-unsupported)
     if not t.is_floating_point() or _all_finite(t):
         return None
-    bad = int((~torch.isfinite(t)).sum())
-    return Problem("non-finite", "tensor holds NaN or Inf", path=source, key=key, expected="finite values", actual=f"{bad} non-finite of {t.numel()}")
+    return _nonfinite_problem(key, int((~torch.isfinite(t)).sum()), t.numel(), source)
+
+
+def _nonfinite_problem(key: str, bad: int, numel: int, source: str | None) -> Problem | None:
+    """``non-finite`` for ``bad`` NaN/Inf values among ``numel``; None when there are none."""
+    if not bad:
+        return None
+    return Problem("non-finite", "tensor holds NaN or Inf", path=source, key=key, expected="finite values", actual=f"{bad} non-finite of {numel}")
 
 
 def raise_first_error(problems: list[Problem]) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import struct
+from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,6 +88,25 @@ def tensor_entries(parts: Iterable[tuple[str, str, tuple[int, ...], bytes | memo
         return {p[0]: tensor_digest(*p) for p in parts}
     with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="adapterkit-digest") as pool:
         return dict(zip((p[0] for p in parts), pool.map(lambda p: tensor_digest(*p), parts)))
+
+
+def tensor_entries_streamed(parts: Iterable[tuple[str, str, tuple[int, ...], bytes | memoryview]]) -> dict[str, bytes]:
+    """Entry digests of tensors given one at a time as (key, dtype, shape, data), each hashed on
+    ``HASH_THREADS`` threads as soon as it arrives, while the next is produced (read); at most
+    two per thread wait, so a caller streaming a file holds a few tensors, never all of them."""
+    if HASH_THREADS == 1:
+        return {p[0]: tensor_digest(*p) for p in parts}
+    out: dict[str, bytes] = {}
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="adapterkit-digest") as pool:
+        for part in parts:
+            pending.append((part[0], pool.submit(tensor_digest, *part)))
+            while len(pending) > 2 * HASH_THREADS:
+                key, done = pending.popleft()
+                out[key] = done.result()
+        for key, done in pending:
+            out[key] = done.result()
+    return out
 
 
 def combine(entries: Iterable[bytes]) -> str:

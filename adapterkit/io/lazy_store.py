@@ -5,11 +5,13 @@ readers (``adapterkit.io.reader``) put a LazyStore in the Adapters they open."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..adapter import TensorMeta, TensorStore
 from .safetensors_file import Header, read_tensor
+
+if TYPE_CHECKING:
+    import torch
 
 
 class LazyStore(TensorStore):

@@ -26,7 +26,7 @@ from .digest import config_digest, mismatch, recorded, tensor_entries
 from .jsontext import json_equal, loads_strict
 from .lazy_store import LazyStore
 from .recipe import RECIPE_KEY, decode
-from .safetensors_file import DTYPE_NAMES, Header, read_all, read_header, tensor_bytes
+from .safetensors_file import Header, read_all, read_header, tensor_bytes
 from .version import SUPPORTED_MAJOR, VERSION_KEY, check_version
 
 CONFIG_NAME = "adapter_config.json"
@@ -256,6 +256,8 @@ def digest_problems(adapter: Adapter, config_data: Any, tensors: dict | None = N
     entries = recorded(store.header.metadata, store.header.path)
     if entries is None:
         return []
+    from ..dtypes import DTYPE_NAMES  # the tensors here are torch's
+
     held = tensors if tensors is not None else {key: store[key] for key in store}
     entries_now = tensor_entries((key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t)) for key, t in held.items())
     problem = mismatch(entries, config_digest(config_data, adapter.format_version), entries_now, str(adapter.source))

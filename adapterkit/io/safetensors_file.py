@@ -23,16 +23,18 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..dtypes import DTYPE_NAMES, DTYPES
+from ..dtypes import ITEMSIZE
 from ..errors import FormatError, NotFoundError, TensorError
 from .atomic import write_atomic
 from .jsontext import loads_strict
 from .version import check_version
 
-_ITEMSIZE: dict[str, int] = {k: v.itemsize for k, v in DTYPES.items()}
+if TYPE_CHECKING:  # torch is imported where tensors are made: reading headers and raw bytes needs none
+    import torch
+
+_ITEMSIZE = ITEMSIZE
 _BEGIN_END = operator.attrgetter("begin", "end")
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's limit (spec §5.2 rule 2)
 MAX_DEPTH = 127  # serde_json's recursion limit, as the safetensors library meets it (spec [R5.2-4])
@@ -51,6 +53,8 @@ class TensorInfo:
 
     @property
     def torch_dtype(self) -> torch.dtype:
+        from ..dtypes import DTYPES
+
         return DTYPES[self.dtype]
 
     @property
@@ -167,7 +171,7 @@ def _parse_header(path: Path, raw: bytes, data_len: int, data_start: int) -> Hea
                        expected=f"at most {MAX_DEPTH} levels of arrays and objects", actual="more")
         itemsize = _ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
         if itemsize is None:
-            raise _bad(path, "unknown dtype", key, expected="one of " + ", ".join(DTYPES), actual=dtype)
+            raise _bad(path, "unknown dtype", key, expected="one of " + ", ".join(ITEMSIZE), actual=dtype)
         if not isinstance(shape, list):
             raise _bad(path, "shape must be a list of non-negative integers", key, actual=shape)
         count = 1
@@ -228,6 +232,8 @@ def _too_deep(entry: dict) -> bool:
 
 def read_tensor(header: Header, key: str) -> torch.Tensor:
     """Read one tensor (a fresh CPU tensor that owns its memory)."""
+    import torch
+
     info = header.tensors[key]
     try:
         with open(header.path, "rb") as f:
@@ -287,6 +293,8 @@ _HUGE_PAGE = 2 * 1024 * 1024
 def _private_buffer(size: int) -> torch.Tensor:
     """A fresh byte buffer owned by the caller.  From ~2 MB up, on Linux, anonymous memory advised
     for transparent huge pages: faulting in 4 KiB pages one by one costs more than the copy."""
+    import torch
+
     if size >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -312,11 +320,13 @@ def _read_into(f, view: memoryview) -> int:
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """Little-endian raw bytes of a tensor, as safetensors stores them (a view, not a copy,
     when the tensor is already a contiguous CPU tensor)."""
+    import torch
+
     t = tensor.detach().to("cpu").contiguous().reshape(-1)
     return memoryview(t.view(torch.uint8).numpy())
 
 
-def _layout(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+def _layout(tensors: Mapping[str, Any]) -> list[str]:
     return sorted(tensors, key=lambda k: (-tensors[k].dtype.itemsize, k))
 
 
@@ -339,6 +349,8 @@ def encode_header(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, st
     Raises:
         TensorError: a tensor dtype safetensors cannot hold (code ``dtype-unsupported``).
     """
+    from ..dtypes import DTYPE_NAMES
+
     header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
     offset = 0
     order = _layout(tensors)

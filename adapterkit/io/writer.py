@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..adapter import FORMAT_VERSION, Adapter
+from ..dtypes import DTYPE_NAMES
 from ..errors import AdapterkitError, WriteError
 from . import safetensors_file
 from .atomic import discard, install, staging_folder, write_atomic
@@ -34,7 +35,7 @@ from .outputs import adapter_inputs, check_output
 from .reader import CONFIG_KEY, CONFIG_NAME, VERSION_KEY, WEIGHTS_NAME
 from .recipe import RECIPE_KEY
 from .recipe import encode as encode_recipe
-from .safetensors_file import DTYPE_NAMES, encode, encode_header
+from .safetensors_file import encode, encode_header
 
 UNDIGESTED_VERSION = "1.0"  # what ``save(digest=False)`` writes: the last version without a digest
 

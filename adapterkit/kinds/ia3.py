@@ -14,14 +14,15 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
+from ..arrays import numel, to_float
 from ..errors import ConfigError, Problem, UnsupportedError
 from .base import BOOL, OPT_STR_LIST, TARGETS, AdapterConfig, Kind, schema_field
 from .merging import prepare_targets, whole_module_names
 from .patterns import matches_feedforward, matches_modules_to_save
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by the functions that compute: opening and checking an adapter needs none
+    import torch
+
     from ..adapter import Adapter, TensorStore
 
 PREFIX = "base_model.model."
@@ -118,8 +119,8 @@ def check(adapter: Adapter) -> list[Problem]:
 
 def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]:
     view: IA3Module = adapter.module(module)
-    vec = view.ia3_l.to(device=device, dtype=torch.float64)
-    return {"size": vec.numel(), "scale_distance": math.sqrt(float(((vec - 1) ** 2).sum()))}
+    vec = to_float(view.ia3_l, fp64=True, device=device)
+    return {"size": numel(vec), "scale_distance": math.sqrt(float(((vec - 1) ** 2).sum()))}
 
 
 def merge_shapes(adapter: Adapter, module: str) -> dict[str, tuple[tuple[int | None, ...], bool]]:
@@ -173,6 +174,8 @@ def merge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, we
     Raises:
         NotFoundError / TensorError: ``base-tensor-missing`` / ``base-shape-mismatch``.
     """
+    import torch
+
     t = prepare_targets(adapter, module, targets, merge_shapes(adapter, module), device)
     W = t["weight"]
     scale, s = _scale(adapter, module, W, weight)
@@ -192,6 +195,8 @@ def unmerge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, 
             were erased by the merge).
         NotFoundError / TensorError: as ``merge``.
     """
+    import torch
+
     t = prepare_targets(adapter, module, targets, merge_shapes(adapter, module), device)
     W = t["weight"]
     scale, s = _scale(adapter, module, W, weight)

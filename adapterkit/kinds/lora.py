@@ -17,9 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-
+from ..arrays import to_float
 from ..errors import ConfigError, Problem, TensorError, UnsupportedError
 from .base import (
     BOOL,
@@ -40,7 +38,9 @@ from .lora_keys import PARTS, PREFIX, parse_key
 from .merging import prepare_targets, whole_module_names
 from .patterns import matches_modules_to_save, matches_target, pattern_key, pattern_value
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by the functions that compute: opening and checking an adapter needs none
+    import torch
+
     from ..adapter import Adapter, TensorStore
 
 
@@ -346,6 +346,8 @@ def _whole_module_ok(cfg: LoraConfig, key: str) -> bool:
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    import torch
+
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
@@ -355,6 +357,8 @@ def delta_weight(adapter: Adapter, module: str, *, device: Any = None, dtype: to
     Shapes: (out, in) for linear ((in, out) with fan_in_fan_out), (vocab, dim) for
     embeddings, (out, in, *k) for convolutions (groups=1).
     """
+    import torch.nn.functional as F
+
     view: LoraModule = adapter.module(module)
     if isinstance(view, TokenRows):
         raise UnsupportedError("trainable tokens replace rows of the embedding; they have no ΔW independent of the base",
@@ -421,6 +425,8 @@ def _dora_factor(view: LoraModule, W: torch.Tensor, delta: torch.Tensor) -> torc
     transposed first under fan_in_fan_out), per embedding dimension (over the vocabulary)
     for embeddings, and per output channel for convolutions.
     """
+    import torch
+
     m = view.magnitude.to(device=W.device, dtype=W.dtype)
     if view.layer_type == "linear":
         if view.fan_in_fan_out:
@@ -495,6 +501,8 @@ def row_delta(adapter: Adapter, module: str, *, weight: float = 1.0, unmerge: bo
     a sum row by row in fp32: DoRA, ``lora_bias``, ``fan_in_fan_out``, embeddings and
     convolutions, fp64 factors.
     """
+    import torch
+
     view: LoraModule = adapter.module(module)
     if view.layer_type != "linear" or view.fan_in_fan_out or "magnitude" in view.keys or "bias" in view.keys:
         return None
@@ -518,6 +526,8 @@ def row_delta(adapter: Adapter, module: str, *, weight: float = 1.0, unmerge: bo
 
 def _replace_rows(adapter: Adapter, view: TokenRows, W: torch.Tensor, weight: float) -> torch.Tensor:
     """W with the rows of ``trainable_token_indices`` replaced, PEFT's ``index_copy``."""
+    import torch
+
     if weight != 1:
         raise UnsupportedError("trainable tokens replace rows; they have no scaled merge", key=view.name, path=adapter.source,
                                expected="weight=1", actual=f"weight={weight}")
@@ -564,10 +574,11 @@ def whole_tensors(adapter: Adapter) -> dict[str, str]:
     return {k: v for k, v in whole_module_names(adapter, PREFIX, parse_key).items() if feature_tensor(k) is None}
 
 
-def factor_norm(A: torch.Tensor, B: torch.Tensor) -> float:
-    """‖B·A‖_F from the factors only: sqrt(trace((BᵀB)(AAᵀ))), an r×r product in fp64."""
-    A = A.reshape(A.shape[0], -1).double()
-    B = B.reshape(B.shape[0], -1).double()
+def factor_norm(A: Any, B: Any, device: Any = None) -> float:
+    """‖B·A‖_F from the factors only: sqrt(trace((BᵀB)(AAᵀ))), an r×r product in fp64 (on
+    ``device`` for torch tensors; numpy arrays on the torch-free path, ``adapterkit.arrays``)."""
+    A = to_float(A.reshape(A.shape[0], -1), fp64=True, device=device)
+    B = to_float(B.reshape(B.shape[0], -1), fp64=True, device=device)
     return math.sqrt(max(float(((B.T @ B) * (A @ A.T)).sum()), 0.0))
 
 
@@ -575,8 +586,7 @@ def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]
     view: LoraModule = adapter.module(module)
     if isinstance(view, TokenRows):
         return {"rows": len(view.indices)}
-    A, B = view.lora_A.to(device), view.lora_B.to(device)
-    return {"rank": view.rank, "scaling": view.scaling, "delta_norm": abs(view.scaling) * factor_norm(A, B)}
+    return {"rank": view.rank, "scaling": view.scaling, "delta_norm": abs(view.scaling) * factor_norm(view.lora_A, view.lora_B, device)}
 
 
 KIND = Kind(

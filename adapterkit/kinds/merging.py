@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..errors import NotFoundError, TensorError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by the functions that compute: opening and checking an adapter needs none
+    import torch
+
     from ..adapter import Adapter
 
 Shapes = Mapping[str, tuple[tuple[int | None, ...], bool]]
@@ -39,6 +39,8 @@ def prepare_targets(adapter: Adapter, module: str, targets: Mapping[str, torch.T
         NotFoundError: ``base-tensor-missing`` for a required role that is absent.
         TensorError: ``base-shape-mismatch`` for a tensor whose shape disagrees with the adapter.
     """
+    import torch
+
     out = {}
     for role, (want, required) in shapes.items():
         t = targets.get(role)

@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
+from ..arrays import norm, to_float
 from ..errors import Problem
 from .base import OPT_STR_LIST, POS_INT, AdapterConfig, Kind, schema_field
 from .merging import whole_module_names
 from .patterns import matches_modules_to_save
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by the functions that compute: opening and checking an adapter needs none
+    import torch
+
     from ..adapter import Adapter, TensorStore
 
 KEY = "prompt_embeddings"
@@ -91,8 +92,8 @@ def check(adapter: Adapter) -> list[Problem]:
 
 
 def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]:
-    emb = adapter.module(module).prompt_embeddings.to(device=device, dtype=torch.float64)
-    return {"virtual_tokens": emb.shape[0], "norm": float(emb.norm())}
+    emb = to_float(adapter.module(module).prompt_embeddings, fp64=True, device=device)
+    return {"virtual_tokens": emb.shape[0], "norm": norm(emb)}
 
 
 def make_kind(config: type[PromptLearningConfig]) -> Kind:

@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..adapter import Adapter
 from ..errors import ArgumentError, Problem, UnsupportedError
@@ -56,6 +54,9 @@ from ..io.recipe import step, with_step
 from ..kinds.features import LOWRANK, feature_tensor, require
 from ..kinds.lora import LoraConfig
 from .lowrank import all_factors, module_factors, module_tensors, scaling_one_config
+
+if TYPE_CHECKING:
+    import torch
 
 CONSUMERS = ("vllm", "tgi", "llama.cpp", "peft")
 ENGINES = ("vllm", "tgi", "llama.cpp")
@@ -168,6 +169,8 @@ def export(adapter: Adapter, consumer: str, *, max_rank: int | None = None) -> A
 
 
 def _export(adapter: Adapter, consumer: str, max_rank: int | None) -> Adapter:
+    import torch
+
     _consumer(consumer)
     src = adapter.source
     if adapter.peft_type != "LORA":
@@ -228,6 +231,7 @@ def _peft_dora(adapter: Adapter) -> Adapter:
     """DoRA for PEFT: the magnitude normalises W + scaling·B·A as a whole, and folding the
     scaling into B keeps that sum, so fold as for LoRA and carry the magnitudes; ranks stay,
     with anchored patterns."""
+
     cfg: LoraConfig = adapter.config  # type: ignore[assignment]
     tensors: dict[str, torch.Tensor] = {}
     ranks = {}

@@ -24,14 +24,16 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..adapter import Adapter
+from ..arrays import is_fp64, to_float
 from ..errors import UnsupportedError
 from ..kinds.features import LOWRANK, require
 from ..kinds.lora import PREFIX, LoraConfig, LoraModule
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -93,17 +95,17 @@ def module_factors(adapter: Adapter, module: str, *, device: Any = None, what: s
     _lora_only(adapter, what)
     view: LoraModule = adapter.module(module)
     a_raw, b_raw = view.lora_A, view.lora_B
-    ct = torch.float64 if b_raw.dtype == torch.float64 or a_raw.dtype == torch.float64 else torch.float32
+    fp64 = is_fp64(b_raw) or is_fp64(a_raw)
     r = int(a_raw.shape[0])
-    A = a_raw.to(device=device, dtype=ct).reshape(r, -1)
-    B = b_raw.to(device=device, dtype=ct).reshape(b_raw.shape[0], r) if b_raw.ndim <= 2 or all(d == 1 for d in b_raw.shape[2:]) else None
+    A = to_float(a_raw, fp64=fp64, device=device).reshape(r, -1)
+    B = to_float(b_raw, fp64=fp64, device=device).reshape(b_raw.shape[0], r) if b_raw.ndim <= 2 or all(d == 1 for d in b_raw.shape[2:]) else None
     if B is None:
         raise UnsupportedError("lora_B with a kernel larger than 1 has no factor form", code="not-supported",
                                path=adapter.source, key=view.keys["lora_B"], expected="kernel 1", actual=tuple(b_raw.shape))
     bias = view.bias
     return ModuleFactors(
         name=module, layer_type=view.layer_type, B=B, A=A, scaling=float(view.scaling),
-        bias=None if bias is None else bias.to(device=device, dtype=ct),
+        bias=None if bias is None else to_float(bias, fp64=fp64, device=device),
         a_tail=tuple(a_raw.shape[1:]), b_tail=tuple(b_raw.shape[2:]), dtype=a_raw.dtype,
     )
 

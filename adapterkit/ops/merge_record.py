@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..adapter import FORMAT_VERSION, Adapter
+from ..dtypes import DTYPE_NAMES
 from ..errors import ArgumentError, FormatError
 from ..io.digest import combine, config_digest, tensor_entries
-from ..io.safetensors_file import DTYPE_NAMES, tensor_bytes
+from ..io.safetensors_file import tensor_bytes
 
 MERGED_KEY = "adapterkit.merged"
 UNMERGED_KEY = "adapterkit.unmerged"

@@ -44,10 +44,10 @@ from ..adapter import Adapter
 from ..checkpoint import CheckpointWriter, open_checkpoint
 from ..checkpoint.layout import nbytes
 from ..devices import resolve_device
+from ..dtypes import DTYPE_NAMES, DTYPES
 from ..errors import ArgumentError, FormatError, TensorError, UnsupportedError
 from ..io.outputs import adapter_inputs, check_output, checkpoint_inputs
 from ..io.reader import load
-from ..io.safetensors_file import DTYPE_NAMES, DTYPES
 from ..kinds.features import require_all, require_separable
 from ..kinds.patterns import matches_modules_to_save
 from ..progress import progress_bytes

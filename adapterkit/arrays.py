@@ -47,6 +47,12 @@ def _numpy() -> Any:
     return numpy
 
 
+def quiet() -> Any:
+    """A context in which numpy computes with NaN and Inf silently, as torch does (a statistic of
+    a tensor holding NaN is NaN; the value checks report the NaN, once)."""
+    return _numpy().errstate(all="ignore")
+
+
 def is_numpy(x: Any) -> bool:
     """Whether ``x`` is a numpy array (without importing numpy or torch)."""
     return type(x).__module__ == "numpy"

@@ -11,10 +11,12 @@ never summarised as if it were fine.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from .adapter import Adapter, MemoryStore
+from .arrays import quiet
 from .devices import resolve_device
 from .io.checks import structural_problems, value_problems
 from .io.digest import DIGEST_KEY
@@ -71,8 +73,9 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
         held, device = _in_memory(adapter, device)  # one read of the data serves the value checks and the statistics
         problems += value_problems(held)
         # ‖ΔW‖ from the factors would be wrong for a feature that changes ΔW (KaSA's lora_diag, BD-LoRA's blocks)
-        for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):
-            stats[name] = held.kind.stats(held, name, device)
+        with quiet() if device is None else nullcontext():
+            for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):
+                stats[name] = held.kind.stats(held, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)
     whole = _whole_modules(adapter)
     return {

@@ -55,12 +55,16 @@ def diff_command(a: Path, b: Path, as_json: bool, device: str | None, conflict: 
     a = _require(a)
     b = _require(b)
     from ..inspect.compare import diff as run
-    if conflict == "off" and device is None:  # nothing torch-only to do: numpy arrays, no torch import
-        from ..io.array_store import load_arrays as load
-    else:
-        from ..io.reader import load
+    from ..io.array_store import ArrayStore, load_arrays
+    from ..io.reader import load
 
-    report = run(load(a), load(b), device=device or "cpu", conflict=conflict, sample_rows=sample_rows, seed=seed)
+    pair = None
+    if conflict == "off" and device is None:  # nothing torch-only to do: numpy arrays, no torch import
+        pair = load_arrays(a), load_arrays(b)
+        if not all(isinstance(x.tensors, ArrayStore) for x in pair):  # a .bin is read into torch tensors
+            pair = None
+    pair = pair or (load(a), load(b))
+    report = run(*pair, device=device or "cpu", conflict=conflict, sample_rows=sample_rows, seed=seed)
     if as_json:
         print_json({**report.to_dict(), "summary": report.summary(top)})
         return

@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -476,11 +477,12 @@ def diff(a: Adapter, b: Adapter, *, device: Any = "cpu", conflict: str = "block"
     norm, compare = _KINDS[a.peft_type]
     names = sorted(set(a.modules) | set(b.modules))
     out = []
-    for name in progress(names, desc="diff", total=len(names)):
-        if name in a.modules and name in b.modules:
-            out.append(compare(a, b, name, opts))
-        else:
-            side, adapter = ("a", a) if name in a.modules else ("b", b)
-            shape, value, rank = norm(adapter, name, opts)
-            out.append(ModuleDiff(name, side, shape, **{f"norm_{side}": value, f"rank_{side}": rank}))
+    with arrays.quiet() if opts.device is None else nullcontext():  # numpy, as torch, computes NaN silently
+        for name in progress(names, desc="diff", total=len(names)):
+            if name in a.modules and name in b.modules:
+                out.append(compare(a, b, name, opts))
+            else:
+                side, adapter = ("a", a) if name in a.modules else ("b", b)
+                shape, value, rank = norm(adapter, name, opts)
+                out.append(ModuleDiff(name, side, shape, **{f"norm_{side}": value, f"rank_{side}": rank}))
     return DiffReport(a.peft_type, _label(a, "A"), _label(b, "B"), tuple(out), conflict, confidence)

@@ -61,6 +61,7 @@ import torch
 
 import adapterkit as ak
 from adapterkit.checkpoint import open_checkpoint
+from adapterkit.dtypes import DTYPES
 from adapterkit.errors import AdapterkitError
 from adapterkit.io import safetensors_file
 from adapterkit.io.safetensors_file import read_all, read_header
@@ -145,7 +146,7 @@ def make_container_seeds(root: Path) -> list[Path]:
     g = torch.Generator().manual_seed(1)
     out = []
     tensors = {}
-    for name, dtype in safetensors_file.DTYPES.items():
+    for name, dtype in DTYPES.items():
         tensors[f"t.{name.lower()}"] = (torch.randn(2, 3, generator=g) * 4).to(dtype)
     tensors["t.empty"] = torch.empty(0, 5)
     tensors["t.scalar"] = torch.tensor(1.5, dtype=torch.float64)

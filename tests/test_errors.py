@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import adapterkit as ak
+from adapterkit.dtypes import DTYPE_NAMES
 from adapterkit.errors import CODES, AdapterkitError
 from adapterkit.io import safetensors_file
 from adapterkit.io.safetensors_file import read_header, read_tensor, write_file
@@ -411,7 +412,7 @@ def test_non_finite_in_directory_and_bin(tmp_path):
 def test_dtype_unsupported(tmp_path, dtype):
     f = write_unchecked(tmp_path / "a.safetensors", tensors(**{B: torch.ones(4, 2).to(dtype)}), cfg())
     exc = expect(f, "dtype-unsupported", key=B)
-    assert exc.actual == safetensors_file.DTYPE_NAMES[dtype]
+    assert exc.actual == DTYPE_NAMES[dtype]
     expect(f, "dtype-unsupported", key=B, via=ak.load, validate=False)
 
 

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import adapterkit as ak
+from adapterkit.dtypes import DTYPE_NAMES
 from adapterkit.errors import AdapterkitError
 from adapterkit.io import atomic, safetensors_file
 from adapterkit.io.checks import _spans, value_problems
@@ -147,7 +148,7 @@ def test_unaligned_tensors_of_foreign_files_are_checked(tmp_path):
     header, body = {}, b""
     for name, t in parts:
         raw = bytes(safetensors_file.tensor_bytes(t))
-        header[name] = {"dtype": safetensors_file.DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [len(body), len(body) + len(raw)]}
+        header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [len(body), len(body) + len(raw)]}
         body += raw
     raw_header = json.dumps(header).encode()
     raw_header += b" " * (-len(raw_header) % 8)

@@ -38,8 +38,8 @@ from peft_models import (  # noqa: E402
 )
 
 import adapterkit  # noqa: E402
+from adapterkit.dtypes import DTYPE_NAMES  # noqa: E402
 from adapterkit.errors import AdapterkitError  # noqa: E402
-from adapterkit.io.safetensors_file import DTYPE_NAMES  # noqa: E402
 from adapterkit.ops import MergePlan, ModuleTarget, plan_merge  # noqa: E402
 from adapterkit.ops.merge_plan import TiedEmbeddings, find_tied_embeddings  # noqa: E402
 from adapterkit.testing import strategies as aks  # noqa: E402

@@ -35,6 +35,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from bench_all import record
 
 
 def base_model(hidden: int, layers: int) -> torch.nn.Module:
@@ -74,6 +75,7 @@ def best_of(fn, repeat: int, inner: int = 1) -> float:
 def row(workload: str, ours: float, anchor: float, unit: str = "ms") -> None:
     scale = 1e3 if unit == "ms" else 1
     print(f"{workload:<44} {ours * scale:>10.3f} {unit} {anchor * scale:>10.3f} {unit} {ours / anchor:>8.3f}x")
+    record(workload, ours * scale, anchor * scale, anchor_label="PEFT", unit=unit)
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_all import record
+
 MiB = 1024 * 1024
 BIG = (4096, 4096)  # 64 MiB fp32
 SMALL = (2048, 2048)  # 16 MiB fp32
@@ -132,6 +134,8 @@ def main() -> None:
         for name, r in rows:
             over = r["rss"] - floor if name != "cp -r" else r["rss"]
             print(f"{name:34} {r['rss'] / MiB:8.0f} MiB {over / MiB:7.0f} MiB {over / largest:16.2f}x {r['s']:6.2f}s")
+            if name != "import only (floor)":
+                record(f"peak RSS over the import floor: {name}", over / MiB, largest / MiB, anchor_label="largest tensor", unit="MiB")
         print("(cp -r: its own peak RSS, no python floor)")
     finally:
         if not args.keep:

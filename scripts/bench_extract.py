@@ -35,6 +35,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_all import record
 from bench_merge import REPO, child
 
 ANCHOR = {"seconds": 614.0, "rss_bytes": 4.7e9, "relative_error": 0.0024, "adapter_bytes": 544e6}
@@ -114,12 +115,16 @@ def main() -> None:
             print(f"  mergekit-extract-lora: wall {mk_seconds:.1f} s, peak RSS {mk_rss / 1e6:.0f} MB, relative error "
                   f"{100 * theirs['relative_error']:.3f}%, adapter {mk_size / 1e6:.1f} MB, {theirs['modules']} modules, "
                   f"{theirs['whole_tensors']} whole tensors")
+            record(f"extract --rank {args.rank}, 7b-dims {LAYERS} layers ({args.device})", seconds, mk_seconds,
+                   anchor_label="mergekit-extract-lora, same run")
             print(f"  ours / mergekit: time {seconds / mk_seconds:.4f} ({mk_seconds / seconds:.1f}x faster), RSS {rss / mk_rss:.3f}, "
                   f"error {100 * (ours['relative_error'] - theirs['relative_error']):+.3f} points, adapter {size / mk_size:.3f}")
         else:
             print("mergekit-extract-lora not found; the issue's anchors (mergekit 0.1.5, same kind of pair, measured separately): "
                   f"{ANCHOR['seconds']:.0f} s, {ANCHOR['rss_bytes'] / 1e9:.1f} GB, {100 * ANCHOR['relative_error']:.2f}%, "
                   f"{ANCHOR['adapter_bytes'] / 1e6:.0f} MB")
+            record(f"extract --rank {args.rank}, 7b-dims {LAYERS} layers ({args.device})", seconds, ANCHOR["seconds"],
+                   anchor_label="mergekit 0.1.5, the issue's figure (not this run)")
             print(f"  ours / anchor: time {seconds / ANCHOR['seconds']:.4f} ({ANCHOR['seconds'] / seconds:.1f}x faster), "
                   f"RSS {rss / ANCHOR['rss_bytes']:.3f}, error {100 * (ours['relative_error'] - ANCHOR['relative_error']):+.3f} points, "
                   f"adapter {size / ANCHOR['adapter_bytes']:.3f}")

@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_all import record
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -66,6 +68,7 @@ def main() -> None:
     print(f"{'workload':<44} {'ours s':>8} {'anchor s':>9} {'ratio':>6}")
     for name, a, b in rows:
         print(f"{name:<44} {a:8.2f} {b:9.2f} {a / b:6.2f}")
+        record(name, a, b)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_all import record
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -212,6 +213,7 @@ def main() -> None:
     for name, ours, anchor, target in rows:
         verdict = "" if target is None else f"<= {target:g}x {'PASS' if ours / anchor <= target else 'MISS'}"
         print(f"{name:<56} {ours * 1e3:>10.2f} {anchor * 1e3:>12.2f} {ours / anchor:>11.2f}x  {verdict}")
+        record(name, ours * 1e3, anchor * 1e3, target="" if target is None else f"<= {target:g}x", unit="ms")
     for note in notes:
         print("  " + note)
 

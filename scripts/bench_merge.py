@@ -55,6 +55,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_all import record
+
 MB = 1e6
 SIZES = {  # name -> (hidden, mlp, layers, vocab)
     "small": (2048, 5632, 8, 32000),
@@ -335,6 +337,9 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> None:
         t, r = res["time"], res["rss"]
         tag = "" if size == "7b-dims" else " [small: for reference]"
         ratio = t["ours"] / t["cp"]
+        record(f"merge wall, {size}" + (" (3.7 GB)" if size == "7b-dims" else ""), t["ours"], t["cp"], anchor_label="cp -r",
+               target="<= 2x" if size == "7b-dims" else "")
+        record(f"merge peak RSS, {size}", r["ours"] / MB, r["peft"] / MB, anchor_label="transformers+PEFT", unit="MB", target="<= 0.2x")
         print(f"  {'wall: ours / cp -r' + tag:<58} {ratio:>7.2f}  {verdict(ratio, 2.0):<13} {t['ours']:.2f} s vs {t['cp']:.2f} s")
         ratio = r["ours"] / r["peft"]
         print(f"  {'peak RSS: ours / transformers+PEFT' + tag:<58} {ratio:>7.2f}  {verdict(ratio, 0.2):<13} "

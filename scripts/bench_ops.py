@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from bench_all import record
 
 import adapterkit
 from adapterkit import Adapter, LoraConfig
@@ -155,6 +156,7 @@ def section_resize(adapter: Adapter, args: argparse.Namespace) -> None:
           f"ours vs dense rank-{NEW_RANK} ΔW on the measured modules: max relative difference {worst:.1e}")
     print(f"  against the exact rank-{NEW_RANK} truncation (fp64): ours {ours_err:.1e}, dense SVD on {args.device} {dense_err:.1e}")
     print(f"  target resize < 5 s: {t_ours:.2f} s  {'PASS' if t_ours < 5 else 'MISS'}")
+    record(f"resize 224 modules r={RANK}->{NEW_RANK} ({args.device})", t_ours, t_dense, anchor_label="dense SVD, extrapolated", target="< 5 s")
     print(f"  target faster than dense: {t_dense / t_ours:.0f}x  {'PASS' if t_dense > t_ours else 'MISS'}")
 
 
@@ -241,6 +243,7 @@ def section_combine(_adapter: Adapter | None, args: argparse.Namespace) -> None:
     print(f"  PEFT {t_peft / n:.2f} s per module (one run); ours best of {max(3, args.repeat)} after a first call of "
           f"{1000 * t_cold:.1f} ms ({t_peft / t_cold:.0f}x)")
     print(f"  target >= 1000x faster than PEFT: {t_peft / t_ours:.0f}x  {'PASS' if t_peft / t_ours >= 1000 else 'MISS'}")
+    record(f"combine svd, {n} modules ({args.device})", t_ours, t_peft, anchor_label="PEFT add_weighted_adapter", target=">= 1000x faster")
     print(f"  ΔW relative difference, ours vs PEFT: {worst:.1e}; against the exact rank-{r} truncation (fp64): "
           f"ours {ours_err:.1e}, PEFT {peft_err:.1e}")
     print(f"  target ΔW relative difference <= 1e-5 (ours vs exact): {ours_err:.1e}  {'PASS' if ours_err <= 1e-5 else 'MISS'}")

@@ -2,6 +2,7 @@
 # The checks that need a GPU, as one short run for a lent device machine (python3 there holds a
 # CUDA torch; run from the repository root; $OUT collects the logs):
 #   the CUDA-marked tests, bench_ops.py on cuda (and its resize on the same machine's CPU), and
+#   bench_all.py's device scripts on the CPU and on cuda (tables side by side), and
 #   `adapterkit merge --device cuda` against `--device cpu` and cp on a 3.7 GB bf16 checkpoint.
 # Usage: OUT=/tmp/gpu bash scripts/gpu_checks.sh
 set -uo pipefail
@@ -19,6 +20,10 @@ echo "== bench_ops --device cuda"
 timeout 240 python3 scripts/bench_ops.py --device cuda --repeat 3 --combine-modules 2 2>&1 | tee "$OUT/bench_ops_cuda.log"
 echo "== bench_ops resize --device cpu (same machine)"
 timeout 120 python3 scripts/bench_ops.py --device cpu --only resize --repeat 1 2>&1 | tee "$OUT/bench_ops_cpu.log"
+
+echo "== bench_all: the scripts that take a device, on this machine's CPU and on cuda (one table each)"
+timeout 300 python3 scripts/bench_all.py --only bench_inspect.py bench_io.py --dry-run 2>&1 | tail -12 | tee "$OUT/bench_all_cpu.md"
+timeout 300 python3 scripts/bench_all.py --only bench_inspect.py bench_io.py --device cuda --dry-run 2>&1 | tail -12 | tee "$OUT/bench_all_cuda.md"
 
 echo "== merge 7b-dims: cp, --device cpu, --device cuda"
 B=/tmp/bm/7b

@@ -133,6 +133,44 @@ def test_row_blocks_give_the_whole_tensor_merge_byte_for_byte(name: str, tmp_pat
     assert files(tmp_path / "rows") == files(tmp_path / "whole")
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["bf16", "two_adapters_weighted", "unmerge", "fp32_to_bf16"])
+def test_cuda_streams_row_blocks_through_page_locked_buffers_as_the_cpu_merges(name: str, tmp_path: Path, monkeypatch,
+                                                                                count_row_streams) -> None:
+    """--device cuda takes the row path (blocks in page-locked host memory, the fp32 sum on the
+    GPU) and gives the CPU's merge: bf16/fp16 storage rounds each entry once, from an fp32 sum
+    whose one product term may differ from the CPU's by the order of its r additions (cuBLAS vs
+    MKL), so entries agree to one storage ulp; most are bit-identical."""
+    dtype, opts = CASES[name]
+    base = make_base(tmp_path / "base", dtype, scale=4)
+    adapters = [make_lora(tmp_path / "a", seed=1, scale=4)]
+    if opts.pop("two", False):
+        adapters.append(make_lora(tmp_path / "b", seed=2, targets=("q_proj", "v_proj"), dtype=torch.bfloat16, scale=4))
+    pinned = []
+    original = merge_mod._Block.__init__
+
+    def spy(self, nbytes, **kw):
+        original(self, nbytes, **kw)
+        pinned.append((self.data.device.type, self.data.is_pinned() if self.data.device.type == "cpu" else None))
+
+    monkeypatch.setattr(merge_mod._Block, "__init__", spy)
+    monkeypatch.setattr(merge_mod, "CHUNK_ELEMENTS", 1)
+    merge_checkpoint(base, adapters, tmp_path / "gpu", device="cuda", **opts)
+    assert count_row_streams, "the row path was not taken on cuda"
+    assert ("cuda", None) in pinned and ("cpu", True) in pinned and ("cpu", False) not in pinned
+    monkeypatch.setattr(merge_mod._Block, "__init__", original)
+    merge_checkpoint(base, adapters, tmp_path / "cpu", device="cpu", **opts)
+    for shard in sorted((tmp_path / "cpu").glob("*.safetensors")):
+        ours, theirs = load_file(tmp_path / "gpu" / shard.name), load_file(shard)
+        assert ours.keys() == theirs.keys()
+        for key in theirs:
+            a, b = ours[key], theirs[key]
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if a.is_floating_point() and not torch.equal(a, b):
+                ulp = torch.finfo(b.dtype).eps * b.float().abs().clamp_min(torch.finfo(b.dtype).tiny)
+                assert bool(((a.float() - b.float()).abs() <= ulp).all()), key
+
+
 @pytest.mark.parametrize("shape", [(5, 7), (200, 48), (300, 33), (1000, 999), (2048, 512)])
 def test_row_delta_blocks_are_delta_weight_rows_bit_for_bit(shape: tuple[int, int]) -> None:
     """Blocks of ROW_ALIGN rows (or a multiple) give the rows of merge's result bit for bit: the

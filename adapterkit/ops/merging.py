@@ -612,11 +612,12 @@ def _threads(n: int) -> Iterator[None]:
 
 
 class _Block:
-    """A reusable buffer for one block of rows."""
+    """A reusable buffer for one block of rows: in host memory (page-locked when the math runs on
+    a CUDA device, so that copies to and from it run at the bus's speed), or on ``device``."""
 
-    def __init__(self, nbytes: int) -> None:
-        self.data = torch.empty(nbytes, dtype=torch.uint8)
-        self.view = memoryview(self.data.numpy())
+    def __init__(self, nbytes: int, *, device: torch.device | None = None, pinned: bool = False) -> None:
+        self.data = torch.empty(nbytes, dtype=torch.uint8, device=device, pin_memory=pinned)
+        self.view = memoryview(self.data.numpy()) if self.data.device.type == "cpu" else None
 
     def tensor(self, dtype: torch.dtype, rows: int, cols: int) -> torch.Tensor:
         return self.data[: rows * cols * dtype.itemsize].view(dtype).view(rows, cols)
@@ -643,7 +644,7 @@ class _Job:
         dst = self.plan[key][0]
         if key not in self.touched and key not in self.replaced and src == dst:
             return None  # copied as bytes
-        if self.device.type != "cpu" or src not in ROW_DTYPES or dst not in ROW_DTYPES or key in self.replaced:
+        if self.device.type not in ("cpu", "cuda") or src not in ROW_DTYPES or dst not in ROW_DTYPES or key in self.replaced:
             return None
         numel = math.prod(shape)
         if numel == 0:
@@ -671,10 +672,11 @@ class _Job:
             if self.rows:
                 size = max(r.per * r.cols for r in self.rows.values())
                 self.free_in, self.ready, self.free_out = pipe.channel(DEPTH), pipe.channel(DEPTH), pipe.channel(DEPTH)
+                pinned = self.device.type == "cuda"  # blocks cross the bus: page-locked host memory
                 for _ in range(DEPTH):
-                    self.free_in.put(_Block(size * max(r.src.itemsize for r in self.rows.values())))
-                    self.free_out.put(_Block(size * max(r.dst.itemsize for r in self.rows.values())))
-                self.acc, self.term = _Block(size * 4), _Block(size * 4)
+                    self.free_in.put(_Block(size * max(r.src.itemsize for r in self.rows.values()), pinned=pinned))
+                    self.free_out.put(_Block(size * max(r.dst.itemsize for r in self.rows.values()), pinned=pinned))
+                self.acc, self.term = _Block(size * 4, device=self.device), _Block(size * 4, device=self.device)
                 pipe.spawn("reader", self._read_ahead, list(self.rows.items()))
             pipe.spawn("writer", self._write_behind)
             with _threads(max(1, len(os.sched_getaffinity(0)) - 2) if hasattr(os, "sched_getaffinity") else torch.get_num_threads()):

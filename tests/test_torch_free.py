@@ -248,7 +248,7 @@ def _diff_close(ours: dict, theirs: dict) -> list[str]:
         for key in m:
             x, y = m[key], n[key]
             if key.endswith("angles"):
-                if len(x) != len(y) or any(abs(a - b) > ANGLE for a, b in zip(x, y)):
+                if len(x) != len(y) or not all(abs(a - b) <= ANGLE for a, b in zip(x, y)):  # NaN fails
                     bad.append(f"{m['name']}.{key}: {x} != {y}")
             else:
                 bad += _close(x, y, f"{m['name']}.{key}")
@@ -345,3 +345,104 @@ def test_a_nan_adapter_is_refused_alike_without_torch(tmp_path: Path, no_torch) 
     assert info.returncode == _cli(["info", str(a), "--json", "--device", "cpu"]).returncode == 1, info.stderr  # an error found
     assert _close(json.loads(info.stdout), json.loads(_cli(["info", str(a), "--json", "--device", "cpu"]).stdout)) == []
     assert [p["code"] for p in json.loads(info.stdout)["problems"]] == ["non-finite"]
+
+
+# ----------------------------------------------------------------------------- survivors of the torchfree mutation list
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64], ids=str)
+def test_each_dtype_gives_the_torch_figures_on_numpy(tmp_path: Path, dtype: torch.dtype) -> None:
+    """Fixed adapters of every float dtype (random draws may miss one): fp64 factors are read in
+    fp64 on both paths (rounded to fp32 they would move ‖ΔW‖ by ~1e-8, far beyond REL)."""
+    gen = torch.Generator().manual_seed(11)
+    cfg = adapterkit.LoraConfig(r=3, lora_alpha=5, target_modules=("q", "v"))
+    pair = []
+    for side in range(2):
+        t = {}
+        for m in ("q", "v"):
+            t[f"base_model.model.{m}.lora_A.weight"] = torch.randn(3, 40, generator=gen, dtype=torch.float64).to(dtype)
+            t[f"base_model.model.{m}.lora_B.weight"] = torch.randn(30, 3, generator=gen, dtype=torch.float64).to(dtype)
+        pair.append(adapterkit.save(Adapter.from_tensors(cfg, t), tmp_path / f"a{side}"))
+    opened = open_adapter(pair[0])
+    assert _close(describe(opened), describe(opened, device="cpu")) == []
+    ours = diff(load_arrays(pair[0]), load_arrays(pair[1]), conflict="off").to_dict()
+    theirs = diff(adapterkit.load(pair[0]), adapterkit.load(pair[1]), conflict="off", device="cpu").to_dict()
+    assert _diff_close(ours, theirs) == []
+
+
+def test_an_adapter_against_itself_has_zero_angles_on_numpy(tmp_path: Path) -> None:
+    """cos θ computed as 1 + a rounding must not become NaN (arccos is clipped to [0, 1])."""
+    gen = torch.Generator().manual_seed(3)
+    cfg = adapterkit.LoraConfig(r=8, lora_alpha=8, target_modules=("q",))
+    path = adapterkit.save(Adapter.from_tensors(cfg, {"base_model.model.q.lora_A.weight": torch.randn(8, 96, generator=gen),
+                                                     "base_model.model.q.lora_B.weight": torch.randn(64, 8, generator=gen)}), tmp_path / "a")
+    (m,) = diff(load_arrays(path), load_arrays(path), conflict="off").modules
+    assert len(m.col_angles) == len(m.row_angles) == 8
+    assert all(0 <= a <= ANGLE for a in (*m.col_angles, *m.row_angles)), (m.col_angles, m.row_angles)
+    assert m.cosine == pytest.approx(1.0, abs=1e-12)
+
+
+def test_numpy_keeps_quiet_about_nan_as_torch_does(tmp_path: Path) -> None:
+    """A NaN in a factor gives a NaN statistic (reported once, as a problem), never a RuntimeWarning."""
+    import warnings
+
+    path = _small(tmp_path, "a", nan=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = describe(open_adapter(path))
+        report = diff(*(load_arrays(_small(tmp_path, n)) for n in ("x", "y")), conflict="off")
+    assert math.isnan(summary["per_module"]["q"]["delta_norm"]) and [p["code"] for p in summary["problems"]] == ["non-finite"]
+    assert report.modules[0].cosine == pytest.approx(1.0)  # (diff never sees NaN: load_arrays refuses it, as load does)
+
+
+def test_numpy_blas_threads_follow_the_users_choice_else_one() -> None:
+    code = "import os, adapterkit.arrays as a; a._numpy(); print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    run = lambda extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, check=True)  # noqa: E731
+    assert run({}).stdout.strip() == "1"
+    assert run({"OPENBLAS_NUM_THREADS": "3"}).stdout.strip() == "3"
+
+
+def test_a_bin_adapter_holding_nan_is_refused_by_check_as_load_refuses_it(tmp_path: Path) -> None:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    adapterkit.save(Adapter.from_tensors(adapterkit.LoraConfig(r=2, lora_alpha=2, target_modules=("q",)), {
+        "base_model.model.q.lora_A.weight": torch.ones(2, 3), "base_model.model.q.lora_B.weight": torch.ones(3, 2)}), tmp_path / "st")
+    (folder / "adapter_config.json").write_bytes((tmp_path / "st" / "adapter_config.json").read_bytes())
+    b = torch.ones(3, 2)
+    b[0, 0] = math.nan
+    torch.save({"base_model.model.q.lora_A.weight": torch.ones(2, 3), "base_model.model.q.lora_B.weight": b}, folder / "adapter_model.bin")
+    for run in (adapterkit.load, load_arrays, lambda p: adapterkit.check(p, "vllm")):
+        with pytest.raises(AdapterkitError) as err:
+            run(folder)
+        assert (err.value.code, err.value.key) == ("non-finite", "base_model.model.q.lora_B.weight")
+
+
+def test_info_figures_of_ia3_and_prompt_adapters_from_first_principles(tmp_path: Path) -> None:
+    """size = the entries of ia3_l (a feedforward one is (1, in)); a prompt's norm is the Frobenius norm of all tokens."""
+    gen = torch.Generator().manual_seed(9)
+    ia3 = adapterkit.IA3Config(target_modules=("k", "down"), feedforward_modules=("down",))
+    l_k, l_down = torch.rand(12, 1, generator=gen) + 0.5, torch.rand(1, 20, generator=gen) + 0.5
+    path = adapterkit.save(Adapter.from_tensors(ia3, {"base_model.model.k.ia3_l": l_k, "base_model.model.down.ia3_l": l_down}), tmp_path / "ia3")
+    stats = describe(open_adapter(path))["per_module"]
+    assert stats["k"]["size"] == 12 and stats["down"]["size"] == 20
+    assert stats["down"]["scale_distance"] == pytest.approx(float(((l_down.double() - 1) ** 2).sum().sqrt()), rel=1e-12)
+    emb = torch.randn(5, 8, generator=gen)
+    prompt = adapterkit.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, token_dim=8, num_transformer_submodules=1,
+                                           num_attention_heads=1, num_layers=1)
+    path = adapterkit.save(Adapter.from_tensors(prompt, {"prompt_embeddings": emb}), tmp_path / "prompt")
+    (stats,) = describe(open_adapter(path))["per_module"].values()
+    assert stats["virtual_tokens"] == 5
+    assert stats["norm"] == pytest.approx(math.sqrt(sum(float(x) ** 2 for x in emb.double().reshape(-1))), rel=1e-12)
+
+
+def test_diff_of_a_bin_adapter_beside_a_safetensors_one_runs_on_torch(tmp_path: Path) -> None:
+    st = _small(tmp_path, "st")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes((st / "adapter_config.json").read_bytes())
+    torch.save({k: v * 2 for k, v in adapterkit.load(st).tensors.items()}, folder / "adapter_model.bin")
+    for args in ([str(st), str(folder)], [str(folder), str(st)]):
+        done = _cli(["diff", *args, "--conflict", "off", "--json"])
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["modules"][0]["cosine"] == pytest.approx(1.0)

@@ -23,6 +23,7 @@ from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
 from .kinds.features import changes_delta, feature_tensor
 from .progress import progress
+from .threads import factor_work, intra_op
 
 PEFT_PREFIX = "base_model.model."
 
@@ -63,8 +64,10 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
         held = _in_memory(adapter)  # one read of the data serves the value checks and the statistics
         problems += value_problems(held)
         # ‖ΔW‖ from the factors would be wrong for a feature that changes ΔW (KaSA's lora_diag, BD-LoRA's blocks)
+        work = factor_work(held.meta(k).shape for k in held.tensors if held.kind.parse_key(k) is not None)
         for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):
-            stats[name] = held.kind.stats(held, name, device)
+            with intra_op(work):  # the thread policy (adapterkit.threads): the Gram matrices of the factors
+                stats[name] = held.kind.stats(held, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)
     whole = _whole_modules(adapter)
     return {

@@ -66,6 +66,7 @@ from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
 from ..ops.lowrank import ModuleFactors, module_factors
 from ..progress import progress
+from ..threads import dense_work, factor_work, intra_op
 
 BLOCK_ELEMENTS = 1 << 22  # entries of ΔW per row block of the sign count (16 MB in fp32)
 RANK_RTOL = 1e-10  # singular values below this fraction of the largest are zero (the numerical rank)
@@ -450,11 +451,15 @@ def diff(a: Adapter, b: Adapter, *, device: Any = "cpu", conflict: str = "block"
     norm, compare = _KINDS[a.peft_type]
     names = sorted(set(a.modules) | set(b.modules))
     out = []
+    shapes = [x.meta(k).shape for x in (a, b) for k in x.tensors if x.kind.parse_key(k) is not None]
+    work = dense_work(shapes) if conflict != "off" else factor_work(shapes)  # the thread policy (adapterkit.threads)
     for name in progress(names, desc="diff", total=len(names)):
         if name in a.modules and name in b.modules:
-            out.append(compare(a, b, name, opts))
+            with intra_op(work):
+                out.append(compare(a, b, name, opts))
         else:
             side, adapter = ("a", a) if name in a.modules else ("b", b)
-            shape, value, rank = norm(adapter, name, opts)
+            with intra_op(work):
+                shape, value, rank = norm(adapter, name, opts)
             out.append(ModuleDiff(name, side, shape, **{f"norm_{side}": value, f"rank_{side}": rank}))
     return DiffReport(a.peft_type, _label(a, "A"), _label(b, "B"), tuple(out), conflict, confidence)

@@ -232,7 +232,7 @@ def machine(*, root: Path | str = CGROUP_ROOT, proc_cgroup: Path | str = PROC_CG
         quota = cpu_quota(root, proc_cgroup)
         try:
             load = os.getloadavg()[0]
-        except OSError:  # no load average here: count the machine as free
+        except (OSError, AttributeError):  # no load average here (Windows): count the machine as free
             load = 0.0
         seen = Machine(usable_cores(affinity(), quota), os.cpu_count() or 1, load, _LOAD.own(), quota)
         if root == CGROUP_ROOT and proc_cgroup == PROC_CGROUP:

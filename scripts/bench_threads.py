@@ -21,13 +21,23 @@ a fresh ``import torch``: what the commands did before the policy).  The three a
 (their order rotates each round) and each figure is the median of ``--repeat`` rounds of wall
 time, torch's import and the writes included.  Printed: the machine (CPUs of the affinity mask,
 cgroup CPU quota, the cores usable, the load average before and after, torch's count), then per
-command the three medians and the ratios default / 1 and default / all, with ``SLOWER`` where
-the default took more than 5% longer than one thread (the goal: never), the spread of the
-one-thread runs ((max − min) / median: the noise the machine adds) and the counts the policy
-chose for the whole command at each default run (``threads.decide`` on the machine as read just
-before it; each job may take fewer by its size).
+command the three medians and the ratios default / 1 and default / all, default / 1 of the
+best runs, the spread of the
+one-thread runs ((max − min) / median: the noise the machine adds), the counts the policy chose
+for the whole command at each default run (``threads.decide`` on the machine as read just
+before it; each job may take fewer by its size), and ``SLOWER`` where the default's median is
+more than 5% above one thread's and even its fastest run is slower than one thread's median
+(the goal: never; a higher median alone is marked as within the spread).
 
-Usage: python scripts/bench_threads.py [--repeat 3] [--layers 4] [--only SUBSTRING] [--dir DIR] [--keep] [--json OUT]
+Measured on the development machine (2 vCPUs shared with other jobs, load average 1.4-5.5, mean
+3.0; --repeat 3, 20 min): the policy chose 1 thread at every run, so the default is --threads 1
+up to noise (default / 1 from 0.88 to 1.29, the one-thread runs themselves spreading 18-149%),
+and against torch's 2 threads the default took 0.39-0.45x on the *_svd combines, 0.52 on diff,
+0.59 on resize, 0.90-1.16 elsewhere (the import and the writes dominate small commands).
+docs/benchmarks.md has the table.
+
+Usage: python scripts/bench_threads.py [--repeat 3] [--layers 2] [--hidden 512] [--mlp 1408] [--only SUBSTRING]
+                                       [--dir DIR] [--keep] [--json OUT]
 """
 
 from __future__ import annotations
@@ -202,22 +212,27 @@ def main() -> None:
                 times[name][variant].append(run([*argv, *variants[variant], *(["--overwrite"] if name not in ("diff", "info") else [])], env))
     rows = []
     print(f"\n{'command':<22} {'default s':>9} {'1 thread s':>10} {f'{total} threads s':>12} {'default/1':>9} "
-          f"{'default/all':>11} {'1-thr spread':>12}  policy chose")
+          f"{'default/all':>11} {'best d/1':>8} {'1-thr spread':>12}  policy chose")
     for name in table:
         med = {v: statistics.median(times[name][v]) for v in variants}
         ratio_one, ratio_all = med["default"] / med["1"], med["default"] / med["all"]
         spread = (max(times[name]["1"]) - min(times[name]["1"])) / med["1"]
         picked = " ".join(f"{n}x{chose[name].count(n)}" for n in sorted(set(chose[name])))
-        flag = "  SLOWER than 1 thread" if ratio_one > 1.05 else ""
+        clearly = ratio_one > 1.05 and min(times[name]["default"]) > med["1"]
+        flag = "  SLOWER than 1 thread" if clearly else "  (slower by the medians, within the spread)" if ratio_one > 1.05 else ""
+        best = min(times[name]["default"]) / min(times[name]["1"])
         print(f"{name:<22} {med['default']:>9.2f} {med['1']:>10.2f} {med['all']:>12.2f} {ratio_one:>9.2f} {ratio_all:>11.2f} "
-              f"{100 * spread:>11.0f}%  {picked}{flag}")
+              f"{best:>8.2f} {100 * spread:>11.0f}%  {picked}{flag}")
         rows.append({"command": name, **{f"{v}_s": med[v] for v in variants}, "default_over_1": ratio_one, "default_over_all": ratio_all,
                      "policy_chose": chose[name], "runs": times[name]})
     after = os.getloadavg()
-    slower = [r["command"] for r in rows if r["default_over_1"] > 1.05]
+    slower = [r["command"] for r in rows if r["default_over_1"] > 1.05 and min(r["runs"]["default"]) > r["1_s"]]
+    within = [r["command"] for r in rows if r["default_over_1"] > 1.05 and r["command"] not in slower]
     print(f"\nload average (1 min) during the runs: mean {statistics.mean(loads):.2f}, min {min(loads):.2f}, max {max(loads):.2f}; "
           f"after {' '.join(f'{x:.2f}' for x in after)}; {time.perf_counter() - started:.0f} s in all")
-    print("default slower than --threads 1 (by more than 5%): " + (", ".join(slower) if slower else "none"))
+    print("default slower than --threads 1 (median by more than 5%, and every default run slower than the one-thread "
+          "median): " + (", ".join(slower) if slower else "none")
+          + (f"; by the medians alone, within the spread: {', '.join(within)}" if within else ""))
     if args.json is not None:
         args.json.write_text(json.dumps({"machine": machine_line(total), "repeat": args.repeat, "layers": args.layers,
                                          "load_mean": statistics.mean(loads), "rows": rows}, indent=2) + "\n")

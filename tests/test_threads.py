@@ -456,3 +456,66 @@ def test_extract_with_1_and_2_threads(tmp_path):
     bf16 = "model.layers.0.v_proj"
     _close({k: v for k, v in d1.items() if k != bf16}, {k: v for k, v in d2.items() if k != bf16}, 1e-5)
     _close({bf16: d1[bf16]}, {bf16: d2[bf16]}, 2**-8)
+
+
+# ----------------------------------------------------------------------------- every operation runs in a job
+
+
+def _spy(monkeypatch, owner, name: str, seen: list[int]) -> None:
+    real = getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+
+
+def test_every_operation_sets_the_threads_of_its_kernels(tmp_path, monkeypatch):
+    """With torch at 1 thread and the override at 3, each operation's kernels run on 3: they run
+    inside ``intra_op`` (outside it they would run on torch's 1)."""
+    import adapterkit.inject.merge as live
+    import adapterkit.inspect.compare as compare
+    import adapterkit.kinds.lora as lora_kind
+    import adapterkit.ops.combining as combining
+    import adapterkit.ops.extract as extracting
+    import adapterkit.ops.merging as merging
+    import adapterkit.ops.resizing as resizing
+
+    a_path, b_path = _lora(tmp_path / "a", 0), _lora(tmp_path / "b", 1)
+    a, b = adapterkit.load(a_path), adapterkit.load(b_path)
+    base = _checkpoint(tmp_path / "base")
+    seen: list[int] = []
+    for owner, name in ((resizing, "factored_svd"), (combining, "factored_svd"), (combining, "dense_svd"), (combining, "merge_tensors"),
+                        (extracting, "dense_svd"), (lora_kind, "factor_norm"), (compare, "_rows_conflict"),
+                        (merging._Job, "_stream_rows"), (live, "_step")):
+        _spy(monkeypatch, owner, name, seen)
+    model = torch.nn.Module()
+    model.model = torch.nn.Module()
+    layer = torch.nn.Module()
+    layer.q_proj, layer.v_proj = torch.nn.Linear(384, 512), torch.nn.Linear(512, 384)
+    model.model.layers = torch.nn.ModuleList([layer])
+    runs = {
+        "resize": lambda: adapterkit.resize(a, rank=8),
+        "rebalance": lambda: adapterkit.rebalance(a, rank=8),
+        "combine svd": lambda: adapterkit.combine([a, b], [1, 1], "svd"),
+        "combine ties_svd": lambda: adapterkit.combine([a, b], [1, 1], "ties_svd", density=0.5),
+        "combine ties": lambda: adapterkit.combine([a, b], [1, 1], "ties", density=0.5),
+        "prune": lambda: adapterkit.prune(a, keep_fraction=0.5),
+        "info": lambda: adapterkit.info(a_path),
+        "diff": lambda: adapterkit.diff(a, b),
+        "merge": lambda: adapterkit.merge(base, [a_path], tmp_path / "merged"),
+        "extract": lambda: adapterkit.extract(base, tmp_path / "merged", rank=4),
+        "merge_attached": lambda: adapterkit.merge_attached(adapterkit.attach(model, a)),
+    }
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for what, run_it in runs.items():
+            seen.clear()
+            with threads.override(3):
+                run_it()
+            assert seen and set(seen) == {3}, (what, seen)
+            assert torch.get_num_threads() == 1, what
+    finally:
+        torch.set_num_threads(before)

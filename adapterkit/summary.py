@@ -11,7 +11,6 @@ never summarised as if it were fine.
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from .io.recipe import lines as recipe_lines
 from .io.safetensors_file import read_all
 from .kinds.features import changes_delta, feature_tensor
 from .progress import progress
+from .threads import factor_work, intra_op
 
 PEFT_PREFIX = "base_model.model."
 
@@ -73,7 +73,9 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
         held, device = _in_memory(adapter, device)  # one read of the data serves the value checks and the statistics
         problems += value_problems(held)
         # ‖ΔW‖ from the factors would be wrong for a feature that changes ΔW (KaSA's lora_diag, BD-LoRA's blocks)
-        with quiet() if device is None else nullcontext():
+        work = factor_work(held.meta(k).shape for k in held.tensors if held.kind.parse_key(k) is not None)
+        # numpy (the torch-free path) computes NaN silently, as torch; torch's threads follow the policy (adapterkit.threads)
+        with quiet() if device is None else intra_op(work):
             for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):
                 stats[name] = held.kind.stats(held, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)

@@ -47,7 +47,8 @@ def run(*args: object):
 
 
 # the command's options (python names) each function takes; display-only options (--json,
-# extract --modules) and merge --push-to (publishing is push's) are the CLI's own
+# extract --modules), merge --push-to (publishing is push's) and --threads (in Python:
+# ADAPTERKIT_THREADS or `with adapterkit.threads.override(n):`) are the CLI's own
 OPTIONS = {
     "info": {"path", "adapter_name", "no_modules", "device", "plot", "overwrite"},
     "validate": {"path", "adapter_name"},

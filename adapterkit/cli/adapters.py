@@ -19,6 +19,7 @@ from .conventions import (
     adapter_name_option,
     handles_errors,
     print_json,
+    threads_option,
 )
 
 
@@ -32,6 +33,7 @@ from .conventions import (
               help="Also draw every LoRA module's singular-value spectrum into this PNG (needs adapterkit[plot]).")
 @click.option("--overwrite", is_flag=True, help="Replace the --plot file if it exists.")
 @handles_errors
+@threads_option
 def info(path: Path, adapter_name: str | None, as_json: bool, no_modules: bool, device: str | None,
          plot: Path | None = None, overwrite: bool = False) -> None:
     """Summarise the adapter at PATH: kind, format (adapterkit version or PEFT profile), base model,

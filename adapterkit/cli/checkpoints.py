@@ -8,7 +8,18 @@ from typing import Any
 
 import click
 
-from .conventions import INPUT, _count, _guard, _one_of, _plural, _require, _span, handles_errors, print_json
+from .conventions import (
+    INPUT,
+    _count,
+    _guard,
+    _one_of,
+    _plural,
+    _require,
+    _span,
+    handles_errors,
+    print_json,
+    threads_option,
+)
 
 
 def _check_orientation(_ctx: Any, _param: Any, value: str) -> str:
@@ -126,6 +137,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
 @click.option("--token", default=None, envvar=None, help="Hub token for --push-to (default: HF_TOKEN or the stored login).")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo private.")
 @handles_errors
+@threads_option
 def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, again=False,
           push_to=None, token=None, private=False, fan_in_fan_out="auto") -> None:
     """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
@@ -158,6 +170,7 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
 @click.command(short_help="Take merged adapters back out of a checkpoint (the inverse of merge).")
 @_merge_command("unmerge")
 @handles_errors
+@threads_option
 def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, force=False,
             fan_in_fan_out="auto") -> None:
     """Take adapters back out of the merged checkpoint MERGED and write OUT: the inverse of
@@ -191,6 +204,7 @@ def unmerge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (per module: rank, energy kept, relative error).")
 @click.option("--modules", "per_module", is_flag=True, help="Also print one line per extracted module: shape, rank, energy kept, relative error.")
 @handles_errors
+@threads_option
 def extract(base: Path, finetuned: Path, out: Path, rank: int | None, energy: float | None, targets: str | None,
             save_changed: bool, device: str | None, overwrite: bool, as_json: bool, per_module: bool = False) -> None:
     """Extract a LoRA adapter from the difference FINETUNED - BASE of two model checkpoints

@@ -9,7 +9,9 @@ the small formatters and option types several commands use.
   * an input is a local path or a Hub repo id, kept as typed (:data:`INPUT`, :func:`_require`);
   * an output is guarded before torch is imported (:func:`_guard`); an output that exists is
     refused unless ``--overwrite``, which the library applies when it writes;
-  * ``--json`` prints ``json.dumps(..., indent=2)`` of what the text form says.
+  * ``--json`` prints ``json.dumps(..., indent=2)`` of what the text form says;
+  * ``--threads N`` on every command that computes (:func:`threads_option`) fixes the threads of
+    its jobs; without it ``adapterkit.threads`` chooses them.
 
 Nothing here imports torch: ``--help``, ``--version`` and usage errors never do.
 """
@@ -103,6 +105,25 @@ def _guard(out: Path, *inputs: tuple[str, Path | None]) -> None:
 
 
 INPUT = click.Path()  # an input path or repo id, kept as typed (see _require)
+
+def threads_option(func):
+    """``--threads N`` (N >= 1; click refuses anything else as a usage error): every job of the
+    command uses exactly N threads (``adapterkit.threads.for_command``, which also reads
+    ``ADAPTERKIT_THREADS`` when the option is not given).  Goes below :func:`handles_errors`, so
+    that a bad ``ADAPTERKIT_THREADS`` is one line; imports no torch."""
+
+    @click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                  help="Threads for the math (default: from each job's size, the cores this process may use and the "
+                       "machine's load; ADAPTERKIT_THREADS=N sets it too, this option wins).")
+    @wraps(func)
+    def wrapper(*args, threads: int | None = None, **kwargs):
+        from ..threads import for_command
+
+        with for_command(threads):
+            return func(*args, **kwargs)
+
+    return wrapper
+
 
 adapter_name_option = click.option(
     "--adapter-name", default=None, metavar="NAME", help="PEFT subfolder of a non-default adapter (e.g. multi/NAME).",

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .conventions import INPUT, _require, handles_errors, print_json
+from .conventions import INPUT, _require, handles_errors, print_json, threads_option
 
 
 def _degrees(angles: Any) -> str:
@@ -36,6 +36,7 @@ def _percent(x: float | None, bound: float | None = None) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the row sample.")
 @click.option("--top", type=click.IntRange(min=0), default=5, show_default=True, help="Name this many of the most conflicting modules in the summary.")
 @handles_errors
+@threads_option
 def diff_command(a: Path, b: Path, as_json: bool, device: str | None, conflict: str, sample_rows: int, seed: int, top: int) -> None:
     """Compare the adapters A and B (same kind) module by module and report, for LoRA: ‖ΔW‖ of
     each, the cosine of ΔW_a and ΔW_b, the principal angles between their column spaces and

@@ -18,6 +18,7 @@ from .conventions import (
     adapter_name_option,
     handles_errors,
     print_json,
+    threads_option,
 )
 
 # adapterkit.ops.combining.METHODS, spelled out here so that --help does not import torch (a test keeps them equal)
@@ -59,6 +60,7 @@ def _rank_text(adapter: Any) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handles_errors
+@threads_option
 def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, method: str, rank: int | None, density: float | None,
                     majority_sign: str, seed: int, svd_clamp: float | None, device: str, overwrite: bool, as_json: bool,
                     fan_in_fan_out: str | None = None) -> None:
@@ -159,6 +161,7 @@ def _print_resize(verb: str, src: Path, written: Path, report: Any, as_json: boo
 @click.option("--balanced/--no-balanced", default=True, show_default=True,
               help="Canonical factors B = U·√Σ, A = √Σ·Vᵀ (--no-balanced: B = U·Σ, A = Vᵀ).")
 @handles_errors
+@threads_option
 def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, overwrite: bool, as_json: bool,
            rank: int | None, energy: float | None, sv_ratio: float | None, balanced: bool) -> None:
     """Rewrite the LoRA adapter IN with new ranks and write OUT.  Each module's ΔW is decomposed
@@ -192,6 +195,7 @@ def resize(src: Path, out: Path, adapter_name: str | None, device: str | None, o
 @click.option("--balanced/--no-balanced", default=True, show_default=True,
               help="Canonical factors B = U·√Σ, A = √Σ·Vᵀ (--no-balanced: B = U·Σ, A = Vᵀ).")
 @handles_errors
+@threads_option
 def rebalance(src: Path, out: Path, adapter_name: str | None, device: str | None, overwrite: bool, as_json: bool,
               budget: int | None, rank: int | None, balanced: bool) -> None:
     """Give each module of the LoRA adapter IN its own rank so that a total budget of factor
@@ -239,6 +243,7 @@ def _parse_layers(text: str | None) -> list[int] | None:
 @click.option("--min-energy", type=float, default=None, help="Drop modules holding less than this fraction of Σ‖ΔW‖² (LoRA).")
 @click.option("--keep-fraction", type=float, default=None, help="Keep this fraction of the modules, the largest ‖ΔW‖ first (LoRA).")
 @handles_errors
+@threads_option
 def prune(src: Path, out: Path, adapter_name: str | None, device: str | None, overwrite: bool, as_json: bool,
           modules: str | None, layers: str | None, min_energy: float | None, keep_fraction: float | None) -> None:
     """Drop modules from the adapter IN (LoRA incl. DoRA, or IA3) and write OUT: a module is

@@ -17,9 +17,12 @@ from torch import nn
 from ..adapter import Adapter
 from ..errors import TensorError, UnsupportedError
 from ..kinds.lora import dora_factor
+from ..threads import intra_op
 from .layers import AdapterLayer, LoraLayer, ParamLoraLayer, SavedModule, TokenLayer
 from .plan import replace, wrappers
 from .state import AttachedAdapter, ModelState, active_names, lookup, model_state
+
+OPS_PER_ELEMENT = 64  # a merged element's work for the thread policy (as ops.merging's)
 
 
 def _module_adapter(record: AttachedAdapter, path: str, wrapper: AdapterLayer) -> Adapter:
@@ -96,6 +99,11 @@ def _write(wrapper: AdapterLayer, values: dict[str, torch.Tensor]) -> None:
             getattr(wrapper.base_layer, name).copy_(value)
 
 
+def _work(targets: dict[str, torch.Tensor]) -> float:
+    """A module's merge for the thread policy: B·A and the adds over its largest tensor."""
+    return OPS_PER_ELEMENT * max((t.numel() for t in targets.values()), default=0)
+
+
 def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:
     """Adds the effect of ``names`` (default: the active adapters) to the model's weights, in place
     (PEFT's ``merge_adapter``; merging adapter files into a checkpoint is ``adapterkit.merge``).
@@ -122,8 +130,9 @@ def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *
             continue
         current = _targets(wrapper, False)
         unmerged = _unmerged(wrapper, path, state) if wrapper.merged else dict(current)
-        for record in todo:
-            current.update(_step(wrapper, record, path, current, undo=False, unmerged=unmerged))
+        with intra_op(_work(current)):
+            for record in todo:
+                current.update(_step(wrapper, record, path, current, undo=False, unmerged=unmerged))
         staged.append((wrapper, [r.name for r in todo], current))
         if safe and not all(torch.isfinite(v).all() for v in current.values()):
             for w, done, _ in staged:  # forget the DoRA norms kept for merges that will not happen
@@ -153,7 +162,9 @@ def unmerge_attached(model: nn.Module) -> nn.Module:
     for path, wrapper in wrappers(model):
         if not wrapper.merged:
             continue
-        _write(wrapper, _unmerged(wrapper, path, state))
+        with intra_op(_work(_targets(wrapper, False))):
+            values = _unmerged(wrapper, path, state)
+        _write(wrapper, values)
         for name in wrapper.merged:
             getattr(wrapper, "dora_factors", {}).pop(name, None)
         wrapper.merged.clear()

@@ -56,7 +56,6 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +65,7 @@ from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
 from ..ops.lowrank import ModuleFactors, module_factors
 from ..progress import progress
+from ..threads import dense_work, factor_work, intra_op
 
 if TYPE_CHECKING:
     import torch
@@ -477,7 +477,10 @@ def diff(a: Adapter, b: Adapter, *, device: Any = "cpu", conflict: str = "block"
     norm, compare = _KINDS[a.peft_type]
     names = sorted(set(a.modules) | set(b.modules))
     out = []
-    with arrays.quiet() if opts.device is None else nullcontext():  # numpy, as torch, computes NaN silently
+    shapes = [x.meta(k).shape for x in (a, b) for k in x.tensors if x.kind.parse_key(k) is not None]
+    work = dense_work(shapes) if conflict != "off" else factor_work(shapes)  # the thread policy (adapterkit.threads)
+    # numpy (the torch-free path) computes NaN silently, as torch does; torch's threads follow the policy
+    with arrays.quiet() if opts.device is None else intra_op(work):
         for name in progress(names, desc="diff", total=len(names)):
             if name in a.modules and name in b.modules:
                 out.append(compare(a, b, name, opts))

@@ -72,6 +72,7 @@ from ..kinds.lora import PREFIX
 from ..kinds.patterns import matches_modules_to_save
 from ..linalg import dense_svd, factored_svd
 from ..progress import progress
+from ..threads import factor_work, intra_op, svd_work
 from .lowrank import ModuleFactors, all_factors, module_tensors, scaling_one_config
 from .orientation import oriented_modules, with_orientation
 from .task_arithmetic import SIGN_RULES, merge_tensors
@@ -323,6 +324,16 @@ def _svd_factors(svd: Any, rank: int, clamp: float | None) -> tuple[torch.Tensor
     return clamp_factors(B, A, clamp) if clamp is not None else (B, A)
 
 
+def _work(method: str, terms: list[_Term]) -> float:
+    """One module's largest kernel, for the thread policy: the dense ΔW's SVD for ``*_svd``, else
+    the QRs of the stacked factors (the factored SVD; cat, linear and the factor methods do less)."""
+    m, n = int(terms[0].B.shape[0]), int(terms[0].A.shape[1])
+    if method in DENSE_METHODS:
+        return svd_work(m, n)
+    r = sum(int(t.A.shape[0]) for t in terms)
+    return factor_work([(m, r), (n, r)])
+
+
 def _lora_module(req: _Request, name: str, terms: list[_Term], rank: int, with_bias: bool,
                  transposed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(B, A, bias) of module ``name`` of the result, at scaling 1.  ``transposed``: PEFT's ΔW of
@@ -376,7 +387,8 @@ def _combine_lora(adapters: Sequence[Adapter], weights: list[float], req: _Reque
         terms = [_Term(f.B.to(ct), f.A.to(ct), f.scaling, w, None if f.bias is None else f.bias.to(ct)) for f, w, _ in held]
         module_bias = with_bias and template.layer_type != "embedding"
         transposed = template.layer_type == "embedding" or adapters[held[0][2]].module(name).fan_in_fan_out
-        B, A, bias = _lora_module(req, name, terms, rank or 0, module_bias, transposed)
+        with intra_op(_work(req.method, terms)):
+            B, A, bias = _lora_module(req, name, terms, rank or 0, module_bias, transposed)
         tensors.update(module_tensors(template, B, A, bias, dtype=dtype))
         ranks[name] = int(A.shape[0])
     first = adapters[0].config
@@ -414,8 +426,9 @@ def _combine_ia3(adapters: Sequence[Adapter], weights: list[float], req: _Reques
                 )
             first_shape.setdefault(name, (shape, i))
             ct = torch.float64 if vec.dtype == torch.float64 else torch.float32
-            term = vec.to(device=req.device, dtype=ct) * w
-            sums[name] = sums[name] + term if name in sums else term
+            with intra_op(vec.numel()):  # a vector's scaling and sum: one thread
+                term = vec.to(device=req.device, dtype=ct) * w
+                sums[name] = sums[name] + term if name in sums else term
     tensors = dict(whole)
     for name in sorted(sums):
         tensors[f"{PREFIX}{name}.ia3_l"] = sums[name].to(device="cpu", dtype=dtype).contiguous()

@@ -67,6 +67,7 @@ from ..io.recipe import step
 from ..kinds.lora import PREFIX, LoraConfig
 from ..linalg import dense_svd, randomized_svd, select_rank
 from ..progress import progress
+from ..threads import intra_op, matmul_work, svd_work
 from .extract_layout import peft_layout
 from .lowrank import scaling_one_config
 from .merge_plan import TiedEmbeddings, find_tied_embeddings
@@ -274,6 +275,14 @@ def _energy_slack(delta: torch.Tensor, small: int) -> float:
     return 8 * small**0.5 * eps
 
 
+def _work(m: int, n: int, rank: int | None) -> float:
+    """The largest kernel of one module's extraction, for the thread policy: the exact SVD up to
+    :data:`DENSE_LIMIT`, else the randomized sketch's products (rank + 10 columns, 10 passes)."""
+    if min(m, n) <= DENSE_LIMIT:
+        return svd_work(m, n)
+    return 10 * matmul_work(m, n, (rank if rank is not None else SKETCH_START) + 10)
+
+
 def _decompose(delta: torch.Tensor, name: str, rank: int | None, energy: float | None) -> tuple[torch.Tensor, torch.Tensor, ModuleExtract]:
     m, n = delta.shape
     small = min(m, n)
@@ -374,16 +383,17 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
                 "(transposed) and on an nn.Linear as lora_A/B, and a checkpoint does not say which it is; leave it out of "
                 "--targets (--save-changed stores it whole)", code="not-supported", path=base, key="targets",
                 expected="no embedding among the targets", actual=module)
-        delta = f.to(device=dev, dtype=torch.float32)
-        delta.sub_(b.to(device=dev))  # bf16/fp16 base cast on the fly: no fp32 copy of it
-        del b, f
-        if not bool(torch.isfinite(delta).all()):
-            bad = int((~torch.isfinite(delta)).sum())
-            raise TensorError("the difference holds NaN or Inf (a non-finite value in either checkpoint); it has no SVD",
-                              code="non-finite", path=fside.ck.shard_of(fside.src[key]), key=key, expected="finite values",
-                              actual=f"{bad} non-finite of {delta.numel()}")
-        B, A, record = _decompose(delta, module, rank, energy)
-        del delta
+        with intra_op(_work(*info.shape, rank)):
+            delta = f.to(device=dev, dtype=torch.float32)
+            delta.sub_(b.to(device=dev))  # bf16/fp16 base cast on the fly: no fp32 copy of it
+            del b, f
+            if not bool(torch.isfinite(delta).all()):
+                bad = int((~torch.isfinite(delta)).sum())
+                raise TensorError("the difference holds NaN or Inf (a non-finite value in either checkpoint); it has no SVD",
+                                  code="non-finite", path=fside.ck.shard_of(fside.src[key]), key=key, expected="finite values",
+                                  actual=f"{bad} non-finite of {delta.numel()}")
+            B, A, record = _decompose(delta, module, rank, energy)
+            del delta
         tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=info.torch_dtype).contiguous()
         tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=info.torch_dtype).contiguous()
         records.append(record)

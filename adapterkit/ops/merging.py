@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +49,7 @@ from ..io.reader import load
 from ..kinds.features import require_all, require_separable
 from ..kinds.patterns import matches_modules_to_save
 from ..progress import progress_bytes
+from ..threads import intra_op
 from . import merge_record, orientation
 from .merge_plan import TIE_CHANGES_MATH, TiedEmbeddings, find_tied_embeddings, plan_merge
 from .pipeline import Pipeline
@@ -64,6 +63,7 @@ CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows: a few MB, which stay in
 # bit for bit those rows of the whole product that PEFT computes (blocks of other heights can
 # differ in the last bit; tests/test_merge_stream.py checks this on the kernels at hand).
 ROW_ALIGN = 96
+OPS_PER_ELEMENT = 64  # a merged element's work for the thread policy: a row·column of B·A at rank 32, adds, cast
 DEPTH = 3  # blocks read ahead of the computation, and blocks waiting for the writer
 TIED_POLICIES = ("untie", "shared")
 
@@ -597,20 +597,6 @@ class _Rows:
             yield start, min(self.rows, start + self.per)
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for the block (a core each stays free for the reader
-    and the writer: on a small machine spinning compute threads would slow the I/O down)."""
-    before = torch.get_num_threads()
-    if n < before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 class _Block:
     """A reusable buffer for one block of rows: in host memory (page-locked when the math runs on
     a CUDA device, so that copies to and from it run at the bus's speed), or on ``device``."""
@@ -679,7 +665,9 @@ class _Job:
                 self.acc, self.term = _Block(size * 4, device=self.device), _Block(size * 4, device=self.device)
                 pipe.spawn("reader", self._read_ahead, list(self.rows.items()))
             pipe.spawn("writer", self._write_behind)
-            with _threads(max(1, len(os.sched_getaffinity(0)) - 2) if hasattr(os, "sched_getaffinity") else torch.get_num_threads()):
+            # a core each stays free for the reader and the writer: spinning compute threads would slow the I/O down
+            largest = max((math.prod(self.keys[k][1]) for k in self.keys if k in self.touched or k in self.replaced), default=0)
+            with intra_op(OPS_PER_ELEMENT * largest, reserve=2):
                 self._compute()
             self.jobs.put(None)
             pipe.join()

@@ -34,6 +34,7 @@ from ..io.recipe import step, with_step
 from ..kinds.features import LOWRANK, feature_tensor, require
 from ..kinds.lora import PREFIX
 from ..kinds.patterns import layer_index, pattern_key
+from ..threads import factor_work, intra_op
 
 WRAPPER = ".base_layer."
 
@@ -81,8 +82,10 @@ def _shares(adapter: Adapter, names: list[str], device: Any) -> dict[str, float]
     """module -> ‖ΔW‖²_F / Σ‖ΔW‖²_F (0 each for an all-zero adapter), from the kind's statistics.
     For DoRA that is the LoRA part scaling·B·A (the magnitude's effect depends on the base)."""
     energy = {}
+    work = factor_work(adapter.meta(k).shape for k in adapter.tensors if adapter.kind.parse_key(k) is not None)
     for name in names:
-        stats = adapter.kind.stats(adapter, name, device)
+        with intra_op(work):  # the Gram matrices of the factors
+            stats = adapter.kind.stats(adapter, name, device)
         if "delta_norm" not in stats:
             raise UnsupportedError(
                 f"{adapter.peft_type} modules have no ΔW without the base weights, so no energy to prune by",

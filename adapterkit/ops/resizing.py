@@ -31,6 +31,7 @@ from ..io.recipe import step, with_step
 from ..kinds.lora import LoraConfig
 from ..linalg import LowRankSVD, factored_svd, select_rank
 from ..progress import progress
+from ..threads import factor_work, intra_op, matmul_work
 from .lowrank import ModuleFactors, _lora_only, module_factors, module_tensors, scaling_one_config
 
 
@@ -106,12 +107,14 @@ class ResizeReport:
 def decompose(adapter: Adapter, module: str, *, device: Any, what: str) -> tuple[ModuleFactors, LowRankSVD]:
     """The module's factors and the exact SVD of its ΔW = scaling·B·A (B m×r, A r×n)."""
     f = module_factors(adapter, module, device=device, what=what)
-    return f, factored_svd([(f.B, f.A)], [f.scaling], device=device)
+    with intra_op(factor_work([f.B.shape, f.A.T.shape])):
+        return f, factored_svd([(f.B, f.A)], [f.scaling], device=device)
 
 
 def truncated(f: ModuleFactors, svd: LowRankSVD, k: int, *, balanced: bool) -> tuple[dict[str, torch.Tensor], ModuleResize]:
     """The module's tensors at rank ``k`` (scaling 1; zero-padded past the SVD's rank) and its record."""
-    B, A = svd.factors(k, balanced=balanced)
+    with intra_op(matmul_work(f.shape[0] + f.shape[1], svd.rank, k)):
+        B, A = svd.factors(k, balanced=balanced)
     bias = None if f.bias is None else f.bias * f.scaling
     sq = svd.S.double().square()
     energy, kept = float(sq.sum()), float(sq[:k].sum())

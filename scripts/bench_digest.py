@@ -23,7 +23,7 @@ thread, the hashing threads used, and the floor on this machine: the CPU time th
 check cannot beat wherever there are fewer cores than hashing wants.
 
 Usage: python scripts/bench_digest.py [--layers 32] [--rank 16] [--dtype fp32|fp16|bf16]
-                                      [--repeat 15] [--dir DIR] [--no-fsync]
+                                      [--repeat 15] [--dir DIR] [--no-fsync] [--torch-threads N]
 """
 
 from __future__ import annotations
@@ -111,7 +111,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temporary directory)")
     parser.add_argument("--no-fsync", action="store_true", help="save(durable=False): the CPU cost without the fsync")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads for every variant (the NaN/Inf passes); default: torch's own choice")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     from safetensors.torch import load_file
 
@@ -152,7 +156,8 @@ def main() -> None:
     how_many = getattr(digest, "hash_threads", None)
     threads = how_many(nbytes) if how_many else f"{digest.HASH_THREADS} (HASH_THREADS)"
     print(f"adapter: {len(adapter.tensors)} tensors, {len(adapter.modules)} modules, {nbytes / 1e6:.1f} MB {args.dtype}, "
-          f"rank {args.rank}; {cores} usable cores of {os.cpu_count()}; hashing threads {threads}; save durable={durable}; "
+          f"rank {args.rank}; {cores} usable cores of {os.cpu_count()}; hashing threads {threads}; torch threads "
+          f"{torch.get_num_threads()}; save durable={durable}; "
           f"{args.repeat} runs each, interleaved; load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
     print(f"{'ours, median ms':<34} {'':>9} {'anchor, median ms':<34} {'':>9} {'ratio':>7}  target")
     row("load (digest checked)", loads[0], loads[2], "load_file + NaN/Inf pass", 1.5)

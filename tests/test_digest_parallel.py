@@ -215,6 +215,8 @@ def test_thousands_of_tiny_tensors_and_one_alone(threads):
     one = [("only", "BF16", (3, 5), 0, 30)]
     assert digest.region_entries(data[:30], one) == reference_of(one, data[:30])
     assert digest.region_entries(b"", []) == {}
+    with pytest.raises(ValueError, match="not inside the region"):
+        digest.region_entries(data[:30], [("past", "U8", (31,), 0, 31)])
 
 
 def test_entries_asked_for_before_the_region_is_filled_is_a_programming_error(threads):

@@ -100,10 +100,11 @@ def usable_cores() -> int:
 
 
 def hash_threads(nbytes: int) -> int:
-    """How many threads hash ``nbytes`` of tensor data, the caller's own included (it hashes once it
-    waits for the result): one per core this process may use, at
-    most :data:`HASH_THREADS`, and no more than one per ~4 MB of data (a thread that would hash
-    less costs more to start than it saves).  At least 1.  Every hashing pool asks here."""
+    """How many threads hash ``nbytes`` of tensor data, the caller's own included (it hashes
+    once it has nothing else to do): one per core this process may use, at most
+    :data:`HASH_THREADS`, and no more than one per ~4 MB of data (a thread that would hash less
+    costs more to start than it saves).  At least 1.  Every hashing pool asks here, so a thread
+    policy (cores, cgroup quota, load) replaces this one function."""
     return max(1, min(HASH_THREADS, usable_cores(), -(-nbytes // _BYTES_PER_THREAD)))
 
 
@@ -287,9 +288,18 @@ def region_entries(region: bytes | bytearray | memoryview, entries: Iterable[Ent
     """Entry digests of many tensors whose raw bytes lie in ``region`` (a safetensors file's data
     region, or any bytes-like object), given as (key, dtype, shape, begin, end) with byte offsets
     into it, hashed on :func:`hash_threads` threads; needs no torch.  The same digests as
-    :func:`tensor_digest` of each tensor's bytes ``region[begin:end]``."""
+    :func:`tensor_digest` of each tensor's bytes ``region[begin:end]``.
+
+    Raises:
+        ValueError: an entry whose byte range is not inside the region.
+    """
+    view = memoryview(region).cast("B")
+    entries = list(entries)
+    for key, _, _, begin, end in entries:
+        if not 0 <= begin <= end <= len(view):
+            raise ValueError(f"{key}: bytes [{begin}, {end}) are not inside the region of {len(view)} bytes")
     with RegionHasher(entries) as hasher:
-        hasher.filled(region, len(memoryview(region).cast("B")))
+        hasher.filled(view, len(view))
         return hasher.entries()
 
 

@@ -22,6 +22,11 @@ thread, the hashing threads used, and the floor on this machine: the CPU time th
 (read + hash + check) spread over the cores this process may use, which is what load with the
 check cannot beat wherever there are fewer cores than hashing wants.
 
+Figures (issue 19, the shared 2-CPU machine at load average 3-4, --torch-threads 1, 15 runs; the
+full set in docs/benchmarks.md): fp32 save with/without digest 1.07-1.12x (1.48-1.57x before the
+save hashed during its fsync); load with the check 1.9-2.9x the anchor, CPU-bound here (about one
+core free): its CPU time is the unchecked load's plus SHA-256's, which only free cores hide.
+
 Usage: python scripts/bench_digest.py [--layers 32] [--rank 16] [--dtype fp32|fp16|bf16]
                                       [--repeat 15] [--dir DIR] [--no-fsync] [--torch-threads N]
 """

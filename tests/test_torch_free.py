@@ -103,7 +103,7 @@ def _torch_validate(path: Path, **kw) -> list:
     try:
         if isinstance(adapter.tensors, LazyStore):
             tensors = read_all(adapter.tensors.header)
-            problems += digest_problems(adapter, data, tensors)
+            problems += digest_problems(adapter, data)  # each tensor read by torch and hashed
             problems += value_problems(Adapter(adapter.config, MemoryStore(tensors), adapter.source))
         else:
             problems += value_problems(adapter)

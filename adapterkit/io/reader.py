@@ -11,7 +11,7 @@ Resolution of a path:
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from ..errors import ConfigError, FormatError, NotFoundError
 from ..kinds import config_from_dict
 from .bin_file import read_bin
 from .checks import raise_first_error, structural_problems, value_problems
-from .digest import config_digest, mismatch, recorded, tensor_entries
+from .digest import RegionHasher, config_digest, mismatch, recorded, tensor_entries
 from .jsontext import json_equal, loads_strict
 from .lazy_store import LazyStore
 from .recipe import RECIPE_KEY, decode
@@ -246,51 +246,66 @@ def open_with_config(
     return adapter, data
 
 
-def digest_problems(adapter: Adapter, config_data: Any, tensors: dict | None = None) -> list:
+def digest_problems(adapter: Adapter, config_data: Any, entries_now: Mapping[str, bytes] | None = None) -> list:
     """``digest-mismatch`` for the first part (config, then tensors in sorted key order) that
     differs from the content digest the file records (§5.5); nothing when it records none.
-    ``tensors``: the adapter's tensors already in memory (else each is read once)."""
+    ``entries_now``: the tensors' entry digests, already hashed (else each tensor is read and
+    hashed here)."""
     store = adapter.tensors
     if not isinstance(store, LazyStore):
         return []  # a .bin, or an adapter built in memory: no recorded digest
     entries = recorded(store.header.metadata, store.header.path)
     if entries is None:
         return []
-    from ..dtypes import DTYPE_NAMES  # the tensors here are torch's
+    if entries_now is None:
+        from ..dtypes import DTYPE_NAMES  # the tensors here are torch's
 
-    held = tensors if tensors is not None else {key: store[key] for key in store}
-    entries_now = tensor_entries((key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t)) for key, t in held.items())
+        entries_now = tensor_entries((key, DTYPE_NAMES[t.dtype], tuple(t.shape), tensor_bytes(t)) for key in store for t in (store[key],))
     problem = mismatch(entries, config_digest(config_data, adapter.format_version), entries_now, str(adapter.source))
     return [problem] if problem else []
+
+
+def _region_entries(header: Header) -> list[tuple[str, str, tuple[int, ...], int, int]]:
+    """Every tensor of ``header`` as ``RegionHasher`` takes it: key, dtype, shape, byte range in the data region."""
+    return [(i.key, i.dtype, i.shape, i.begin, i.end) for i in header.tensors.values()]
 
 
 def load(path: str | Path, *, adapter_name: str | None = None, device: Any = None, verify_digest: bool = True,
          finite: bool = True) -> Adapter:
     """Read an adapter fully into memory, checking every rule including finite values and the
-    content digest the file records (§5.5; hashing costs ~0.7 ms per MB of CPU time, spread over
-    up to 4 threads).  ``verify_digest=False`` skips that one check, for a file already verified
-    (a server re-loading it per request); a malformed record is still refused.  ``finite=False``
-    skips the NaN/Inf check (``merge --no-safe``, as PEFT's ``safe_merge=False`` merges whatever
-    the adapter holds).
+    content digest the file records (§5.5).  The data is read once, in pieces in file order, and
+    each tensor is hashed on worker threads as soon as its bytes are in (SHA-256 costs ~0.7-0.9
+    ms per MB of CPU time, spread over ``digest.hash_threads`` threads), so where cores are free
+    the check hides behind the read.  ``verify_digest=False`` skips that one check, for a file
+    already verified (a server re-loading it per request); a malformed record is still refused.
+    ``finite=False`` skips the NaN/Inf check (``merge --no-safe``, as PEFT's ``safe_merge=False``
+    merges whatever the adapter holds).
 
     Raises:
         AdapterkitError subclasses (see ``open_adapter``); ``digest-mismatch`` when the file's
-            content digest disagrees with its content; ``non-finite`` for NaN/Inf.
+            content digest disagrees with its content (before any ``non-finite``: a flipped bit
+            may also make a NaN); ``non-finite`` for NaN/Inf.
     """
     adapter, config_data = open_with_config(path, adapter_name=adapter_name)
     store = adapter.tensors
-    tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
-    device = resolve_device(device)
-    loaded = Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe, adapter.inputs)
+
+    def in_memory(tensors: dict) -> Adapter:
+        return Adapter(adapter.config, MemoryStore(tensors), adapter.source, adapter.format_version, adapter.recipe, adapter.inputs)
+
     if verify_digest and isinstance(store, LazyStore) and recorded(store.header.metadata, store.header.path) is not None:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapterkit-digest") as pool:  # hash while the values are checked
-            digest = pool.submit(digest_problems, adapter, config_data, tensors)
-            values = value_problems(loaded) if finite else []
-            raise_first_error(digest.result())  # the bytes first: a flipped bit may also make a NaN
+        with RegionHasher(_region_entries(store.header)) as hasher:  # hashes each tensor as read_all brings its bytes in
+            tensors = read_all(store.header, on_read=hasher.filled)
+            device = resolve_device(device)
+            loaded = in_memory(tensors)
+            values = value_problems(loaded) if finite else []  # while the last tensors are hashed
+            digest = digest_problems(adapter, config_data, hasher.entries())
+        raise_first_error(digest)  # the bytes first: a flipped bit may also make a NaN
     else:
+        tensors = read_all(store.header) if isinstance(store, LazyStore) else dict(store)
+        device = resolve_device(device)
+        loaded = in_memory(tensors)
         values = value_problems(loaded) if finite else []
     raise_first_error(values)  # on the CPU buffer as read: one pass per dtype run
     if device is not None:
-        loaded = Adapter(adapter.config, MemoryStore({k: v.to(device) for k, v in tensors.items()}), adapter.source, adapter.format_version,
-                         adapter.recipe, adapter.inputs)
+        loaded = in_memory({k: v.to(device) for k, v in tensors.items()})
     return loaded

@@ -20,7 +20,7 @@ import math
 import mmap
 import operator
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,17 +248,36 @@ def read_tensor(header: Header, key: str) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=info.torch_dtype).reshape(info.shape)
 
 
-def read_all(header: Header) -> dict[str, torch.Tensor]:
-    """Read every tensor with one read of the data region into one private buffer; the tensors
-    are views of that buffer (an unaligned tensor, possible in foreign files, gets its own aligned
-    copy).  The file is closed on return: nothing stays mapped or open."""
+def read_all(header: Header, on_read: Callable[[memoryview, int], None] | None = None) -> dict[str, torch.Tensor]:
+    """Read every tensor with one pass over the data region, in pieces in file order, into one
+    private buffer; the tensors are views of that buffer (an unaligned tensor, possible in foreign
+    files, gets its own aligned copy).  The file is closed on return: nothing stays mapped or open.
+
+    ``on_read(region, n)``, if given, is called each time the first ``n`` bytes of the data region
+    are in ``region`` (a memoryview of the buffer, the same at every call), so that another thread
+    can work on them while the rest is read: ``load`` hashes each tensor as its bytes arrive
+    (``adapterkit.io.digest.RegionHasher.filled``).
+
+    Raises:
+        FormatError: ``truncated-file`` when the file is shorter than its header said; the file
+            cannot be read.
+    """
     infos = header.tensors.values()
     size = max((i.end for i in infos), default=0)
     buf = _private_buffer(size)
+    region = memoryview(buf.numpy())
+    got = 0
     try:
         with open(header.path, "rb", buffering=0) as f:
             f.seek(header.data_start)
-            got = _read_into(f, memoryview(buf.numpy()))
+            while got < size:
+                stop = min(size, got + _READ_PIECE)
+                n = _read_into(f, region[got:stop])
+                got += n
+                if on_read is not None and n:
+                    on_read(region, got)
+                if got < stop:
+                    break
     except OSError as exc:
         raise FormatError(f"cannot read tensors: {exc.strerror}", path=header.path) from exc
     if got != size:
@@ -288,6 +307,7 @@ def _strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 _HUGE_PAGE = 2 * 1024 * 1024
+_READ_PIECE = 4 * _HUGE_PAGE  # read_all reads this much at a time: ~2 ms, so a reader's client starts early
 
 
 def _private_buffer(size: int) -> torch.Tensor:

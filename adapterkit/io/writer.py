@@ -9,7 +9,8 @@ Format 1.1 files carry a content digest (spec §5.5, ``io/digest.py``).  It sits
 before the data it hashes, so the header is laid out with a placeholder of the same length,
 each tensor is hashed on worker threads while it is written, and the header is written
 again at the end with the digest filled in: hashing overlaps writing (and a durable save's
-fsync of the data) instead of adding a second pass over the data.
+fsync of the data, which starts before the last hashes are waited for) instead of adding a
+second pass over the data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from ..errors import AdapterkitError, WriteError
 from . import safetensors_file
 from .atomic import discard, install, staging_folder, write_atomic
 from .checks import raise_first_error, structural_problems
-from .digest import HASH_THREADS, config_digest, digest_metadata, placeholder_metadata, tensor_digest
+from .digest import PartsHasher, config_digest, digest_metadata, placeholder_metadata
 from .forms import resolve_form
 from .jsontext import peft_key_order
 from .outputs import adapter_inputs, check_output
@@ -59,27 +59,54 @@ def _check_target(path: Path, adapter: Adapter, overwrite: bool) -> None:
 
 class DigestingEncoder:
     """The bytes of a safetensors file whose metadata records the content digest (spec §5.5):
-    iterate for the header (with a placeholder digest) and the data, hashing each tensor on
-    worker threads as it is yielded; then :meth:`patch` gives the final header to write at 0."""
+    iterate for the header (with a placeholder digest) and the data; then :meth:`patch` hashes
+    what is left and gives the final header to write at 0.  The tensors are hashed on the
+    hashing threads (``digest.PartsHasher``): with ``hash_early``, each as it is yielded, so the
+    hashing overlaps the writing; without, once the data is written, while a durable save's fsync
+    of it runs (``write_atomic`` starts the fsync before it calls ``patch``), so that the hashing
+    does not take CPU from the writing and waits for the disk instead of adding to it (a tensor
+    whose bytes had to be copied to be written is hashed early anyway, so that the copy is not
+    held to the end).  :meth:`close` stops the hashing threads (the writer calls it whatever
+    happened; ``patch`` does too)."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], config: dict) -> None:
-        self.tensors, self.metadata = tensors, dict(metadata)
+    def __init__(self, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], config: dict, *, hash_early: bool = True) -> None:
+        self.tensors, self.metadata, self.hash_early = tensors, dict(metadata), hash_early
         self.config_entry = config_digest(config, self.metadata[VERSION_KEY])
         self.head, self.order = encode_header(tensors, {**self.metadata, **placeholder_metadata(len(tensors))})
-        self.pending: dict[str, Future] = {}
+        self.hasher: PartsHasher | None = None
+        self.later: list[tuple[str, str, tuple[int, ...], memoryview]] = []
+        self.entries: dict[str, bytes] | None = None
 
     def __iter__(self) -> Iterator[bytes | memoryview]:
-        yield self.head
-        with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="adapterkit-digest") as pool:
+        self.close()
+        self.entries, self.later = None, []
+        self.hasher = PartsHasher(sum(t.numel() * t.element_size() for t in self.tensors.values()))
+        try:
+            yield self.head
             for key in self.order:
                 t = self.tensors[key]
                 data = safetensors_file.tensor_bytes(t)  # looked up here, so a test can make it fail
-                self.pending[key] = pool.submit(tensor_digest, key, DTYPE_NAMES[t.dtype], tuple(t.shape), data)
+                part = (key, DTYPE_NAMES[t.dtype], tuple(t.shape), data)
+                if self.hash_early or t.device.type != "cpu" or not t.is_contiguous():  # data is a copy: hash it now
+                    self.hasher.add(*part)
+                else:
+                    self.later.append(part)
                 yield data
-            self.entries = {key: f.result() for key, f in self.pending.items()}
+        except BaseException:
+            self.close()
+            raise
 
     def final_metadata(self) -> dict[str, str]:
         """The metadata with the digest filled in (after the data has been iterated)."""
+        if self.entries is None:
+            if self.hasher is None:
+                raise WriteError("internal error: the digest was asked for before the data was written")
+            try:
+                for part in self.later:
+                    self.hasher.add(*part)
+                self.entries = self.hasher.entries()
+            finally:
+                self.close()
         return {**self.metadata, **digest_metadata(self.config_entry, self.entries)}
 
     def patch(self) -> tuple[int, bytes]:
@@ -87,6 +114,13 @@ class DigestingEncoder:
         if len(head) != len(self.head):  # the digest's length is fixed; a change means a bug here
             raise WriteError("internal error: the header changed length when the digest was filled in", actual=f"{len(head)} != {len(self.head)}")
         return 0, head
+
+    def close(self) -> None:
+        """Stop the hashing threads, cancelling what they have not started (idempotent)."""
+        if self.hasher is not None:
+            self.hasher.close()
+            self.hasher = None
+        self.later = []
 
 
 def _write(path: Path, files: dict[str, object], form: str, durable: bool, overwrite: bool,
@@ -151,7 +185,7 @@ def save(
     weights = WEIGHTS_NAME if form == "dir" else path.name
     if form == "file":
         metadata[CONFIG_KEY] = json.dumps(peft_key_order(config), separators=(",", ":"))  # [R4.2-1]
-    encoder = DigestingEncoder(tensors, metadata, config) if digest else None
+    encoder = DigestingEncoder(tensors, metadata, config, hash_early=not durable) if digest else None  # durable: hashed during the fsync
     patches = {weights: encoder.patch} if encoder else {}
     if form == "dir":
         files = {WEIGHTS_NAME: encoder or encode(tensors, metadata), CONFIG_NAME: [config_json(adapter).encode("utf-8")]}
@@ -162,4 +196,7 @@ def save(
     except AdapterkitError as exc:
         exc.with_path(path)
         raise
+    finally:
+        if encoder is not None:
+            encoder.close()  # no hashing thread outlives a failed write
     return path

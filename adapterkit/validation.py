@@ -65,7 +65,7 @@ def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
         for _ in each():
             pass
     else:
-        now = tensor_entries_streamed(each())
+        now = tensor_entries_streamed(each(), sum(i.nbytes for i in header.tensors.values()))
         found = mismatch(entries, config_digest(config_data, adapter.format_version), now, source)
     place = {key: i for i, key in enumerate(header.tensors)}  # reported in the header's order
     return ([found] if found else []) + sorted(values, key=lambda p: place[p.key])

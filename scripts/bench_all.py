@@ -43,7 +43,7 @@ QUICK: dict[str, list[str]] = {
     "bench_digest.py": ["--repeat", "5"],
     "bench_inspect.py": ["--only", "diff", "--repeat", "1"],
     "bench_ops.py": ["--repeat", "1", "--combine-modules", "2"],
-    "bench_threads.py": ["--repeat", "1"],
+    "bench_threads.py": ["--repeat", "1", "--only", "svd"],
     "bench_merge.py": ["--small-only", "--repeat", "1"],
     "bench_attach.py": [],
     "bench_hub.py": [],

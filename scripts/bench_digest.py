@@ -44,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_all import record
 
 import adapterkit
 from adapterkit import Adapter, LoraConfig
@@ -105,6 +106,7 @@ def row(name: str, ours: list[float], anchor: list[float], anchor_name: str, tar
     ma, mb = statistics.median(ours), statistics.median(anchor)
     verdict = "" if target is None else f"<= {target:g}x {'PASS' if ma / mb <= target else 'MISS'}"
     print(f"{name:<34} {ma * 1e3:>9.1f} {anchor_name:<34} {mb * 1e3:>9.1f} {ma / mb:>6.2f}x  {verdict}")
+    record(name, ma * 1e3, mb * 1e3, anchor_label=anchor_name, target="" if target is None else f"<= {target:g}x", unit="ms")
     print(f"{'  best of the runs':<34} {min(ours) * 1e3:>9.1f} {'':<34} {min(anchor) * 1e3:>9.1f} {min(ours) / min(anchor):>6.2f}x")
 
 

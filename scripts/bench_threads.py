@@ -60,6 +60,8 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_all import record  # noqa: E402  (scripts/ is on sys.path when a script runs)
+
 import adapterkit  # noqa: E402
 from adapterkit import threads  # noqa: E402
 from adapterkit.adapter import Adapter  # noqa: E402
@@ -221,6 +223,7 @@ def main() -> None:
         clearly = ratio_one > 1.05 and min(times[name]["default"]) > med["1"]
         flag = "  SLOWER than 1 thread" if clearly else "  (slower by the medians, within the spread)" if ratio_one > 1.05 else ""
         best = min(times[name]["default"]) / min(times[name]["1"])
+        record(f"{name}, default threads", med["default"], med["1"], anchor_label="--threads 1", target="<= 1x (never slower)")
         print(f"{name:<22} {med['default']:>9.2f} {med['1']:>10.2f} {med['all']:>12.2f} {ratio_one:>9.2f} {ratio_all:>11.2f} "
               f"{best:>8.2f} {100 * spread:>11.0f}%  {picked}{flag}")
         rows.append({"command": name, **{f"{v}_s": med[v] for v in variants}, "default_over_1": ratio_one, "default_over_all": ratio_all,

@@ -228,18 +228,23 @@ def test_entries_asked_for_before_the_region_is_filled_is_a_programming_error(th
     assert hashing_threads() == []
 
 
-@pytest.mark.parametrize(("cores", "nbytes", "want"), [
-    ({0}, 10**9, 1),
-    ({0, 1, 2}, 10**9, 3),
-    (set(range(64)), 10**9, 8),  # HASH_THREADS at most
-    ({0, 1, 2}, 4 * 1024 * 1024, 1),  # one per 4 MiB of data
-    ({0, 1, 2}, 4 * 1024 * 1024 + 1, 2),
-    ({0, 1, 2}, 0, 1),
+@pytest.mark.parametrize(("cores", "load", "nbytes", "want"), [
+    (1, 0.0, 10**9, 1),
+    (3, 0.0, 10**9, 3),
+    (64, 0.0, 10**9, 8),  # HASH_THREADS at most
+    (3, 0.0, 4 * 1024 * 1024, 1),  # one per 4 MiB of data
+    (3, 0.0, 8 * 1024 * 1024, 2),
+    (3, 0.0, 0, 1),
+    (4, 3.0, 10**9, 1),  # three of four cores busy: the thread policy's idle cores
 ])
-def test_hash_threads_follow_the_cores_this_process_may_use(monkeypatch, cores, nbytes, want):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 99)
+def test_hash_threads_follow_the_thread_policy(monkeypatch, cores, load, nbytes, want):
+    from adapterkit import threads
+
+    monkeypatch.delenv(threads.ENV, raising=False)
+    monkeypatch.setattr(threads, "machine", lambda: threads.Machine(cores, cores, load))
     assert digest.hash_threads(nbytes) == want
+    with threads.override(5):  # --threads / ADAPTERKIT_THREADS: every pool too
+        assert digest.hash_threads(nbytes) == 5
 
 
 # ---------------------------------------------------------------------------- load

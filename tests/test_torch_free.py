@@ -275,11 +275,11 @@ def test_diff_without_conflicts_agrees_on_both_paths(tmp_path_factory, pair: tup
         assert _diff_close(_report(ours[1]), _report(theirs[1])) == []
 
 
-def _small(tmp_path: Path, name: str, nan: bool = False) -> Path:
+def _small(tmp_path: Path, name: str, nan: bool = False, bad: float = math.nan) -> Path:
     cfg = adapterkit.LoraConfig(r=2, lora_alpha=2, target_modules=("q",))
     t = {"base_model.model.q.lora_A.weight": torch.ones(2, 3), "base_model.model.q.lora_B.weight": torch.ones(3, 2)}
     if nan:
-        t["base_model.model.q.lora_B.weight"][1, 1] = math.nan
+        t["base_model.model.q.lora_B.weight"][1, 1] = bad
     return adapterkit.save(Adapter.from_tensors(cfg, t), tmp_path / name)
 
 
@@ -383,13 +383,19 @@ def test_an_adapter_against_itself_has_zero_angles_on_numpy(tmp_path: Path) -> N
 
 
 def test_numpy_keeps_quiet_about_nan_as_torch_does(tmp_path: Path) -> None:
-    """A NaN in a factor gives a NaN statistic (reported once, as a problem), never a RuntimeWarning."""
+    """A NaN or Inf in a factor gives a NaN or Inf statistic (reported once, as a problem), never a
+    RuntimeWarning (Inf·0 and Inf − Inf raise numpy's "invalid value" where torch says nothing)."""
     import warnings
 
     path = _small(tmp_path, "a", nan=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         summary = describe(open_adapter(path))
+        for bad in (math.inf, -math.inf):
+            opened = open_adapter(_small(tmp_path, f"inf{bad}", nan=True, bad=bad))
+            inf = describe(opened)
+            assert [p["code"] for p in inf["problems"]] == ["non-finite"]
+            assert _close(inf, describe(opened, device="cpu")) == []
         report = diff(*(load_arrays(_small(tmp_path, n)) for n in ("x", "y")), conflict="off")
     assert math.isnan(summary["per_module"]["q"]["delta_norm"]) and [p["code"] for p in summary["problems"]] == ["non-finite"]
     assert report.modules[0].cosine == pytest.approx(1.0)  # (diff never sees NaN: load_arrays refuses it, as load does)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import struct
 import threading
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, Problem
+from ..threads import threads_for
 from .jsontext import peft_key_order
 from .version import digest_keeps_pattern_order
 
@@ -92,21 +92,14 @@ def tensor_digest(key: str, dtype: str, shape: tuple[int, ...] | list[int], data
     return h.digest()
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the system has one)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def hash_threads(nbytes: int) -> int:
     """How many threads hash ``nbytes`` of tensor data, the caller's own included (it hashes
-    once it has nothing else to do): one per core this process may use, at most
-    :data:`HASH_THREADS`, and no more than one per ~4 MB of data (a thread that would hash less
-    costs more to start than it saves).  At least 1.  Every hashing pool asks here, so a thread
-    policy (cores, cgroup quota, load) replaces this one function."""
-    return max(1, min(HASH_THREADS, usable_cores(), -(-nbytes // _BYTES_PER_THREAD)))
+    once it has nothing else to do): the thread policy's count (``adapterkit.threads``: the
+    cores this process may use, its cgroup quota and the machine's load, or ``--threads`` /
+    ``ADAPTERKIT_THREADS``), at most :data:`HASH_THREADS`, and no more than one per ~4 MB of
+    data (a thread that would hash less costs more to start than it saves).  At least 1.  Every
+    hashing pool asks here."""
+    return threads_for(nbytes, per_thread=_BYTES_PER_THREAD, cap=HASH_THREADS)
 
 
 Part = tuple[str, str, Sequence[int], "bytes | memoryview"]  # key, dtype, shape, raw bytes
@@ -304,18 +297,20 @@ def region_entries(region: bytes | bytearray | memoryview, entries: Iterable[Ent
         return hasher.entries()
 
 
-def tensor_entries_streamed(parts: Iterable[tuple[str, str, tuple[int, ...], bytes | memoryview]]) -> dict[str, bytes]:
-    """Entry digests of tensors given one at a time as (key, dtype, shape, data), each hashed on
-    ``HASH_THREADS`` threads as soon as it arrives, while the next is produced (read); at most
-    two per thread wait, so a caller streaming a file holds a few tensors, never all of them."""
-    if HASH_THREADS == 1:
+def tensor_entries_streamed(parts: Iterable[tuple[str, str, tuple[int, ...], bytes | memoryview]], nbytes: int) -> dict[str, bytes]:
+    """Entry digests of tensors given one at a time as (key, dtype, shape, data), ``nbytes`` in
+    all, each hashed on :func:`hash_threads` threads as soon as it arrives, while the next is
+    produced (read); at most two per thread wait, so a caller streaming a file holds a few
+    tensors, never all of them."""
+    threads = hash_threads(nbytes)
+    if threads == 1:
         return {p[0]: tensor_digest(*p) for p in parts}
     out: dict[str, bytes] = {}
     pending: deque = deque()
-    with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="adapterkit-digest") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="adapterkit-digest") as pool:
         for part in parts:
             pending.append((part[0], pool.submit(tensor_digest, *part)))
-            while len(pending) > 2 * HASH_THREADS:
+            while len(pending) > 2 * threads:
                 key, done = pending.popleft()
                 out[key] = done.result()
         for key, done in pending:

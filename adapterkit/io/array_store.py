@@ -10,14 +10,14 @@ digest, §5.5, before NaN/Inf), the same errors, without torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..adapter import Adapter, TensorMeta, TensorStore
 from ..arrays import decode
-from ..errors import FormatError
-from .safetensors_file import Header, _read_into
+from .safetensors_file import Header, data_size, read_region
 
 
 class ArrayStore(TensorStore):
@@ -46,25 +46,16 @@ class ArrayStore(TensorStore):
         return self.header.tensors[key]  # type: ignore[return-value]
 
 
-def read_arrays(header: Header) -> ArrayStore:
-    """Every tensor of ``header``'s file, with one read of its data region (the file is closed on return)."""
-    size = max((i.end for i in header.tensors.values()), default=0)
-    buf = bytearray(size)
-    try:
-        with open(header.path, "rb", buffering=0) as f:
-            f.seek(header.data_start)
-            got = _read_into(f, memoryview(buf))
-    except OSError as exc:
-        raise FormatError(f"cannot read tensors: {exc.strerror}", path=header.path) from exc
-    if got != size:
-        raise FormatError("file changed while reading", code="truncated-file", path=header.path)
+def read_arrays(header: Header, on_read: Callable[[memoryview, int], None] | None = None) -> ArrayStore:
+    """Every tensor of ``header``'s file, with one read of its data region in pieces
+    (``safetensors_file.read_region``: ``on_read`` sees each piece arrive; the file is closed on return)."""
+    buf = bytearray(data_size(header))
+    read_region(header, memoryview(buf), on_read)
     return ArrayStore(header, buf)
 
 
 def in_arrays(adapter: Adapter) -> Adapter:
     """``adapter`` (opened from a safetensors file) with its tensors read into an ArrayStore."""
-    from dataclasses import replace
-
     return replace(adapter, tensors=read_arrays(adapter.tensors.header))  # type: ignore[attr-defined]
 
 
@@ -74,17 +65,20 @@ def load_arrays(path: str | Path, *, adapter_name: str | None = None) -> Adapter
     then NaN/Inf; the first error raised).  A ``.bin`` is torch's own format: read as ``load``
     reads it, into torch tensors."""
     from .checks import raise_first_error, value_problems
-    from .digest import config_digest, mismatch, recorded, tensor_entries
+    from .digest import RegionHasher, config_digest, mismatch, recorded
     from .lazy_store import LazyStore
     from .reader import open_with_config
 
     adapter, config_data = open_with_config(path, adapter_name=adapter_name)
     if isinstance(adapter.tensors, LazyStore):
-        adapter = in_arrays(adapter)
-        store: ArrayStore = adapter.tensors  # type: ignore[assignment]
-        entries = recorded(store.header.metadata, store.header.path)
-        if entries is not None:
-            now = tensor_entries((key, info.dtype, info.shape, store.raw(key)) for key, info in store.header.tensors.items())
+        header = adapter.tensors.header
+        entries = recorded(header.metadata, header.path)
+        if entries is None:
+            adapter = replace(adapter, tensors=read_arrays(header))
+        else:  # each tensor hashed as its bytes arrive, as load does
+            with RegionHasher((i.key, i.dtype, i.shape, i.begin, i.end) for i in header.tensors.values()) as hasher:
+                adapter = replace(adapter, tensors=read_arrays(header, hasher.filled))
+                now = hasher.entries()
             found = mismatch(entries, config_digest(config_data, adapter.format_version), now, str(adapter.source))
             raise_first_error([found] if found else [])
     raise_first_error(value_problems(adapter))

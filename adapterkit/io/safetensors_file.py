@@ -248,24 +248,21 @@ def read_tensor(header: Header, key: str) -> torch.Tensor:
     return torch.frombuffer(buf, dtype=info.torch_dtype).reshape(info.shape)
 
 
-def read_all(header: Header, on_read: Callable[[memoryview, int], None] | None = None) -> dict[str, torch.Tensor]:
-    """Read every tensor with one pass over the data region, in pieces in file order, into one
-    private buffer; the tensors are views of that buffer (an unaligned tensor, possible in foreign
-    files, gets its own aligned copy).  The file is closed on return: nothing stays mapped or open.
+def data_size(header: Header) -> int:
+    """Bytes of the data region of ``header``'s file (its tensors' bytes)."""
+    return max((i.end for i in header.tensors.values()), default=0)
 
-    ``on_read(region, n)``, if given, is called each time the first ``n`` bytes of the data region
-    are in ``region`` (a memoryview of the buffer, the same at every call), so that another thread
-    can work on them while the rest is read: ``load`` hashes each tensor as its bytes arrive
-    (``adapterkit.io.digest.RegionHasher.filled``).
+
+def read_region(header: Header, region: memoryview, on_read: Callable[[memoryview, int], None] | None = None) -> None:
+    """Fill ``region`` (``data_size`` bytes) with the data region of ``header``'s file, in pieces in
+    file order, calling ``on_read(region, n)`` each time its first ``n`` bytes are in (see
+    :func:`read_all`).  Torch-free: ``read_all`` and the numpy store (``io.array_store``) both read so.
 
     Raises:
         FormatError: ``truncated-file`` when the file is shorter than its header said; the file
             cannot be read.
     """
-    infos = header.tensors.values()
-    size = max((i.end for i in infos), default=0)
-    buf = _private_buffer(size)
-    region = memoryview(buf.numpy())
+    size = len(region)
     got = 0
     try:
         with open(header.path, "rb", buffering=0) as f:
@@ -282,6 +279,26 @@ def read_all(header: Header, on_read: Callable[[memoryview, int], None] | None =
         raise FormatError(f"cannot read tensors: {exc.strerror}", path=header.path) from exc
     if got != size:
         raise FormatError("file changed while reading", code="truncated-file", path=header.path)
+
+
+def read_all(header: Header, on_read: Callable[[memoryview, int], None] | None = None) -> dict[str, torch.Tensor]:
+    """Read every tensor with one pass over the data region, in pieces in file order, into one
+    private buffer; the tensors are views of that buffer (an unaligned tensor, possible in foreign
+    files, gets its own aligned copy).  The file is closed on return: nothing stays mapped or open.
+
+    ``on_read(region, n)``, if given, is called each time the first ``n`` bytes of the data region
+    are in ``region`` (a memoryview of the buffer, the same at every call), so that another thread
+    can work on them while the rest is read: ``load`` hashes each tensor as its bytes arrive
+    (``adapterkit.io.digest.RegionHasher.filled``).
+
+    Raises:
+        FormatError: ``truncated-file`` when the file is shorter than its header said; the file
+            cannot be read.
+    """
+    infos = header.tensors.values()
+    size = data_size(header)
+    buf = _private_buffer(size)
+    read_region(header, memoryview(buf.numpy()), on_read)
     typed: dict[str, torch.Tensor] = {}  # the whole buffer viewed as each dtype in use
     out = {}
     for info in infos:

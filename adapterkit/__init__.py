@@ -13,11 +13,11 @@ Hub repo ids in: ``adapterkit.api``), ``combine``, ``resize``, ``rebalance``, ``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import AdapterkitError, Problem
+from .lazy import lazy_names
 
 # public name -> the submodule that defines it
 _LAZY = {
@@ -93,14 +93,4 @@ if TYPE_CHECKING:
     from .ops.resizing import resize
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'adapterkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -66,7 +66,8 @@ def seven_b(tmp: Path, repeat: int) -> None:
         ("info A", [*ak, "info", str(a)], [*ak, "info", str(a), "--device", "cpu"], "info A --device cpu"),
         ("validate A", [*ak, "validate", str(a)], [py, "-c", f"import adapterkit; adapterkit.load({str(a)!r})"], "load(A) (torch)"),
         ("check A --for vllm", [*ak, "check", str(a), "--for", "vllm"],
-         [py, "-c", f"import adapterkit; adapterkit.ops.export.check(adapterkit.load({str(a)!r}), 'vllm')"], "check(load(A)) (torch)"),
+         [py, "-c", f"import adapterkit; from adapterkit.ops.export import check; check(adapterkit.load({str(a)!r}), 'vllm')"],
+         "check(load(A)) (torch)"),
         ("diff A B --conflict off", [*ak, "diff", str(a), str(b), "--conflict", "off"],
          [*ak, "diff", str(a), str(b), "--conflict", "off", "--device", "cpu"], "... --device cpu"),
     ]

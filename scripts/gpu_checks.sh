@@ -14,7 +14,7 @@ nvidia-smi -L
 python3 -c "import torch, peft, transformers; print('torch', torch.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available(), torch.get_num_threads(), 'threads')"
 
 echo "== CUDA tests"
-timeout 180 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_linalg.py tests/test_combine.py tests/test_resize.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15
+timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_linalg.py tests/test_combine.py tests/test_resize.py tests/test_merge_stream.py tests/test_attach.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15
 
 echo "== bench_ops --device cuda"
 timeout 240 python3 scripts/bench_ops.py --device cuda --repeat 3 --combine-modules 2 2>&1 | tee "$OUT/bench_ops_cuda.log"

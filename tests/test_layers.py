@@ -24,7 +24,7 @@ PACKAGE = ROOT / "adapterkit"
 # names or package prefixes (the longest match wins; "adapterkit" is the package's __init__ alone).  Keep in step with docs/architecture.md.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors", ("adapterkit.errors", "adapterkit._version", "adapterkit.devices", "adapterkit.progress",
-                "adapterkit.arguments", "adapterkit.differences", "adapterkit.threads", "adapterkit.linalg")),
+                "adapterkit.arguments", "adapterkit.differences", "adapterkit.threads", "adapterkit.lazy", "adapterkit.linalg")),
     ("value", ("adapterkit.adapter", "adapterkit.dtypes", "adapterkit.arrays")),
     ("kinds", ("adapterkit.kinds",)),
     ("io", ("adapterkit.io", "adapterkit.checkpoint")),

@@ -45,7 +45,7 @@ def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
     never the whole adapter: ``digest-mismatch`` (first differing part) before the ``non-finite``
     problems.  Tensors are hashed on the digest's threads while the next ones are read."""
     from .arrays import nonfinite_count
-    from .io.checks import _nonfinite_problem
+    from .io.checks import nonfinite_problem
     from .io.digest import config_digest, mismatch, recorded, tensor_entries_streamed
 
     header = adapter.tensors.header
@@ -56,7 +56,7 @@ def _streamed_checks(adapter: Any, config_data: Any) -> list[Problem]:
     def each() -> Any:
         for key, raw in _raw_tensors(header):
             info = header.tensors[key]
-            if (problem := _nonfinite_problem(key, nonfinite_count(info.dtype, raw), info.numel, source)) is not None:
+            if (problem := nonfinite_problem(key, nonfinite_count(info.dtype, raw), info.numel, source)) is not None:
                 values.append(problem)
             yield key, info.dtype, info.shape, raw
 

@@ -99,7 +99,7 @@ def value_problems(adapter: Adapter) -> list[Problem]:
     source = str(adapter.source) if adapter.source else None
     store = adapter.tensors
     if hasattr(store, "raw"):  # the torch-free path's store (``io.array_store``) holds the raw bytes: check the bits
-        return [p for key in store if (p := _nonfinite_problem(key, nonfinite_count(store.meta(key).dtype, store.raw(key)), store.meta(key).numel, source))]
+        return [p for key in store if (p := nonfinite_problem(key, nonfinite_count(store.meta(key).dtype, store.raw(key)), store.meta(key).numel, source))]
     import torch
 
     if isinstance(adapter.tensors, MemoryStore):
@@ -117,10 +117,10 @@ def non_finite(key: str, t: Any, source: str | None) -> Problem | None:
         t = t.float()  # torch has no isfinite for float8 (which validation still reports as dtype-unsupported)
     if not t.is_floating_point() or _all_finite(t):
         return None
-    return _nonfinite_problem(key, int((~torch.isfinite(t)).sum()), t.numel(), source)
+    return nonfinite_problem(key, int((~torch.isfinite(t)).sum()), t.numel(), source)
 
 
-def _nonfinite_problem(key: str, bad: int, numel: int, source: str | None) -> Problem | None:
+def nonfinite_problem(key: str, bad: int, numel: int, source: str | None) -> Problem | None:
     """``non-finite`` for ``bad`` NaN/Inf values among ``numel``; None when there are none."""
     if not bad:
         return None

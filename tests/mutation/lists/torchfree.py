@@ -69,8 +69,8 @@ MUTANTS = [
      "store.raw(key)), store.meta(key).numel, source))",
      "store.raw(key)), store.meta(key).nbytes, source))", TESTS),
     ("checks: raw-bits path checks adapter tensors only (modules_to_save NaN missed)", "adapterkit/io/checks.py",
-     "return [p for key in store if (p := _nonfinite_problem(",
-     "return [p for key in store if adapter.kind.parse_key(key) is not None and (p := _nonfinite_problem(", TESTS),
+     "return [p for key in store if (p := nonfinite_problem(",
+     "return [p for key in store if adapter.kind.parse_key(key) is not None and (p := nonfinite_problem(", TESTS),
     # ---- adapterkit/validation.py
     ("validation: non-finite reported before digest-mismatch", "adapterkit/validation.py",
      "return ([found] if found else []) + sorted(values, key=lambda p: place[p.key])",

@@ -68,6 +68,8 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
     dtypes = Counter(adapter.meta(k).dtype for k in adapter.tensors)
     modules = adapter.modules
     stats: dict[str, dict[str, float]] = {}
+    if device is not None:
+        resolve_device(device)  # a device that cannot be used is refused even where nothing is computed (--no-modules)
     problems = [p for p in structural_problems(adapter) if p.severity == "warning"]
     if per_module:
         held, device = _in_memory(adapter, device)  # one read of the data serves the value checks and the statistics
@@ -75,7 +77,7 @@ def describe(adapter: Adapter, *, device: Any = None, per_module: bool = True, p
         # ‖ΔW‖ from the factors would be wrong for a feature that changes ΔW (KaSA's lora_diag, BD-LoRA's blocks)
         work = factor_work(held.meta(k).shape for k in held.tensors if held.kind.parse_key(k) is not None)
         # numpy (the torch-free path) computes NaN silently, as torch; torch's threads follow the policy (adapterkit.threads)
-        with quiet() if device is None else intra_op(work):
+        with quiet() if hasattr(held.tensors, "raw") else intra_op(work):  # the numpy store holds the raw bytes
             for name in progress(modules if not changes_delta(adapter) else [], desc="modules", total=len(modules)):
                 stats[name] = held.kind.stats(held, name, device)
     ranks = Counter(int(s["rank"]) for s in stats.values() if "rank" in s)

@@ -452,3 +452,12 @@ def test_diff_of_a_bin_adapter_beside_a_safetensors_one_runs_on_torch(tmp_path: 
         done = _cli(["diff", *args, "--conflict", "off", "--json"])
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["modules"][0]["cosine"] == pytest.approx(1.0)
+
+
+def test_a_device_that_cannot_be_used_is_refused_even_without_statistics(tmp_path: Path) -> None:
+    """The numpy path reads no device, but a bad ``--device`` is still the user's error to hear."""
+    path = _small(tmp_path, "a")
+    for no_modules in (True, False):
+        with pytest.raises(AdapterkitError) as err:
+            adapterkit.info(path, no_modules=no_modules, device="nosuchdevice")
+        assert err.value.code == "device-unavailable"

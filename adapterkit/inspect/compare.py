@@ -480,7 +480,7 @@ def diff(a: Adapter, b: Adapter, *, device: Any = "cpu", conflict: str = "block"
     shapes = [x.meta(k).shape for x in (a, b) for k in x.tensors if x.kind.parse_key(k) is not None]
     work = dense_work(shapes) if conflict != "off" else factor_work(shapes)  # the thread policy (adapterkit.threads)
     # numpy (the torch-free path) computes NaN silently, as torch does; torch's threads follow the policy
-    with arrays.quiet() if opts.device is None else intra_op(work):
+    with arrays.quiet() if hasattr(a.tensors, "raw") else intra_op(work):  # both numpy (io.array_store), or both torch
         for name in progress(names, desc="diff", total=len(names)):
             if name in a.modules and name in b.modules:
                 out.append(compare(a, b, name, opts))

@@ -59,13 +59,13 @@ def diff_command(a: Path, b: Path, as_json: bool, device: str | None, conflict: 
     from ..io.array_store import ArrayStore, load_arrays
     from ..io.reader import load
 
-    pair = None
+    first = second = None
     if conflict == "off" and device is None:  # nothing torch-only to do: numpy arrays, no torch import
-        pair = load_arrays(a), load_arrays(b)
-        if not all(isinstance(x.tensors, ArrayStore) for x in pair):  # a .bin is read into torch tensors
-            pair = None
-    pair = pair or (load(a), load(b))
-    report = run(*pair, device=device or "cpu", conflict=conflict, sample_rows=sample_rows, seed=seed)
+        first = load_arrays(a)  # a .bin is read into torch tensors: then both sides are torch's
+        second = load_arrays(b) if isinstance(first.tensors, ArrayStore) else load(b)
+        if isinstance(first.tensors, ArrayStore) and not isinstance(second.tensors, ArrayStore):
+            first = load(a)  # the one re-read: b was a .bin
+    report = run(first or load(a), second or load(b), device=device or "cpu", conflict=conflict, sample_rows=sample_rows, seed=seed)
     if as_json:
         print_json({**report.to_dict(), "summary": report.summary(top)})
         return

@@ -58,6 +58,8 @@ CODES: dict[str, tuple[str, str]] = {
     "orientation-unknown": ("UnsupportedError", "the checkpoint does not tell whether a module's square weight is stored (out, in) or, as transformers' Conv1D, (in, out); fan_in_fan_out (--fan-in-fan-out) says it"),
     "argument-invalid": ("ArgumentError", "an operation's argument is out of range or inconsistent (a rank or budget <= 0, a weight count that differs from the adapter count, an unknown method)"),
     "merge-record": ("ArgumentError", "the checkpoint's merge record refuses it: an adapter merged already (merge --again), or an unmerge of an adapter, weight or order the record does not hold (unmerge --force)"),
+    "quant-unsupported": ("UnsupportedError", "a quantized checkpoint in a form adapterkit does not read or write (quantization method, bit width, packing); the message names the module or config field"),
+    "quant-invalid": ("FormatError", "a quantized checkpoint whose tensors disagree with its quantization_config or each other; the message names the module and the field"),
     "adapters-incompatible": ("TensorError", "adapters that cannot be combined: different kinds, or one module with disagreeing shapes"),
     "model-mismatch": ("TensorError", "a model does not fit the adapter it is attached to; the message lists every offending module"),
     "adapter-name-taken": ("ArgumentError", "an adapter of that name is already attached to the model"),
@@ -88,6 +90,8 @@ API_CODES = frozenset({
     # merging adapters into checkpoints (adapterkit.ops.merge_plan)
     "base-mismatch", "base-tensor-missing", "base-shape-mismatch", "base-dtype-unsupported", "tied-embeddings",
     "orientation-unknown", "merge-record",
+    # quantized checkpoints (adapterkit.quant)
+    "quant-unsupported", "quant-invalid",
     # low-rank surgery (adapterkit.ops: combine, resize, rebalance, prune)
     "argument-invalid", "adapters-incompatible",
     # attaching adapters to torch models (adapterkit.inject)

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "adapterkit.arguments", "adapterkit.differences", "adapterkit.threads", "adapterkit.lazy", "adapterkit.linalg")),
     ("value", ("adapterkit.adapter", "adapterkit.dtypes", "adapterkit.arrays")),
     ("kinds", ("adapterkit.kinds",)),
-    ("io", ("adapterkit.io", "adapterkit.checkpoint")),
+    ("io", ("adapterkit.io", "adapterkit.checkpoint", "adapterkit.quant")),
     ("operations", ("adapterkit.validation", "adapterkit.summary", "adapterkit.ops", "adapterkit.inject",
                     "adapterkit.inspect", "adapterkit.testing")),
     ("hub", ("adapterkit.hub",)),

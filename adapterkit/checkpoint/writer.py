@@ -162,6 +162,8 @@ class CheckpointWriter:
         metadata: the ``__metadata__`` of every shard (``format: pt`` is always there).
         placement: keys of the plan that the base lacks -> the base key whose shard each joins
             (with the base's sharding; e.g. an untied ``lm_head.weight`` beside its embedding).
+        dropped: keys of the base the output leaves out on purpose (with the base's sharding; the
+            packed members of a quantized weight written dense).
         overwrite: replace an existing ``out`` whole (no file from before remains).
         durable: fsync every file and folder before the rename (``False``: still atomic for
             other processes, not across a power loss).
@@ -176,7 +178,7 @@ class CheckpointWriter:
         self, out: str | Path, base: Checkpoint, *, plan: Mapping[str, tuple[str, tuple[int, ...]]],
         max_shard_size: int | None = None, metadata: Mapping[str, str] | None = None,
         overwrite: bool = False, durable: bool = True, form: str | None = None,
-        placement: Mapping[str, str] | None = None,
+        placement: Mapping[str, str] | None = None, dropped: Iterable[str] = (),
     ) -> None:
         out = Path(out)
         self.out, self.base, self.durable, self.overwrite = out, base, durable, overwrite
@@ -189,6 +191,7 @@ class CheckpointWriter:
         if meta.setdefault("format", "pt") != "pt":
             raise _mismatch("a checkpoint's __metadata__ format must be 'pt'", out, "__metadata__.format", expected="pt", actual=meta["format"])
         self._placement = dict(placement or {})
+        self._dropped = frozenset(dropped)
         groups = self._assign(max_shard_size)
         # an index beside several shards, or beside the base's one indexed shard when its sharding
         # is kept (model-00001-of-00001.safetensors is only found through its index)
@@ -220,7 +223,7 @@ class CheckpointWriter:
             names = shard_names(len(groups))
         elif self.base.index is not None:
             placed = {k: v for k, v in self._placement.items() if k not in self.base and v in self.base}
-            missing = [k for k in self.base.keys() if k not in self.plan]
+            missing = [k for k in self.base.keys() if k not in self.plan and k not in self._dropped]
             extra = [k for k in self.plan if k not in self.base and k not in placed]
             if missing or extra:
                 key = (extra or missing)[0]

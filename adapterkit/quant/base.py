@@ -6,7 +6,7 @@ zeros, a record of the quantizer's settings).  Each format module (``bnb``, ``gp
 
 - built from the ``quantization_config`` of ``config.json`` (every field it reads is checked;
   an unknown value raises ``quant-unsupported`` naming the field);
-- ``find(keys)``: the quantized modules among a checkpoint's keys (key -> (dtype, shape)),
+- ``find(keys, read)``: the quantized modules among a checkpoint's keys (key -> (dtype, shape)),
   each a :class:`Packed` naming its member tensors and the logical (out, in) shape; every
   member's dtype and shape is checked against the config (``quant-invalid`` names the module
   and the field), and a module with members missing or left over is refused, never passed on
@@ -25,6 +25,7 @@ read (``quant.scheme.quant_format``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,10 @@ class QuantFormat:
 
     # -- what a format implements --------------------------------------------------------------
 
-    def find(self, keys: Keys) -> dict[str, Packed]:
-        """module name -> its :class:`Packed`, for every quantized module among ``keys``."""
+    def find(self, keys: Keys, read: Callable[[str], torch.Tensor] | None = None) -> dict[str, Packed]:
+        """module name -> its :class:`Packed`, for every quantized module among ``keys``;
+        ``read(key)`` gives a stored tensor, for formats that keep records in tensors
+        (bitsandbytes' quant_state)."""
         raise NotImplementedError
 
     def dequantize(self, packed: Packed, tensors: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:

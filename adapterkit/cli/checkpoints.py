@@ -82,6 +82,16 @@ def _merge_command(direction: str):
         if direction == "merge":
             options.append(click.option("--again", is_flag=True, help="Merge an adapter the base's merge record already holds "
                                                                        "(or one listed twice): it is then applied twice."))
+            options.append(click.option("--as-trained", type=click.Choice(["nf4", "fp4"]), default=None,
+                                        help="QLoRA: round the 16-bit BASE's linear weights through bitsandbytes' 4-bit quantizer "
+                                             "before merging, so that OUT computes what the 4-bit base plus adapter computed in "
+                                             "training (the embeddings, lm_head and --as-trained-skip stay as they are)."))
+            options.append(click.option("--as-trained-blocksize", type=int, default=64, show_default=True,
+                                        help="With --as-trained: the run's bnb_4bit blocksize."))
+            options.append(click.option("--as-trained-double-quant/--as-trained-no-double-quant", default=True, show_default=True,
+                                        help="With --as-trained: whether the run used bnb_4bit_use_double_quant."))
+            options.append(click.option("--as-trained-skip", multiple=True, metavar="MODULE",
+                                        help="With --as-trained: a module the run left unquantized (llm_int8_skip_modules; repeatable)."))
         else:
             options.append(click.option("--force", is_flag=True, help="Unmerge what the merge record does not hold: an adapter "
                                                                        "not recorded, other weights than recorded, or out of order."))
@@ -96,7 +106,7 @@ _DTYPE_NAMES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32", "fp64": "F64"}
 
 def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json,
                push: dict[str, Any] | None = None, fan_in_fan_out: str = "auto", again: bool = False,
-               force: bool = False) -> Any:
+               force: bool = False, as_trained: dict[str, Any] | None = None) -> Any:
     explicit = bool(weights)  # unmerge: without --weight, the weights come from the merge record
     base, given, weights, out = _merge_inputs(paths, adapters, weights, "MERGED" if direction == "unmerge" else "BASE")
     from ..arguments import parse_size
@@ -111,23 +121,38 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
     report = merge_checkpoint(
         base, given, out, weights=weights if explicit else None, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
         max_shard_size=size, safe=safe, overwrite=overwrite, unmerge=direction == "unmerge", tied_embeddings=tied_embeddings,
-        fan_in_fan_out=fan_in_fan_out, again=again, force=force,
+        fan_in_fan_out=fan_in_fan_out, again=again, force=force, **({"as_trained": as_trained} if as_trained else {}),
     )
     if as_json:
         print_json({
             "out": str(report.out), "adapters": report.adapters, "tensors": report.tensors, "changed": report.changed,
             "replaced": report.replaced, "copied": report.copied, "lossy": report.lossy, "notes": report.notes,
-            "bytes": report.bytes, "seconds": round(report.seconds, 3),
+            "bytes": report.bytes, "seconds": round(report.seconds, 3), "quantized": report.quantized,
         })
     else:
         names = ", ".join(f"{a['kind']} {a['adapter']} x{a['weight']:g}" for a in report.adapters)
         note = f"; lossy: {', '.join(report.lossy)}" if report.lossy else ""
-        note += "".join(f"; {n}" for n in report.notes)
+        note += "".join(f"; {n}" for n in report.notes if not n.startswith("WARNING"))
         click.echo(f"{direction}d {names} into {report.out}: {report.changed} tensors changed, {report.replaced} replaced, "
                    f"{report.copied} copied unchanged, {report.tensors} in all; {report.bytes / 1e9:.2f} GB in {report.seconds:.1f} s{note}")
+        _echo_quantized(report.quantized)
+    for warning in (n for n in report.notes if n.startswith("WARNING")):
+        click.echo(warning, err=True)
     if push is not None:
         _push_merged(base, report, push, as_json)
     return report
+
+
+def _echo_quantized(quantized: dict[str, Any] | None) -> None:
+    """The survival table of a requantized output: per module and in total."""
+    survival = (quantized or {}).get("survival")
+    if not survival:
+        return
+    click.echo(f"re-quantized to {quantized['format']}: of ‖ΔW‖, {survival['kept']:.1%} moved the stored weights, "
+               f"{survival['error']:.1%} error (per module: kept / error)")
+    for m in survival["modules"]:
+        flag = "  <- mostly rounded away" if m["module"] in survival["lost_modules"] else ""
+        click.echo(f"  {m['module']}: {m['kept']:.1%} / {m['error']:.1%}{flag}")
 
 
 @click.command(short_help="Merge adapters into a model checkpoint, streaming, shard by shard.")
@@ -139,7 +164,8 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
 @handles_errors
 @threads_option
 def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, again=False,
-          push_to=None, token=None, private=False, fan_in_fan_out="auto") -> None:
+          push_to=None, token=None, private=False, fan_in_fan_out="auto", as_trained=None, as_trained_blocksize=64,
+          as_trained_double_quant=True, as_trained_skip=()) -> None:
     """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
     sharded index, or one .safetensors file) and write OUT: the same sharding and index, every
     other file of BASE (config, tokenizer, ...) copied, and what was merged recorded in each
@@ -155,16 +181,26 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
     module, a module saved whole by one and adapted by the other).  An adapter the base's
     merge record already holds is refused unless --again.
 
+    A quantized BASE (bitsandbytes NF4/FP4/int8, GPTQ, AWQ, FP8: its config.json's
+    quantization_config) merges as the model it stands for: with --dtype the output is dense
+    (dequantized, ΔW added in fp32, rounded once, quantization_config removed); without, the
+    changed modules are quantized again in BASE's format and a table says how much of each
+    ΔW survived the rounding (a warning names the modules where most of it did not).
+
     \b
     Examples:
       adapterkit merge base-model my-lora merged-model
+      adapterkit merge qlora-base-nf4 my-lora merged --dtype bf16     # dense from a 4-bit base
+      adapterkit merge base-model-bf16 my-qlora merged --as-trained nf4
       adapterkit merge base-model merged --adapter a --weight 0.7 --adapter b --weight 0.3
       adapterkit merge base-model my-lora merged --dtype bf16 --max-shard-size 5GB --device cuda
       adapterkit merge org/base org/my-lora merged --push-to me/merged-model   # Hub repo ids in and out
     """
     push = None if push_to is None else {"repo_id": push_to, "token": token, "private": private}
+    settings = None if as_trained is None else {"quant_type": as_trained, "blocksize": as_trained_blocksize,
+                                                "double_quant": as_trained_double_quant, "skip": tuple(as_trained_skip)}
     _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, push,
-               fan_in_fan_out, again=again)
+               fan_in_fan_out, again=again, as_trained=settings)
 
 
 @click.command(short_help="Take merged adapters back out of a checkpoint (the inverse of merge).")

@@ -52,6 +52,17 @@ from ..progress import progress_bytes
 from ..threads import intra_op
 from . import merge_record, orientation
 from .merge_plan import TIE_CHANGES_MATH, TiedEmbeddings, find_tied_embeddings, plan_merge
+from .merge_quantized import (
+    AsTrained,
+    QuantJob,
+    as_trained_keys,
+    dense_config,
+    lost_warning,
+    open_quantized,
+    output_plan,
+    refuse_requantize,
+    survival_summary,
+)
 from .pipeline import Pipeline
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
@@ -83,6 +94,7 @@ class MergeReport:
     seconds: float = 0.0
     lossy: list[str] = field(default_factory=list)  # why an unmerge cannot give the base back exactly
     notes: list[str] = field(default_factory=list)  # what else changed (embeddings untied)
+    quantized: dict[str, Any] | None = None  # a quantized base or output: format, output form, how much of ΔW survived
 
 
 Locate = Callable[[str | Path, str], Path]
@@ -296,6 +308,7 @@ def merge_checkpoint(
     again: bool = False,
     force: bool = False,
     locate: Locate = local,
+    as_trained: Any = None,
 ) -> MergeReport:
     """Merge ``adapters`` (each scaled by its weight, default 1) into the checkpoint ``base`` and
     write ``out``; with ``unmerge=True`` take them out instead (exact up to rounding for LoRA;
@@ -328,6 +341,14 @@ def merge_checkpoint(
     decides from ``config.json`` and the shapes, and refuses (``orientation-unknown``) where they
     cannot tell; True / False, or {module name or suffix: bool}, say it (``ops.orientation``).
 
+    A quantized base (``config.json`` names a ``quantization_config``; ``adapterkit.quant``) is
+    merged as the dense model it stands for: with ``dtype`` the output is dense (every packed
+    weight dequantized, ΔW added in fp32, rounded once; ``quantization_config`` removed), without
+    it the changed modules are quantized again in the base's format and the report says how much
+    of each ΔW survived (``ops.merge_quantized``).  ``as_trained`` (an ``AsTrained``, or a dict
+    of its fields) rounds a dense base's linear weights through bitsandbytes' 4-bit quantizer
+    first, as the QLoRA run that trained the adapter saw them.
+
     ``safe`` (PEFT's ``safe_merge``): refuse NaN/Inf in an adapter read here or in a merged
     tensor; ``safe=False`` checks neither and writes what the sums give, as PEFT's unsafe merge.
 
@@ -345,6 +366,9 @@ def merge_checkpoint(
     direction = "unmerge" if unmerge else "merge"
     device = resolve_device(device) or torch.device("cpu")
     ckpt = open_checkpoint(locate(base, "checkpoint"))
+    config = _read_config(ckpt)
+    view = open_quantized(ckpt, config)
+    settings = _as_trained(as_trained, view, unmerge)
     loaded = [_as_adapter(a, safe, locate) for a in adapters]
     require_all(loaded, direction, what=direction)  # a PEFT feature merging does not implement: by name
     check_output(out, [*checkpoint_inputs(ckpt, "merged checkpoint" if unmerge else "base checkpoint"),  # before any work
@@ -367,8 +391,7 @@ def merge_checkpoint(
         notes += merge_record.check_merge(history, digests, loaded, again=again, path=ckpt.path)
     if tied_embeddings is not None and tied_embeddings not in TIED_POLICIES:
         raise UnsupportedError("unknown tied_embeddings policy", key="tied_embeddings", expected=" | ".join(TIED_POLICIES), actual=tied_embeddings)
-    keys = {k: (ckpt.info(k).dtype, tuple(ckpt.info(k).shape)) for k in ckpt.keys()}
-    config = _read_config(ckpt)
+    keys = view.keys() if view is not None else {k: (ckpt.info(k).dtype, tuple(ckpt.info(k).shape)) for k in ckpt.keys()}
     tie = find_tied_embeddings(keys, config)
     planned = dict(keys)
     if tie is not None and not tie.stored:  # plan as if the output embedding were there
@@ -391,9 +414,23 @@ def merge_checkpoint(
     out_dtype = None if dtype is None else (dtype if isinstance(dtype, str) else DTYPE_NAMES.get(dtype, str(dtype)))
     if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise UnsupportedError("--dtype must be a floating-point dtype", key="dtype", expected=" | ".join(FLOAT_DTYPES), actual=out_dtype)
-    plan = {k: (out_dtype if out_dtype and dt in FLOAT_DTYPES else dt, shape) for k, (dt, shape) in keys.items()}
+    placement, dropped = dict(sources), []
+    if view is not None:
+        if out_dtype is None:
+            refuse_requantize(view, ckpt.path)
+        plan, placed, dropped = output_plan(view, keys, out_dtype, FLOAT_DTYPES, set(touched) | set(replaced))
+        placement.update(placed)
+    else:
+        plan = {k: (out_dtype if out_dtype and dt in FLOAT_DTYPES else dt, shape) for k, (dt, shape) in keys.items()}
     if out_dtype is not None:
         _config_dtype(ckpt, files, out_dtype, notes)
+        if view is not None:
+            dense_config(config, files, notes)
+    rounded = frozenset(as_trained_keys(keys, settings, FLOAT_DTYPES)) if settings is not None else frozenset()
+    if settings is not None:
+        notes.append(f"{len(rounded)} linear weights rounded through bitsandbytes' {settings.quant_type} quantizer "
+                     f"(blocksize {settings.blocksize}, double quantization {'on' if settings.double_quant else 'off'}) "
+                     "before merging, as the QLoRA run saw them")
     entries = []
     for a, w, d, mine in zip(loaded, weights, digests, targets):
         plan_keys = {ck for ck, (i, _) in replaced.items() if loaded[i] is a}
@@ -414,18 +451,54 @@ def merge_checkpoint(
         if replaced:
             report.lossy.append(f"{len(replaced)} tensors stored whole in the adapter (modules_to_save) stay as merged: the base's are gone")
         report.lossy += sorted({f"{a.peft_type} scaling divided back out (rounding)" for a in loaded if a.peft_type == "IA3"})
-    job = _Job(direction, ckpt, loaded, weights, touched, replaced, keys, plan, device, safe, report, sources)
     report.bytes = sum(nbytes(*v) for v in plan.values())
+    quantized = view is not None or settings is not None
+    if quantized:
+        job = QuantJob(direction, ckpt, view, keys, plan, touched, replaced, device, safe, report, sources,
+                       dense=out_dtype is not None, as_trained=settings, rounded=rounded)
+    else:
+        job = _Job(direction, ckpt, loaded, weights, touched, replaced, keys, plan, device, safe, report, sources)
     with CheckpointWriter(Path(out), ckpt, plan=plan, max_shard_size=max_shard_size, metadata=metadata,
-                          overwrite=overwrite, durable=durable, placement=sources) as writer:
+                          overwrite=overwrite, durable=durable, placement=placement, dropped=dropped) as writer:
         with progress_bytes(report.bytes, desc=direction, items=len(keys)) as advance:
-            job.run(writer, advance)
+            if quantized:
+                with intra_op(OPS_PER_ELEMENT * max((math.prod(v[1]) for v in keys.values()), default=0)):
+                    job.run(writer, _Tensors(direction, loaded, weights, touched, replaced, job.read, device), advance)
+                report.quantized = _quantized_report(view, settings, out_dtype, job.survival)
+                notes += lost_warning(report.quantized)
+            else:
+                job.run(writer, advance)
         if writer.form == "dir":
             files.update(_readme(ckpt, direction, record, notes))
         elif files:
             notes.append("config.json not written (the output is one .safetensors file): set tie_word_embeddings to false where the model's config is kept")
         report.out = writer.commit(files if writer.form == "dir" else None)
     report.seconds = time.perf_counter() - started
+    return report
+
+
+def _as_trained(as_trained: Any, view, unmerge: bool):
+    """The checked ``AsTrained`` settings (None: not asked)."""
+    if as_trained is None:
+        return None
+    settings = as_trained if isinstance(as_trained, AsTrained) else AsTrained(**as_trained)
+    settings.check()
+    if view is not None:
+        raise ArgumentError("as_trained rounds a 16-bit base as the QLoRA run did; this base is quantized already "
+                            f"({view.fmt.name}): merge into it as it is", key="as_trained", expected="a dense base", actual=view.fmt.name)
+    if unmerge:
+        raise ArgumentError("as_trained applies to merging only: an unmerge cannot restore the weights it rounded",
+                            key="as_trained", expected="merge", actual="unmerge")
+    return settings
+
+
+def _quantized_report(view, settings, out_dtype: str | None, survival: list) -> dict[str, Any]:
+    if view is None:
+        return {"as_trained": settings.__dict__ | {"skip": list(settings.skip)}, "output": "dense"}
+    form = "dense" if out_dtype is not None else "requantized"
+    report: dict[str, Any] = {**view.describe(), "output": form}
+    if form == "requantized":
+        report["survival"] = survival_summary(survival)
     return report
 
 

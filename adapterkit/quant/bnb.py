@@ -171,7 +171,9 @@ class Bnb4(QuantFormat):
         table = tensors["nested_quant_map"].to(device=device, dtype=torch.float32)
         scales = tensors["nested_absmax"].to(device=device, dtype=torch.float32)
         values = table[codes] * scales.repeat_interleave(info["nested_blocksize"])[: codes.numel()]
-        return values + torch.tensor(info["offset"], dtype=torch.float32, device=device)
+        # the offset of these tensors: a rewritten module's record holds its new one
+        offset = self._record(tensors["record"], packed.module)["nested_offset"] if "record" in tensors else info["offset"]
+        return values + torch.tensor(offset, dtype=torch.float32, device=device)
 
     def dequantize(self, packed: Packed, tensors: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         out, inp = packed.shape

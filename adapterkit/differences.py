@@ -96,4 +96,24 @@ DIFFERENCES: tuple[Difference, ...] = (
         "unties by default (lm_head gets its own tensor, config.json says tie_word_embeddings false), so the "
         "merged model computes what the adapter-attached one does; --tied-embeddings shared does as PEFT",
         "tests/test_merge.py::test_tied_embeddings_untie"),
+    # quantized bases (adapterkit.quant): the peers are PEFT's merge on a 4-bit model and bitsandbytes 0.50.2
+    Difference(
+        "qlora-merge-once", "merge into a bitsandbytes 4-bit base",
+        "merge_and_unload dequantizes to the compute dtype, adds ΔW there and quantizes the sum again in place: "
+        "two roundings, and the merged model stays 4-bit",
+        "--dtype: dequantize in fp32, add ΔW, round once to the dense dtype (quantization_config removed); without "
+        "--dtype, quantize once from the fp32 sum and report how much of ΔW survived",
+        "tests/test_quant_bnb.py::test_peft_merge_into_4bit_rounds_twice_ours_once"),
+    Difference(
+        "bnb-nested-absmax-nearest", "re-quantize to bitsandbytes 4-bit with double quantization",
+        "bitsandbytes 0.50.2's CPU kernel finds each nested absmax code by a bucketed search in fp32 (BinSearch's "
+        "Direct2), which lands on a farther code for about 0.15% of values",
+        "the nearest code, ties to the lower (the 4-bit codes and the fp32 absmax are bitsandbytes' bit for bit)",
+        "tests/test_quant_bnb.py::test_nested_quantizer_is_nearest_where_bitsandbytes_cpu_is_not"),
+    Difference(
+        "bnb-record-padded", "re-quantize to bitsandbytes 4-bit with double quantization",
+        "bitsandbytes packs the quant_state record as json.dumps(record) exactly",
+        "the same JSON followed by spaces up to the longest an offset can print as (the output's layout is planned "
+        "before the new offset is known); bitsandbytes and transformers read the same dict",
+        "tests/test_quant_bnb.py::test_padded_record_reads_as_bitsandbytes_record"),
 )

@@ -10,6 +10,7 @@ never summarised as if it were fine.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -180,18 +181,28 @@ def _record_entry(entry: Any) -> dict[str, Any]:
 
 def describe_checkpoint(path: str | Path) -> dict[str, Any]:
     """A JSON-ready dict describing the local model checkpoint ``path``: shards, tensors, dtypes,
-    parameters, bytes, and what adapterkit merged into it (from the shards' metadata).  Reads no
-    tensor data."""
+    parameters, bytes, and what adapterkit merged into it (from the shards' metadata).  A
+    quantized checkpoint (``quantization_config`` in its ``config.json``) also gets
+    ``quantization``: the format and its settings, the quantized modules and their bytes, and the
+    parameters of the dense model it stands for; its packed tensors are checked against the
+    config as a merge would (``quant-invalid`` / ``quant-unsupported``).  Reads no tensor data but
+    bitsandbytes' small quant_state records."""
     from .checkpoint import open_checkpoint
     from .ops import merge_record
+    from .ops.merge_quantized import open_quantized
+    from .ops.merging import _read_config
 
     ckpt = open_checkpoint(path)
+    view = open_quantized(ckpt, _read_config(ckpt))
     infos = [ckpt.info(k) for k in ckpt.keys()]
     merged: dict[str, Any] = {}
     for key in (merge_record.MERGED_KEY, merge_record.UNMERGED_KEY):
         text = next((ckpt.metadata(s)[key] for s in ckpt.shards if key in ckpt.metadata(s)), None)
         if text is not None:
             merged[key.split(".")[1]] = [_record_entry(e) for e in merge_record.parse(text, ckpt.shards[0])]
+    quantization = None
+    if view is not None:
+        quantization = view.describe() | {"dense_parameters": sum(math.prod(shape) for _, shape in view.keys().values())}
     return {
         "path": str(ckpt.path),
         "kind": "model checkpoint",
@@ -202,6 +213,7 @@ def describe_checkpoint(path: str | Path) -> dict[str, Any]:
         "dtypes": dict(sorted(Counter(i.dtype for i in infos).items())),
         "files": [str(p.relative_to(ckpt.path)) for p in ckpt.extra_files()] if ckpt.path.is_dir() else [],
         "adapterkit": merged,
+        "quantization": quantization,
         "problems": [],
     }
 
@@ -218,6 +230,13 @@ def render_checkpoint(summary: dict[str, Any]) -> str:
     ]
     if summary["files"]:
         lines.append(f"other files:     {', '.join(summary['files'])}")
+    quantization = summary.get("quantization")
+    if quantization:
+        settings = ", ".join(f"{k} {_fmt(v)}" for k, v in quantization.items()
+                             if k not in ("format", "quantized_modules", "quantized_bytes", "dense_parameters") and v not in (None, [], {}))
+        lines.append(f"quantization:    {quantization['format']}{' (' + settings + ')' if settings else ''}")
+        lines.append(f"quantized:       {quantization['quantized_modules']:,} modules, {quantization['quantized_bytes']:,} bytes; "
+                     f"{quantization['dense_parameters']:,} parameters dense")
     for what, record in summary["adapterkit"].items():
         for r in record:
             digest = f", digest {r['digest']}" if r.get("digest") else ", no digest (recorded by an older adapterkit)"

@@ -478,3 +478,65 @@ def test_packed_weight_without_config_is_not_copied_as_dense(models, tmp_path):
     with pytest.raises(AdapterkitError) as info:
         merge_checkpoint(base, [models["root"] / "lora"], tmp_path / "out", dtype="BF16")
     assert info.value.code in ("base-dtype-unsupported", "base-mismatch", "base-shape-mismatch") and Q in str(info.value)
+
+
+# ----------------------------------------------------------------------------- deliberate differences, beside the peers
+
+
+def test_peft_merge_into_4bit_rounds_twice_ours_once(models, tmp_path):
+    """Deliberate difference ``qlora-merge-once``: PEFT's ``merge_and_unload`` on the 4-bit model
+    dequantizes to bf16, adds ΔW there and quantizes again in place; ours adds in fp32 and rounds
+    once (dense), or quantizes once from the fp32 sum.  Both against the exact fp64 sum: ours is
+    at least as close for every merged module."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    root = models["root"]
+    four = AutoModelForCausalLM.from_pretrained(root / "nf4", device_map="cpu")
+    merged = PeftModel.from_pretrained(four, root / "lora").merge_and_unload()
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "bf16", dtype="BF16")
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "nf4")
+    dense = load_file(tmp_path / "bf16" / "model.safetensors")
+    for module in _modules(root):
+        exact = _bnb_dequantized(root / "nf4", module).double() + _lora_delta(root, module)
+        layer = merged.get_submodule(module)
+        peft_weight = F.dequantize_4bit(layer.weight.data, layer.weight.quant_state).double()
+        ours_dense = dense[module + ".weight"].double()
+        ours_requantized = _bnb_dequantized(tmp_path / "nf4", module).double()
+        peft_error = (peft_weight - exact).norm().item()
+        assert (ours_dense - exact).norm().item() < peft_error / 10, module  # one bf16 rounding against a 4-bit one
+        assert (ours_requantized - exact).norm().item() <= peft_error * 1.001, module
+
+
+def test_padded_record_reads_as_bitsandbytes_record(models, tmp_path):
+    """Deliberate difference ``bnb-record-padded``: a rewritten double-quantized module's record
+    is bitsandbytes' JSON followed by spaces (its length is planned before the new offset is
+    known); bitsandbytes reads the same dict from it."""
+    from bitsandbytes.utils import unpack_tensor_to_dict
+
+    root = models["root"]
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "nf4")
+    got = load_file(tmp_path / "nf4" / "model.safetensors")
+    record = got[Q + ".weight.quant_state.bitsandbytes__nf4"]
+    raw = bytes(record.tolist())
+    assert raw != raw.rstrip(b" ") and json.loads(raw) == unpack_tensor_to_dict(record)
+    assert raw.rstrip(b" ") == json.dumps(unpack_tensor_to_dict(record)).encode()  # bitsandbytes' bytes, then spaces
+
+
+def test_info_describes_a_quantized_checkpoint(models):
+    root = models["root"]
+    res = CliRunner().invoke(cli, ["info", str(root / "nf4"), "--json"])
+    assert res.exit_code == 0, res.output
+    quantization = json.loads(res.stdout)["quantization"]
+    with safe_open(root / "nf4" / "model.safetensors", "pt") as f:
+        quantized = {k[: -len(".quant_state.bitsandbytes__nf4")] for k in f.keys() if k.endswith("bitsandbytes__nf4")}
+        packed = sum(f.get_slice(k).get_shape()[0] for k in f.keys() if any(k == q or k.startswith(q + ".") for q in quantized)
+                     and not f.get_slice(k).get_shape() == [] and f.get_slice(k).get_dtype() == "U8")
+    assert quantization["format"] == "bnb-nf4" and quantization["double_quant"] is True
+    assert quantization["quantized_modules"] == len(quantized) == 14
+    assert quantization["quantized_bytes"] > packed  # the U8 members alone, then the fp32 statistics
+    dense = load_file(root / "dense" / "model.safetensors")
+    assert quantization["dense_parameters"] == sum(t.numel() for t in dense.values())
+    text = CliRunner().invoke(cli, ["info", str(root / "nf4")]).stdout
+    assert "quantization:    bnb-nf4" in text and "14 modules" in text
+    assert json.loads(CliRunner().invoke(cli, ["info", str(root / "dense"), "--json"]).stdout)["quantization"] is None

@@ -540,3 +540,50 @@ def test_info_describes_a_quantized_checkpoint(models):
     text = CliRunner().invoke(cli, ["info", str(root / "nf4")]).stdout
     assert "quantization:    bnb-nf4" in text and "14 modules" in text
     assert json.loads(CliRunner().invoke(cli, ["info", str(root / "dense"), "--json"]).stdout)["quantization"] is None
+
+
+# ----------------------------------------------------------------------------- extract against a quantized side
+
+
+def test_extract_dense_finetune_from_quantized_base(models, tmp_path):
+    """FINETUNED dense (a bf16 merge of the 4-bit base and the adapter), BASE the 4-bit checkpoint:
+    extract finds the adapter's ΔW at its rank and sees the other modules as unchanged."""
+    from adapterkit.ops.extract import extract
+
+    root = models["root"]
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "ft", dtype="BF16")
+    adapter, report = extract(root / "nf4", tmp_path / "ft", rank=4)
+    assert {r.name for r in report.modules} == set(_modules(root))
+    assert "model.layers.0.self_attn.k_proj.weight" in report.unchanged  # bf16(dequantized base): kept as it was
+    for module in _modules(root):
+        a = adapter.tensors[f"base_model.model.{module}.lora_A.weight"].double()
+        b = adapter.tensors[f"base_model.model.{module}.lora_B.weight"].double()
+        delta = b @ a
+        expected = load_file(tmp_path / "ft" / "model.safetensors")[module + ".weight"].double() - _bnb_dequantized(root / "nf4", module).double()
+        assert (delta - expected).norm() <= 0.02 * expected.norm(), module  # rank 4 of a rank-4 ΔW plus bf16 rounding noise
+        assert (expected - _lora_delta(root, module)).norm() <= 0.05 * expected.norm(), module
+
+
+def test_extract_quantized_finetune_from_dense_base(models, tmp_path):
+    """The reverse: BASE dense (the 4-bit base dequantized to fp32), FINETUNED the re-quantized merge."""
+    from adapterkit.ops.extract import extract
+
+    root = models["root"]
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "ftq")
+    stored = load_file(root / "nf4" / "model.safetensors")  # the dense base: bitsandbytes' fp32 dequantization of each module
+    modules = {k.split(".weight.quant_state")[0] for k in stored if ".quant_state." in k}
+    base = {k: v for k, v in stored.items() if not any(k.startswith(m + ".weight") for m in modules)}
+    base |= {m + ".weight": _bnb_dequantized(root / "nf4", m) for m in modules}
+    (tmp_path / "base32").mkdir()
+    save_file(base, tmp_path / "base32" / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((root / "nf4" / "config.json").read_text())
+    config.pop("quantization_config")
+    (tmp_path / "base32" / "config.json").write_text(json.dumps(config))
+    adapter, report = extract(tmp_path / "base32", tmp_path / "ftq", energy=1.0)
+    assert {r.name for r in report.modules} == set(_modules(root))
+    for module in _modules(root):
+        a = adapter.tensors[f"base_model.model.{module}.lora_A.weight"].double()
+        b = adapter.tensors[f"base_model.model.{module}.lora_B.weight"].double()
+        expected = _bnb_dequantized(tmp_path / "ftq", module).double() - _bnb_dequantized(root / "nf4", module).double()
+        assert (b @ a - expected).norm() <= 1e-2 * expected.norm(), module  # full rank; the factors stored in bf16
+    assert adapter.tensors[f"base_model.model.{Q}.lora_A.weight"].dtype == torch.bfloat16  # the dtype the 4-bit weights stand for

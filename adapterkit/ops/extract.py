@@ -61,16 +61,19 @@ import torch
 from ..adapter import Adapter
 from ..checkpoint.reader import Checkpoint, open_checkpoint
 from ..devices import resolve_device
+from ..dtypes import DTYPES
 from ..errors import ArgumentError, TensorError, UnsupportedError
 from ..io.outputs import checkpoint_inputs
 from ..io.recipe import step
 from ..kinds.lora import PREFIX, LoraConfig
 from ..linalg import dense_svd, randomized_svd, select_rank
 from ..progress import progress
+from ..quant.view import QuantizedView
 from ..threads import intra_op, matmul_work, svd_work
 from .extract_layout import peft_layout
 from .lowrank import scaling_one_config
 from .merge_plan import TiedEmbeddings, find_tied_embeddings
+from .merge_quantized import open_quantized
 from .merging import Locate, _read_config, local
 
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
@@ -162,26 +165,57 @@ def _rule(rank: int | None, energy: float | None, base: Path) -> str:
 
 
 @dataclass(frozen=True)
+class _Dense:
+    """What extract reads off a quantized weight's entry: the dense tensor it stands for."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def nbytes(self) -> int:
+        return 0  # never compared byte for byte (see _same)
+
+
+@dataclass(frozen=True)
 class _Side:
     """One checkpoint as the model sees it: ``src`` maps every key the model has to the stored
-    key holding its value (a tied output embedding -> its input embedding)."""
+    key holding its value (a tied output embedding -> its input embedding).  A quantized
+    checkpoint is seen through its dequantized view (``view``: its weights as fp32)."""
 
     ck: Checkpoint
     tie: TiedEmbeddings | None
     src: dict[str, str]
+    view: QuantizedView | None = None
+
+    def quantized(self, key: str) -> bool:
+        return self.view is not None and self.view.is_quantized(self.src[key])
 
     def info(self, key: str):
+        if self.quantized(key):
+            dtype, shape = self.view.keys()[self.src[key]]
+            return _Dense(dtype, shape)
         return self.ck.info(self.src[key])
+
+    def read(self, key: str) -> torch.Tensor:
+        """The tensor (a quantized weight dequantized to fp32)."""
+        return self.view.read(self.src[key]) if self.quantized(key) else self.ck.read(self.src[key])
 
 
 def _side(ck: Checkpoint) -> _Side:
-    tie = find_tied_embeddings({k: (ck.info(k).dtype, tuple(ck.info(k).shape)) for k in ck.keys()}, _read_config(ck))
+    config = _read_config(ck)
+    view = open_quantized(ck, config)
+    keys = view.keys() if view is not None else {k: (ck.info(k).dtype, tuple(ck.info(k).shape)) for k in ck.keys()}
+    tie = find_tied_embeddings(keys, config)
     src: dict[str, str] = {}
-    for key in ck.keys():
+    for key in keys:
         src[key] = key
         if tie is not None and tie.known and key == tie.input_key:
             src[tie.output_key] = key  # transformers puts the input embedding there, stored or not
-    return _Side(ck, tie, src)
+    return _Side(ck, tie, src, view)
 
 
 def _unknown_tie(side: _Side, role: str) -> str:
@@ -214,13 +248,16 @@ def _check_pair(base: _Side, ft: _Side) -> None:
         if tuple(b.shape) != tuple(f.shape):
             raise TensorError("shapes differ between the checkpoints", code="base-shape-mismatch", path=ft.ck.path, key=key,
                               expected=tuple(b.shape), actual=tuple(f.shape))
-        if b.dtype != f.dtype:
+        if b.dtype != f.dtype and not (base.quantized(key) or ft.quantized(key)):  # a packed weight's dtype is its own
             raise TensorError("dtypes differ between the checkpoints", code="base-mismatch", path=ft.ck.path, key=key,
                               expected=b.dtype, actual=f.dtype)
 
 
 def _same(base: _Side, ft: _Side, key: str, nbytes: int) -> bool:
-    """Whether ``key`` holds the same bytes in both, read a block of at most 16 MB at a time."""
+    """Whether ``key`` holds the same bytes in both, read a block of at most 16 MB at a time (a
+    quantized weight on either side: the same values, see :func:`_same_values`)."""
+    if base.quantized(key) or ft.quantized(key):
+        return _same_values(base, ft, key)
     size = min(_BLOCK, nbytes)
     a, b = bytearray(size), bytearray(size)
     ta, tb = torch.frombuffer(a, dtype=torch.uint8) if size else None, torch.frombuffer(b, dtype=torch.uint8) if size else None
@@ -231,6 +268,18 @@ def _same(base: _Side, ft: _Side, key: str, nbytes: int) -> bool:
         if not torch.equal(ta[:n], tb[:n]):  # type: ignore[index]
             return False
     return True
+
+
+def _same_values(base: _Side, ft: _Side, key: str) -> bool:
+    """Whether a weight is unchanged where either side is quantized: equal dequantized values,
+    or a dense side equal to the other's dequantized weight rounded to its dtype (a module a
+    dense fine-tune of a quantized base kept as it was)."""
+    b, f = base.read(key), ft.read(key)
+    if base.quantized(key) and not ft.quantized(key):
+        return torch.equal(b.to(f.dtype), f)
+    if ft.quantized(key) and not base.quantized(key):
+        return torch.equal(f.to(b.dtype), b)
+    return torch.equal(b, f)
 
 
 def _tied_keys(*sides: _Side) -> set[str]:
@@ -373,10 +422,16 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
             else:
                 not_extracted[key] = info.nbytes
             continue
-        b, f = bside.ck.read(bside.src[key]), fside.ck.read(fside.src[key])
-        if torch.equal(b.reshape(-1).view(torch.uint8), f.reshape(-1).view(torch.uint8)):  # bitwise: NaNs, -0.0
-            unchanged.append(key)
-            continue
+        if bside.quantized(key) or fside.quantized(key):
+            if _same_values(bside, fside, key):
+                unchanged.append(key)
+                continue
+            b, f = bside.read(key), fside.read(key)
+        else:
+            b, f = bside.ck.read(bside.src[key]), fside.ck.read(fside.src[key])
+            if torch.equal(b.reshape(-1).view(torch.uint8), f.reshape(-1).view(torch.uint8)):  # bitwise: NaNs, -0.0
+                unchanged.append(key)
+                continue
         if _EMBEDDING_LIKE.search(module.rsplit(".", 1)[-1]):
             raise UnsupportedError(
                 f"`{module}` looks like an embedding: PEFT keeps a LoRA on an nn.Embedding as lora_embedding_A/B "
@@ -394,8 +449,9 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
                                   actual=f"{bad} non-finite of {delta.numel()}")
             B, A, record = _decompose(delta, module, rank, energy)
             del delta
-        tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=info.torch_dtype).contiguous()
-        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=info.torch_dtype).contiguous()
+        dtype = fside.info(key).torch_dtype  # the fine-tuned model's (a quantized base's dtype is its dense one)
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=dtype).contiguous()
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=dtype).contiguous()
         records.append(record)
     for side, role in ((bside, "base"), (fside, "fine-tuned")):
         if side.tie is not None and not side.tie.known and side.tie.input_key in whole:
@@ -408,8 +464,8 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
     for r in layout.dropped:
         del tensors[f"{PREFIX}{r}.lora_A.weight"], tensors[f"{PREFIX}{r}.lora_B.weight"]
     records = [r for r in records if r.name not in layout.dropped]
-    for akey, key in layout.whole.items():
-        tensors[akey] = fside.ck.read(fside.src[key])
+    for akey, key in layout.whole.items():  # a quantized one stored dense, in the dtype it stands for
+        tensors[akey] = fside.read(key).to(fside.info(key).torch_dtype) if fside.quantized(key) else fside.ck.read(fside.src[key])
     saved = sorted(set(layout.whole.values()))
     notes = _tie_notes(bside, fside, set(saved))
     if layout.dropped:

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from ..errors import FormatError
 from .base import Keys, Packed, QuantFormat
 
 RECORD = "quant_state.bitsandbytes__"
@@ -51,8 +52,13 @@ def from_config(qc: dict[str, Any], where=None) -> QuantFormat:
 
 
 def _skipped(qc: dict[str, Any]) -> list[str]:
-    skip = qc.get("llm_int8_skip_modules") or []
-    return [s for s in skip if isinstance(s, str)]
+    skip = qc.get("llm_int8_skip_modules")
+    if skip is None:
+        return []
+    if not isinstance(skip, list) or not all(isinstance(s, str) for s in skip):
+        raise FormatError("bitsandbytes: llm_int8_skip_modules must be a list of module names", code="quant-invalid",
+                          key="quantization_config.llm_int8_skip_modules", expected="list of strings", actual=skip)
+    return skip
 
 
 class Bnb4(QuantFormat):
@@ -66,11 +72,12 @@ class Bnb4(QuantFormat):
         self.quant_type = config.get("bnb_4bit_quant_type", "fp4")
         self.double = bool(config.get("bnb_4bit_use_double_quant", False))
         self.name = f"bnb-{self.quant_type}" if isinstance(self.quant_type, str) else "bnb-4bit"
-        if self.quant_type not in ("nf4", "fp4"):
+        if not isinstance(self.quant_type, str) or self.quant_type not in ("nf4", "fp4"):
             raise self.unsupported("a 4-bit quant type bitsandbytes does not define", "bnb_4bit_quant_type",
                                    expected="nf4 | fp4", actual=self.quant_type)
+        _skipped(config)
         storage = config.get("bnb_4bit_quant_storage", "uint8")
-        if storage not in ("uint8", None):
+        if not (storage is None or storage == "uint8"):
             raise self.unsupported("4-bit codes stored in another dtype than uint8 are not read", "bnb_4bit_quant_storage",
                                    expected="uint8", actual=storage)
 
@@ -127,9 +134,9 @@ class Bnb4(QuantFormat):
         if not (isinstance(shape, list) and len(shape) == 2 and all(type(s) is int and s > 0 for s in shape)):
             raise self.invalid("the record's shape is not an (out, in) pair of positive integers", module, "quant_state.shape",
                                expected="[out, in]", actual=shape)
-        if blocksize not in BLOCKSIZES:
+        if type(blocksize) is not int or blocksize not in BLOCKSIZES:
             raise self.invalid("a block size bitsandbytes does not use", module, "quant_state.blocksize", expected=BLOCKSIZES, actual=blocksize)
-        if dtype not in TORCH_DTYPE_NAMES:
+        if not isinstance(dtype, str) or dtype not in TORCH_DTYPE_NAMES:
             raise self.invalid("a dtype the weight cannot have had", module, "quant_state.dtype", expected=sorted(TORCH_DTYPE_NAMES), actual=dtype)
         n = shape[0] * shape[1]
         blocks = -(-n // blocksize)
@@ -142,7 +149,7 @@ class Bnb4(QuantFormat):
         if self.double:
             nb = record.get("nested_blocksize")
             offset = record.get("nested_offset")
-            if nb not in BLOCKSIZES:
+            if type(nb) is not int or nb not in BLOCKSIZES:
                 raise self.invalid("a nested block size bitsandbytes does not use", module, "quant_state.nested_blocksize",
                                    expected=BLOCKSIZES, actual=nb)
             if record.get("nested_dtype") != "float32":
@@ -276,6 +283,7 @@ class Bnb8(QuantFormat):
 
     def __init__(self, config: dict[str, Any], where=None) -> None:
         super().__init__(config, where)
+        _skipped(config)
         if config.get("llm_int8_has_fp16_weight"):
             raise self.unsupported("8-bit checkpoints that keep fp16 weights are not read", "llm_int8_has_fp16_weight",
                                    expected=False, actual=True)

@@ -44,7 +44,7 @@ def quant_format(config: dict[str, Any] | None, where: Path | None = None):
     method = qc.get("quant_method")
     if method is None and (qc.get("load_in_4bit") or qc.get("load_in_8bit") or qc.get("_load_in_4bit") or qc.get("_load_in_8bit")):
         method = "bitsandbytes"  # configs written before transformers named the method
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise UnsupportedError("a quantization method adapterkit does not read", code="quant-unsupported", path=where,
                                key="quantization_config.quant_method", expected=" | ".join(sorted(METHODS)), actual=method)
     module, name = METHODS[method]

@@ -25,11 +25,11 @@ from safetensors.torch import load_file, save_file
 
 pytest.importorskip("bitsandbytes")
 
-from adapterkit.checkpoint import open_checkpoint  # noqa: E402
-from adapterkit.errors import CODES, AdapterkitError  # noqa: E402
-from adapterkit.io.writer import save  # noqa: E402
-from adapterkit.ops.merge_quantized import open_quantized  # noqa: E402
-from adapterkit.ops.merging import _read_config, merge_checkpoint  # noqa: E402
+from adapterkit.checkpoint import open_checkpoint
+from adapterkit.errors import CODES, AdapterkitError
+from adapterkit.io.writer import save
+from adapterkit.ops.merge_quantized import open_quantized
+from adapterkit.ops.merging import _read_config, merge_checkpoint
 
 BNB_SEEDS = {
     "nf4-dq": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
@@ -105,7 +105,7 @@ def _mutate(src: Path, dst: Path, data) -> None:
         tensors[rkey] = torch.tensor(list(raw), dtype=torch.uint8)
     else:
         qc = config["quantization_config"]
-        field = data.draw(st.sampled_from(sorted(qc) + ["quant_method"]))
+        field = data.draw(st.sampled_from([*sorted(qc), "quant_method"]))
         qc[field] = data.draw(st.one_of(st.none(), st.booleans(), st.integers(-3, 5000), st.text(max_size=8),
                                         st.sampled_from(["nf4", "fp4", "gptq", "awq", "fp8", "uint8", "bfloat16", "hqq"]),
                                         st.lists(st.integers(0, 300), max_size=3)))

@@ -521,3 +521,98 @@ def test_nested_config_and_describe():
     assert fmt.describe() == {"format": "compressed-tensors-fp8", "ignore": ["lm_head"], "groups": {
         "group_0": {"targets": ["Linear"], "strategy": "block", "block": [128, 128], "input_activations": "dynamic"}}}
     assert math.isclose(448.0, torch.finfo(torch.float8_e4m3fn).max)
+
+
+@pytest.mark.parametrize("shape", [(), (1, 1), (1,)], ids=str)
+def test_per_tensor_scale_shapes_are_kept(shape):
+    config, tensors, weights = ct_checkpoint(64, 96, "tensor", torch.bfloat16)
+    key = f"{MODULE}.weight_scale"
+    tensors[key] = tensors[key].reshape(shape)
+    fmt = quant_format({"quantization_config": config})
+    packed = fmt.find(keys_of(tensors))[MODULE]
+    members = {role: tensors[k] for role, k in packed.members.items()}
+    theirs = ct_dequantize(members, weights)
+    assert same_bits(fmt.dequantize(packed, members, CPU), theirs.float())
+    written = fmt.quantize(packed, theirs.float(), members, CPU)
+    assert written["weight_scale"].shape == shape
+
+
+# -- fuzz: every layout of one module either reads or is refused with an adapterkit error ------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2, torch.bfloat16, torch.float32, None]
+CONFIGS = [ct_config(weights_args(s, 96)) for s in STRATEGIES] + [fp8_config(), fp8_config(None), fp8_config((8, 16)),
+                                                                    {"quant_method": "fbgemm_fp8"}]
+
+
+def sized(dtype, shape, data) -> torch.Tensor:
+    values = torch.tensor(data.draw(st.lists(st.floats(-1e4, 1e4, width=32), min_size=math.prod(shape),
+                                             max_size=math.prod(shape))), dtype=torch.float32).reshape(shape)
+    return values.to(dtype)
+
+
+def layout_scale_shape(config: dict, out: int, inp: int) -> tuple[int, ...]:
+    """The scale shape the libraries give an (out, in) weight under ``config`` (written out here)."""
+    if config["quant_method"] == "fbgemm_fp8":
+        return (out, 1)
+    if config["quant_method"] == "fp8":
+        block = config["weight_block_size"]
+        return () if block is None else (-(-out // block[0]), -(-inp // block[1]))
+    weights = config["config_groups"]["group_0"]["weights"]
+    strategy = weights["strategy"]
+    if strategy == "tensor":
+        return (1,)
+    if strategy == "channel":
+        return (out, 1)
+    if strategy == "group":
+        return (out, inp // weights["group_size"])
+    bh, bw = weights["block_structure"]
+    return (-(-out // bh), -(-inp // bw))
+
+
+REACHED: list[str] = []
+
+
+@given(data=st.data())
+def test_fuzz_layouts(data):
+    config = data.draw(st.sampled_from(CONFIGS))
+    fmt = quant_format({"quantization_config": config})
+    if data.draw(st.booleans()):  # a layout that fits the config (sometimes): the read and write paths run
+        wshape = (data.draw(st.integers(1, 40)), 32 * data.draw(st.integers(1, 3)))
+        sshape = layout_scale_shape(config, *wshape)
+        wdtype, sdtype = torch.float8_e4m3fn, data.draw(st.sampled_from([torch.float32, torch.bfloat16]))
+    else:
+        wshape = tuple(data.draw(st.lists(st.integers(0, 20), min_size=1, max_size=3)))
+        sshape = tuple(data.draw(st.lists(st.integers(0, 4), min_size=0, max_size=3)))
+        wdtype, sdtype = data.draw(st.sampled_from(DTYPES)), data.draw(st.sampled_from(DTYPES))
+    tensors = {}
+    if wdtype is not None:
+        tensors["m.weight"] = sized(wdtype, wshape, data)
+    if sdtype is not None:
+        tensors[f"m.{fmt.scale_role}"] = sized(sdtype, sshape, data).abs()
+    if data.draw(st.booleans()):
+        tensors["m.weight_zero_point"] = sized(torch.float8_e4m3fn, sshape, data)
+    try:
+        found = fmt.find(keys_of(tensors))
+    except AdapterkitError:
+        return
+    for packed in found.values():
+        members = {role: tensors[key] for role, key in packed.members.items()}
+        try:
+            dense = fmt.dequantize(packed, members, CPU)
+        except AdapterkitError:
+            continue
+        REACHED.append(fmt.name)
+        assert dense.shape == packed.shape and dense.dtype == torch.float32
+        if fmt.requantize:
+            written = fmt.quantize(packed, dense.nan_to_num(), members, CPU)
+            planned = fmt.planned(packed, keys_of(tensors))
+            assert keys_of({packed.members[role]: t for role, t in written.items()}) == planned
+
+
+def test_fuzz_reached_the_read_and_write_paths():
+    REACHED.clear()
+    test_fuzz_layouts()
+    assert len(set(REACHED)) >= 2, REACHED

@@ -232,6 +232,9 @@ class _FP8(QuantFormat):
                                    "(field weight shape)",
                                    "weight shape", expected="(out, in)", actual=list(shape), module=module)
         out, inp = shape
+        if out == 0 or inp == 0:
+            raise self.invalid(f"`{weight}` is empty {tuple(shape)}", module, "weight shape",
+                               expected="(out > 0, in > 0)", actual=list(shape))
         grid, field_name, info = self.grid_for(module)
         if grid.strategy == "group" and inp % grid.group_size:
             raise self.invalid(f"in_features {inp} of `{weight}` is not a multiple of group_size {grid.group_size}",

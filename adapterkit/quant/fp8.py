@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,7 +193,9 @@ class _FP8(QuantFormat):
     def scale_dtypes(self) -> tuple[str, ...]:
         return tuple(SCALE_DTYPES)
 
-    def find(self, keys: Keys) -> dict[str, Packed]:
+    def find(self, keys: Keys, read: Callable[[str], torch.Tensor] | None = None) -> dict[str, Packed]:
+        """module name -> its :class:`Packed`: every module with a float8 ``.weight`` (checked against
+        the config, see the module docstring); ``read`` is not needed (FP8 keeps no records in tensors)."""
         roles = ("weight", self.scale_role) + (("weight_zero_point",) if self.zero_points else ())
         found: dict[str, Packed] = {}
         for module, members in sorted(group_members(keys, roles).items()):
@@ -271,7 +274,8 @@ class _FP8(QuantFormat):
         if weight.dtype != torch.float8_e4m3fn or tuple(weight.shape) != packed.shape:
             raise self.invalid(f"`{packed.weight}` read as {weight.dtype} {tuple(weight.shape)}", packed.module,
                                "weight", expected=f"F8_E4M3 {packed.shape}", actual=f"{weight.dtype} {tuple(weight.shape)}")
-        if TORCH_NAMES.get(scale.dtype) != packed.info["scale_dtype"] or list(scale.shape) != packed.info["scale_shape"]:
+        # the scale's dtype may differ from the base's where quantize writes another (FineGrainedFP8: F32)
+        if TORCH_NAMES.get(scale.dtype) not in self.scale_dtypes() or list(scale.shape) != packed.info["scale_shape"]:
             raise self.invalid(f"`{packed.members[self.scale_role]}` read as {scale.dtype} {tuple(scale.shape)}",
                                packed.module, self.scale_role, expected=packed.info["scale_shape"],
                                actual=list(scale.shape))

@@ -619,3 +619,16 @@ def test_fuzz_reached_the_read_and_write_paths():
     if not REACHED:  # run alone (-k)
         test_fuzz_layouts()
     assert len(set(REACHED)) >= 2, REACHED
+
+
+def test_scales_of_another_observer_are_read_not_remade():
+    config, tensors, weights = ct_checkpoint(64, 96, "channel", torch.bfloat16)
+    config["config_groups"]["group_0"]["weights"]["observer"] = "mse"
+    fmt = quant_format({"quantization_config": config})
+    assert fmt.requantize is None
+    packed = fmt.find(keys_of(tensors))[MODULE]
+    members = {role: tensors[k] for role, k in packed.members.items()}
+    assert same_bits(fmt.dequantize(packed, members, CPU), ct_dequantize(members, weights).float())
+    with pytest.raises(AdapterkitError) as err:
+        fmt.quantize(packed, torch.zeros(64, 96), members, CPU)
+    assert err.value.code == "quant-unsupported" and "weights.observer" in str(err.value)

@@ -357,6 +357,8 @@ class CompressedTensorsFP8(_FP8):
             raise self.unsupported("config_groups must name at least one group", "config_groups",
                                    expected="an object of groups", actual=groups)
         self.groups = [self._group(name, group, fmt) for name, group in groups.items()]
+        if any(g.grid is not None and g.observer not in MINMAX_OBSERVERS for g in self.groups):
+            self.requantize = None  # scales an MSE (or other) observer chose need calibration to make again
         # compressed-tensors' apply_quantization_config: a later group listing the same target wins
         self.target_group: dict[str, _Group] = {}
         for group in self.groups:

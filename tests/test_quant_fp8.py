@@ -73,7 +73,7 @@ STRATEGIES = {
     "block": {"strategy": "block", "block_structure": [128, 128]},
     "block-small": {"strategy": "block", "block_structure": [48, 40]},
 }
-SHAPES = [(64, 96), (200, 130), (256, 256)]
+SHAPES = [(64, 96), (200, 130), (256, 256)]  # small, edge blocks / partial groups, whole 128-blocks
 
 
 def weights_args(strategy: str, inp: int) -> dict:
@@ -140,9 +140,11 @@ def ct_checkpoint(out: int, inp: int, strategy: str, dtype, seed: int = 0, modul
     return ct_config(weights), tensors, weights
 
 
+CASES = [(shape, strategy) for shape in SHAPES[:2] for strategy in STRATEGIES] + [(SHAPES[2], "block")]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=NAMES.get)
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(("shape", "strategy"), CASES, ids=[f"{s[0]}x{s[1]}-{t}" for s, t in CASES])
 def test_compressed_tensors_dequantize_quantize_match_the_library(shape, strategy, dtype):
     out, inp = shape
     config, tensors, weights = ct_checkpoint(out, inp, strategy, dtype, seed=out + inp)
@@ -477,7 +479,9 @@ def test_mixed_precision_groups():
     err = refusal(config)
     assert err.code == "quant-unsupported" and err.key == "quantization_config.config_groups.group_1.format"
     del config["config_groups"]["group_1"]
-    assert quant_format({"quantization_config": config}).describe()["groups"]["group_0"]["block"] == [128, 128]
+    config["config_groups"]["group_1"] = {"targets": ["re:.*experts.*"], "weights": weights_args("channel", 96),
+                                          "format": "float-quantized"}
+    assert quant_format({"quantization_config": config}).describe()["groups"]["group_1"]["strategy"] == "channel"
 
 
 @pytest.mark.parametrize(("config", "key"), [
@@ -520,8 +524,8 @@ def test_nested_config_and_describe():
     config, _tensors, _weights = ct_checkpoint(64, 96, "block", torch.bfloat16)
     nested = {"quant_method": "compressed-tensors", "quantization_config": config}
     fmt = from_config(nested)
-    assert fmt.describe() == {"format": "compressed-tensors-fp8", "ignore": ["lm_head"], "groups": {
-        "group_0": {"targets": ["Linear"], "strategy": "block", "block": [128, 128], "input_activations": "dynamic"}}}
+    assert fmt.describe() == {"format": "compressed-tensors-fp8", "ignore": ["lm_head"], "targets": ["Linear"],
+                              "strategy": "block", "block": [128, 128], "input_activations": "dynamic"}
     assert math.isclose(448.0, torch.finfo(torch.float8_e4m3fn).max)
 
 
@@ -632,3 +636,97 @@ def test_scales_of_another_observer_are_read_not_remade():
     with pytest.raises(AdapterkitError) as err:
         fmt.quantize(packed, torch.zeros(64, 96), members, CPU)
     assert err.value.code == "quant-unsupported" and "weights.observer" in str(err.value)
+
+
+# -- end to end: merge onto an FP8 base (needs adapterkit.ops.merge_quantized, the lead's merge) -----
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def _fp8_base(root, method: str):
+    """A tiny bf16 llama, its linear weights quantized as the owning library writes them, and a
+    LoRA (random B) made with PEFT on the dense model."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False, dtype="bfloat16")
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(root / "dense")
+    dense = load_file(root / "dense" / "model.safetensors")
+    weights = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "block", "block_structure": [48, 48]}
+    quantized = {}
+    for key, value in dense.items():
+        if key.endswith("_proj.weight"):
+            module = key[: -len(".weight")]
+            if method == "compressed-tensors":
+                members = ct_quantize(value, weights)
+                quantized[key], quantized[module + ".weight_scale"] = members["weight"], members["weight_scale"]
+            else:
+                quantized[key], quantized[module + ".weight_scale_inv"] = hf_quantize(value, (32, 32))
+        else:
+            quantized[key] = value
+    (root / "fp8").mkdir()
+    save_file(quantized, root / "fp8" / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((root / "dense" / "config.json").read_text())
+    config["quantization_config"] = (ct_config(weights) if method == "compressed-tensors"
+                                     else fp8_config((32, 32)))
+    (root / "fp8" / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(7)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_lora_weights=False))
+    peft_model.save_pretrained(root / "lora")
+    return weights
+
+
+def _delta(root, module: str) -> torch.Tensor:
+    import json
+
+    from safetensors.torch import load_file
+
+    tensors = load_file(root / "lora" / "adapter_model.safetensors")
+    config = json.loads((root / "lora" / "adapter_config.json").read_text())
+    a = tensors[f"base_model.model.{module}.lora_A.weight"].double()
+    b = tensors[f"base_model.model.{module}.lora_B.weight"].double()
+    return config["lora_alpha"] / config["r"] * (b @ a)
+
+
+@pytest.mark.parametrize("method", ["compressed-tensors", "fp8"])
+def test_merge_onto_an_fp8_base(method, tmp_path):
+    pytest.importorskip("adapterkit.ops.merge_quantized")
+    from safetensors.torch import load_file
+
+    from adapterkit.ops.merging import merge_checkpoint
+
+    weights = _fp8_base(tmp_path, method)
+    scale = "weight_scale" if method == "compressed-tensors" else "weight_scale_inv"
+    base = load_file(tmp_path / "fp8" / "model.safetensors")
+    merge_checkpoint(tmp_path / "fp8", [tmp_path / "lora"], tmp_path / "f32", dtype="F32")
+    report = merge_checkpoint(tmp_path / "fp8", [tmp_path / "lora"], tmp_path / "requantized")
+    dense, got = load_file(tmp_path / "f32" / "model.safetensors"), load_file(tmp_path / "requantized" / "model.safetensors")
+    assert set(got) == set(base) and not any(k.endswith(scale) for k in dense)
+    changed = [f"model.layers.{i}.{'mlp' if t == 'down_proj' else 'self_attn'}.{t}" for i in range(2) for t in TARGETS]
+    for module in changed:
+        members = {"weight": base[module + ".weight"], scale: base[module + "." + scale]}
+        if method == "compressed-tensors":
+            library = ct_dequantize(members, weights).float()
+        else:
+            library = hf_dequantize(members["weight"], members[scale], (32, 32))
+        expected = library.double() + _delta(tmp_path, module)
+        assert torch.allclose(dense[module + ".weight"].double(), expected, rtol=0,
+                              atol=4 * 2.0 ** -24 * expected.abs().max().item()), module
+        # the requantized output is the library's quantizer on the merged weight
+        if method == "compressed-tensors":
+            theirs = ct_quantize(dense[module + ".weight"].to(torch.bfloat16), weights)
+        else:
+            q, inverse = hf_quantize(dense[module + ".weight"], (32, 32))
+            theirs = {"weight": q, scale: inverse}
+        assert same_bits(got[module + ".weight"], theirs["weight"]), module
+        assert same_bits(got[module + "." + scale], theirs[scale]), module
+    for key in base:
+        if not any(key.startswith(m + ".") for m in changed):
+            assert torch.equal(got[key].view(torch.uint8), base[key].view(torch.uint8)), key
+    assert report.quantized["format"] in ("compressed-tensors-fp8", "finegrained-fp8")

@@ -524,6 +524,8 @@ class CompressedTensorsFP8(_FP8):
             if group.activations:
                 entry["input_activations"] = group.activations
             groups[group.name] = entry
+        if len(groups) == 1:  # the common case, printed flat
+            return {"format": self.name, **next(iter(groups.values())), "ignore": list(self.ignore)}
         return {"format": self.name, "groups": groups, "ignore": list(self.ignore)}
 
 

@@ -283,9 +283,6 @@ class _FP8(QuantFormat):
         canonical = grid.scale_shapes(*packed.shape)[0]
         return weight.to(device), scale.to(device).reshape(canonical), grid
 
-    def planned(self, packed: Packed, keys: Keys) -> Keys:
-        return {key: keys[key] for key in packed.members.values()}
-
     def describe(self) -> dict[str, Any]:
         return {"format": self.name}
 
@@ -477,9 +474,10 @@ class CompressedTensorsFP8(_FP8):
         values = weight.to(scale.dtype)
         zero = tensors.get("weight_zero_point")
         if zero is not None:
-            if bool((zero.to(torch.float32) != 0).any()):
-                raise self.invalid("the zero point is not zero in a symmetric scheme", packed.module,
-                                   "weight_zero_point", expected=0, actual="non-zero values")
+            if list(zero.shape) != packed.info["scale_shape"] or bool((zero.to(torch.float32) != 0).any()):
+                raise self.invalid("a symmetric scheme's zero point must be zeros shaped as its scale", packed.module,
+                                   "weight_zero_point", expected=f"zeros {packed.info['scale_shape']}",
+                                   actual=f"{list(zero.shape)}, non-zero or misshapen")
             values = grid.apply(values, zero.to(device).to(scale.dtype).reshape(scale.shape), torch.sub)
         return grid.apply(values, scale, torch.mul).to(torch.float32)
 

@@ -99,6 +99,11 @@ def run(case, torch, qtorch, gmodel, packing, gemm):
                "g_idx": m.g_idx.clone()}
         gmodel.convert_gptq_v2_to_v1_format_module(m, SimpleNamespace(bits=case["bits"], pack_dtype=torch.int32))
         out["qzeros_v1"] = m.qzeros.clone()
+        # and how GPTQModel reads both files back
+        for v1 in (False, True):
+            read = dict(case, op="gptq_dequant", v1=v1, qweight=out["qweight"], scales=out["scales"],
+                        g_idx=out["g_idx"], qzeros=out["qzeros_v1" if v1 else "qzeros_v2"])
+            out["weight_v1" if v1 else "weight_v2"] = run(read, torch, qtorch, gmodel, packing, gemm)["weight"]
         return out
     if op == "awq_dequant":
         w = packing.dequantize_gemm(case["qweight"], case["qzeros"], case["scales"], 4, case["group_size"])
@@ -109,7 +114,8 @@ def run(case, torch, qtorch, gmodel, packing, gemm):
         linear.weight.data = case["W"].clone()
         q = gemm.WQLinear_GEMM.from_linear(linear, 4, case["group_size"], scales=case["scales"].clone(),
                                            zeros=case["zeros"].clone())
-        return {"qweight": q.qweight.clone(), "qzeros": q.qzeros.clone(), "scales": q.scales.clone()}
+        weight = packing.dequantize_gemm(q.qweight, q.qzeros, q.scales, 4, q.group_size)
+        return {"qweight": q.qweight.clone(), "qzeros": q.qzeros.clone(), "scales": q.scales.clone(), "weight": weight}
     raise ValueError(op)
 
 

@@ -615,3 +615,42 @@ def test_awq_config_as_written():
     with pytest.raises(FormatError) as e:
         fmt.find({f"visual.blocks.0.{k.split('.', 3)[-1]}": v for k, v in awq_keys().items()})
     refused(e.value, "quant-invalid", "modules_to_not_convert", "visual.blocks.0")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_gptq_ties_round_to_the_even_code(bits):
+    """A weight exactly half way between two grid points takes the even code (torch.round in the
+    libraries' packers); beyond the grid it clamps."""
+    case = grid_case(bits, 32, 32, 16, False, False, 11)
+    fmt = GPTQ(gptq_config(bits, 16, False, False, "gptq_v2"))
+    tensors = gptq_checkpoint(case, case["qweight"], case["qzeros"], case["scales"], case["g_idx"], bias=False)
+    packed = only(fmt.find(keys_of(tensors)))
+    g = case["g_idx"].long()
+    s = case["scales"][g].float().t()
+    z = case["zeros"][g].t()
+    k = torch.arange(32 * 32).view(32, 32) % ((1 << bits) + 1) - 1  # codes -1 .. maxq, then the midpoint above
+    target = (k - z + 0.5).float() * s  # exact in fp32
+    new = fmt.quantize(packed, target, members(packed, tensors), CPU)
+    got = fmt.dequantize(packed, {**members(packed, tensors), "qweight": new["qweight"]}, CPU)
+    even = torch.where(k % 2 == 0, k, k + 1).clamp(0, (1 << bits) - 1)
+    expected = ((even - z).float() * s).half().float()
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+    assert np.array_equal(got.numpy().view(np.int32),
+                          first_principles_nearest(target.numpy(), s.numpy(), z.numpy(), bits).view(np.int32))
+
+
+def test_awq_ties_round_to_the_even_code(oracle):
+    i = indices("awq_pack")[1]
+    case, ref = CASES[i], oracle[i]
+    fmt = AWQ(awq_config(case["config_group_size"]))
+    tensors = awq_checkpoint(ref["qweight"], ref["qzeros"], ref["scales"])
+    packed = only(fmt.find(keys_of(tensors)))
+    rows = torch.arange(case["in"]) // case["group_size"]
+    s = ref["scales"][rows].float().t()
+    z = case["zeros"][rows].t()
+    k = torch.arange(s.numel()).view(s.shape) % 17 - 1
+    target = (k - z + 0.5).float() * s
+    new = fmt.quantize(packed, target, members(packed, tensors), CPU)
+    got = fmt.dequantize(packed, {**members(packed, tensors), "qweight": new["qweight"]}, CPU)
+    assert np.array_equal(got.numpy().view(np.int32),
+                          first_principles_nearest(target.numpy(), s.numpy(), z.numpy(), 4).view(np.int32))

@@ -303,6 +303,19 @@ def first_principles_nearest(w, s, z, bits):
     return (np.float32(q - z) * np.float32(s)).astype(np.float16).astype(np.float32)
 
 
+def stream_cols(values, bits, words):
+    """First principles: codes ``values`` (rows × n) as a little-endian bit stream along each row,
+    ``bits`` bits a code, in ``words`` int32 words a row (what GPTQ's qzeros are)."""
+    rows, n = values.shape
+    packed = np.zeros((rows, words), dtype=np.int64)
+    for r, o in itertools.product(range(rows), range(n)):
+        for b in range(bits):
+            if (int(values[r, o]) >> b) & 1:
+                pos = o * bits + b
+                packed[r, pos // 32] |= 1 << (pos % 32)
+    return torch.from_numpy(np.where(packed >= 1 << 31, packed - (1 << 32), packed)).to(torch.int32)
+
+
 def grid_case(bits, out, n_in, gs, desc, sym, seed):
     gen = torch.Generator().manual_seed(seed)
     size = n_in if gs == -1 else gs
@@ -312,15 +325,7 @@ def grid_case(bits, out, n_in, gs, desc, sym, seed):
     scales = (torch.rand(groups, out, generator=gen) * 0.05 + 0.001).half()
     zeros = torch.full((groups, out), 1 << (bits - 1)) if sym else torch.randint(0, maxq + 1, (groups, out),
                                                                                  generator=gen)
-    # v2 file: qzeros packed from first principles (a bit stream along out)
-    zcols = -(-out * bits // 32)
-    qzeros = np.zeros((groups, zcols), dtype=np.int64)
-    for g, o in itertools.product(range(groups), range(out)):
-        for b in range(bits):
-            if (int(zeros[g, o]) >> b) & 1:
-                pos = o * bits + b
-                qzeros[g, pos // 32] |= 1 << (pos % 32)
-    qzeros = torch.from_numpy(np.where(qzeros >= 1 << 31, qzeros - (1 << 32), qzeros)).to(torch.int32)
+    qzeros = stream_cols(zeros, bits, -(-out * bits // 32))  # a v2 file
     qweight = torch.zeros(-(-n_in * bits // 32), out, dtype=torch.int32)
     return dict(bits=bits, out=out, **{"in": n_in}, group_size=gs, desc_act=desc, sym=sym, scales=scales,
                 zeros=zeros, g_idx=g_idx, qzeros=qzeros, qweight=qweight)
@@ -654,3 +659,77 @@ def test_awq_ties_round_to_the_even_code(oracle):
     got = fmt.dequantize(packed, {**members(packed, tensors), "qweight": new["qweight"]}, CPU)
     assert np.array_equal(got.numpy().view(np.int32),
                           first_principles_nearest(target.numpy(), s.numpy(), z.numpy(), 4).view(np.int32))
+
+
+# -- fuzz: any header or tensor content is read or refused with an adapterkit error ----------------
+
+def perturb(shapes, data):
+    """Mostly the right shapes; sometimes one dimension off by a little."""
+    if data.draw(st.booleans()):
+        role = data.draw(st.sampled_from(sorted(shapes)))
+        dim = data.draw(st.integers(0, len(shapes[role]) - 1))
+        shape = list(shapes[role])
+        shape[dim] = max(0, shape[dim] + data.draw(st.sampled_from([-1, 1, 3])))
+        shapes[role] = tuple(shape)
+    return shapes
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.sampled_from([2, 3, 4, 8]), gs=st.sampled_from([-1, 16, 32]), desc=st.booleans(),
+       sym=st.booleans(), v1=st.booleans(), out=st.integers(1, 3).map(lambda k: 32 * k) | st.integers(1, 70),
+       n_in=st.integers(1, 3).map(lambda k: 32 * k) | st.integers(1, 70), seed=st.integers(0, 2**16),
+       data=st.data())
+def test_gptq_fuzz(bits, gs, desc, sym, v1, out, n_in, seed, data):
+    fmt = GPTQ(gptq_config(bits, gs, desc, sym, "gptq" if v1 else "gptq_v2"))
+    groups = 1 if gs == -1 else -(-n_in // gs)
+    shapes = perturb({"qweight": (-(-n_in * bits // 32), out), "qzeros": (groups, -(-out * bits // 32)),
+                      "scales": (groups, out), "g_idx": (n_in,)}, data)
+    keys = {f"{M}.{role}": ("F16" if role == "scales" else "I32", shape) for role, shape in shapes.items()}
+    fuzz_read(fmt, keys, seed)
+
+
+@settings(max_examples=40, deadline=None)
+@given(gs=st.sampled_from([-1, 8, 32]), out=st.integers(1, 8).map(lambda k: 8 * k), n_in=st.integers(1, 80),
+       seed=st.integers(0, 2**16), data=st.data())
+def test_awq_fuzz(gs, out, n_in, seed, data):
+    groups = 1 if gs == -1 else max(1, n_in // gs)
+    shapes = perturb({"qweight": (n_in, out // 8), "qzeros": (groups, out // 8), "scales": (groups, out)}, data)
+    keys = {f"{M}.{role}": ("F16" if role == "scales" else "I32", shape) for role, shape in shapes.items()}
+    fuzz_read(AWQ(awq_config(gs)), keys, seed)
+
+
+def fuzz_read(fmt, keys, seed):
+    try:
+        found = fmt.find(keys)
+    except AdapterkitError:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    for packed in found.values():
+        tensors = {}
+        for role, key in packed.members.items():
+            dtype, shape = keys[key]
+            if dtype == "F16":
+                tensors[role] = (torch.randn(shape, generator=gen) * 0.01).half()
+            elif role == "g_idx":  # out of range a third of the time; else valid for desc_act
+                groups = keys[packed.members["scales"]][1][0]
+                if seed % 3 == 0:
+                    tensors[role] = torch.randint(-2, groups + 2, shape, generator=gen, dtype=torch.int32)
+                elif fmt.desc_act:
+                    tensors[role] = torch.randint(0, groups, shape, generator=gen, dtype=torch.int32)
+                else:
+                    size = shape[0] if fmt.group_size == -1 else fmt.group_size
+                    tensors[role] = (torch.arange(shape[0]) // size).to(torch.int32)
+            else:
+                tensors[role] = torch.randint(-(1 << 31), 1 << 31, shape, generator=gen, dtype=torch.int64).to(torch.int32)
+        if isinstance(fmt, GPTQ) and seed % 2:  # zero points the sym / v1 checks accept, half the time
+            groups, n_out = keys[packed.members["scales"]][1]
+            codes = (torch.full((groups, n_out), 1 << (fmt.bits - 1)) if fmt.sym
+                     else torch.randint(0, (1 << fmt.bits) - 1, (groups, n_out), generator=gen))
+            tensors["qzeros"] = stream_cols(codes - int(fmt.v1), fmt.bits, keys[packed.members["qzeros"]][1][1])
+        try:
+            weight = fmt.dequantize(packed, tensors, CPU)
+        except AdapterkitError:
+            continue
+        assert weight.shape == packed.shape and weight.dtype == torch.float32
+        again = fmt.quantize(packed, weight, tensors, CPU)
+        assert torch.equal(fmt.dequantize(packed, again, CPU).view(torch.int32), weight.view(torch.int32))

@@ -5,8 +5,9 @@ Run as a script in a separate process (``tests/test_quant_gptq.py`` does it once
     python tests/quant_oracle.py CASES.pt RESULTS.pt
 
 with the oracle directory (``scripts/setup.sh`` installs it: ``gptqmodel==7.7.0``,
-``autoawq==0.2.9`` and the three small packages GPTQModel's logger needs, ``pip install
---no-deps --target .venv/oracles/quant``) first on ``sys.path``.  The oracles live outside
+``autoawq==0.2.9`` and the four small packages GPTQModel's import chain needs: ``pypcre``,
+``logbar``, ``threadpoolctl``, ``device-smi``; ``pip install --no-deps --target
+.venv/oracles/quant``) first on ``sys.path``.  The oracles live outside
 site-packages on purpose: PEFT imports ``gptqmodel`` whenever it finds it installed (and refuses
 to build any LoRA layer without ``optimum``), and GPTQModel's own dependencies pin a newer torch.
 So this process imports only the modules that hold the packing code:

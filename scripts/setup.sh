@@ -19,6 +19,9 @@ TORCH_VERSION=${ADAPTERKIT_TORCH_VERSION:-2.13.0}
 CPU_INDEX=https://download.pytorch.org/whl/cpu
 case "$MODE" in auto|cpu|cuda) ;; *) echo "setup: ADAPTERKIT_TORCH must be auto, cpu or cuda (got '$MODE')" >&2; exit 2;; esac
 
+ORACLES=$VENV/oracles/quant
+QUANT_ORACLES=(gptqmodel==7.7.0 autoawq==0.2.9 pypcre==0.6.4 logbar==0.4.15 threadpoolctl==3.8.0 device-smi==0.5.7)
+
 stamp() { { cat pyproject.toml scripts/setup.sh; pwd; "$VENV/bin/python" -VV; } | sha256sum | cut -d' ' -f1; }
 have_all() {
   "$VENV/bin/python" - <<'EOF' 2>/dev/null
@@ -28,7 +31,8 @@ sys.exit(any(importlib.util.find_spec(m) is None for m in
 EOF
 }
 
-if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.adapterkit-setup" ] && [ "$(cat "$VENV/.adapterkit-setup")" = "$(stamp)" ] && have_all; then
+if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.adapterkit-setup" ] && [ "$(cat "$VENV/.adapterkit-setup")" = "$(stamp)" ] && have_all \
+   && [ -d "$ORACLES/gptqmodel" ] && [ -d "$ORACLES/awq" ]; then
   exit 0  # nothing changed since the last setup
 fi
 
@@ -72,6 +76,12 @@ else
 fi
 echo "setup: installing adapterkit (editable) with its test extra (pytest, hypothesis, ruff, jsonschema, peft==0.22.0, transformers==5.23.0, matplotlib)"
 pip_quiet -e ".[test]"
+# The GPTQ/AWQ test oracles (tests/quant_oracle.py runs their packing code in a child process) go
+# beside site-packages, not into it: PEFT imports any installed gptqmodel (and then wants optimum
+# and GPTQModel's own dependencies, which pin a newer torch), and neither package is needed to run
+# adapterkit.  Installed without dependencies: GPTQModel's import chain needs only the four small ones.
+echo "setup: installing the GPTQ/AWQ test oracles (gptqmodel==7.7.0, autoawq==0.2.9) into $ORACLES, outside site-packages"
+pip_quiet --no-deps --upgrade --target "$ORACLES" "${QUANT_ORACLES[@]}"
 have_all || { echo "setup: a required package is missing after install; see $LOG" >&2; exit 1; }
 stamp > "$VENV/.adapterkit-setup"
 echo "setup: done in $((SECONDS - started)) s; a second run skips all of this"

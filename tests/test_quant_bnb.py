@@ -587,3 +587,56 @@ def test_extract_quantized_finetune_from_dense_base(models, tmp_path):
         expected = _bnb_dequantized(tmp_path / "ftq", module).double() - _bnb_dequantized(root / "nf4", module).double()
         assert (b @ a - expected).norm() <= 1e-2 * expected.norm(), module  # full rank; the factors stored in bf16
     assert adapter.tensors[f"base_model.model.{Q}.lora_A.weight"].dtype == torch.bfloat16  # the dtype the 4-bit weights stand for
+
+
+# ----------------------------------------------------------------------------- combinations
+
+
+def test_two_adapters_and_weights_on_a_4bit_base(models, tmp_path):
+    """Two adapters (the same LoRA at 0.25 and 0.75) on the 4-bit base equal one at weight 1."""
+    root = models["root"]
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "one", dtype="F32")
+    merge_checkpoint(root / "nf4", [root / "lora", root / "lora"], tmp_path / "two", dtype="F32", weights=[0.25, 0.75], again=True)
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    for module in _modules(root):
+        assert torch.allclose(one[module + ".weight"], two[module + ".weight"], rtol=0, atol=1e-6), module
+
+
+def test_dora_on_a_4bit_base_equals_first_principles(models, tmp_path):
+    """DoRA's norm is over the dequantized base weight plus ΔW (PEFT's DoRA on bnb layers
+    dequantizes for it): W' = m / ‖W + ΔW‖_row · (W + ΔW), in fp64 here."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = models["root"]
+    four = AutoModelForCausalLM.from_pretrained(root / "nf4", device_map="cpu")
+    torch.manual_seed(11)
+    model = get_peft_model(four, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], use_dora=True, init_lora_weights=False))
+    model.save_pretrained(tmp_path / "dora")
+    merge_checkpoint(root / "nf4", [tmp_path / "dora"], tmp_path / "out", dtype="F32")
+    tensors = load_file(tmp_path / "dora" / "adapter_model.safetensors")
+    out = load_file(tmp_path / "out" / "model.safetensors")
+    for i in range(2):
+        module = f"model.layers.{i}.self_attn.q_proj"
+        p = f"base_model.model.{module}"
+        w = _bnb_dequantized(root / "nf4", module).double()
+        combined = w + 2.0 * tensors[f"{p}.lora_B.weight"].double() @ tensors[f"{p}.lora_A.weight"].double()
+        m = tensors[f"{p}.lora_magnitude_vector"].double().reshape(-1, 1)
+        expected = m / combined.norm(dim=1, keepdim=True) * combined
+        assert torch.allclose(out[module + ".weight"].double(), expected, rtol=0, atol=1e-5 * expected.abs().max().item()), module
+
+
+def test_resharded_requantized_output_loads(models, tmp_path):
+    """A re-quantized output resharded (--max-shard-size) holds the same tensors and loads in transformers."""
+    root = models["root"]
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "one")
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "many", max_shard_size=20_000)
+    index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2
+    many = {}
+    for shard in shards:
+        many |= load_file(tmp_path / "many" / shard)
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    assert set(many) == set(one) and all(torch.equal(many[k], one[k]) for k in one)
+    assert torch.equal(_logits(tmp_path / "many", models["ids"]), _logits(tmp_path / "one", models["ids"]))

@@ -14,7 +14,11 @@ nvidia-smi -L
 python3 -c "import torch, peft, transformers; print('torch', torch.__version__, 'peft', peft.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available(), torch.get_num_threads(), 'threads')"
 
 echo "== CUDA tests"
-timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_linalg.py tests/test_combine.py tests/test_resize.py tests/test_merge_stream.py tests/test_attach.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15
+timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_linalg.py tests/test_combine.py tests/test_resize.py tests/test_merge_stream.py tests/test_attach.py tests/test_quant_bnb.py 2>&1 | tee "$OUT/cuda_tests.log" | tail -15
+
+echo "== bench_quantized (small) on this machine's CPUs, and adapterkit merge onto NF4 with --device cuda"
+timeout 400 python3 scripts/bench_quantized.py --sizes small --dir /tmp/bq 2>&1 | tail -8 | tee "$OUT/bench_quantized_cpu.log"
+( time python3 -m adapterkit merge /tmp/bq/small/nf4 /tmp/bq/small/adapter /tmp/bq/cuda-bf16 --dtype bf16 --device cuda ) 2>&1 | tail -2 | tee "$OUT/merge_nf4_cuda.log"
 
 echo "== bench_ops --device cuda"
 timeout 240 python3 scripts/bench_ops.py --device cuda --repeat 3 --combine-modules 2 2>&1 | tee "$OUT/bench_ops_cuda.log"

@@ -640,3 +640,43 @@ def test_resharded_requantized_output_loads(models, tmp_path):
     one = load_file(tmp_path / "one" / "model.safetensors")
     assert set(many) == set(one) and all(torch.equal(many[k], one[k]) for k in one)
     assert torch.equal(_logits(tmp_path / "many", models["ids"]), _logits(tmp_path / "one", models["ids"]))
+
+
+# ----------------------------------------------------------------------------- CUDA (scripts/gpu_checks.sh runs these)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double", [False, True])
+def test_4bit_on_cuda_equals_the_cpu(quant_type, double):
+    """Our dequantization and quantization are plain torch: on a CUDA device they give the CPU's
+    bits, but for the mean over the absmax (a reduction: its last bit may differ)."""
+    torch.manual_seed(5)
+    w = torch.randn(96, 200, dtype=torch.bfloat16)
+    fmt, packed, roles, _, _ = _packed_4bit(w, quant_type, double, 64)
+    gpu = torch.device("cuda")
+    assert torch.equal(fmt.dequantize(packed, roles, gpu).cpu(), fmt.dequantize(packed, roles, CPU))
+    x = w.float() + 0.01 * torch.randn(96, 200)
+    on_cpu, on_gpu = fmt.quantize(packed, x, roles, CPU), fmt.quantize(packed, x.to(gpu), roles, gpu)
+    assert torch.equal(on_cpu["weight"], on_gpu["weight"])
+    if not double:
+        assert torch.equal(on_cpu["absmax"], on_gpu["absmax"])
+    else:
+        a = json.loads(bytes(on_cpu["record"].tolist()))["nested_offset"]
+        b = json.loads(bytes(on_gpu["record"].tolist()))["nested_offset"]
+        assert abs(a - b) <= 4 * abs(a) * 2.0 ** -24
+        assert (on_cpu["absmax"].int() - on_gpu["absmax"].int()).abs().max() <= 1
+
+
+@pytest.mark.cuda
+@cuda
+def test_merge_onto_nf4_on_cuda_equals_the_cpu(models, tmp_path):
+    root = models["root"]
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "cpu", dtype="F32")
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "gpu", dtype="F32", device="cuda")
+    a, b = load_file(tmp_path / "cpu" / "model.safetensors"), load_file(tmp_path / "gpu" / "model.safetensors")
+    for key in a:  # ΔW's product may round differently on the GPU: within fp32 rounding
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=4 * 2.0 ** -24 * max(1.0, a[key].float().abs().max().item())), key

@@ -369,7 +369,7 @@ MUTANTS = [
      'while sketch * 2 <= small:', EXTRACT),
     ('extract: factors stored in fp32 whatever the base dtype',
      'adapterkit/ops/extract.py',
-     'A.to(device="cpu", dtype=info.torch_dtype).contiguous()\n        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=info.torch_dtype).contiguous()',
+     'A.to(device="cpu", dtype=dtype).contiguous()\n        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=dtype).contiguous()',
      'A.to(device="cpu", dtype=torch.float32).contiguous()\n        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=torch.float32).contiguous()', EXTRACT),
     ('extract: unchanged targets compared by value, not bitwise (NaN never equal, -0.0 == 0.0)',
      'adapterkit/ops/extract.py',

@@ -118,13 +118,13 @@ MUTANTS = [
      "k = min(rank, small)",
      "k = rank", EXTRACT),
     ("extract: factors stored fp32 whatever the base dtype", "adapterkit/ops/extract.py",
-     'tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=info.torch_dtype).contiguous()\n'
-     '        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=info.torch_dtype).contiguous()',
+     'tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=dtype).contiguous()\n'
+     '        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=dtype).contiguous()',
      'tensors[f"{PREFIX}{module}.lora_A.weight"] = A.to(device="cpu", dtype=torch.float32).contiguous()\n'
      '        tensors[f"{PREFIX}{module}.lora_B.weight"] = B.to(device="cpu", dtype=torch.float32).contiguous()', EXTRACT),
     ("extract: tensors stored whole read from the base", "adapterkit/ops/extract.py",
-     "tensors[akey] = fside.ck.read(fside.src[key])",
-     "tensors[akey] = bside.ck.read(bside.src[key])", EXTRACT),
+     "else fside.ck.read(fside.src[key])",
+     "else bside.ck.read(bside.src[key])", EXTRACT),
     ("extract: non-targets compared on their first 16 MB only", "adapterkit/ops/extract.py",
      "for start in range(0, nbytes, _BLOCK):",
      "for start in range(0, size, _BLOCK):", EXTRACT),

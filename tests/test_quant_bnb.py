@@ -313,9 +313,9 @@ def test_requantized_merge_equals_bitsandbytes_quantizer(models, tmp_path):
         written = _bnb_dequantized(tmp_path / "nf4", m["module"]).double()
         before = _bnb_dequantized(root / "nf4", m["module"]).double()
         delta = dense[weight].double() - before
-        assert math.isclose(m["delta_norm"], delta.norm().item(), rel_tol=1e-6)
-        assert math.isclose(m["moved_norm"], (written - before).norm().item(), rel_tol=1e-6)
-        assert math.isclose(m["error_norm"], (written - before - delta).norm().item(), rel_tol=1e-6)
+        assert math.isclose(m["delta_norm"], delta.norm().item(), rel_tol=1e-5)
+        assert math.isclose(m["moved_norm"], (written - before).norm().item(), rel_tol=1e-5)
+        assert math.isclose(m["error_norm"], (written - before - delta).norm().item(), rel_tol=1e-5)
     # transformers loads the re-quantized checkpoint as a 4-bit model
     logits = _logits(tmp_path / "nf4", models["ids"])
     assert torch.isfinite(logits).all()

@@ -184,12 +184,19 @@ class Bnb4(QuantFormat):
 
     def dequantize(self, packed: Packed, tensors: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         out, inp = packed.shape
-        n = out * inp
-        data = tensors["weight"].to(device=device).reshape(-1)
-        codes = torch.stack(((data >> 4), (data & 0xF)), dim=1).reshape(-1)[:n].long()
+        n, blocksize = out * inp, packed.info["blocksize"]
         table = tensors["quant_map"].to(device=device, dtype=torch.float32)
+        # each byte's two values at once: the 256 (high, low) pairs of the table, looked up per byte
+        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)
+        values = torch.nn.functional.embedding(tensors["weight"].to(device=device).reshape(-1).long(), pairs).reshape(-1)
         absmax = self.absmax(packed, tensors, device)
-        return (table[codes] * absmax.repeat_interleave(packed.info["blocksize"])[:n]).reshape(out, inp)
+        blocks = absmax.numel()
+        if values.numel() != blocks * blocksize:  # a partial last block (or an odd count): pad, then cut
+            padded = torch.zeros(blocks * blocksize, dtype=torch.float32, device=device)
+            padded[:n] = values[:n]
+            values = padded
+        values.view(blocks, blocksize).mul_(absmax.view(-1, 1))  # code value × its block's absmax: one fp32 product
+        return values[:n].reshape(out, inp)
 
     def quantize(self, packed: Packed, weight: torch.Tensor, old: dict[str, torch.Tensor],
                  device: torch.device) -> dict[str, torch.Tensor]:
@@ -254,7 +261,10 @@ def quantize_4bit(flat: torch.Tensor, table: torch.Tensor, blocksize: int) -> tu
         scaled = torch.cat([scaled, torch.clamp(flat[full:] / last, -1, 1)])
     if scaled.numel() % 2:
         scaled = torch.nn.functional.pad(scaled, (0, 1))
-    codes = order[torch.bucketize(scaled, bounds, out_int32=True)].to(torch.uint8)
+    codes = torch.bucketize(scaled, bounds, out_int32=True)
+    if not torch.equal(order, torch.arange(order.numel(), device=order.device)):  # NF4's table is sorted: no remap
+        codes = order[codes]
+    codes = codes.to(torch.uint8)
     return (codes[::2] << 4) | codes[1::2], absmax
 
 

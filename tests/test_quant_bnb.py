@@ -62,6 +62,11 @@ def test_4bit_dequantize_and_quantize_equal_bitsandbytes(quant_type, double, sha
     state32.dtype = torch.float32
     assert torch.equal(ours, F.dequantize_4bit(q, state32)), "fp32 dequantization differs from bitsandbytes'"
     assert torch.equal(ours.to(torch.bfloat16), F.dequantize_4bit(q, state)), "what PEFT's dequantize_bnb_weight gives"
+    align = fmt.row_align(packed)  # the row blocks a dense merge streams: those rows of the whole, bit for bit
+    fetch = fmt.rows(packed, roles, CPU)
+    for per in (align, 3 * align):
+        got = torch.cat([fetch(start, min(shape[0], start + per)) for start in range(0, shape[0], per)])
+        assert torch.equal(got, ours), per
     # fresh quantization of an fp32 weight (a merged one): every member bit for bit, the record as a dict
     x = torch.randn(*shape) * 0.05 + w.float()
     new = fmt.quantize(packed, x, roles, CPU)
@@ -154,6 +159,8 @@ def test_int8_dequantize_and_quantize_equal_bitsandbytes():
     fmt = Bnb8({"load_in_8bit": True})
     packed = fmt.find({"m.weight": ("I8", (40, 70)), "m.SCB": ("F32", (40,))})["m"]
     assert torch.equal(fmt.dequantize(packed, {"weight": cb, "SCB": scb}, CPU), F.int8_vectorwise_dequant(cb, scb))
+    fetch = fmt.rows(packed, {"weight": cb, "SCB": scb}, CPU)
+    assert torch.equal(torch.cat([fetch(s, min(40, s + 7)) for s in range(0, 40, 7)]), F.int8_vectorwise_dequant(cb, scb))
     new = fmt.quantize(packed, w.float(), {}, CPU)
     assert torch.equal(new["weight"], cb) and torch.equal(new["SCB"], scb)
 

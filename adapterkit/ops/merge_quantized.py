@@ -41,6 +41,8 @@ from ..quant.view import QuantizedView
 from .merge_plan import INPUT_EMBEDDINGS, OUTPUT_EMBEDDINGS
 
 LOST = 0.5  # error / ‖ΔW‖ from which a module's ΔW counts as mostly rounded away
+CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows written dense (a few MB)
+ROW_ALIGN = 96  # blocks start on the sgemm kernels' row tiles, so each block's B·A is those rows of the whole (ops.merging)
 AS_TRAINED_TYPES = ("nf4", "fp4")
 
 
@@ -212,10 +214,12 @@ class QuantJob:
 
     def __init__(self, direction: str, ckpt, view: QuantizedView | None, keys: Keys, plan: Keys,
                  touched, replaced, device: torch.device, safe: bool, report, sources: dict[str, str],
-                 dense: bool, as_trained: AsTrained | None = None, rounded: frozenset[str] = frozenset()) -> None:
+                 dense: bool, as_trained: AsTrained | None = None, rounded: frozenset[str] = frozenset(),
+                 adapters: list | None = None, weights: list[float] | None = None) -> None:
         self.direction, self.ckpt, self.view, self.keys, self.plan = direction, ckpt, view, keys, plan
         self.touched, self.replaced, self.device, self.safe, self.report = touched, replaced, device, safe, report
         self.sources, self.dense, self.as_trained, self.rounded = sources, dense, as_trained, rounded
+        self.adapters, self.weights = adapters or [], weights or []
         self.bases: dict[str, torch.Tensor] = {}  # logical key -> the base's dequantized fp32 weight, until written
         self.members: dict[str, dict[str, torch.Tensor]] = {}  # logical key -> its stored members, until written
         self.survival: list[ModuleSurvival] = []
@@ -256,6 +260,8 @@ class QuantJob:
                             advance(self.ckpt.info(k).nbytes, 1)
                     report.copied += 1
                 continue
+            if p is not None and self.dense and key not in self.replaced and self._stream(writer, key, p, advance):
+                continue
             if p is None and not changes and key not in self.rounded and dtype == self.plan[key][0]:
                 source = self.sources.get(key, key)
                 writer.copy_from(key, self.ckpt, source)
@@ -271,6 +277,45 @@ class QuantJob:
             self.members.pop(key, None)
             writer.write(key, data)
             advance(data.nbytes, 1)
+
+    def _stream(self, writer: CheckpointWriter, key: str, p: Packed, advance) -> bool:
+        """Write a quantized weight dense a block of rows at a time (dequantized rows, each
+        adapter's rows of ΔW added in fp32, cast once): memory of one block, not of the module.
+        False where an adapter on it has no row form (DoRA's norm, IA3, a bias role): merged whole."""
+        fills = []
+        for i, target in (reversed(self.touched.get(key, [])) if self.direction == "unmerge" else self.touched.get(key, [])):
+            adapter = self.adapters[i]
+            fill = None
+            if dict(target.roles) == {"weight": key}:
+                fill = adapter.kind.row_merger(adapter, target.module, weight=self.weights[i],
+                                               unmerge=self.direction == "unmerge", device=self.device)
+            if fill is None:
+                return False
+            fills.append(fill)
+        out, inp = p.shape
+        align = math.lcm(self.view.fmt.row_align(p), ROW_ALIGN)
+        per = max(align, CHUNK_ELEMENTS // max(inp, 1) // align * align)
+        fetch = self.view.fmt.rows(p, self.view.read_members(p), self.device)
+        dtype = DTYPES[self.plan[key][0]]
+
+        def chunks():
+            term = None
+            for start in range(0, out, per):
+                stop = min(out, start + per)
+                rows = fetch(start, stop)
+                if fills:
+                    term = torch.empty_like(rows) if term is None or term.shape != rows.shape else term
+                    for fill in fills:
+                        fill(start, stop, term)
+                        rows.add_(term)  # W + term (+ term ...): merge's sum in fp32, rounded once below
+                self._check(key, rows)
+                data = rows.to(dtype).cpu().contiguous()
+                advance(data.nbytes, 0)
+                yield memoryview(data.reshape(-1).view(torch.uint8).numpy())
+
+        writer.write_chunks(key, chunks())
+        advance(0, 1)
+        return True
 
     def _requantize(self, writer: CheckpointWriter, state, key: str, p: Packed, advance) -> None:
         value = state.take(key)

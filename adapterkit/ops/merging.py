@@ -455,7 +455,7 @@ def merge_checkpoint(
     quantized = view is not None or settings is not None
     if quantized:
         job = QuantJob(direction, ckpt, view, keys, plan, touched, replaced, device, safe, report, sources,
-                       dense=out_dtype is not None, as_trained=settings, rounded=rounded)
+                       dense=out_dtype is not None, as_trained=settings, rounded=rounded, adapters=loaded, weights=weights)
     else:
         job = _Job(direction, ckpt, loaded, weights, touched, replaced, keys, plan, device, safe, report, sources)
     with CheckpointWriter(Path(out), ckpt, plan=plan, max_shard_size=max_shard_size, metadata=metadata,

@@ -89,6 +89,18 @@ class QuantFormat:
         raise UnsupportedError(f"{self.name} weights cannot be written without calibration", code="quant-unsupported",
                                path=self.where, key=packed.module)
 
+    def row_align(self, packed: Packed) -> int:
+        """Row blocks for :meth:`rows` start at multiples of this many rows."""
+        return 1
+
+    def rows(self, packed: Packed, tensors: dict[str, torch.Tensor],
+             device: torch.device) -> Callable[[int, int], torch.Tensor]:
+        """``fetch(start, stop)``: the fp32 rows ``start:stop`` of the dequantized weight (starts
+        at multiples of :meth:`row_align`), equal to those rows of :meth:`dequantize`.  The
+        default dequantizes the whole weight once; formats override it to hold one block only."""
+        whole = self.dequantize(packed, tensors, device)
+        return lambda start, stop: whole[start:stop]
+
     def planned(self, packed: Packed, keys: Keys) -> Keys:
         """member key -> (dtype, shape) that :meth:`quantize` writes (default: the base's)."""
         return {key: keys[key] for key in packed.members.values()}

@@ -198,6 +198,31 @@ class Bnb4(QuantFormat):
         values.view(blocks, blocksize).mul_(absmax.view(-1, 1))  # code value × its block's absmax: one fp32 product
         return values[:n].reshape(out, inp)
 
+    def row_align(self, packed: Packed) -> int:
+        inp, blocksize = packed.shape[1], packed.info["blocksize"]
+        return blocksize // math.gcd(inp, blocksize)  # rows whose first element starts a block
+
+    def rows(self, packed: Packed, tensors: dict[str, torch.Tensor], device: torch.device):
+        inp = packed.shape[1]
+        blocksize = packed.info["blocksize"]
+        table = tensors["quant_map"].to(device=device, dtype=torch.float32)
+        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)
+        data = tensors["weight"].reshape(-1)
+        absmax = self.absmax(packed, tensors, device)
+
+        def fetch(start: int, stop: int) -> torch.Tensor:
+            first, last = start * inp, stop * inp  # elements; first starts a block (row_align)
+            values = torch.nn.functional.embedding(data[first // 2: (last + 1) // 2].to(device=device).long(), pairs).reshape(-1)
+            blocks = -(-(last - first) // blocksize)
+            if values.numel() != blocks * blocksize:
+                padded = torch.zeros(blocks * blocksize, dtype=torch.float32, device=device)
+                padded[: last - first] = values[: last - first]
+                values = padded
+            values.view(blocks, blocksize).mul_(absmax[first // blocksize: first // blocksize + blocks].view(-1, 1))
+            return values[: last - first].reshape(stop - start, inp)
+
+        return fetch
+
     def quantize(self, packed: Packed, weight: torch.Tensor, old: dict[str, torch.Tensor],
                  device: torch.device) -> dict[str, torch.Tensor]:
         info = packed.info
@@ -333,6 +358,10 @@ class Bnb8(QuantFormat):
         q = tensors["weight"].to(device=device)
         scb = tensors["SCB"].to(device=device, dtype=torch.float32)
         return q * scb.view(-1, 1) * INT8_SCALE
+
+    def rows(self, packed: Packed, tensors: dict[str, torch.Tensor], device: torch.device):
+        q, scb = tensors["weight"], tensors["SCB"].to(dtype=torch.float32)
+        return lambda start, stop: q[start:stop].to(device=device) * scb[start:stop].to(device=device).view(-1, 1) * INT8_SCALE
 
     def quantize(self, packed: Packed, weight: torch.Tensor, old: dict[str, torch.Tensor],
                  device: torch.device) -> dict[str, torch.Tensor]:

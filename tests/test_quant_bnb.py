@@ -687,3 +687,39 @@ def test_merge_onto_nf4_on_cuda_equals_the_cpu(models, tmp_path):
     a, b = load_file(tmp_path / "cpu" / "model.safetensors"), load_file(tmp_path / "gpu" / "model.safetensors")
     for key in a:  # ΔW's product may round differently on the GPU: within fp32 rounding
         assert torch.allclose(a[key].float(), b[key].float(), rtol=0, atol=4 * 2.0 ** -24 * max(1.0, a[key].float().abs().max().item())), key
+
+
+def test_sharded_quantized_base_keeps_its_sharding(models, tmp_path):
+    """A 4-bit base in two shards: the dense output keeps the shard names, each weight where its
+    packed tensors were, and every module's members dropped; the re-quantized one keeps every key."""
+    root = models["root"]
+    stored = load_file(root / "nf4" / "model.safetensors")
+    keys = list(stored)
+    halves = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2], "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+    base = tmp_path / "base"
+    base.mkdir()
+    for name, part in halves.items():
+        save_file({k: stored[k] for k in part}, base / name, metadata={"format": "pt"})
+    weight_map = {k: name for name, part in halves.items() for k in part}
+    (base / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for extra in ("config.json", "generation_config.json"):
+        (base / extra).write_bytes((root / "nf4" / extra).read_bytes())
+    merge_checkpoint(base, [root / "lora"], tmp_path / "dense", dtype="BF16")
+    merge_checkpoint(base, [root / "lora"], tmp_path / "q")
+    index = json.loads((tmp_path / "dense" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert set(index.values()) == set(halves)
+    for key, shard in index.items():
+        assert weight_map[key] == shard, key  # a dense weight sits in the shard its packed codes were in
+    assert not any(".absmax" in k or "quant_state" in k for k in index)
+    assert json.loads((tmp_path / "q" / "model.safetensors.index.json").read_text())["weight_map"] == weight_map
+    whole = load_file(tmp_path / "q" / "model-00001-of-00002.safetensors") | load_file(tmp_path / "q" / "model-00002-of-00002.safetensors")
+    single = tmp_path / "single"
+    merge_checkpoint(root / "nf4", [root / "lora"], single)
+    assert all(torch.equal(whole[k], v) for k, v in load_file(single / "model.safetensors").items())
+    assert torch.equal(_logits(tmp_path / "dense", models["ids"]), _logits(_dense_single(root, tmp_path), models["ids"]))
+
+
+def _dense_single(root: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "dense-single"
+    merge_checkpoint(root / "nf4", [root / "lora"], out, dtype="BF16")
+    return out

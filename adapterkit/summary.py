@@ -243,3 +243,15 @@ def render_checkpoint(summary: dict[str, Any]) -> str:
             changed = f", {r['tensors_changed']} tensors" if "tensors_changed" in r else ""
             lines.append(f"{what + ':':<16} {r['kind']} adapter {r['adapter']}, weight {r['weight']:g}{digest}{changed}")
     return "\n".join(lines)
+
+
+def render_survival(quantized: dict[str, Any]) -> str:
+    """The survival table of a re-quantized merge (``MergeReport.quantized``): in total, then per
+    module kept / error, the modules mostly rounded away marked."""
+    survival = quantized["survival"]
+    lines = [f"re-quantized to {quantized['format']}: of ‖ΔW‖, {survival['kept']:.1%} moved the stored weights, "
+             f"{survival['error']:.1%} error (per module: kept / error)"]
+    for m in survival["modules"]:
+        flag = "  <- mostly rounded away" if m["module"] in survival["lost_modules"] else ""
+        lines.append(f"  {m['module']}: {m['kept']:.1%} / {m['error']:.1%}{flag}")
+    return "\n".join(lines)

@@ -86,12 +86,13 @@ def _merge_command(direction: str):
                                         help="QLoRA: round the 16-bit BASE's linear weights through bitsandbytes' 4-bit quantizer "
                                              "before merging, so that OUT computes what the 4-bit base plus adapter computed in "
                                              "training (the embeddings, lm_head and --as-trained-skip stay as they are)."))
-            options.append(click.option("--as-trained-blocksize", type=int, default=64, show_default=True,
-                                        help="With --as-trained: the run's bnb_4bit blocksize."))
-            options.append(click.option("--as-trained-double-quant/--as-trained-no-double-quant", default=True, show_default=True,
-                                        help="With --as-trained: whether the run used bnb_4bit_use_double_quant."))
-            options.append(click.option("--as-trained-skip", multiple=True, metavar="MODULE",
-                                        help="With --as-trained: a module the run left unquantized (llm_int8_skip_modules; repeatable)."))
+            options += [
+                click.option("--as-trained-blocksize", type=int, default=64, show_default=True, help="With --as-trained: the run's bnb_4bit blocksize."),
+                click.option("--as-trained-double-quant/--as-trained-no-double-quant", default=True, show_default=True,
+                             help="With --as-trained: whether the run used bnb_4bit_use_double_quant."),
+                click.option("--as-trained-skip", multiple=True, metavar="MODULE",
+                             help="With --as-trained: a module the run left unquantized (llm_int8_skip_modules; repeatable)."),
+            ]
         else:
             options.append(click.option("--force", is_flag=True, help="Unmerge what the merge record does not hold: an adapter "
                                                                        "not recorded, other weights than recorded, or out of order."))
@@ -117,6 +118,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
     if push is not None:
         _check_push_to(push["repo_id"], out)
     from ..api import merge as merge_checkpoint
+    from ..summary import render_survival
 
     report = merge_checkpoint(
         base, given, out, weights=weights if explicit else None, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
@@ -135,24 +137,13 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
         note += "".join(f"; {n}" for n in report.notes if not n.startswith("WARNING"))
         click.echo(f"{direction}d {names} into {report.out}: {report.changed} tensors changed, {report.replaced} replaced, "
                    f"{report.copied} copied unchanged, {report.tensors} in all; {report.bytes / 1e9:.2f} GB in {report.seconds:.1f} s{note}")
-        _echo_quantized(report.quantized)
+        if report.quantized and report.quantized.get("survival"):
+            click.echo(render_survival(report.quantized))
     for warning in (n for n in report.notes if n.startswith("WARNING")):
         click.echo(warning, err=True)
     if push is not None:
         _push_merged(base, report, push, as_json)
     return report
-
-
-def _echo_quantized(quantized: dict[str, Any] | None) -> None:
-    """The survival table of a requantized output: per module and in total."""
-    survival = (quantized or {}).get("survival")
-    if not survival:
-        return
-    click.echo(f"re-quantized to {quantized['format']}: of ‖ΔW‖, {survival['kept']:.1%} moved the stored weights, "
-               f"{survival['error']:.1%} error (per module: kept / error)")
-    for m in survival["modules"]:
-        flag = "  <- mostly rounded away" if m["module"] in survival["lost_modules"] else ""
-        click.echo(f"  {m['module']}: {m['kept']:.1%} / {m['error']:.1%}{flag}")
 
 
 @click.command(short_help="Merge adapters into a model checkpoint, streaming, shard by shard.")
@@ -181,11 +172,8 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
     module, a module saved whole by one and adapted by the other).  An adapter the base's
     merge record already holds is refused unless --again.
 
-    A quantized BASE (bitsandbytes NF4/FP4/int8, GPTQ, AWQ, FP8: its config.json's
-    quantization_config) merges as the model it stands for: with --dtype the output is dense
-    (dequantized, ΔW added in fp32, rounded once, quantization_config removed); without, the
-    changed modules are quantized again in BASE's format and a table says how much of each
-    ΔW survived the rounding (a warning names the modules where most of it did not).
+    A quantized BASE (bnb, GPTQ, AWQ, FP8) merges as the model it stands for: dense with --dtype;
+    else re-quantized in its format, with how much of each ΔW survived (docs/quantized.md).
 
     \b
     Examples:

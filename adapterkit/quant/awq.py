@@ -39,6 +39,7 @@ fp16 overflow are refused (``quant-invalid``, field ``scales``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,8 @@ class AWQ(QuantFormat):
                 "qzeros": (torch.int32, (groups, n_out // 8)),
                 "scales": (torch.float16, (groups, n_out))}
 
-    def find(self, keys: Keys) -> dict[str, Packed]:
+    def find(self, keys: Keys, read: Callable[[str], torch.Tensor] | None = None) -> dict[str, Packed]:
+        """Every packed module among ``keys`` (``read`` is not needed: the layout is in the shapes)."""
         found: dict[str, Packed] = {}
         for module, present in sorted(leaves(keys).items()):
             if not present & set(MEMBERS):

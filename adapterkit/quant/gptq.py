@@ -51,6 +51,7 @@ dequantized weight gives the checkpoint's bytes back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,8 @@ class GPTQ(QuantFormat):
                 "scales": (torch.float16, (groups, n_out)),
                 "g_idx": (torch.int32, (n_in,))}
 
-    def find(self, keys: Keys) -> dict[str, Packed]:
+    def find(self, keys: Keys, read: Callable[[str], torch.Tensor] | None = None) -> dict[str, Packed]:
+        """Every packed module among ``keys`` (``read`` is not needed: the layout is in the shapes)."""
         found: dict[str, Packed] = {}
         parts = leaves(keys)
         for module, present in sorted(parts.items()):

@@ -22,7 +22,13 @@ SUMMARY = "adapterkit/summary.py"
 MUTANTS = [
     # -- bitsandbytes 4-bit: reading
     ("bnb4: nibble order swapped on read (first code in the low nibble)", BNB,
-     "codes = torch.stack(((data >> 4), (data & 0xF)), dim=1)", "codes = torch.stack(((data & 0xF), (data >> 4)), dim=1)"),
+     "looked up per byte\n        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)",
+     "looked up per byte\n        pairs = torch.stack([table.repeat(16), table.repeat_interleave(16)], dim=1)"),
+    ("bnb4: nibble order swapped in the streamed rows (a dense output)", BNB,
+     "        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)\n        data = ",
+     "        pairs = torch.stack([table.repeat(16), table.repeat_interleave(16)], dim=1)\n        data = "),
+    ("bnb4: streamed rows take the absmax of the wrong blocks (off by one block)", BNB,
+     "absmax[first // blocksize: first // blocksize + blocks]", "absmax[first // blocksize + 1: first // blocksize + 1 + blocks]"),
     ("bnb4: nested offset not added back to the absmax", BNB,
      "        return values + torch.tensor(offset, dtype=torch.float32, device=device)", "        return values"),
     ("bnb4: offset of the base's record used for rewritten tensors", BNB,

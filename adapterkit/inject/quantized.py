@@ -144,7 +144,7 @@ def refuse(module_path: str, module: nn.Module, what: str, **fields: Any) -> Uns
     (``fields``: more of the error's fields, e.g. ``path``, the adapter file)."""
     why = refusal(module) or f"a {describe(module)}"
     return UnsupportedError(f"`{module_path}` is {why}: {what} is not supported; {OFFLINE}", key=module_path,
-                            actual=describe(module), **fields)
+                            expected="a dense layer", actual=describe(module), **fields)
 
 
 def _bnb() -> Any:

@@ -337,7 +337,7 @@ class IA3Layer(AdapterLayer):
             scaling = scaling * self.ia3_l[name].flatten()
         cast = not torch.is_autocast_enabled() and x.dtype != torch.float32
         x = x.float() if cast else x
-        if self.is_feedforward:
+        if self.is_feedforward:  # the input scaled, in fp32
             result = self.base_layer(x * scaling, *args, **kwargs)
             expected = result.dtype
         else:

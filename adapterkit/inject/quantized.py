@@ -67,7 +67,7 @@ _FAMILIES = (
     (re.compile(r"^(HiggsLinear|VptqLinear|SpQRLinear|BitLinear)$"), "quantized"),
     (re.compile(r"^(Embedding4bit|Embedding8bit)$"), "bitsandbytes"),
 )
-_PACKED_MEMBERS = ("qweight", "qzeros", "weight_packed", "W_q", "weight_scale", "weight_scale_inv")
+_PACKED_MEMBERS = ("qweight", "qzeros", "weight_packed", "W_q")
 _DENSE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

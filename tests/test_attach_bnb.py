@@ -285,8 +285,8 @@ def _peft_merged(root: Path, quant: str, name: str) -> nn.Module:
 
 def test_merges_in_two_calls_equal_peft(root):
     """LoRA merged, then a second adapter merged by a later call: each re-quantizes the layer as
-    it stands, as PEFT's ``merge_adapter`` called twice; unmerge puts back the layers as they
-    were before the first."""
+    it stands, as PEFT's ``merge_adapter`` called twice (the second unsafe: written layer by
+    layer); unmerge puts back the layers as they were before the first."""
     peft_model = _peft(root, "nf4-double", "lora", "second")
     peft_model.base_model.set_adapter(["lora", "second"])
     ours = _ours(root, "nf4-double", "lora", "second")
@@ -296,10 +296,23 @@ def test_merges_in_two_calls_equal_peft(root):
         peft_model.merge_adapter(["lora"])
         peft_model.merge_adapter(["second"])
         adapterkit.merge_attached(ours, "lora")
-        adapterkit.merge_attached(ours, "second")
+        adapterkit.merge_attached(ours, "second", safe=False)
     _assert_same_state(_base_state(ours), _packed_state(peft_model.unload()))
     adapterkit.unmerge_attached(ours)  # both out: the layers as before the first merge
     _assert_same_state(_base_state(ours), _packed_state(_load(root, "nf4-double")))
+
+
+def test_non_finite_merge_changes_nothing(root):
+    """safe=True: a merge that would quantize NaN/Inf is refused (``non-finite``, naming the module)
+    before any layer is re-quantized."""
+    ours = _ours(root, "nf4-double", "lora")
+    with torch.no_grad():
+        ours.model.layers[1].mlp.down_proj.lora_B["lora"][0, 0] = float("inf")
+    with pytest.raises(AdapterkitError, match=r"layers\.1\.mlp\.down_proj") as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapterkit.merge_attached(ours)
+    assert info.value.code == "non-finite"
+    _unchanged(ours, _packed_state(_load(root, "nf4-double")))
 
 
 # ----------------------------------------------------------------------------- refusals

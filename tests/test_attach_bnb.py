@@ -400,6 +400,24 @@ def test_parameters_and_saved_copies_of_bnb_layers_refused(root, adapter, what):
     assert not any(isinstance(m, AdapterLayer) for m in model.modules())
 
 
+def test_weight_stored_whole_for_a_bnb_layer_refused(root):
+    """An adapter that stores a bnb layer's weight whole (PEFT's saved ``base_layer.weight``): its
+    floats are never compared with, nor read back as, the packed int8 bytes; refused by name."""
+    from transformers import LlamaForCausalLM
+
+    from adapterkit.adapter import Adapter
+
+    lora = adapterkit.load(root / "lora")
+    key = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    dense = LlamaForCausalLM.from_pretrained(root / "dense").model.layers[0].self_attn.q_proj.weight.detach()
+    adapter = Adapter.from_tensors(lora.config, {**{k: lora.tensors[k] for k in lora.tensors}, key: dense})
+    model = _load(root, "int8")
+    with pytest.raises(AdapterkitError, match="storing its `weight` whole") as info:
+        adapterkit.attach(model, adapter)
+    assert info.value.code == "not-supported" and "Linear8bitLt" in str(info.value)
+    assert not any(isinstance(m, AdapterLayer) for m in model.modules())
+
+
 # ----------------------------------------------------------------------------- extract
 
 

@@ -387,9 +387,9 @@ def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module
         except AttributeError:
             offenders.append(f"{key}: the model has no tensor `{base_name}`")
             continue
-        if packed_tensor(held):
-            raise refuse_layer(path, base_module(model, path) if path else model, f"an adapter storing its `{param}` whole ({key})",
-                              path=adapter.source)
+        owner = base_module(model, path) if path else model
+        if packed_tensor(held) and quantized(owner):
+            raise refuse_layer(path, owner, f"an adapter storing its `{param}` whole ({key})", path=adapter.source)
         if not isinstance(held, torch.Tensor) or tuple(held.shape) != tuple(adapter.meta(key).shape) or not torch.equal(
             held.detach().cpu(), adapter.tensors[key].to(held.dtype)
         ):

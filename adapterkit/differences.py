@@ -116,4 +116,11 @@ DIFFERENCES: tuple[Difference, ...] = (
         "the same JSON followed by spaces up to the longest an offset can print as (the output's layout is planned "
         "before the new offset is known); bitsandbytes and transformers read the same dict",
         "tests/test_quant_bnb.py::test_padded_record_reads_as_bitsandbytes_record"),
+    # live models with bitsandbytes layers (adapterkit.inject.quantized); merges themselves are PEFT's bit for bit
+    Difference(
+        "bnb-unmerge-restores", "unmerge_attached / disabled / unload after merge_attached on bitsandbytes Linear4bit / Linear8bitLt",
+        "unmerge dequantizes the merged weight, subtracts ΔW and quantizes again: a third rounding, so the base "
+        "never comes back (and unload keeps the merged weights)",
+        "the packed weight, bias and 8-bit state held before the first merge are put back, bit for bit",
+        "tests/test_attach_bnb.py::test_unmerge_puts_the_packed_weights_back_peft_requantizes"),
 )

@@ -8,8 +8,9 @@
 
 Parts: ``state`` (the per-model registry every kind records into), ``plan`` (PEFT's module
 selection and the checks run before anything changes), ``layers`` (the wrapper modules),
-``attaching`` / ``merge`` / ``extract`` (the public functions).  Prompt-learning kinds live in
-``prompt`` and are reached through ``attach`` by ``peft_type``.
+``attaching`` / ``merge`` / ``extract`` (the public functions), ``quantized`` (bitsandbytes'
+layers as PEFT runs and merges them; other quantized layers refused by name).  Prompt-learning
+kinds live in ``prompt`` and are reached through ``attach`` by ``peft_type``.
 """
 
 from __future__ import annotations

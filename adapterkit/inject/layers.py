@@ -7,6 +7,11 @@ adapter name, that adapter's tensors as ``nn.Parameter`` (so they train, and
 operation for operation (``peft/tuners/lora/layer.py``, ``lora/dora.py``, ``ia3/layer.py``),
 so outputs agree with ``PeftModel`` to float rounding.
 
+On bitsandbytes' ``Linear4bit`` / ``Linear8bitLt`` the LoRA and IA3 wrappers follow PEFT's
+bitsandbytes layers instead (``peft/tuners/lora/bnb.py``, ``ia3/bnb.py``: their own dtype casts,
+the weight read through bitsandbytes' dequantization); ``quantized.py`` says what differs and
+what is refused.
+
 Shapes are the adapter file's: lora_A (r, in[, *k]), lora_B (out, r[, 1...]), embedding
 A (r, vocab) and B (dim, r), DoRA magnitude (out,) or (1, out, 1...), ia3_l as stored.
 """
@@ -21,14 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .quantized import bnb_kind, dequantized, refusal
+
 _CONV = {nn.Conv1d: ("conv1d", F.conv1d), nn.Conv2d: ("conv2d", F.conv2d), nn.Conv3d: ("conv3d", F.conv3d)}
 
 
 def layer_type(module: nn.Module) -> str | None:
     """"linear", "conv1d_t" (transformers' Conv1D, weight (in, out)), "embedding",
-    "conv1d"/"conv2d"/"conv3d", or None for modules no adapter kind here adapts."""
+    "conv1d"/"conv2d"/"conv3d", or None for modules no adapter kind here adapts (quantized
+    layers other than bitsandbytes' ``Linear4bit`` / ``Linear8bitLt`` among them, whatever they
+    subclass: ``quantized.refusal``)."""
     if isinstance(module, AdapterLayer):
         module = module.base_layer
+    if refusal(module) is not None:
+        return None
     if isinstance(module, nn.Linear):
         return "linear"
     if isinstance(module, nn.Embedding):
@@ -117,6 +128,8 @@ class LoraLayer(AdapterLayer):
         self.conv_fn = dict(_CONV.values()).get(self.kind)
         self.scaling: dict[str, float] = {}
         self.dora_factors: dict[str, torch.Tensor] = {}  # name -> m/‖W+ΔW‖ at merge time, for unmerge
+        self.quant = bnb_kind(base_layer)  # "4bit" / "8bit" on bitsandbytes' linears: PEFT's bnb forward
+        self.quant_original: dict[str, Any] | None = None  # the packed layer before its first merge
 
     def remove(self, name: str) -> None:
         super().remove(name)
@@ -127,6 +140,8 @@ class LoraLayer(AdapterLayer):
         live = self.live()
         if not live:
             return result
+        if self.quant is not None:
+            return self._quantized_forward(live, x, result)
         result_dtype = result.dtype
         for name in live:
             if self.kind == "embedding":
@@ -135,6 +150,22 @@ class LoraLayer(AdapterLayer):
                 result = self._linear_or_conv(name, x, result)
         return result.to(result_dtype)
 
+    def _quantized_forward(self, live: list[str], x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """PEFT's ``Linear4bit`` / ``Linear8bitLt`` forward: per adapter, the input cast to lora_A's
+        dtype and the adapter's term (DoRA: the whole result) cast back to the output's dtype."""
+        for name in live:
+            cast = not torch.is_autocast_enabled()
+            expected = result.dtype
+            if cast and x.dtype != self.lora_A[name].dtype:
+                x = x.to(self.lora_A[name].dtype)
+            if name in self.lora_magnitude:
+                result = self._linear_or_conv(name, x, result, cast_input=False)
+                result = result.to(expected) if cast else result
+            else:
+                out = self._lora_out(name, x) * self.scaling[name]
+                result = result + (out.to(expected) if cast else out)
+        return result
+
     def _lora_out(self, name: str, x: torch.Tensor) -> torch.Tensor:
         A, B, bias = self.lora_A[name], self.lora_B[name], self.lora_bias.get(name)
         if self.conv_fn is None:
@@ -142,9 +173,9 @@ class LoraLayer(AdapterLayer):
         base = self.base_layer  # PEFT's lora_A conv: the base's kernel, stride and padding; lora_B 1x1
         return self.conv_fn(self.conv_fn(x, A, None, base.stride, base.padding), B, bias)
 
-    def _linear_or_conv(self, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def _linear_or_conv(self, name: str, x: torch.Tensor, result: torch.Tensor, cast_input: bool = True) -> torch.Tensor:
         A, scaling = self.lora_A[name], self.scaling[name]
-        x = x.to(A.dtype)
+        x = x.to(A.dtype) if cast_input else x
         lora_out = self._lora_out(name, x)
         if name not in self.lora_magnitude:
             return result + lora_out * scaling
@@ -152,7 +183,7 @@ class LoraLayer(AdapterLayer):
         magnitude, B = self.lora_magnitude[name], self.lora_B[name]
         if self.kind in ("linear", "conv1d_t"):  # PEFT's DoraLinearLayer
             lora_weight = (A.T @ B.T).T.to(x.dtype)  # = lora_B(lora_A(eye)).T, as PEFT forms it
-            weight = base.weight.to(x.dtype)
+            weight = (base.weight if self.quant is None else dequantized(base)).to(x.dtype)
             weight = weight.T if self.kind == "conv1d_t" else weight
             norm = torch.linalg.norm(weight + scaling * lora_weight.detach(), dim=1).to(weight.dtype).detach()
             scale = (magnitude / norm).view(1, -1)
@@ -274,11 +305,14 @@ class IA3Layer(AdapterLayer):
         self.kind = layer_type(base_layer)
         self.is_feedforward = is_feedforward
         self.ia3_l = nn.ParameterDict()
+        self.quant = bnb_kind(base_layer)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         live = self.live()
         if not live:
             return self.base_layer(x, *args, **kwargs)
+        if self.quant is not None:
+            return self._quantized_forward(live, x, *args, **kwargs)
         dtype = previous_dtype = x.dtype
         scaling: Any = 1
         conv = self.kind not in ("linear", "conv1d_t")
@@ -294,6 +328,23 @@ class IA3Layer(AdapterLayer):
             result = self.base_layer(x, *args, **kwargs)
             result = (result * scaling).to(result.dtype)
         return result.to(previous_dtype) if conv else result
+
+    def _quantized_forward(self, live: list[str], x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """PEFT's bitsandbytes IA3 forward: a non-fp32 input upcast to fp32; the output keeps the
+        dtype the base layer returns for it (bitsandbytes gives its input's)."""
+        scaling: Any = 1
+        for name in live:
+            scaling = scaling * self.ia3_l[name].flatten()
+        cast = not torch.is_autocast_enabled() and x.dtype != torch.float32
+        x = x.float() if cast else x
+        if self.is_feedforward:  # the input scaled, in fp32
+            result = self.base_layer(x * scaling, *args, **kwargs)
+            expected = result.dtype
+        else:
+            result = self.base_layer(x, *args, **kwargs)
+            expected = result.dtype
+            result = result * scaling
+        return result.to(expected) if cast else result
 
 
 class SavedModule(AdapterLayer):

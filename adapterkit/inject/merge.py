@@ -5,10 +5,13 @@ Adapter built from the wrapper's live (possibly trained) parameters; the model's
 the checkpoint layout those functions take, except for a 2-D weight whose layout disagrees
 with the config's ``fan_in_fan_out`` (PEFT follows the module type), which is transposed around
 the call.  DoRA merges keep m/‖W + ΔW‖ so that ``unmerge`` can undo them, as PEFT does.
+bitsandbytes layers merge as PEFT merges them (dequantize, add, quantize again) and unmerge by
+putting their packed weights back (``quantized.py``).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +21,7 @@ from ..adapter import Adapter
 from ..errors import TensorError, UnsupportedError
 from ..kinds.lora import dora_factor
 from ..threads import intra_op
+from . import quantized
 from .layers import AdapterLayer, LoraLayer, ParamLoraLayer, SavedModule, TokenLayer
 from .plan import replace, wrappers
 from .state import AttachedAdapter, ModelState, active_names, lookup, model_state
@@ -104,17 +108,28 @@ def _work(targets: dict[str, torch.Tensor]) -> float:
     return OPS_PER_ELEMENT * max((t.numel() for t in targets.values()), default=0)
 
 
+def _forget(staged: list[tuple[AdapterLayer, list[str], object]]) -> None:
+    """Forgets the DoRA norms kept for merges that will not happen."""
+    for wrapper, done, _ in staged:
+        for name in done:
+            getattr(wrapper, "dora_factors", {}).pop(name, None)
+
+
 def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *, safe: bool = True) -> nn.Module:
     """Adds the effect of ``names`` (default: the active adapters) to the model's weights, in place
     (PEFT's ``merge_adapter``; merging adapter files into a checkpoint is ``adapterkit.merge``).
 
     Later forwards skip merged adapters' extra computation.  ``safe`` computes every merged
     tensor first and refuses NaN/Inf before any weight changes.  ``modules_to_save`` copies
-    keep serving as before (nothing to merge).
+    keep serving as before (nothing to merge).  A bitsandbytes ``Linear4bit`` / ``Linear8bitLt``
+    is merged as PEFT merges it — dequantized by bitsandbytes, ΔW added, quantized again into a
+    new packed parameter, adapter after adapter — with a warning naming the layers.
 
     Raises:
-        NotFoundError: ``adapter-not-attached``.
-        UnsupportedError: ``not-supported`` for kinds that cannot merge (prompt learning).
+        NotFoundError: ``adapter-not-attached``; ``base-tensor-missing`` for a lora_bias onto a
+            bitsandbytes layer without a bias.
+        UnsupportedError: ``not-supported`` for kinds that cannot merge (prompt learning), IA3 on
+            bitsandbytes layers, a DoRA adapter merged after another into a bitsandbytes layer.
         TensorError: ``non-finite`` (safe only) naming the modules; nothing is changed.
     """
     names = list(active_names(model)) if names is None else ([names] if isinstance(names, str) else list(names))
@@ -123,10 +138,32 @@ def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *
     for record in records:
         if record.peft_type not in ("LORA", "IA3"):
             raise UnsupportedError(f"{record.peft_type} adapters cannot be merged into weights", key=record.name)
-    staged: list[tuple[AdapterLayer, list[str], dict[str, torch.Tensor]]] = []
-    for path, wrapper in wrappers(model):
-        todo = [r for r in records if r.name in wrapper.names and r.name not in wrapper.merged and not isinstance(wrapper, SavedModule)]
-        if not todo:
+    work = [(path, wrapper, todo) for path, wrapper in wrappers(model)
+            if (todo := [r for r in records if r.name in wrapper.names and r.name not in wrapper.merged and not isinstance(wrapper, SavedModule)])]
+    packed = [(path, wrapper) for path, wrapper, _ in work if getattr(wrapper, "quant", None) is not None]
+    for path, wrapper, todo in work:  # refusals first: nothing changes when one is raised
+        if getattr(wrapper, "quant", None) is not None:
+            quantized.check_merge(wrapper, path, [r.name for r in todo])
+    if packed:
+        kinds = " / ".join(sorted({quantized.describe(w.base_layer) for _, w in packed}))
+        shown = ", ".join(f"`{p}`" for p, _ in packed[:5]) + (", ..." if len(packed) > 5 else "")
+        warnings.warn(f"merging into {len(packed)} {kinds} layer(s) ({shown}) dequantizes their weights, adds ΔW and quantizes "
+                      "again, as PEFT does: outputs differ from the unmerged model's by that rounding (unmerge_attached puts "
+                      "the packed weights back exactly); `adapterkit merge --dtype` merges into a dense checkpoint instead",
+                      UserWarning, stacklevel=2)
+    staged: list[tuple[AdapterLayer, list[str], dict[str, torch.Tensor] | quantized.Staged]] = []
+    for path, wrapper, todo in work:
+        if getattr(wrapper, "quant", None) is not None:
+            with intra_op(OPS_PER_ELEMENT * wrapper.in_features * wrapper.out_features):
+                stage = quantized.stage_merge(wrapper, [r.name for r in todo])
+            staged.append((wrapper, [r.name for r in todo], stage))
+            if safe and not all(torch.isfinite(v).all() for v in stage.sums):
+                _forget(staged)
+                raise TensorError(f"merging {[r.name for r in todo]} into `{path}` gives NaN or Inf; no weight was changed",
+                                  code="non-finite", key=path)
+            if not safe:
+                quantized.write(wrapper, stage)
+                wrapper.merged.extend(r.name for r in todo)
             continue
         current = _targets(wrapper, False)
         unmerged = _unmerged(wrapper, path, state) if wrapper.merged else dict(current)
@@ -135,9 +172,7 @@ def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *
                 current.update(_step(wrapper, record, path, current, undo=False, unmerged=unmerged))
         staged.append((wrapper, [r.name for r in todo], current))
         if safe and not all(torch.isfinite(v).all() for v in current.values()):
-            for w, done, _ in staged:  # forget the DoRA norms kept for merges that will not happen
-                for n in done:
-                    getattr(w, "dora_factors", {}).pop(n, None)
+            _forget(staged)
             raise TensorError(f"merging {[r.name for r in todo]} into `{path}` gives NaN or Inf; no weight was changed",
                               code="non-finite", key=path)
         if not safe:
@@ -145,14 +180,19 @@ def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *
             wrapper.merged.extend(r.name for r in todo)
     if safe:
         for wrapper, done, values in staged:
-            _write(wrapper, values)
+            if isinstance(values, quantized.Staged):
+                quantized.write(wrapper, values)
+            else:
+                _write(wrapper, values)
             wrapper.merged.extend(done)
     return model
 
 
 def unmerge_attached(model: nn.Module) -> nn.Module:
     """Takes every merged adapter back out of the weights (last merged first), in place.
-    Exact up to fp rounding for LoRA and DoRA; IA3 divides by its scales.
+    Exact up to fp rounding for LoRA and DoRA; IA3 divides by its scales.  bitsandbytes layers
+    get back the packed weight (and bias, and 8-bit state) they held before the first merge, bit
+    for bit (PEFT quantizes dequant(W') − ΔW again: deliberate difference ``bnb-unmerge-restores``).
 
     Bounds (LoRA; tests/test_attach.py): fp32 weights come back within 1e-6 relative (in norm);
     bf16 / fp16 weights are rounded once on merge and once on unmerge, each computed in fp32, so
@@ -161,6 +201,10 @@ def unmerge_attached(model: nn.Module) -> nn.Module:
     state = model_state(model)
     for path, wrapper in wrappers(model):
         if not wrapper.merged:
+            continue
+        if getattr(wrapper, "quant", None) is not None:  # the packed weights kept at the first merge
+            quantized.restore(wrapper)
+            wrapper.merged.clear()
             continue
         with intra_op(_work(_targets(wrapper, False))):
             values = _unmerged(wrapper, path, state)

@@ -22,6 +22,8 @@ from ..errors import TensorError, UnsupportedError
 from ..kinds.features import ATTACH, feature_tensor, require
 from ..kinds.patterns import layer_index, matches_modules_to_save
 from .layers import AdapterLayer, IA3Layer, LoraLayer, ParamLoraLayer, SavedModule, TokenLayer, features, layer_type
+from .quantized import OFFLINE, describe, packed_tensor, quantized, refusal
+from .quantized import refuse as refuse_layer
 
 if TYPE_CHECKING:
     from ..adapter import Adapter
@@ -151,8 +153,10 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             adapter has no tensors, a module of a type the kind cannot adapt, a shape mismatch,
             a ``modules_to_save`` entry the model lacks.
         UnsupportedError: ``not-supported`` for ``target_modules="all-linear"`` (PEFT expands it
-            before saving, so files never hold it), and for a PEFT feature attach does not
-            implement (``adapterkit.kinds.features``), naming its config field.
+            before saving, so files never hold it), for a PEFT feature attach does not
+            implement (``adapterkit.kinds.features``), naming its config field, and for targeted
+            quantized layers other than bitsandbytes' ``Linear4bit`` / ``Linear8bitLt`` (GPTQ,
+            AWQ, ...: ``quantized.refusal``), naming each module and its layer type.
     """
     cfg = adapter.config
     require(adapter, ATTACH, what="attach")
@@ -173,9 +177,14 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
     for name in sorted(set(views) - set(targeted) - set(params) - tokens):
         where = "the model has no module" if name not in modules else "the config does not target the model's module"
         offenders.append(f"{where} `{name}`, which the adapter has tensors for")
+    refused: list[tuple[str, nn.Module, str]] = []
     for name in targeted:
         module = modules[name]
         base = module.base_layer if isinstance(module, AdapterLayer) else module
+        why = refusal(base)
+        if why is not None:
+            refused.append((name, base, why))
+            continue
         kind = layer_type(base)
         if kind not in (_LORA_TYPES if lora else _IA3_TYPES):
             offenders.append(f"`{name}` is a {type(base).__name__}, which {adapter.peft_type} cannot adapt")
@@ -210,6 +219,13 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
                 offenders.append(f"`{name}`: {view.key} has shape {actual}, the model's {type(base).__name__} needs {shape}")
             else:
                 result.wraps.append(Wrap(name, IA3Layer, {view.key: "ia3_l"}, is_feedforward=view.is_feedforward))
+    if refused:
+        raise UnsupportedError(
+            f"attaching {adapter.peft_type} to quantized layers other than bitsandbytes' Linear4bit / Linear8bitLt is not "
+            "supported: " + "; ".join(f"`{n}` is {why}" for n, _, why in refused) + f"; {OFFLINE}, or attach to the dense model",
+            code="not-supported", path=adapter.source, key=refused[0][0], expected="dense layers or bitsandbytes Linear4bit / Linear8bitLt",
+            actual=sorted({describe(b) for _, b, _ in refused}),
+        )
     overwrites: list[str] = []
     _plan_whole(model, adapter, modules, result, offenders, overwrites)
     result.kept_keys = [k for k in adapter.tensors if feature_tensor(k) is not None]
@@ -256,6 +272,9 @@ def _targeted_parameters(adapter: Adapter, modules: dict[str, nn.Module], target
                                 key="target_parameters", expected="one 2-D parameter per module, in no module target_modules adapts", actual=actual)
 
     for path, names in found.items():
+        base = modules[path].base_layer if isinstance(modules[path], AdapterLayer) else modules[path]
+        if quantized(base):
+            raise refuse_layer(path, base, "LoRA on its parameters (`target_parameters`)", path=adapter.source)
         if len(names) > 1:
             raise refuse(f"on several parameters of one module (`{path}`)", names)
         if path in targeted:
@@ -302,6 +321,8 @@ def _plan_tokens(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Modul
         offenders.append(f"`{name}` already carries an adapter of another kind ({type(module).__name__})")
         return
     base = module.base_layer if isinstance(module, AdapterLayer) else module
+    if quantized(base):
+        raise refuse_layer(name, base, "trainable tokens (`trainable_token_indices`)", path=adapter.source)
     kind = layer_type(base)
     if kind not in ("embedding", "linear"):
         offenders.append(f"`{name}` is a {type(base).__name__}; trainable tokens go on an nn.Embedding or nn.Linear")
@@ -336,6 +357,9 @@ def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module
     for name in saved_modules:
         module = modules[name]
         original = module.base_layer if isinstance(module, SavedModule) else module
+        inner = next(((f"{name}.{p}".rstrip("."), m) for p, m in original.named_modules() if quantized(m)), None)
+        if inner is not None:
+            raise refuse_layer(inner[0], inner[1], f"a modules_to_save copy (`{name}`)", path=adapter.source)
         if isinstance(module, AdapterLayer) and not isinstance(module, SavedModule):
             offenders.append(f"`{name}` is in modules_to_save but carries an adapter layer")
             continue
@@ -363,6 +387,9 @@ def _plan_whole(model: nn.Module, adapter: Adapter, modules: dict[str, nn.Module
         except AttributeError:
             offenders.append(f"{key}: the model has no tensor `{base_name}`")
             continue
+        owner = base_module(model, path) if path else model
+        if packed_tensor(held) and quantized(owner):
+            raise refuse_layer(path, owner, f"an adapter storing its `{param}` whole ({key})", path=adapter.source)
         if not isinstance(held, torch.Tensor) or tuple(held.shape) != tuple(adapter.meta(key).shape) or not torch.equal(
             held.detach().cpu(), adapter.tensors[key].to(held.dtype)
         ):

@@ -81,9 +81,9 @@ MUTANTS = [
      "            dora = dora * torch.as_tensor(embed_scale).to(dora.dtype)\n",
      "", ATTACH),
     ("attach: DoRA norm on Conv1D uses the (in, out) weight as is", "adapterkit/inject/layers.py",
-     "            weight = base.weight.to(x.dtype)\n"
+     "            weight = (base.weight if self.quant is None else dequantized(base)).to(x.dtype)\n"
      "            weight = weight.T if self.kind == \"conv1d_t\" else weight\n",
-     "            weight = base.weight.to(x.dtype)\n", ATTACH),
+     "            weight = (base.weight if self.quant is None else dequantized(base)).to(x.dtype)\n", ATTACH),
     ("attach: several active IA3 adapters: only the last one scales", "adapterkit/inject/layers.py",
      "scaling = scaling * (self.ia3_l[name] if conv else self.ia3_l[name].flatten())",
      "scaling = self.ia3_l[name] if conv else self.ia3_l[name].flatten()", ATTACH),

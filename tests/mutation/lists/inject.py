@@ -1,5 +1,5 @@
 """Mutation check of attaching adapters to live models (adapterkit.inject): do
-tests/test_attach.py and tests/test_attach_prompt.py catch plausible bugs?
+tests/test_attach.py, tests/test_attach_prompt.py and tests/test_attach_bnb.py catch plausible bugs?
 
 Usage: python tests/mutation/run.py inject [--only SUBSTRING]
 
@@ -17,6 +17,8 @@ ATTACH = "adapterkit/inject/attaching.py"
 PROMPT = "adapterkit/inject/prompt_forward.py"
 LORA_TESTS = ["tests/test_attach.py"]
 PROMPT_TESTS = ["tests/test_attach_prompt.py"]
+QUANT = "adapterkit/inject/quantized.py"
+BNB_TESTS = ["tests/test_attach_bnb.py"]
 EDGE_TESTS = ["tests/test_attach_edges.py"]  # scaled embeddings, targets inside modules_to_save, nested disabled()
 
 # (name, file, old text, new text, tests)
@@ -66,6 +68,21 @@ MUTANTS = [
     ("plan: modules_to_save excluded by suffix only", PLAN, 'if saved and any(re.match(rf"(^|.*\\.){m}($|\\..*)", name) for m in saved):',
      "if saved and any(name.endswith(m) for m in saved):", EDGE_TESTS),
     ("disabled: an inner exit re-enables", ATTACH, "            w.disabled = flag", "            w.disabled = False", EDGE_TESTS),
+    # bitsandbytes layers (quantized.py): PEFT's bnb layers bit for bit
+    ("bnb: adapter term rounded after the add", LAYERS, "                result = result + (out.to(expected) if cast else out)\n",
+     "                result = (result + out).to(expected)\n", BNB_TESTS),
+    ("bnb: DoRA norm over the packed weight", LAYERS, "(base.weight if self.quant is None else dequantized(base))", "base.weight", BNB_TESTS),
+    ("bnb: IA3 input not upcast", LAYERS, "        x = x.float() if cast else x\n", "", BNB_TESTS),
+    ("bnb: unmerge leaves quantized layers merged", MERGE, "            quantized.restore(wrapper)\n", "", BNB_TESTS),
+    ("bnb: merge adds ΔW in the dequantized dtype", QUANT, "dense = output.to(delta.dtype).to(delta.device) + delta",
+     "dense = output + delta.to(output.dtype)", BNB_TESTS),
+    ("bnb: re-quantized without double quantization", QUANT, "kwargs.update(bnb_quantized=False,",
+     "kwargs.update(compress_statistics=False, bnb_quantized=False,", BNB_TESTS),
+    ("bnb: pre-merge weights kept again at each merge", QUANT, "    if not wrapper.merged:\n        wrapper.quant_original", "    if True:\n        wrapper.quant_original", BNB_TESTS),
+    ("bnb: int8 scales read from the weight only", QUANT, 'scb = getattr(state, "SCB", None) if weight is module.weight else None',
+     "scb = None", BNB_TESTS),
+    ("bnb: DoRA norm from the merged weight", QUANT, "(i > 0 or wrapper.merged)", "(False)", BNB_TESTS),
+    ("plan: GPTQ layers reported as a model mismatch", PLAN, "        if why is not None:\n            refused.append", "        if False:\n            refused.append", BNB_TESTS),
 ]
 
 DEFAULT_TESTS = None

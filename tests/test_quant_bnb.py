@@ -265,7 +265,8 @@ def test_dense_merge_from_nf4_equals_fp64_sum(models, tmp_path):
     report = merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "f32", dtype="F32")
     out = load_file(tmp_path / "f32" / "model.safetensors")
     assert not any(k.endswith((".absmax", ".quant_map")) or "quant_state" in k for k in out)
-    assert "quantization_config" not in json.loads((tmp_path / "f32" / "config.json").read_text())
+    config = json.loads((tmp_path / "f32" / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "float32"  # both rewrites kept
     for module in _modules(root):
         expected = _bnb_dequantized(root / "nf4", module).double() + _lora_delta(root, module)
         got = out[module + ".weight"].double()
@@ -427,6 +428,7 @@ def _copy_with(src: Path, dst: Path, *, tensors=None, config=None) -> Path:
 
 
 Q = "model.layers.0.self_attn.q_proj"
+K = "model.layers.1.self_attn.k_proj"  # no adapter touches it
 
 
 def _record(data, **changes):
@@ -451,6 +453,9 @@ BAD = {
     "record blocksize": dict(tensors=lambda d: _record(d, blocksize=48), code="quant-invalid", where="blocksize"),
     "record offset": dict(tensors=lambda d: _record(d, nested_offset="x"), code="quant-invalid", where="nested_offset"),
     "record dtype": dict(tensors=lambda d: _record(d, dtype="int8"), code="quant-invalid", where="dtype"),
+    # an untouched module's statistics and record gone: its U8 codes must not pass as a dense weight
+    "lone packed weight": dict(tensors=lambda d: [d.pop(k) for k in list(d) if k.startswith(K + ".weight.")],
+                               code="quant-invalid", where=K),
 }
 
 
@@ -723,3 +728,16 @@ def _dense_single(root: Path, tmp_path: Path) -> Path:
     out = tmp_path / "dense-single"
     merge_checkpoint(root / "nf4", [root / "lora"], out, dtype="BF16")
     return out
+
+
+def test_a_quantized_weight_stands_for_its_records_dtype(models, tmp_path):
+    """The dense dtype of a 4-bit weight is its record's (what bitsandbytes dequantizes to), not
+    the config's: here the config says float32, the records bfloat16."""
+    from adapterkit.checkpoint import open_checkpoint
+    from adapterkit.ops.merge_quantized import open_quantized
+
+    base = _copy_with(models["root"] / "nf4", tmp_path / "base")
+    config = json.loads((base / "config.json").read_text()) | {"dtype": "float32"}
+    (base / "config.json").write_text(json.dumps(config))
+    view = open_quantized(open_checkpoint(base), config)
+    assert view.keys()[Q + ".weight"][0] == "BF16" and view.dense_dtype == "F32"

@@ -741,3 +741,46 @@ def test_a_quantized_weight_stands_for_its_records_dtype(models, tmp_path):
     (base / "config.json").write_text(json.dumps(config))
     view = open_quantized(open_checkpoint(base), config)
     assert view.keys()[Q + ".weight"][0] == "BF16" and view.dense_dtype == "F32"
+
+
+def test_requantized_unmerge_subtracts(models, tmp_path):
+    """Unmerging from a re-quantized merge: the codes are bitsandbytes' quantization of the
+    dequantized merge minus ΔW (the dense unmerge's fp32 value)."""
+    root = models["root"]
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "mq")
+    merge_checkpoint(tmp_path / "mq", [root / "lora"], tmp_path / "u32", unmerge=True, dtype="F32")
+    merge_checkpoint(tmp_path / "mq", [root / "lora"], tmp_path / "uq", unmerge=True)
+    dense, got = load_file(tmp_path / "u32" / "model.safetensors"), load_file(tmp_path / "uq" / "model.safetensors")
+    for module in _modules(root):
+        expected = _bnb_dequantized(tmp_path / "mq", module).double() - _lora_delta(root, module)
+        assert (dense[module + ".weight"].double() - expected).abs().max() < 1e-5, module
+        q, _ = F.quantize_4bit(dense[module + ".weight"], blocksize=64, quant_type="nf4", compress_statistics=True)
+        assert torch.equal(got[module + ".weight"], q), module
+
+
+def test_as_trained_rounds_untouched_weights_at_the_stored_dtype_and_skips_by_suffix(models, tmp_path):
+    """Without --dtype (the output keeps bf16) the weights no adapter touches are rounded too;
+    a skip name matches a module by suffix, as llm_int8_skip_modules does."""
+    root = models["root"]
+    merge_checkpoint(root / "dense", [root / "lora"], tmp_path / "t",
+                     as_trained={"quant_type": "nf4", "skip": ("o_proj",)})
+    dense, out = load_file(root / "dense" / "model.safetensors"), load_file(tmp_path / "t" / "model.safetensors")
+    k = "model.layers.0.self_attn.k_proj.weight"
+    assert torch.equal(out[k], round_as_trained(dense[k].float(), AsTrained("nf4", 64, True), CPU).to(torch.bfloat16))
+    assert not torch.equal(out[k], dense[k])
+    for i in range(2):
+        o = f"model.layers.{i}.self_attn.o_proj.weight"
+        assert torch.equal(out[o], dense[o]), o  # skipped: left as stored
+    assert torch.equal(out["model.embed_tokens.weight"], dense["model.embed_tokens.weight"])
+
+
+def test_extract_reports_a_changed_quantized_non_target(models, tmp_path):
+    """A packed module outside --targets that the fine-tune changed is not 'unchanged'."""
+    from adapterkit.ops.extract import extract
+
+    root = models["root"]
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "ft", dtype="BF16")
+    _, report = extract(root / "nf4", tmp_path / "ft", rank=4, targets=r"q_proj$")
+    v = "model.layers.0.self_attn.v_proj.weight"
+    assert v not in report.unchanged and v in report.not_extracted
+    assert "model.layers.0.self_attn.k_proj.weight" in report.unchanged

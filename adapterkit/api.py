@@ -213,6 +213,7 @@ def merge(
     fan_in_fan_out: bool | str | dict[str, bool] | None = "auto",
     again: bool = False,
     force: bool = False,
+    as_trained: Any = None,
 ) -> MergeReport:
     """Merge ``adapters`` into the model checkpoint ``base`` and write ``out``, streaming
     (``adapterkit merge``): ``adapterkit.ops.merging.merge_checkpoint`` with ``base`` and the
@@ -227,7 +228,7 @@ def merge(
     return merge_checkpoint(
         base, adapters, out, weights=weights, device=device, dtype=dtype, max_shard_size=max_shard_size, safe=safe,
         overwrite=overwrite, durable=durable, unmerge=unmerge, tied_embeddings=tied_embeddings,
-        fan_in_fan_out=fan_in_fan_out, again=again, force=force, locate=local_path,
+        fan_in_fan_out=fan_in_fan_out, again=again, force=force, as_trained=as_trained, locate=local_path,
     )
 
 

@@ -172,8 +172,11 @@ def test_as_trained_rounding_equals_bitsandbytes_round_trip():
             for blocksize in (64, 128):
                 w = torch.randn(96, 80, dtype=torch.bfloat16)
                 q, state = F.quantize_4bit(w, blocksize=blocksize, quant_type=quant_type, compress_statistics=double)
-                state.dtype = torch.float32
+                # the default compute dtype bf16: what Linear4bit's forward multiplies by (dequantize_4bit to the weight's dtype)
                 ours = round_as_trained(w.float(), AsTrained(quant_type, blocksize, double), CPU)
+                assert torch.equal(ours, F.dequantize_4bit(q, state).float()), (quant_type, double, blocksize)
+                state.dtype = torch.float32
+                ours = round_as_trained(w.float(), AsTrained(quant_type, blocksize, double, compute_dtype="F32"), CPU)
                 assert torch.equal(ours, F.dequantize_4bit(q, state)), (quant_type, double, blocksize)
 
 
@@ -407,6 +410,14 @@ def test_as_trained_refusals(models, tmp_path):
     with pytest.raises(AdapterkitError) as info:
         merge_checkpoint(root / "dense", [root / "lora"], tmp_path / "x", as_trained={"quant_type": "nf4", "blocksize": 48})
     assert info.value.code == "argument-invalid" and "blocksize" in str(info.value)
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(root / "dense", [root / "lora"], tmp_path / "x", as_trained={"quant_type": "nf4", "compute_dtype": "I8"})
+    assert info.value.code == "argument-invalid" and "compute_dtype" in str(info.value)
+    res = CliRunner().invoke(cli, ["merge", str(root / "dense"), str(root / "lora"), str(tmp_path / "cli"), "--as-trained", "nf4",
+                                   "--as-trained-compute-dtype", "fp32", "--as-trained-skip", "o_proj", "--json"])
+    assert res.exit_code == 0, res.output
+    settings = json.loads(res.stdout)["quantized"]["as_trained"]
+    assert settings == {"quant_type": "nf4", "blocksize": 64, "double_quant": True, "skip": ["o_proj"], "compute_dtype": "F32"}
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from .as_trained import AS_TRAINED_OPTIONS, as_trained_settings
 from .conventions import (
     INPUT,
     _count,
@@ -82,17 +83,7 @@ def _merge_command(direction: str):
         if direction == "merge":
             options.append(click.option("--again", is_flag=True, help="Merge an adapter the base's merge record already holds "
                                                                        "(or one listed twice): it is then applied twice."))
-            options.append(click.option("--as-trained", type=click.Choice(["nf4", "fp4"]), default=None,
-                                        help="QLoRA: round the 16-bit BASE's linear weights through bitsandbytes' 4-bit quantizer "
-                                             "before merging, so that OUT computes what the 4-bit base plus adapter computed in "
-                                             "training (the embeddings, lm_head and --as-trained-skip stay as they are)."))
-            options += [
-                click.option("--as-trained-blocksize", type=int, default=64, show_default=True, help="With --as-trained: the run's bnb_4bit blocksize."),
-                click.option("--as-trained-double-quant/--as-trained-no-double-quant", default=True, show_default=True,
-                             help="With --as-trained: whether the run used bnb_4bit_use_double_quant."),
-                click.option("--as-trained-skip", multiple=True, metavar="MODULE",
-                             help="With --as-trained: a module the run left unquantized (llm_int8_skip_modules; repeatable)."),
-            ]
+            options += AS_TRAINED_OPTIONS
         else:
             options.append(click.option("--force", is_flag=True, help="Unmerge what the merge record does not hold: an adapter "
                                                                        "not recorded, other weights than recorded, or out of order."))
@@ -156,7 +147,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
 @threads_option
 def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, again=False,
           push_to=None, token=None, private=False, fan_in_fan_out="auto", as_trained=None, as_trained_blocksize=64,
-          as_trained_double_quant=True, as_trained_skip=()) -> None:
+          as_trained_double_quant=True, as_trained_skip=(), as_trained_compute_dtype="bf16") -> None:
     """Merge adapters into the model checkpoint BASE (a folder with model.safetensors or a
     sharded index, or one .safetensors file) and write OUT: the same sharding and index, every
     other file of BASE (config, tokenizer, ...) copied, and what was merged recorded in each
@@ -185,8 +176,7 @@ def merge(paths, adapters, weights, device, dtype, max_shard_size, safe, tied_em
       adapterkit merge org/base org/my-lora merged --push-to me/merged-model   # Hub repo ids in and out
     """
     push = None if push_to is None else {"repo_id": push_to, "token": token, "private": private}
-    settings = None if as_trained is None else {"quant_type": as_trained, "blocksize": as_trained_blocksize,
-                                                "double_quant": as_trained_double_quant, "skip": tuple(as_trained_skip)}
+    settings = as_trained_settings(as_trained, as_trained_blocksize, as_trained_double_quant, as_trained_skip, as_trained_compute_dtype)
     _run_merge("merge", paths, adapters, weights, device, dtype, max_shard_size, safe, tied_embeddings, overwrite, as_json, push,
                fan_in_fan_out, again=again, as_trained=settings)
 

@@ -44,6 +44,7 @@ LOST = 0.5  # error / ‖ΔW‖ from which a module's ΔW counts as mostly round
 CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows written dense (a few MB)
 ROW_ALIGN = 96  # blocks start on the sgemm kernels' row tiles, so each block's B·A is those rows of the whole (ops.merging)
 AS_TRAINED_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("BF16", "F16", "F32")
 
 
 @dataclass
@@ -133,12 +134,18 @@ class AsTrained:
     blocksize: int = 64
     double_quant: bool = True
     skip: tuple[str, ...] = ()  # module names (or suffixes) the run left unquantized (llm_int8_skip_modules)
+    # bnb_4bit_compute_dtype: the QLoRA forward multiplies by the dequantized weight in this dtype,
+    # so the weight the adapter was trained against is the dequantization rounded to it
+    compute_dtype: str = "BF16"
 
     def check(self) -> None:
         if self.quant_type not in AS_TRAINED_TYPES:
             raise ArgumentError("as_trained rounds through bitsandbytes' 4-bit quantizer", key="as_trained",
                                 expected=" | ".join(AS_TRAINED_TYPES), actual=self.quant_type)
-        if self.blocksize not in BLOCKSIZES:
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ArgumentError("a compute dtype bitsandbytes' 4-bit layers use", key="compute_dtype",
+                                expected=" | ".join(COMPUTE_DTYPES), actual=self.compute_dtype)
+        if type(self.blocksize) is not int or self.blocksize not in BLOCKSIZES:
             raise ArgumentError("a block size bitsandbytes does not use", key="blocksize", expected=BLOCKSIZES, actual=self.blocksize)
 
     def format(self) -> Bnb4:
@@ -165,14 +172,16 @@ def as_trained_keys(keys: Keys, settings: AsTrained, float_dtypes: tuple[str, ..
 
 
 def round_as_trained(weight: torch.Tensor, settings: AsTrained, device: torch.device) -> torch.Tensor:
-    """dequantize(quantize(weight)) with bitsandbytes' 4-bit quantizer, in fp32."""
+    """dequantize(quantize(weight)) with bitsandbytes' 4-bit quantizer, rounded to the compute
+    dtype the QLoRA forward used it in (fp32 values)."""
     fmt = settings.format()
     out, inp = weight.shape
     table = _table(settings.quant_type)
     info: dict[str, Any] = {"blocksize": settings.blocksize, "dtype": "BF16", "nested_blocksize": 256, "offset": 0.0}
     packed = Packed("as-trained", "as-trained.weight", {}, (out, inp), info)
     old = {"quant_map": table, "nested_quant_map": _dynamic_map()}
-    return fmt.dequantize(packed, fmt.quantize(packed, weight, old, device), device)
+    rounded = fmt.dequantize(packed, fmt.quantize(packed, weight, old, device), device)
+    return rounded.to(DTYPES[settings.compute_dtype]).to(torch.float32)
 
 
 def _table(quant_type: str) -> torch.Tensor:

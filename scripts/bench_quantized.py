@@ -42,7 +42,7 @@ import tempfile
 from pathlib import Path
 
 from bench_all import machine, record
-from bench_merge import SIZES, child, generate
+from bench_merge import SIZES, child
 
 REPO = Path(__file__).resolve().parents[1]
 MB = 1e6
@@ -81,7 +81,10 @@ def command(method: str, root: Path, out: Path) -> list[str]:
     if method == "peft":
         return [sys.executable, __file__, "--child", method, str(root), str(out)]
     extra = ["--dtype", "bf16"] if method == "ours-bf16" else []
-    return [sys.executable, "-m", "adapterkit", "merge", str(root / "nf4"), str(root / "adapter"), str(out), "--json", *extra]
+    # as many threads as torch gives PEFT's process (the thread policy would otherwise count the
+    # load the previous child left in the load average against us)
+    threads = ["--threads", str(len(os.sched_getaffinity(0)))]
+    return [sys.executable, "-m", "adapterkit", "merge", str(root / "nf4"), str(root / "adapter"), str(out), "--json", *threads, *extra]
 
 
 def _open(folder: Path):
@@ -143,7 +146,10 @@ def run_size(size: str, scratch: Path, args: argparse.Namespace) -> dict:
     if not (root / "nf4").exists():
         print(f"[{size}] generating and quantizing ...", flush=True)
         shutil.rmtree(root, ignore_errors=True)
-        generate(root, size, "bf16")
+        root.mkdir(parents=True)
+        # in child processes: a child's peak RSS counts the parent's size when it was forked
+        child([sys.executable, str(Path(__file__).with_name("bench_merge.py")), "--child", "generate", str(root), size, "bf16"],
+              root.parent / f"generate-{size}.log")
         quantize(root)
         shutil.rmtree(root / "base")
     result: dict = {m: {"seconds": [], "rss": []} for m in METHODS}
@@ -159,10 +165,6 @@ def run_size(size: str, scratch: Path, args: argparse.Namespace) -> dict:
     text = (root / "ours-nf4.log").read_text()  # the --json report, with the warning lines of stderr around it
     report = json.JSONDecoder().raw_decode(text[text.index("\n{") + 1 if not text.startswith("{") else 0:])[0]
     result["survival"] = (report.get("quantized") or {}).get("survival", {})
-    result["accuracy"] = accuracy(root, outs)
-    if not args.keep:
-        for out in outs.values():
-            shutil.rmtree(out, ignore_errors=True)
     return result
 
 
@@ -180,6 +182,12 @@ def main() -> None:
     scratch = args.dir or Path(tempfile.mkdtemp(prefix="bench_quantized."))
     print(machine(), flush=True)
     results = {size: run_size(size, scratch, args) for size in args.sizes.split(",")}
+    for size in results:  # after every timed run: loading tensors here would count in later children's peak RSS
+        outs = {m: scratch / size / f"out-{m}" for m in METHODS}
+        results[size]["accuracy"] = accuracy(scratch / size, outs)
+        if not args.keep:
+            for out in outs.values():
+                shutil.rmtree(out, ignore_errors=True)
     print()
     for size, r in results.items():
         best = {m: (min(r[m]["seconds"]), min(r[m]["rss"])) for m in METHODS}

@@ -339,9 +339,12 @@ class QuantJob:
             base = self.view.fmt.dequantize(p, old, self.device)
         new = self.view.fmt.quantize(p, value, old, self.device)
         written = self.view.fmt.dequantize(p, {r: t.to(self.device) for r, t in new.items()}, self.device)
-        delta = value - base
-        self.survival.append(ModuleSurvival(p.module, _norm(delta), _norm(written - base), _norm(written - base - delta)))
-        del written, delta, base
+        diff = torch.sub(value, base)  # ΔW; then, in the same buffer, what the weights moved and how far from ΔW
+        delta = _norm(diff)
+        moved = _norm(torch.sub(written, base, out=diff))
+        error = _norm(torch.sub(written, value, out=diff))  # Q(W+ΔW) − Q(W) − ΔW = Q(W+ΔW) − (W+ΔW)
+        self.survival.append(ModuleSurvival(p.module, delta, moved, error))
+        del written, diff, base
         by_key = {k: r for r, k in p.members.items()}
         for k in self.plan:
             if k in by_key:

@@ -795,3 +795,15 @@ def test_extract_reports_a_changed_quantized_non_target(models, tmp_path):
     v = "model.layers.0.self_attn.v_proj.weight"
     assert v not in report.unchanged and v in report.not_extracted
     assert "model.layers.0.self_attn.k_proj.weight" in report.unchanged
+
+
+def test_non_finite_dense_merge_is_refused_and_nothing_written(models, tmp_path):
+    """An overflowing ΔW on the streamed dense path: refused naming the tensor, no output left."""
+    root = models["root"]
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "out", dtype="BF16", weights=[3e38])
+    assert info.value.code == "non-finite" and ".weight" in str(info.value)
+    assert not (tmp_path / "out").exists() and not any(tmp_path.iterdir())
+    merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "unsafe", dtype="F32", weights=[3e38], safe=False)
+    unsafe = load_file(tmp_path / "unsafe" / "model.safetensors")
+    assert any(not bool(torch.isfinite(unsafe[m + ".weight"]).all()) for m in _modules(root))  # --no-safe writes them

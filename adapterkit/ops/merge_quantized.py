@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import math
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from .merge_plan import INPUT_EMBEDDINGS, OUTPUT_EMBEDDINGS
 
 LOST = 0.5  # error / ‖ΔW‖ from which a module's ΔW counts as mostly rounded away
 CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows written dense (a few MB)
+DEPTH = 3  # blocks computed ahead of the writer
 ROW_ALIGN = 96  # blocks start on the sgemm kernels' row tiles, so each block's B·A is those rows of the whole (ops.merging)
 AS_TRAINED_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("BF16", "F16", "F32")
@@ -317,12 +320,13 @@ class QuantJob:
                     for fill in fills:
                         fill(start, stop, term)
                         rows.add_(term)  # W + term (+ term ...): merge's sum in fp32, rounded once below
-                self._check(key, rows)
+                if self.safe and not math.isfinite(rows.sum().item()):  # a finite sum: every value finite (the cheap test)
+                    self._check(key, rows)  # counts them, and refuses where any is not (a sum may overflow alone)
                 data = rows.to(dtype).cpu().contiguous()
                 advance(data.nbytes, 0)
                 yield memoryview(data.reshape(-1).view(torch.uint8).numpy())
 
-        writer.write_chunks(key, chunks())
+        _write_behind(writer, key, chunks())
         advance(0, 1)
         return True
 
@@ -358,6 +362,48 @@ class QuantJob:
             raise TensorError(f"the {self.direction}d tensor holds NaN or Inf; nothing was written (--no-safe writes it anyway)",
                               code="non-finite", path=self.ckpt.path, key=key, expected="finite values",
                               actual=f"{bad} non-finite of {value.numel()}")
+
+
+def _write_behind(writer: CheckpointWriter, key: str, blocks) -> None:
+    """``writer.write_chunks(key, blocks)`` with the writing in a thread of its own, so that the
+    next block is computed while the last one is written (at most ``DEPTH`` blocks wait).  An
+    error on either side stops both and is raised here; the writer then has aborted (nothing
+    half-written is kept)."""
+    waiting: queue.Queue = queue.Queue(maxsize=DEPTH)
+    failed: list[BaseException] = []
+
+    def pieces():
+        while (piece := waiting.get()) is not None:
+            yield piece
+
+    def write() -> None:
+        try:
+            writer.write_chunks(key, pieces())
+        except BaseException as exc:  # re-raised in the computing thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=write, name=f"write {key}", daemon=True)
+    thread.start()
+    try:
+        for block in blocks:
+            while True:
+                try:
+                    waiting.put(block, timeout=0.1)
+                    break
+                except queue.Full:
+                    if not thread.is_alive():
+                        raise failed[0] if failed else RuntimeError("the writer thread stopped") from None
+            if failed:
+                break
+    finally:
+        if thread.is_alive():
+            try:
+                waiting.put(None, timeout=60)
+            except queue.Full:
+                pass
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def refuse_requantize(view: QuantizedView, where: Path) -> None:

@@ -188,7 +188,7 @@ class Bnb4(QuantFormat):
         table = tensors["quant_map"].to(device=device, dtype=torch.float32)
         # each byte's two values at once: the 256 (high, low) pairs of the table, looked up per byte
         pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)
-        values = torch.nn.functional.embedding(tensors["weight"].to(device=device).reshape(-1).long(), pairs).reshape(-1)
+        values = torch.nn.functional.embedding(tensors["weight"].to(device=device).reshape(-1).int(), pairs).reshape(-1)
         absmax = self.absmax(packed, tensors, device)
         blocks = absmax.numel()
         if values.numel() != blocks * blocksize:  # a partial last block (or an odd count): pad, then cut
@@ -212,7 +212,7 @@ class Bnb4(QuantFormat):
 
         def fetch(start: int, stop: int) -> torch.Tensor:
             first, last = start * inp, stop * inp  # elements; first starts a block (row_align)
-            values = torch.nn.functional.embedding(data[first // 2: (last + 1) // 2].to(device=device).long(), pairs).reshape(-1)
+            values = torch.nn.functional.embedding(data[first // 2: (last + 1) // 2].to(device=device).int(), pairs).reshape(-1)
             blocks = -(-(last - first) // blocksize)
             if values.numel() != blocks * blocksize:
                 padded = torch.zeros(blocks * blocksize, dtype=torch.float32, device=device)

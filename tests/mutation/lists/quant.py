@@ -77,8 +77,8 @@ MUTANTS = [
      '{"dense_parameters": sum(math.prod(shape) for _, shape in view.stored.values())}'),
     # -- merge into a quantized base: plan, survival, config
     ("survival: moved norm taken from the requested weight, not the written one", MQ,
-     "_norm(delta), _norm(written - base), _norm(written - base - delta)",
-     "_norm(delta), _norm(value - base), _norm(written - base - delta)"),
+     "moved = _norm(torch.sub(written, base, out=diff))",
+     "moved = _norm(torch.sub(value, base, out=diff))"),
     ("survival: the lost-ΔW threshold inverted", MQ,
      '"lost_modules": [m.module for m in modules if m.lost >= LOST]', '"lost_modules": [m.module for m in modules if m.lost < LOST]'),
     ("survival: the lost-ΔW warning never added to the notes", OPS,

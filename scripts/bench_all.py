@@ -45,6 +45,7 @@ QUICK: dict[str, list[str]] = {
     "bench_ops.py": ["--repeat", "1", "--combine-modules", "2"],
     "bench_threads.py": ["--repeat", "1", "--only", "svd"],
     "bench_merge.py": ["--small-only", "--repeat", "1"],
+    "bench_quantized.py": ["--sizes", "small", "--repeat", "1"],
     "bench_attach.py": [],
     "bench_hub.py": [],
     "bench_checkpoint_rss.py": [],

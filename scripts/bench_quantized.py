@@ -41,7 +41,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_all import machine, record
+import bench_all
+from bench_all import record
 from bench_merge import SIZES, child
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +181,7 @@ def main() -> None:
         method_peft(Path(args.child[1]), Path(args.child[2]))
         return
     scratch = args.dir or Path(tempfile.mkdtemp(prefix="bench_quantized."))
-    print(machine(), flush=True)
+    print(bench_all.machine(), flush=True)
     results = {size: run_size(size, scratch, args) for size in args.sizes.split(",")}
     for size in results:  # after every timed run: loading tensors here would count in later children's peak RSS
         outs = {m: scratch / size / f"out-{m}" for m in METHODS}

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from ..quant.base import Keys, Packed
 from ..quant.bnb import BLOCKSIZES, Bnb4
 from ..quant.view import QuantizedView
 from .merge_plan import INPUT_EMBEDDINGS, OUTPUT_EMBEDDINGS
+from .pipeline import Pipeline
 
 LOST = 0.5  # error / ‖ΔW‖ from which a module's ΔW counts as mostly rounded away
 CHUNK_ELEMENTS = 1 << 20  # elements in a block of rows written dense (a few MB)
@@ -101,17 +100,14 @@ def output_plan(view: QuantizedView, keys: Keys, out_dtype: str | None, float_dt
         if out_dtype is not None:
             plan[key] = (out_dtype if dtype in float_dtypes else dtype, shape)
             if p is not None:
-                first = next(k for k in view.stored if k in p.members.values())
                 if key not in view.stored:
-                    placement[key] = first
+                    placement[key] = view.ordered[p.module][0]  # where its first member was
                 dropped += [k for k in p.members.values() if k != key]
         elif p is None:
             plan[key] = (dtype, shape)
         else:
-            sizes = view.fmt.planned(p, view.stored) if key in changed else {k: view.stored[k] for k in p.members.values()}
-            for k in view.stored:
-                if k in sizes:
-                    plan[k] = sizes[k]
+            sizes = view.fmt.planned(p, view.stored) if key in changed else view.stored
+            plan.update((k, sizes[k]) for k in view.ordered[p.module])
     return plan, placement, dropped
 
 
@@ -266,10 +262,9 @@ class QuantJob:
                 if changes:
                     self._requantize(writer, state, key, p, advance)
                 else:
-                    for k in self.plan:
-                        if k in p.members.values():
-                            writer.copy_from(k, self.ckpt, k)
-                            advance(self.ckpt.info(k).nbytes, 1)
+                    for k in self.view.ordered[p.module]:
+                        writer.copy_from(k, self.ckpt, k)
+                        advance(self.ckpt.info(k).nbytes, 1)
                     report.copied += 1
                 continue
             if p is not None and self.dense and key not in self.replaced and self._stream(writer, key, p, advance):
@@ -349,12 +344,11 @@ class QuantJob:
         error = _norm(torch.sub(written, value, out=diff))  # Q(W+ΔW) − Q(W) − ΔW = Q(W+ΔW) − (W+ΔW)
         self.survival.append(ModuleSurvival(p.module, delta, moved, error))
         del written, diff, base
-        by_key = {k: r for r, k in p.members.items()}
-        for k in self.plan:
-            if k in by_key:
-                tensor = new[by_key[k]].contiguous()
-                writer.write(k, tensor)
-                advance(tensor.nbytes, 1)
+        role = {k: r for r, k in p.members.items()}
+        for k in self.view.ordered[p.module]:
+            tensor = new[role[k]].contiguous()
+            writer.write(k, tensor)
+            advance(tensor.nbytes, 1)
 
     def _check(self, key: str, value: torch.Tensor) -> None:
         if self.safe and value.is_floating_point() and not bool(torch.isfinite(value).all()):
@@ -369,41 +363,16 @@ def _write_behind(writer: CheckpointWriter, key: str, blocks) -> None:
     next block is computed while the last one is written (at most ``DEPTH`` blocks wait).  An
     error on either side stops both and is raised here; the writer then has aborted (nothing
     half-written is kept)."""
-    waiting: queue.Queue = queue.Queue(maxsize=DEPTH)
-    failed: list[BaseException] = []
-
-    def pieces():
-        while (piece := waiting.get()) is not None:
-            yield piece
-
-    def write() -> None:
-        try:
-            writer.write_chunks(key, pieces())
-        except BaseException as exc:  # re-raised in the computing thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=write, name=f"write {key}", daemon=True)
-    thread.start()
+    pipe = Pipeline()
     try:
+        waiting = pipe.channel(DEPTH)
+        pipe.spawn(f"write {key}", writer.write_chunks, key, iter(waiting.get, None))
         for block in blocks:
-            while True:
-                try:
-                    waiting.put(block, timeout=0.1)
-                    break
-                except queue.Full:
-                    if not thread.is_alive():
-                        raise failed[0] if failed else RuntimeError("the writer thread stopped") from None
-            if failed:
-                break
+            waiting.put(block)  # raises the writer's error, if it met one
+        waiting.put(None)
+        pipe.join()
     finally:
-        if thread.is_alive():
-            try:
-                waiting.put(None, timeout=60)
-            except queue.Full:
-                pass
-        thread.join()
-    if failed:
-        raise failed[0]
+        pipe.close()  # an error in the computation stops the writer, which aborts the output
 
 
 def refuse_requantize(view: QuantizedView, where: Path) -> None:

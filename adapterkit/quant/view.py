@@ -49,6 +49,10 @@ class QuantizedView:
         self.packed: dict[str, Packed] = fmt.find(self.stored, read=ckpt.read)
         self.by_weight = {p.weight: p for p in self.packed.values()}
         self.member_of = {key: p for p in self.packed.values() for key in p.members.values()}
+        self.ordered: dict[str, list[str]] = {}  # module -> its member keys in the base's order (the order they are written in)
+        for key in self.stored:
+            if key in self.member_of:
+                self.ordered.setdefault(self.member_of[key].module, []).append(key)
         self.dense_dtype = config_dtype(config) or "BF16"
         self._keys: Keys = {}
         for key, value in self.stored.items():
@@ -66,6 +70,10 @@ class QuantizedView:
     def keys(self) -> Keys:
         """Logical key -> (dtype, shape), in the base's order."""
         return dict(self._keys)
+
+    def info(self, key: str) -> tuple[str, tuple[int, ...]]:
+        """(dtype, shape) of one logical key."""
+        return self._keys[key]
 
     def is_quantized(self, key: str) -> bool:
         return key in self.by_weight

@@ -410,6 +410,15 @@ def test_as_trained_refusals(models, tmp_path):
     with pytest.raises(AdapterkitError) as info:
         merge_checkpoint(root / "dense", [root / "lora"], tmp_path / "x", as_trained={"quant_type": "nf4", "blocksize": 48})
     assert info.value.code == "argument-invalid" and "blocksize" in str(info.value)
+    for bad, field in (({"quant_type": "nf4", "blocksze": 64}, "blocksze"), ({"quant_type": "nf4", "skip": 3}, "skip"),
+                       ({"quant_type": "nf4", "skip": [3]}, "skip"), (["nf4"], "as_trained")):
+        with pytest.raises(AdapterkitError) as info:  # a typo or a wrong type: refused by name, never a TypeError
+            merge_checkpoint(root / "dense", [root / "lora"], tmp_path / "x", as_trained=bad)
+        assert info.value.code == "argument-invalid" and field in str(info.value), str(info.value)
+    # a single skip name is one module, not its letters
+    merge_checkpoint(root / "dense", [root / "lora"], tmp_path / "one", as_trained={"skip": "o_proj"})
+    o = "model.layers.0.self_attn.o_proj.weight"
+    assert torch.equal(load_file(tmp_path / "one" / "model.safetensors")[o], load_file(root / "dense" / "model.safetensors")[o])
     with pytest.raises(AdapterkitError) as info:
         merge_checkpoint(root / "dense", [root / "lora"], tmp_path / "x", as_trained={"quant_type": "nf4", "compute_dtype": "I8"})
     assert info.value.code == "argument-invalid" and "compute_dtype" in str(info.value)

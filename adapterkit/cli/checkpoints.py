@@ -114,7 +114,7 @@ def _run_merge(direction: str, paths, adapters, weights, device, dtype, max_shar
     report = merge_checkpoint(
         base, given, out, weights=weights if explicit else None, device=device, dtype=_DTYPE_NAMES.get(dtype) if dtype else None,
         max_shard_size=size, safe=safe, overwrite=overwrite, unmerge=direction == "unmerge", tied_embeddings=tied_embeddings,
-        fan_in_fan_out=fan_in_fan_out, again=again, force=force, **({"as_trained": as_trained} if as_trained else {}),
+        fan_in_fan_out=fan_in_fan_out, again=again, force=force, as_trained=as_trained,
     )
     if as_json:
         print_json({

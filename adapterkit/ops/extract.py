@@ -196,13 +196,12 @@ class _Side:
 
     def info(self, key: str):
         if self.quantized(key):
-            dtype, shape = self.view.keys()[self.src[key]]
-            return _Dense(dtype, shape)
+            return _Dense(*self.view.info(self.src[key]))
         return self.ck.info(self.src[key])
 
-    def read(self, key: str) -> torch.Tensor:
-        """The tensor (a quantized weight dequantized to fp32)."""
-        return self.view.read(self.src[key]) if self.quantized(key) else self.ck.read(self.src[key])
+    def read(self, key: str, device: torch.device | None = None) -> torch.Tensor:
+        """The tensor (a quantized weight dequantized to fp32, on ``device``)."""
+        return self.view.read(self.src[key], device) if self.quantized(key) else self.ck.read(self.src[key])
 
 
 def _side(ck: Checkpoint) -> _Side:
@@ -274,7 +273,11 @@ def _same_values(base: _Side, ft: _Side, key: str) -> bool:
     """Whether a weight is unchanged where either side is quantized: equal dequantized values,
     or a dense side equal to the other's dequantized weight rounded to its dtype (a module a
     dense fine-tune of a quantized base kept as it was)."""
-    b, f = base.read(key), ft.read(key)
+    return _equal_values(base, ft, key, base.read(key), ft.read(key))
+
+
+def _equal_values(base: _Side, ft: _Side, key: str, b: torch.Tensor, f: torch.Tensor) -> bool:
+    """:func:`_same_values` on tensors already read."""
     if base.quantized(key) and not ft.quantized(key):
         return torch.equal(b.to(f.dtype), f)
     if ft.quantized(key) and not base.quantized(key):
@@ -423,10 +426,10 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
                 not_extracted[key] = info.nbytes
             continue
         if bside.quantized(key) or fside.quantized(key):
-            if _same_values(bside, fside, key):
+            b, f = bside.read(key, dev), fside.read(key, dev)  # dequantized once, on the device the math runs on
+            if _equal_values(bside, fside, key, b, f):
                 unchanged.append(key)
                 continue
-            b, f = bside.read(key), fside.read(key)
         else:
             b, f = bside.ck.read(bside.src[key]), fside.ck.read(fside.src[key])
             if torch.equal(b.reshape(-1).view(torch.uint8), f.reshape(-1).view(torch.uint8)):  # bitwise: NaNs, -0.0

@@ -137,7 +137,23 @@ class AsTrained:
     # so the weight the adapter was trained against is the dequantization rounded to it
     compute_dtype: str = "BF16"
 
+    @classmethod
+    def from_dict(cls, given: Any) -> AsTrained:
+        """The settings from a mapping of their field names (an unknown name is refused by name)."""
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(given, dict) or set(given) - fields:
+            unknown = sorted(set(given) - fields) if isinstance(given, dict) else type(given).__name__
+            raise ArgumentError("as_trained takes an AsTrained or a dict of its fields", key="as_trained",
+                                expected=" | ".join(sorted(fields)), actual=unknown)
+        skip = given.get("skip", ())
+        if not isinstance(skip, (str, list, tuple)):
+            raise ArgumentError("as_trained skip names modules", key="skip", expected="a module name or a list of them",
+                                actual=type(skip).__name__)
+        return cls(**{**given, "skip": (skip,) if isinstance(skip, str) else tuple(skip)})
+
     def check(self) -> None:
+        if not all(isinstance(s, str) for s in self.skip):
+            raise ArgumentError("as_trained skip names modules", key="skip", expected="module names", actual=list(self.skip))
         if self.quant_type not in AS_TRAINED_TYPES:
             raise ArgumentError("as_trained rounds through bitsandbytes' 4-bit quantizer", key="as_trained",
                                 expected=" | ".join(AS_TRAINED_TYPES), actual=self.quant_type)

@@ -481,7 +481,7 @@ def _as_trained(as_trained: Any, view, unmerge: bool):
     """The checked ``AsTrained`` settings (None: not asked)."""
     if as_trained is None:
         return None
-    settings = as_trained if isinstance(as_trained, AsTrained) else AsTrained(**as_trained)
+    settings = as_trained if isinstance(as_trained, AsTrained) else AsTrained.from_dict(as_trained)
     settings.check()
     if view is not None:
         raise ArgumentError("as_trained rounds a 16-bit base as the QLoRA run did; this base is quantized already "

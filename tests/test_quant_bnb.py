@@ -816,3 +816,43 @@ def test_non_finite_dense_merge_is_refused_and_nothing_written(models, tmp_path)
     merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "unsafe", dtype="F32", weights=[3e38], safe=False)
     unsafe = load_file(tmp_path / "unsafe" / "model.safetensors")
     assert any(not bool(torch.isfinite(unsafe[m + ".weight"]).all()) for m in _modules(root))  # --no-safe writes them
+
+
+def test_tied_embeddings_on_a_quantized_base(models, tmp_path):
+    """A 4-bit base that ties lm_head to its (plain) input embedding, and one adapter on a packed
+    module and on lm_head: untied by default, lm_head = embedding + its ΔW, the packed module
+    dequantized + ΔW, in both output forms."""
+    from adapterkit import Adapter, save
+    from adapterkit.kinds.lora import LoraConfig
+
+    root = models["root"]
+    base = _copy_with(root / "nf4", tmp_path / "base", tensors=lambda d: d.pop("lm_head.weight"))
+    config = json.loads((base / "config.json").read_text()) | {"tie_word_embeddings": True}
+    (base / "config.json").write_text(json.dumps(config))
+    g = torch.Generator().manual_seed(3)
+    tensors = {f"base_model.model.{m}.lora_{ab}.weight": torch.randn(shape, generator=g) * 0.1
+               for m, (out, inp) in ((Q, (64, 64)), ("lm_head", (96, 64)))
+               for ab, shape in (("A", (2, inp)), ("B", (out, 2)))}
+    save(Adapter.from_tensors(LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj", "lm_head"]), tensors), tmp_path / "lora")
+
+    def delta(module: str) -> torch.Tensor:
+        p = f"base_model.model.{module}"
+        return tensors[f"{p}.lora_B.weight"].double() @ tensors[f"{p}.lora_A.weight"].double()
+
+    stored = load_file(base / "model.safetensors")
+    embed = stored["model.embed_tokens.weight"]
+    merge_checkpoint(base, [tmp_path / "lora"], tmp_path / "dense", dtype="F32")
+    merge_checkpoint(base, [tmp_path / "lora"], tmp_path / "q")
+    for out, dtype in ((tmp_path / "dense", torch.float32), (tmp_path / "q", torch.bfloat16)):
+        got = load_file(out / "model.safetensors")
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["tie_word_embeddings"] is False, out
+        assert torch.equal(got["model.embed_tokens.weight"], embed.to(dtype)), out
+        expected = (embed.double() + delta("lm_head")).to(dtype)
+        assert got["lm_head.weight"].dtype == dtype
+        assert (got["lm_head.weight"].double() - expected.double()).abs().max() <= 2 * expected.double().abs().max() * 2.0 ** -8, out
+    dense = load_file(tmp_path / "dense" / "model.safetensors")
+    q_expected = _bnb_dequantized(base, Q).double() + delta(Q)
+    assert (dense[Q + ".weight"].double() - q_expected).abs().max() <= 4 * 2.0 ** -24 * q_expected.abs().max()
+    q = F.quantize_4bit(dense[Q + ".weight"], blocksize=64, quant_type="nf4", compress_statistics=True)[0]
+    assert torch.equal(load_file(tmp_path / "q" / "model.safetensors")[Q + ".weight"], q)

@@ -84,7 +84,7 @@ MUTANTS = [
     ("survival: the lost-ΔW warning never added to the notes", OPS,
      "                notes += lost_warning(report.quantized)\n", ""),
     ("requantized plan: untouched modules planned at requantized sizes", MQ,
-     "sizes = view.fmt.planned(p, view.stored) if key in changed else {k: view.stored[k] for k in p.members.values()}",
+     "sizes = view.fmt.planned(p, view.stored) if key in changed else view.stored",
      "sizes = view.fmt.planned(p, view.stored)"),
     ("requantized: untouched modules re-quantized instead of copied", MQ,
      "                if changes:\n                    self._requantize(", "                if True:\n                    self._requantize("),
@@ -117,8 +117,8 @@ MUTANTS = [
     ("extract: the dense side upcast instead of the quantized side rounded to its dtype", EXTRACT,
      "        return torch.equal(b.to(f.dtype), f)", "        return torch.equal(b, f.to(b.dtype))"),
     ("extract: a quantized fine-tuned side read as its stored tensor", EXTRACT,
-     "        if bside.quantized(key) or fside.quantized(key):\n            if _same_values(bside, fside, key):",
-     "        if bside.quantized(key):\n            if _same_values(bside, fside, key):"),
+     "        if bside.quantized(key) or fside.quantized(key):\n            b, f = bside.read(key, dev), fside.read(key, dev)",
+     "        if bside.quantized(key):\n            b, f = bside.read(key, dev), fside.read(key, dev)"),
 ]
 
 DEFAULT_TESTS = TESTS

@@ -3,6 +3,8 @@ Eckart–Young, and the rank rules computed by hand."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -132,3 +134,33 @@ def test_factored_svd_on_cuda_matches_cpu():
     assert gpu.U.device.type == "cuda"
     torch.testing.assert_close(gpu.S.cpu(), cpu.S, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gpu.dense().cpu(), cpu.dense(), rtol=1e-4, atol=1e-4)
+
+
+def test_all_finite_and_nonfinite_count_see_every_value():
+    """The sum shortcut: a sum that overflows from finite values is still all finite; one NaN
+    or Inf anywhere, in any float dtype, is seen and counted (first principles: math.isfinite)."""
+    from adapterkit.linalg.norms import all_finite, nonfinite_count
+
+    big = torch.full((8,), 3e38)  # sums to Inf, every value finite
+    assert all_finite(big) and nonfinite_count(big) == 0
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            x = torch.zeros(1000, dtype=dtype)
+            x[[3, 999]] = bad
+            expected = sum(not math.isfinite(float(v)) for v in x)
+            assert not all_finite(x) and nonfinite_count(x) == expected == 2, (dtype, bad)
+    assert all_finite(torch.zeros(0)) and all_finite(torch.arange(5))
+    # Inf and -Inf that cancel to NaN, and a pair whose sum is finite only in exact arithmetic
+    assert nonfinite_count(torch.tensor([float("inf"), float("-inf"), 1.0])) == 2
+
+
+def test_frobenius_is_the_exact_norm_to_1e_6_at_tens_of_millions_of_values():
+    from adapterkit.linalg.norms import frobenius
+
+    torch.manual_seed(0)
+    for shape in [(0,), (5,), (4097,), (3, 5000), (2, 3, 700), (20_000, 2048), (45_000_000,)]:
+        x = torch.randn(*shape) * 1e-3
+        exact = math.sqrt(sum(float(v) ** 2 for v in x.reshape(-1)[:5000])) if x.numel() <= 5000 else float(x.double().norm())
+        assert abs(frobenius(x) - exact) <= 1e-6 * exact + 1e-30, shape
+    x = torch.randn(4, 300).to(torch.bfloat16)
+    assert abs(frobenius(x) - float(x.double().norm())) <= 1e-6 * float(x.double().norm())

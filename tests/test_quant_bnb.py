@@ -124,6 +124,28 @@ def test_4bit_quantizer_edge_values_equal_bitsandbytes():
                 assert torch.equal(new["absmax"], ref["absmax"]), (quant_type, double)
 
 
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_4bit_codes_equal_bitsandbytes_at_every_float_near_a_midpoint(quant_type):
+    """Every fp32 whose top 16 bits it shares with a midpoint between two codes (all 65,536 of
+    each such run), and the first and last float of every other run of 65,536, quantized in
+    blocks whose absmax is 1 (so the scaled value is the float itself): bitsandbytes' codes."""
+    table = F.get_4bit_type(quant_type, device="cpu").sort().values
+    mids = (table[:-1] + table[1:]) / 2
+    runs = sorted({int(m.view(torch.int32)) >> 16 for m in mids})
+    prefix = torch.arange(1 << 16, dtype=torch.int64)
+    ends = torch.cat([prefix << 16, (prefix << 16) | 0xFFFF])
+    near = torch.cat([(torch.tensor(r, dtype=torch.int64) << 16) + torch.arange(1 << 16) for r in runs])
+    values = torch.cat([ends, near]).to(torch.int32).view(torch.float32)
+    values = values[torch.isfinite(values)]
+    pad = -values.numel() % 63
+    values = torch.cat([values, torch.zeros(pad)]).view(-1, 63)
+    x = torch.cat([values, torch.ones(values.shape[0], 1)], dim=1)  # absmax 1 in every block
+    fmt, packed, roles, _, _ = _packed_4bit(torch.randn(*x.shape, dtype=torch.bfloat16), quant_type, False, 64)
+    new = fmt.quantize(packed, x, roles, CPU)
+    q2, _ = F.quantize_4bit(x, blocksize=64, quant_type=quant_type, compress_statistics=False)
+    assert torch.equal(new["weight"], q2)
+
+
 def test_nested_quantizer_is_nearest_where_bitsandbytes_cpu_is_not():
     """Deliberate difference ``bnb-nested-absmax-nearest``: bitsandbytes 0.50.2's CPU kernel finds
     the code by a bucketed search in fp32 (BinSearch's Direct2), which lands on a farther code

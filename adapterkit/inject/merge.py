@@ -20,6 +20,7 @@ from torch import nn
 from ..adapter import Adapter
 from ..errors import TensorError, UnsupportedError
 from ..kinds.lora import dora_factor
+from ..linalg.norms import all_finite
 from ..threads import intra_op
 from . import quantized
 from .layers import AdapterLayer, LoraLayer, ParamLoraLayer, SavedModule, TokenLayer
@@ -157,7 +158,7 @@ def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *
             with intra_op(OPS_PER_ELEMENT * wrapper.in_features * wrapper.out_features):
                 stage = quantized.stage_merge(wrapper, [r.name for r in todo])
             staged.append((wrapper, [r.name for r in todo], stage))
-            if safe and not all(torch.isfinite(v).all() for v in stage.sums):
+            if safe and not all(all_finite(v) for v in stage.sums):
                 _forget(staged)
                 raise TensorError(f"merging {[r.name for r in todo]} into `{path}` gives NaN or Inf; no weight was changed",
                                   code="non-finite", key=path)
@@ -171,7 +172,7 @@ def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *
             for record in todo:
                 current.update(_step(wrapper, record, path, current, undo=False, unmerged=unmerged))
         staged.append((wrapper, [r.name for r in todo], current))
-        if safe and not all(torch.isfinite(v).all() for v in current.values()):
+        if safe and not all(all_finite(v) for v in current.values()):
             _forget(staged)
             raise TensorError(f"merging {[r.name for r in todo]} into `{path}` gives NaN or Inf; no weight was changed",
                               code="non-finite", key=path)

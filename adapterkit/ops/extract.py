@@ -67,6 +67,7 @@ from ..io.outputs import checkpoint_inputs
 from ..io.recipe import step
 from ..kinds.lora import PREFIX, LoraConfig
 from ..linalg import dense_svd, randomized_svd, select_rank
+from ..linalg.norms import nonfinite_count
 from ..progress import progress
 from ..quant.view import QuantizedView
 from ..threads import intra_op, matmul_work, svd_work
@@ -445,8 +446,7 @@ def extract(base: str | Path, finetuned: str | Path, *, rank: int | None = None,
             delta = f.to(device=dev, dtype=torch.float32)
             delta.sub_(b.to(device=dev))  # bf16/fp16 base cast on the fly: no fp32 copy of it
             del b, f
-            if not bool(torch.isfinite(delta).all()):
-                bad = int((~torch.isfinite(delta)).sum())
+            if bad := nonfinite_count(delta):
                 raise TensorError("the difference holds NaN or Inf (a non-finite value in either checkpoint); it has no SVD",
                                   code="non-finite", path=fside.ck.shard_of(fside.src[key]), key=key, expected="finite values",
                                   actual=f"{bad} non-finite of {delta.numel()}")

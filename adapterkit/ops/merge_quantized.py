@@ -35,6 +35,7 @@ import torch
 from ..checkpoint import CheckpointWriter
 from ..dtypes import DTYPES
 from ..errors import ArgumentError, TensorError, UnsupportedError
+from ..linalg.norms import frobenius, nonfinite_count
 from ..quant.base import Keys, Packed
 from ..quant.bnb import BLOCKSIZES, Bnb4
 from ..quant.view import QuantizedView
@@ -78,11 +79,6 @@ def survival_summary(modules: list[ModuleSurvival]) -> dict[str, Any]:
     error = math.sqrt(sum(m.error ** 2 for m in modules))
     return {"kept": moved / delta if delta else 1.0, "error": error / delta if delta else 0.0,
             "lost_modules": [m.module for m in modules if m.lost >= LOST], "modules": [m.to_dict() for m in modules]}
-
-
-def _norm(x: torch.Tensor) -> float:
-    """‖x‖ of an fp32 tensor, accumulated in fp32 (a report's figure: relative error ~1e-6)."""
-    return float(torch.linalg.vector_norm(x.reshape(-1)))
 
 
 # -- the output's plan ---------------------------------------------------------------------------
@@ -355,9 +351,9 @@ class QuantJob:
         new = self.view.fmt.quantize(p, value, old, self.device)
         written = self.view.fmt.dequantize(p, {r: t.to(self.device) for r, t in new.items()}, self.device)
         diff = torch.sub(value, base)  # ΔW; then, in the same buffer, what the weights moved and how far from ΔW
-        delta = _norm(diff)
-        moved = _norm(torch.sub(written, base, out=diff))
-        error = _norm(torch.sub(written, value, out=diff))  # Q(W+ΔW) − Q(W) − ΔW = Q(W+ΔW) − (W+ΔW)
+        delta = frobenius(diff)
+        moved = frobenius(torch.sub(written, base, out=diff))
+        error = frobenius(torch.sub(written, value, out=diff))  # Q(W+ΔW) − Q(W) − ΔW = Q(W+ΔW) − (W+ΔW)
         self.survival.append(ModuleSurvival(p.module, delta, moved, error))
         del written, diff, base
         role = {k: r for r, k in p.members.items()}
@@ -367,8 +363,8 @@ class QuantJob:
             advance(tensor.nbytes, 1)
 
     def _check(self, key: str, value: torch.Tensor) -> None:
-        if self.safe and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            bad = int((~torch.isfinite(value)).sum())
+        bad = nonfinite_count(value) if self.safe else 0
+        if bad:
             raise TensorError(f"the {self.direction}d tensor holds NaN or Inf; nothing was written (--no-safe writes it anyway)",
                               code="non-finite", path=self.ckpt.path, key=key, expected="finite values",
                               actual=f"{bad} non-finite of {value.numel()}")

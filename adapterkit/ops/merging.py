@@ -48,6 +48,7 @@ from ..io.outputs import adapter_inputs, check_output, checkpoint_inputs
 from ..io.reader import load
 from ..kinds.features import require_all, require_separable
 from ..kinds.patterns import matches_modules_to_save
+from ..linalg.norms import nonfinite_count
 from ..progress import progress_bytes
 from ..threads import intra_op
 from . import merge_record, orientation
@@ -798,8 +799,8 @@ class _Job:
             value = state.take(key)
             if value is None:
                 value = self._read(key).to(device=self.device, dtype=torch.float32)
-            if self.safe and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise self._non_finite(key, int((~torch.isfinite(value)).sum()), value.numel())
+            if self.safe and (bad := nonfinite_count(value)):
+                raise self._non_finite(key, bad, value.numel())
             self.jobs.put(("write", key, value.to(DTYPES[self.plan[key][0]]).cpu()))
             del value
 

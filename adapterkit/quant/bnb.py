@@ -26,10 +26,13 @@ against bitsandbytes itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import FormatError
@@ -272,25 +275,62 @@ def pack_record(record: dict[str, Any], size: int) -> torch.Tensor:
 
 def quantize_4bit(flat: torch.Tensor, table: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """bitsandbytes' 4-bit quantizer (its CPU implementation): packed codes (U8) and fp32 absmax."""
-    order = torch.argsort(table)
-    bounds = (table[order[:-1]] + table[order[1:]]) / 2
     n = flat.numel()
     rem = n % blocksize
     full = n - rem
     body = flat[:full].reshape(-1, blocksize)
-    absmax = body.abs().max(dim=-1)[0]
-    scaled = torch.clamp(body * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
+    absmax = body.abs().amax(dim=-1)
+    scaled = torch.clamp_(body * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1).reshape(-1)
     if rem:
         last = flat[full:].abs().max().clamp(min=1e-38)
         absmax = torch.cat([absmax, last.unsqueeze(0)])
         scaled = torch.cat([scaled, torch.clamp(flat[full:] / last, -1, 1)])
     if scaled.numel() % 2:
         scaled = torch.nn.functional.pad(scaled, (0, 1))
-    codes = torch.bucketize(scaled, bounds, out_int32=True)
-    if not torch.equal(order, torch.arange(order.numel(), device=order.device)):  # NF4's table is sorted: no remap
-        codes = order[codes]
-    codes = codes.to(torch.uint8)
+    codes = nearest_codes(scaled, table)
     return (codes[::2] << 4) | codes[1::2], absmax
+
+
+def nearest_codes(scaled: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Each value's code (U8): the table entry it falls to between the sorted table's midpoints,
+    ``torch.bucketize`` (right=False) then mapped back to the table's order.
+
+    On the CPU the code is looked up by the value's top 16 bits (sign, exponent, 7 mantissa
+    bits): the floats sharing them form one interval, so where both its ends fall to the same
+    code every value in it does (``_code_lut``); the few intervals a midpoint cuts, and NaN,
+    are bucketed value by value.  Same codes, ~4x faster than bucketing everything."""
+    order = torch.argsort(table)
+    bounds = (table[order[:-1]] + table[order[1:]]) / 2
+
+    def bucket(values: torch.Tensor) -> torch.Tensor:
+        return order[torch.bucketize(values, bounds)].to(torch.uint8)
+
+    if scaled.device.type != "cpu" or sys.byteorder != "little" or scaled.dtype != torch.float32:
+        return bucket(scaled)
+    lut = _code_lut(tuple(table.tolist()))
+    high = scaled.contiguous().numpy().view(np.uint16)[1::2]  # little-endian: the upper half of each fp32
+    codes = torch.from_numpy(np.take(lut, high))
+    if int(codes.max()) == CUT:
+        where = (codes == CUT).nonzero().squeeze(1)
+        codes[where] = bucket(scaled[where])
+    return codes
+
+
+CUT = 255  # _code_lut's mark of an interval a midpoint cuts
+
+
+@functools.lru_cache(maxsize=8)
+def _code_lut(values: tuple[float, ...]) -> np.ndarray:
+    """For each 16-bit prefix of an fp32, the code every float with that prefix falls to, or
+    ``CUT`` where they do not all fall to one (or the interval holds NaN or Inf)."""
+    table = torch.tensor(values, dtype=torch.float32)
+    order = torch.argsort(table)
+    bounds = (table[order[:-1]] + table[order[1:]]) / 2
+    prefix = torch.arange(1 << 16, dtype=torch.int64) << 16
+    ends = [(prefix | low).to(torch.int32).view(torch.float32) for low in (0, 0xFFFF)]
+    first, last = (torch.bucketize(e, bounds) for e in ends)
+    whole = (first == last) & torch.isfinite(ends[0]) & torch.isfinite(ends[1])
+    return torch.where(whole, order[first], torch.full_like(first, CUT)).to(torch.uint8).numpy()
 
 
 def quantize_blockwise(flat: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -317,7 +317,16 @@ def test_dense_bf16_merge_matches_qlora_outputs(models, tmp_path):
     assert (logits - models["qlora_logits"]).abs().max() < 0.05 * models["qlora_logits"].abs().max()
 
 
-def test_requantized_merge_equals_bitsandbytes_quantizer(models, tmp_path):
+@pytest.mark.parametrize("rows", [None, 24], ids=["default-blocks", "blocks-of-24-rows"])
+def test_requantized_merge_equals_bitsandbytes_quantizer(models, tmp_path, monkeypatch, rows):
+    """Whole blocks or several of 24 rows per module (the last one short): the dense output and
+    the re-quantized one stream the same blocks, and the codes, scales and survival figures
+    are the whole module's."""
+    if rows is not None:
+        import adapterkit.ops.merge_quantized as mq
+
+        monkeypatch.setattr(mq, "CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(mq, "ROW_ALIGN", rows)
     root = models["root"]
     merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "f32", dtype="F32")
     report = merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "nf4")

@@ -35,7 +35,7 @@ import torch
 from ..checkpoint import CheckpointWriter
 from ..dtypes import DTYPES
 from ..errors import ArgumentError, TensorError, UnsupportedError
-from ..linalg.norms import frobenius, nonfinite_count
+from ..linalg.norms import all_finite, frobenius, nonfinite_count
 from ..quant.base import Keys, Packed
 from ..quant.bnb import BLOCKSIZES, Bnb4
 from ..quant.view import QuantizedView
@@ -297,10 +297,9 @@ class QuantJob:
             writer.write(key, data)
             advance(data.nbytes, 1)
 
-    def _stream(self, writer: CheckpointWriter, key: str, p: Packed, advance) -> bool:
-        """Write a quantized weight dense a block of rows at a time (dequantized rows, each
-        adapter's rows of ΔW added in fp32, cast once): memory of one block, not of the module.
-        False where an adapter on it has no row form (DoRA's norm, IA3, a bias role): merged whole."""
+    def _fills(self, key: str) -> list | None:
+        """Each adapter's row form of its ΔW on ``key`` (``row_merger``), in the order the merge
+        adds them; None where one has none (DoRA's norm, IA3, a bias role): merged whole."""
         fills = []
         for i, target in (reversed(self.touched.get(key, [])) if self.direction == "unmerge" else self.touched.get(key, [])):
             adapter = self.adapters[i]
@@ -309,26 +308,51 @@ class QuantJob:
                 fill = adapter.kind.row_merger(adapter, target.module, weight=self.weights[i],
                                                unmerge=self.direction == "unmerge", device=self.device)
             if fill is None:
-                return False
+                return None
             fills.append(fill)
+        return fills
+
+    def _spans(self, p: Packed) -> list[tuple[int, int]]:
+        """Blocks of rows (a few MB each), starting where both the format's blocks and the
+        sgemm kernels' row tiles do (so each block's B·A is those rows of the whole)."""
         out, inp = p.shape
         align = math.lcm(self.view.fmt.row_align(p), ROW_ALIGN)
         per = max(align, CHUNK_ELEMENTS // max(inp, 1) // align * align)
-        fetch = self.view.fmt.rows(p, self.view.read_members(p), self.device)
+        return [(start, min(out, start + per)) for start in range(0, out, per)]
+
+    @staticmethod
+    def _adder(fills: list) -> Callable[..., torch.Tensor]:
+        """``add(start, stop, rows, out=None)``: ``rows`` with each adapter's rows of ΔW added in
+        fp32 (merge's sum, rounded once when written), into ``out`` (default: ``rows`` itself)."""
+        term = None
+
+        def add(start: int, stop: int, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            nonlocal term
+            out = rows if out is None else out
+            if not fills:
+                return out.copy_(rows) if out is not rows else out
+            term = torch.empty_like(rows) if term is None or term.shape != rows.shape else term
+            for i, fill in enumerate(fills):
+                fill(start, stop, term)
+                torch.add(rows if i == 0 else out, term, out=out)
+            return out
+
+        return add
+
+    def _stream(self, writer: CheckpointWriter, key: str, p: Packed, advance) -> bool:
+        """Write a quantized weight dense a block of rows at a time: memory of one block, not of
+        the module.  False where an adapter on it has no row form (merged whole)."""
+        fills = self._fills(key)
+        if fills is None:
+            return False
+        fetch, add = self.view.fmt.rows(p, self.view.read_members(p), self.device), self._adder(fills)
         dtype = DTYPES[self.plan[key][0]]
 
         def chunks():
-            term = None
-            for start in range(0, out, per):
-                stop = min(out, start + per)
-                rows = fetch(start, stop)
-                if fills:
-                    term = torch.empty_like(rows) if term is None or term.shape != rows.shape else term
-                    for fill in fills:
-                        fill(start, stop, term)
-                        rows.add_(term)  # W + term (+ term ...): merge's sum in fp32, rounded once below
-                if self.safe and not math.isfinite(rows.sum().item()):  # a finite sum: every value finite (the cheap test)
-                    self._check(key, rows)  # counts them, and refuses where any is not (a sum may overflow alone)
+            for start, stop in self._spans(p):
+                rows = add(start, stop, fetch(start, stop))
+                if self.safe and not all_finite(rows):
+                    self._check(key, rows)  # counts them, and refuses
                 data = rows.to(dtype).cpu().contiguous()
                 advance(data.nbytes, 0)
                 yield memoryview(data.reshape(-1).view(torch.uint8).numpy())
@@ -337,7 +361,47 @@ class QuantJob:
         advance(0, 1)
         return True
 
+    def _requantize_rows(self, writer: CheckpointWriter, key: str, p: Packed, advance) -> bool:
+        """Quantize a changed module again a block of rows at a time (the format's
+        ``row_quantizer``), then measure what survived in a second pass over the same blocks
+        (the merged rows computed again rather than kept: memory of a block and the packed
+        module).  False where an adapter on it has no row form."""
+        fills = self._fills(key)
+        if fills is None:
+            return False
+        fmt = self.view.fmt
+        old = self.view.read_members(p)
+        spans = self._spans(p)
+        base_rows, add = fmt.rows(p, old, self.device), self._adder(fills)
+        sink = fmt.row_quantizer(p, old, self.device)
+        bad = 0
+        for start, stop in spans:
+            rows = add(start, stop, base_rows(start, stop))
+            if self.safe and (bad or not all_finite(rows)):
+                bad += nonfinite_count(rows)
+                if bad:
+                    continue  # counting for the message; nothing is written
+            sink.add(start, stop, rows)
+        if bad:
+            raise self._non_finite(key, bad, p.shape[0] * p.shape[1])
+        new = sink.finish()
+        new_rows = fmt.rows(p, {r: t.to(self.device) for r, t in new.items()}, self.device)
+        squares = [0.0, 0.0, 0.0]  # ‖ΔW‖², ‖Q(W+ΔW) − Q(W)‖², ‖Q(W+ΔW) − (W+ΔW)‖²
+        value = diff = None
+        for start, stop in spans:
+            base, written = base_rows(start, stop), new_rows(start, stop)
+            if value is None or value.shape != base.shape:
+                value, diff = torch.empty_like(base), torch.empty_like(base)
+            add(start, stop, base, out=value)
+            for i, (a, b) in enumerate(((value, base), (written, base), (written, value))):
+                squares[i] += frobenius(torch.sub(a, b, out=diff)) ** 2
+        self.survival.append(ModuleSurvival(p.module, *(math.sqrt(x) for x in squares)))
+        self._write_members(writer, p, new, advance)
+        return True
+
     def _requantize(self, writer: CheckpointWriter, state, key: str, p: Packed, advance) -> None:
+        if key not in self.replaced and self._requantize_rows(writer, key, p, advance):
+            return
         value = state.take(key)
         if value is None:  # a replacement whose state kept nothing: the base's own value
             value = self.read(key)
@@ -356,6 +420,9 @@ class QuantJob:
         error = frobenius(torch.sub(written, value, out=diff))  # Q(W+ΔW) − Q(W) − ΔW = Q(W+ΔW) − (W+ΔW)
         self.survival.append(ModuleSurvival(p.module, delta, moved, error))
         del written, diff, base
+        self._write_members(writer, p, new, advance)
+
+    def _write_members(self, writer: CheckpointWriter, p: Packed, new: dict[str, torch.Tensor], advance) -> None:
         role = {k: r for r, k in p.members.items()}
         for k in self.view.ordered[p.module]:
             tensor = new[role[k]].contiguous()
@@ -365,9 +432,12 @@ class QuantJob:
     def _check(self, key: str, value: torch.Tensor) -> None:
         bad = nonfinite_count(value) if self.safe else 0
         if bad:
-            raise TensorError(f"the {self.direction}d tensor holds NaN or Inf; nothing was written (--no-safe writes it anyway)",
-                              code="non-finite", path=self.ckpt.path, key=key, expected="finite values",
-                              actual=f"{bad} non-finite of {value.numel()}")
+            raise self._non_finite(key, bad, value.numel())
+
+    def _non_finite(self, key: str, bad: int, numel: int) -> TensorError:
+        return TensorError(f"the {self.direction}d tensor holds NaN or Inf; nothing was written (--no-safe writes it anyway)",
+                           code="non-finite", path=self.ckpt.path, key=key, expected="finite values",
+                           actual=f"{bad} non-finite of {numel}")
 
 
 def _write_behind(writer: CheckpointWriter, key: str, blocks) -> None:

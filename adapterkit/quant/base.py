@@ -89,6 +89,13 @@ class QuantFormat:
         raise UnsupportedError(f"{self.name} weights cannot be written without calibration", code="quant-unsupported",
                                path=self.where, key=packed.module)
 
+    def row_quantizer(self, packed: Packed, old: dict[str, torch.Tensor], device: torch.device) -> RowQuantizer:
+        """What quantizes the weight a block of rows at a time (``add(start, stop, rows)``, rows
+        starting at multiples of :meth:`row_align`, then ``finish()`` -> the members that
+        :meth:`quantize` gives for the whole).  The default gathers the whole fp32 weight and
+        quantizes it at the end; formats whose scales stay within blocks of rows override it."""
+        return RowQuantizer(self, packed, old, device)
+
     def row_align(self, packed: Packed) -> int:
         """Row blocks for :meth:`rows` start at multiples of this many rows."""
         return 1
@@ -96,10 +103,11 @@ class QuantFormat:
     def rows(self, packed: Packed, tensors: dict[str, torch.Tensor],
              device: torch.device) -> Callable[[int, int], torch.Tensor]:
         """``fetch(start, stop)``: the fp32 rows ``start:stop`` of the dequantized weight (starts
-        at multiples of :meth:`row_align`), equal to those rows of :meth:`dequantize`.  The
-        default dequantizes the whole weight once; formats override it to hold one block only."""
+        at multiples of :meth:`row_align`), equal to those rows of :meth:`dequantize`, in a new
+        tensor the caller may change.  The default dequantizes the whole weight once; formats
+        override it to hold one block only."""
         whole = self.dequantize(packed, tensors, device)
-        return lambda start, stop: whole[start:stop]
+        return lambda start, stop: whole[start:stop].clone()
 
     def planned(self, packed: Packed, keys: Keys) -> Keys:
         """member key -> (dtype, shape) that :meth:`quantize` writes (default: the base's)."""
@@ -121,6 +129,20 @@ class QuantFormat:
         """``quant-unsupported``: a setting adapterkit does not read, named by its config field."""
         return UnsupportedError(f"{self.name or self.method}: {message}", code="quant-unsupported", path=self.where,
                                 key=module or f"quantization_config.{field_name}", expected=expected, actual=actual)
+
+
+class RowQuantizer:
+    """The default :meth:`QuantFormat.row_quantizer`: the rows gathered, quantized whole."""
+
+    def __init__(self, fmt: QuantFormat, packed: Packed, old: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.fmt, self.packed, self.old, self.device = fmt, packed, old, device
+        self.weight = torch.empty(packed.shape, dtype=torch.float32, device=device)
+
+    def add(self, start: int, stop: int, rows: torch.Tensor) -> None:
+        self.weight[start:stop] = rows
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        return self.fmt.quantize(self.packed, self.weight, self.old, self.device)
 
 
 def group_members(keys: Keys, suffixes: tuple[str, ...]) -> dict[str, dict[str, str]]:

@@ -228,9 +228,18 @@ class Bnb4(QuantFormat):
 
     def quantize(self, packed: Packed, weight: torch.Tensor, old: dict[str, torch.Tensor],
                  device: torch.device) -> dict[str, torch.Tensor]:
+        rows = self.row_quantizer(packed, old, device)
+        rows.add(0, packed.shape[0], weight)
+        return rows.finish()
+
+    def row_quantizer(self, packed: Packed, old: dict[str, torch.Tensor], device: torch.device) -> _Rows4:
+        return _Rows4(self, packed, old, device)
+
+    def members(self, packed: Packed, codes: torch.Tensor, absmax: torch.Tensor, old: dict[str, torch.Tensor],
+                device: torch.device) -> dict[str, torch.Tensor]:
+        """The members of a module quantized to ``codes`` (packed U8) and its fp32 ``absmax``:
+        the absmax quantized again (double quantization) and the quant_state record."""
         info = packed.info
-        table = old["quant_map"].to(device=device, dtype=torch.float32)
-        codes, absmax = quantize_4bit(weight.to(device=device, dtype=torch.float32).reshape(-1), table, info["blocksize"])
         new = {"weight": codes.reshape(-1, 1).cpu(), "quant_map": old["quant_map"].clone()}
         record: dict[str, Any] = {"quant_type": self.quant_type, "blocksize": info["blocksize"],
                                   "dtype": {v: k for k, v in TORCH_DTYPE_NAMES.items()}[info["dtype"]], "shape": list(packed.shape)}
@@ -261,6 +270,27 @@ class Bnb4(QuantFormat):
         plan = {key: keys[key] for key in packed.members.values()}
         plan[packed.members["record"]] = ("U8", (self.record_size(packed),))
         return plan
+
+
+class _Rows4:
+    """4-bit quantization a block of rows at a time: codes and absmax per block need only the
+    block's own values; the double quantization of the absmax waits for all of them."""
+
+    def __init__(self, fmt: Bnb4, packed: Packed, old: dict[str, torch.Tensor], device: torch.device) -> None:
+        self.fmt, self.packed, self.old, self.device = fmt, packed, old, device
+        n, self.blocksize = packed.shape[0] * packed.shape[1], packed.info["blocksize"]
+        self.table = old["quant_map"].to(device=device, dtype=torch.float32)
+        self.codes = torch.empty((n + 1) // 2, dtype=torch.uint8)
+        self.absmax = torch.empty(-(-n // self.blocksize), dtype=torch.float32, device=device)
+
+    def add(self, start: int, stop: int, rows: torch.Tensor) -> None:
+        first = start * self.packed.shape[1]  # starts a block (row_align), so an even element
+        codes, absmax = quantize_4bit(rows.to(device=self.device, dtype=torch.float32).reshape(-1), self.table, self.blocksize)
+        self.codes[first // 2: first // 2 + codes.numel()] = codes.cpu()
+        self.absmax[first // self.blocksize: first // self.blocksize + absmax.numel()] = absmax
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        return self.fmt.members(self.packed, self.codes, self.absmax, self.old, self.device)
 
 
 def pack_record(record: dict[str, Any], size: int) -> torch.Tensor:
@@ -297,40 +327,49 @@ def nearest_codes(scaled: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
     On the CPU the code is looked up by the value's top 16 bits (sign, exponent, 7 mantissa
     bits): the floats sharing them form one interval, so where both its ends fall to the same
-    code every value in it does (``_code_lut``); the few intervals a midpoint cuts, and NaN,
+    code every value in it does (:class:`Codebook`); the few intervals a midpoint cuts, and NaN,
     are bucketed value by value.  Same codes, ~4x faster than bucketing everything."""
-    order = torch.argsort(table)
-    bounds = (table[order[:-1]] + table[order[1:]]) / 2
-
-    def bucket(values: torch.Tensor) -> torch.Tensor:
-        return order[torch.bucketize(values, bounds)].to(torch.uint8)
-
+    book = Codebook.of(table)
     if scaled.device.type != "cpu" or sys.byteorder != "little" or scaled.dtype != torch.float32:
-        return bucket(scaled)
-    lut = _code_lut(tuple(table.tolist()))
-    high = scaled.contiguous().numpy().view(np.uint16)[1::2]  # little-endian: the upper half of each fp32
-    codes = torch.from_numpy(np.take(lut, high))
-    if int(codes.max()) == CUT:
-        where = (codes == CUT).nonzero().squeeze(1)
-        codes[where] = bucket(scaled[where])
-    return codes
+        return book.bucket(scaled)
+    values = scaled.contiguous().numpy()
+    codes = np.take(book.lut, values.view(np.uint16)[1::2])  # little-endian: the upper half of each fp32
+    if codes.max() == CUT:
+        where = np.flatnonzero(codes == CUT)
+        codes[where] = book.bucket(torch.from_numpy(values[where])).numpy()
+    return torch.from_numpy(codes)
 
 
-CUT = 255  # _code_lut's mark of an interval a midpoint cuts
+CUT = 255  # Codebook.lut's mark of an interval a midpoint cuts
 
 
-@functools.lru_cache(maxsize=8)
-def _code_lut(values: tuple[float, ...]) -> np.ndarray:
-    """For each 16-bit prefix of an fp32, the code every float with that prefix falls to, or
+class Codebook:
+    """A 4-bit code table's sorted order, the midpoints between its sorted values, and ``lut``:
+    for each 16-bit prefix of an fp32, the code every float with that prefix falls to, or
     ``CUT`` where they do not all fall to one (or the interval holds NaN or Inf)."""
-    table = torch.tensor(values, dtype=torch.float32)
-    order = torch.argsort(table)
-    bounds = (table[order[:-1]] + table[order[1:]]) / 2
-    prefix = torch.arange(1 << 16, dtype=torch.int64) << 16
-    ends = [(prefix | low).to(torch.int32).view(torch.float32) for low in (0, 0xFFFF)]
-    first, last = (torch.bucketize(e, bounds) for e in ends)
-    whole = (first == last) & torch.isfinite(ends[0]) & torch.isfinite(ends[1])
-    return torch.where(whole, order[first], torch.full_like(first, CUT)).to(torch.uint8).numpy()
+
+    def __init__(self, values: tuple[float, ...]) -> None:
+        table = torch.tensor(values, dtype=torch.float32)
+        self.order = torch.argsort(table)
+        self.bounds = (table[self.order[:-1]] + table[self.order[1:]]) / 2
+        prefix = torch.arange(1 << 16, dtype=torch.int64) << 16
+        ends = [(prefix | low).to(torch.int32).view(torch.float32) for low in (0, 0xFFFF)]
+        first, last = (torch.bucketize(e, self.bounds) for e in ends)
+        whole = (first == last) & torch.isfinite(ends[0]) & torch.isfinite(ends[1])
+        self.lut = torch.where(whole, self.order[first], torch.full_like(first, CUT)).to(torch.uint8).numpy()
+
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def _cached(values: tuple[float, ...]) -> Codebook:
+        return Codebook(values)
+
+    @classmethod
+    def of(cls, table: torch.Tensor) -> Codebook:
+        return cls._cached(tuple(table.tolist()))
+
+    def bucket(self, values: torch.Tensor) -> torch.Tensor:
+        order, bounds = self.order.to(values.device), self.bounds.to(values.device)
+        return order[torch.bucketize(values, bounds)].to(torch.uint8)
 
 
 def quantize_blockwise(flat: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:

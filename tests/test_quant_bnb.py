@@ -887,3 +887,15 @@ def test_tied_embeddings_on_a_quantized_base(models, tmp_path):
     assert (dense[Q + ".weight"].double() - q_expected).abs().max() <= 4 * 2.0 ** -24 * q_expected.abs().max()
     q = F.quantize_4bit(dense[Q + ".weight"], blocksize=64, quant_type="nf4", compress_statistics=True)[0]
     assert torch.equal(load_file(tmp_path / "q" / "model.safetensors")[Q + ".weight"], q)
+
+
+@pytest.mark.parametrize("start,count", [(0, 0), (0, 1), (1, 1), (1, 4), (3, 101), (0, 1000)])
+def test_unpack_4bit_reads_high_nibble_first_at_any_offset(start, count):
+    """First principles: byte b holds code b >> 4 then code b & 15; a slice starting at an odd
+    byte (an int16 view needs an even one) and an odd byte count read the same."""
+    from adapterkit.quant.bnb import unpack_4bit
+
+    table = torch.randn(16)
+    data = torch.randint(0, 256, (start + count + 3,), dtype=torch.uint8)[start: start + count]
+    expected = [table[v].item() for b in data.tolist() for v in (b >> 4, b & 15)]
+    assert unpack_4bit(data, table).tolist() == expected

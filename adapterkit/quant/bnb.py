@@ -188,10 +188,7 @@ class Bnb4(QuantFormat):
     def dequantize(self, packed: Packed, tensors: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         out, inp = packed.shape
         n, blocksize = out * inp, packed.info["blocksize"]
-        table = tensors["quant_map"].to(device=device, dtype=torch.float32)
-        # each byte's two values at once: the 256 (high, low) pairs of the table, looked up per byte
-        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)
-        values = torch.nn.functional.embedding(tensors["weight"].to(device=device).reshape(-1).int(), pairs).reshape(-1)
+        values = unpack_4bit(tensors["weight"].to(device=device).reshape(-1), tensors["quant_map"])
         absmax = self.absmax(packed, tensors, device)
         blocks = absmax.numel()
         if values.numel() != blocks * blocksize:  # a partial last block (or an odd count): pad, then cut
@@ -208,14 +205,13 @@ class Bnb4(QuantFormat):
     def rows(self, packed: Packed, tensors: dict[str, torch.Tensor], device: torch.device):
         inp = packed.shape[1]
         blocksize = packed.info["blocksize"]
-        table = tensors["quant_map"].to(device=device, dtype=torch.float32)
-        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)
+        table = tensors["quant_map"]
         data = tensors["weight"].reshape(-1)
         absmax = self.absmax(packed, tensors, device)
 
         def fetch(start: int, stop: int) -> torch.Tensor:
             first, last = start * inp, stop * inp  # elements; first starts a block (row_align)
-            values = torch.nn.functional.embedding(data[first // 2: (last + 1) // 2].to(device=device).int(), pairs).reshape(-1)
+            values = unpack_4bit(data[first // 2: (last + 1) // 2].to(device=device), table)
             blocks = -(-(last - first) // blocksize)
             if values.numel() != blocks * blocksize:
                 padded = torch.zeros(blocks * blocksize, dtype=torch.float32, device=device)
@@ -291,6 +287,32 @@ class _Rows4:
 
     def finish(self) -> dict[str, torch.Tensor]:
         return self.fmt.members(self.packed, self.codes, self.absmax, self.old, self.device)
+
+
+def unpack_4bit(data: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The code values (fp32) of packed 4-bit bytes, two per byte, the high nibble first: two
+    bytes (four values) per lookup in a table of the 65,536 byte pairs, on the device of ``data``."""
+    quads = _quads(tuple(table.tolist())).to(data.device)
+    even = data.numel() // 2 * 2
+    if data.storage_offset() % 2 or not data.is_contiguous():
+        data = data.contiguous().clone()  # an int16 view needs an even offset
+    values = torch.nn.functional.embedding(data[:even].view(torch.int16).int() & 0xFFFF, quads).reshape(-1)
+    if even == data.numel():
+        return values
+    last = data[even:].int()
+    return torch.cat([values, quads[last * 257, :2].reshape(-1)])  # the pair (b, b): its first two values are byte b's
+
+
+@functools.lru_cache(maxsize=8)
+def _quads(values: tuple[float, ...]) -> torch.Tensor:
+    """(65536, 4): for the 16-bit number whose low byte is ``a`` and high byte ``b`` (the byte
+    order of ``data.view(int16)`` on a little-endian machine), the values of ``a``'s nibbles
+    then ``b``'s."""
+    table = torch.tensor(values, dtype=torch.float32)
+    pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)  # byte -> (high nibble, low nibble)
+    number = torch.arange(1 << 16)
+    low, high = (number & 0xFF, number >> 8) if sys.byteorder == "little" else (number >> 8, number & 0xFF)
+    return torch.cat([pairs[low], pairs[high]], dim=1)
 
 
 def pack_record(record: dict[str, Any], size: int) -> torch.Tensor:

@@ -51,7 +51,7 @@ MUTANTS = [
     ("validate: a LoRA module's own bias/weight key not reported", "adapterkit/kinds/lora.py", '        if PREFIX + name + "." + param in adapter.tensors:\n', "        if False:\n"),
     ("extract: a tied embedding extracted as LoRA", EXTRACT, "        if is_target and key in tied:\n", "        if False:\n"),
     ("extract: embedding-like targets extracted as Linear LoRA", EXTRACT, "        if _EMBEDDING_LIKE.search(module.rsplit(\".\", 1)[-1]):\n", "        if False:\n"),
-    ("extract: NaN check skipped", EXTRACT, "        if not bool(torch.isfinite(delta).all()):\n", "        if False:\n"),
+    ("extract: NaN check skipped", EXTRACT, "            if bad := nonfinite_count(delta):\n", "            if bad := 0 * nonfinite_count(delta):\n"),
     ("extract: factors stored in fp32 always", EXTRACT, "A.to(device=\"cpu\", dtype=dtype).contiguous()", "A.to(device=\"cpu\", dtype=torch.float32).contiguous()"),
     ("extract: dtype mismatch accepted", EXTRACT, "        if b.dtype != f.dtype and not (base.quantized(key) or ft.quantized(key)):", "        if False:"),
     ("extract: both rank and energy accepted", EXTRACT, "    if len(given) != 1:\n        raise ArgumentError(\"give exactly one of rank, energy\"", "    if len(given) > 1 and False:\n        raise ArgumentError(\"give exactly one of rank, energy\""),

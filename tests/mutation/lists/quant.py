@@ -22,11 +22,11 @@ SUMMARY = "adapterkit/summary.py"
 MUTANTS = [
     # -- bitsandbytes 4-bit: reading
     ("bnb4: nibble order swapped on read (first code in the low nibble)", BNB,
-     "looked up per byte\n        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)",
-     "looked up per byte\n        pairs = torch.stack([table.repeat(16), table.repeat_interleave(16)], dim=1)"),
-    ("bnb4: nibble order swapped in the streamed rows (a dense output)", BNB,
-     "        pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)\n        data = ",
-     "        pairs = torch.stack([table.repeat(16), table.repeat_interleave(16)], dim=1)\n        data = "),
+     "pairs = torch.stack([table.repeat_interleave(16), table.repeat(16)], dim=1)  # byte -> (high nibble, low nibble)",
+     "pairs = torch.stack([table.repeat(16), table.repeat_interleave(16)], dim=1)  # byte -> (high nibble, low nibble)"),
+    ("bnb4: the two bytes of a lookup read in the wrong order (big-endian assumed)", BNB,
+     'low, high = (number & 0xFF, number >> 8) if sys.byteorder == "little"',
+     'low, high = (number >> 8, number & 0xFF) if sys.byteorder == "little"'),
     ("bnb4: streamed rows take the absmax of the wrong blocks (off by one block)", BNB,
      "absmax[first // blocksize: first // blocksize + blocks]", "absmax[first // blocksize + 1: first // blocksize + 1 + blocks]"),
     ("bnb4: nested offset not added back to the absmax", BNB,
@@ -77,8 +77,8 @@ MUTANTS = [
      '{"dense_parameters": sum(math.prod(shape) for _, shape in view.stored.values())}'),
     # -- merge into a quantized base: plan, survival, config
     ("survival: moved norm taken from the requested weight, not the written one", MQ,
-     "moved = _norm(torch.sub(written, base, out=diff))",
-     "moved = _norm(torch.sub(value, base, out=diff))"),
+     "moved = frobenius(torch.sub(written, base, out=diff))",
+     "moved = frobenius(torch.sub(value, base, out=diff))"),
     ("survival: the lost-ΔW threshold inverted", MQ,
      '"lost_modules": [m.module for m in modules if m.lost >= LOST]', '"lost_modules": [m.module for m in modules if m.lost < LOST]'),
     ("survival: the lost-ΔW warning never added to the notes", OPS,

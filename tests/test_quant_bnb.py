@@ -363,6 +363,46 @@ def test_requantized_merge_equals_bitsandbytes_quantizer(models, tmp_path, monke
     assert torch.isfinite(logits).all()
 
 
+def test_requantized_dora_merges_whole_and_reports_survival(models, tmp_path):
+    """A DoRA adapter has no row form (its norm spans the whole weight): the module is merged
+    whole, then quantized.  The dense merge is PEFT's DoRA rule computed in fp64 from the files
+    (m / ‖W + ΔW‖ per output row · (W + ΔW), W bitsandbytes' dequantization); the survival
+    figures are recomputed from the written and the base checkpoints."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = models["root"]
+    four = AutoModelForCausalLM.from_pretrained(root / "nf4", device_map="cpu")
+    torch.manual_seed(11)
+    dora = get_peft_model(four, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], use_dora=True, init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in dora.named_parameters():
+            if "lora_B" in name:
+                p.mul_(4.0)
+    dora.save_pretrained(tmp_path / "dora")
+    merge_checkpoint(root / "nf4", [tmp_path / "dora"], tmp_path / "f32", dtype="F32")
+    report = merge_checkpoint(root / "nf4", [tmp_path / "dora"], tmp_path / "nf4")
+    tensors = load_file(tmp_path / "dora" / "adapter_model.safetensors")
+    dense = load_file(tmp_path / "f32" / "model.safetensors")
+    survival = {m["module"]: m for m in report.quantized["survival"]["modules"]}
+    modules = [f"model.layers.{i}.self_attn.q_proj" for i in range(2)]
+    assert sorted(survival) == modules
+    for module in modules:
+        prefix = f"base_model.model.{module}"
+        a, b = tensors[f"{prefix}.lora_A.weight"].double(), tensors[f"{prefix}.lora_B.weight"].double()
+        m = tensors[f"{prefix}.lora_magnitude_vector"].double()
+        before = _bnb_dequantized(root / "nf4", module).double()
+        combined = before + 2.0 * (b @ a)
+        exact = (m / combined.norm(dim=1)).view(-1, 1) * combined
+        value = dense[module + ".weight"].double()
+        assert (value - exact).norm() <= 1e-6 * exact.norm()
+        written = _bnb_dequantized(tmp_path / "nf4", module).double()
+        figures = survival[module]
+        assert math.isclose(figures["delta_norm"], (value - before).norm().item(), rel_tol=1e-5)
+        assert math.isclose(figures["moved_norm"], (written - before).norm().item(), rel_tol=1e-5)
+        assert math.isclose(figures["error_norm"], (written - value).norm().item(), rel_tol=1e-5)
+
+
 def test_tiny_adapter_rounded_away_is_named(models, tmp_path):
     root = models["root"]
     report = merge_checkpoint(root / "nf4", [root / "lora"], tmp_path / "out", weights=[1e-4])

@@ -283,6 +283,15 @@ def serve() -> None:
 
     reply = os.fdopen(os.dup(1), "w")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    try:
+        _serve(reply, scratch)
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)  # the runs' outputs and the hf home: nothing left in /tmp
+
+
+def _serve(reply, scratch: Path) -> None:
     for line in sys.stdin:
         runs = [Run(r["args"], Fault(**r["fault"]), r["kill_after"]) for r in json.loads(line)]
         started, children = time.monotonic(), []

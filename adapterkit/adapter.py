@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the kinds sit above the value: it reaches its kind through 
 
     from .kinds.base import AdapterConfig, Kind
 
-FORMAT_VERSION = "1.2"  # the adapterkit format version this library writes (1.1: the content digest; 1.2: pattern order kept)
+FORMAT_VERSION = "1.3"  # the adapterkit format version this library writes (1.1: the content digest; 1.2: pattern order kept; 1.3: LoHa)
 
 
 @dataclass(frozen=True)

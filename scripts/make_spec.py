@@ -45,6 +45,7 @@ from adapterkit.errors import API_CODES, CODES
 from adapterkit.io.digest import combine, config_digest, digest_metadata, tensor_digest
 from adapterkit.io.safetensors_file import encode, tensor_bytes
 from adapterkit.kinds import KINDS
+from adapterkit.kinds.loha import LoHaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "spec" / "v1"
@@ -329,6 +330,32 @@ def lora_references(config: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
     return dict(sorted(out.items()))
 
 
+def loha_references(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """ΔW of each LoHa module by §16 [R16-3], in numpy: the products of dyadic factors are exact in
+    fp64 and fp32 alike; the one rounding is the multiply by the scaling in fp32."""
+    out = {}
+    cfg = {**config, "lora_alpha": config.get("alpha", 8)}
+    for key in tensors:
+        m = re.fullmatch(r"base_model\.model\.(.+)\.hada_w1_a", key)
+        if not m:
+            continue
+        module = m[1]
+        f = {p: tensors[f"{P}{module}.{p}"].double().numpy() for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+        if f"{P}{module}.hada_t1" in tensors:
+            t1, t2 = (tensors[f"{P}{module}.hada_t{i}"].double().numpy() for i in (1, 2))
+            r1 = np.einsum("abkl,bc,ap->pckl", t1, f["hada_w1_b"], f["hada_w1_a"])
+            r2 = np.einsum("abkl,bc,ap->pckl", t2, f["hada_w2_b"], f["hada_w2_a"])
+            d = r1 * r2
+        else:
+            d = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])
+        product = np.ascontiguousarray(d).astype(np.float32)
+        assert np.array_equal(product.astype(np.float64), d), "factor product not exact in fp32"
+        r, s = ref_scaling(cfg, module)
+        d = (product * np.float32(s)).astype("<f4")
+        out[module] = {"rank": r, "scaling": s, "shape": list(d.shape), "sha256": sha256(d.tobytes())}
+    return dict(sorted(out.items()))
+
+
 # ---------------------------------------------------------------------------------------------
 # vectors
 
@@ -484,6 +511,29 @@ def valid_vectors() -> list[dict[str, Any]]:
 
     cfg = PromptTuningConfig(num_virtual_tokens=4, token_dim=8, task_type="CAUSAL_LM", num_layers=2, num_attention_heads=2)
     add("prompt_tuning", "prompt tuning, 4 virtual tokens x token_dim 8", "file", cfg, {"prompt_embeddings": dyadic((4, 8), 49)})
+
+    cfg = LoHaConfig(r=2, alpha=4, target_modules=("q_proj", "v_proj"), rank_pattern={"v_proj": 3},
+                     alpha_pattern={"v_proj": 6}, task_type="CAUSAL_LM")
+    t = {f"{P}{module}.hada_w{i}_{s}": dyadic(shape, 130 + 4 * m + n)
+         for m, (module, r) in enumerate([(Q, 2), (V, 3)])
+         for n, (i, s, shape) in enumerate([(1, "a", (4, r)), (1, "b", (r, 6)), (2, "a", (4, r)), (2, "b", (r, 6))])}
+    add("loha_linear_dir", "LoHa on two Linear layers: q_proj r=2, alpha 4 (scaling 2); v_proj r=3, alpha 6 by the "
+        "patterns (scaling 2); ΔW = ((w1_a·w1_b) ⊙ (w2_a·w2_b))·s [R16-3]", "dir", cfg, t)
+    add("loha_linear_file", "the same LoHa adapter in the single-file form", "file", cfg, t)
+    cfg = LoHaConfig(r=2, alpha=3, target_modules=("conv", "conv1", "proj"), use_effective_conv2d=True)
+    t = {
+        **{f"{P}conv.hada_w{i}_{s}": dyadic(shape, 140 + n) for n, (i, s, shape) in enumerate(
+            [(1, "a", (2, 5)), (1, "b", (2, 3)), (2, "a", (2, 5)), (2, "b", (2, 3))])},
+        f"{P}conv.hada_t1": dyadic((2, 2, 3, 3), 144), f"{P}conv.hada_t2": dyadic((2, 2, 3, 3), 145),
+        **{f"{P}conv1.hada_w{i}_{s}": dyadic(shape, 146 + n) for n, (i, s, shape) in enumerate(
+            [(1, "a", (2, 4)), (1, "b", (2, 3)), (2, "a", (2, 4)), (2, "b", (2, 3))])},
+        f"{P}conv1.hada_t1": dyadic((2, 2, 3, 1), 150), f"{P}conv1.hada_t2": dyadic((2, 2, 3, 1), 151),
+        **{f"{P}proj.hada_w{i}_{s}": dyadic(shape, 152 + n) for n, (i, s, shape) in enumerate(
+            [(1, "a", (5, 2)), (1, "b", (2, 27)), (2, "a", (5, 2)), (2, "b", (2, 27))])},
+    }
+    add("loha_conv", "LoHa with use_effective_conv2d: a Conv2d in the CP form (cores (2, 2, 3, 3), ΔW (5, 3, 3, 3)), a Conv1d "
+        "in the CP form (cores (2, 2, 3, 1), ΔW (4, 3, 3, 1)) and a plain-form module of 27 columns (a 1×1 or flattened "
+        "convolution, or a Linear: the file cannot tell) [R16-2]; scaling 3/2 rounded to fp32", "file", cfg, t)
 
     cfg = PrefixTuningConfig(num_virtual_tokens=3, token_dim=4, num_layers=2, num_attention_heads=2, prefix_projection=True,
                              encoder_hidden_size=8, task_type="CAUSAL_LM")
@@ -748,6 +798,8 @@ def expected_valid(v: dict[str, Any], rel: str, load_path: Path) -> dict[str, An
         exp["rewritten"] = rewritten(loaded, v["form"])
     if config["peft_type"] == "LORA":
         exp["delta_weights"] = lora_references(config, tensors)
+    elif config["peft_type"] == "LOHA":
+        exp["delta_weights"] = loha_references(config, tensors)
     # generation-time self check: adapterkit must agree with the references
     problems = adapterkit.validate(load_path, **kw)
     if [p for p in problems if p.severity == "error"] or sorted(p.code for p in problems) != exp["warnings"]:
@@ -822,9 +874,24 @@ def invalid_vectors() -> list[dict[str, Any]]:
     no_version = {k: v for k, v in meta.items() if k != "adapterkit.version"}
     add("single_file_without_version", "metadata-invalid", "adapterkit.config present but adapterkit.version absent",
         {F: st_bytes(good_t, no_version)})
-    loha = {"peft_type": "LOHA", "r": 2, "alpha": 4, "target_modules": ["q_proj"]}
-    add("peft_type_loha", "peft-type-unsupported", "peft_type LOHA, a method this version does not define",
-        {F: st_bytes({f"{P}{Q}.hada_w1_a": dyadic((4, 2), 1)}, file_meta(loha))})
+    fourier = {"peft_type": "FOURIERFT", "n_frequency": 10, "target_modules": ["q_proj"]}
+    add("peft_type_fourierft", "peft-type-unsupported", "peft_type FOURIERFT, a method this version does not define",
+        {F: st_bytes({f"{P}{Q}.fourierft_spectrum": dyadic((10,), 1)}, file_meta(fourier))})
+    loha = LoHaConfig(r=2, alpha=4, target_modules=("q_proj",)).to_dict()
+    good = {f"{P}{Q}.hada_w{i}_{s}": dyadic(shape, 60 + n) for n, (i, s, shape) in enumerate(
+        [(1, "a", (4, 2)), (1, "b", (2, 6)), (2, "a", (4, 2)), (2, "b", (2, 6))])}
+    add("loha_missing_partner", "missing-partner", "a LoHa module without hada_w2_b [R16-1]",
+        {F: st_bytes({k: v for k, v in good.items() if not k.endswith("w2_b")}, file_meta(loha))}, key=f"{P}{Q}.hada_w1_a")
+    add("loha_rank_mismatch", "shape-mismatch", "hada_w1_b of rank 3 where r is 2 [R16-2]",
+        {F: st_bytes({**good, f"{P}{Q}.hada_w1_b": dyadic((3, 6), 70)}, file_meta(loha))}, key=f"{P}{Q}.hada_w1_b")
+    cp = LoHaConfig(r=2, alpha=4, target_modules=("conv",), use_effective_conv2d=True).to_dict()
+    cores = {f"{P}conv.hada_w{i}_{s}": dyadic(shape, 71 + n) for n, (i, s, shape) in enumerate(
+        [(1, "a", (2, 5)), (1, "b", (2, 3)), (2, "a", (2, 5)), (2, "b", (2, 3))])}
+    add("loha_cp_missing_core", "missing-partner", "a LoHa module in the CP form with hada_t1 but no hada_t2 [R16-1]",
+        {F: st_bytes({**cores, f"{P}conv.hada_t1": dyadic((2, 2, 3, 3), 75)}, file_meta(cp))}, key=f"{P}conv.hada_t1")
+    add("loha_cp_core_shape", "shape-mismatch", "hada_t2 of (2, 2, 3, 1) beside a hada_t1 of (2, 2, 3, 3) [R16-2]",
+        {F: st_bytes({**cores, f"{P}conv.hada_t1": dyadic((2, 2, 3, 3), 75), f"{P}conv.hada_t2": dyadic((2, 2, 3, 1), 76)},
+                     file_meta(cp))}, key=f"{P}conv.hada_t2")
     add("embedded_config_not_json", "config-invalid", "adapterkit.config is not valid JSON",
         {F: st_bytes(good_t, {**meta, "adapterkit.config": "{\"peft_type\": \"LORA\","})})
     add("config_file_not_json", "config-invalid", "adapter_config.json is not valid JSON",

@@ -273,12 +273,12 @@ class MatrixCase:
 
     @property
     def kind(self) -> str:
-        return {"LoraConfig": "LORA", "IA3Config": "IA3", "PromptTuningConfig": "PROMPT_TUNING",
+        return {"LoraConfig": "LORA", "IA3Config": "IA3", "LoHaConfig": "LOHA", "PromptTuningConfig": "PROMPT_TUNING",
                 "PrefixTuningConfig": "PREFIX_TUNING", "PromptEncoderConfig": "P_TUNING"}.get(self.config, self.config)
 
     @property
     def supported_kind(self) -> bool:
-        return self.kind in ("LORA", "IA3", "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
+        return self.kind in ("LORA", "IA3", "LOHA", "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
 
     @property
     def prompt(self) -> bool:
@@ -378,13 +378,26 @@ _CUSTOM_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("Conv3d 5 IA3", "Conv3d", "IA3Config", {"target_modules": ["conv3d", "lin0"], "feedforward_modules": ["conv3d", "lin0"]}),
 ]
 
+# TEST_CASES' LoHa rows, in full
+_LOHA_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("Vanilla MLP 1 LOHA", "MLP", "LoHaConfig", {"target_modules": "lin0"}),
+    ("Vanilla MLP 2 LOHA", "MLP", "LoHaConfig", {"target_modules": ["lin0"]}),
+    ("Vanilla MLP 3 LOHA", "MLP", "LoHaConfig", {"target_modules": ["lin1"]}),
+    ("Vanilla MLP 4 LOHA", "MLP", "LoHaConfig", {"target_modules": ["lin0", "lin1"]}),
+    ("Vanilla MLP 5 LOHA", "MLP", "LoHaConfig", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]}),
+    ("Vanilla MLP 6 LOHA", "MLP", "LoHaConfig", {"target_modules": ["lin0"], "alpha": 4, "module_dropout": 0.1}),
+    ("Vanilla MLP 7 LOHA", "MLP", "LoHaConfig", {"target_modules": "lin0", "rank_dropout": 0.5}),
+    ("Conv2d 1 LOHA", "Conv2d", "LoHaConfig", {"target_modules": ["conv2d"]}),
+    ("Conv2d 2 LOHA", "Conv2d", "LoHaConfig", {"target_modules": ["conv2d", "lin0"]}),
+    ("Conv2d 3 LOHA", "Conv2d", "LoHaConfig", {"target_modules": ["conv2d"], "use_effective_conv2d": True}),
+    ("Conv2d 4 LOHA", "Conv2d", "LoHaConfig", {"target_modules": ["conv2d", "lin0"], "use_effective_conv2d": True}),
+]
+
 # The first TEST_CASES row of every other PEFT method (AdaMSS left out: PEFT needs scikit-learn for it): adapterkit does not implement these kinds
 # yet (a later issue), and must refuse each by its peft_type.
 _OTHER_KIND_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("Vanilla MLP 1 GLoRA", "MLP", "GloraConfig", {"target_modules": "lin0"}),
     ("Vanilla MLP 1 BEFT", "MLP", "BeftConfig", {"target_modules": "lin0"}),
-    ("Vanilla MLP 1 LOHA", "MLP", "LoHaConfig", {"target_modules": "lin0"}),
-    ("Conv2d 1 LOHA", "Conv2d", "LoHaConfig", {"target_modules": ["conv2d"]}),
     ("Vanilla MLP 1 LOKR", "MLP", "LoKrConfig", {"target_modules": "lin0"}),
     ("Vanilla MLP 1 OFT", "MLP", "OFTConfig", {"r": 2, "oft_block_size": 0, "target_modules": "lin0", "use_cayley_neumann": False}),
     ("Vanilla MLP 1 DEFT", "MLP", "DeftConfig", {"target_modules": "lin0"}),
@@ -481,6 +494,7 @@ def _slug(text: str) -> str:
 
 CASES: list[MatrixCase] = (
     [MatrixCase(_slug(n), m, c, kw, CUSTOM_SOURCE) for n, m, c, kw in _CUSTOM_ROWS]
+    + [MatrixCase(_slug(n), m, c, kw, CUSTOM_SOURCE) for n, m, c, kw in _LOHA_ROWS]
     + [MatrixCase(_slug(n), m, c, kw, CUSTOM_SOURCE) for n, m, c, kw in _OTHER_KIND_ROWS]
     + [MatrixCase("multi_" + _slug(n), m, c, kw1, MULTI_SOURCE, second=kw2) for n, m, c, kw1, kw2 in _MULTI_ROWS]
     + [MatrixCase(f"{arch}_{_slug(n)}", arch, c, kw, DECODER_SOURCE) for arch in DECODER_MODELS for n, c, kw in _DECODER_CONFIGS]

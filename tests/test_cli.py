@@ -43,7 +43,7 @@ def test_info_text_and_json(tmp_path):
     assert "model.layers.0.v_proj" in res.output and "delta_norm=" in res.output
     res = run("info", path, "--json")
     data = json.loads(res.output)
-    assert data["kind"] == "LORA" and data["format"] == "adapterkit 1.2" and data["digest"].startswith("sha256:")
+    assert data["kind"] == "LORA" and data["format"] == "adapterkit 1.3" and data["digest"].startswith("sha256:")
     assert data["rank_histogram"] == {"1": 1, "2": 1}
     assert data["parameters"] == 2 * 8 + 6 * 2 + 8 + 4
     assert data["bytes"] == data["parameters"] * 4

@@ -112,7 +112,7 @@ def test_save_then_validate_passes_in_both_forms(tmp_path):
         adapterkit.save(a, out)
         assert adapterkit.validate(out) == []
         loaded = adapterkit.load(out)
-        assert loaded.format_version == "1.2"
+        assert loaded.format_version == "1.3"
         assert all(torch.equal(loaded.tensors[k], a.tensors[k]) for k in a.tensors)
 
 
@@ -120,10 +120,10 @@ def test_digest_equals_the_reference_implementation(tmp_path):
     a = _adapter()
     file, folder = adapterkit.save(a, tmp_path / "a.safetensors"), adapterkit.save(a, tmp_path / "dir")
     meta = metadata(file)
-    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(file, meta["adapterkit.config"], "1.2")
+    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(file, meta["adapterkit.config"], "1.3")
     weights = folder / "adapter_model.safetensors"
     dmeta = metadata(weights)
-    assert (dmeta["adapterkit.digest"], dmeta["adapterkit.digests"]) == reference_digest(weights, (folder / "adapter_config.json").read_text(), "1.2")
+    assert (dmeta["adapterkit.digest"], dmeta["adapterkit.digests"]) == reference_digest(weights, (folder / "adapter_config.json").read_text(), "1.3")
     assert len(meta["adapterkit.digests"]) == 64 * (1 + len(a.tensors))
 
 
@@ -143,7 +143,7 @@ def test_any_adapter_matches_the_reference(tmp_path_factory, adapter, form):
     weights = out if form == "file" else out / "adapter_model.safetensors"
     meta = metadata(weights)
     config = meta["adapterkit.config"] if form == "file" else (out / "adapter_config.json").read_text()
-    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(weights, config, "1.2")
+    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(weights, config, "1.3")
     assert adapterkit.validate(out) == []
 
 
@@ -167,7 +167,7 @@ def test_safetensors_and_peft_style_readers_see_the_metadata(tmp_path):
     folder = adapterkit.save(_adapter(), tmp_path / "dir")
     with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
         meta = f.metadata()
-    assert meta["format"] == "pt" and meta["adapterkit.version"] == "1.2"
+    assert meta["format"] == "pt" and meta["adapterkit.version"] == "1.3"
     assert meta["adapterkit.digest"].startswith("sha256:")
 
 
@@ -272,7 +272,7 @@ def test_reordered_file_keeps_the_digest(tmp_path):
     moved.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(chunks))
     assert moved.read_bytes() != out.read_bytes()
     assert adapterkit.validate(moved) == []
-    assert reference_digest(moved, header["__metadata__"]["adapterkit.config"], "1.2")[0] == header["__metadata__"]["adapterkit.digest"]
+    assert reference_digest(moved, header["__metadata__"]["adapterkit.config"], "1.3")[0] == header["__metadata__"]["adapterkit.digest"]
     again = adapterkit.save(adapterkit.load(moved), tmp_path / "again.safetensors")
     assert again.read_bytes() == out.read_bytes()
 
@@ -360,9 +360,9 @@ def test_files_without_a_digest_stay_valid(tmp_path):
     a = _adapter()
     meta = {k: v for k, v in metadata(adapterkit.save(a, tmp_path / "a.safetensors")).items() if not k.startswith("adapterkit.digest")}
     out = tmp_path / "plain.safetensors"
-    save_file({k: a.tensors[k].contiguous() for k in a.tensors}, str(out), metadata=meta)  # says 1.2, records no digest
+    save_file({k: a.tensors[k].contiguous() for k in a.tensors}, str(out), metadata=meta)  # says 1.3, records no digest
     assert adapterkit.validate(out) == []
-    assert adapterkit.load(out).format_version == "1.2"
+    assert adapterkit.load(out).format_version == "1.3"
 
 
 # ---------------------------------------------------------------------------- command line
@@ -509,11 +509,11 @@ def test_pattern_order_is_kept_on_disk_and_is_part_of_the_digest(tmp_path, form)
     texts = [metadata(w)["adapterkit.config"] if form == "file" else (p / "adapter_config.json").read_text() for w, p in zip(weights, (a, b))]
     assert [list(json.loads(t)["alpha_pattern"]) for t in texts] == [["v_proj", ".*"], [".*", "v_proj"]]
     digests = [(metadata(w)["adapterkit.digest"], metadata(w)["adapterkit.digests"]) for w in weights]
-    assert digests == [reference_digest(w, t, "1.2") for w, t in zip(weights, texts)]
+    assert digests == [reference_digest(w, t, "1.3") for w, t in zip(weights, texts)]
     assert digests[0][0] != digests[1][0]
     v = "model.layers.0.v_proj"
     assert [adapterkit.load(p).module(v).scaling for p in (a, b)] == [12 / 2, 8 / 2]
-    assert [metadata(w)["adapterkit.version"] for w in weights] == ["1.2", "1.2"]
+    assert [metadata(w)["adapterkit.version"] for w in weights] == ["1.3", "1.3"]
 
 
 def test_the_two_forms_of_a_patterned_adapter_have_one_digest(tmp_path):
@@ -551,7 +551,7 @@ def test_a_1_1_digest_still_verifies_and_the_same_record_in_a_1_2_file_does_not(
     assert (info.value.code, info.value.key) == ("digest-mismatch", "config")
 
 
-@pytest.mark.parametrize(("version", "kept"), [(None, False), ("1.0", False), ("1.1", False), ("1.2", True), ("1.7", True),
+@pytest.mark.parametrize(("version", "kept"), [(None, False), ("1.0", False), ("1.1", False), ("1.2", True), ("1.3", True), ("1.7", True),
                                                 ("1.10", True), ("1." + "9" * 5000, True)])
 def test_which_files_hash_the_pattern_order(version, kept):
     """[R5.5-3]: 1.2 and every later minor of major 1 hash the stored order; 1.0, 1.1 and PEFT-profile files sort."""
@@ -571,6 +571,6 @@ def test_rewriting_a_1_1_file_keeps_the_order_and_records_a_1_2_digest(tmp_path)
         assert adapterkit.load(out).module("model.layers.0.v_proj").scaling == 12 / 2
     weights = tmp_path / "new" / "adapter_model.safetensors"
     meta = metadata(weights)
-    assert meta["adapterkit.version"] == "1.2"
-    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(weights, (tmp_path / "new" / "adapter_config.json").read_text(), "1.2")
+    assert meta["adapterkit.version"] == "1.3"
+    assert (meta["adapterkit.digest"], meta["adapterkit.digests"]) == reference_digest(weights, (tmp_path / "new" / "adapter_config.json").read_text(), "1.3")
     assert metadata(tmp_path / "plain" / "adapter_model.safetensors")["adapterkit.version"] == "1.0"

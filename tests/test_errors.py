@@ -477,10 +477,10 @@ def test_format_not_pt_in_peft_profile(tmp_path):
 
 
 def test_unsupported_peft_type(tmp_path):
-    data = {**cfg().to_dict(), "peft_type": "LOHA"}
+    data = {**cfg().to_dict(), "peft_type": "FOURIERFT"}
     d = write_dir_unchecked(tmp_path / "d", tensors(), data)
     exc = expect(d, "peft-type-unsupported", key="peft_type", where=d / "adapter_config.json")
-    assert exc.actual == "LOHA" and "LORA" in exc.expected
+    assert exc.actual == "FOURIERFT" and "LORA" in exc.expected and "LOHA" in exc.expected
 
 
 @pytest.mark.parametrize("peft_type", [["LORA"], None, 1])
@@ -498,7 +498,7 @@ def test_missing_peft_type(tmp_path):
 
 
 def test_unsupported_peft_type_embedded(tmp_path):
-    data = {**cfg().to_dict(), "peft_type": "LOHA"}
+    data = {**cfg().to_dict(), "peft_type": "FOURIERFT"}
     f = write_unchecked(tmp_path / "a.safetensors", tensors(), config_text=json.dumps(data))
     expect(f, "peft-type-unsupported", key="peft_type")
 

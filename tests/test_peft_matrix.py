@@ -82,6 +82,13 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "alpha_pattern": ("alpha_pattern",),
     "use_rslora": ("rslora",),
 }
+# what a kind does not do yet, by the words of its refusal (issue 21: LoHa is read, merged and
+# converted; attach and the low-rank operations come later)
+KIND_FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
+    "LOHA": {"LoHa attach": ("attaching LOHA adapters is not supported",),
+             "LoHa in the low-rank operations": ("works on LoRA adapters (expected LORA, got LOHA)",),
+             "LoHa combine": ("LOHA adapters: combine does not implement them yet",)},
+}
 MODEL_FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
     "MHA": {"nn.MultiheadAttention": ("multiheadattention",)},
     "EmbConv1D": {"Conv1D orientation": ("fan_in_fan_out",)},
@@ -280,6 +287,7 @@ def case_features(case: MatrixCase) -> dict[str, tuple[str, ...]]:
     if case.prompt:
         used["prompt learning"] = PROMPT_WORDS
     used.update(MODEL_FEATURES.get(case.model, {}))
+    used.update(KIND_FEATURES.get(case.kind, {}))
     return used
 
 

@@ -145,7 +145,18 @@ PROMPT_LEARNING = dict([
     _f("init_weights", "0.19.0", INERT, effect="initialisation only"),
 ])
 
-FIELDS: dict[str, dict[str, Field]] = {"LORA": LORA, "IA3": IA3, "PROMPT_LEARNING": PROMPT_LEARNING}
+LOHA = dict([
+    *_COMMON.items(),
+    *((n, Field(n, "0.6.0", IMPLEMENTED)) for n in (
+        "r", "alpha", "rank_pattern", "alpha_pattern", "use_effective_conv2d", "target_modules", "modules_to_save",
+        "layers_to_transform", "layers_pattern")),
+    _f("exclude_modules", "0.14.0", IMPLEMENTED),
+    _f("rank_dropout", "0.6.0", INERT, effect="training only (drops rows of ΔW)"),
+    _f("module_dropout", "0.6.0", INERT, effect="training only (skips the module)"),
+    _f("init_weights", "0.6.0", INERT, effect="initialisation only"),
+])
+
+FIELDS: dict[str, dict[str, Field]] = {"LORA": LORA, "IA3": IA3, "LOHA": LOHA, "PROMPT_LEARNING": PROMPT_LEARNING}
 
 
 @dataclass(frozen=True)
@@ -206,7 +217,7 @@ def uses(adapter: Adapter, operation: str | None = None) -> list[Use]:
 
 def _uses(adapter: Adapter) -> list[Use]:
     cfg = adapter.config
-    table = LORA if cfg.peft_type == "LORA" else IA3 if cfg.peft_type == "IA3" else PROMPT_LEARNING
+    table = FIELDS.get(cfg.peft_type, PROMPT_LEARNING)
     found: list[Use] = []
     for name, value in cfg.extra.items():
         f = table.get(name)

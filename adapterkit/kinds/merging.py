@@ -8,6 +8,7 @@ bring them to the compute dtype: fp32, or fp64 for fp64 inputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +22,23 @@ if TYPE_CHECKING:  # torch is imported by the functions that compute: opening an
 Shapes = Mapping[str, tuple[tuple[int | None, ...], bool]]
 
 
+class Flat(int):
+    """The last entry of a wanted shape that may also be several dimensions whose product is
+    this number: a convolution's (out, C, *k) weight where the adapter sees it flattened to
+    (out, C·k) (LoHa and LoKr without the CP form)."""
+
+
 def shape_fits(shape: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
     """Whether ``shape`` matches ``want``, where None stands for any size."""
+    if want and isinstance(want[-1], Flat) and len(shape) > len(want):
+        head = len(want) - 1
+        return shape_fits(shape[:head], want[:head]) and math.prod(shape[head:]) == want[-1]
     return len(shape) == len(want) and all(w is None or w == s for s, w in zip(shape, want))
 
 
 def shape_text(want: tuple[int | None, ...]) -> str:
-    return "(" + ", ".join("*" if w is None else str(w) for w in want) + ("," if len(want) == 1 else "") + ")"
+    text = "(" + ", ".join("*" if w is None else str(w) for w in want) + ("," if len(want) == 1 else "") + ")"
+    return text + (f" or a convolution whose dimensions after the first multiply to {want[-1]}" if want and isinstance(want[-1], Flat) else "")
 
 
 def prepare_targets(adapter: Adapter, module: str, targets: Mapping[str, torch.Tensor], shapes: Shapes, device: Any) -> dict[str, torch.Tensor]:

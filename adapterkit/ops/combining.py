@@ -492,7 +492,9 @@ def combine(
                           expected=adapters[0].peft_type, actual=adapters[i].peft_type)
     combiner = _COMBINERS.get(adapters[0].peft_type)
     if combiner is None:
-        raise UnsupportedError(f"{adapters[0].peft_type} adapters have no weights to combine (LoRA and IA3 do)",
+        why = ("combine does not implement them yet" if adapters[0].kind.delta_weight is not None
+               else "they have no weights to combine")
+        raise UnsupportedError(f"{adapters[0].peft_type} adapters: {why} (LoRA and IA3 do)",
                                path=_label(adapters[0], 0), key="peft_type", expected="LORA | IA3", actual=adapters[0].peft_type)
     req = _Request(method, rank, 1.0 if density is None else float(density), majority_sign, seed, svd_clamp, resolve_device(device))
     labels = _names(adapters, names)

@@ -1,0 +1,226 @@
+"""LoHa (PEFT's LOHA) against PEFT 0.22.0: ΔW equal to ``get_delta_weight``, checkpoint merges
+equal to ``merge_and_unload``, unmerge, the streamed merge, the exact LoRA form (first
+principles in fp64), and bad files refused by key.
+
+Layers: Linear, Conv2d 3×3 and 1×1, Conv1d, each with ``use_effective_conv2d`` off (the
+weight flattened) and on (the CP form with hada_t1/hada_t2); rank and alpha patterns.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import adapterkit
+from adapterkit.errors import AdapterkitError
+from adapterkit.ops.merging import merge_checkpoint
+
+LAYERS = ["lin", "conv", "conv1", "c1d"]
+
+
+class Model(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 6)
+        self.conv = nn.Conv2d(4, 5, 3)
+        self.conv1 = nn.Conv2d(4, 5, 1)
+        self.c1d = nn.Conv1d(4, 5, 3)
+        self.out = nn.Linear(6, 3)
+
+
+def _peft(root: Path, effective: bool, **kwargs):
+    from peft import LoHaConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = Model()
+    (root / "base").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, root / "base" / "model.safetensors")
+    config = LoHaConfig(r=2, alpha=3, target_modules=LAYERS, use_effective_conv2d=effective, init_weights=False, **kwargs)
+    torch.manual_seed(1)
+    model = get_peft_model(copy.deepcopy(base), config)
+    model.save_pretrained(root / "adapter")
+    return base, model
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["flattened", "effective-conv"])
+def built(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp("loha")
+    kwargs = {"rank_pattern": {"conv": 3}, "alpha_pattern": {"^lin$": 5}}
+    base, model = _peft(root, request.param, **kwargs)
+    return root, base, model
+
+
+def test_delta_weight_equals_peft(built):
+    root, _, model = built
+    adapter = adapterkit.load(root / "adapter")
+    assert adapter.peft_type == "LOHA" and sorted(adapter.modules) == sorted(LAYERS)
+    for name in LAYERS:
+        layer = model.base_model.model.get_submodule(name)
+        theirs = layer.get_delta_weight("default")
+        ours = adapter.kind.delta(adapter, name)
+        assert ours.numel() == theirs.numel()
+        assert torch.equal(ours.reshape(theirs.shape), theirs), name
+        assert adapter.module(name).scaling == layer.scaling["default"], name  # the patterns resolved as PEFT did
+
+
+def test_checkpoint_merge_equals_merge_and_unload_and_unmerge_restores(built, tmp_path):
+    root, base, model = built
+    merge_checkpoint(root / "base", [root / "adapter"], tmp_path / "merged")
+    ours = load_file(tmp_path / "merged" / "model.safetensors")
+    theirs = copy.deepcopy(model).merge_and_unload().state_dict()
+    assert sorted(ours) == sorted(theirs)
+    for key in theirs:
+        assert torch.equal(ours[key], theirs[key]), key
+    merge_checkpoint(tmp_path / "merged", [root / "adapter"], tmp_path / "unmerged", unmerge=True, again=True)
+    back = load_file(tmp_path / "unmerged" / "model.safetensors")
+    for key, value in base.state_dict().items():
+        torch.testing.assert_close(back[key], value, rtol=0, atol=1e-6)
+
+
+def test_streamed_rows_equal_the_whole_merge(built, tmp_path, monkeypatch):
+    """Blocks of rows (the row form of a plain-form module) give the whole merge's bits."""
+    import adapterkit.ops.merging as merging
+
+    root, _, _ = built
+    merge_checkpoint(root / "base", [root / "adapter"], tmp_path / "whole")
+    monkeypatch.setattr(merging, "CHUNK_ELEMENTS", 1)
+    merge_checkpoint(root / "base", [root / "adapter"], tmp_path / "rows", weights=[1.0])
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "rows" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weighted_merge_is_base_plus_weight_times_delta(built, tmp_path):
+    root, base, model = built
+    merge_checkpoint(root / "base", [root / "adapter"], tmp_path / "half", weights=[0.5])
+    got = load_file(tmp_path / "half" / "model.safetensors")
+    for name in LAYERS:
+        delta = model.base_model.model.get_submodule(name).get_delta_weight("default").double()
+        expected = base.state_dict()[name + ".weight"].double() + 0.5 * delta
+        torch.testing.assert_close(got[name + ".weight"].double(), expected, rtol=0, atol=1e-6)
+
+
+def test_lora_form_is_exact(built):
+    """B·A·scaling equals PEFT's ΔW (fp64 of its fp32 factors, first principles: the Hadamard
+    product of the two products, or the CP einsums)."""
+    from adapterkit.kinds.loha import lora_factors
+
+    root, _, model = built
+    adapter = adapterkit.load(root / "adapter")
+    for name in LAYERS:
+        layer = model.base_model.model.get_submodule(name)
+        f = {p: getattr(layer, p)["default"].detach().double() for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+        if "default" in layer.hada_t1:
+            t1, t2 = layer.hada_t1["default"].detach().double(), layer.hada_t2["default"].detach().double()
+            r1 = torch.einsum("ijkl,jr,ip->prkl", t1, f["hada_w1_b"], f["hada_w1_a"])
+            r2 = torch.einsum("ijkl,jr,ip->prkl", t2, f["hada_w2_b"], f["hada_w2_a"])
+            exact = r1 * r2 * layer.scaling["default"]
+        else:
+            exact = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"]) * layer.scaling["default"]
+        B, A = lora_factors(adapter, name)
+        r = adapter.module(name).rank
+        assert B.shape == (exact.shape[0], r * r) and A.shape[0] == r * r
+        ours = (B @ A.reshape(r * r, -1)).reshape(exact.shape) * adapter.module(name).scaling
+        torch.testing.assert_close(ours, exact, rtol=1e-12, atol=1e-15)
+
+
+@settings(max_examples=40, deadline=None)
+@given(out=st.integers(1, 9), inp=st.integers(1, 9), r=st.integers(1, 5), seed=st.integers(0, 2 ** 16))
+def test_khatri_rao_identity(out, inp, r, seed):
+    """(a1·b1) ⊙ (a2·b2) = KR(a1, a2)·KR(b1, b2) for any shapes and ranks (fp64)."""
+    from adapterkit.adapter import Adapter, MemoryStore
+    from adapterkit.kinds.loha import LoHaConfig, lora_factors
+
+    g = torch.Generator().manual_seed(seed)
+    t = {f"base_model.model.m.hada_w{i}_{s}": torch.randn(*(dims), generator=g)
+         for i in (1, 2) for s, dims in (("a", (out, r)), ("b", (r, inp)))}
+    adapter = Adapter(LoHaConfig(r=r, alpha=r), MemoryStore(t))
+    B, A = lora_factors(adapter, "m")
+    P = t["base_model.model.m.hada_w1_a"].double() @ t["base_model.model.m.hada_w1_b"].double()
+    Q = t["base_model.model.m.hada_w2_a"].double() @ t["base_model.model.m.hada_w2_b"].double()
+    torch.testing.assert_close(B @ A, P * Q, rtol=1e-12, atol=1e-12)
+
+
+def test_info_reports_the_exact_norm(built):
+    """info's ‖ΔW‖ per module (from the Gram matrices of the LoRA form, on the torch-free
+    path) against the norm of PEFT's ΔW in fp64."""
+    root, _, model = built
+    per_module = adapterkit.info(root / "adapter")["per_module"]
+    assert sorted(per_module) == sorted(LAYERS)
+    for name in LAYERS:
+        layer = model.base_model.model.get_submodule(name)
+        theirs = layer.get_delta_weight("default").double().norm().item()
+        ours = per_module[name]
+        assert abs(ours["delta_norm"] - theirs) <= 1e-6 * theirs, name
+        assert ours["rank"] == layer.r["default"] and ours["lora_rank"] == layer.r["default"] ** 2
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    shutil.copytree(src, dst)
+    tensors = load_file(src / "adapter_model.safetensors")
+    config = json.loads((src / "adapter_config.json").read_text())
+    change(tensors, config)
+    save_file(tensors, dst / "adapter_model.safetensors")
+    (dst / "adapter_config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize("case, code, key", [
+    ("missing w2_b", "missing-partner", "base_model.model.lin."),
+    ("w1_b of another rank", "shape-mismatch", "base_model.model.lin.hada_w1_b"),
+    ("rank disagrees with r", "shape-mismatch", "base_model.model.lin.hada_w"),
+    ("t2 missing in the CP form", "missing-partner", "base_model.model.conv."),
+])
+def test_bad_files_are_refused_by_key(tmp_path, case, code, key):
+    root = tmp_path / "src"
+    _peft(root, True)
+
+    def change(t, c):
+        if case == "missing w2_b":
+            del t["base_model.model.lin.hada_w2_b"]
+        elif case == "w1_b of another rank":
+            t["base_model.model.lin.hada_w1_b"] = torch.zeros(3, 8)
+        elif case == "rank disagrees with r":
+            c["rank_pattern"] = {"^lin$": 3}
+        else:
+            del t["base_model.model.conv.hada_t2"]
+
+    bad = _rewrite(root / "adapter", tmp_path / "bad", change)
+    problems = [p for p in adapterkit.validate(bad) if p.severity == "error"]
+    assert problems and problems[0].code == code and problems[0].key.startswith(key), problems
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.load(bad)
+    assert info.value.code == code and info.value.key.startswith(key)
+
+
+def test_nan_factor_is_refused(tmp_path):
+    root = tmp_path / "src"
+    _peft(root, False)
+
+    def change(t, c):
+        t["base_model.model.lin.hada_w2_a"][0, 0] = float("nan")
+
+    bad = _rewrite(root / "adapter", tmp_path / "bad", change)
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.load(bad)
+    assert info.value.key == "base_model.model.lin.hada_w2_a"
+
+
+def test_base_of_another_shape_is_refused(tmp_path):
+    root = tmp_path / "src"
+    _peft(root, False)
+    tensors = load_file(root / "base" / "model.safetensors")
+    tensors["conv.weight"] = torch.zeros(5, 4, 2, 2)  # 16 columns, the adapter's are 36
+    save_file(tensors, root / "base" / "model.safetensors")
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(root / "base", [root / "adapter"], tmp_path / "out")
+    assert info.value.code == "base-mismatch" and "conv.weight" in str(info.value), str(info.value)
+    assert "(5, 4, 2, 2)" in str(info.value) and "36" in str(info.value)

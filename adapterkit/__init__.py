@@ -31,6 +31,7 @@ _LAZY = {
     "save": "io.writer",
     "IA3Config": "kinds",
     "LoraConfig": "kinds",
+    "LoHaConfig": "kinds",
     "PrefixTuningConfig": "kinds",
     "PromptTuningConfig": "kinds",
     "PTuningConfig": "kinds",
@@ -44,6 +45,7 @@ _LAZY = {
     "extract": "api",
     "combine": "ops.combining",
     "resize": "ops.resizing",
+    "to_lora": "ops.to_lora",
     "rebalance": "ops.rebalancing",
     "prune": "ops.pruning",
     "export": "ops.export",
@@ -57,11 +59,11 @@ _LAZY = {
 }
 
 __all__ = [
-    "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoraConfig", "MemoryStore",
+    "FORMAT_VERSION", "Adapter", "AdapterkitError", "IA3Config", "LazyStore", "LoHaConfig", "LoraConfig", "MemoryStore",
     "PTuningConfig", "PrefixTuningConfig", "Problem", "PromptTuningConfig", "TensorStore", "__version__",
     "attach", "check", "combine", "convert", "detach", "diff", "disabled", "export", "extract", "extract_from_model", "info",
     "load", "merge", "merge_and_unload", "merge_attached", "open_adapter", "plot_spectrum", "prune", "pull", "push",
-    "rebalance", "resize", "save", "set_active", "unload", "unmerge", "unmerge_attached", "validate",
+    "rebalance", "resize", "save", "set_active", "to_lora", "unload", "unmerge", "unmerge_attached", "validate",
 ]
 
 if TYPE_CHECKING:
@@ -85,12 +87,13 @@ if TYPE_CHECKING:
     from .inspect.spectra import plot_spectrum
     from .io.lazy_store import LazyStore
     from .io.writer import save
-    from .kinds import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
+    from .kinds import IA3Config, LoHaConfig, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PTuningConfig
     from .ops.combining import combine
     from .ops.export import export
     from .ops.pruning import prune
     from .ops.rebalancing import rebalance
     from .ops.resizing import resize
+    from .ops.to_lora import to_lora
 
 
 __getattr__, __dir__ = lazy_names(__name__, _LAZY)

@@ -123,16 +123,18 @@ def _plot(adapter: Adapter, out: Path, device: Any, overwrite: bool) -> dict[str
 
 @dataclass(frozen=True)
 class Converted:
-    """What :func:`convert` wrote: the path, its form (``"dir"`` or ``"file"``) and the adapter
-    as written (the input, or its export for a consumer)."""
+    """What :func:`convert` wrote: the path, its form (``"dir"`` or ``"file"``), the adapter
+    as written (the input, its LoRA form, or its export for a consumer) and the LoRA form's report."""
 
     path: Path
     form: str
     adapter: Adapter
+    to_lora: Any = None  # ops.to_lora.ToLora, for convert(to="lora")
 
 
 def convert(src: str | Path, out: str | Path, *, adapter_name: str | None = None, form: str | None = None,
-            overwrite: bool = False, consumer: str | None = None) -> Converted:
+            overwrite: bool = False, consumer: str | None = None, to: str | None = None,
+            lora: dict[str, Any] | None = None) -> Converted:
     """Rewrite the adapter at ``src`` (a path or repo id) to ``out``, checked as strictly as
     ``load``; ``src`` is never modified.
 
@@ -143,6 +145,9 @@ def convert(src: str | Path, out: str | Path, *, adapter_name: str | None = None
         consumer: rewrite for this serving engine first (``export``: ``vllm``, ``tgi``,
             ``llama.cpp``, ``peft``); every module's ΔW is unchanged.  Engines other than PEFT
             read the directory layout only.
+        to: ``"lora"``: the adapter as the LoRA it equals first (``adapterkit.to_lora``, with
+            ``lora``'s keyword arguments: ``rank`` / ``energy`` / ``sv_ratio``, ``base``,
+            ``dtype``, ``device``); ``Converted.to_lora`` is its report.
 
     Raises:
         ArgumentError: ``argument-invalid`` for a ``form`` that contradicts ``out``'s name, or a
@@ -164,6 +169,16 @@ def convert(src: str | Path, out: str | Path, *, adapter_name: str | None = None
                             "anything else a directory)", path=out, key="form", expected=named, actual=form)
     check_output(out, [("SRC", src)])  # before anything is read
     adapter = load(src, adapter_name=adapter_name)
+    report = None
+    if to is not None:
+        if to != "lora":
+            raise ArgumentError("the kind to convert to", path=out, key="to", expected="lora", actual=to)
+        from .ops.to_lora import to_lora
+
+        adapter, report = to_lora(adapter, **(lora or {}))
+    elif lora:
+        raise ArgumentError("rank, energy, sv_ratio, base and dtype go with to='lora'", path=out, key="lora",
+                            expected="to='lora'", actual=sorted(lora))
     if consumer is not None:
         from .ops.export import export
 
@@ -172,7 +187,7 @@ def convert(src: str | Path, out: str | Path, *, adapter_name: str | None = None
                                 key="consumer", expected="a directory output", actual="one .safetensors file")
         adapter = replace(export(adapter, consumer), source=adapter.source)  # saved as coming from the input
     written = save(adapter, out, form=named, overwrite=overwrite)
-    return Converted(Path(written), named, adapter)
+    return Converted(Path(written), named, adapter, report)
 
 
 def check(adapter: Adapter | str | Path, consumer: str, *, adapter_name: str | None = None,

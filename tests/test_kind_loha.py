@@ -224,3 +224,103 @@ def test_base_of_another_shape_is_refused(tmp_path):
         merge_checkpoint(root / "base", [root / "adapter"], tmp_path / "out")
     assert info.value.code == "base-mismatch" and "conv.weight" in str(info.value), str(info.value)
     assert "(5, 4, 2, 2)" in str(info.value) and "36" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- to_lora
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return {"lin": torch.randn(2, 8, generator=g), "conv": torch.randn(2, 4, 6, 6, generator=g),
+            "conv1": torch.randn(2, 4, 5, 5, generator=g), "c1d": torch.randn(2, 4, 7, generator=g)}
+
+
+def _outputs(model) -> dict[str, torch.Tensor]:
+    inner = model.base_model.model if hasattr(model, "base_model") else model
+    with torch.no_grad():
+        return {n: inner.get_submodule(n)(x) for n, x in _inputs().items()}
+
+
+def test_to_lora_with_base_is_peft_loadable_and_equals_the_loha(built, tmp_path):
+    """The exact LoRA form (F64 factors, each convolution in its layer's layout from the base)
+    loads in PEFT as a LoRA and computes the LoHa model's outputs; its ΔW in fp64 is the LoHa's
+    (first principles: PEFT's factors in fp64)."""
+    from peft import PeftModel
+
+    root, base, model = built
+    lora, report = adapterkit.to_lora(adapterkit.load(root / "adapter"), base=root / "base")
+    assert lora.peft_type == "LORA" and report.assumed_linear == [] and report.dtype == "F64"
+    adapterkit.save(lora, tmp_path / "lora")
+    peft_lora = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "lora")
+    theirs, ours = _outputs(model), _outputs(peft_lora)
+    for name in LAYERS:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
+        delta = lora.kind.delta(lora, name, dtype=torch.float64)
+        layer = model.base_model.model.get_submodule(name)
+        f = {p: getattr(layer, p)["default"].detach().double() for p in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+        if "default" in layer.hada_t1:
+            t1, t2 = layer.hada_t1["default"].detach().double(), layer.hada_t2["default"].detach().double()
+            exact = (torch.einsum("ijkl,jr,ip->prkl", t1, f["hada_w1_b"], f["hada_w1_a"])
+                     * torch.einsum("ijkl,jr,ip->prkl", t2, f["hada_w2_b"], f["hada_w2_a"]))
+        else:
+            exact = (f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])
+        exact = (exact * layer.scaling["default"]).reshape(layer.base_layer.weight.shape)
+        torch.testing.assert_close(delta.reshape(exact.shape), exact, rtol=1e-12, atol=1e-15)
+
+
+def test_to_lora_without_base_says_what_it_assumed(built):
+    root, _, _ = built
+    adapter = adapterkit.load(root / "adapter")
+    if adapter.module("c1d").cp:  # a (3, 1) core: a Conv1d or a Conv2d with a (3, 1) kernel
+        with pytest.raises(AdapterkitError) as info:
+            adapterkit.to_lora(adapter)
+        assert info.value.code == "not-supported" and info.value.key == "c1d" and "Conv1d" in str(info.value)
+        return
+    lora, report = adapterkit.to_lora(adapter)
+    assert report.assumed_linear == sorted(LAYERS)
+    for n in LAYERS:
+        assert lora.meta(f"base_model.model.{n}.lora_A.weight").shape[0] == adapter.module(n).rank ** 2
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_to_lora_truncated_is_the_best_rank_k_approximation(built, rank):
+    """Eckart–Young from first principles: the truncated module equals the rank-k SVD of the
+    exact ΔW (fp64), and the report's energy is the kept fraction of Σσ²."""
+    root, _, model = built
+    lora, report = adapterkit.to_lora(adapterkit.load(root / "adapter"), base=root / "base", rank=rank)
+    assert report.truncated is not None
+    for name in LAYERS:
+        exact = model.base_model.model.get_submodule(name).get_delta_weight("default").double().flatten(1)
+        u, s, vh = torch.linalg.svd(exact, full_matrices=False)
+        best = (u[:, :rank] * s[:rank]) @ vh[:rank]
+        got = lora.kind.delta(lora, name, dtype=torch.float64).flatten(1)
+        torch.testing.assert_close(got, best, rtol=0, atol=1e-5 * float(s[0]))
+        m = next(m for m in report.truncated.modules if m.name == name)
+        assert m.rank_after == min(rank, len(s))
+        assert abs(m.kept / m.energy - float((s[:rank] ** 2).sum() / (s ** 2).sum())) < 1e-5
+
+
+def test_convert_to_lora_cli(built, tmp_path):
+    from click.testing import CliRunner
+
+    from adapterkit.cli import main as cli
+
+    root, _, _ = built
+    res = CliRunner().invoke(cli, ["convert", str(root / "adapter"), str(tmp_path / "o"), "--to", "lora", "--base",
+                                   str(root / "base"), "--energy", "0.999"])
+    assert res.exit_code == 0, res.output
+    assert "exact LoRA form of the LOHA adapter: rank 4/9" in res.output and "truncated (energy=0.999)" in res.output
+    assert adapterkit.load(tmp_path / "o").peft_type == "LORA"
+    res = CliRunner().invoke(cli, ["convert", str(root / "adapter"), str(tmp_path / "p"), "--rank", "2"])
+    assert res.exit_code == 2 and "--rank goes with --to lora" in res.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_to_lora_refuses_kinds_without_a_lora_form(tmp_path):
+    from adapterkit.adapter import Adapter, MemoryStore
+    from adapterkit.kinds import IA3Config
+
+    ia3 = Adapter(IA3Config(target_modules=("q",)), MemoryStore({"base_model.model.q.ia3_l": torch.ones(4, 1)}))
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.to_lora(ia3)
+    assert info.value.code == "not-supported" and info.value.actual == "IA3"

@@ -119,8 +119,17 @@ def validate(path: Path, adapter_name: str | None, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists (no file from before remains).")
 @click.option("--for", "consumer", type=click.Choice(CONSUMERS), default=None,
               help="Rewrite for this consumer first (see `adapterkit check --help`); ΔW of every module unchanged.")
+@click.option("--to", "to", type=click.Choice(["lora"]), default=None,
+              help="The adapter as the LoRA it equals (LoHa: exactly, rank r², F64 factors unless truncated or --dtype).")
+@click.option("--rank", type=click.IntRange(min=1), default=None, help="With --to lora: truncate every module to this rank.")
+@click.option("--energy", type=float, default=None, help="With --to lora: per module, the smallest rank keeping this fraction of ‖ΔW‖².")
+@click.option("--sv-ratio", type=float, default=None, help="With --to lora: per module, the singular values within this ratio of the largest.")
+@click.option("--base", type=INPUT, default=None, help="With --to lora: the base checkpoint, whose layers decide a convolution's layout.")
+@click.option("--dtype", type=click.Choice(["F64", "F32", "BF16", "F16"]), default=None, help="With --to lora: the factors' dtype.")
 @handles_errors
-def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, overwrite: bool, consumer: str | None = None) -> None:
+def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, overwrite: bool, consumer: str | None = None,
+            to: str | None = None, rank: int | None = None, energy: float | None = None, sv_ratio: float | None = None,
+            base: Path | None = None, dtype: str | None = None) -> None:
     """Rewrite the adapter at SRC to OUT, checked as strictly as `load` (an adapter that
     `validate` rejects is not written).  A PEFT directory in gives a PEFT-loadable directory or
     one .safetensors file out; SRC is never modified.
@@ -131,6 +140,7 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
       adapterkit convert my-lora.safetensors my-lora-peft  # PEFT's directory layout
       adapterkit convert multi out --adapter-name second --overwrite
       adapterkit convert my-lora my-lora-vllm --for vllm   # scaling folded, r = the largest rank
+      adapterkit convert my-loha my-lora --to lora --energy 0.99  # LoHa as LoRA, truncated
     """
     from ..io.forms import infer_form
 
@@ -148,8 +158,26 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
     _guard(out, ("SRC", src))
     from ..api import convert as run_convert
 
-    done = run_convert(src, out, adapter_name=adapter_name, form=named, overwrite=overwrite, consumer=consumer)
+    given = {"rank": rank, "energy": energy, "sv_ratio": sv_ratio, "base": base, "dtype": dtype}
+    lora = {k: v for k, v in given.items() if v is not None}
+    if lora and to is None:
+        raise click.UsageError(f"--{next(iter(lora)).replace('_', '-')} goes with --to lora", ctx=click.get_current_context())
+    done = run_convert(src, out, adapter_name=adapter_name, form=named, overwrite=overwrite, consumer=consumer, to=to, lora=lora)
     click.echo(f"wrote {done.path} ({done.adapter.peft_type}, {_plural(len(done.adapter.tensors), 'tensor')}, form={done.form})")
+    if done.to_lora is not None:
+        _echo_to_lora(done.to_lora)
+
+
+def _echo_to_lora(report) -> None:
+    ranks = sorted(set(report.ranks.values()))
+    click.echo(f"exact LoRA form of the {report.source_kind} adapter: rank {'/'.join(map(str, ranks))}, {report.dtype} factors")
+    if report.assumed_linear:
+        click.echo(f"written as Linear LoRA (no --base to say otherwise): {', '.join(report.assumed_linear)}")
+    if report.truncated is not None:
+        t = report.truncated
+        click.echo(f"truncated ({t.rule}): {t.energy_kept:.2%} of ‖ΔW‖² kept; per module:")
+        for m in t.modules:
+            click.echo(f"  {m.name}  rank {m.rank_after}  {(m.kept / m.energy if m.energy else 1.0):.2%}")
 
 
 @click.command("check", short_help="Check an adapter against a serving engine's rules (vLLM, TGI, llama.cpp, PEFT).")

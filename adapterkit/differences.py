@@ -123,4 +123,11 @@ DIFFERENCES: tuple[Difference, ...] = (
         "never comes back (and unload keeps the merged weights)",
         "the packed weight, bias and 8-bit state held before the first merge are put back, bit for bit",
         "tests/test_attach_bnb.py::test_unmerge_puts_the_packed_weights_back_peft_requantizes"),
+    # PEFT's other kinds (adapterkit.kinds.loha / lokr): ΔW and merges are PEFT's bit for bit except here
+    Difference(
+        "lokr-cp-kron-strides", "ΔW / merge of a LoKr module in the CP form (use_effective_conv2d)",
+        "get_delta_weight raises RuntimeError (\"view size is not compatible\") where einsum gives W2 strides torch.kron "
+        "cannot view (a Conv1d's core (1, 1, k, 1) at r=1): forward, merge and merge_and_unload all fail",
+        "kron of standard-strided copies: the ΔW PEFT's formula defines, equal to PEFT's where PEFT computes one",
+        "tests/test_kind_lokr.py::test_cp_core_peft_cannot_compute_ours_is_the_formula"),
 )

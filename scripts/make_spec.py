@@ -46,6 +46,7 @@ from adapterkit.io.digest import combine, config_digest, digest_metadata, tensor
 from adapterkit.io.safetensors_file import encode, tensor_bytes
 from adapterkit.kinds import KINDS
 from adapterkit.kinds.loha import LoHaConfig
+from adapterkit.kinds.lokr import LoKrConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / "spec" / "v1"
@@ -356,6 +357,32 @@ def loha_references(config: dict[str, Any], tensors: dict[str, torch.Tensor]) ->
     return dict(sorted(out.items()))
 
 
+def lokr_references(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """ΔW of each LoKr module by §17 [R17-5], in numpy (np.kron pads the smaller rank with leading
+    ones, as §17 says); dyadic factors keep every product exact, the scaling multiply rounds once."""
+    out = {}
+    cfg = {**config, "lora_alpha": config.get("alpha", 8)}
+    modules = sorted({re.fullmatch(r"base_model\.model\.(.+)\.lokr_(?:w[12](?:_[ab])?|t2)", k)[1] for k in tensors if ".lokr_" in k})
+    for module in modules:
+        g = {p: tensors[f"{P}{module}.{p}"].double().numpy() for p in
+             ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2") if f"{P}{module}.{p}" in tensors}
+        w1 = g["lokr_w1"] if "lokr_w1" in g else g["lokr_w1_a"] @ g["lokr_w1_b"]
+        if "lokr_w2" in g:
+            w2 = g["lokr_w2"]
+        elif "lokr_t2" in g:
+            w2 = np.einsum("ijkl,ip,jq->pqkl", g["lokr_t2"], g["lokr_w2_a"], g["lokr_w2_b"])
+        else:
+            w2 = g["lokr_w2_a"] @ g["lokr_w2_b"]
+        d = np.kron(w1[:, :, None, None] if w2.ndim == 4 else w1, w2)
+        shape = [w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1], *w2.shape[2:]]
+        product = np.ascontiguousarray(d).astype(np.float32)
+        assert np.array_equal(product.astype(np.float64), d), "factor product not exact in fp32"
+        r, s = ref_scaling(cfg, module)
+        d = (product * np.float32(s)).astype("<f4").reshape(shape)
+        out[module] = {"rank": r, "scaling": s, "shape": list(d.shape), "sha256": sha256(d.tobytes())}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # vectors
 
@@ -534,6 +561,28 @@ def valid_vectors() -> list[dict[str, Any]]:
     add("loha_conv", "LoHa with use_effective_conv2d: a Conv2d in the CP form (cores (2, 2, 3, 3), ΔW (5, 3, 3, 3)), a Conv1d "
         "in the CP form (cores (2, 2, 3, 1), ΔW (4, 3, 3, 1)) and a plain-form module of 27 columns (a 1×1 or flattened "
         "convolution, or a Linear: the file cannot tell) [R16-2]; scaling 3/2 rounded to fp32", "file", cfg, t)
+
+    cfg = LoKrConfig(r=1, alpha=2, target_modules=("q_proj", "v_proj"), decompose_both=True, rank_pattern={"v_proj": 4},
+                     task_type="CAUSAL_LM")
+    t = {  # out 16 = 4·4, in 12 = 3·4: q_proj at r=1 all products (1 < max/2 on both sides); v_proj at r=4 all whole
+        f"{P}{Q}.lokr_w1_a": dyadic((4, 1), 160), f"{P}{Q}.lokr_w1_b": dyadic((1, 3), 161),
+        f"{P}{Q}.lokr_w2_a": dyadic((4, 1), 162), f"{P}{Q}.lokr_w2_b": dyadic((1, 4), 163),
+        f"{P}{V}.lokr_w1": dyadic((4, 3), 164), f"{P}{V}.lokr_w2": dyadic((4, 4), 165),
+    }
+    add("lokr_linear", "LoKr on two Linear layers (out 16 = 4·4, in 12 = 3·4): q_proj at r=1 with decompose_both, both "
+        "sides as products; v_proj at r=4 by rank_pattern, both whole (r ≥ max/2); ΔW = kron(W1, W2)·alpha/r [R17-5]",
+        "dir", cfg, t)
+    cfg = LoKrConfig(r=1, alpha=3, target_modules=("conv", "c1d", "conv1"), use_effective_conv2d=True, rank_pattern={"c1d": 2})
+    t = {  # conv: Conv2d 8→6, 3×3: (a, b) = (2, 3), (c, d) = (2, 4), CP core; c1d: Conv1d 4→6, k=3, W2 whole (3-D)
+        f"{P}conv.lokr_w1": dyadic((2, 2), 170), f"{P}conv.lokr_t2": dyadic((1, 1, 3, 3), 171),
+        f"{P}conv.lokr_w2_a": dyadic((1, 3), 172), f"{P}conv.lokr_w2_b": dyadic((1, 4), 173),
+        f"{P}c1d.lokr_w1": dyadic((2, 2), 174), f"{P}c1d.lokr_w2": dyadic((3, 2, 3), 175),
+        f"{P}conv1.lokr_w1": dyadic((2, 2), 176), f"{P}conv1.lokr_w2_a": dyadic((3, 1), 177),
+        f"{P}conv1.lokr_w2_b": dyadic((1, 4), 178),
+    }
+    add("lokr_conv", "LoKr with use_effective_conv2d at r=1: a Conv2d's W2 in the CP form (ΔW (6, 8, 3, 3)); a Conv1d's W2 "
+        "at r=2 (rank_pattern) whole and 3-D, which kron meets with W1 as (1, a, c) (ΔW (6, 4, 3) from kron's (3, 4, 6)); a 1×1 convolution's W2 "
+        "as a product, flattened (ΔW (6, 8)) [R17-5]", "file", cfg, t)
 
     cfg = PrefixTuningConfig(num_virtual_tokens=3, token_dim=4, num_layers=2, num_attention_heads=2, prefix_projection=True,
                              encoder_hidden_size=8, task_type="CAUSAL_LM")
@@ -800,6 +849,8 @@ def expected_valid(v: dict[str, Any], rel: str, load_path: Path) -> dict[str, An
         exp["delta_weights"] = lora_references(config, tensors)
     elif config["peft_type"] == "LOHA":
         exp["delta_weights"] = loha_references(config, tensors)
+    elif config["peft_type"] == "LOKR":
+        exp["delta_weights"] = lokr_references(config, tensors)
     # generation-time self check: adapterkit must agree with the references
     problems = adapterkit.validate(load_path, **kw)
     if [p for p in problems if p.severity == "error"] or sorted(p.code for p in problems) != exp["warnings"]:
@@ -884,6 +935,20 @@ def invalid_vectors() -> list[dict[str, Any]]:
         {F: st_bytes({k: v for k, v in good.items() if not k.endswith("w2_b")}, file_meta(loha))}, key=f"{P}{Q}.hada_w1_a")
     add("loha_rank_mismatch", "shape-mismatch", "hada_w1_b of rank 3 where r is 2 [R16-2]",
         {F: st_bytes({**good, f"{P}{Q}.hada_w1_b": dyadic((3, 6), 70)}, file_meta(loha))}, key=f"{P}{Q}.hada_w1_b")
+    lokr = LoKrConfig(r=1, alpha=2, target_modules=("q_proj",), decompose_both=True).to_dict()
+    sides = {f"{P}{Q}.lokr_w1_a": dyadic((4, 1), 80), f"{P}{Q}.lokr_w1_b": dyadic((1, 3), 81),
+             f"{P}{Q}.lokr_w2_a": dyadic((4, 1), 82), f"{P}{Q}.lokr_w2_b": dyadic((1, 4), 83)}
+    add("lokr_missing_partner", "missing-partner", "a LoKr W1 stored as a product without lokr_w1_b [R17-1]",
+        {F: st_bytes({k: v for k, v in sides.items() if not k.endswith("w1_b")}, file_meta(lokr))}, key=f"{P}{Q}.lokr_w1_a")
+    add("lokr_both_forms", "unexpected-key", "a LoKr W2 stored both whole and as a product [R17-1]",
+        {F: st_bytes({**sides, f"{P}{Q}.lokr_w2": dyadic((4, 4), 84)}, file_meta(lokr))}, key=f"{P}{Q}.lokr_w2_a")
+    add("lokr_w1_product_without_decompose_both", "shape-mismatch",
+        "W1 stored as a product while decompose_both is false: PEFT stores it whole [R17-3]",
+        {F: st_bytes(sides, file_meta({**lokr, "decompose_both": False}))}, key=f"{P}{Q}.lokr_w1_a")
+    add("lokr_split", "shape-mismatch", "out 16 split as (1, 16): factorization(16, -1) is (4, 4) [R17-4]",
+        {F: st_bytes({f"{P}{Q}.lokr_w1": dyadic((1, 3), 85), f"{P}{Q}.lokr_w2_a": dyadic((16, 1), 86),
+                      f"{P}{Q}.lokr_w2_b": dyadic((1, 4), 87)}, file_meta({**lokr, "decompose_both": False}))},
+        key=f"{P}{Q}.lokr_w1")
     cp = LoHaConfig(r=2, alpha=4, target_modules=("conv",), use_effective_conv2d=True).to_dict()
     cores = {f"{P}conv.hada_w{i}_{s}": dyadic(shape, 71 + n) for n, (i, s, shape) in enumerate(
         [(1, "a", (2, 5)), (1, "b", (2, 3)), (2, "a", (2, 5)), (2, "b", (2, 3))])}

@@ -95,7 +95,7 @@ def check_valid(vector: Path) -> list[str]:
             out.append(f"tensor {key}: {DTYPE_NAMES.get(t.dtype)} {list(t.shape)} differs from the expected dtype/shape/bytes")
     deltas = exp.get("delta_weights", {})
     try:
-        if adapter.peft_type in ("LORA", "LOHA") and sorted(adapter.modules) != sorted(deltas):
+        if adapter.peft_type in ("LORA", "LOHA", "LOKR") and sorted(adapter.modules) != sorted(deltas):
             out.append(f"modules {sorted(adapter.modules)} != {sorted(deltas)}")
         for module, want in deltas.items():
             view = adapter.module(module)

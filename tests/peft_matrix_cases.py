@@ -273,12 +273,12 @@ class MatrixCase:
 
     @property
     def kind(self) -> str:
-        return {"LoraConfig": "LORA", "IA3Config": "IA3", "LoHaConfig": "LOHA", "PromptTuningConfig": "PROMPT_TUNING",
+        return {"LoraConfig": "LORA", "IA3Config": "IA3", "LoHaConfig": "LOHA", "LoKrConfig": "LOKR", "PromptTuningConfig": "PROMPT_TUNING",
                 "PrefixTuningConfig": "PREFIX_TUNING", "PromptEncoderConfig": "P_TUNING"}.get(self.config, self.config)
 
     @property
     def supported_kind(self) -> bool:
-        return self.kind in ("LORA", "IA3", "LOHA", "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
+        return self.kind in ("LORA", "IA3", "LOHA", "LOKR", "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
 
     @property
     def prompt(self) -> bool:
@@ -393,12 +393,31 @@ _LOHA_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("Conv2d 4 LOHA", "Conv2d", "LoHaConfig", {"target_modules": ["conv2d", "lin0"], "use_effective_conv2d": True}),
 ]
 
+# TEST_CASES' LoKr rows, in full
+_LOKR_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("Vanilla MLP 1 LOKR", "MLP", "LoKrConfig", {"target_modules": "lin0"}),
+    ("Vanilla MLP 2 LOKR", "MLP", "LoKrConfig", {"target_modules": ["lin0"]}),
+    ("Vanilla MLP 3 LOKR", "MLP", "LoKrConfig", {"target_modules": ["lin1"]}),
+    ("Vanilla MLP 4 LOKR", "MLP", "LoKrConfig", {"target_modules": ["lin0", "lin1"]}),
+    ("Vanilla MLP 5 LOKR", "MLP", "LoKrConfig", {"target_modules": ["lin0"], "modules_to_save": ["lin1"]}),
+    ("Vanilla MLP 6 LOKR", "MLP", "LoKrConfig", {"target_modules": ["lin0"], "alpha": 4, "module_dropout": 0.1}),
+    ("Vanilla MLP 7 LOKR", "MLP", "LoKrConfig", {"target_modules": "lin0", "rank_dropout": 0.5}),
+    ("Vanilla MLP 8 LOKR", "MLP", "LoKrConfig", {"target_modules": "lin0", "decompose_both": True, "r": 1, "alpha": 1}),
+    ("Conv2d 1 LOKR", "Conv2d", "LoKrConfig", {"target_modules": ["conv2d"]}),
+    ("Conv2d 2 LOKR", "Conv2d", "LoKrConfig", {"target_modules": ["conv2d", "lin0"]}),
+    ("Conv2d 3 LOKR", "Conv2d", "LoKrConfig", {"target_modules": ["conv2d"], "use_effective_conv2d": True}),
+    ("Conv2d 4 LOKR", "Conv2d", "LoKrConfig", {"target_modules": ["conv2d", "lin0"], "use_effective_conv2d": True}),
+    ("Conv2d 5 LOKR", "Conv2d", "LoKrConfig", {"target_modules": ["conv2d", "lin0"], "use_effective_conv2d": True, "decompose_both": True}),
+    ("Conv2d 6 LOKR", "Conv2d", "LoKrConfig", {"target_modules": ["conv2d", "lin0"], "use_effective_conv2d": True, "decompose_factor": 4}),
+    ("Conv2d 7 LOKR", "Conv2d", "LoKrConfig",
+     {"target_modules": ["conv2d", "lin0"], "use_effective_conv2d": True, "decompose_both": True, "decompose_factor": 4}),
+]
+
 # The first TEST_CASES row of every other PEFT method (AdaMSS left out: PEFT needs scikit-learn for it): adapterkit does not implement these kinds
 # yet (a later issue), and must refuse each by its peft_type.
 _OTHER_KIND_ROWS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("Vanilla MLP 1 GLoRA", "MLP", "GloraConfig", {"target_modules": "lin0"}),
     ("Vanilla MLP 1 BEFT", "MLP", "BeftConfig", {"target_modules": "lin0"}),
-    ("Vanilla MLP 1 LOKR", "MLP", "LoKrConfig", {"target_modules": "lin0"}),
     ("Vanilla MLP 1 OFT", "MLP", "OFTConfig", {"r": 2, "oft_block_size": 0, "target_modules": "lin0", "use_cayley_neumann": False}),
     ("Vanilla MLP 1 DEFT", "MLP", "DeftConfig", {"target_modules": "lin0"}),
     ("Vanilla MLP 1 HRA", "MLP", "HRAConfig", {"target_modules": "lin0"}),
@@ -494,7 +513,7 @@ def _slug(text: str) -> str:
 
 CASES: list[MatrixCase] = (
     [MatrixCase(_slug(n), m, c, kw, CUSTOM_SOURCE) for n, m, c, kw in _CUSTOM_ROWS]
-    + [MatrixCase(_slug(n), m, c, kw, CUSTOM_SOURCE) for n, m, c, kw in _LOHA_ROWS]
+    + [MatrixCase(_slug(n), m, c, kw, CUSTOM_SOURCE) for n, m, c, kw in _LOHA_ROWS + _LOKR_ROWS]
     + [MatrixCase(_slug(n), m, c, kw, CUSTOM_SOURCE) for n, m, c, kw in _OTHER_KIND_ROWS]
     + [MatrixCase("multi_" + _slug(n), m, c, kw1, MULTI_SOURCE, second=kw2) for n, m, c, kw1, kw2 in _MULTI_ROWS]
     + [MatrixCase(f"{arch}_{_slug(n)}", arch, c, kw, DECODER_SOURCE) for arch in DECODER_MODELS for n, c, kw in _DECODER_CONFIGS]

@@ -88,6 +88,9 @@ KIND_FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
     "LOHA": {"LoHa attach": ("attaching LOHA adapters is not supported",),
              "LoHa in the low-rank operations": ("works on LoRA adapters (expected LORA, got LOHA)",),
              "LoHa combine": ("LOHA adapters: combine does not implement them yet",)},
+    "LOKR": {"LoKr attach": ("attaching LOKR adapters is not supported",),
+             "LoKr in the low-rank operations": ("works on LoRA adapters (expected LORA, got LOKR)",),
+             "LoKr combine": ("LOKR adapters: combine does not implement them yet",)},
 }
 MODEL_FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
     "MHA": {"nn.MultiheadAttention": ("multiheadattention",)},

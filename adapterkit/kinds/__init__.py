@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from . import ia3, loha, lora, p_tuning, prefix_tuning, prompt_tuning
+from . import ia3, loha, lokr, lora, p_tuning, prefix_tuning, prompt_tuning
 from .base import AdapterConfig, Kind
 from .ia3 import IA3Config
 from .loha import LoHaConfig
+from .lokr import LoKrConfig
 from .lora import LoraConfig
 from .p_tuning import PTuningConfig
 from .prefix_tuning import PrefixTuningConfig
 from .prompt_tuning import PromptTuningConfig
 
-KINDS: dict[str, Kind] = {m.KIND.peft_type: m.KIND for m in (lora, ia3, loha, prompt_tuning, prefix_tuning, p_tuning)}
+KINDS: dict[str, Kind] = {m.KIND.peft_type: m.KIND for m in (lora, ia3, loha, lokr, prompt_tuning, prefix_tuning, p_tuning)}
 
 
 def kind_of(peft_type: str, *, path: object = None) -> Kind:
@@ -37,6 +38,6 @@ def config_from_dict(data: object, *, path: object = None, problems: list | None
 
 
 __all__ = [
-    "KINDS", "AdapterConfig", "IA3Config", "Kind", "LoHaConfig", "LoraConfig", "PTuningConfig",
+    "KINDS", "AdapterConfig", "IA3Config", "Kind", "LoHaConfig", "LoKrConfig", "LoraConfig", "PTuningConfig",
     "PrefixTuningConfig", "PromptTuningConfig", "config_from_dict", "kind_of",
 ]

@@ -156,7 +156,14 @@ LOHA = dict([
     _f("init_weights", "0.6.0", INERT, effect="initialisation only"),
 ])
 
-FIELDS: dict[str, dict[str, Field]] = {"LORA": LORA, "IA3": IA3, "LOHA": LOHA, "PROMPT_LEARNING": PROMPT_LEARNING}
+LOKR = dict([
+    *((n, f) for n, f in LOHA.items()),
+    *((n, Field(n, "0.6.0", IMPLEMENTED)) for n in ("decompose_both", "decompose_factor")),
+    _f("rank_dropout_scale", "0.10.0", INERT, effect="training only (scales the rank dropout)"),
+    _f("init_weights", "0.6.0", INERT, effect="initialisation only (also \"lycoris\")"),
+])
+
+FIELDS: dict[str, dict[str, Field]] = {"LORA": LORA, "IA3": IA3, "LOHA": LOHA, "LOKR": LOKR, "PROMPT_LEARNING": PROMPT_LEARNING}
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """An adapter of another kind as the LoRA it equals: exact, then (optionally) truncated.
 
 LoHa's ΔW = s·(w1_a·w1_b) ⊙ (w2_a·w2_b) is the rank-r² product s·B·A of the row-wise
-Khatri–Rao products of its factors (``kinds.loha.lora_factors``), so a LoHa adapter converts
+Khatri–Rao products of its factors (``kinds.loha.lora_factors``), and LoKr's s·(W1 ⊗ W2) with
+W = U·V on each side is s·(U1 ⊗ U2)·(V1 ⊗ V2) (``kinds.lokr.lora_factors``), so either converts
 to a LoRA with no approximation: every module's B (with s folded in) and A in fp64, where
 the products of two fp32 values are exact, at scaling 1 (``lowrank.scaling_one_config``).
 Every factor-space operation (resize, rebalance, combine, diff, spectrum) then applies, and
@@ -12,7 +13,7 @@ a Linear's weight or a convolution's flattened (C·k columns), and a CP core (r,
 to a Conv1d or to a Conv2d with a (k, 1) kernel.  PEFT's LoRA keeps a convolution's factors as
 convolutions (lora_A (R, C, *k), lora_B (out, R, 1[, 1])), so with ``base`` (a checkpoint) each
 module takes its layer's layout; without it plain-form modules are written as Linear LoRA and
-the report says so, and a (k, 1) core is refused by name.
+the report says so, and a (k, 1) kernel is refused by name.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from ..adapter import Adapter
 from ..devices import resolve_device
 from ..errors import ArgumentError, TensorError, UnsupportedError
 from ..io.recipe import step, with_step
-from ..kinds import loha
+from ..kinds import loha, lokr
 from ..kinds.lora import LoraConfig
 from .lowrank import scaling_one_config
 from .resizing import ResizeReport, resize
 
 PREFIX = "base_model.model."
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-CONVERTIBLE = ("LOHA",)
+FACTORS = {"LOHA": loha.lora_factors, "LOKR": lokr.lora_factors}  # kind -> (B, A) with ΔW = scaling·B·A exactly
+CONVERTIBLE = tuple(FACTORS)
 
 
 @dataclass
@@ -109,7 +111,7 @@ def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None =
     ranks: dict[str, int] = {}
     report = ToLora(adapter.peft_type, ranks, dtype)
     for name, view in adapter.modules.items():
-        B, A = loha.lora_factors(adapter, name, device=dev)
+        B, A = FACTORS[adapter.peft_type](adapter, name, device=dev)
         B = B * view.scaling  # scaling 1 in the LoRA form (one fp64 rounding)
         want = shapes.get(f"{name}.weight") if shapes is not None else None
         if shapes is not None and want is None:
@@ -130,12 +132,11 @@ def _layout(adapter: Adapter, name: str, view: Any, B: torch.Tensor, A: torch.Te
             report: ToLora) -> tuple[torch.Tensor, torch.Tensor]:
     """(lora_B, lora_A) in the layout PEFT's LoRA gives the module's layer."""
     R = B.shape[1]
-    if view.cp:
+    if A.dim() > 2:  # a convolution's factors: A (R, C, k1, k2)
         k1, k2 = A.shape[2:]
         if want is None and k2 == 1:
-            raise UnsupportedError(f"`{name}`: a CP core (r, r, {k1}, 1) belongs to a Conv1d or to a Conv2d with a ({k1}, 1) "
-                                   "kernel, and the file does not say which: pass the base checkpoint", path=adapter.source,
-                                   key=name, expected="base", actual=None)
+            raise UnsupportedError(f"`{name}`: a ({k1}, 1) kernel belongs to a Conv1d or to a Conv2d, and the file does not say "
+                                   "which: pass the base checkpoint", path=adapter.source, key=name, expected="base", actual=None)
         conv = want if want is not None else (B.shape[0], A.shape[1], k1, k2)
         if len(conv) not in (3, 4) or conv[0] != B.shape[0] or conv[1] != A.shape[1] or conv[2:] not in ((k1, k2), (k1,) if k2 == 1 else ()):
             raise _mismatch(adapter, name, (B.shape[0], A.shape[1], k1, k2), want)

@@ -130,4 +130,10 @@ DIFFERENCES: tuple[Difference, ...] = (
         "cannot view (a Conv1d's core (1, 1, k, 1) at r=1): forward, merge and merge_and_unload all fail",
         "kron of standard-strided copies: the ΔW PEFT's formula defines, equal to PEFT's where PEFT computes one",
         "tests/test_kind_lokr.py::test_cp_core_peft_cannot_compute_ours_is_the_formula"),
+    Difference(
+        "lycoris-combined-as-lora", "combine of LoHa / LoKr adapters (alone or beside LoRA ones)",
+        "LoHaModel and LoKrModel have no add_weighted_adapter (AttributeError)",
+        "each adapter's exact LoRA form (to_lora), combined as LoRA adapters: cat is base + Σ wᵢ·ΔWᵢ exactly, svd the best "
+        "rank-k approximation of that sum (k: the largest LoRA-form rank of the inputs); the result is a LoRA adapter",
+        "tests/test_kind_loha.py::test_combine_peft_has_none_ours_is_the_exact_sum"),
 )

@@ -324,3 +324,28 @@ def test_to_lora_refuses_kinds_without_a_lora_form(tmp_path):
     with pytest.raises(AdapterkitError) as info:
         adapterkit.to_lora(ia3)
     assert info.value.code == "not-supported" and info.value.actual == "IA3"
+
+
+def test_combine_peft_has_none_ours_is_the_exact_sum(built, tmp_path):
+    """PEFT's LoHaModel has no add_weighted_adapter; ours combines the exact LoRA forms: a LoHa
+    and a LoRA (on the Linear) by cat give base + 0.7·D_loha − 0.4·D_lora, each D from PEFT's own
+    merge_and_unload (first principles)."""
+    from peft import LoraConfig, get_peft_model
+
+    root, base, model = built
+    assert not hasattr(model, "add_weighted_adapter") and not hasattr(model.base_model, "add_weighted_adapter")
+    torch.manual_seed(5)
+    lora_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["lin"], init_lora_weights=False))
+    lora_model.save_pretrained(tmp_path / "lora")
+    mixed = adapterkit.combine([adapterkit.load(root / "adapter"), adapterkit.load(tmp_path / "lora")], [0.7, -0.4], "cat",
+                               base=root / "base")
+    assert mixed.peft_type == "LORA"
+    adapterkit.save(mixed, tmp_path / "mixed")
+    merge_checkpoint(root / "base", [tmp_path / "mixed"], tmp_path / "merged")
+    got = load_file(tmp_path / "merged" / "model.safetensors")
+    start = base.state_dict()
+    d_loha = {k: v - start[k] for k, v in copy.deepcopy(model).merge_and_unload().state_dict().items()}
+    d_lora = {k: v - start[k] for k, v in lora_model.merge_and_unload().state_dict().items()}
+    for key in start:
+        expected = start[key].double() + 0.7 * d_loha[key].double() - 0.4 * d_lora[key].double()
+        torch.testing.assert_close(got[key].double(), expected, rtol=0, atol=2e-6)

@@ -86,11 +86,9 @@ FEATURES: dict[str, tuple[str, ...]] = {
 # converted; attach and the low-rank operations come later)
 KIND_FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
     "LOHA": {"LoHa attach": ("attaching LOHA adapters is not supported",),
-             "LoHa in the low-rank operations": ("works on LoRA adapters (expected LORA, got LOHA)",),
-             "LoHa combine": ("LOHA adapters: combine does not implement them yet",)},
+             "LoHa in the low-rank operations": ("a LOHA adapter is a LoRA exactly: convert it first",)},
     "LOKR": {"LoKr attach": ("attaching LOKR adapters is not supported",),
-             "LoKr in the low-rank operations": ("works on LoRA adapters (expected LORA, got LOKR)",),
-             "LoKr combine": ("LOKR adapters: combine does not implement them yet",)},
+             "LoKr in the low-rank operations": ("a LOKR adapter is a LoRA exactly: convert it first",)},
 }
 MODEL_FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
     "MHA": {"nn.MultiheadAttention": ("multiheadattention",)},
@@ -453,6 +451,22 @@ def _svd_rank_defect(b: Built) -> bool:
     return False
 
 
+def _lycoris_rank(layer: Any, name: str) -> int:
+    """The rank of a LoHa / LoKr module's exact LoRA form, from PEFT's parameters: r² for LoHa
+    (a Hadamard product of two rank-r products), rank(W1)·rank(W2) as stored for LoKr (a whole
+    side counts its smaller dimension, flattened after the first)."""
+    if hasattr(layer, "hada_w1_a"):
+        return layer.r[name] ** 2
+
+    def side(whole: Any, a: Any) -> int:
+        if name in whole:
+            w = whole[name]
+            return min(w.shape[0], w[0].numel())
+        return a[name].shape[1] if a[name].dim() == 2 and a is layer.lokr_w1_a else min(a[name].shape)
+    r2 = layer.r[name] if name in layer.lokr_w2_a else side(layer.lokr_w2, layer.lokr_w2_a)
+    return side(layer.lokr_w1, layer.lokr_w1_a) * r2
+
+
 def _first_principles(b: Built, names: list[str], weights: list[float], method: str, result: Any, difference: str) -> None:
     """Where PEFT's add_weighted_adapter refuses or breaks: the combination from first principles,
     with Dᵢ = PEFT's merge of adapter i alone − base: cat gives base + Σ wᵢ·Dᵢ, svd the best
@@ -467,7 +481,11 @@ def _first_principles(b: Built, names: list[str], weights: list[float], method: 
         merged = b.peft_merged(only=name)
         for k in delta:
             delta[k] += w * (merged[k] - base[k])
-    k_rank = max(r for m in b.model.modules() if isinstance(m, LoraLayer) for n, r in m.r.items() if n in names)
+    if b.case.kind in ("LOHA", "LOKR"):
+        k_rank = max(_lycoris_rank(m, n) for m in b.model.modules() if hasattr(m, "hada_w1_a") or hasattr(m, "lokr_w1")
+                     for n in names if n in m.r)
+    else:
+        k_rank = max(r for m in b.model.modules() if isinstance(m, LoraLayer) for n, r in m.r.items() if n in names)
     expected = {}
     for key, d in delta.items():
         if method == "svd" and d.dim() >= 2 and key.endswith("weight") and bool(d.any()):
@@ -494,8 +512,11 @@ def _layer_orientation(b: Built) -> dict[str, bool]:
 
 def _combine_with_orientation(b: Built, adapters: list[Any], weights: list[float], method: str) -> Any:
     """combine; where the saved fan_in_fan_out flags disagree (PEFT's second adapter on a
-    Conv1D), adapterkit must refuse naming the option, and the option then gives PEFT's result."""
+    Conv1D), adapterkit must refuse naming the option, and the option then gives PEFT's result.
+    LoHa and LoKr are given the base checkpoint (their plain form does not say Linear or convolution)."""
     try:
+        if b.case.kind in ("LOHA", "LOKR"):
+            return adapterkit.combine(adapters, weights, method, base=base_checkpoint(b.case.model, b.root.parent))
         return adapterkit.combine(adapters, weights, method)
     except AdapterkitError as exc:
         if exc.code != "orientation-unknown":
@@ -518,9 +539,11 @@ def check_combine(b: Built) -> None:
         result = _combine_with_orientation(b, adapters, weights, method)  # a refusal by name ends the check here
         try:
             expected = _peft_weighted(b, names, weights, method)
-        except (ValueError, NotImplementedError, TypeError, RuntimeError) as exc:
+        except (ValueError, NotImplementedError, TypeError, RuntimeError, AttributeError) as exc:
             peft_error = f"{type(exc).__name__}: {exc}"
-            if "nn.Parameter" in peft_error:
+            if b.case.kind in ("LOHA", "LOKR") and isinstance(exc, AttributeError):  # no add_weighted_adapter at all
+                _first_principles(b, names, weights, method, result, "lycoris-combined-as-lora")
+            elif "nn.Parameter" in peft_error:
                 _first_principles(b, names, weights, method, result, "target-parameters-combined")
             elif method == "svd" and _svd_rank_defect(b):
                 _first_principles(b, names, weights, method, result, "rank-above-min-dimension")

@@ -57,13 +57,14 @@ def _rank_text(adapter: Any) -> str:
 @click.option("--fan-in-fan-out", "fan_in_fan_out", type=click.Choice(["true", "false"]), default=None,
               help="The result's fan_in_fan_out (true: the 2-D modules' base weights are (in, out), as transformers' "
                    "Conv1D); needed where the adapters' saved flags disagree on a module.")
+@click.option("--base", type=INPUT, default=None, help="LoHa/LoKr inputs: the base checkpoint, whose layers give a convolution's LoRA layout.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT whole if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handles_errors
 @threads_option
 def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, method: str, rank: int | None, density: float | None,
                     majority_sign: str, seed: int, svd_clamp: float | None, device: str, overwrite: bool, as_json: bool,
-                    fan_in_fan_out: str | None = None) -> None:
+                    fan_in_fan_out: str | None = None, base: Path | None = None) -> None:
     """Combine the LoRA (or IA3) ADAPTERS with weights into one adapter written to OUT, with
     the methods of PEFT's add_weighted_adapter: cat and linear (exactly the weighted sum of the
     ΔW's), svd (its best rank-k approximation, from the factors), ties, dare_linear, dare_ties,
@@ -71,7 +72,7 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
     then an SVD).  The modules are the union of the adapters'; the result has scaling 1 and loads
     in PEFT.  Unlike PEFT: results with rank patterns reload and modules_to_save is refused
     (adapterkit/differences.py lists every difference); DoRA is refused, as in PEFT.  IA3
-    combines by linear only.
+    combines by linear only; LoHa and LoKr combine as the LoRA each equals.
 
     \b
     Examples:
@@ -95,7 +96,7 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
     inputs = [load(p) for p in adapters]
     orient = None if fan_in_fan_out is None else fan_in_fan_out == "true"
     result = combine(inputs, given, method, rank=rank, density=density, majority_sign=majority_sign, seed=seed, fan_in_fan_out=orient,
-                     svd_clamp=svd_clamp, device=device, names=[str(p) for p in adapters])
+                     svd_clamp=svd_clamp, device=device, names=[str(p) for p in adapters], base=base)
     written = save(result, out, overwrite=overwrite)
     seconds = time.perf_counter() - start
     if as_json:

@@ -443,6 +443,7 @@ def combine(
     adapters: Sequence[Adapter], weights: Sequence[float], method: str = "svd", *, rank: int | None = None,
     density: float | None = None, majority_sign: str = "total", seed: int = 0, svd_clamp: float | None = None,
     device: Any = "cpu", names: Sequence[str | Path] | None = None, fan_in_fan_out: bool | None = None,
+    base: str | Path | None = None,
 ) -> Adapter:
     """A new adapter combining ``adapters`` with ``weights`` (PEFT's ``add_weighted_adapter``;
     the module doc lists the methods and where ours deliberately differs from PEFT).
@@ -466,6 +467,9 @@ def combine(
         fan_in_fan_out: the orientation of every 2-D module's base weight (True: (in, out), as
             transformers' Conv1D), and the result's flag; needed only where the adapters' saved
             flags disagree on a module (None: they must agree; see ``_orient``).
+        base: for LoHa and LoKr inputs, which combine as the LoRA each equals (``to_lora``): a
+            checkpoint of the base model, whose layers give a convolution's LoRA layout (without
+            it their plain-form modules are taken as Linear layers).
 
     Returns:
         An Adapter held in memory (no source), valid, that PEFT loads: the first adapter's
@@ -484,6 +488,7 @@ def combine(
             and ``fan_in_fan_out`` is not given.
     """
     weights = _check_arguments(adapters, weights, method, rank, density, majority_sign, seed, svd_clamp)
+    adapters = _as_lora(adapters, device, base)
     kinds = {a.peft_type for a in adapters}
     if len(kinds) > 1:
         i = next(i for i, a in enumerate(adapters) if a.peft_type != adapters[0].peft_type)
@@ -504,6 +509,24 @@ def combine(
         result = replace(result, config=replace(result.config, fan_in_fan_out=flag))
     result = replace(result, recipe=(_step(adapters, labels, weights, req, density),))
     return derived(result, [(f"input adapter {i + 1}", a) for i, a in enumerate(adapters)])  # save never writes over them
+
+
+def _as_lora(adapters: Sequence[Adapter], device: Any, base: str | Path | None) -> list[Adapter]:
+    """LoHa and LoKr adapters, beside LoRA ones or alone, as the LoRA each equals
+    (``ops.to_lora``: exact; F32 factors, F64 for F64 ones), keeping their source for errors and
+    the recipe; with ``base`` each module in its layer's layout, else the plain-form modules as
+    Linear LoRA.  Anything else is left for the kind checks."""
+    from .to_lora import CONVERTIBLE, to_lora
+
+    if not any(a.peft_type in CONVERTIBLE for a in adapters) or not all(a.peft_type in ("LORA", *CONVERTIBLE) for a in adapters):
+        return list(adapters)
+    out = []
+    for a in adapters:
+        if a.peft_type in CONVERTIBLE:
+            fp64 = any(a.meta(k).dtype == "F64" for k in a.tensors if a.kind.parse_key(k) is not None)
+            a = replace(to_lora(a, dtype="F64" if fp64 else "F32", base=base, device=device)[0], source=a.source)
+        out.append(a)
+    return out
 
 
 def _names(adapters: Sequence[Adapter], names: Sequence[str | Path] | None) -> list[str]:

@@ -74,7 +74,9 @@ class ModuleFactors:
 
 def _lora_only(adapter: Adapter, what: str) -> LoraConfig:
     if adapter.peft_type != "LORA":
-        raise UnsupportedError(f"{what} works on LoRA adapters", code="not-supported", path=adapter.source,
+        hint = (f"; a {adapter.peft_type} adapter is a LoRA exactly: convert it first (adapterkit convert SRC OUT --to lora)"
+                if adapter.peft_type in ("LOHA", "LOKR") else "")
+        raise UnsupportedError(f"{what} works on LoRA adapters{hint}", code="not-supported", path=adapter.source,
                                expected="LORA", actual=adapter.peft_type)
     require(adapter, LOWRANK, what=what)
     cfg: LoraConfig = adapter.config  # type: ignore[assignment]

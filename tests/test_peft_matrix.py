@@ -85,10 +85,8 @@ FEATURES: dict[str, tuple[str, ...]] = {
 # what a kind does not do yet, by the words of its refusal (issue 21: LoHa is read, merged and
 # converted; attach and the low-rank operations come later)
 KIND_FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
-    "LOHA": {"LoHa attach": ("attaching LOHA adapters is not supported",),
-             "LoHa in the low-rank operations": ("a LOHA adapter is a LoRA exactly: convert it first",)},
-    "LOKR": {"LoKr attach": ("attaching LOKR adapters is not supported",),
-             "LoKr in the low-rank operations": ("a LOKR adapter is a LoRA exactly: convert it first",)},
+    "LOHA": {"LoHa in the low-rank operations": ("a LOHA adapter is a LoRA exactly: convert it first",)},
+    "LOKR": {"LoKr in the low-rank operations": ("a LOKR adapter is a LoRA exactly: convert it first",)},
 }
 MODEL_FEATURES: dict[str, dict[str, tuple[str, ...]]] = {
     "MHA": {"nn.MultiheadAttention": ("multiheadattention",)},

@@ -49,7 +49,7 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
             raise UnsupportedError(f"attaching {adapter.peft_type} adapters is not available in this build", path=adapter.source, key="peft_type") from None
         return _attach_prompt(model, adapter, name, activate, attach_prompt)
     check_name_free(model, name)
-    if adapter.peft_type not in ("LORA", "IA3"):
+    if adapter.peft_type not in ("LORA", "IA3", "LOHA", "LOKR"):
         raise UnsupportedError(f"attaching {adapter.peft_type} adapters is not supported", path=adapter.source, key="peft_type")
     if activate and any(w.merged for _, w in wrappers(model)):
         raise UnsupportedError("activating a new adapter while others are merged; unmerge first or pass activate=False", key=name)
@@ -77,6 +77,8 @@ def attach(model: nn.Module, adapter: Adapter, name: str = "default", *, activat
                 tensors[attr] = t
                 record.keys[key] = (wrap.path, attr, "")
         wrapper.add(name, tensors)
+        if hasattr(wrapper, "bind"):  # LoHa / LoKr: ΔW from the kind's math on the live parameters
+            wrapper.bind(name, adapter.config, wrap.path, {key: attr for key, attr in wrap.keys.items()})
         if wrap.scaling is not None:
             wrapper.scaling[name] = wrap.scaling
         if wrap.indices is not None:

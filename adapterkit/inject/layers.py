@@ -347,6 +347,54 @@ class IA3Layer(AdapterLayer):
         return result.to(expected) if cast else result
 
 
+class LycorisLayer(AdapterLayer):
+    """LoHa and LoKr on nn.Linear, nn.Conv1d and nn.Conv2d: the base output plus, per live
+    adapter, the layer's operation with ΔW as its weight (PEFT's ``_get_delta_activations``:
+    ``get_delta_weight`` reshaped to the base weight, the input cast to its dtype, F.linear or
+    the convolution without bias), the sum cast back to the input's dtype."""
+
+    parts = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+             "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.kind = layer_type(base_layer)
+        for part in self.parts:
+            setattr(self, part, nn.ParameterDict())
+        self.bound: dict[str, tuple[Any, str, dict[str, str]]] = {}  # name -> (config, module path, key -> part)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n in self.bound if any(n in getattr(self, p) for p in self.parts)]
+
+    def bind(self, name: str, config: Any, path: str, keys: dict[str, str]) -> None:
+        self.bound[name] = (config, path, keys)
+
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        self.bound.pop(name, None)
+
+    def delta(self, name: str) -> torch.Tensor:
+        """ΔW of adapter ``name`` from the live parameters, in their dtype, shaped as the weight."""
+        from ..adapter import Adapter
+
+        config, path, keys = self.bound[name]
+        adapter = Adapter.from_tensors(config, {key: getattr(self, part)[name] for key, part in keys.items()})
+        return adapter.kind.delta_weight(adapter, path).reshape(self.base_layer.weight.shape)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        previous_dtype = x.dtype
+        result = self.base_layer(x, *args, **kwargs)
+        for name in self.live():
+            delta = self.delta(name)
+            inp = x.to(delta.dtype) if x.dtype != delta.dtype else x
+            if self.kind == "linear":
+                result = result + F.linear(inp, delta)
+            else:
+                result = result + self.base_layer._conv_forward(inp, delta, bias=None)
+        return result.to(previous_dtype)
+
+
 class SavedModule(AdapterLayer):
     """``modules_to_save``: per adapter name a trained copy of the module, used in place of the
     original while that adapter is active (at most one active adapter may have a copy here)."""

@@ -38,7 +38,7 @@ def _module_adapter(record: AttachedAdapter, path: str, wrapper: AdapterLayer) -
 
 def _flipped(wrapper: AdapterLayer, record: AttachedAdapter) -> bool:
     """Whether the 2-D weight must be transposed for the kind's math (layout vs fan_in_fan_out)."""
-    return wrapper.kind in ("linear", "conv1d_t") and (wrapper.kind == "conv1d_t") != bool(record.config.fan_in_fan_out)
+    return wrapper.kind in ("linear", "conv1d_t") and (wrapper.kind == "conv1d_t") != bool(getattr(record.config, "fan_in_fan_out", False))
 
 
 def _targets(wrapper: AdapterLayer, flip: bool) -> dict[str, torch.Tensor]:
@@ -137,7 +137,7 @@ def merge_attached(model: nn.Module, names: str | Sequence[str] | None = None, *
     records = [lookup(model, n) for n in names]
     state = model_state(model)
     for record in records:
-        if record.peft_type not in ("LORA", "IA3"):
+        if record.peft_type not in ("LORA", "IA3", "LOHA", "LOKR"):
             raise UnsupportedError(f"{record.peft_type} adapters cannot be merged into weights", key=record.name)
     work = [(path, wrapper, todo) for path, wrapper in wrappers(model)
             if (todo := [r for r in records if r.name in wrapper.names and r.name not in wrapper.merged and not isinstance(wrapper, SavedModule)])]

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 PREFIX = "base_model.model."
 _LORA_TYPES = {"linear", "conv1d_t", "embedding", "conv1d", "conv2d", "conv3d"}
 _IA3_TYPES = {"linear", "conv1d_t", "conv2d", "conv3d"}
+_LYCORIS_TYPES = {"linear", "conv1d", "conv2d"}  # PEFT's LoHa / LoKr layers
+LYCORIS = ("LOHA", "LOKR")
 _LORA_ATTR = {"lora_A": "lora_A", "lora_B": "lora_B", "bias": "lora_bias", "magnitude": "lora_magnitude"}
 
 
@@ -186,14 +188,16 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             refused.append((name, base, why))
             continue
         kind = layer_type(base)
-        if kind not in (_LORA_TYPES if lora else _IA3_TYPES):
+        if kind not in (_LORA_TYPES if lora else _LYCORIS_TYPES if adapter.peft_type in LYCORIS else _IA3_TYPES):
             offenders.append(f"`{name}` is a {type(base).__name__}, which {adapter.peft_type} cannot adapt")
             continue
         if name not in views:
             offenders.append(f"the config targets `{name}` but the adapter has no tensors for it")
             continue
         view = views[name]
-        if lora:
+        if adapter.peft_type in LYCORIS:
+            _plan_lycoris(adapter, module, base, kind, name, result, offenders)
+        elif lora:
             _existing(module, LoraLayer, name, offenders)
             family = {"conv1d_t": "linear"}.get(kind, kind)
             if view.layer_type != family:
@@ -245,6 +249,26 @@ def plan(model: nn.Module, adapter: Adapter) -> Plan:
             actual="trained base tensors",
         )
     return result
+
+
+def _plan_lycoris(adapter: Adapter, module: nn.Module, base: nn.Module, kind: str, name: str, result: Plan,
+                  offenders: list[str]) -> None:
+    """A LoHa / LoKr module: its base weight must have the shape the factors imply (the kind's
+    ``merge_shapes``, a convolution flattened or not as the file's form says)."""
+    from ..kinds.merging import shape_fits, shape_text
+    from .layers import LycorisLayer
+
+    _existing(module, LycorisLayer, name, offenders)
+    if kind != "linear" and base.groups != 1:
+        offenders.append(f"`{name}` is a grouped convolution (groups={base.groups}); {adapter.peft_type} on it is not defined")
+        return
+    want = adapter.kind.merge_shapes(adapter, name)["weight"][0]
+    if not shape_fits(tuple(base.weight.shape), want):
+        offenders.append(f"`{name}`: the adapter's factors need a weight {shape_text(want)}, the model's {type(base).__name__} "
+                         f"has {tuple(base.weight.shape)}")
+        return
+    view = adapter.module(name)
+    result.wraps.append(Wrap(name, LycorisLayer, {key: part for part, key in view.keys.items()}))
 
 
 def _targeted_parameters(adapter: Adapter, modules: dict[str, nn.Module], targeted: list[str]) -> dict[str, str]:

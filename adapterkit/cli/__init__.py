@@ -33,7 +33,7 @@ from .conventions import Group
 @click.version_option(__version__, prog_name="adapterkit")
 def main(debug: bool) -> None:
     """Inspect, validate, convert and merge parameter-efficient fine-tuning adapters
-    (LoRA, IA3, prompt tuning, prefix tuning, P-tuning) in PEFT's layout or adapterkit's single file.
+    (LoRA, LoHa, LoKr, IA3, prompt tuning, prefix tuning, P-tuning) in PEFT's layout or adapterkit's single file.
 
     \b
     Examples:

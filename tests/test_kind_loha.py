@@ -349,3 +349,20 @@ def test_combine_peft_has_none_ours_is_the_exact_sum(built, tmp_path):
     for key in start:
         expected = start[key].double() + 0.7 * d_loha[key].double() - 0.4 * d_lora[key].double()
         torch.testing.assert_close(got[key].double(), expected, rtol=0, atol=2e-6)
+
+
+def test_diff_compares_the_exact_lora_forms(built):
+    """diff of a LoHa with itself, as the LoRA it equals: every module's norms equal the norm of
+    PEFT's ΔW (fp64) and the cosine is 1, on the torch path and the torch-free one (conflict off)."""
+    from adapterkit.io.array_store import load_arrays
+
+    root, _, model = built
+    for conflict, read in (("block", adapterkit.load), ("off", load_arrays)):
+        report = adapterkit.diff(read(root / "adapter"), read(root / "adapter"), conflict=conflict)
+        assert report.peft_type == "LORA" and sorted(m.name for m in report.modules) == sorted(LAYERS)
+        for m in report.modules:
+            theirs = model.base_model.model.get_submodule(m.name).get_delta_weight("default").double().norm().item()
+            assert abs(m.norm_a - theirs) <= 1e-6 * theirs and abs(m.norm_b - theirs) <= 1e-6 * theirs, m.name
+            assert abs(m.cosine - 1) < 1e-9, m.name
+        if conflict == "block":
+            assert all(m.conflict == 0 for m in report.modules)

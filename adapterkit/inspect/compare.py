@@ -439,12 +439,31 @@ def _device(a: Adapter, b: Adapter, device: Any, conflict: str) -> Any:
     return None
 
 
+def _as_lora(adapter: Adapter) -> Adapter:
+    """A LoHa or LoKr adapter as the LoRA it equals (``ops.to_lora``, exact in fp64, plain-form
+    modules as Linear: diff compares ΔW as matrices), with its source kept for the report; read
+    into torch first if it came by the torch-free path.  Any other adapter as it is."""
+    if adapter.peft_type not in ("LOHA", "LOKR"):
+        return adapter
+    from dataclasses import replace
+
+    import torch
+
+    from ..ops.to_lora import to_lora
+
+    if hasattr(adapter.tensors, "raw"):  # numpy arrays (io.array_store)
+        adapter = replace(adapter, tensors=type(adapter).from_tensors(
+            adapter.config, {k: torch.from_numpy(adapter.tensors[k].copy()) for k in adapter.tensors}).tensors)
+    return replace(to_lora(adapter, strict_layout=False)[0], source=adapter.source)
+
+
 def diff(a: Adapter, b: Adapter, *, device: Any = "cpu", conflict: str = "block", sample_rows: int = 256, seed: int = 0,
          confidence: float = 0.95) -> DiffReport:
     """Compare adapter ``a`` with adapter ``b`` module by module (see the module doc).
 
     Args:
-        a, b: adapters of the same kind (LoRA but not DoRA, IA3, or a prompt-learning kind).
+        a, b: adapters of the same kind (LoRA but not DoRA, IA3, or a prompt-learning kind);
+            LoHa and LoKr adapters, with each other or with LoRA ones, as the LoRA each equals.
         device: where the math runs (the factors are moved there one module at a time).
         conflict: ``block`` (exact sign-conflict count, row block by row block), ``sample``
             (``sample_rows`` rows per module, with an error bound) or ``off``.
@@ -468,6 +487,7 @@ def diff(a: Adapter, b: Adapter, *, device: Any = "cpu", conflict: str = "block"
         raise ArgumentError("sample_rows must be a positive integer", key="sample_rows", expected=">= 1", actual=sample_rows)
     if not 0 < confidence < 1:
         raise ArgumentError("confidence must lie strictly between 0 and 1", key="confidence", expected="(0, 1)", actual=confidence)
+    a, b = _as_lora(a), _as_lora(b)  # LoHa / LoKr: compared as the LoRA each equals
     if a.peft_type != b.peft_type:
         raise _incompatible("the adapter kind", a, b, "peft_type", a.peft_type, b.peft_type)
     if a.peft_type not in _KINDS:

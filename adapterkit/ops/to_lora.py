@@ -78,7 +78,8 @@ def _lora_config(cfg: Any, ranks: dict[str, int]) -> LoraConfig:
 
 
 def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None = None, sv_ratio: float | None = None,
-            base: str | Path | None = None, dtype: str | None = None, device: Any = "cpu") -> tuple[Adapter, ToLora]:
+            base: str | Path | None = None, dtype: str | None = None, device: Any = "cpu",
+            strict_layout: bool = True) -> tuple[Adapter, ToLora]:
     """The LoRA adapter whose every ΔW equals ``adapter``'s (see the module doc).
 
     Args:
@@ -89,6 +90,8 @@ def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None =
         dtype: the factors' dtype: ``F64`` (the default without truncation: exact), ``F32``
             (the default with it), ``BF16`` or ``F16``.
         device: where the products (and a truncation's SVDs) run.
+        strict_layout: refuse a (k, 1) kernel without ``base`` (False: take it as a Conv2d's,
+            for uses that compare ΔW as matrices and write nothing, such as ``diff``).
 
     Raises:
         UnsupportedError: ``not-supported`` for a kind without an exact LoRA form (naming it),
@@ -117,7 +120,7 @@ def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None =
         if shapes is not None and want is None:
             raise TensorError(f"the base has no weight for `{name}`", code="base-shape-mismatch", path=Path(base),
                               key=f"{name}.weight", expected="a tensor", actual="absent")
-        B, A = _layout(adapter, name, view, B, A, want, report)
+        B, A = _layout(adapter, name, view, B, A, want, report, strict_layout)
         ranks[name] = B.shape[1]
         tensors[f"{PREFIX}{name}.lora_A.weight"] = A.to(DTYPES[dtype]).cpu().contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = B.to(DTYPES[dtype]).cpu().contiguous()
@@ -129,12 +132,12 @@ def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None =
 
 
 def _layout(adapter: Adapter, name: str, view: Any, B: torch.Tensor, A: torch.Tensor, want: tuple[int, ...] | None,
-            report: ToLora) -> tuple[torch.Tensor, torch.Tensor]:
+            report: ToLora, strict: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(lora_B, lora_A) in the layout PEFT's LoRA gives the module's layer."""
     R = B.shape[1]
     if A.dim() > 2:  # a convolution's factors: A (R, C, k1, k2)
         k1, k2 = A.shape[2:]
-        if want is None and k2 == 1:
+        if want is None and k2 == 1 and strict:
             raise UnsupportedError(f"`{name}`: a ({k1}, 1) kernel belongs to a Conv1d or to a Conv2d, and the file does not say "
                                    "which: pass the base checkpoint", path=adapter.source, key=name, expected="base", actual=None)
         conv = want if want is not None else (B.shape[0], A.shape[1], k1, k2)

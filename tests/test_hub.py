@@ -602,3 +602,24 @@ def test_cache_and_offline_settings_are_huggingface_hubs(env, tmp_path, monkeypa
         monkeypatch.setenv(key, value)
     ours = settings()
     assert (str(ours.cache_dir), ours.offline) == (cache, offline == "True")
+
+
+@pytest.mark.parametrize("kind", ["LOHA", "LOKR"])
+def test_push_and_pull_loha_and_lokr(hub, tmp_path, kind):
+    """LoHa and LoKr adapters (PEFT 0.22.0's files) push and pull byte for byte; the pulled
+    adapter is the same kind, valid, with the same ΔW."""
+    from peft import LoHaConfig, LoKrConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 20))
+    config = (LoHaConfig(r=2, target_modules=["0"], init_weights=False) if kind == "LOHA"
+              else LoKrConfig(r=1, decompose_both=True, target_modules=["0"], init_weights=False))
+    get_peft_model(model, config).save_pretrained(tmp_path / "src")
+    res = run("push", tmp_path / "src", f"org/{kind.lower()}", "--json")
+    assert res.exit_code == 0, res.output
+    assert run("pull", f"org/{kind.lower()}", tmp_path / "out").exit_code == 0
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "src" / name).read_bytes()
+    pulled, source = adapterkit.load(tmp_path / "out"), adapterkit.load(tmp_path / "src")
+    assert pulled.peft_type == kind and adapterkit.validate(tmp_path / "out") == []
+    assert torch.equal(pulled.kind.delta(pulled, "0"), source.kind.delta(source, "0"))

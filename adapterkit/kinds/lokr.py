@@ -396,12 +396,7 @@ def lora_factors(adapter: Adapter, module: str, *, device: Any = None, fp64: boo
     """(B, A) with ΔW = scaling · B·A exactly: B (out, R) = kron(U1, U2) and A (R, in') =
     kron(V1, V2) (A (R, c·d, *k) for a 3-/4-D W2), R = rank(W1)·rank(W2) as stored."""
     view: LoKrModule = adapter.module(module)
-    if "lokr_w2" in view.keys and len(adapter.meta(view.keys["lokr_w2"]).shape) == 3:
-        raise UnsupportedError(f"`{module}`: LoKr on a Conv1d with W2 stored whole (3-D): PEFT multiplies a 2-D W1 by it "
-                               "as torch.kron does (W1 as (1, a, c)), then reshapes, which interleaves the kernel with "
-                               "the channels; that ΔW is merged exactly, but has no Kronecker-structured LoRA form",
-                               path=adapter.source, key=view.keys["lokr_w2"], expected="a 2-D or 4-D lokr_w2",
-                               actual=tuple(adapter.meta(view.keys["lokr_w2"]).shape))
+    lora_factors_check(adapter, module)
     f = {p: to_float(view.tensor(p), fp64=fp64, device=device) for p in view.keys}
     if "lokr_w1" in f:
         w1 = f["lokr_w1"]
@@ -426,6 +421,50 @@ def lora_factors(adapter: Adapter, module: str, *, device: Any = None, fp64: boo
         c, d = V1.shape[1], V2.shape[1] // _prod(kernel)
         A = A.reshape(A.shape[0], c * d, *kernel)
     return B, A
+
+
+def kron_svd(adapter: Adapter, module: str, *, device: Any = None):
+    """The exact SVD of the module's ΔW = s·kron(W1, W2) as a matrix (out × in'), from the SVDs
+    of the two small sides: kron(U1 S1 V1ᵀ, U2 S2 V2ᵀ) = kron(U1, U2)·kron(S1, S2)·kron(V1, V2)ᵀ,
+    the products of singular values sorted (fp64; each side keeps its stored rank).  Returns
+    (``linalg.LowRankSVD``, the kernel of a 4-D W2 or ()), for truncating without the big QRs a
+    factored SVD of the LoRA form needs.
+
+    Raises:
+        UnsupportedError: as :func:`lora_factors`, for a Conv1d's 3-D W2."""
+    import torch
+
+    from ..linalg import LowRankSVD
+
+    lora_factors_check(adapter, module)
+    view: LoKrModule = adapter.module(module)
+    f = {p: to_float(view.tensor(p), fp64=True, device=device) for p in view.keys}
+    w1, w2 = _sides_of(f, torch.einsum)
+    kernel = tuple(w2.shape[2:])
+    w2 = w2.reshape(w2.shape[0], -1)
+    r1 = f["lokr_w1_a"].shape[1] if "lokr_w1_a" in f else min(w1.shape)
+    r2 = (f["lokr_w2_a"].shape[0 if "lokr_t2" in f else 1] if "lokr_w2" not in f else min(w2.shape))
+    sides = []
+    for w, r in ((w1, r1), (w2, r2)):
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+        sides.append((u[:, :r], s[:r], vh[:r]))
+    (u1, s1, v1), (u2, s2, v2) = sides
+    S = torch.kron(s1, s2) * abs(view.scaling)
+    order = torch.argsort(S, descending=True, stable=True)
+    sign = -1.0 if view.scaling < 0 else 1.0
+    return LowRankSVD(_kron(u1, u2)[:, order] * sign, S[order], _kron(v1, v2)[order]), kernel
+
+
+def lora_factors_check(adapter: Adapter, module: str) -> None:
+    """Refuses by name the one storage form with no Kronecker-structured LoRA form (a Conv1d's
+    3-D W2 stored whole; see :func:`delta_weight`)."""
+    view: LoKrModule = adapter.module(module)
+    if "lokr_w2" in view.keys and len(adapter.meta(view.keys["lokr_w2"]).shape) == 3:
+        raise UnsupportedError(f"`{module}`: LoKr on a Conv1d with W2 stored whole (3-D): PEFT multiplies a 2-D W1 by it "
+                               "as torch.kron does (W1 as (1, a, c)), then reshapes, which interleaves the kernel with "
+                               "the channels; that ΔW is merged exactly, but has no Kronecker-structured LoRA form",
+                               path=adapter.source, key=view.keys["lokr_w2"], expected="a 2-D or 4-D lokr_w2",
+                               actual=tuple(adapter.meta(view.keys["lokr_w2"]).shape))
 
 
 def _prod(xs: tuple[int, ...]) -> int:

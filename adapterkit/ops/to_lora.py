@@ -30,8 +30,9 @@ from ..errors import ArgumentError, TensorError, UnsupportedError
 from ..io.recipe import step, with_step
 from ..kinds import loha, lokr
 from ..kinds.lora import LoraConfig
+from ..linalg import select_rank
 from .lowrank import scaling_one_config
-from .resizing import ResizeReport, resize
+from .resizing import ModuleResize, ResizeReport, _rule, resize
 
 PREFIX = "base_model.model."
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -113,9 +114,17 @@ def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None =
     tensors: dict[str, torch.Tensor] = {k: adapter.tensors[k] for k in adapter.tensors if adapter.kind.parse_key(k) is None}
     ranks: dict[str, int] = {}
     report = ToLora(adapter.peft_type, ranks, dtype)
+    fast = adapter.peft_type == "LOKR" and bool(rules)  # truncated from the Kronecker SVD, no big QR
+    records: list[ModuleResize] = []
+    if rules:
+        _rule(adapter, rank, energy, sv_ratio)  # the rule's value checked before any work
     for name, view in adapter.modules.items():
-        B, A = FACTORS[adapter.peft_type](adapter, name, device=dev)
-        B = B * view.scaling  # scaling 1 in the LoRA form (one fp64 rounding)
+        if fast:
+            B, A, record = _kron_truncated(adapter, name, dev, rank, energy, sv_ratio)
+            records.append(record)
+        else:
+            B, A = FACTORS[adapter.peft_type](adapter, name, device=dev)
+            B = B * view.scaling  # scaling 1 in the LoRA form (one fp64 rounding)
         want = shapes.get(f"{name}.weight") if shapes is not None else None
         if shapes is not None and want is None:
             raise TensorError(f"the base has no weight for `{name}`", code="base-shape-mismatch", path=Path(base),
@@ -124,11 +133,30 @@ def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None =
         ranks[name] = B.shape[1]
         tensors[f"{PREFIX}{name}.lora_A.weight"] = A.to(DTYPES[dtype]).cpu().contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = B.to(DTYPES[dtype]).cpu().contiguous()
+    if fast:
+        report.ranks = {r.name: r.rank_before for r in records}
+        report.truncated = ResizeReport(tuple(records), _rule(adapter, rank, energy, sv_ratio))
     result = Adapter.from_tensors(_lora_config(adapter.config, ranks), tensors)
-    result = with_step(result, adapter, step("to_lora", source_kind=adapter.peft_type, dtype=dtype))
-    if rules:
+    result = with_step(result, adapter, step("to_lora", source_kind=adapter.peft_type, dtype=dtype, rank=rank if fast else None,
+                                               energy=energy if fast else None, sv_ratio=sv_ratio if fast else None))
+    if rules and not fast:
         result, report.truncated = resize(result, rank=rank, energy=energy, sv_ratio=sv_ratio, device=device)
     return result, report
+
+
+def _kron_truncated(adapter: Adapter, name: str, device: torch.device, rank: int | None, energy: float | None,
+                    sv_ratio: float | None) -> tuple[torch.Tensor, torch.Tensor, ModuleResize]:
+    """A LoKr module's best rank-k LoRA factors (balanced, scaling folded in; A shaped as
+    ``lokr.lora_factors`` shapes it) and its record, from ``lokr.kron_svd``."""
+    svd, kernel = lokr.kron_svd(adapter, name, device=device)
+    k = select_rank(svd.S, rank=rank, energy=energy, sv_ratio=sv_ratio)
+    B, A = svd.factors(k)
+    if kernel:
+        A = A.reshape(k, -1, *kernel)
+    sq = svd.S.square()
+    R, width = svd.rank, B.shape[0] + A[0].numel()
+    record = ModuleResize(name, R, k, float(sq.sum()), float(sq[:k].sum()), float(sq[k:].sum()) ** 0.5, R * width, k * width)
+    return B, A, record
 
 
 def _layout(adapter: Adapter, name: str, view: Any, B: torch.Tensor, A: torch.Tensor, want: tuple[int, ...] | None,

@@ -149,6 +149,8 @@ MUTANTS = [
     ("adder: the first adapter added to out (a stale buffer), not to the rows", MQ,
      "                torch.add(rows if i == 0 else out, term, out=out)",
      "                torch.add(out, term, out=out)", QM),
+    # equivalent today: the LoRA row form (the only one) fills the term by torch.mm(..., out=term),
+    # which resizes a term of the wrong shape (torch's deprecated resize, a UserWarning)
     ("adder: the term buffer kept for a shorter last block of rows", MQ,
      "            term = torch.empty_like(rows) if term is None or term.shape != rows.shape else term",
      "            term = torch.empty_like(rows) if term is None else term", QM),

@@ -315,6 +315,20 @@ def test_non_finite_merge_changes_nothing(root):
     _unchanged(ours, _packed_state(_load(root, "nf4-double")))
 
 
+
+def test_non_finite_weight_sum_refused_where_the_bias_sum_is_finite(root):
+    """lora_bias: a merge stages the weight's dense sum and the bias's; Inf in the weight's only
+    (the bias stays finite) is refused as well, before any layer is re-quantized."""
+    ours = _ours(root, "nf4-double", "bias")
+    with torch.no_grad():
+        ours.model.layers[1].self_attn.q_proj.lora_B["bias"][0, 0] = float("inf")
+    with pytest.raises(AdapterkitError, match=r"layers\.1\.self_attn\.q_proj") as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adapterkit.merge_attached(ours)
+    assert info.value.code == "non-finite"
+    _unchanged(ours, _packed_state(_load(root, "nf4-double")))
+
+
 # ----------------------------------------------------------------------------- refusals
 
 

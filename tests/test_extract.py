@@ -421,11 +421,13 @@ def test_non_finite_difference_is_an_adapterkit_error(tmp_path: Path) -> None:
     base = {"m.q.weight": torch.randn(6, 5, generator=g)}
     ft = {"m.q.weight": base["m.q.weight"].clone()}
     ft["m.q.weight"][2, 3] = float("nan")
+    ft["m.q.weight"][0, 0], ft["m.q.weight"][5, 4] = float("inf"), -float("inf")
     save_file(base, tmp_path / "base.safetensors")
     save_file(ft, tmp_path / "ft.safetensors")
     with pytest.raises(AdapterkitError) as info:
         extract(tmp_path / "base.safetensors", tmp_path / "ft.safetensors", rank=2)
     assert info.value.code == "non-finite" and "m.q.weight" in str(info.value)
+    assert info.value.actual == "3 non-finite of 30"  # NaN, +Inf and -Inf counted
 
 
 def test_default_targets_exclude_only_exact_head_names(tmp_path: Path) -> None:

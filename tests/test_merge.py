@@ -354,6 +354,20 @@ def test_safe_refuses_non_finite_results(tmp_path: Path) -> None:
     assert not torch.isfinite(shards(tmp_path / "out")["model.layers.0.self_attn.q_proj.weight"]).all()
 
 
+
+def test_no_safe_writes_a_non_finite_tensor_merged_whole(tmp_path: Path) -> None:
+    """A module merged whole, not by rows (a LoRA on the embedding): safe refuses the overflow by
+    name; safe=False writes the non-finite values."""
+    base = save_base(llama(), tmp_path / "base")
+    adapter = make_adapter(llama, tmp_path / "adapter", seed=9, r=2, lora_alpha=2, target_modules=["embed_tokens"])
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(base, [adapter], tmp_path / "out", weights=[1e45])
+    assert info.value.code == "non-finite" and "embed_tokens.weight" in str(info.value)
+    assert not (tmp_path / "out").exists()
+    merge_checkpoint(base, [adapter], tmp_path / "out", weights=[1e45], safe=False)
+    assert not torch.isfinite(shards(tmp_path / "out")["model.embed_tokens.weight"]).all()
+
+
 def test_prompt_adapters_cannot_merge(tmp_path: Path) -> None:
     base = save_base(llama(), tmp_path / "base")
     prompt = adapterkit.Adapter.from_tensors(adapterkit.PromptTuningConfig(num_virtual_tokens=2, token_dim=16), {"prompt_embeddings": torch.zeros(2, 16)})

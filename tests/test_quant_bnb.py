@@ -939,3 +939,169 @@ def test_unpack_4bit_reads_high_nibble_first_at_any_offset(start, count):
     data = torch.randint(0, 256, (start + count + 3,), dtype=torch.uint8)[start: start + count]
     expected = [table[v].item() for b in data.tolist() for v in (b >> 4, b & 15)]
     assert unpack_4bit(data, table).tolist() == expected
+
+
+# ----------------------------------------------------------------------------- blocks of rows, several adapters, refusals
+
+
+def _lora(path: Path, tensors: dict[str, torch.Tensor], **config) -> Path:
+    from adapterkit import Adapter, save
+    from adapterkit.kinds.lora import LoraConfig
+
+    save(Adapter.from_tensors(LoraConfig(**config), tensors), path)
+    return path
+
+
+def _one_module_nf4(root: Path, out_f: int, in_f: int) -> tuple[Path, Path, dict]:
+    """A checkpoint of one NF4 (double-quantized) module ``m.proj`` that bitsandbytes packed,
+    shaped so that blocks of 64 values cut its rows, and a rank-4 LoRA on it."""
+    g = torch.Generator().manual_seed(out_f * in_f)
+    w = (torch.randn(out_f, in_f, generator=g) * 0.05).to(torch.bfloat16)
+    q, state = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    base = root / "base"
+    base.mkdir(parents=True)
+    save_file({"m.proj.weight": q} | {"m.proj.weight." + k: v for k, v in state.as_dict(packed=True).items()},
+              base / "model.safetensors", metadata={"format": "pt"})
+    qc = {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False, "bnb_4bit_quant_type": "nf4",
+          "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "bfloat16"}
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "bfloat16", "quantization_config": qc}))
+    A, B = torch.randn(4, in_f, generator=g) * 0.1, torch.randn(out_f, 4, generator=g) * 0.1
+    lora = _lora(root / "lora", {"base_model.model.m.proj.lora_A.weight": A, "base_model.model.m.proj.lora_B.weight": B},
+                 r=4, lora_alpha=8, target_modules=["proj"])
+    state32 = F.QuantState.from_dict(state.as_dict(packed=True), device="cpu")
+    state32.dtype = torch.float32
+    return base, lora, {"w": F.dequantize_4bit(q, state32).double(), "delta": 2.0 * B.double() @ A.double()}
+
+
+@pytest.mark.parametrize("out_f,in_f", [(200, 48), (401, 47)], ids=["48-per-row", "47-per-row-odd-count"])
+def test_blocks_of_rows_start_on_a_4bit_block_at_any_chunk_size(tmp_path, monkeypatch, out_f, in_f):
+    """Rows of 48 (47) values: a block of 64 starts on a row only every 4 (64) rows, so a block
+    of rows must start at a multiple of that, whatever number of rows CHUNK_ELEMENTS fits (here
+    150 (250): not a multiple).  The second shape has an odd element count and a short last
+    4-bit block; double quantization, three blocks of rows, the last one short.  Dense output
+    against bitsandbytes' dequantization + ΔW in fp64; the re-quantized codes are bitsandbytes'
+    quantization of that dense output, the survival figures recomputed from the files."""
+    import adapterkit.ops.merge_quantized as mq
+
+    base, lora, ref = _one_module_nf4(tmp_path, out_f, in_f)
+    monkeypatch.setattr(mq, "CHUNK_ELEMENTS", (150 if in_f == 48 else 250) * in_f)
+    merge_checkpoint(base, [lora], tmp_path / "f32", dtype="F32")
+    dense = load_file(tmp_path / "f32" / "model.safetensors")["m.proj.weight"]
+    expected = ref["w"] + ref["delta"]
+    assert torch.allclose(dense.double(), expected, rtol=0, atol=4 * 2.0 ** -24 * expected.abs().max().item())
+    report = merge_checkpoint(base, [lora], tmp_path / "q")
+    got = load_file(tmp_path / "q" / "model.safetensors")
+    q, state = F.quantize_4bit(dense, blocksize=64, quant_type="nf4", compress_statistics=True)
+    ref_state = state.as_dict(packed=True)
+    assert torch.equal(got["m.proj.weight"], q)
+    assert torch.equal(got["m.proj.weight.nested_absmax"], ref_state["nested_absmax"])
+    _assert_nested_nearest(got["m.proj.weight.absmax"], ref_state["absmax"], dense, 64, ref_state)
+    (m,) = report.quantized["survival"]["modules"]
+    written = _bnb_dequantized(tmp_path / "q", "m.proj").double()
+    delta = dense.double() - ref["w"]
+    assert math.isclose(m["delta_norm"], delta.norm().item(), rel_tol=1e-5)
+    assert math.isclose(m["moved_norm"], (written - ref["w"]).norm().item(), rel_tol=1e-5)
+    assert math.isclose(m["error_norm"], (written - ref["w"] - delta).norm().item(), rel_tol=1e-5)
+
+
+def test_dense_merge_in_small_chunks_is_pefts_fp32_sum_bit_for_bit(models, tmp_path, monkeypatch):
+    """CHUNK_ELEMENTS of 1: blocks of rows as small as the alignment allows (ROW_ALIGN, 96: more
+    than these modules have).  Each weight is PEFT's merge in fp32, bit for bit: bitsandbytes'
+    fp32 dequantization + (B @ A) · scaling, the product over the whole module (sgemm on a
+    block of one row or a few rounds differently).  The factors are full fp32 values (the
+    fixture's LoRA holds bf16 values, whose products are exact in any order)."""
+    import adapterkit.ops.merge_quantized as mq
+
+    monkeypatch.setattr(mq, "CHUNK_ELEMENTS", 1)
+    root = models["root"]
+    g = torch.Generator().manual_seed(17)
+    shapes = {m: (_bnb_dequantized(root / "nf4", m).shape) for m in _modules(root)}
+    tensors = {f"base_model.model.{m}.lora_{ab}.weight": torch.randn(shape, generator=g) * 0.1
+               for m, (out, inp) in shapes.items() for ab, shape in (("A", (4, inp)), ("B", (out, 4)))}
+    lora = _lora(tmp_path / "lora", tensors, r=4, lora_alpha=8, target_modules=TARGETS)
+    merge_checkpoint(root / "nf4", [lora], tmp_path / "f32", dtype="F32")
+    out = load_file(tmp_path / "f32" / "model.safetensors")
+    for module in shapes:
+        a, b = tensors[f"base_model.model.{module}.lora_A.weight"], tensors[f"base_model.model.{module}.lora_B.weight"]
+        expected = _bnb_dequantized(root / "nf4", module) + (b @ a) * 2.0
+        assert torch.equal(out[module + ".weight"], expected), module
+
+
+def test_two_adapters_requantized_survival_counts_both(models, tmp_path):
+    """Two adapters on every changed module (the same LoRA at 0.25 and 0.75): the re-quantized
+    codes are bitsandbytes' quantization of the dense two-adapter merge, and the survival
+    figures (second pass: W + both terms) are those of ΔW = 1.0 · B·A·scaling."""
+    root = models["root"]
+    kwargs = dict(weights=[0.25, 0.75], again=True)
+    merge_checkpoint(root / "nf4", [root / "lora", root / "lora"], tmp_path / "f32", dtype="F32", **kwargs)
+    report = merge_checkpoint(root / "nf4", [root / "lora", root / "lora"], tmp_path / "q", **kwargs)
+    dense, got = load_file(tmp_path / "f32" / "model.safetensors"), load_file(tmp_path / "q" / "model.safetensors")
+    survival = {m["module"]: m for m in report.quantized["survival"]["modules"]}
+    assert set(survival) == set(_modules(root))
+    for module in _modules(root):
+        q, _ = F.quantize_4bit(dense[module + ".weight"], blocksize=64, quant_type="nf4", compress_statistics=True)
+        assert torch.equal(got[module + ".weight"], q), module
+        before = _bnb_dequantized(root / "nf4", module).double()
+        written = _bnb_dequantized(tmp_path / "q", module).double()
+        delta = _lora_delta(root, module)  # 0.25 + 0.75 of it
+        m = survival[module]
+        assert math.isclose(m["delta_norm"], delta.norm().item(), rel_tol=1e-5), module
+        assert math.isclose(m["moved_norm"], (written - before).norm().item(), rel_tol=1e-5), module
+        assert math.isclose(m["error_norm"], (written - before - delta).norm().item(), rel_tol=1e-4), module
+
+
+def test_non_finite_rows_in_an_early_block_refuse_the_requantized_merge(models, tmp_path, monkeypatch):
+    """Blocks of 24 rows; ΔW overflows in row 0 only (the first block), the later blocks are
+    finite: refused, every non-finite value counted, nothing written."""
+    import adapterkit.ops.merge_quantized as mq
+
+    monkeypatch.setattr(mq, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(mq, "ROW_ALIGN", 24)
+    b = torch.zeros(64, 2)
+    b[0] = 1e38  # row 0 of B·A: 2 · 1e38 · 4 = inf; every other row 0
+    lora = _lora(tmp_path / "lora", {f"base_model.model.{Q}.lora_A.weight": torch.full((2, 64), 4.0),
+                                     f"base_model.model.{Q}.lora_B.weight": b}, r=2, lora_alpha=2, target_modules=["q_proj"])
+    with pytest.raises(AdapterkitError) as info:
+        merge_checkpoint(models["root"] / "nf4", [lora], tmp_path / "out")
+    assert info.value.code == "non-finite" and Q in str(info.value)
+    assert info.value.actual == "64 non-finite of 4096"
+    assert not (tmp_path / "out").exists()
+
+
+def test_modules_to_save_replaces_a_quantized_weight(models, tmp_path):
+    """A tensor stored whole (modules_to_save) for a packed module replaces its weight: the
+    re-quantized codes are bitsandbytes' quantization of the stored tensor, not of the base's."""
+    root = models["root"]
+    g = torch.Generator().manual_seed(21)
+    stored = torch.randn(64, 64, generator=g) * 0.05
+    v = "model.layers.0.self_attn.v_proj"
+    lora = _lora(tmp_path / "lora", {f"base_model.model.{Q}.weight": stored,
+                                     f"base_model.model.{v}.lora_A.weight": torch.randn(2, 64, generator=g) * 0.1,
+                                     f"base_model.model.{v}.lora_B.weight": torch.randn(32, 2, generator=g) * 0.1},
+                 r=2, lora_alpha=2, target_modules=["v_proj"], modules_to_save=["q_proj"])
+    merge_checkpoint(root / "nf4", [lora], tmp_path / "q")
+    got = load_file(tmp_path / "q" / "model.safetensors")
+    q, _ = F.quantize_4bit(stored, blocksize=64, quant_type="nf4", compress_statistics=True)
+    assert torch.equal(got[Q + ".weight"], q)
+    merge_checkpoint(root / "nf4", [lora], tmp_path / "f32", dtype="F32")
+    assert torch.equal(load_file(tmp_path / "f32" / "model.safetensors")[Q + ".weight"], stored)
+
+
+def test_unmerge_of_two_adapters_takes_the_last_merged_out_first(models, tmp_path):
+    """PEFT unmerges the adapters merged last first; in fp32 the order shows where one ΔW is
+    large (2^17, where fp32's spacing is 2^-6) and one small: (W − ΔW2) − ΔW1, not
+    (W − ΔW1) − ΔW2.  Both ΔW are exact in fp32 (rank 1: one product per value)."""
+    root = models["root"]
+    g = torch.Generator().manual_seed(5)
+    big = _lora(tmp_path / "big", {f"base_model.model.{Q}.lora_A.weight": torch.ones(1, 64),
+                                   f"base_model.model.{Q}.lora_B.weight": torch.full((64, 1), 2.0 ** 17)},
+                r=1, lora_alpha=1, target_modules=["q_proj"])
+    a, b = torch.randn(1, 64, generator=g) * 0.3, torch.randn(64, 1, generator=g) * 0.3
+    small = _lora(tmp_path / "small", {f"base_model.model.{Q}.lora_A.weight": a, f"base_model.model.{Q}.lora_B.weight": b},
+                  r=1, lora_alpha=1, target_modules=["q_proj"])
+    merge_checkpoint(root / "nf4", [big, small], tmp_path / "u", dtype="F32", unmerge=True, force=True)
+    w = _bnb_dequantized(root / "nf4", Q)
+    d1, d2 = torch.full((64, 64), 2.0 ** 17), b * a  # fp32 products, each exact as computed
+    expected = (w - d2) - d1
+    assert not torch.equal(expected, (w - d1) - d2)  # the order is visible here
+    assert torch.equal(load_file(tmp_path / "u" / "model.safetensors")[Q + ".weight"], expected)

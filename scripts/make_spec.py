@@ -547,7 +547,8 @@ def valid_vectors() -> list[dict[str, Any]]:
     add("loha_linear_dir", "LoHa on two Linear layers: q_proj r=2, alpha 4 (scaling 2); v_proj r=3, alpha 6 by the "
         "patterns (scaling 2); ΔW = ((w1_a·w1_b) ⊙ (w2_a·w2_b))·s [R16-3]", "dir", cfg, t)
     add("loha_linear_file", "the same LoHa adapter in the single-file form", "file", cfg, t)
-    cfg = LoHaConfig(r=2, alpha=3, target_modules=("conv", "conv1", "proj"), use_effective_conv2d=True)
+    cfg = LoHaConfig.from_dict({"peft_type": "LOHA", "r": 2, "alpha": 3, "target_modules": ["conv", "conv1", "proj"],
+                                "use_effective_conv2d": True, "rank_dropout": 0.25, "module_dropout": 0.5, "init_weights": False})
     t = {
         **{f"{P}conv.hada_w{i}_{s}": dyadic(shape, 140 + n) for n, (i, s, shape) in enumerate(
             [(1, "a", (2, 5)), (1, "b", (2, 3)), (2, "a", (2, 5)), (2, "b", (2, 3))])},
@@ -557,10 +558,12 @@ def valid_vectors() -> list[dict[str, Any]]:
         f"{P}conv1.hada_t1": dyadic((2, 2, 3, 1), 150), f"{P}conv1.hada_t2": dyadic((2, 2, 3, 1), 151),
         **{f"{P}proj.hada_w{i}_{s}": dyadic(shape, 152 + n) for n, (i, s, shape) in enumerate(
             [(1, "a", (5, 2)), (1, "b", (2, 27)), (2, "a", (5, 2)), (2, "b", (2, 27))])},
+        f"{P}proj.lora_A.weight": dyadic((2, 27), 156),
     }
     add("loha_conv", "LoHa with use_effective_conv2d: a Conv2d in the CP form (cores (2, 2, 3, 3), ΔW (5, 3, 3, 3)), a Conv1d "
         "in the CP form (cores (2, 2, 3, 1), ΔW (4, 3, 3, 1)) and a plain-form module of 27 columns (a 1×1 or flattened "
-        "convolution, or a Linear: the file cannot tell) [R16-2]; scaling 3/2 rounded to fp32", "file", cfg, t)
+        "convolution, or a Linear: the file cannot tell) [R16-2]; scaling 3/2 rounded to fp32; rank_dropout, module_dropout "
+        "and init_weights set and ignored [R16-4]; a `proj.lora_A.weight` kept with a warning [R16-5]", "file", cfg, t, warnings=["unexpected-key"])
 
     cfg = LoKrConfig(r=1, alpha=2, target_modules=("q_proj", "v_proj"), decompose_both=True, rank_pattern={"v_proj": 4},
                      task_type="CAUSAL_LM")
@@ -945,6 +948,8 @@ def invalid_vectors() -> list[dict[str, Any]]:
     add("lokr_w1_product_without_decompose_both", "shape-mismatch",
         "W1 stored as a product while decompose_both is false: PEFT stores it whole [R17-3]",
         {F: st_bytes(sides, file_meta({**lokr, "decompose_both": False}))}, key=f"{P}{Q}.lokr_w1_a")
+    add("lokr_rank_mismatch", "shape-mismatch", "lokr_w2_b of rank 2 where r is 1 [R17-2]",
+        {F: st_bytes({**sides, f"{P}{Q}.lokr_w2_b": dyadic((2, 4), 88)}, file_meta(lokr))}, key=f"{P}{Q}.lokr_w2_b")
     add("lokr_split", "shape-mismatch", "out 16 split as (1, 16): factorization(16, -1) is (4, 4) [R17-4]",
         {F: st_bytes({f"{P}{Q}.lokr_w1": dyadic((1, 3), 85), f"{P}{Q}.lokr_w2_a": dyadic((16, 1), 86),
                       f"{P}{Q}.lokr_w2_b": dyadic((1, 4), 87)}, file_meta({**lokr, "decompose_both": False}))},

@@ -174,7 +174,7 @@ MUTANTS = [
      "    for name in wrapper.merged:", ATTACH),
     ("attach: a Linear under fan_in_fan_out=true not transposed around the merge math",
      "adapterkit/inject/merge.py",
-     'return wrapper.kind in ("linear", "conv1d_t") and (wrapper.kind == "conv1d_t") != bool(record.config.fan_in_fan_out)',
+     'return wrapper.kind in ("linear", "conv1d_t") and (wrapper.kind == "conv1d_t") != bool(getattr(record.config, "fan_in_fan_out", False))',
      'return wrapper.kind == "conv1d_t" and not record.config.fan_in_fan_out', ATTACH),
     ("attach: extract_from_model gives tensors back in the live (fp32) dtype",
      "adapterkit/inject/extract.py",

@@ -76,7 +76,7 @@ MUTANTS = [
     ("extract: no recipe", EXTRACT, "return replace(Adapter.from_tensors(cfg, tensors), recipe=(recorded,), inputs=", "return replace(Adapter.from_tensors(cfg, tensors), inputs="),
     ("export: no step", EXPORT, "    return with_step(_export(adapter, consumer, max_rank), adapter, step(", "    return (lambda r, *_: r)(_export(adapter, consumer, max_rank), adapter, step("),
     ("export: max_rank not recorded", EXPORT, 'step("export", consumer=consumer, max_rank=max_rank)', 'step("export", consumer=consumer)'),
-    ("cli combine: the inputs' cache paths recorded", CLI, "svd_clamp=svd_clamp, device=device, names=[str(p) for p in adapters])", "svd_clamp=svd_clamp, device=device)",
+    ("cli combine: the inputs' cache paths recorded", CLI, "svd_clamp=svd_clamp, device=device, names=[str(p) for p in adapters], base=base)", "svd_clamp=svd_clamp, device=device, base=base)",
      ["tests/test_hub.py::test_card_of_a_combined_then_resized_adapter_says_how_it_was_made"]),
     # showing it
     ("card: recipe not shown", CARD, "    if not adapter.recipe:\n        return [\"How", "    if True:\n        return [\"How"),

@@ -36,6 +36,7 @@ M = Mutant
 SF, RD, VS, JS, BF, WR = "io/safetensors_file.py", "io/reader.py", "io/version.py", "io/jsontext.py", "io/bin_file.py", "io/writer.py"
 LO, IA, PL, BA, PA, VA = "kinds/lora.py", "kinds/ia3.py", "kinds/prompt_learning.py", "kinds/base.py", "kinds/patterns.py", "io/checks.py"
 DG = "io/digest.py"
+LH, LK, FE = "kinds/loha.py", "kinds/lokr.py", "kinds/features.py"
 RUNS = "vectors"  # tests/mutation/run.py runs the conformance vectors, not pytest, against each mutant
 V2 = '    return json.dumps(peft_key_order(config), separators=(",", ":")).encode("ascii")'  # the 1.2 canonical JSON
 
@@ -342,6 +343,49 @@ MUTANTS: list[Mutant] = [
     M("R9-3", "no warning for IA3 keys outside the grammar", IA,
       "        if parse_key(key) is None and \"modules_to_save\" not in cfg.unknown and not matches_modules_to_save(cfg.modules_to_save, key, PREFIX):",
       "        if False:"),
+    # §16 LoHa, §17 LoKr
+    M('R16-1', 'a LoHa module without all four factors read', LH,
+      '        missing = [p for p in required if p not in parts]',
+      '        missing = []'),
+    M('R16-1', 'a CP module with one core read', LH,
+      '        if "hada_t1" in parts or "hada_t2" in parts:\n            required += ["hada_t1", "hada_t2"]',
+      '        if "hada_t1" in parts and "hada_t2" in parts:\n            required += ["hada_t1", "hada_t2"]'),
+    M('R16-2', 'LoHa shapes not checked against the rank', LH,
+      '            if shape != want[part]:',
+      '            if False:'),
+    M('R16-3', 'LoHa scaling left out of ΔW', LH,
+      '        out = ((f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"])) * scale',
+      '        out = ((f["hada_w1_a"] @ f["hada_w1_b"]) * (f["hada_w2_a"] @ f["hada_w2_b"]))'),
+    M('R16-3', 'the CP cores contracted with w_a and w_b swapped', LH,
+      '        rebuild1 = torch.einsum("i j k l, j r, i p -> p r k l", f["hada_t1"], f["hada_w1_b"], f["hada_w1_a"])',
+      '        rebuild1 = torch.einsum("i j k l, i r, j p -> p r k l", f["hada_t1"], f["hada_w1_b"], f["hada_w1_a"])'),
+    M('R16-4', "LoHa's rank_dropout taken for an unsupported feature", FE,
+      '    _f("rank_dropout", "0.6.0", INERT, effect="training only (drops rows of ΔW)"),',
+      '    _f("rank_dropout", "0.6.0", UNSUPPORTED, "rank dropout", "drops rows of ΔW"),'),
+    M('R16-5', 'no warning for LoHa keys outside the grammar', LH,
+      '        if parse_key(key) is None and "modules_to_save" not in cfg.unknown and not matches_modules_to_save(cfg.modules_to_save, key, PREFIX):',
+      '        if False:'),
+    M('R17-1', 'a side without all its tensors read', LK,
+      '        if missing is not None:',
+      '        if False:'),
+    M('R17-1', 'a side stored whole and as a product read', LK,
+      '        if extra:',
+      '        if False:'),
+    M('R17-2', 'LoKr shapes not checked against the rank', LK,
+      '        problem = _shape_problem(shape, w1, w2, r, rank_unknown)',
+      '        problem = None'),
+    M('R17-3', 'the storage rules not checked', LK,
+      '            problem = _structure_problem(cfg, shape, w1, w2, r)',
+      '            problem = None'),
+    M('R17-4', 'the split of out not checked', LK,
+      '    if (a, b) != factorization(a * b, cfg.decompose_factor):',
+      '    if False:'),
+    M('R17-5', 'kron taken as kron(W2, W1)', LK,
+      '    out = _kron(w1, w2).mul_(view.scaling)',
+      '    out = _kron(w2, w1).mul_(view.scaling)'),
+    M('R17-5', 'W1 taken as (a, c, 1, 1) beside a 3-D W2 too', LK,
+      '    if w2.dim() == 4:\n        w1 = w1.unsqueeze(2).unsqueeze(2)',
+      '    if w2.dim() >= 3:\n        w1 = w1.unsqueeze(2).unsqueeze(2)'),
     # §10 prompt kinds
     M("R10-1", "prefix tuning rows multiplied by the submodules", "kinds/prefix_tuning.py",
       "        return (self.num_virtual_tokens, 2 * self.num_layers * self.token_dim)",

@@ -380,3 +380,34 @@ def test_sigkill_leaves_the_base_intact_and_the_output_absent_or_complete(tmp_pa
     assert digest(base) == before
     for leftover in tmp_path.glob(".out*.tmp-*"):  # what a killed writer may leave: its staging folder only
         shutil.rmtree(leftover)
+
+
+@pytest.mark.parametrize("rows", [193, 194, 197, 201, 385, 289])
+def test_a_short_last_block_joins_the_one_before_and_stays_pefts_bit_for_bit(rows: int, tmp_path: Path) -> None:
+    """Blocks of 192 rows (in_features 4096): a tail of 1-3, 5-7 or 9-11 rows takes another sgemm
+    path than the same rows of the whole product (MKL), so the merge must not compute it alone.
+    Oracle: PEFT's own LoRA layer (get_delta_weight), W + ΔW in fp32; every row bit for bit."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(rows)
+    model = torch.nn.Sequential(torch.nn.Linear(4096, rows, bias=False))
+    (tmp_path / "base").mkdir()
+    save_file({"0.weight": model[0].weight.detach().clone()}, tmp_path / "base" / "model.safetensors")
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["0"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "lora")
+    layer = peft_model.base_model.model[0]
+    expected = layer.base_layer.weight.detach() + layer.get_delta_weight("default")
+    merge_checkpoint(tmp_path / "base", [tmp_path / "lora"], tmp_path / "out")
+    got = load_file(tmp_path / "out" / "model.safetensors")["0.weight"]
+    assert torch.equal(got, expected), f"rows differing: {(got != expected).any(dim=1).nonzero().flatten().tolist()}"
+
+
+@pytest.mark.parametrize("rows, per", [(193, 192), (385, 192), (5, 96), (96, 96), (200, 96), (0, 96)])
+def test_row_blocks_cover_every_row_once_with_no_tail_alone(rows: int, per: int) -> None:
+    from adapterkit.ops.merge_quantized import most_rows, row_blocks
+
+    blocks = row_blocks(rows, per, 96)
+    assert [r for start, stop in blocks for r in range(start, stop)] == list(range(rows))
+    assert all(start % per == 0 for start, _ in blocks)
+    assert len(blocks) <= 1 or blocks[-1][1] - blocks[-1][0] >= 96
+    assert most_rows(rows, per, 96) == max((stop - start for start, stop in blocks), default=0) < per + 96

@@ -50,6 +50,23 @@ AS_TRAINED_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("BF16", "F16", "F32")
 
 
+def row_blocks(rows: int, per: int, align: int = ROW_ALIGN) -> list[tuple[int, int]]:
+    """(start, stop) of the blocks of ``per`` rows a tensor of ``rows`` rows is merged in, every
+    start a multiple of ``per`` (itself of ``align``, the sgemm kernels' row tiles): each block's
+    B·A is then those rows of the whole product, bit for bit, except after a last block shorter
+    than ``align``, which the kernels compute by another path (MKL: 1-3, 5-7 or 9-11 rows); such
+    a tail joins the block before it (at most per + align − 1 rows: ``most_rows``)."""
+    starts = list(range(0, rows, per))
+    if len(starts) > 1 and rows - starts[-1] < align:
+        starts.pop()
+    return [(start, starts[i + 1] if i + 1 < len(starts) else rows) for i, start in enumerate(starts)]
+
+
+def most_rows(rows: int, per: int, align: int = ROW_ALIGN) -> int:
+    """The tallest block of :func:`row_blocks` (what its buffers must hold)."""
+    return max((stop - start for start, stop in row_blocks(rows, per, align)), default=0)
+
+
 @dataclass
 class ModuleSurvival:
     """How much of one module's ΔW a requantized output kept (Frobenius norms of fp32 values)."""
@@ -318,7 +335,7 @@ class QuantJob:
         out, inp = p.shape
         align = math.lcm(self.view.fmt.row_align(p), ROW_ALIGN)
         per = max(align, CHUNK_ELEMENTS // max(inp, 1) // align * align)
-        return [(start, min(out, start + per)) for start in range(0, out, per)]
+        return row_blocks(out, per, align)
 
     @staticmethod
     def _adder(fills: list) -> Callable[..., torch.Tensor]:

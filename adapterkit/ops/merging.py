@@ -59,9 +59,11 @@ from .merge_quantized import (
     as_trained_keys,
     dense_config,
     lost_warning,
+    most_rows,
     open_quantized,
     output_plan,
     refuse_requantize,
+    row_blocks,
     survival_summary,
 )
 from .pipeline import Pipeline
@@ -666,9 +668,13 @@ class _Rows:
     src: torch.dtype
     dst: torch.dtype
 
-    def blocks(self) -> Iterator[tuple[int, int]]:
-        for start in range(0, self.rows, self.per):
-            yield start, min(self.rows, start + self.per)
+    def blocks(self) -> list[tuple[int, int]]:
+        return row_blocks(self.rows, self.per, ROW_ALIGN)
+
+    @property
+    def most(self) -> int:
+        """Rows of the tallest block (a short tail joins the block before it)."""
+        return most_rows(self.rows, self.per, ROW_ALIGN)
 
 
 class _Block:
@@ -730,7 +736,7 @@ class _Job:
         try:
             self.jobs = pipe.channel(2)
             if self.rows:
-                size = max(r.per * r.cols for r in self.rows.values())
+                size = max(r.most * r.cols for r in self.rows.values())
                 self.free_in, self.ready, self.free_out = pipe.channel(DEPTH), pipe.channel(DEPTH), pipe.channel(DEPTH)
                 pinned = self.device.type == "cuda"  # blocks cross the bus: page-locked host memory
                 for _ in range(DEPTH):

@@ -182,6 +182,12 @@ MUTANTS = [
     ("attach: only the last staged sum of a quantized layer checked", INJECT,
      "            if safe and not all(all_finite(v) for v in stage.sums):",
      "            if safe and not all_finite(stage.sums[-1]):", _first("tests/test_attach_bnb.py")),
+    # found by this list's survivors' review: a short last block of rows took another sgemm path
+    ("row blocks: a short last block merged alone", MQ,
+     "    if len(starts) > 1 and rows - starts[-1] < align:", "    if False:", ["tests/test_merge_stream.py"]),
+    ("row blocks: buffers sized for per rows, not the tallest block", "adapterkit/ops/merging.py",
+     "                size = max(r.most * r.cols for r in self.rows.values())",
+     "                size = max(r.per * r.cols for r in self.rows.values())", ["tests/test_merge_stream.py"]),
 ]
 
 DEFAULT_TESTS = TESTS

@@ -46,6 +46,7 @@ QUICK: dict[str, list[str]] = {
     "bench_threads.py": ["--repeat", "1", "--only", "svd"],
     "bench_merge.py": ["--small-only", "--repeat", "1"],
     "bench_quantized.py": ["--sizes", "small", "--repeat", "1"],
+    "bench_kinds.py": ["--layers", "1", "--hidden", "512", "--mlp", "1376"],
     "bench_attach.py": [],
     "bench_hub.py": [],
     "bench_checkpoint_rss.py": [],

@@ -19,7 +19,7 @@ Error: per measured module, ‖ΔW − ΔW_k‖_F of ours (resize's report) agai
 
 Target (issue 21): ours >= 500x faster than the dense route, at an error no worse.
 
-Usage: python scripts/bench_kinds.py [--layers 32] [--device cpu]
+Usage: python scripts/bench_kinds.py [--layers 32] [--device cpu] [--hidden 4096] [--mlp 11008]
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ from adapterkit import Adapter
 from adapterkit.kinds.loha import LoHaConfig
 from adapterkit.kinds.lokr import LoKrConfig, factorization
 
-SHAPES = {"q_proj": (4096, 4096), "k_proj": (4096, 4096), "v_proj": (4096, 4096), "o_proj": (4096, 4096),
-          "gate_proj": (11008, 4096), "up_proj": (11008, 4096), "down_proj": (4096, 11008)}
+SHAPES: dict[str, tuple[int, int]] = {}
 R = 16
+
+
+def shapes(hidden: int, mlp: int) -> dict[str, tuple[int, int]]:
+    return {"q_proj": (hidden, hidden), "k_proj": (hidden, hidden), "v_proj": (hidden, hidden), "o_proj": (hidden, hidden),
+            "gate_proj": (mlp, hidden), "up_proj": (mlp, hidden), "down_proj": (hidden, mlp)}
 
 
 def _module(layer: int, proj: str) -> str:
@@ -84,7 +88,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--mlp", type=int, default=11008)
     args = parser.parse_args()
+    SHAPES.update(shapes(args.hidden, args.mlp))
     device = torch.device(args.device)
     print(machine(), flush=True)
     for kind, build in (("LoHa", loha), ("LoKr", lokr)):

@@ -27,8 +27,9 @@ from __future__ import annotations
 import argparse
 import time
 
+import bench_all
 import torch
-from bench_all import machine, record
+from bench_all import record
 
 import adapterkit
 from adapterkit import Adapter
@@ -93,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     SHAPES.update(shapes(args.hidden, args.mlp))
     device = torch.device(args.device)
-    print(machine(), flush=True)
+    print(bench_all.machine(), flush=True)
     for kind, build in (("LoHa", loha), ("LoKr", lokr)):
         adapter = build(args.layers)
         modules = sorted(adapter.modules)

@@ -91,6 +91,7 @@ MUTANTS = [
      "if want is None and k2 == 1 and strict:", "if want is None and k1 == 1 and strict:", KINDS),
     ("to_lora: a plain-form module on a convolution base kept as Linear factors", TO_LORA,
      "    if len(want) == 2:\n        return B, A\n", "    if len(want) >= 2:\n        return B, A\n", KINDS),
+    # -- attach
     ("LycorisLayer: the input not cast to ΔW's dtype", LAYERS,
      "inp = x.to(delta.dtype) if x.dtype != delta.dtype else x", "inp = x", [ATTACH_T, MATRIX_T]),
     ("LycorisLayer: the sum not cast back to the input's dtype", LAYERS,
@@ -102,6 +103,7 @@ MUTANTS = [
     ("plan: a LoHa/LoKr module's weight shape never checked", PLAN,
      "    if not shape_fits(tuple(base.weight.shape), want):\n        offenders.append(f\"`{name}`: the adapter's factors",
      "    if False:\n        offenders.append(f\"`{name}`: the adapter's factors", [ATTACH_T]),
+    # -- combine / diff conversion
     ("combine: LoHa/LoKr converted to F32 even from F64 factors", COMBINING,
      'a = replace(to_lora(a, dtype="F64" if fp64 else "F32", base=base, device=device)[0], source=a.source)',
      'a = replace(to_lora(a, dtype="F32", base=base, device=device)[0], source=a.source)', [LOHA_T, LOKR_T, MATRIX_T]),

@@ -310,7 +310,7 @@ def test_to_lora_truncated_keeps_a_negative_scaling_s_sign(tmp_path):
     """alpha < 0: the Kronecker SVD's factors carry the sign (the singular values are |s|·σ),
     so the rank-k LoRA is the best approximation of ΔW itself, not of −ΔW (fp64 SVD of the
     first-principles ΔW)."""
-    base, model = _peft(tmp_path, r=1, alpha=-3)
+    _, model = _peft(tmp_path, r=1, alpha=-3)
     adapter = adapterkit.load(tmp_path / "adapter")
     lora, _ = adapterkit.to_lora(adapter, base=tmp_path / "base", rank=1)
     for name in LAYERS:

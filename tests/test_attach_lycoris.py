@@ -117,3 +117,24 @@ def test_wrong_layer_shape_is_named(case):
     with pytest.raises(AdapterkitError) as info:
         adapterkit.attach(other, adapterkit.load(root))
     assert info.value.code == "model-mismatch" and "`lin`" in str(info.value)
+
+
+def test_bf16_model_with_fp32_factors_equals_peft(case):
+    """A bf16 model with the file's fp32 factors (PEFT's autocast_adapter_dtype keeps them fp32):
+    the bf16 input cast to ΔW's dtype for the adapter's term, the sum cast back to bf16; the
+    outputs equal PeftModel.from_pretrained's on the same bf16 model bit for bit."""
+    from peft import PeftModel
+
+    base, _, root = case
+    half = copy.deepcopy(base).to(torch.bfloat16)
+    theirs_model = PeftModel.from_pretrained(copy.deepcopy(half), root)
+    model = adapterkit.attach(copy.deepcopy(half), adapterkit.load(root))
+    inner = theirs_model.base_model.model
+    factors = [p.dtype for n, p in theirs_model.named_parameters() if n.endswith(".default")]
+    assert factors and set(factors) == {torch.float32}  # the premise: fp32 factors on a bf16 model
+    with torch.no_grad():
+        for name, x in _inputs().items():
+            x = x.to(torch.bfloat16)
+            ours, theirs = model.get_submodule(name)(x), inner.get_submodule(name)(x)
+            assert ours.dtype == theirs.dtype == torch.bfloat16, name
+            assert torch.equal(ours, theirs), name

@@ -366,3 +366,22 @@ def test_diff_compares_the_exact_lora_forms(built):
             assert abs(m.cosine - 1) < 1e-9, m.name
         if conflict == "block":
             assert all(m.conflict == 0 for m in report.modules)
+
+
+def test_combine_of_fp64_factors_stays_fp64(built, tmp_path):
+    """A LoHa stored in fp64 combines as the LoRA it equals in fp64 (not rounded to fp32 on the
+    way): the output's tensors are fp64 and its ΔW is 0.5·D + 0.5·D = D to fp64 precision, D from
+    PEFT's parameters in fp64 ((w1_a·w1_b) ⊙ (w2_a·w2_b)·alpha/r written out)."""
+    root, _, model = built
+    src = load_file(root / "adapter" / "adapter_model.safetensors")
+    (tmp_path / "a64").mkdir()
+    save_file({k: v.double() for k, v in src.items()}, tmp_path / "a64" / "adapter_model.safetensors")
+    shutil.copy(root / "adapter" / "adapter_config.json", tmp_path / "a64" / "adapter_config.json")
+    a64 = adapterkit.load(tmp_path / "a64")
+    mixed = adapterkit.combine([a64, a64], [0.5, 0.5], "cat", base=root / "base")
+    assert mixed.peft_type == "LORA" and {mixed.tensors[k].dtype for k in mixed.tensors} == {torch.float64}
+    layer = model.base_model.model.lin
+    p = {k: getattr(layer, k)["default"].detach().double() for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+    exact = (p["hada_w1_a"] @ p["hada_w1_b"]) * (p["hada_w2_a"] @ p["hada_w2_b"]) * layer.scaling["default"]
+    got = mixed.kind.delta(mixed, "lin", dtype=torch.float64)
+    torch.testing.assert_close(got, exact, rtol=1e-12, atol=1e-14)

@@ -212,6 +212,7 @@ P = "base_model.model."
     ("w1 both whole and a product", "unexpected-key", f"{P}lin."),
     ("decompose_both off for a factored w1", "shape-mismatch", f"{P}lin.lokr_w1_a"),
     ("r so large that PEFT stores w2 whole", "shape-mismatch", f"{P}lin.lokr_w2_a"),
+    ("r exactly max(b, d)/2: PEFT stores w2 whole", "shape-mismatch", f"{P}conv1.lokr_w2_a"),
     ("decompose_factor that splits out otherwise", "shape-mismatch", f"{P}"),
 ])
 def test_bad_files_are_refused_by_key(tmp_path, case, code, key):
@@ -231,6 +232,9 @@ def test_bad_files_are_refused_by_key(tmp_path, case, code, key):
             del t[f"{P}lin.lokr_w1_a"], t[f"{P}lin.lokr_w1_b"]
             t[f"{P}lin.lokr_w1"] = torch.ones(4, 3)
             t[f"{P}lin.lokr_w2_a"], t[f"{P}lin.lokr_w2_b"] = torch.ones(5, 3), torch.ones(3, 4)
+        elif case == "r exactly max(b, d)/2: PEFT stores w2 whole":  # conv1: b=3, d=4 (1x1), PEFT's use_w2 = r >= 4/2
+            c["rank_pattern"] = {"^conv1$": 2}
+            t[f"{P}conv1.lokr_w2_a"], t[f"{P}conv1.lokr_w2_b"] = torch.ones(3, 2), torch.ones(2, 4)
         else:
             c["decompose_factor"] = 5
 
@@ -276,3 +280,44 @@ def test_to_lora_truncated_is_the_best_rank_k_approximation(built, rule):
         other = resized.kind.delta(resized, name, dtype=torch.float64).flatten(1)
         torch.testing.assert_close(got, other, rtol=0, atol=1e-5 * float(s[0]))
     assert abs(report.truncated.energy_kept - resize_report.energy_kept) < 1e-6
+
+
+class WideConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(36, 30, 3)  # out 30 = 5·6, in 36 = 6·6: r=2 < max(6, 6)/2, so W2 in the CP form
+
+
+def test_cp_core_of_rank_two_lora_form_is_exact(tmp_path):
+    """A CP core (2, 2, 3, 3) (random, not symmetric): the LoRA form's A contracts the core's
+    second index with lokr_w2_b (make_weight_cp's "i j k l, i p, j r"), against first principles."""
+    from peft import LoKrConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(WideConv(), LoKrConfig(target_modules=["conv"], r=2, use_effective_conv2d=True, init_weights=False))
+    model.save_pretrained(tmp_path)
+    layer = model.base_model.model.conv
+    t = layer.lokr_t2["default"].detach()
+    assert t.shape == (2, 2, 3, 3) and not torch.allclose(t, t.transpose(0, 1))
+    adapter = adapterkit.load(tmp_path)
+    exact = _first_principles(layer, "conv")
+    B, A = lora_factors(adapter, "conv")
+    got = (B @ A.reshape(A.shape[0], -1)) * adapter.module("conv").scaling
+    torch.testing.assert_close(got.reshape(exact.shape), exact, rtol=1e-12, atol=1e-14)
+
+
+def test_to_lora_truncated_keeps_a_negative_scaling_s_sign(tmp_path):
+    """alpha < 0: the Kronecker SVD's factors carry the sign (the singular values are |s|·σ),
+    so the rank-k LoRA is the best approximation of ΔW itself, not of −ΔW (fp64 SVD of the
+    first-principles ΔW)."""
+    _, model = _peft(tmp_path, r=1, alpha=-3)
+    adapter = adapterkit.load(tmp_path / "adapter")
+    lora, _ = adapterkit.to_lora(adapter, base=tmp_path / "base", rank=1)
+    for name in LAYERS:
+        layer = model.base_model.model.get_submodule(name)
+        assert layer.scaling["default"] < 0
+        exact = _first_principles(layer, name).flatten(1)
+        u, s, vh = torch.linalg.svd(exact, full_matrices=False)
+        best = s[0] * u[:, :1] @ vh[:1]
+        got = lora.kind.delta(lora, name, dtype=torch.float64).flatten(1)
+        torch.testing.assert_close(got, best, rtol=0, atol=1e-5 * float(s[0]))

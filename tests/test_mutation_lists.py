@@ -15,7 +15,7 @@ LISTS = ROOT / "tests" / "mutation"
 SIZES = {"cli": 30, "checkpoint": 20, "merge": 40, "combine": 30, "resize": 25, "inject": 20,
          "extract": 40, "hub": 35, "digest": 30, "fault": 19, "inspect": 35, "fuzz": 25,
          "recipe": 45, "fault2": 10, "merge_multi": 25, "features": 15, "independent": 85, "independent2": 20, "independent3": 40,
-         "threads": 11, "torchfree": 30, "verified": 11, "quant": 38, "quantgrid": 33, "quantspeed": 46}
+         "threads": 11, "torchfree": 30, "verified": 11, "quant": 38, "quantgrid": 33, "quantspeed": 46, "kinds21": 28}
 
 
 def _harness():

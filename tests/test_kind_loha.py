@@ -385,3 +385,30 @@ def test_combine_of_fp64_factors_stays_fp64(built, tmp_path):
     exact = (p["hada_w1_a"] @ p["hada_w1_b"]) * (p["hada_w2_a"] @ p["hada_w2_b"]) * layer.scaling["default"]
     got = mixed.kind.delta(mixed, "lin", dtype=torch.float64)
     torch.testing.assert_close(got, exact, rtol=1e-12, atol=1e-14)
+
+
+def test_base_is_an_input_nothing_writes_over(built, tmp_path):
+    """--base is read: an output that is the base checkpoint, or holds it, is refused
+    (overwrite-input) by to_lora's result, by convert and by combine; the base stays intact."""
+    from click.testing import CliRunner
+
+    from adapterkit.cli import main as cli
+
+    root, _, _ = built
+    base = tmp_path / "ckpt"
+    shutil.copytree(root / "base", base)
+    before = (base / "model.safetensors").read_bytes()
+    lora, _ = adapterkit.to_lora(adapterkit.load(root / "adapter"), base=base)
+    for out in (base, tmp_path):
+        with pytest.raises(AdapterkitError) as info:
+            adapterkit.save(lora, out, overwrite=True)
+        assert info.value.code == "overwrite-input"
+    for args in (["convert", str(root / "adapter"), str(base), "--to", "lora", "--base", str(base), "--overwrite"],
+                 ["combine", str(root / "adapter"), "-o", str(base), "--method", "cat", "--base", str(base), "--overwrite"]):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 2 and "overwrite-input" in res.output, res.output
+    mixed = adapterkit.combine([adapterkit.load(root / "adapter")], [1.0], "cat", base=base)
+    with pytest.raises(AdapterkitError) as info:
+        adapterkit.save(mixed, base, overwrite=True)
+    assert info.value.code == "overwrite-input"
+    assert (base / "model.safetensors").read_bytes() == before

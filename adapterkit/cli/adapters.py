@@ -155,7 +155,7 @@ def convert(src: Path, out: Path, adapter_name: str | None, form: str | None, ov
         raise click.UsageError(f"{consumer} reads PEFT's directory layout; name OUT without .safetensors",
                                ctx=click.get_current_context())
     src = _require(src)
-    _guard(out, ("SRC", src))
+    _guard(out, ("SRC", src), ("--base", base))
     from ..api import convert as run_convert
 
     given = {"rank": rank, "energy": energy, "sv_ratio": sv_ratio, "base": base, "dtype": dtype}

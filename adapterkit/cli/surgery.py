@@ -85,7 +85,7 @@ def combine_command(adapters: tuple[Path, ...], out: Path, weights: str | None, 
 
     check_combine(len(adapters), given, method, rank, density, svd_clamp)
     adapters = tuple(_require(p) for p in adapters)
-    _guard(out, *(("ADAPTERS", p) for p in adapters))
+    _guard(out, *(("ADAPTERS", p) for p in adapters), ("--base", base))
     import time
 
     from ..hub.paths import load

@@ -18,7 +18,7 @@ the report says so, and a (k, 1) kernel is refused by name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,16 @@ class ToLora:
         return out
 
 
-def _base_shapes(base: str | Path | None) -> dict[str, tuple[int, ...]] | None:
+def _base_shapes(base: str | Path | None) -> tuple[dict[str, tuple[int, ...]] | None, list[tuple[str, Path]]]:
+    """The base checkpoint's weight shapes (headers only) and its paths, which the result
+    records as inputs (``save`` then never writes over, into or around them)."""
     if base is None:
-        return None
+        return None, []
     from ..checkpoint import open_checkpoint
+    from ..io.outputs import checkpoint_inputs
 
     ckpt = open_checkpoint(base)
-    return {key: tuple(ckpt.info(key).shape) for key in ckpt.keys()}
+    return {key: tuple(ckpt.info(key).shape) for key in ckpt.keys()}, checkpoint_inputs(ckpt)
 
 
 def _lora_config(cfg: Any, ranks: dict[str, int]) -> LoraConfig:
@@ -110,7 +113,7 @@ def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None =
     if dtype not in DTYPES:
         raise ArgumentError("an output dtype of the factors", key="dtype", expected=" | ".join(DTYPES), actual=dtype)
     dev = resolve_device(device)
-    shapes = _base_shapes(base)
+    shapes, base_inputs = _base_shapes(base)
     tensors: dict[str, torch.Tensor] = {k: adapter.tensors[k] for k in adapter.tensors if adapter.kind.parse_key(k) is None}
     ranks: dict[str, int] = {}
     report = ToLora(adapter.peft_type, ranks, dtype)
@@ -139,6 +142,7 @@ def to_lora(adapter: Adapter, *, rank: int | None = None, energy: float | None =
     result = Adapter.from_tensors(_lora_config(adapter.config, ranks), tensors)
     result = with_step(result, adapter, step("to_lora", source_kind=adapter.peft_type, dtype=dtype, rank=rank if fast else None,
                                                energy=energy if fast else None, sv_ratio=sv_ratio if fast else None))
+    result = replace(result, inputs=tuple(dict.fromkeys([*result.inputs, *((r, str(p)) for r, p in base_inputs)])))
     if rules and not fast:
         result, report.truncated = resize(result, rank=rank, energy=energy, sv_ratio=sv_ratio, device=device)
     return result, report

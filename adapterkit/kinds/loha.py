@@ -28,48 +28,28 @@ positions from t?·w?_b.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..arrays import is_numpy, to_float
+from ..arrays import to_float
 from ..errors import Problem
-from .base import (
-    BOOL,
-    NUM_PATTERN,
-    NUMBER,
-    OPT_INT_LIST,
-    OPT_STR_LIST,
-    OPT_STR_OR_LIST,
-    PATTERN,
-    POS_INT,
-    TARGETS,
-    AdapterConfig,
-    Kind,
-    schema_field,
-)
+from .base import BOOL, OPT_INT_LIST, OPT_STR_LIST, OPT_STR_OR_LIST, TARGETS, Kind, schema_field
+from .lycoris import PREFIX, LycorisConfig, LycorisModule, einsum, grouped, key_parser, module_views, stray_keys
 from .merging import Flat, prepare_targets, whole_module_names
-from .patterns import matches_modules_to_save, pattern_value
 
 if TYPE_CHECKING:
     import torch
 
-    from ..adapter import Adapter, TensorStore
+    from ..adapter import Adapter
 
-PREFIX = "base_model.model."
 PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
-_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>hada_(?:w[12]_[ab]|t[12]))$")
 
 
 @dataclass(frozen=True)
-class LoHaConfig(AdapterConfig):
+class LoHaConfig(LycorisConfig):
     """PEFT's ``LoHaConfig`` fields that determine the tensors and their meaning."""
 
     peft_type = "LOHA"
-    r: int = schema_field(8, POS_INT, doc="default rank")
-    alpha: float = schema_field(8, NUMBER, doc="default alpha; scaling = alpha / r")
-    rank_pattern: dict = schema_field({}, PATTERN, doc="module regex -> rank; first match in order wins")
-    alpha_pattern: dict = schema_field({}, NUM_PATTERN, doc="module regex -> alpha; first match in order wins")
     use_effective_conv2d: bool = schema_field(False, BOOL, doc="convolutions with a kernel > 1 carry hada_t1/hada_t2 (CP form)")
     target_modules: Any = schema_field(None, TARGETS, doc="regex (string) or names/suffixes (list)")
     exclude_modules: Any = schema_field(None, TARGETS, doc="modules never adapted, same rule as target_modules")
@@ -81,54 +61,24 @@ class LoHaConfig(AdapterConfig):
         return {"r": self.r, "alpha": self.alpha, "use_effective_conv2d": self.use_effective_conv2d,
                 "rank_pattern_keys": len(self.rank_pattern), "alpha_pattern_keys": len(self.alpha_pattern)}
 
-    def rank_for(self, module: str) -> tuple[int, str | None]:
-        """(rank, matching rank_pattern key) for ``module``, PEFT's rule (``get_pattern_key``)."""
-        return pattern_value(self.rank_pattern, module, self.r)
-
-    def alpha_for(self, module: str) -> tuple[float, str | None]:
-        return pattern_value(self.alpha_pattern, module, self.alpha)
-
-    def scaling_for(self, module: str) -> float:
-        return self.alpha_for(module)[0] / self.rank_for(module)[0]
-
 
 @dataclass(frozen=True)
-class LoHaModule:
-    """One adapted module: its keys by part, rank and scaling."""
-
-    name: str
-    keys: dict[str, str]
-    rank: int
-    scaling: float
-    store: TensorStore
-
+class LoHaModule(LycorisModule):
     @property
     def cp(self) -> bool:
         """The CP form (``hada_t1``/``hada_t2``: a convolution with use_effective_conv2d)."""
         return "hada_t1" in self.keys
 
-    def tensor(self, part: str) -> Any:
-        return self.store[self.keys[part]]
 
-
-def parse_key(key: str) -> tuple[str, str] | None:
-    m = _KEY.match(key)
-    return (m["module"], m["part"]) if m else None
+parse_key = key_parser(r"hada_(?:w[12]_[ab]|t[12])")
 
 
 def _grouped(adapter: Adapter) -> dict[str, dict[str, str]]:
-    groups: dict[str, dict[str, str]] = {}
-    for key in adapter.tensors:
-        parsed = parse_key(key)
-        if parsed:
-            groups.setdefault(parsed[0], {})[parsed[1]] = key
-    return groups
+    return grouped(adapter, parse_key)
 
 
 def modules(adapter: Adapter) -> dict[str, LoHaModule]:
-    cfg: LoHaConfig = adapter.config  # type: ignore[assignment]
-    return {name: LoHaModule(name, parts, cfg.rank_for(name)[0], cfg.scaling_for(name), adapter.tensors)
-            for name, parts in sorted(_grouped(adapter).items())}
+    return module_views(adapter, LoHaModule, parse_key)
 
 
 def expected_shapes(adapter: Adapter, name: str, parts: dict[str, str]) -> dict[str, tuple[Any, ...]] | str:
@@ -181,13 +131,7 @@ def check(adapter: Adapter) -> list[Problem]:
             if shape != want[part]:
                 problems.append(Problem("shape-mismatch", f"{part} of `{name}` does not fit rank {r}{why} and its other factors",
                                         key=parts[part], expected=want[part], actual=shape))
-    for key in adapter.tensors:
-        if parse_key(key) is None and "modules_to_save" not in cfg.unknown and not matches_modules_to_save(cfg.modules_to_save, key, PREFIX):
-            problems.append(Problem("unexpected-key", "tensor is neither a LoHa factor nor part of modules_to_save", "warning",
-                                    key=key, expected=f"{PREFIX}<module>.<{'|'.join(PARTS)}>"))
-    if not groups:
-        problems.append(Problem("empty-adapter", "the adapter has no LoHa tensors", "warning"))
-    return problems
+    return problems + stray_keys(adapter, parse_key, "LoHa", PARTS, groups)
 
 
 # -- the math ----------------------------------------------------------------------------------
@@ -299,17 +243,6 @@ def row_delta(adapter: Adapter, module: str, *, weight: float = 1.0, unmerge: bo
     return fill
 
 
-def _einsum(spec: str, *operands: Any) -> Any:
-    """einsum for torch tensors or numpy arrays (the torch-free inspection path)."""
-    if is_numpy(operands[0]):
-        import numpy as np
-
-        return np.einsum(spec, *operands)
-    import torch
-
-    return torch.einsum(spec, *operands)
-
-
 def lora_factors(adapter: Adapter, module: str, *, device: Any = None, fp64: bool = True) -> tuple[Any, Any]:
     """(B, A) with ΔW = scaling · B·A exactly: B (out, r²) and A (r², in') for the plain form,
     B (out, r²) and A (r², in, k1, k2) for the CP form (PEFT's conv LoRA layout without B's
@@ -320,8 +253,8 @@ def lora_factors(adapter: Adapter, module: str, *, device: Any = None, fp64: boo
     if view.cp:
         a1, a2 = f["hada_w1_a"].T, f["hada_w2_a"].T  # (out, r)
         B = (a1[:, :, None] * a2[:, None, :]).reshape(a1.shape[0], r * r)
-        m1 = _einsum("ijkl,jc->ickl", f["hada_t1"], f["hada_w1_b"])  # (r, in, k1, k2)
-        m2 = _einsum("ijkl,jc->ickl", f["hada_t2"], f["hada_w2_b"])
+        m1 = einsum("ijkl,jc->ickl", f["hada_t1"], f["hada_w1_b"])  # (r, in, k1, k2)
+        m2 = einsum("ijkl,jc->ickl", f["hada_t2"], f["hada_w2_b"])
         A = (m1[:, None] * m2[None, :]).reshape(r * r, *m1.shape[1:])
         return B, A
     a1, a2 = f["hada_w1_a"], f["hada_w2_a"]

@@ -23,49 +23,29 @@ rank(W1)·rank(W2) (:func:`lora_factors`).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..arrays import is_numpy, to_float
 from ..errors import Problem, UnsupportedError
-from .base import (
-    BOOL,
-    NUM_PATTERN,
-    NUMBER,
-    OPT_INT_LIST,
-    OPT_STR_LIST,
-    OPT_STR_OR_LIST,
-    PATTERN,
-    POS_INT,
-    TARGETS,
-    AdapterConfig,
-    Kind,
-    schema_field,
-)
+from .base import BOOL, OPT_INT_LIST, OPT_STR_LIST, OPT_STR_OR_LIST, TARGETS, Kind, schema_field
+from .lycoris import PREFIX, LycorisConfig, LycorisModule, einsum, grouped, key_parser, module_views, stray_keys
 from .merging import Flat, prepare_targets, whole_module_names
-from .patterns import matches_modules_to_save, pattern_value
 
 if TYPE_CHECKING:
     import torch
 
-    from ..adapter import Adapter, TensorStore
+    from ..adapter import Adapter
 
-PREFIX = "base_model.model."
 PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
-_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<part>lokr_(?:w[12](?:_[ab])?|t2))$")
 INT = {"type": "integer"}
 
 
 @dataclass(frozen=True)
-class LoKrConfig(AdapterConfig):
+class LoKrConfig(LycorisConfig):
     """PEFT's ``LoKrConfig`` fields that determine the tensors and their meaning."""
 
     peft_type = "LOKR"
-    r: int = schema_field(8, POS_INT, doc="default rank")
-    alpha: float = schema_field(8, NUMBER, doc="default alpha; scaling = alpha / r")
-    rank_pattern: dict = schema_field({}, PATTERN, doc="module regex -> rank; first match in order wins")
-    alpha_pattern: dict = schema_field({}, NUM_PATTERN, doc="module regex -> alpha; first match in order wins")
     decompose_both: bool = schema_field(False, BOOL, doc="W1 stored as a product too (when r < max(a, c)/2)")
     decompose_factor: int = schema_field(-1, INT, doc="the factor out and in are split near (-1: near the square root)")
     use_effective_conv2d: bool = schema_field(False, BOOL, doc="convolutions with a kernel > 1 store W2 in the CP form")
@@ -79,15 +59,6 @@ class LoKrConfig(AdapterConfig):
         return {"r": self.r, "alpha": self.alpha, "decompose_both": self.decompose_both,
                 "decompose_factor": self.decompose_factor, "use_effective_conv2d": self.use_effective_conv2d,
                 "rank_pattern_keys": len(self.rank_pattern), "alpha_pattern_keys": len(self.alpha_pattern)}
-
-    def rank_for(self, module: str) -> tuple[int, str | None]:
-        return pattern_value(self.rank_pattern, module, self.r)
-
-    def alpha_for(self, module: str) -> tuple[float, str | None]:
-        return pattern_value(self.alpha_pattern, module, self.alpha)
-
-    def scaling_for(self, module: str) -> float:
-        return self.alpha_for(module)[0] / self.rank_for(module)[0]
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -110,39 +81,21 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class LoKrModule:
-    name: str
-    keys: dict[str, str]
-    rank: int
-    scaling: float
-    store: TensorStore
-
+class LoKrModule(LycorisModule):
     @property
     def cp(self) -> bool:
         return "lokr_t2" in self.keys
 
-    def tensor(self, part: str) -> Any:
-        return self.store[self.keys[part]]
 
-
-def parse_key(key: str) -> tuple[str, str] | None:
-    m = _KEY.match(key)
-    return (m["module"], m["part"]) if m else None
+parse_key = key_parser(r"lokr_(?:w[12](?:_[ab])?|t2)")
 
 
 def _grouped(adapter: Adapter) -> dict[str, dict[str, str]]:
-    groups: dict[str, dict[str, str]] = {}
-    for key in adapter.tensors:
-        parsed = parse_key(key)
-        if parsed:
-            groups.setdefault(parsed[0], {})[parsed[1]] = key
-    return groups
+    return grouped(adapter, parse_key)
 
 
 def modules(adapter: Adapter) -> dict[str, LoKrModule]:
-    cfg: LoKrConfig = adapter.config  # type: ignore[assignment]
-    return {name: LoKrModule(name, parts, cfg.rank_for(name)[0], cfg.scaling_for(name), adapter.tensors)
-            for name, parts in sorted(_grouped(adapter).items())}
+    return module_views(adapter, LoKrModule, parse_key)
 
 
 # -- the structural rules ------------------------------------------------------------------------
@@ -200,13 +153,7 @@ def check(adapter: Adapter) -> list[Problem]:
             if problem is not None:
                 part, message = problem
                 bad("shape-mismatch", f"`{name}`: {message}", parts[part], actual=shape[part])
-    for key in adapter.tensors:
-        if parse_key(key) is None and "modules_to_save" not in cfg.unknown and not matches_modules_to_save(cfg.modules_to_save, key, PREFIX):
-            problems.append(Problem("unexpected-key", "tensor is neither a LoKr factor nor part of modules_to_save", "warning",
-                                    key=key, expected=f"{PREFIX}<module>.<{'|'.join(PARTS)}>"))
-    if not groups:
-        problems.append(Problem("empty-adapter", "the adapter has no LoKr tensors", "warning"))
-    return problems
+    return problems + stray_keys(adapter, parse_key, "LoKr", PARTS, groups)
 
 
 def _shape_problem(shape: dict[str, tuple[int, ...]], w1: str, w2: str, r: int, rank_unknown: bool):
@@ -362,16 +309,6 @@ def unmerge(adapter: Adapter, module: str, targets: dict[str, torch.Tensor], *, 
     return _apply(adapter, module, targets, weight, device, -1)
 
 
-def _einsum(spec: str, *operands: Any) -> Any:
-    if is_numpy(operands[0]):
-        import numpy as np
-
-        return np.einsum(spec, *operands)
-    import torch
-
-    return torch.einsum(spec, *operands)
-
-
 def _kron(x: Any, y: Any) -> Any:
     if is_numpy(x):
         import numpy as np
@@ -413,7 +350,7 @@ def lora_factors(adapter: Adapter, module: str, *, device: Any = None, fp64: boo
         t = f["lokr_t2"]
         kernel = tuple(t.shape[2:])
         U2 = f["lokr_w2_a"].T  # (b, r)
-        V2 = _einsum("ijkl,jc->ickl", t, f["lokr_w2_b"]).reshape(t.shape[0], -1)  # (r, d·k1·k2)
+        V2 = einsum("ijkl,jc->ickl", t, f["lokr_w2_b"]).reshape(t.shape[0], -1)  # (r, d·k1·k2)
     else:
         U2, V2 = f["lokr_w2_a"], f["lokr_w2_b"]
     B, A = _kron(U1, U2), _kron(V1, V2)
@@ -481,7 +418,7 @@ def stats(adapter: Adapter, module: str, device: Any = None) -> dict[str, float]
 
     view: LoKrModule = adapter.module(module)
     f = {p: to_float(view.tensor(p), fp64=True, device=device) for p in view.keys}
-    w1, w2 = _sides_of(f, _einsum)
+    w1, w2 = _sides_of(f, einsum)
     r1 = f["lokr_w1_a"].shape[1] if "lokr_w1_a" in f else min(w1.shape)
     r2 = (f["lokr_w2_a"].shape[0 if "lokr_t2" in f else 1] if "lokr_w2" not in f
           else min(w2.shape[0], _prod(tuple(w2.shape[1:]))))

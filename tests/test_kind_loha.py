@@ -412,3 +412,22 @@ def test_base_is_an_input_nothing_writes_over(built, tmp_path):
         adapterkit.save(mixed, base, overwrite=True)
     assert info.value.code == "overwrite-input"
     assert (base / "model.safetensors").read_bytes() == before
+
+
+def test_loha_and_lora_on_one_module_merge_in_one_checkpoint_pass(built, tmp_path):
+    """A LoHa and a LoRA on the same Linear, merged together offline (both streamed by rows):
+    base + ΔW_loha + ΔW_lora, each ΔW from PEFT's own merge_and_unload (first principles)."""
+    from peft import LoraConfig, get_peft_model
+
+    root, base, model = built
+    torch.manual_seed(9)
+    lora_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["lin"], init_lora_weights=False))
+    lora_model.save_pretrained(tmp_path / "lora")
+    merge_checkpoint(root / "base", [root / "adapter", tmp_path / "lora"], tmp_path / "merged")
+    got = load_file(tmp_path / "merged" / "model.safetensors")
+    start = base.state_dict()
+    d_loha = {k: v - start[k] for k, v in copy.deepcopy(model).merge_and_unload().state_dict().items()}
+    d_lora = {k: v - start[k] for k, v in lora_model.merge_and_unload().state_dict().items()}
+    for key in start:
+        expected = start[key].double() + d_loha[key].double() + d_lora[key].double()
+        torch.testing.assert_close(got[key].double(), expected, rtol=0, atol=2e-6)
